@@ -1,0 +1,45 @@
+"""Starting and stopping a benefactor: the gRPC server, its store and its heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from concurrent import futures
+
+import grpc
+
+from memstage.rpc import SERVER_OPTIONS, bind
+from memstage.settings import BenefactorSettings
+
+from memstage.benefactor.heartbeat import Heartbeat
+from memstage.benefactor.service import BenefactorService
+from memstage.benefactor.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+
+class BenefactorServer:
+    def __init__(self, settings: BenefactorSettings) -> None:
+        self.settings = settings
+        self.id = settings.id or "bf-" + uuid.uuid4().hex[:12]
+        self.store = ChunkStore(capacity=settings.memory)
+        self.service = BenefactorService(self.store, self.id)
+        # One thread per concurrent stream; puts from many clients each hold one.
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
+        self._server.add_generic_rpc_handlers((self.service.handler(),))
+        self.address = bind(self._server, settings.listen, "listen")
+        self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address)
+
+    def start(self) -> None:
+        self._server.start()
+        self.heartbeat.start()
+        log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.heartbeat.stop()
+        self._server.stop(grace).wait()
+        log.info("benefactor %s stopped", self.id)
+
+
+def create_server(settings: BenefactorSettings) -> BenefactorServer:
+    return BenefactorServer(settings)

@@ -1,0 +1,166 @@
+"""The benefactor's gRPC data service: a thin layer over ChunkStore.
+
+Put and Get use the frame codec of memstage.frames instead of protobuf, so a received chunk is
+kept as a view of the received message (no copy) and a sent chunk is copied once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FRAME_DATA, ChunkKey
+from memstage.errors import InvalidPath
+from memstage.frames import (
+    FrameError,
+    PutFrameView,
+    decode_put_frame,
+    encode_get_frame,
+    identity,
+)
+from memstage.paths import check_namespace
+from memstage.proto import benefactor_pb2
+
+from memstage.benefactor.store import ChunkStore, StoreKey
+
+log = logging.getLogger(__name__)
+
+SERVICE = "memstage.v1.Benefactor"
+
+
+class _Incoming:
+    """A chunk whose frames are still arriving."""
+
+    __slots__ = ("key", "seq", "parts", "received")
+
+    def __init__(self, key: StoreKey, seq: int) -> None:
+        self.key = key
+        self.seq = seq
+        self.parts: list[memoryview] = []
+        self.received = 0
+
+    @property
+    def length(self) -> int:
+        return self.key[1].length
+
+    def data(self) -> memoryview:
+        if len(self.parts) == 1:
+            return self.parts[0]  # the common case: one frame, kept without a copy
+        return memoryview(b"".join(self.parts))
+
+
+class BenefactorService:
+    def __init__(self, store: ChunkStore, benefactor_id: str) -> None:
+        self.store = store
+        self.id = benefactor_id
+
+    # -- Put ---------------------------------------------------------------------------------
+    def put(self, frames: Iterator[PutFrameView], context: grpc.ServicerContext) -> Iterator[benefactor_pb2.PutAck]:
+        incoming: _Incoming | None = None
+        try:
+            for frame in frames:
+                if frame.header is not None:
+                    if incoming is not None:
+                        self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"chunk {incoming.seq} ended after {incoming.received} of {incoming.length} bytes")
+                    incoming = self._begin(frame.header, context)
+                elif incoming is None:
+                    self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "data frame without a chunk header")
+                assert incoming is not None
+                incoming.parts.append(frame.data)
+                incoming.received += len(frame.data)
+                if incoming.received > incoming.length:
+                    self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                f"chunk {incoming.seq}: more bytes than its length {incoming.length}")
+                if incoming.received == incoming.length:
+                    data = incoming.data()
+                    ns, key = incoming.key
+                    if not key.matches(data):
+                        self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})")
+                    self.store.put_reserved(incoming.key, data)
+                    seq, incoming = incoming.seq, None
+                    yield benefactor_pb2.PutAck(seq=seq)
+            if incoming is not None:
+                self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"stream ended inside chunk {incoming.seq} ({incoming.received}/{incoming.length} bytes)")
+        finally:
+            if incoming is not None:
+                self.store.release(incoming.length)
+
+    def _begin(self, header: benefactor_pb2.PutHeader, context: grpc.ServicerContext) -> _Incoming:
+        try:
+            check_namespace(header.namespace)
+        except InvalidPath as e:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        key = ChunkKey.from_pb(header.key)
+        if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"chunk {header.seq}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
+        if not self.store.reserve(key.length):
+            self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"benefactor {self.id} is full ({self.store.used} of {self.store.capacity} bytes used)")
+        return _Incoming((header.namespace, key), header.seq)
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        log.info("put refused: %s", message)
+        context.abort(code, message)
+
+    # -- Get, Has, Delete --------------------------------------------------------------------
+    def get(self, request: benefactor_pb2.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        key = (request.namespace, ChunkKey.from_pb(request.key))
+        data = self.store.get(key)
+        if data is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"benefactor {self.id} does not hold chunk {key[1]}")
+        assert data is not None
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_FRAME_DATA):
+            yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
+
+    def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
+        return benefactor_pb2.HasReply(
+            present=[self.store.has((request.namespace, ChunkKey.from_pb(k))) for k in request.keys]
+        )
+
+    def delete(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.DeleteReply:
+        freed = self.store.delete((request.namespace, ChunkKey.from_pb(k)) for k in request.keys)
+        return benefactor_pb2.DeleteReply(freed_bytes=freed)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Put": grpc.stream_stream_rpc_method_handler(
+                    self.put,
+                    request_deserializer=_decode_put,
+                    response_serializer=benefactor_pb2.PutAck.SerializeToString,
+                ),
+                "Get": grpc.unary_stream_rpc_method_handler(
+                    self.get,
+                    request_deserializer=benefactor_pb2.GetRequest.FromString,
+                    response_serializer=identity,
+                ),
+                "Has": grpc.unary_unary_rpc_method_handler(
+                    self.has,
+                    request_deserializer=benefactor_pb2.ChunkList.FromString,
+                    response_serializer=benefactor_pb2.HasReply.SerializeToString,
+                ),
+                "Delete": grpc.unary_unary_rpc_method_handler(
+                    self.delete,
+                    request_deserializer=benefactor_pb2.ChunkList.FromString,
+                    response_serializer=benefactor_pb2.DeleteReply.SerializeToString,
+                ),
+            },
+        )
+
+
+def _decode_put(raw: bytes) -> PutFrameView:
+    try:
+        return decode_put_frame(raw)
+    except FrameError as e:
+        # grpc turns a deserializer error into INTERNAL; keep the reason visible in the log.
+        log.warning("malformed Put frame: %s", e)
+        raise

@@ -1,0 +1,21 @@
+"""The memstage client library and fsspec filesystem (`memstage://HOST:PORT/NAMESPACE/PATH`)."""
+
+from memstage.errors import (
+    ChunkRejected,
+    DataLost,
+    DeploymentFull,
+    InvalidArgument,
+    InvalidPath,
+    MemstageError,
+    NotFound,
+    SettingError,
+    Unavailable,
+)
+
+from memstage.client.client import Client
+from memstage.client.writer import CommitResult, WriteStats
+
+__all__ = [
+    "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "InvalidArgument", "InvalidPath",
+    "MemstageError", "NotFound", "SettingError", "Unavailable", "WriteStats",
+]

@@ -1,0 +1,157 @@
+"""Client: the memstage client library, which is also the fsspec filesystem `memstage://`.
+
+    c = Client(manager="host:port", namespace="default")
+    with c.open("/run42/rank0.bin", "wb") as f:
+        f.write(state)
+
+fsspec URLs name the manager and the namespace: memstage://HOST:PORT/NAMESPACE/PATH. Directories
+are implicit: a directory exists while a file below it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fsspec.spec import AbstractFileSystem
+
+from memstage.errors import InvalidArgument, NotFound
+from memstage.paths import normalize_file_path, normalize_path
+from memstage.proto import manager_pb2
+from memstage.settings import ClientSettings, load
+
+from memstage.client.connections import Connections
+from memstage.client.files import ReadFile, WriteFile
+from memstage.client.reader import VersionReader
+from memstage.client.writer import BackgroundCommits, CommitResult
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^memstage://(?P<manager>[^/]+)/(?P<namespace>[^/]+)(?P<path>/.*)?$")
+
+
+class Client(AbstractFileSystem):  # type: ignore[misc]
+    protocol = "memstage"
+    root_marker = "/"
+
+    def __init__(self, manager: str | None = None, namespace: str | None = None, *, config: str | None = None,
+                 **settings: Any) -> None:
+        super().__init__(manager=manager, namespace=namespace, config=config, **settings)
+        self.settings = load(ClientSettings, {"manager": manager, "namespace": namespace, **settings},
+                             config=config, flag_style=str)
+        self.namespace = self.settings.namespace
+        self.connections = Connections(self.settings.manager, self.settings.rpc_timeout)
+        self.background = BackgroundCommits()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memstage-read")
+        self._stats_lock = threading.Lock()
+        self.bytes_written = 0
+        self.bytes_sent = 0
+        self.bytes_deduplicated = 0
+        self.last_commit: CommitResult | None = None
+
+    # -- fsspec plumbing ---------------------------------------------------------------------
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]  # type: ignore[return-value]
+        m = _URL.match(path)
+        if m:
+            return m.group("path") or "/"
+        if path.startswith("memstage://"):
+            raise InvalidArgument(f"{path!r}: a memstage URL is memstage://HOST:PORT/NAMESPACE/PATH")
+        return "/" + path.lstrip("/")
+
+    @staticmethod
+    def _get_kwargs_from_urls(path: str) -> dict[str, str]:
+        m = _URL.match(path)
+        return {"manager": m.group("manager"), "namespace": m.group("namespace")} if m else {}
+
+    def _parent(self, path: str) -> str:
+        return normalize_path(path).rsplit("/", 1)[0] or "/"
+
+    # -- files -------------------------------------------------------------------------------
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
+              cache_options: Any = None, version: int = 0, **kwargs: Any) -> WriteFile | ReadFile:
+        if mode == "wb":
+            return WriteFile(self, normalize_file_path(path), mode="wb")
+        if mode == "rb":
+            return ReadFile(self, normalize_file_path(path), self.reader(path, version))
+        raise InvalidArgument(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
+
+    def reader(self, path: str, version: int = 0) -> VersionReader:
+        """A reader of one committed version (0 = the latest)."""
+        norm = normalize_file_path(path)
+        vmap = self.connections.call_manager(
+            "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=norm, version=version), norm)
+        return VersionReader(self.connections, self.namespace, vmap, self._pool)
+
+    def record(self, result: CommitResult) -> None:
+        with self._stats_lock:
+            self.bytes_written += result.stats.bytes_written
+            self.bytes_sent += result.stats.bytes_sent
+            self.bytes_deduplicated += result.stats.bytes_deduplicated
+            self.last_commit = result
+
+    def sync(self) -> None:
+        """Wait for the commits of files closed in buffered mode; raise the first that failed."""
+        self.background.sync()
+
+    # -- metadata ----------------------------------------------------------------------------
+    @staticmethod
+    def _entry(info: manager_pb2.FileInfo) -> dict[str, Any]:
+        if info.is_dir:
+            return {"name": info.path, "size": 0, "type": "directory"}
+        return {"name": info.path, "size": info.size, "type": "file", "version": info.version,
+                "versions": info.version_count, "mtime": info.committed_at}
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        norm = normalize_path(self._strip_protocol(path))
+        reply = self.connections.call_manager(
+            "Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        return self._entry(reply)
+
+    def ls(self, path: str = "/", detail: bool = True, **kwargs: Any) -> list[Any]:
+        norm = normalize_path(self._strip_protocol(path))
+        reply = self.connections.call_manager(
+            "List", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        if not reply.entries:
+            info = self.info(norm)  # a file: ls of a file lists the file itself, as in fsspec
+            entries = [info] if info["type"] == "file" else []
+        else:
+            entries = [self._entry(e) for e in reply.entries]
+        return entries if detail else [e["name"] for e in entries]
+
+    def versions(self, path: str) -> list[dict[str, Any]]:
+        norm = normalize_file_path(self._strip_protocol(path))
+        reply = self.connections.call_manager(
+            "Versions", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        return [{"version": v.version, "size": v.size, "committed_at": v.committed_at, "chunks": v.chunk_count}
+                for v in reply.versions]
+
+    def rm_file(self, path: str) -> None:
+        norm = normalize_path(self._strip_protocol(path))
+        try:
+            self.connections.call_manager(
+                "Delete", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        except (NotFound, InvalidArgument):
+            if self.info(norm)["type"] != "directory":  # implicit directories vanish with their files
+                raise
+
+    def _rm(self, path: str) -> None:
+        self.rm_file(path)
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        normalize_path(self._strip_protocol(path))  # directories are implicit: validate only
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        normalize_path(self._strip_protocol(path))
+
+    def close(self) -> None:
+        """Drop connections (new ones open on next use) after waiting for background commits."""
+        try:
+            self.sync()
+        finally:
+            self.connections.close()

@@ -1,0 +1,97 @@
+"""File objects of the client, on fsspec's AbstractBufferedFile (its buffering is not written twice).
+
+WriteFile cuts what the application writes into chunk_size chunks and hands them to a
+VersionWriter; close() commits (close_mode "commit") or leaves the commit to a background thread
+("buffered"). Leaving a `with` block by an exception aborts: the previous version stays current.
+ReadFile serves ranges of the version committed when it was opened, with fsspec's read-ahead cache.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from fsspec.spec import AbstractBufferedFile
+
+from memstage.client.reader import VersionReader
+from memstage.client.writer import CommitResult, VersionWriter
+
+if TYPE_CHECKING:
+    from memstage.client.client import Client
+
+
+class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
+    def __init__(self, fs: Client, path: str, mode: str = "wb", **kwargs: Any) -> None:
+        opened_at = time.perf_counter()
+        self.chunk_size = fs.settings.chunk_size
+        super().__init__(fs, path, mode=mode, block_size=self.chunk_size, cache_type="none", **kwargs)
+        self.writer = VersionWriter(fs.connections, fs.settings, path, opened_at)
+        self.opened_at = opened_at
+        self.result: CommitResult | None = None
+
+    def _upload_chunk(self, final: bool = False) -> bool:
+        view = self.buffer.getbuffer()
+        whole = len(view) - len(view) % self.chunk_size
+        for start in range(0, whole, self.chunk_size):
+            self.writer.add(view[start : start + self.chunk_size])
+        if final:
+            if whole < len(view):
+                self.writer.add(view[whole:])
+            self._finish()
+            return True
+        if whole == len(view):
+            return True
+        # Keep the partial tail for the next chunk; fsspec resets the buffer only if we return True.
+        tail = io.BytesIO()
+        tail.write(view[whole:])
+        self.offset += whole
+        self.buffer = tail
+        return False
+
+    def _finish(self) -> None:
+        def commit() -> CommitResult:
+            stats = self.writer.finish()
+            version = self.writer.commit()
+            self.result = CommitResult(self.path, version, stats.bytes_written, stats,
+                                       time.perf_counter() - self.opened_at)
+            self.fs.record(self.result)
+            return self.result
+
+        if self.fs.settings.close_mode == "buffered":
+            self.fs.background.start(commit)
+        else:
+            commit()
+
+    def discard(self) -> None:
+        """Close without committing."""
+        if not self.closed:
+            self.writer.abort()
+            self.closed = True
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except BaseException:
+            self.writer.abort()
+            self.closed = True
+            raise
+
+
+class ReadFile(AbstractBufferedFile):  # type: ignore[misc]
+    def __init__(self, fs: Client, path: str, reader: VersionReader, **kwargs: Any) -> None:
+        self.reader = reader
+        self.version = reader.version
+        super().__init__(fs, path, mode="rb", block_size=fs.settings.read_ahead, cache_type="readahead",
+                         size=reader.size, **kwargs)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.reader.read_range(start, end)

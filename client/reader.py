@@ -1,0 +1,69 @@
+"""VersionReader: byte ranges of one committed version, fetched chunk by chunk from benefactors.
+
+The version map is taken once at open, so a reader keeps seeing the version it opened even while
+a newer one is committed. Chunks of a range are fetched in parallel; each is verified against its
+hash, and a failing location falls back to the next one the map lists.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from memstage.chunks import ChunkKey
+from memstage.errors import DataLost
+from memstage.proto import benefactor_pb2, manager_pb2
+
+from memstage.client.connections import Connections
+
+
+class VersionReader:
+    def __init__(self, conn: Connections, namespace: str, vmap: manager_pb2.VersionMap, pool: ThreadPoolExecutor):
+        self.conn = conn
+        self.namespace = namespace
+        self.path = vmap.path
+        self.version = vmap.version
+        self.size = vmap.size
+        self._chunks = list(vmap.chunks)
+        self._keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
+        self._starts = [0, *itertools.accumulate(k.length for k in self._keys)][:-1]
+        self._pool = pool
+
+    def read_range(self, start: int, end: int) -> bytes:
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_right(self._starts, end - 1) - 1
+        indices = range(first, last + 1)
+        if len(indices) == 1:
+            parts = [self.fetch(first)]
+        else:
+            parts = list(self._pool.map(self.fetch, indices))
+        views = []
+        for i, data in zip(indices, parts, strict=True):
+            lo = max(start - self._starts[i], 0)
+            hi = min(end - self._starts[i], self._keys[i].length)
+            views.append(memoryview(data)[lo:hi])
+        return b"".join(views)
+
+    def fetch(self, index: int) -> bytes | memoryview:
+        key = self._keys[index]
+        request = benefactor_pb2.GetRequest(namespace=self.namespace, key=key.to_pb())
+        failures = []
+        for loc in self._chunks[index].locations:
+            try:
+                frames = self.conn.get_chunk(loc.address, request)
+            except grpc.RpcError as e:
+                code = e.code() if isinstance(e, grpc.Call) else e
+                failures.append(f"{loc.benefactor_id}: {code}")
+                continue
+            data: bytes | memoryview = frames[0] if len(frames) == 1 else b"".join(frames)
+            if key.matches(data):
+                return data
+            failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
+        raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
+                       f"({'; '.join(failures) or 'no location recorded'})")

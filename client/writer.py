@@ -1,0 +1,353 @@
+"""VersionWriter: pushes one new version of a file to benefactors, then commits it.
+
+Chunks are hashed once, placed round-robin over a striping map, and sent over one long-lived
+bidirectional Put stream per benefactor, several chunks in flight on each. A ByteBudget bounds the
+bytes not yet acknowledged (the write buffer): write() waits when it is spent. Acks free budget.
+
+Faults: a benefactor that refuses (full) is excluded and its unacknowledged chunks go to a fresh
+map; one that dies is excluded the same way, but if it had acknowledged chunks of this version
+their bytes are gone from the buffer, so the write fails with DataLost and nothing is committed.
+A hash mismatch reported by a benefactor fails the write (it means corruption, not bad luck).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from memstage.chunks import MAX_FRAME_DATA, ChunkKey
+from memstage.errors import ChunkRejected, DataLost, MemstageError, from_rpc_error
+from memstage.frames import encode_put_frame
+from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
+from memstage.settings import ClientSettings
+
+from memstage.client.connections import Connections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChunk:
+    index: int
+    key: ChunkKey
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    bytes_written: int
+    bytes_sent: int
+    bytes_deduplicated: int
+    chunks: int
+    asb_seconds: float  # open .. all data acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    path: str
+    version: int
+    size: int
+    stats: WriteStats
+    oab_seconds: float  # open .. commit done (close as the application saw it, in commit mode)
+
+    @property
+    def asb(self) -> float:
+        return self.size / self.stats.asb_seconds if self.stats.asb_seconds > 0 else float("inf")
+
+    @property
+    def oab(self) -> float:
+        return self.size / self.oab_seconds if self.oab_seconds > 0 else float("inf")
+
+
+class ByteBudget:
+    """Bytes a writer may have unacknowledged; acquire() waits for acks, or raises the writer's error."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, check: Callable[[], None]) -> None:
+        with self._cond:
+            while self._used > 0 and self._used + n > self.limit:
+                check()
+                self._cond.wait(0.5)
+            check()
+            self._used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class PutStream:
+    """One Put call to one benefactor; chunks queue up and are acknowledged one by one."""
+
+    def __init__(self, conn: Connections, placement: Placement, namespace: str,
+                 on_ack: Callable[[PutStream, PendingChunk], None],
+                 on_end: Callable[[PutStream, grpc.RpcError | None, list[PendingChunk]], None]) -> None:
+        self.placement = placement
+        self.namespace = namespace
+        self.closed = False
+        self.acked = 0
+        self._on_ack = on_ack
+        self._on_end = on_end
+        self._queue: queue.SimpleQueue[PendingChunk | None] = queue.SimpleQueue()
+        self._unacked: dict[int, PendingChunk] = {}
+        self._lock = threading.Lock()
+        self._responses = conn.put_stream(placement.address, self._frames())
+        self._reader = threading.Thread(target=self._read_acks, name=f"put-{placement.id}", daemon=True)
+        self._reader.start()
+
+    def _frames(self) -> Iterator[bytes]:
+        while (chunk := self._queue.get()) is not None:
+            header = benefactor_pb2.PutHeader(namespace=self.namespace, key=chunk.key.to_pb(), seq=chunk.index)
+            data = chunk.data
+            yield encode_put_frame(header, data[:MAX_FRAME_DATA])
+            for start in range(MAX_FRAME_DATA, len(data), MAX_FRAME_DATA):
+                yield encode_put_frame(None, data[start : start + MAX_FRAME_DATA])
+
+    def send(self, chunk: PendingChunk) -> None:
+        with self._lock:
+            self._unacked[chunk.index] = chunk
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """No more chunks: the stream ends once the benefactor has acknowledged what it got."""
+        if not self.closed:
+            self.closed = True
+            self._queue.put(None)
+
+    def cancel(self) -> None:
+        self.closed = True
+        self._responses.cancel()
+        self._queue.put(None)
+
+    def _read_acks(self) -> None:
+        error: grpc.RpcError | None = None
+        try:
+            for ack in self._responses:
+                with self._lock:
+                    chunk = self._unacked.pop(ack.seq, None)
+                if chunk is not None:
+                    self.acked += 1
+                    self._on_ack(self, chunk)
+        except grpc.RpcError as e:
+            error = e
+        self.closed = True
+        self._queue.put(None)  # unblock the request iterator if the call ended early
+        with self._lock:
+            leftover, self._unacked = list(self._unacked.values()), {}
+        self._on_end(self, error, leftover)
+
+
+class VersionWriter:
+    def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.namespace = settings.namespace
+        self.path = path
+        self.opened_at = opened_at
+        self._budget = ByteBudget(settings.buffer_size)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._keys: list[ChunkKey] = []
+        self._locations: list[set[str]] = []
+        self._in_flight = 0
+        self._bytes_sent = 0
+        self._size = 0
+        self._error: MemstageError | None = None
+        self._map: list[Placement] = []
+        self._rr = 0
+        self._excluded: set[str] = set()
+        self._streams: dict[str, PutStream] = {}
+        self._finishing = False
+        self._asb_done: float | None = None
+
+    # -- called by the file object, in file order --------------------------------------------
+    def add(self, data: memoryview) -> None:
+        self._budget.acquire(len(data), self._raise_if_failed)
+        key = ChunkKey.of(data)
+        with self._lock:
+            chunk = PendingChunk(len(self._keys), key, data)
+            self._keys.append(key)
+            self._locations.append(set())
+            self._in_flight += 1
+            self._size += len(data)
+        self._place(chunk)
+
+    def finish(self) -> WriteStats:
+        """Wait until every chunk is acknowledged (the ASB point); raise the write's error if any."""
+        with self._lock:
+            self._finishing = True
+            streams = list(self._streams.values())
+        for s in streams:
+            s.close()
+        with self._idle:
+            while self._in_flight and self._error is None:
+                self._idle.wait()
+            self._raise_if_failed()
+            self._asb_done = time.perf_counter()
+        return WriteStats(self._size, self._bytes_sent, 0, len(self._keys), self._asb_done - self.opened_at)
+
+    def commit(self) -> int:
+        chunks = [manager_pb2.ChunkRef(key=k.to_pb(),
+                                       locations=[common_pb2.Location(benefactor_id=b) for b in sorted(locs)])
+                  for k, locs in zip(self._keys, self._locations, strict=True)]
+        stats = manager_pb2.ClientStats(bytes_written=self._size, bytes_sent=self._bytes_sent,
+                                        asb_seconds=(self._asb_done or time.perf_counter()) - self.opened_at)
+        reply = self.conn.call_manager(
+            "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
+                                                chunks=chunks, stats=stats), f"commit of {self.path}")
+        return int(reply.version)
+
+    def abort(self) -> None:
+        """Drop the write: nothing is committed; chunks already stored are garbage to the benefactors."""
+        with self._lock:
+            if self._error is None:
+                self._error = MemstageError(f"write of {self.path} was aborted")
+            streams = list(self._streams.values())
+            self._idle.notify_all()
+        for s in streams:
+            s.cancel()
+        self._budget.wake()
+
+    # -- placement ---------------------------------------------------------------------------
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, error: MemstageError) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+            streams = list(self._streams.values())
+            self._idle.notify_all()
+        for s in streams:
+            s.cancel()
+        self._budget.wake()
+
+    def _place(self, chunk: PendingChunk) -> None:
+        try:
+            stream = self._stream_for_next()
+        except MemstageError as e:
+            self._fail(e)
+            return
+        stream.send(chunk)
+        if self._finishing:
+            stream.close()  # a chunk re-placed after finish() began: its stream ends right after it
+
+    def _stream_for_next(self) -> PutStream:
+        with self._lock:
+            self._raise_if_failed()
+            need_map = not self._map
+        if need_map:
+            self._refresh_map()
+        with self._lock:
+            self._raise_if_failed()
+            placement = self._map[self._rr % len(self._map)]
+            self._rr += 1
+            stream = self._streams.get(placement.id)
+            if stream is None or stream.closed:
+                stream = PutStream(self.conn, placement, self.namespace, self._on_ack, self._on_end)
+                self._streams[placement.id] = stream
+            return stream
+
+    def _refresh_map(self) -> None:
+        reply = self.conn.call_manager(
+            "GetStripingMap",
+            manager_pb2.StripingRequest(namespace=self.namespace, width=self.settings.stripe_width,
+                                        exclude=sorted(self._excluded), chunk_size=self.settings.chunk_size),
+            f"striping map for {self.path}")
+        with self._lock:
+            self._map = [Placement(b.benefactor_id, b.address) for b in reply.benefactors
+                         if b.benefactor_id not in self._excluded]
+        if not self._map:
+            raise DataLost(f"write of {self.path}: the manager offered only benefactors that already failed")
+
+    # -- stream callbacks (reader threads) ---------------------------------------------------
+    def _on_ack(self, stream: PutStream, chunk: PendingChunk) -> None:
+        with self._lock:
+            self._locations[chunk.index].add(stream.placement.id)
+            self._bytes_sent += chunk.key.length
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+        self._budget.release(chunk.key.length)
+
+    def _on_end(self, stream: PutStream, error: grpc.RpcError | None, leftover: list[PendingChunk]) -> None:
+        bf = stream.placement.id
+        with self._lock:
+            if self._streams.get(bf) is stream:
+                del self._streams[bf]
+            aborted = self._error is not None
+        if aborted:
+            return
+        if error is None and not leftover:
+            return
+        code = error.code() if isinstance(error, grpc.Call) else None
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            self._fail(ChunkRejected(f"write of {self.path}: benefactor {bf} rejected a chunk: {error.details()}"))
+            return
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED and stream.acked:
+            reason = from_rpc_error(error, f"benefactor {bf}") if error is not None else "stream ended early"
+            self._fail(DataLost(f"write of {self.path}: benefactor {bf} failed after acknowledging "
+                                f"{stream.acked} chunks ({reason}); nothing was committed, write the file again"))
+            return
+        log.info("benefactor %s %s; re-placing %d chunks", bf,
+                 "is full" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else f"failed ({code})", len(leftover))
+        with self._lock:
+            self._excluded.add(bf)
+            self._map = [p for p in self._map if p.id not in self._excluded]
+        for chunk in leftover:
+            self._place(chunk)
+
+
+@dataclass(slots=True)
+class BackgroundCommits:
+    """Commits of files closed in buffered mode; sync() waits for them and raises the first error."""
+
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _errors: list[BaseException] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, job: Callable[[], object]) -> None:
+        def run() -> None:
+            try:
+                job()
+            except BaseException as e:  # surfaced by sync(), never lost
+                log.error("background commit failed: %s", e)
+                with self._lock:
+                    self._errors.append(e)
+
+        t = threading.Thread(target=run, name="commit", daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def sync(self) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join()
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]

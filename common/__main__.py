@@ -1,0 +1,3 @@
+from memstage.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The chunk model: identity by (XXH3-128, length), and the sizes the data path is built around."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import xxhash
+
+from memstage.proto import common_pb2, manager_pb2
+
+HASH_BYTES = 16
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# Frames carry at most this much of a chunk: bigger chunks span several frames of one Put stream.
+MAX_FRAME_DATA = 4 * 1024 * 1024
+# gRPC message limit on every channel and server: one frame plus its header, with room to spare.
+MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkKey:
+    hash: bytes
+    length: int
+
+    @classmethod
+    def of(cls, data: bytes | memoryview) -> ChunkKey:
+        return cls(xxhash.xxh3_128_digest(data), len(data))
+
+    @classmethod
+    def from_pb(cls, pb: common_pb2.ChunkKey) -> ChunkKey:
+        return cls(bytes(pb.hash), pb.length)
+
+    def to_pb(self) -> common_pb2.ChunkKey:
+        return common_pb2.ChunkKey(hash=self.hash, length=self.length)
+
+    def matches(self, data: bytes | memoryview) -> bool:
+        return len(data) == self.length and xxhash.xxh3_128_digest(data) == self.hash
+
+    def hex(self) -> str:
+        return f"{self.hash.hex()}-{self.length}"
+
+    def __str__(self) -> str:
+        return self.hex()
+
+
+def group_keys(keys: Iterable[tuple[str, ChunkKey]]) -> list[manager_pb2.NamespacedChunks]:
+    """(namespace, key) pairs -> the wire form, one group per namespace."""
+    by_ns: dict[str, list[common_pb2.ChunkKey]] = defaultdict(list)
+    for ns, key in keys:
+        by_ns[ns].append(key.to_pb())
+    return [manager_pb2.NamespacedChunks(namespace=ns, keys=ks) for ns, ks in by_ns.items()]
+
+
+def ungroup_keys(groups: Iterable[manager_pb2.NamespacedChunks]) -> list[tuple[str, ChunkKey]]:
+    return [(g.namespace, ChunkKey.from_pb(k)) for g in groups for k in g.keys]

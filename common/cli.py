@@ -1,0 +1,221 @@
+"""The `memstage` command: one subcommand per role, plus status, up and bench.
+
+Flags are generated from the settings dataclasses (memstage.settings), so --help, MEMSTAGE_*
+variables and TOML keys always agree. A usage error prints one line and exits 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from memstage import __version__
+from memstage.errors import MemstageError
+from memstage.settings import (
+    BenefactorSettings,
+    ClientSettings,
+    ManagerSettings,
+    UpSettings,
+    env_name,
+    flag_name,
+    load,
+)
+from memstage.units import format_size
+
+log = logging.getLogger("memstage")
+
+
+def _add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] | None = None) -> None:
+    for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        default = f.default if f.default != "" else "none"
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
+                            help=f"{f.metadata['help']} [{env_name(f.name)}; default {default}]")
+
+
+def _settings_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+
+
+class _Stopper:
+    """Ctrl-C and SIGTERM set an event the main thread waits on, so shutdown runs in one place."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(1.0):
+            pass
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    from memstage.manager.server import create_server
+    from memstage.procs import ready_line
+
+    settings = load(ManagerSettings, _settings_flags(args, ManagerSettings), config=args.config)
+    stopper = _Stopper()
+    server = create_server(settings)
+    server.start()
+    print(ready_line("manager", "manager", server.address), flush=True)
+    stopper.wait()
+    log.info("stopping manager")
+    server.stop()
+    return 0
+
+
+def cmd_benefactor(args: argparse.Namespace) -> int:
+    from memstage.benefactor.server import create_server
+    from memstage.procs import ready_line
+    from memstage.tuning import keep_large_buffers
+
+    settings = load(BenefactorSettings, _settings_flags(args, BenefactorSettings), config=args.config)
+    keep_large_buffers()
+    stopper = _Stopper()
+    server = create_server(settings)
+    server.start()
+    print(ready_line("benefactor", server.id, server.address), flush=True)
+    stopper.wait()
+    log.info("stopping benefactor %s", server.id)
+    server.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from memstage.client.connections import Connections
+    from memstage.proto import manager_pb2
+
+    settings = load(ClientSettings, {"manager": args.manager}, config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout)
+    try:
+        reply = conn.call_manager("Status", manager_pb2.StatusRequest(), "status")
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(status_json(reply, MessageToDict), indent=2))
+        return 0
+    print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir})")
+    print()
+    rows = [("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS", "DRAIN BACKLOG", "LAST HB")]
+    for b in reply.benefactors:
+        s = b.stats
+        use = f"{100 * s.memory_used / s.memory_capacity:.0f}%" if s.memory_capacity else "-"
+        rows.append((b.id, b.address, "yes" if b.alive else "DEAD", format_size(s.memory_used),
+                     format_size(s.memory_capacity), use, str(s.chunk_count), format_size(s.drain_backlog),
+                     f"{b.last_heartbeat_age_seconds:.0f}s ago"))
+    _table(rows)
+    alive = [b for b in reply.benefactors if b.alive]
+    print(f"\n{len(alive)} of {len(reply.benefactors)} benefactors alive, "
+          f"{format_size(sum(b.stats.memory_used for b in alive))} used of "
+          f"{format_size(sum(b.stats.memory_capacity for b in alive))}\n")
+    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED")]
+    for n in reply.namespaces:
+        rows.append((n.namespace, str(n.files), str(n.versions), format_size(n.bytes_committed),
+                     format_size(n.bytes_stored)))
+    _table(rows)
+    return 0
+
+
+def status_json(reply: Any, to_dict: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "heartbeat_interval_seconds": reply.heartbeat_interval_seconds,
+        "state_dir": reply.state_dir,
+        "benefactors": [
+            {"id": b.id, "address": b.address, "alive": b.alive, "memory_capacity": b.stats.memory_capacity,
+             "memory_used": b.stats.memory_used, "drain_backlog": b.stats.drain_backlog,
+             "chunk_count": b.stats.chunk_count, "last_heartbeat_age_seconds": b.last_heartbeat_age_seconds}
+            for b in reply.benefactors
+        ],
+        "namespaces": [to_dict(n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                       for n in reply.namespaces],
+    }
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from memstage.up import run_up
+
+    settings = load(UpSettings, _settings_flags(args, UpSettings), config=args.config)
+    return run_up(settings, config=args.config)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from memstage.bench.run import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memstage",
+        description="Checkpoint staging in the aggregate memory of many processes, drained to the PFS.",
+    )
+    parser.add_argument("--version", action="version", version=f"memstage {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings file [MEMSTAGE_CONFIG]")
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default info)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("up", parents=[common], help="a manager and N benefactors on this machine, in the foreground",
+                       description="Start a manager and N benefactors on this machine. Ctrl-C stops them all.")
+    _add_settings(p, UpSettings)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("manager", parents=[common], help="run the manager",
+                       description="Run the manager: benefactor registry, striping maps, namespace, versions.")
+    _add_settings(p, ManagerSettings)
+    p.set_defaults(func=cmd_manager)
+
+    p = sub.add_parser("benefactor", parents=[common], help="run a benefactor donating memory",
+                       description="Run a benefactor: donate memory to the staging area and serve chunks.")
+    _add_settings(p, BenefactorSettings)
+    p.set_defaults(func=cmd_benefactor)
+
+    p = sub.add_parser("status", parents=[common], help="benefactors, memory and files of a deployment",
+                       description="Show benefactors (alive, memory used/capacity, drain backlog) and namespaces.")
+    _add_settings(p, ClientSettings, only=["manager"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", parents=[common], help="measure OAB/ASB against disk and bare-gRPC baselines",
+                       description="Write checkpoint files to a local deployment and compare with baselines "
+                                   "measured in the same run.")
+    from memstage.bench.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MemstageError as e:
+        print(f"memstage {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,93 @@
+"""Domain errors, and their translation to and from gRPC status codes at the process boundary.
+
+Library users catch these typed exceptions; the CLI prints their message as one line; the FUSE
+layer maps them to errno values. Nothing here imports grpc at module level beyond the status codes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import grpc
+
+
+class MemstageError(Exception):
+    """Base of every error memstage raises on purpose. The message is meant for a user."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    errno: int = errno.EIO
+
+
+class SettingError(MemstageError, ValueError):
+    """A setting (flag, MEMSTAGE_* variable, TOML key) has a bad value."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    errno = errno.EINVAL
+
+
+class InvalidPath(MemstageError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    errno = errno.EINVAL
+
+
+class InvalidArgument(MemstageError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    errno = errno.EINVAL
+
+
+class NotFound(MemstageError, FileNotFoundError):
+    code = grpc.StatusCode.NOT_FOUND
+    errno = errno.ENOENT
+
+
+class DeploymentFull(MemstageError):
+    """No live benefactor has room for more chunks."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    errno = errno.ENOSPC
+
+
+class ChunkRejected(MemstageError):
+    """A benefactor refused a chunk whose bytes do not match its hash."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    errno = errno.EIO
+
+
+class DataLost(MemstageError):
+    """Chunks a write or a version needs are on benefactors that died."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    errno = errno.EIO
+
+
+class Unavailable(MemstageError, ConnectionError):
+    """A manager or benefactor could not be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    errno = errno.EIO
+
+
+_BY_CODE: dict[grpc.StatusCode, type[MemstageError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: DeploymentFull,
+    grpc.StatusCode.FAILED_PRECONDITION: DataLost,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+}
+
+
+def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
+    """Turn a failed call into the typed error a caller expects; `what` names the peer or call."""
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    detail = err.details() if isinstance(err, grpc.Call) else str(err)
+    cls = _BY_CODE.get(code, MemstageError)
+    if cls is Unavailable:
+        return Unavailable(f"{what}: unreachable ({detail})")
+    return cls(f"{what}: {detail}")
+
+
+def abort_with(context: grpc.ServicerContext, exc: MemstageError) -> None:
+    """Server side: end the call with the status code that belongs to the error."""
+    context.abort(exc.code, str(exc))

@@ -1,0 +1,54 @@
+"""Validation of user-supplied file paths and namespace names.
+
+A path is absolute within its namespace ('/run42/rank0.bin'), made of components that are not
+'.', '..' or empty, contain no NUL or '/', and are at most 255 bytes; 4096 bytes in all.
+"""
+
+from __future__ import annotations
+
+import re
+
+from memstage.errors import InvalidPath
+
+MAX_COMPONENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def normalize_path(path: str) -> str:
+    """Return the canonical form ('/a/b'), or raise InvalidPath saying what is wrong."""
+    if not isinstance(path, str):
+        raise InvalidPath(f"path must be a string, not {type(path).__name__}")
+    if "\x00" in path:
+        raise InvalidPath(f"path {path!r} contains a NUL byte")
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for part in parts:
+        if part == "..":
+            raise InvalidPath(f"path {path!r} contains '..': paths may not leave their namespace")
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES:
+            raise InvalidPath(f"path component {part[:40]!r}... is longer than {MAX_COMPONENT_BYTES} bytes")
+    return "/" + "/".join(parts)
+
+
+def normalize_file_path(path: str) -> str:
+    """Like normalize_path, but the root itself is not a file."""
+    norm = normalize_path(path)
+    if norm == "/":
+        raise InvalidPath("'/' is a directory, not a file")
+    return norm
+
+
+def check_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise InvalidPath(
+            f"namespace {namespace!r} is invalid: use 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return namespace
+
+
+def parent_dirs(path: str) -> list[str]:
+    """'/a/b/c' -> ['/', '/a', '/a/b']."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -1,0 +1,78 @@
+"""Starting memstage roles as child processes and stopping them by PID.
+
+Used by `memstage up`, the benchmark and the tests. A role prints one line on stdout when it
+serves ("memstage <role> <id> ready on HOST:PORT"); everything else it says goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO
+
+from memstage.errors import MemstageError
+
+_READY = re.compile(r"^memstage (\w+) (\S+) ready on (\S+)$")
+
+
+def ready_line(role: str, ident: str, address: str) -> str:
+    return f"memstage {role} {ident} ready on {address}"
+
+
+@dataclass
+class RoleProcess:
+    role: str
+    id: str
+    address: str
+    proc: subprocess.Popen[str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the fault tests' way of losing a process."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def spawn(role: str, args: list[str], *, env: dict[str, str] | None = None, stderr: IO[str] | int | None = None,
+          timeout: float = 30.0) -> RoleProcess:
+    """Start `memstage <role> ARGS` and wait for its ready line."""
+    cmd = [sys.executable, "-m", "memstage", role, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    # readline blocks; the role either prints its ready line, or exits (EOF) with its error on stderr.
+    line = proc.stdout.readline().strip()
+    m = _READY.match(line)
+    if not m:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise MemstageError(f"memstage {role} did not start (exit code {proc.returncode}; see its messages above)")
+    proc.stdout.close()
+    return RoleProcess(role, m.group(2), m.group(3), proc)

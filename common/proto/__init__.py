@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (python protos/gen.py); do not edit."""

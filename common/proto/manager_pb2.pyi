@@ -1,0 +1,258 @@
+from memstage.proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BenefactorStats(_message.Message):
+    __slots__ = ("memory_capacity", "memory_used", "drain_backlog", "chunk_count")
+    MEMORY_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    memory_capacity: int
+    memory_used: int
+    drain_backlog: int
+    chunk_count: int
+    def __init__(self, memory_capacity: _Optional[int] = ..., memory_used: _Optional[int] = ..., drain_backlog: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
+class NamespacedChunks(_message.Message):
+    __slots__ = ("namespace", "keys")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("benefactor_id", "address", "stats", "held")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    address: str
+    stats: BenefactorStats
+    held: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
+    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("heartbeat_interval_seconds",)
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_seconds: float
+    def __init__(self, heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("benefactor_id", "stats")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    stats: BenefactorStats
+    def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("known", "drop")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    drop: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
+    def __init__(self, known: _Optional[bool] = ..., drop: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ("benefactor_id", "keys")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    keys: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
+    def __init__(self, benefactor_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+
+class ReconcileReply(_message.Message):
+    __slots__ = ("referenced",)
+    REFERENCED_FIELD_NUMBER: _ClassVar[int]
+    referenced: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
+    def __init__(self, referenced: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+
+class StripingRequest(_message.Message):
+    __slots__ = ("namespace", "width", "exclude", "chunk_size")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    width: int
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    chunk_size: int
+    def __init__(self, namespace: _Optional[str] = ..., width: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class StripingMap(_message.Message):
+    __slots__ = ("benefactors",)
+    BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
+    benefactors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
+
+class ChunkRef(_message.Message):
+    __slots__ = ("key", "locations")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.ChunkKey
+    locations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
+
+class ClientStats(_message.Message):
+    __slots__ = ("bytes_written", "bytes_sent", "bytes_deduplicated", "oab_seconds", "asb_seconds")
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    OAB_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ASB_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bytes_written: int
+    bytes_sent: int
+    bytes_deduplicated: int
+    oab_seconds: float
+    asb_seconds: float
+    def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("namespace", "path", "size", "chunks", "stats")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    size: int
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
+    stats: ClientStats
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ...) -> None: ...
+
+class CommitReply(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("namespace", "path", "version")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    version: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class VersionMap(_message.Message):
+    __slots__ = ("path", "version", "size", "chunks", "committed_at")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    version: int
+    size: int
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
+    committed_at: float
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ...) -> None: ...
+
+class PathRequest(_message.Message):
+    __slots__ = ("namespace", "path")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class FileInfo(_message.Message):
+    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    IS_DIR_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    is_dir: bool
+    size: int
+    version: int
+    committed_at: float
+    version_count: int
+    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ...) -> None: ...
+
+class ListReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[FileInfo]
+    def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("version", "size", "committed_at", "chunk_count")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    size: int
+    committed_at: float
+    chunk_count: int
+    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
+class VersionsReply(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteFileReply(_message.Message):
+    __slots__ = ("versions_deleted",)
+    VERSIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    versions_deleted: int
+    def __init__(self, versions_deleted: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BenefactorStatus(_message.Message):
+    __slots__ = ("id", "address", "alive", "stats", "last_heartbeat_age_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    alive: bool
+    stats: BenefactorStats
+    last_heartbeat_age_seconds: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., last_heartbeat_age_seconds: _Optional[float] = ...) -> None: ...
+
+class NamespaceStatus(_message.Message):
+    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    files: int
+    versions: int
+    bytes_committed: int
+    bytes_stored: int
+    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir")
+    BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
+    namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
+    heartbeat_interval_seconds: float
+    state_dir: str
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ...) -> None: ...

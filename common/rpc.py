@@ -1,0 +1,42 @@
+"""gRPC plumbing shared by every role: channel/server options, address parsing, stubs."""
+
+from __future__ import annotations
+
+import grpc
+
+from memstage.chunks import MAX_MESSAGE_BYTES
+from memstage.errors import SettingError
+
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+# A second server on a port already in use must fail, not share it silently.
+SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
+# Control-plane calls are small; a generous bound still keeps a dead peer from hanging a caller.
+CONTROL_TIMEOUT_S = 30.0
+
+
+def check_address(address: str, setting: str) -> str:
+    """'host:port' with a numeric port; the port may be 0 (pick a free one) only for listening."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingError(f"{setting}: {address!r} is not HOST:PORT (e.g. 127.0.0.1:7070)")
+    return address
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def bind(server: grpc.Server, address: str, setting: str) -> str:
+    """Bind and return the address actually listened on (resolves port 0)."""
+    host, _, _ = check_address(address, setting).rpartition(":")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise SettingError(f"{setting}: cannot listen on {address} ({e})") from None
+    if port == 0:
+        raise SettingError(f"{setting}: cannot listen on {address} (address in use or not local)")
+    return f"{host}:{port}"

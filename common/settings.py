@@ -1,0 +1,240 @@
+"""Settings of every role: frozen dataclasses built once and passed in.
+
+Each value comes from, in order: a command-line flag (or a keyword argument of Client), a
+MEMSTAGE_<NAME> environment variable, a TOML file (`--config`, or MEMSTAGE_CONFIG) in the role's
+table ([manager], [benefactor], [client], [up]), then the default. Sizes and durations are written
+for humans ("4GiB", "30s"). A bad value raises SettingError naming where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from memstage.chunks import MAX_CHUNK_SIZE
+from memstage.errors import SettingError
+from memstage.paths import check_namespace
+from memstage.rpc import check_address
+from memstage.units import parse_duration, parse_size
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a whole number")
+    try:
+        n = int(str(v), 10) if not isinstance(v, int) else v
+    except ValueError:
+        raise ValueError(f"{v!r} is not a whole number") from None
+    if n < 0:
+        raise ValueError(f"{v!r} is negative")
+    return n
+
+
+def _str(v: Any) -> str:
+    return str(v)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if str(v) not in options:
+            raise ValueError(f"{v!r} is not one of {', '.join(options)}")
+        return str(v)
+
+    return parse
+
+
+def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+def _size(v: Any) -> int:
+    return parse_size(v)
+
+
+def _duration(v: Any) -> float:
+    return parse_duration(v)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT the manager serves gRPC on")
+    state: str = setting("./memstage-state", _str, "directory of the manager's SQLite state")
+    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
+    heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
+    stripe_width: int = setting(4, _int, "benefactors in a striping map")
+
+    def validate(self) -> None:
+        check_address(self.listen, "listen")
+        _positive("heartbeat_interval", self.heartbeat_interval)
+        _positive("stripe_width", self.stripe_width)
+
+
+@dataclass(frozen=True, slots=True)
+class BenefactorSettings:
+    manager: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
+    listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
+    advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
+    memory: int = setting(GiB, _size, "memory donated to the staging area")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory drained to")
+    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
+    heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")
+    orphan_grace: float = setting(600.0, _duration, "age after which unconfirmed chunks are checked with the manager")
+    id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
+
+    def validate(self) -> None:
+        check_address(self.manager, "manager")
+        check_address(self.listen, "listen")
+        if self.advertise:
+            check_address(self.advertise, "advertise")
+        _positive("memory", self.memory)
+        _positive("heartbeat_interval", self.heartbeat_interval)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    manager: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
+    namespace: str = setting("default", _str, "namespace: the scope of paths and of deduplication")
+    chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
+    buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
+    stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")
+    close_mode: str = setting("commit", _choice("commit", "buffered"), "commit: close() waits for the commit")
+    read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
+    rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
+
+    def validate(self) -> None:
+        check_address(self.manager, "manager")
+        try:
+            check_namespace(self.namespace)
+        except Exception as e:
+            raise SettingError(f"namespace: {e}") from None
+        _positive("chunk_size", self.chunk_size)
+        if self.chunk_size > MAX_CHUNK_SIZE:
+            raise SettingError(f"chunk_size: {self.chunk_size} is over the limit of 64MiB")
+        if self.buffer_size < self.chunk_size:
+            raise SettingError(f"buffer_size: must be at least chunk_size ({self.chunk_size} bytes)")
+        _positive("rpc_timeout", self.rpc_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class UpSettings:
+    benefactors: int = setting(2, _int, "benefactor processes to start")
+    memory: int = setting(GiB, _size, "memory each benefactor donates")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory")
+    state: str = setting("./memstage-state", _str, "manager state directory")
+    listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
+    mount: str = setting("", _str, "mount the staging directory here (needs FUSE; not yet available)")
+    heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
+    metrics_port: int = setting(0, _int, "first /metrics port; roles use consecutive ports (0 = off)")
+
+    def validate(self) -> None:
+        check_address(self.listen, "listen")
+        _positive("benefactors", self.benefactors)
+        _positive("memory", self.memory)
+        _positive("heartbeat_interval", self.heartbeat_interval)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise SettingError(f"{name}: must be greater than 0")
+
+
+SECTIONS: dict[type, str] = {
+    ManagerSettings: "manager",
+    BenefactorSettings: "benefactor",
+    ClientSettings: "client",
+    UpSettings: "up",
+}
+
+S = TypeVar("S", ManagerSettings, BenefactorSettings, ClientSettings, UpSettings)
+
+
+def env_name(name: str) -> str:
+    return "MEMSTAGE_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def read_toml(path: str | None, section: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingError(f"config: file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingError(f"config: {path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise SettingError(f"config: cannot read {path!r} ({e.strerror})") from None
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise SettingError(f"config: {path}: [{section}] must be a table")
+    return table
+
+
+def load(
+    cls: type[S],
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config: str | None = None,
+    flag_style: Callable[[str], str] = flag_name,
+) -> S:
+    """Build cls from flags > MEMSTAGE_* env > TOML > defaults and validate it."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    section = SECTIONS[cls]
+    config = config or env.get("MEMSTAGE_CONFIG")
+    table = read_toml(config, section)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in names:
+            raise SettingError(f"config: {config}: unknown setting [{section}] {key}")
+    unknown = set(flags) - names
+    if unknown:
+        raise SettingError(f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(names))})")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in flags:
+            raw, source = flags[f.name], flag_style(f.name)
+        elif env_name(f.name) in env:
+            raw, source = env[env_name(f.name)], env_name(f.name)
+        elif f.name in table:
+            raw, source = table[f.name], f"{config} [{section}] {f.name}"
+        else:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as e:
+            raise SettingError(f"{source}: {e}") from None
+    settings = cls(**values)
+    try:
+        settings.validate()
+    except SettingError as e:
+        raise SettingError(_rename(str(e), flag_style)) from None
+    return settings
+
+
+def _rename(message: str, flag_style: Callable[[str], str]) -> str:
+    """'memory: must be ...' -> '--memory: must be ...' so the user sees the name they typed."""
+    name, sep, rest = message.partition(":")
+    if sep and name.isidentifier():
+        return f"{flag_style(name)}:{rest}"
+    return message
+
+
+def describe(cls: type) -> list[tuple[str, str, str, str]]:
+    """(setting, env variable, default, help) rows for the README and --help."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        rows.append((f.name, env_name(f.name), repr(f.default), f.metadata["help"]))
+    return rows

@@ -1,0 +1,69 @@
+"""Starting and stopping the manager: gRPC server, catalog, and its housekeeping thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+
+from memstage.chunks import group_keys
+from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
+from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind, channel
+from memstage.settings import ManagerSettings
+
+from memstage.manager.catalog import Catalog
+from memstage.manager.service import ManagerService
+
+log = logging.getLogger(__name__)
+
+
+class ManagerServer:
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings.state)
+        self.service = ManagerService(settings, self.catalog)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
+        manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
+        self.address = bind(self._server, settings.listen, "listen")
+        self._stop = threading.Event()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+
+    def start(self) -> None:
+        self._server.start()
+        self._housekeeper.start()
+        log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.service.drops_pending.set()
+        self._server.stop(grace).wait()
+        self._housekeeper.join(timeout=5)
+        self.catalog.close()
+        log.info("manager stopped")
+
+    def _housekeeping(self) -> None:
+        """Log deaths, and free released chunks on their benefactors now rather than at the next heartbeat."""
+        period = min(1.0, self.settings.heartbeat_interval)
+        while not self._stop.is_set():
+            self.service.drops_pending.wait(period)
+            self.service.drops_pending.clear()
+            if self._stop.is_set():
+                return
+            self.service.sweep()
+            for bf, (address, keys) in self.service.take_drops().items():
+                try:
+                    with channel(address) as ch:
+                        stub = benefactor_pb2_grpc.BenefactorStub(ch)
+                        for group in group_keys(keys):
+                            stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace, keys=group.keys),
+                                        timeout=CONTROL_TIMEOUT_S)
+                    self.service.drops_done(bf, keys)
+                except grpc.RpcError as e:
+                    log.info("freeing %d chunks on %s deferred to its heartbeat (%s)", len(keys), bf,
+                             e.code() if isinstance(e, grpc.Call) else e)
+
+
+def create_server(settings: ManagerSettings) -> ManagerServer:
+    return ManagerServer(settings)

@@ -1,0 +1,269 @@
+"""The manager's gRPC servicer: translates requests to Registry and Catalog calls, errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
+from memstage.errors import DataLost, DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
+from memstage.paths import check_namespace, normalize_file_path, normalize_path
+from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
+from memstage.settings import ManagerSettings
+
+from memstage.manager.catalog import Catalog, IndexKey, VersionRecord
+from memstage.manager.registry import Registry, Stats
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(method: F) -> F:
+    """Turn domain errors into status codes; anything else is a bug, logged with its traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: ManagerService, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except MemstageError as e:
+            context.abort(e.code, str(e))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the manager's log)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
+    return Stats(pb.memory_capacity, pb.memory_used, pb.drain_backlog, pb.chunk_count)
+
+
+def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
+    key = ChunkKey.from_pb(pb)
+    if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
+        raise InvalidArgument(f"chunk key {key}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
+    return key
+
+
+class ManagerService(manager_pb2_grpc.ManagerServicer):
+    def __init__(self, settings: ManagerSettings, catalog: Catalog, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.catalog = catalog
+        self.registry = Registry(settings.heartbeat_interval)
+        self.clock = clock
+        self._lock = threading.Lock()  # registry and pending drops
+        # Chunks freed in the catalog that benefactors still hold: sent by the dropper, or with a heartbeat.
+        self._drops: dict[str, set[IndexKey]] = defaultdict(set)
+        self.drops_pending = threading.Event()
+
+    # -- benefactors -------------------------------------------------------------------------
+    @rpc
+    def Register(self, request: manager_pb2.RegisterRequest, context: grpc.ServicerContext) -> manager_pb2.RegisterReply:
+        if not request.benefactor_id or not request.address:
+            raise InvalidArgument("register: benefactor_id and address are required")
+        with self._lock:
+            self.registry.register(request.benefactor_id, request.address, _stats(request.stats), self.clock())
+        self.catalog.remember_benefactor(request.benefactor_id, request.address, request.stats.memory_capacity)
+        held = [(g.namespace, _key(k)) for g in request.held for k in g.keys]
+        confirmed = self.catalog.add_locations(request.benefactor_id, held)
+        log.info("benefactor %s registered at %s (capacity %d, %d chunks held, %d locations restored)",
+                 request.benefactor_id, request.address, request.stats.memory_capacity, len(held), confirmed)
+        return manager_pb2.RegisterReply(heartbeat_interval_seconds=self.settings.heartbeat_interval)
+
+    @rpc
+    def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
+                  ) -> manager_pb2.HeartbeatReply:
+        with self._lock:
+            known = self.registry.heartbeat(request.benefactor_id, _stats(request.stats), self.clock())
+            drops = self._drops.pop(request.benefactor_id, set()) if known else set()
+        return manager_pb2.HeartbeatReply(known=known, drop=group_keys(drops))
+
+    @rpc
+    def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
+                  ) -> manager_pb2.ReconcileReply:
+        keys = [(g.namespace, _key(k)) for g in request.keys for k in g.keys]
+        referenced = [k for k in keys if self.catalog.refs(k) > 0]
+        self.catalog.add_locations(request.benefactor_id, referenced)
+        return manager_pb2.ReconcileReply(referenced=group_keys(referenced))
+
+    def sweep(self) -> None:
+        """Log benefactors that just passed their TTL (liveness itself is computed on demand)."""
+        with self._lock:
+            dead = self.registry.newly_dead(self.clock())
+        for rec in dead:
+            log.warning("benefactor %s (%s) missed %d heartbeats: declared dead", rec.id, rec.address, 3)
+
+    # -- clients -----------------------------------------------------------------------------
+    @rpc
+    def GetStripingMap(self, request: manager_pb2.StripingRequest, context: grpc.ServicerContext
+                       ) -> manager_pb2.StripingMap:
+        check_namespace(request.namespace)
+        width = request.width or self.settings.stripe_width
+        with self._lock:
+            now = self.clock()
+            placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now)
+            alive = len(self.registry.alive(now))
+        if not placements:
+            if alive == 0:
+                raise Unavailable("no live benefactors are registered with the manager")
+            raise DeploymentFull(f"deployment full: none of the {alive} live benefactors has room "
+                                 f"for a {request.chunk_size}-byte chunk (excluded: {len(request.exclude)})")
+        return manager_pb2.StripingMap(
+            benefactors=[common_pb2.Location(benefactor_id=p.id, address=p.address) for p in placements])
+
+    @rpc
+    def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
+        namespace = check_namespace(request.namespace)
+        path = normalize_file_path(request.path)
+        chunks = [(_key(c.key), [loc.benefactor_id for loc in c.locations]) for c in request.chunks]
+        per_benefactor: dict[str, int] = defaultdict(int)
+        with self._lock:
+            now = self.clock()
+            for i, (key, locs) in enumerate(chunks):
+                live = [bf for bf in locs if self.registry.is_alive(bf, now)]
+                if not live and self.catalog.refs((namespace, key)) == 0:
+                    raise DataLost(f"commit of {path}: chunk {i} is on no live benefactor "
+                                   f"({', '.join(locs) or 'none given'}); write the file again")
+                for bf in live:
+                    per_benefactor[bf] += key.length
+        version = self.catalog.commit(namespace, path, request.size, chunks)
+        with self._lock:
+            for bf, nbytes in per_benefactor.items():
+                self.registry.note_stored(bf, nbytes)
+            # A chunk committed again is referenced again: it must not be freed by an older drop.
+            for (key, locs) in chunks:
+                for bf in locs:
+                    self._drops.get(bf, set()).discard((namespace, key))
+        log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
+                 len(chunks))
+        return manager_pb2.CommitReply(version=version)
+
+    @rpc
+    def Lookup(self, request: manager_pb2.LookupRequest, context: grpc.ServicerContext) -> manager_pb2.VersionMap:
+        namespace = check_namespace(request.namespace)
+        rec = self.catalog.version(namespace, normalize_file_path(request.path), request.version)
+        return self._version_map(rec)
+
+    def _version_map(self, rec: VersionRecord) -> manager_pb2.VersionMap:
+        addresses = self.catalog.benefactor_addresses()
+        with self._lock:
+            now = self.clock()
+            for r in self.registry.records():
+                addresses[r.id] = r.address
+            alive = {r.id for r in self.registry.alive(now)}
+        chunks = []
+        for key in rec.keys:
+            # Live benefactors first; the others stay listed (a restarted manager has not heard from them yet).
+            locs = sorted(self.catalog.locations((rec.namespace, key)), key=lambda bf: (bf not in alive, bf))
+            chunks.append(manager_pb2.ChunkRef(
+                key=key.to_pb(),
+                locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
+        return manager_pb2.VersionMap(path=rec.path, version=rec.version, size=rec.size, chunks=chunks,
+                                      committed_at=rec.committed_at)
+
+    @rpc
+    def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        namespace = check_namespace(request.namespace)
+        path = normalize_path(request.path)
+        if path != "/":
+            try:
+                versions = self.catalog.versions(namespace, path)
+            except NotFound:
+                versions = []
+            if versions:
+                latest = versions[-1]
+                return manager_pb2.FileInfo(path=path, size=latest.size, version=latest.version,
+                                            committed_at=latest.committed_at, version_count=len(versions))
+        if path == "/" or self.catalog.files_under(namespace, path):
+            return manager_pb2.FileInfo(path=path, is_dir=True)
+        raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
+
+    @rpc
+    def List(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.ListReply:
+        namespace = check_namespace(request.namespace)
+        directory = normalize_path(request.path)
+        files = self.catalog.files_under(namespace, directory)
+        if not files and directory != "/":
+            raise NotFound(f"{directory}: no such directory in namespace {namespace!r}")
+        base = directory.rstrip("/") + "/"
+        entries: dict[str, manager_pb2.FileInfo] = {}
+        for f in files:
+            rest = f.path[len(base):]
+            name, sep, _ = rest.partition("/")
+            child = base + name
+            if sep:
+                entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
+            else:
+                entries[child] = manager_pb2.FileInfo(path=child, size=f.size, version=f.latest,
+                                                      committed_at=f.committed_at, version_count=f.version_count)
+        return manager_pb2.ListReply(entries=[entries[k] for k in sorted(entries)])
+
+    @rpc
+    def Versions(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.VersionsReply:
+        namespace = check_namespace(request.namespace)
+        path = normalize_file_path(request.path)
+        versions = self.catalog.versions(namespace, path)
+        if not versions:
+            raise NotFound(f"{path}: no such file in namespace {namespace!r}")
+        return manager_pb2.VersionsReply(versions=[
+            manager_pb2.VersionInfo(version=v.version, size=v.size, committed_at=v.committed_at,
+                                    chunk_count=len(v.keys)) for v in versions])
+
+    @rpc
+    def Delete(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext
+               ) -> manager_pb2.DeleteFileReply:
+        namespace = check_namespace(request.namespace)
+        path = normalize_file_path(request.path)
+        count, freed = self.catalog.delete_file(namespace, path)
+        with self._lock:
+            for ik, benefactors in freed.items():
+                for bf in benefactors:
+                    self._drops[bf].add(ik)
+        if freed:
+            self.drops_pending.set()
+        log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
+        return manager_pb2.DeleteFileReply(versions_deleted=count)
+
+    # -- operators ---------------------------------------------------------------------------
+    @rpc
+    def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
+        with self._lock:
+            now = self.clock()
+            rows = [
+                manager_pb2.BenefactorStatus(
+                    id=r.id, address=r.address, alive=self.registry.is_alive(r.id, now),
+                    stats=manager_pb2.BenefactorStats(
+                        memory_capacity=r.stats.memory_capacity, memory_used=r.stats.memory_used,
+                        drain_backlog=r.stats.drain_backlog, chunk_count=r.stats.chunk_count),
+                    last_heartbeat_age_seconds=now - r.last_seen)
+                for r in sorted(self.registry.records(), key=lambda r: r.id)
+            ]
+        namespaces = [manager_pb2.NamespaceStatus(namespace=n.namespace, files=n.files, versions=n.versions,
+                                                  bytes_committed=n.bytes_committed, bytes_stored=n.bytes_stored)
+                      for n in self.catalog.namespaces()]
+        return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces,
+                                       heartbeat_interval_seconds=self.settings.heartbeat_interval,
+                                       state_dir=self.settings.state)
+
+    # -- dropper support ---------------------------------------------------------------------
+    def take_drops(self) -> dict[str, tuple[str, set[IndexKey]]]:
+        """Pending drops of live benefactors, with their addresses; they stay pending until done."""
+        with self._lock:
+            now = self.clock()
+            return {bf: (rec.address, set(keys)) for bf, keys in self._drops.items()
+                    if keys and (rec := self.registry.get(bf)) is not None and self.registry.is_alive(bf, now)}
+
+    def drops_done(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
+        with self._lock:
+            pending = self._drops.get(benefactor_id)
+            if pending is not None:
+                pending.difference_update(keys)
+
