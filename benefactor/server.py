@@ -38,6 +38,7 @@ class BenefactorServer:
     def stop(self, grace: float = 2.0) -> None:
         self.heartbeat.stop()
         self._server.stop(grace).wait()
+        self.store.close()
         log.info("benefactor %s stopped", self.id)
 
 

@@ -1,8 +1,8 @@
-"""ChunkStore: the benefactor's in-memory chunks and its capacity accounting. No networking.
+"""ChunkStore: the benefactor's chunks, kept in its Arena, and their capacity accounting. No networking.
 
-Chunks are keyed by (namespace, ChunkKey), since deduplication is scoped to a namespace and a
-chunk is only freed when its own namespace no longer references it. Space is reserved before a
-chunk's bytes arrive, so the donated capacity is never exceeded, whatever the concurrency.
+Chunks are keyed by (namespace, ChunkKey): deduplication is scoped to a namespace, and a chunk is
+freed only when its own namespace no longer references it. Blocks are reserved when a chunk's
+header arrives, so concurrent streams can never overrun the donation.
 """
 
 from __future__ import annotations
@@ -10,35 +10,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from memstage.chunks import ChunkKey
+
+from memstage.benefactor.arena import BLOCK_SIZE, Arena, Run, blocks_for
 
 StoreKey = tuple[str, ChunkKey]
 
 
 @dataclass(slots=True)
 class StoredChunk:
-    data: memoryview | bytes
+    runs: tuple[Run, ...]
     stored_at: float
     confirmed: bool = False  # the manager said a committed version references it
 
 
-@dataclass(slots=True)
 class ChunkStore:
-    capacity: int
-    _chunks: dict[StoreKey, StoredChunk] = field(default_factory=dict)
-    _used: int = 0
-    _reserved: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, capacity: int, prefault: bool = True) -> None:
+        self._arena = Arena(capacity, prefault)
+        self._chunks: dict[StoreKey, StoredChunk] = {}
+        self._reserved = 0  # blocks
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self._arena.capacity
 
     @property
     def used(self) -> int:
-        return self._used
-
-    @property
-    def free(self) -> int:
-        return self.capacity - self._used - self._reserved
+        """Bytes of the donation in use (whole blocks)."""
+        return (self._arena.blocks - self._arena.free_blocks) * BLOCK_SIZE
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -47,38 +49,53 @@ class ChunkStore:
         return key in self._chunks
 
     def reserve(self, nbytes: int) -> bool:
-        """Set nbytes aside for a chunk being received; False if that would pass capacity."""
+        """Set blocks aside for a chunk being received; False if the donation cannot take it."""
+        need = blocks_for(nbytes)
         with self._lock:
-            if self._used + self._reserved + nbytes > self.capacity:
+            if self._reserved + need > self._arena.free_blocks:
                 return False
-            self._reserved += nbytes
+            self._reserved += need
             return True
 
     def release(self, nbytes: int) -> None:
         with self._lock:
-            self._reserved -= nbytes
+            self._reserved -= blocks_for(nbytes)
 
     def put_reserved(self, key: StoreKey, data: memoryview | bytes, now: float | None = None) -> None:
-        """Store a chunk whose space was reserved; storing one already held just frees the reservation."""
+        """Copy a verified chunk into reserved blocks; a chunk already held just drops its reservation."""
         with self._lock:
-            self._reserved -= len(data)
+            self._reserved -= blocks_for(len(data))
             if key in self._chunks:
                 return
-            self._chunks[key] = StoredChunk(data, time.monotonic() if now is None else now)
-            self._used += len(data)
+            runs = self._arena.store(data)
+            self._chunks[key] = StoredChunk(runs, time.monotonic() if now is None else now)
 
-    def get(self, key: StoreKey) -> memoryview | bytes | None:
-        chunk = self._chunks.get(key)
-        return None if chunk is None else chunk.data
+    def read(self, key: StoreKey, start: int = 0, end: int | None = None, prefix: bytes = b"") -> bytes | None:
+        """prefix + bytes [start, end) of a chunk, copied out under the lock (its blocks may be reused after)."""
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                return None
+            length = key[1].length
+            end = length if end is None else min(end, length)
+            parts: list[bytes | memoryview] = [prefix]
+            pos = 0
+            for view in self._arena.views(chunk.runs, length):
+                lo, hi = max(start - pos, 0), min(end - pos, len(view))
+                if lo < hi:
+                    parts.append(view[lo:hi])
+                pos += len(view)
+            return b"".join(parts)
 
     def delete(self, keys: Iterable[StoreKey]) -> int:
+        """Free chunks; returns the bytes of donation given back."""
         freed = 0
         with self._lock:
             for key in keys:
                 chunk = self._chunks.pop(key, None)
                 if chunk is not None:
-                    freed += len(chunk.data)
-            self._used -= freed
+                    self._arena.free(chunk.runs)
+                    freed += sum(count for _, count in chunk.runs) * BLOCK_SIZE
         return freed
 
     def keys(self) -> list[StoreKey]:
@@ -96,3 +113,8 @@ class ChunkStore:
                 chunk = self._chunks.get(key)
                 if chunk is not None:
                     chunk.confirmed = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._arena.close()

@@ -31,24 +31,40 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
         self.opened_at = opened_at
         self.result: CommitResult | None = None
 
+    def write(self, data: Any) -> int:
+        """Whole chunks go straight to the writer; only a partial chunk waits in fsspec's buffer.
+
+        An immutable `bytes` is chunked without a copy. Any other buffer is copied once per chunk,
+        because the application may reuse it as soon as write() returns.
+        """
+        if self.closed or self.forced or not self.writable():
+            return int(super().write(data))  # fsspec raises the right error
+        view = memoryview(data).cast("B")
+        keep = isinstance(data, bytes)
+        size, chunk, pos = len(view), self.chunk_size, 0
+        pending = self.buffer.tell()
+        if pending:
+            pos = min(size, chunk - pending)
+            self.buffer.write(view[:pos])
+            if pending + pos == chunk:
+                self.writer.add(self.buffer.getbuffer())
+                self.buffer = io.BytesIO()
+        while size - pos >= chunk:
+            piece = view[pos : pos + chunk]
+            self.writer.add(piece if keep else memoryview(piece.tobytes()))
+            pos += chunk
+        if pos < size:
+            self.buffer.write(view[pos:])
+        self.loc += size
+        return size
+
     def _upload_chunk(self, final: bool = False) -> bool:
-        view = self.buffer.getbuffer()
-        whole = len(view) - len(view) % self.chunk_size
-        for start in range(0, whole, self.chunk_size):
-            self.writer.add(view[start : start + self.chunk_size])
-        if final:
-            if whole < len(view):
-                self.writer.add(view[whole:])
-            self._finish()
-            return True
-        if whole == len(view):
-            return True
-        # Keep the partial tail for the next chunk; fsspec resets the buffer only if we return True.
-        tail = io.BytesIO()
-        tail.write(view[whole:])
-        self.offset += whole
-        self.buffer = tail
-        return False
+        if not final:
+            return False  # write() already sent every whole chunk; the tail waits for close()
+        if self.buffer.tell():
+            self.writer.add(self.buffer.getbuffer())
+        self._finish()
+        return True
 
     def _finish(self) -> None:
         def commit() -> CommitResult:

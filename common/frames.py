@@ -95,8 +95,13 @@ def decode_put_frame(raw: bytes) -> PutFrameView:
     return PutFrameView(header, fields.get(2, memoryview(b"")))
 
 
+def get_frame_prefix(length: int) -> bytes:
+    """The bytes that precede `length` bytes of data in an encoded GetFrame."""
+    return bytes((_TAG_GET_DATA,)) + _varint(length)
+
+
 def encode_get_frame(data: memoryview | bytes) -> bytes:
-    return b"".join((bytes((_TAG_GET_DATA,)), _varint(len(data)), data))
+    return b"".join((get_frame_prefix(len(data)), data))
 
 
 def decode_get_frame(raw: bytes) -> memoryview:
