@@ -1,4 +1,213 @@
-"""Placeholder replaced below."""
+"""`memstage bench`: OAB/ASB of a local deployment against baselines measured in the same run.
+
+For each client count C: C processes each write one checkpoint file of --size random bytes
+(written in --write-size pieces from a memoryview, as numpy or torch hand over buffers) into
+memstage; the same bytes are written by C processes to files in --dir with fsync (the disk);
+and streamed by C processes with bare grpcio to one server process (the transport ceiling).
+Every measurement is repeated (--repeat) after one unmeasured warm-up, the median is reported.
+Aggregate bandwidth = C x size / the slowest client's time. Figures are ratios in one run.
+"""
+
+from __future__ import annotations
+
 import argparse
-def add_arguments(p: argparse.ArgumentParser) -> None: pass
-def run_bench(args: argparse.Namespace) -> int: return 0
+import json
+import multiprocessing as mp
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from memstage.errors import MemstageError, SettingError
+from memstage.units import format_rate, format_size, parse_size
+
+MiB = 1024 * 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="1GiB", help="checkpoint file size per client (default 1GiB)")
+    p.add_argument("--benefactors", type=int, default=4, help="benefactor processes (default 4)")
+    p.add_argument("--clients", default="1,2", help="client process counts to run, comma-separated (default 1,2)")
+    p.add_argument("--chunk-size", default="1MiB", help="memstage chunk size (default 1MiB)")
+    p.add_argument("--write-size", default="16MiB", help="bytes per write() call of the application (default 16MiB)")
+    p.add_argument("--repeat", type=int, default=3, help="measured repetitions after one warm-up (default 3)")
+    p.add_argument("--dir", default=None, help="directory for the disk baseline and the deployment's state "
+                                              "(default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    clients: int
+    bytes_per_client: int
+    oab: float  # aggregate bytes/s, as defined in the module docstring
+    asb: float
+    disk: float
+    grpc: float
+
+    @property
+    def asb_over_grpc(self) -> float:
+        return self.asb / self.grpc
+
+    @property
+    def asb_over_disk(self) -> float:
+        return self.asb / self.disk
+
+
+# -- workers (run in child processes) -----------------------------------------------------------
+
+def _worker(kind: str, args: dict[str, Any], index: int, barrier: Any, results: Any) -> None:
+    try:
+        _measure(kind, args, index, barrier, results)
+    except MemstageError as e:
+        print(f"memstage bench: {kind} client {index}: {e}", file=sys.stderr, flush=True)
+        barrier.abort()
+        raise SystemExit(1) from None
+
+
+def _measure(kind: str, args: dict[str, Any], index: int, barrier: Any, results: Any) -> None:
+    from memstage.tuning import keep_large_buffers
+
+    keep_large_buffers()
+    size, write_size = args["size"], args["write_size"]
+    data = os.urandom(size)
+    view = memoryview(data)
+    client = None
+    if kind == "memstage":
+        from memstage.client import Client
+
+        client = Client(manager=args["manager"], namespace="bench", chunk_size=args["chunk_size"])
+    out = []
+    for rnd in range(args["rounds"]):
+        barrier.wait()
+        if kind == "memstage":
+            assert client is not None
+            path = f"/bench/round{rnd}/client{index}.bin"
+            t0 = time.perf_counter()
+            with client.open(path, "wb") as f:
+                for start in range(0, size, write_size):
+                    f.write(view[start : start + write_size])
+            oab = time.perf_counter() - t0
+            assert f.result is not None
+            out.append((oab, f.result.stats.asb_seconds))
+            barrier.wait()
+            if index == 0:
+                client.rm(f"/bench/round{rnd}", recursive=True)
+        elif kind == "disk":
+            path = os.path.join(args["dir"], f"disk-{index}.bin")
+            t0 = time.perf_counter()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for start in range(0, size, write_size):
+                    os.write(fd, view[start : start + write_size])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dt = time.perf_counter() - t0
+            os.unlink(path)
+            out.append((dt, dt))
+        else:
+            from memstage.bench.ceiling import push
+
+            dt = push(args["address"], data, args["chunk_size"])
+            out.append((dt, dt))
+    results.put((index, out))
+
+
+def _run_parallel(kind: str, clients: int, args: dict[str, Any]) -> list[tuple[float, float]]:
+    """Per round (warm-up excluded): (slowest OAB time, slowest ASB time) over the clients."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(clients)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(kind, args, i, barrier, results)) for i in range(clients)]
+    for p in procs:
+        p.start()
+    per_client = []
+    try:
+        while len(per_client) < clients:
+            try:
+                per_client.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise MemstageError(f"a {kind} benchmark client failed (see its messages above)") from None
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    rounds = len(per_client[0][1])
+    return [(max(c[1][r][0] for c in per_client), max(c[1][r][1] for c in per_client)) for r in range(1, rounds)]
+
+
+def _median_rate(total: int, times: list[float]) -> float:
+    return total / statistics.median(times)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from memstage.settings import UpSettings
+    from memstage.up import start_deployment, stop_deployment
+
+    try:
+        size = parse_size(args.size)
+        chunk = parse_size(args.chunk_size)
+        write_size = parse_size(args.write_size)
+        counts = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    except ValueError as e:
+        raise SettingError(f"bench: {e}") from None
+    if size <= 0 or write_size <= 0 or not counts or min(counts) <= 0 or args.repeat <= 0 or args.benefactors <= 0:
+        raise SettingError("bench: --size, --write-size, --clients, --repeat and --benefactors must be positive")
+    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
+        # Room for the largest round (every client's file) plus a chunk of slack per benefactor.
+        memory = (size * max(counts) * 5 // 4) // args.benefactors + 16 * MiB
+        progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+        progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
+        procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
+                                            state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
+                                            heartbeat_interval=2.0))
+        sink = subprocess.Popen([sys.executable, "-m", "memstage.bench.ceiling"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert sink.stdout is not None
+            sink_address = sink.stdout.readline().strip()
+            common = {"size": size, "write_size": write_size, "chunk_size": chunk, "rounds": args.repeat + 1,
+                      "manager": procs[0].address, "address": sink_address, "dir": work}
+            rows = []
+            for c in counts:
+                total = c * size
+                progress(f"bench: {c} client(s) x {format_size(size)}: memstage ...")
+                ms = _run_parallel("memstage", c, common)
+                progress(f"bench: {c} client(s): disk (write + fsync in {work}) ...")
+                disk = _run_parallel("disk", c, common)
+                progress(f"bench: {c} client(s): bare grpcio stream to one server ...")
+                grpc_t = _run_parallel("grpc", c, common)
+                rows.append(Row(c, size, _median_rate(total, [t[0] for t in ms]),
+                                _median_rate(total, [t[1] for t in ms]),
+                                _median_rate(total, [t[0] for t in disk]), _median_rate(total, [t[0] for t in grpc_t])))
+        finally:
+            if sink.stdin:
+                sink.stdin.close()
+            sink.wait(timeout=30)
+            stop_deployment(procs)
+    setup = {"size": size, "benefactors": args.benefactors, "chunk_size": chunk, "write_size": write_size,
+             "repeat": args.repeat, "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps({"setup": setup, "rows": [asdict(r) | {"asb_over_grpc": r.asb_over_grpc,
+                                                                 "asb_over_disk": r.asb_over_disk} for r in rows]},
+                         indent=2))
+        return 0
+    print(f"memstage bench: {format_size(size)} per client, {args.benefactors} benefactors, chunk "
+          f"{format_size(chunk)}, writes of {format_size(write_size)}, median of {args.repeat} after a warm-up, "
+          f"{os.cpu_count()} CPUs")
+    header = ("clients", "OAB", "ASB", "disk+fsync", "grpc ceiling", "ASB/grpc", "ASB/disk")
+    lines = [header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
+                         format_rate(r.grpc), f"{r.asb_over_grpc:.2f}", f"{r.asb_over_disk:.2f}") for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    return 0

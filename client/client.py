@@ -18,7 +18,7 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from memstage.errors import InvalidArgument, NotFound
+from memstage.errors import InvalidArgument
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
@@ -132,16 +132,22 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                 for v in reply.versions]
 
     def rm_file(self, path: str) -> None:
-        norm = normalize_path(self._strip_protocol(path))
-        try:
-            self.connections.call_manager(
-                "Delete", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
-        except (NotFound, InvalidArgument):
-            if self.info(norm)["type"] != "directory":  # implicit directories vanish with their files
-                raise
+        norm = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager("Delete", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
 
     def _rm(self, path: str) -> None:
         self.rm_file(path)
+
+    def rm(self, path: str | list[str], recursive: bool = False, maxdepth: int | None = None) -> None:
+        """Delete files; a directory (implicit: it vanishes with its last file) needs recursive=True."""
+        for p in [path] if isinstance(path, str) else path:
+            if self.info(p)["type"] == "directory":
+                if not recursive:
+                    raise InvalidArgument(f"{p}: is a directory (use recursive=True)")
+                for f in self.find(p, maxdepth=maxdepth):
+                    self.rm_file(f)
+            else:
+                self.rm_file(p)
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         normalize_path(self._strip_protocol(path))  # directories are implicit: validate only

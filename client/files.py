@@ -32,15 +32,11 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
         self.result: CommitResult | None = None
 
     def write(self, data: Any) -> int:
-        """Whole chunks go straight to the writer; only a partial chunk waits in fsspec's buffer.
-
-        An immutable `bytes` is chunked without a copy. Any other buffer is copied once per chunk,
-        because the application may reuse it as soon as write() returns.
-        """
+        """Whole chunks go straight to the writer, which copies each once, into its wire frame;
+        only a partial chunk waits in fsspec's buffer."""
         if self.closed or self.forced or not self.writable():
             return int(super().write(data))  # fsspec raises the right error
         view = memoryview(data).cast("B")
-        keep = isinstance(data, bytes)
         size, chunk, pos = len(view), self.chunk_size, 0
         pending = self.buffer.tell()
         if pending:
@@ -50,8 +46,7 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
                 self.writer.add(self.buffer.getbuffer())
                 self.buffer = io.BytesIO()
         while size - pos >= chunk:
-            piece = view[pos : pos + chunk]
-            self.writer.add(piece if keep else memoryview(piece.tobytes()))
+            self.writer.add(view[pos : pos + chunk])
             pos += chunk
         if pos < size:
             self.buffer.write(view[pos:])

@@ -34,9 +34,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PendingChunk:
+    """A chunk on its way, already encoded as Put frames: they hold the only copy of its bytes."""
+
     index: int
     key: ChunkKey
-    data: memoryview
+    frames: tuple[bytes, ...]
+
+
+def encode_chunk(namespace: str, index: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
+    header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=index)
+    frames = [encode_put_frame(header, data[:MAX_FRAME_DATA])]
+    for start in range(MAX_FRAME_DATA, len(data), MAX_FRAME_DATA):
+        frames.append(encode_put_frame(None, data[start : start + MAX_FRAME_DATA]))
+    return tuple(frames)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +110,10 @@ class ByteBudget:
 class PutStream:
     """One Put call to one benefactor; chunks queue up and are acknowledged one by one."""
 
-    def __init__(self, conn: Connections, placement: Placement, namespace: str,
+    def __init__(self, conn: Connections, placement: Placement,
                  on_ack: Callable[[PutStream, PendingChunk], None],
                  on_end: Callable[[PutStream, grpc.RpcError | None, list[PendingChunk]], None]) -> None:
         self.placement = placement
-        self.namespace = namespace
         self.closed = False
         self.acked = 0
         self._on_ack = on_ack
@@ -118,11 +127,7 @@ class PutStream:
 
     def _frames(self) -> Iterator[bytes]:
         while (chunk := self._queue.get()) is not None:
-            header = benefactor_pb2.PutHeader(namespace=self.namespace, key=chunk.key.to_pb(), seq=chunk.index)
-            data = chunk.data
-            yield encode_put_frame(header, data[:MAX_FRAME_DATA])
-            for start in range(MAX_FRAME_DATA, len(data), MAX_FRAME_DATA):
-                yield encode_put_frame(None, data[start : start + MAX_FRAME_DATA])
+            yield from chunk.frames
 
     def send(self, chunk: PendingChunk) -> None:
         with self._lock:
@@ -183,10 +188,13 @@ class VersionWriter:
 
     # -- called by the file object, in file order --------------------------------------------
     def add(self, data: memoryview) -> None:
+        """Take one chunk. Its bytes are hashed and copied into frames before this returns, so the
+        caller may reuse `data` at once."""
         self._budget.acquire(len(data), self._raise_if_failed)
         key = ChunkKey.of(data)
         with self._lock:
-            chunk = PendingChunk(len(self._keys), key, data)
+            index = len(self._keys)
+            chunk = PendingChunk(index, key, encode_chunk(self.namespace, index, key, data))
             self._keys.append(key)
             self._locations.append(set())
             self._in_flight += 1
@@ -232,7 +240,8 @@ class VersionWriter:
     # -- placement ---------------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise self._error
+            # The same error is raised on every later call: do not let its traceback grow each time.
+            raise self._error.with_traceback(None)
 
     def _fail(self, error: MemstageError) -> None:
         with self._lock:
@@ -266,7 +275,7 @@ class VersionWriter:
             self._rr += 1
             stream = self._streams.get(placement.id)
             if stream is None or stream.closed:
-                stream = PutStream(self.conn, placement, self.namespace, self._on_ack, self._on_end)
+                stream = PutStream(self.conn, placement, self._on_ack, self._on_end)
                 self._streams[placement.id] = stream
             return stream
 

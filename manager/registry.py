@@ -92,10 +92,10 @@ class Registry:
         candidates.sort(key=lambda r: (-r.stats.free, r.id))
         return [Placement(r.id, r.address) for r in candidates[:width]]
 
-    def note_stored(self, benefactor_id: str, nbytes: int) -> None:
-        """Account for bytes committed since the last heartbeat, so maps do not keep favouring it."""
+    def note_used(self, benefactor_id: str, delta: int) -> None:
+        """Account for bytes stored (+) or freed (-) since the last heartbeat, so maps see it at once."""
         rec = self._records.get(benefactor_id)
         if rec is not None:
             s = rec.stats
-            rec.stats = Stats(s.memory_capacity, min(s.memory_capacity, s.memory_used + nbytes), s.drain_backlog,
-                              s.chunk_count)
+            used = min(s.memory_capacity, max(0, s.memory_used + delta))
+            rec.stats = Stats(s.memory_capacity, used, s.drain_backlog, s.chunk_count)

@@ -137,7 +137,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         version = self.catalog.commit(namespace, path, request.size, chunks)
         with self._lock:
             for bf, nbytes in per_benefactor.items():
-                self.registry.note_stored(bf, nbytes)
+                self.registry.note_used(bf, nbytes)
             # A chunk committed again is referenced again: it must not be freed by an older drop.
             for (key, locs) in chunks:
                 for bf in locs:
@@ -227,6 +227,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for ik, benefactors in freed.items():
                 for bf in benefactors:
                     self._drops[bf].add(ik)
+                    # Counted as free at once: the dropper frees it within moments, and a benefactor
+                    # that is still full simply refuses (the writer re-plans).
+                    self.registry.note_used(bf, -ik[1].length)
         if freed:
             self.drops_pending.set()
         log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
