@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from memstage.errors import MemstageError, SettingError
@@ -128,7 +127,7 @@ def _run_parallel(kind: str, clients: int, args: dict[str, Any]) -> list[tuple[f
     procs = [ctx.Process(target=_worker, args=(kind, args, i, barrier, results)) for i in range(clients)]
     for p in procs:
         p.start()
-    per_client = []
+    per_client: list[tuple[int, list[tuple[float, float]]]] = []
     try:
         while len(per_client) < clients:
             try:
@@ -149,6 +148,10 @@ def _median_rate(total: int, times: list[float]) -> float:
     return total / statistics.median(times)
 
 
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from memstage.settings import UpSettings
     from memstage.up import start_deployment, stop_deployment
@@ -165,7 +168,6 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
         # Room for the largest round (every client's file) plus a chunk of slack per benefactor.
         memory = (size * max(counts) * 5 // 4) // args.benefactors + 16 * MiB
-        progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),

@@ -13,13 +13,11 @@ import logging
 import threading
 
 import grpc
-
+from memstage.benefactor.store import ChunkStore
 from memstage.chunks import group_keys, ungroup_keys
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, channel
 from memstage.settings import BenefactorSettings
-
-from memstage.benefactor.store import ChunkStore
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,11 @@ import uuid
 from concurrent import futures
 
 import grpc
-
-from memstage.rpc import SERVER_OPTIONS, bind
-from memstage.settings import BenefactorSettings
-
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
+from memstage.rpc import SERVER_OPTIONS, bind
+from memstage.settings import BenefactorSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +25,7 @@ class BenefactorServer:
         # One thread per concurrent stream; puts from many clients each hold one.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((self.service.handler(),))
-        self.address = bind(self._server, settings.listen, "listen")
+        self.address = bind(self._server, settings.listen, "--listen")
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address)
 
     def start(self) -> None:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-
+from memstage.benefactor.store import ChunkStore, StoreKey
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FRAME_DATA, ChunkKey
 from memstage.errors import InvalidPath
 from memstage.frames import (
@@ -22,8 +22,6 @@ from memstage.frames import (
 )
 from memstage.paths import check_namespace
 from memstage.proto import benefactor_pb2
-
-from memstage.benefactor.store import ChunkStore, StoreKey
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from memstage.chunks import ChunkKey
-
 from memstage.benefactor.arena import BLOCK_SIZE, Arena, Run, blocks_for
+from memstage.chunks import ChunkKey
 
 StoreKey = tuple[str, ChunkKey]
 

@@ -1,5 +1,7 @@
 """The memstage client library and fsspec filesystem (`memstage://HOST:PORT/NAMESPACE/PATH`)."""
 
+from memstage.client.client import Client
+from memstage.client.writer import CommitResult, WriteStats
 from memstage.errors import (
     ChunkRejected,
     DataLost,
@@ -11,9 +13,6 @@ from memstage.errors import (
     SettingError,
     Unavailable,
 )
-
-from memstage.client.client import Client
-from memstage.client.writer import CommitResult, WriteStats
 
 __all__ = [
     "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "InvalidArgument", "InvalidPath",

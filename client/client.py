@@ -17,16 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
-
-from memstage.errors import InvalidArgument
-from memstage.paths import normalize_file_path, normalize_path
-from memstage.proto import manager_pb2
-from memstage.settings import ClientSettings, load
-
 from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
 from memstage.client.reader import VersionReader
 from memstage.client.writer import BackgroundCommits, CommitResult
+from memstage.errors import InvalidArgument
+from memstage.paths import normalize_file_path, normalize_path
+from memstage.proto import manager_pb2
+from memstage.settings import ClientSettings, load
 
 log = logging.getLogger(__name__)
 

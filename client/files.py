@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from fsspec.spec import AbstractBufferedFile
-
 from memstage.client.reader import VersionReader
 from memstage.client.writer import CommitResult, VersionWriter
 
@@ -23,6 +22,10 @@ if TYPE_CHECKING:
 
 
 class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
+    buffer: io.BytesIO
+    closed: bool
+    forced: bool
+
     def __init__(self, fs: Client, path: str, mode: str = "wb", **kwargs: Any) -> None:
         opened_at = time.perf_counter()
         self.chunk_size = fs.settings.chunk_size

@@ -12,12 +12,10 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-
 from memstage.chunks import ChunkKey
+from memstage.client.connections import Connections
 from memstage.errors import DataLost
 from memstage.proto import benefactor_pb2, manager_pb2
-
-from memstage.client.connections import Connections
 
 
 class VersionReader:
@@ -39,10 +37,8 @@ class VersionReader:
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
         indices = range(first, last + 1)
-        if len(indices) == 1:
-            parts = [self.fetch(first)]
-        else:
-            parts = list(self._pool.map(self.fetch, indices))
+        # One chunk is fetched inline; several are fetched in parallel.
+        parts = [self.fetch(first)] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
         views = []
         for i, data in zip(indices, parts, strict=True):
             lo = max(start - self._starts[i], 0)

@@ -20,14 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
-
 from memstage.chunks import MAX_FRAME_DATA, ChunkKey
+from memstage.client.connections import Connections
 from memstage.errors import ChunkRejected, DataLost, MemstageError, from_rpc_error
 from memstage.frames import encode_put_frame
 from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
 from memstage.settings import ClientSettings
-
-from memstage.client.connections import Connections
 
 log = logging.getLogger(__name__)
 

@@ -6,19 +6,25 @@ variables and TOML keys always agree. A usage error prints one line and exits 2;
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import logging
-import signal
-import sys
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+import os
 
-from memstage import __version__
-from memstage.errors import MemstageError
-from memstage.settings import (
+# gRPC's C core prints its own copy of errors we already report in one line (e.g. a port in use);
+# it must be told before grpc is first imported. GRPC_VERBOSITY=error brings its messages back.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from memstage import __version__  # noqa: E402
+from memstage.errors import MemstageError  # noqa: E402
+from memstage.settings import (  # noqa: E402
     BenefactorSettings,
     ClientSettings,
     ManagerSettings,
@@ -27,7 +33,7 @@ from memstage.settings import (
     flag_name,
     load,
 )
-from memstage.units import format_size
+from memstage.units import format_size  # noqa: E402
 
 log = logging.getLogger("memstage")
 
@@ -95,7 +101,6 @@ def cmd_benefactor(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
-
     from memstage.client.connections import Connections
     from memstage.proto import manager_pb2
 
@@ -110,7 +115,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir})")
     print()
-    rows = [("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS", "DRAIN BACKLOG", "LAST HB")]
+    rows: list[tuple[str, ...]] = [
+        ("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS", "DRAIN BACKLOG", "LAST HB")]
     for b in reply.benefactors:
         s = b.stats
         use = f"{100 * s.memory_used / s.memory_capacity:.0f}%" if s.memory_capacity else "-"
@@ -145,7 +151,7 @@ def status_json(reply: Any, to_dict: Callable[..., dict[str, Any]]) -> dict[str,
     }
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -43,7 +43,8 @@ def normalize_file_path(path: str) -> str:
 def check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
         raise InvalidPath(
-            f"namespace {namespace!r} is invalid: use 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
+            f"namespace {namespace!r} is invalid: use 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
         )
     return namespace
 

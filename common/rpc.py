@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from memstage.chunks import MAX_MESSAGE_BYTES
 from memstage.errors import SettingError
 
@@ -35,8 +34,8 @@ def bind(server: grpc.Server, address: str, setting: str) -> str:
     host, _, _ = check_address(address, setting).rpartition(":")
     try:
         port = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise SettingError(f"{setting}: cannot listen on {address} ({e})") from None
+    except RuntimeError:
+        port = 0
     if port == 0:
         raise SettingError(f"{setting}: cannot listen on {address} (address in use or not local)")
     return f"{host}:{port}"

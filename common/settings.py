@@ -66,7 +66,6 @@ def _duration(v: Any) -> float:
 class ManagerSettings:
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT the manager serves gRPC on")
     state: str = setting("./memstage-state", _str, "directory of the manager's SQLite state")
-    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
 
@@ -82,8 +81,8 @@ class BenefactorSettings:
     listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
     advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
-    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory drained to")
-    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to (draining is not "
+                       "implemented yet: chunks stay in memory)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")
     orphan_grace: float = setting(600.0, _duration, "age after which unconfirmed chunks are checked with the manager")
     id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
@@ -126,12 +125,12 @@ class ClientSettings:
 class UpSettings:
     benefactors: int = setting(2, _int, "benefactor processes to start")
     memory: int = setting(GiB, _size, "memory each benefactor donates")
-    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory (created; draining is not "
+                       "implemented yet)")
     state: str = setting("./memstage-state", _str, "manager state directory")
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
     mount: str = setting("", _str, "mount the staging directory here (needs FUSE; not yet available)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
-    metrics_port: int = setting(0, _int, "first /metrics port; roles use consecutive ports (0 = off)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")

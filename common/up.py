@@ -37,15 +37,12 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
     extra = ["--config", config] if config else []
     procs: list[RoleProcess] = []
     try:
-        metrics = settings.metrics_port
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
-                                       interval, "--metrics-port", str(metrics), *extra]))
+                                       interval, *extra]))
         manager = procs[0].address
-        for i in range(settings.benefactors):
-            port = metrics + 1 + i if metrics else 0
+        for _ in range(settings.benefactors):
             procs.append(spawn("benefactor", ["--manager", manager, "--memory", str(settings.memory), "--pfs", pfs,
-                                              "--heartbeat-interval", interval, "--metrics-port", str(port),
-                                              *extra]))
+                                              "--heartbeat-interval", interval, *extra]))
     except BaseException:
         stop_deployment(procs)
         raise

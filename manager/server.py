@@ -7,14 +7,12 @@ import threading
 from concurrent import futures
 
 import grpc
-
 from memstage.chunks import group_keys
+from memstage.manager.catalog import Catalog
+from memstage.manager.service import ManagerService
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind, channel
 from memstage.settings import ManagerSettings
-
-from memstage.manager.catalog import Catalog
-from memstage.manager.service import ManagerService
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,7 @@ class ManagerServer:
         self.service = ManagerService(settings, self.catalog)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
-        self.address = bind(self._server, settings.listen, "listen")
+        self.address = bind(self._server, settings.listen, "--listen")
         self._stop = threading.Event()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
 

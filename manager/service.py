@@ -11,15 +11,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
 from memstage.errors import DataLost, DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
+from memstage.manager.catalog import Catalog, IndexKey, VersionRecord
+from memstage.manager.registry import Registry, Stats
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.settings import ManagerSettings
-
-from memstage.manager.catalog import Catalog, IndexKey, VersionRecord
-from memstage.manager.registry import Registry, Stats
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     # -- benefactors -------------------------------------------------------------------------
     @rpc
-    def Register(self, request: manager_pb2.RegisterRequest, context: grpc.ServicerContext) -> manager_pb2.RegisterReply:
+    def Register(self, request: manager_pb2.RegisterRequest, context: grpc.ServicerContext
+                 ) -> manager_pb2.RegisterReply:
         if not request.benefactor_id or not request.address:
             raise InvalidArgument("register: benefactor_id and address are required")
         with self._lock:

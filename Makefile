@@ -1,0 +1,52 @@
+# memstage: `make up` installs everything and starts the embedded default; `make test` installs and tests.
+# Works on a fresh Debian/Ubuntu machine as root (or with sudo); Python 3.11+ must be on PATH as python3.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# FUSE libraries for the staging-directory mount: libfuse2 and libfuse3-3 coexist; only one of the
+# fuse/fuse3 tool packages may be installed, and fuse3 is the one kept.
+DEBS    = libfuse2 libfuse3-3 fuse3
+
+# Settings of `make up`, passed to `memstage up` (see README.md for all of them).
+UP_ARGS ?= --benefactors 2 --memory 1GiB
+
+.PHONY: setup debs venv up test lint bench stubs clean
+
+setup: debs venv
+
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(BIN)/memstage
+
+$(BIN)/memstage: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+up: setup
+	$(BIN)/memstage up $(UP_ARGS)
+
+lint: venv
+	$(BIN)/python protos/gen.py --check
+	$(BIN)/ruff check .
+	$(BIN)/mypy common manager benefactor client bench
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/memstage bench
+
+stubs: venv
+	$(BIN)/python protos/gen.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

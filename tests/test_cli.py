@@ -1,0 +1,133 @@
+"""The memstage command, run as a user would: subprocesses, exit codes, what is printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MiB, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def memstage(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "memstage", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["benefactor", "--memory", "4XB"], "--memory: '4XB' is not a size"),
+    (["benefactor", "--manager", "localhost"], "--manager: 'localhost' is not HOST:PORT"),
+    (["manager", "--heartbeat-interval", "fast"], "--heartbeat-interval: 'fast' is not a duration"),
+    (["up", "--benefactors", "many"], "--benefactors: 'many' is not a whole number"),
+    (["up", "--benefactors", "0"], "--benefactors: must be greater than 0"),
+    (["status", "--manager", "127.0.0.1:1"], "manager 127.0.0.1:1: unreachable"),
+    (["manager", "--config", "/nonexistent.toml"], "config: file '/nonexistent.toml' does not exist"),
+    (["bench", "--size", "lots"], "bench: 'lots' is not a size"),
+])
+def test_bad_values_give_one_line_and_no_traceback(args, message):
+    result = memstage(*args, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_bad_env_value_names_the_variable():
+    result = memstage("benefactor", env={"MEMSTAGE_MEMORY": "lots"})
+    assert result.returncode == 2 and "MEMSTAGE_MEMORY: 'lots' is not a size" in result.stderr
+
+
+def test_listen_port_in_use_is_a_clear_error(local_cluster):
+    cluster = local_cluster(benefactors=0)
+    result = memstage("manager", "--listen", cluster.manager_address, "--state", str(cluster.root / "s2"))
+    assert result.returncode == 2 and "--listen: cannot listen on" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_contract_flags():
+    out = memstage("up", "--help").stdout
+    for flag in ("--benefactors", "--memory", "--pfs", "--mount", "--state"):
+        assert flag in out
+    out = memstage("benefactor", "--help").stdout
+    assert "--manager" in out and "MEMSTAGE_MEMORY" in out
+    assert "--json" in memstage("status", "--help").stdout
+
+
+def test_status_table_and_json(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=32 * MiB)
+    cluster.client(namespace="team").pipe("/a", os.urandom(3 * MiB))
+    out = memstage("status", "--manager", cluster.manager_address)
+    assert out.returncode == 0, out.stderr
+    assert "2 of 2 benefactors alive" in out.stdout
+    assert re.search(r"team\s+1\s+1\s+3\.0 MiB", out.stdout), out.stdout
+    js = cluster.status()
+    assert {"id", "address", "alive", "memory_capacity", "memory_used", "drain_backlog"} <= set(js["benefactors"][0])
+    assert sum(b["memory_used"] for b in js["benefactors"]) >= 3 * MiB
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "2", "--memory", "16MiB",
+                             "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state"), "--pfs",
+                             str(tmp_path / "pfs"), "--heartbeat-interval", "1s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        m = re.search(r"manager on (\S+), 2 benefactors", first)
+        assert m, first
+        address = m.group(1)
+        from memstage.client import Client
+
+        c = Client(manager=address, rpc_timeout="5s")
+        wait_for(lambda: len(memstage_status_alive(address)) == 2, what="2 benefactors alive")
+        c.pipe("/hello", b"hi")
+        assert c.cat("/hello") == b"hi"
+        c.connections.close()
+        children = child_pids(proc.pid)
+        assert len(children) == 3
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+        assert "Traceback" not in err
+        for pid in children:
+            assert not pid_alive(pid), f"child {pid} still running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def memstage_status_alive(address: str) -> list[dict[str, object]]:
+    import json
+
+    out = memstage("status", "--manager", address, "--json")
+    if out.returncode:
+        return []
+    return [b for b in json.loads(out.stdout)["benefactors"] if b["alive"]]
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_generated_stubs_are_fresh():
+    result = subprocess.run([sys.executable, str(ROOT / "protos" / "gen.py"), "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,180 @@
+"""The data path end to end: real manager and benefactor processes, the client library."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+from memstage.client import DeploymentFull, InvalidPath, NotFound
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_round_trip_300mib_through_4_benefactors(local_cluster):
+    cluster = local_cluster(benefactors=4, memory=128 * MiB)
+    c = cluster.client()
+    data = random_bytes(300 * MiB)
+    with c.open("/run42/step100/rank0.bin", "wb") as f:
+        for start in range(0, len(data), 7 * MiB + 13):  # writes not aligned to chunks
+            f.write(data[start : start + 7 * MiB + 13])
+    assert f.result.version == 1 and f.result.size == len(data)
+    with c.open("/run42/step100/rank0.bin", "rb") as f:
+        back = f.read()
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    # Every benefactor got a share: the stripe spans all four.
+    used = [b["memory_used"] for b in cluster.status()["benefactors"]]
+    assert len(used) == 4 and all(u > 50 * MiB for u in used), used
+
+
+def test_random_reads_and_seek(local_cluster):
+    c = local_cluster(benefactors=2).client(chunk_size="64KiB")
+    data = random_bytes(1 * MiB + 12345)
+    c.pipe("/f.bin", data)
+    with c.open("/f.bin", "rb") as f:
+        for offset, n in [(0, 10), (65530, 20), (len(data) - 5, 100), (300000, 200000)]:
+            f.seek(offset)
+            assert f.read(n) == data[offset : offset + n]
+    assert c.cat_file("/f.bin", start=100, end=70000) == data[100:70000]
+
+
+def test_versions_and_previous_version_readable(local_cluster):
+    c = local_cluster(benefactors=2).client()
+    v1, v2 = random_bytes(3 * MiB), random_bytes(2 * MiB + 1)
+    c.pipe("/ckpt", v1)
+    c.pipe("/ckpt", v2)
+    assert [v["version"] for v in c.versions("/ckpt")] == [1, 2]
+    assert c.cat("/ckpt") == v2
+    with c.open("/ckpt", "rb", version=1) as f:
+        assert f.read() == v1
+    assert c.info("/ckpt")["size"] == len(v2)
+
+
+def test_empty_file(local_cluster):
+    c = local_cluster(benefactors=1).client()
+    with c.open("/empty", "wb"):
+        pass
+    assert c.info("/empty")["size"] == 0
+    assert c.cat("/empty") == b""
+
+
+def test_reader_keeps_its_version_while_a_new_one_commits(local_cluster):
+    c = local_cluster(benefactors=2).client()
+    old = random_bytes(2 * MiB)
+    c.pipe("/x", old)
+    reader = c.open("/x", "rb")
+    c.pipe("/x", random_bytes(2 * MiB))
+    assert reader.read() == old
+    reader.close()
+
+
+def test_four_concurrent_clients(local_cluster):
+    cluster = local_cluster(benefactors=3, memory=96 * MiB)
+    files = {f"/run/rank{i}.bin": random_bytes(20 * MiB + i) for i in range(4)}
+    errors: list[BaseException] = []
+
+    def write(path: str, data: bytes) -> None:
+        try:
+            client = cluster.client()
+            with client.open(path, "wb") as f:
+                f.write(data)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=item) for item in files.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    reader = cluster.client()
+    assert sorted(reader.ls("/run", detail=False)) == sorted(files)
+    for path, data in files.items():
+        assert reader.cat(path) == data
+
+
+def test_file_bigger_than_one_benefactor_spreads(local_cluster):
+    cluster = local_cluster(benefactors=3, memory=16 * MiB)
+    c = cluster.client(stripe_width=1)  # even a width-1 map must overflow onto the others
+    data = random_bytes(40 * MiB)
+    c.pipe("/big", data)
+    assert c.cat("/big") == data
+    holding = [b for b in cluster.status()["benefactors"] if b["memory_used"] > 0]
+    assert len(holding) == 3
+
+
+def test_deployment_full_raises_typed_error_and_keeps_committed(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=8 * MiB)
+    c = cluster.client()
+    kept = random_bytes(6 * MiB)
+    c.pipe("/kept", kept)
+    with pytest.raises(DeploymentFull) as info, c.open("/kept", "wb") as f:
+        f.write(random_bytes(20 * MiB))
+    assert "full" in str(info.value)
+    assert c.cat("/kept") == kept  # the committed version is untouched
+    assert [v["version"] for v in c.versions("/kept")] == [1]
+
+
+def test_exception_inside_with_block_commits_nothing(local_cluster):
+    c = local_cluster(benefactors=1).client()
+    c.pipe("/ck", b"first")
+    with pytest.raises(RuntimeError), c.open("/ck", "wb") as f:
+        f.write(random_bytes(3 * MiB))
+        raise RuntimeError("application crashed mid-checkpoint")
+    assert c.cat("/ck") == b"first"
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ("/a/../../etc/passwd", "'..'"),
+    ("/a\x00b", "NUL"),
+    ("/" + "x" * 256, "longer than 255"),
+    ("/" + "/".join(["d" * 200] * 25), "longer than 4096"),
+])
+def test_bad_paths_rejected(local_cluster, bad, reason):
+    c = local_cluster(benefactors=1).client()
+    with pytest.raises(InvalidPath) as info:
+        c.pipe(bad, b"x")
+    assert reason in str(info.value)
+    with pytest.raises(InvalidPath):
+        c.cat(bad)
+
+
+def test_missing_file_and_version(local_cluster):
+    c = local_cluster(benefactors=1).client()
+    with pytest.raises(NotFound, match="no such file"):
+        c.cat("/nope")
+    c.pipe("/one", b"1")
+    with pytest.raises(NotFound, match="no version 7"):
+        c.open("/one", "rb", version=7)
+
+
+def test_rm_frees_benefactor_memory(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=32 * MiB)
+    c = cluster.client()
+    c.pipe("/dir/a", random_bytes(10 * MiB))
+    c.pipe("/dir/b", random_bytes(10 * MiB))
+    c.rm("/dir", recursive=True)
+    assert c.ls("/", detail=False) == []
+    wait_for(lambda: all(b["memory_used"] == 0 for b in cluster.status()["benefactors"]), what="chunks freed")
+
+
+def test_fsspec_url(local_cluster):
+    import fsspec
+
+    cluster = local_cluster(benefactors=1)
+    url = f"memstage://{cluster.manager_address}/team-a/run1/x.bin"
+    with fsspec.open(url, "wb") as f:
+        f.write(b"via fsspec")
+    with fsspec.open(url, "rb") as f:
+        assert f.read() == b"via fsspec"
+    assert cluster.client(namespace="team-a").cat("/run1/x.bin") == b"via fsspec"
+    with pytest.raises(NotFound):
+        cluster.client(namespace="team-b").cat("/run1/x.bin")  # namespaces are separate
+
+
+def test_chunks_larger_than_a_frame(local_cluster):
+    c = local_cluster(benefactors=2, memory=64 * MiB).client(chunk_size="9MiB")  # 3 frames per chunk
+    data = random_bytes(20 * MiB + 3)
+    c.pipe("/big-chunks", data)
+    assert c.cat("/big-chunks") == data
