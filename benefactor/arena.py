@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import mmap
 
+from memstage.errors import SettingError
+
 BLOCK_SIZE = 64 * 1024
 
 Run = tuple[int, int]  # (first block, block count)
@@ -33,7 +35,14 @@ class Arena:
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         if prefault:
             flags |= getattr(mmap, "MAP_POPULATE", 0)
-        self._map = mmap.mmap(-1, self.blocks * BLOCK_SIZE, flags=flags)
+        available = _available_memory()
+        if prefault and available is not None and self.blocks * BLOCK_SIZE > available:
+            raise SettingError(f"--memory: {capacity} bytes is more than this machine has available "
+                               f"({available} bytes)")
+        try:
+            self._map = mmap.mmap(-1, self.blocks * BLOCK_SIZE, flags=flags)
+        except OSError as e:
+            raise SettingError(f"--memory: cannot reserve {capacity} bytes ({e.strerror})") from None
         self._view = memoryview(self._map)
         # A stack popped from the low end first, so a fresh arena hands out long consecutive runs.
         self._free = list(range(self.blocks - 1, -1, -1))
@@ -76,6 +85,18 @@ class Arena:
     def close(self) -> None:
         self._view.release()
         self._map.close()
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _runs(blocks: list[int]) -> tuple[Run, ...]:

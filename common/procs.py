@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def spawn(role: str, args: list[str], *, env: dict[str, str] | None = None, stde
                             env={**os.environ, **(env or {})}, start_new_session=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    # readline blocks; the role either prints its ready line, or exits (EOF) with its error on stderr.
-    line = proc.stdout.readline().strip()
+    # The role prints its ready line, or exits (EOF) with its error on stderr; a hang hits the deadline.
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if readable else ""
     m = _READY.match(line)
     if not m:
         try:
@@ -73,6 +75,7 @@ def spawn(role: str, args: list[str], *, env: dict[str, str] | None = None, stde
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        raise MemstageError(f"memstage {role} did not start (exit code {proc.returncode}; see its messages above)")
+        why = f"exit code {proc.returncode}" if line or readable else f"no ready line within {timeout:g}s"
+        raise MemstageError(f"memstage {role} did not start ({why}; see its messages above)")
     proc.stdout.close()
     return RoleProcess(role, m.group(2), m.group(3), proc)
