@@ -47,10 +47,10 @@ class Cluster:
         self.manager_address = self.manager.address
         return self.manager
 
-    def add_benefactor(self, memory: int = 64 * MiB) -> RoleProcess:
+    def add_benefactor(self, memory: int = 64 * MiB, *extra: str) -> RoleProcess:
         bf = spawn("benefactor", ["--manager", self.manager_address, "--memory", str(memory), "--pfs",
                                   str(self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
-                                  "--log-level", "warning"])
+                                  "--log-level", "warning", *extra])
         self.benefactors.append(bf)
         wait_for(lambda: bf.id in self.alive_ids(), what=f"benefactor {bf.id} to register")
         return bf

@@ -178,3 +178,40 @@ def test_chunks_larger_than_a_frame(local_cluster):
     data = random_bytes(20 * MiB + 3)
     c.pipe("/big-chunks", data)
     assert c.cat("/big-chunks") == data
+
+
+def test_buffered_close_commits_in_background_and_sync_waits(local_cluster):
+    cluster = local_cluster(benefactors=2)
+    c = cluster.client(close_mode="buffered")
+    data = random_bytes(8 * MiB)
+    with c.open("/bg", "wb") as f:
+        f.write(data)
+    c.sync()
+    assert f.result is not None and f.result.version == 1
+    assert cluster.client().cat("/bg") == data
+
+
+def test_buffered_commit_error_surfaces_on_sync(local_cluster):
+    cluster = local_cluster(benefactors=1, memory=4 * MiB)
+    c = cluster.client(close_mode="buffered", buffer_size="64MiB")
+    with c.open("/too-big", "wb") as f:
+        f.write(random_bytes(16 * MiB))  # buffered: close() does not wait for the failure
+    with pytest.raises(DeploymentFull):
+        c.sync()
+    with pytest.raises(NotFound):
+        c.info("/too-big")
+
+
+def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
+    cluster = local_cluster(benefactors=0)
+    cluster.add_benefactor(32 * MiB, "--orphan-grace", "1s")
+    c = cluster.client()
+    c.pipe("/kept", random_bytes(2 * MiB))
+    with pytest.raises(RuntimeError), c.open("/abandoned", "wb") as f:
+        f.write(random_bytes(8 * MiB))
+        f.writer.finish()  # every chunk stored on the benefactor, then the application fails
+        raise RuntimeError("crash before commit")
+    used = lambda: cluster.status()["benefactors"][0]["memory_used"]  # noqa: E731
+    wait_for(lambda: used() <= 2 * MiB, timeout=20, what="orphaned chunks to be dropped")
+    assert c.cat("/kept")  # chunks of committed versions stay
+    assert used() == 2 * MiB
