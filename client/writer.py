@@ -113,7 +113,6 @@ class PutStream:
                  on_end: Callable[[PutStream, grpc.RpcError | None, list[PendingChunk]], None]) -> None:
         self.placement = placement
         self.closed = False
-        self.acked = 0
         self._on_ack = on_ack
         self._on_end = on_end
         self._queue: queue.SimpleQueue[PendingChunk | None] = queue.SimpleQueue()
@@ -150,7 +149,6 @@ class PutStream:
                 with self._lock:
                     chunk = self._unacked.pop(ack.seq, None)
                 if chunk is not None:
-                    self.acked += 1
                     self._on_ack(self, chunk)
         except grpc.RpcError as e:
             error = e
@@ -180,6 +178,9 @@ class VersionWriter:
         self._map: list[Placement] = []
         self._rr = 0
         self._excluded: set[str] = set()
+        # Per benefactor, over all its streams: a benefactor that fails after acknowledging chunks
+        # of this version has lost them.
+        self._acked_by: dict[str, int] = {}
         self._streams: dict[str, PutStream] = {}
         self._finishing = False
         self._asb_done: float | None = None
@@ -292,7 +293,9 @@ class VersionWriter:
     # -- stream callbacks (reader threads) ---------------------------------------------------
     def _on_ack(self, stream: PutStream, chunk: PendingChunk) -> None:
         with self._lock:
-            self._locations[chunk.index].add(stream.placement.id)
+            bf = stream.placement.id
+            self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
+            self._locations[chunk.index].add(bf)
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -305,6 +308,7 @@ class VersionWriter:
             if self._streams.get(bf) is stream:
                 del self._streams[bf]
             aborted = self._error is not None
+            acked = self._acked_by.get(bf, 0)
         if aborted:
             return
         if error is None and not leftover:
@@ -313,10 +317,10 @@ class VersionWriter:
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             self._fail(ChunkRejected(f"write of {self.path}: benefactor {bf} rejected a chunk: {error.details()}"))
             return
-        if code != grpc.StatusCode.RESOURCE_EXHAUSTED and stream.acked:
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED and acked:
             reason = from_rpc_error(error, f"benefactor {bf}") if error is not None else "stream ended early"
             self._fail(DataLost(f"write of {self.path}: benefactor {bf} failed after acknowledging "
-                                f"{stream.acked} chunks ({reason}); nothing was committed, write the file again"))
+                                f"{acked} chunks ({reason}); nothing was committed, write the file again"))
             return
         log.info("benefactor %s %s; re-placing %d chunks", bf,
                  "is full" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else f"failed ({code})", len(leftover))
