@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+
 from memstage.frames import identity
 from memstage.rpc import CHANNEL_OPTIONS, SERVER_OPTIONS
 from memstage.tuning import keep_large_buffers

@@ -13,6 +13,7 @@ import logging
 import threading
 
 import grpc
+
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import group_keys, ungroup_keys
 from memstage.proto import manager_pb2, manager_pb2_grpc

@@ -7,6 +7,7 @@ import uuid
 from concurrent import futures
 
 import grpc
+
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore

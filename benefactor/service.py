@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
+
 from memstage.benefactor.store import ChunkStore, StoreKey
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FRAME_DATA, ChunkKey
 from memstage.errors import InvalidPath

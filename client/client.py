@@ -12,22 +12,26 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
+from prometheus_client import CollectorRegistry
+
+from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
+from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
 from memstage.client.writer import BackgroundCommits, CommitResult
-from memstage.errors import InvalidArgument
+from memstage.errors import InvalidArgument, NotFound
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
 
 log = logging.getLogger(__name__)
 
+_FIND_BATCH = 8192  # keys per FindChunks call, well under the message size limit
 _URL = re.compile(r"^memstage://(?P<manager>[^/]+)/(?P<namespace>[^/]+)(?P<path>/.*)?$")
 
 
@@ -36,18 +40,16 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     root_marker = "/"
 
     def __init__(self, manager: str | None = None, namespace: str | None = None, *, config: str | None = None,
-                 **settings: Any) -> None:
-        super().__init__(manager=manager, namespace=namespace, config=config, **settings)
+                 registry: CollectorRegistry | None = None, **settings: Any) -> None:
+        super().__init__(manager=manager, namespace=namespace, config=config, registry=registry, **settings)
         self.settings = load(ClientSettings, {"manager": manager, "namespace": namespace, **settings},
                              config=config, flag_style=str)
         self.namespace = self.settings.namespace
         self.connections = Connections(self.settings.manager, self.settings.rpc_timeout)
         self.background = BackgroundCommits()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memstage-read")
-        self._stats_lock = threading.Lock()
-        self.bytes_written = 0
-        self.bytes_sent = 0
-        self.bytes_deduplicated = 0
+        self.metrics_registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ClientMetrics(self.metrics_registry)
         self.last_commit: CommitResult | None = None
 
     # -- fsspec plumbing ---------------------------------------------------------------------
@@ -87,11 +89,26 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         return VersionReader(self.connections, self.namespace, vmap, self._pool)
 
     def record(self, result: CommitResult) -> None:
-        with self._stats_lock:
-            self.bytes_written += result.stats.bytes_written
-            self.bytes_sent += result.stats.bytes_sent
-            self.bytes_deduplicated += result.stats.bytes_deduplicated
-            self.last_commit = result
+        self.metrics.record(self.namespace, result.stats)
+        self.last_commit = result
+
+    def held_chunks(self, path: str) -> set[ChunkKey]:
+        """The chunks of the latest version of `path` that the namespace still holds readably:
+        the likely unchanged part of the next checkpoint, which a writer need not send."""
+        try:
+            vmap = self.connections.call_manager(
+                "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=path), path)
+        except NotFound:
+            return set()
+        keys = list(dict.fromkeys(ChunkKey.from_pb(c.key) for c in vmap.chunks))
+        held: set[ChunkKey] = set()
+        for start in range(0, len(keys), _FIND_BATCH):
+            batch = keys[start : start + _FIND_BATCH]
+            reply = self.connections.call_manager(
+                "FindChunks", manager_pb2.NamespacedChunks(namespace=self.namespace, keys=[k.to_pb() for k in batch]),
+                f"deduplication query for {path}")
+            held.update(k for k, present in zip(batch, reply.present, strict=True) if present)
+        return held
 
     def sync(self) -> None:
         """Wait for the commits of files closed in buffered mode; raise the first that failed."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+
 from memstage.errors import from_rpc_error
 from memstage.frames import decode_get_frame, identity
 from memstage.proto import benefactor_pb2, manager_pb2_grpc

@@ -12,6 +12,7 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.errors import DataLost

@@ -1,6 +1,12 @@
 """VersionWriter: pushes one new version of a file to benefactors, then commits it.
 
-Chunks are hashed once, placed round-robin over a striping map, and sent over one long-lived
+Chunks are hashed once. A chunk the namespace already holds is not sent at all: the writer starts
+with the readable chunks of the path's previous version (asked of the manager in one batch at
+open), and asks about the others in batches of QUERY_BATCH before sending them; a chunk repeated
+within the file is sent once. The commit references held chunks, and the manager checks, in the
+commit's transaction, that they are still readable (else DataLost: no version points at missing data).
+
+Chunks to send are placed round-robin over a striping map and sent over one long-lived
 bidirectional Put stream per benefactor, several chunks in flight on each. A ByteBudget bounds the
 bytes not yet acknowledged (the write buffer): write() waits when it is spent. Acks free budget.
 
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from memstage.chunks import MAX_FRAME_DATA, ChunkKey
 from memstage.client.connections import Connections
 from memstage.errors import ChunkRejected, DataLost, MemstageError, from_rpc_error
@@ -28,6 +35,8 @@ from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
 from memstage.settings import ClientSettings
 
 log = logging.getLogger(__name__)
+
+QUERY_BATCH = 32  # chunks asked about in one FindChunks call
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +169,8 @@ class PutStream:
 
 
 class VersionWriter:
-    def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float) -> None:
+    def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float,
+                 known: set[ChunkKey] | None = None) -> None:
         self.conn = conn
         self.settings = settings
         self.namespace = settings.namespace
@@ -170,9 +180,13 @@ class VersionWriter:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._keys: list[ChunkKey] = []
-        self._locations: list[set[str]] = []
+        self._locations: dict[ChunkKey, set[str]] = {}  # where this write stored each chunk it sent
+        self._known: set[ChunkKey] = set(known or ())  # held by the namespace, or already sent by this write
+        self._unasked: list[PendingChunk] = []  # new chunks waiting for a FindChunks batch
+        self._unasked_bytes = 0
         self._in_flight = 0
         self._bytes_sent = 0
+        self._bytes_deduplicated = 0
         self._size = 0
         self._error: MemstageError | None = None
         self._map: list[Placement] = []
@@ -189,19 +203,49 @@ class VersionWriter:
     def add(self, data: memoryview) -> None:
         """Take one chunk. Its bytes are hashed and copied into frames before this returns, so the
         caller may reuse `data` at once."""
-        self._budget.acquire(len(data), self._raise_if_failed)
         key = ChunkKey.of(data)
         with self._lock:
-            index = len(self._keys)
-            chunk = PendingChunk(index, key, encode_chunk(self.namespace, index, key, data))
+            self._raise_if_failed()
             self._keys.append(key)
-            self._locations.append(set())
-            self._in_flight += 1
             self._size += len(data)
-        self._place(chunk)
+            if key in self._known:  # not sent, not even copied
+                self._bytes_deduplicated += len(data)
+                return
+            self._known.add(key)
+        self._budget.acquire(len(data), self._raise_if_failed)
+        with self._lock:
+            index = len(self._keys) - 1
+            self._in_flight += 1
+        self._unasked.append(PendingChunk(index, key, encode_chunk(self.namespace, index, key, data)))
+        self._unasked_bytes += len(data)
+        # Ask at QUERY_BATCH chunks, or once half the buffer waits (the other half keeps streaming).
+        if len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self.settings.buffer_size:
+            self._ask_and_send()
+
+    def _ask_and_send(self) -> None:
+        """Send the batch of new chunks, except those the namespace turns out to hold already."""
+        batch, self._unasked, self._unasked_bytes = self._unasked, [], 0
+        if not batch:
+            return
+        reply = self.conn.call_manager(
+            "FindChunks", manager_pb2.NamespacedChunks(namespace=self.namespace, keys=[c.key.to_pb() for c in batch]),
+            f"deduplication query for {self.path}")
+        held = [c for c, present in zip(batch, reply.present, strict=True) if present]
+        if held:
+            nbytes = sum(c.key.length for c in held)
+            with self._lock:
+                self._bytes_deduplicated += nbytes
+                self._in_flight -= len(held)
+                if self._in_flight == 0:
+                    self._idle.notify_all()
+            self._budget.release(nbytes)
+        for chunk, present in zip(batch, reply.present, strict=True):
+            if not present:
+                self._place(chunk)
 
     def finish(self) -> WriteStats:
         """Wait until every chunk is acknowledged (the ASB point); raise the write's error if any."""
+        self._ask_and_send()
         with self._lock:
             self._finishing = True
             streams = list(self._streams.values())
@@ -212,13 +256,15 @@ class VersionWriter:
                 self._idle.wait()
             self._raise_if_failed()
             self._asb_done = time.perf_counter()
-        return WriteStats(self._size, self._bytes_sent, 0, len(self._keys), self._asb_done - self.opened_at)
+        return WriteStats(self._size, self._bytes_sent, self._bytes_deduplicated, len(self._keys),
+                          self._asb_done - self.opened_at)
 
     def commit(self) -> int:
-        chunks = [manager_pb2.ChunkRef(key=k.to_pb(),
-                                       locations=[common_pb2.Location(benefactor_id=b) for b in sorted(locs)])
-                  for k, locs in zip(self._keys, self._locations, strict=True)]
+        refs = {key: [common_pb2.Location(benefactor_id=b) for b in sorted(locs)]
+                for key, locs in self._locations.items()}
+        chunks = [manager_pb2.ChunkRef(key=k.to_pb(), locations=refs.get(k, ())) for k in self._keys]
         stats = manager_pb2.ClientStats(bytes_written=self._size, bytes_sent=self._bytes_sent,
+                                        bytes_deduplicated=self._bytes_deduplicated,
                                         asb_seconds=(self._asb_done or time.perf_counter()) - self.opened_at)
         reply = self.conn.call_manager(
             "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
@@ -295,7 +341,7 @@ class VersionWriter:
         with self._lock:
             bf = stream.placement.id
             self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
-            self._locations[chunk.index].add(bf)
+            self._locations.setdefault(chunk.key, set()).add(bf)
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1
             if self._in_flight == 0:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import xxhash
+
 from memstage.proto import common_pb2, manager_pb2
 
 HASH_BYTES = 16

@@ -19,7 +19,7 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from memstage import __version__  # noqa: E402
@@ -100,7 +100,6 @@ def cmd_benefactor(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
     from memstage.client.connections import Connections
     from memstage.proto import manager_pb2
 
@@ -111,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
-        print(json.dumps(status_json(reply, MessageToDict), indent=2))
+        print(json.dumps(status_json(reply), indent=2))
         return 0
     print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir})")
     print()
@@ -136,7 +135,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_json(reply: Any, to_dict: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+def status_json(reply: Any) -> dict[str, Any]:
     return {
         "heartbeat_interval_seconds": reply.heartbeat_interval_seconds,
         "state_dir": reply.state_dir,
@@ -146,8 +145,11 @@ def status_json(reply: Any, to_dict: Callable[..., dict[str, Any]]) -> dict[str,
              "chunk_count": b.stats.chunk_count, "last_heartbeat_age_seconds": b.last_heartbeat_age_seconds}
             for b in reply.benefactors
         ],
-        "namespaces": [to_dict(n, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-                       for n in reply.namespaces],
+        "namespaces": [
+            {"namespace": n.namespace, "files": n.files, "versions": n.versions,
+             "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored}
+            for n in reply.namespaces
+        ],
     }
 
 

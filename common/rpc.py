@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from memstage.chunks import MAX_MESSAGE_BYTES
 from memstage.errors import SettingError
 

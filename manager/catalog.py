@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
-from memstage.errors import InvalidArgument, NotFound, SettingError
+from memstage.errors import DataLost, InvalidArgument, NotFound, SettingError
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
@@ -139,14 +139,31 @@ class Catalog:
                     added += 1
         return added
 
+    def readable(self, key: IndexKey, alive: set[str]) -> bool:
+        """The namespace holds this chunk somewhere a reader can get it: a live benefactor."""
+        return self._refs.get(key, 0) > 0 and not self._locations.get(key, set()).isdisjoint(alive)
+
+    def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
+        with self._lock:
+            return [self.readable((namespace, k), alive) for k in keys]
+
     # -- versions ----------------------------------------------------------------------------
-    def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Iterable[str]]],
-               now: float | None = None) -> int:
-        """Record a new version atomically and return its number."""
+    def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
+               alive: set[str], now: float | None = None) -> int:
+        """Record a new version atomically and return its number.
+
+        Each chunk lists where the client stored it, or nothing when it relied on the namespace
+        already holding it. Either way, under the same lock as the write, at least one live
+        benefactor must hold it (`alive` is the registry's view); else DataLost and no version.
+        """
         keys = [k for k, _ in chunks]
         if sum(k.length for k in keys) != size:
             raise InvalidArgument(f"commit of {path}: size {size} differs from the sum of its chunk lengths")
         with self._lock:
+            for i, (key, locs) in enumerate(chunks):
+                if alive.isdisjoint(locs) and not self.readable((namespace, key), alive):
+                    where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
+                    raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",

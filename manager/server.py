@@ -7,6 +7,7 @@ import threading
 from concurrent import futures
 
 import grpc
+
 from memstage.chunks import group_keys
 from memstage.manager.catalog import Catalog
 from memstage.manager.service import ManagerService

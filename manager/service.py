@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
+
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
-from memstage.errors import DataLost, DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
+from memstage.errors import DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
 from memstage.manager.catalog import Catalog, IndexKey, VersionRecord
 from memstage.manager.registry import Registry, Stats
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
@@ -123,17 +124,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
         chunks = [(_key(c.key), [loc.benefactor_id for loc in c.locations]) for c in request.chunks]
+        alive = self._alive_ids()
+        version = self.catalog.commit(namespace, path, request.size, chunks, alive)
         per_benefactor: dict[str, int] = defaultdict(int)
-        with self._lock:
-            now = self.clock()
-            for i, (key, locs) in enumerate(chunks):
-                live = [bf for bf in locs if self.registry.is_alive(bf, now)]
-                if not live and self.catalog.refs((namespace, key)) == 0:
-                    raise DataLost(f"commit of {path}: chunk {i} is on no live benefactor "
-                                   f"({', '.join(locs) or 'none given'}); write the file again")
-                for bf in live:
-                    per_benefactor[bf] += key.length
-        version = self.catalog.commit(namespace, path, request.size, chunks)
+        for key, locs in dict(chunks).items():  # each distinct chunk once
+            for bf in alive.intersection(locs):
+                per_benefactor[bf] += key.length
         with self._lock:
             for bf, nbytes in per_benefactor.items():
                 self.registry.note_used(bf, nbytes)
@@ -144,6 +140,17 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
+
+    def _alive_ids(self) -> set[str]:
+        with self._lock:
+            return {r.id for r in self.registry.alive(self.clock())}
+
+    @rpc
+    def FindChunks(self, request: manager_pb2.NamespacedChunks, context: grpc.ServicerContext
+                   ) -> manager_pb2.FindChunksReply:
+        namespace = check_namespace(request.namespace)
+        keys = [_key(k) for k in request.keys]
+        return manager_pb2.FindChunksReply(present=self.catalog.find(namespace, keys, self._alive_ids()))
 
     @rpc
     def Lookup(self, request: manager_pb2.LookupRequest, context: grpc.ServicerContext) -> manager_pb2.VersionMap:

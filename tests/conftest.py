@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from memstage.client import Client
 from memstage.procs import RoleProcess, spawn
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from conftest import MiB, random_bytes, wait_for
+
 from memstage.client import DeploymentFull, InvalidPath, NotFound
 
 pytestmark = pytest.mark.timeout(120)
@@ -212,6 +213,7 @@ def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
         f.writer.finish()  # every chunk stored on the benefactor, then the application fails
         raise RuntimeError("crash before commit")
     used = lambda: cluster.status()["benefactors"][0]["memory_used"]  # noqa: E731
+    wait_for(lambda: used() == 10 * MiB, timeout=20, what="the abandoned chunks to show in a heartbeat")
     wait_for(lambda: used() <= 2 * MiB, timeout=20, what="orphaned chunks to be dropped")
     assert c.cat("/kept")  # chunks of committed versions stay
     assert used() == 2 * MiB

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 from conftest import HEARTBEAT, MiB, random_bytes, wait_for
+
 from memstage.chunks import ChunkKey
 from memstage.client import DataLost, MemstageError
 from memstage.frames import encode_put_frame, identity

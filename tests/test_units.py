@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from memstage.benefactor.arena import BLOCK_SIZE, Arena, ArenaFull
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import MAX_FRAME_DATA, ChunkKey
-from memstage.errors import InvalidArgument, InvalidPath, NotFound, SettingError
+from memstage.errors import DataLost, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.frames import FrameError, decode_get_frame, decode_put_frame, encode_get_frame, encode_put_frame
 from memstage.manager.catalog import Catalog
 from memstage.manager.registry import Registry, Stats
@@ -79,10 +80,11 @@ def _key(n: int, length: int = 10) -> ChunkKey:
 
 def test_catalog_versions_refcounts_and_durability(tmp_path):
     cat = Catalog(str(tmp_path))
+    live = {"b1", "b2"}
     shared, only1, only2 = _key(1), _key(2), _key(3)
-    assert cat.commit("ns", "/a", 20, [(shared, ["b1"]), (only1, ["b1"])]) == 1
-    assert cat.commit("ns", "/b", 30, [(shared, ["b2"]), (only2, ["b2"]), (shared, ["b2"])]) == 1
-    assert cat.commit("ns", "/a", 10, [(shared, ["b1"])]) == 2
+    assert cat.commit("ns", "/a", 20, [(shared, ["b1"]), (only1, ["b1"])], live) == 1
+    assert cat.commit("ns", "/b", 30, [(shared, ["b2"]), (only2, ["b2"]), (shared, ["b2"])], live) == 1
+    assert cat.commit("ns", "/a", 10, [(shared, [])], live) == 2  # referenced, not sent: held already
     assert cat.refs(("ns", shared)) == 3 and cat.locations(("ns", shared)) == {"b1", "b2"}
     count, freed = cat.delete_file("ns", "/a")
     assert count == 2 and set(freed) == {("ns", only1)}
@@ -94,9 +96,26 @@ def test_catalog_versions_refcounts_and_durability(tmp_path):
     with pytest.raises(NotFound):
         again.version("ns", "/a")
     with pytest.raises(InvalidArgument, match="size"):
-        again.commit("ns", "/c", 999, [(shared, ["b1"])])
+        again.commit("ns", "/c", 999, [(shared, ["b1"])], live)
     assert [f.path for f in again.files_under("ns", "/")] == ["/b"]
     assert again.files_under("other", "/") == []
+
+
+def test_catalog_commit_refuses_chunks_no_live_benefactor_holds(tmp_path):
+    cat = Catalog(str(tmp_path))
+    a, b = _key(1), _key(2)
+    cat.commit("ns", "/a", 10, [(a, ["b1"])], {"b1"})
+    assert cat.find("ns", [a, b], {"b1"}) == [True, False]
+    assert cat.find("other", [a], {"b1"}) == [False]  # dedup never crosses namespaces
+    assert cat.find("ns", [a], {"b2"}) == [False]  # its only holder is dead
+    with pytest.raises(DataLost, match="chunk 0 .* no longer held"):
+        cat.commit("ns", "/b", 10, [(b, [])], {"b1"})  # referenced but never stored
+    with pytest.raises(DataLost, match="chunk 1 .* on b9, not alive"):
+        cat.commit("ns", "/b", 20, [(a, []), (b, ["b9"])], {"b1"})
+    cat.delete_file("ns", "/a")
+    with pytest.raises(DataLost):
+        cat.commit("ns", "/c", 10, [(a, [])], {"b1"})  # freed since the writer learned of it
+    assert cat.files_under("ns", "/") == []  # nothing committed by the refused commits
 
 
 def test_catalog_refuses_unwritable_state_dir(tmp_path):

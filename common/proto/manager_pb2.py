@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from memstage.proto import common_pb2 as memstage_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmemstage/proto/manager.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"k\n\x0f\x42\x65nefactorStats\x12\x17\n\x0fmemory_capacity\x18\x01 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x02 \x01(\x04\x12\x15\n\rdrain_backlog\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x04\"J\n\x10NamespacedChunks\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x93\x01\n\x0fRegisterRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\x12+\n\x04held\x18\x04 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"3\n\rRegisterReply\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\"V\n\x10HeartbeatRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12+\n\x05stats\x18\x02 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\"L\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12+\n\x04\x64rop\x18\x02 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"V\n\x10ReconcileRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"C\n\x0eReconcileReply\x12\x31\n\nreferenced\x18\x01 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"X\n\x0fStripingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\"9\n\x0bStripingMap\x12*\n\x0b\x62\x65nefactors\x18\x01 \x03(\x0b\x32\x15.memstage.v1.Location\"X\n\x08\x43hunkRef\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12(\n\tlocations\x18\x02 \x03(\x0b\x32\x15.memstage.v1.Location\"~\n\x0b\x43lientStats\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x1a\n\x12\x62ytes_deduplicated\x18\x03 \x01(\x04\x12\x13\n\x0boab_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x61sb_seconds\x18\x05 \x01(\x01\"\x8e\x01\n\rCommitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12%\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x15.memstage.v1.ChunkRef\x12\'\n\x05stats\x18\x05 \x01(\x0b\x32\x18.memstage.v1.ClientStats\"\x1e\n\x0b\x43ommitReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\"A\n\rLookupRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"v\n\nVersionMap\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12%\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x15.memstage.v1.ChunkRef\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\".\n\x0bPathRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"t\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\x12\x15\n\rversion_count\x18\x06 \x01(\r\"3\n\tListReply\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.memstage.v1.FileInfo\"W\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x14\n\x0c\x63ommitted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\";\n\rVersionsReply\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.memstage.v1.VersionInfo\"+\n\x0f\x44\x65leteFileReply\x12\x18\n\x10versions_deleted\x18\x01 \x01(\r\"\x0f\n\rStatusRequest\"\x8f\x01\n\x10\x42\x65nefactorStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12+\n\x05stats\x18\x04 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\x12\"\n\x1alast_heartbeat_age_seconds\x18\x05 \x01(\x01\"t\n\x0fNamespaceStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\r\x12\x10\n\x08versions\x18\x03 \x01(\r\x12\x17\n\x0f\x62ytes_committed\x18\x04 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x05 \x01(\x04\"\xaa\x01\n\x0bStatusReply\x12\x32\n\x0b\x62\x65nefactors\x18\x01 \x03(\x0b\x32\x1d.memstage.v1.BenefactorStatus\x12\x30\n\nnamespaces\x18\x02 \x03(\x0b\x32\x1c.memstage.v1.NamespaceStatus\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x11\n\tstate_dir\x18\x04 \x01(\t2\xe1\x05\n\x07Manager\x12\x44\n\x08Register\x12\x1c.memstage.v1.RegisterRequest\x1a\x1a.memstage.v1.RegisterReply\x12G\n\tHeartbeat\x12\x1d.memstage.v1.HeartbeatRequest\x1a\x1b.memstage.v1.HeartbeatReply\x12G\n\tReconcile\x12\x1d.memstage.v1.ReconcileRequest\x1a\x1b.memstage.v1.ReconcileReply\x12H\n\x0eGetStripingMap\x12\x1c.memstage.v1.StripingRequest\x1a\x18.memstage.v1.StripingMap\x12>\n\x06\x43ommit\x12\x1a.memstage.v1.CommitRequest\x1a\x18.memstage.v1.CommitReply\x12=\n\x06Lookup\x12\x1a.memstage.v1.LookupRequest\x1a\x17.memstage.v1.VersionMap\x12\x37\n\x04Stat\x12\x18.memstage.v1.PathRequest\x1a\x15.memstage.v1.FileInfo\x12\x38\n\x04List\x12\x18.memstage.v1.PathRequest\x1a\x16.memstage.v1.ListReply\x12@\n\x08Versions\x12\x18.memstage.v1.PathRequest\x1a\x1a.memstage.v1.VersionsReply\x12@\n\x06\x44\x65lete\x12\x18.memstage.v1.PathRequest\x1a\x1c.memstage.v1.DeleteFileReply\x12>\n\x06Status\x12\x1a.memstage.v1.StatusRequest\x1a\x18.memstage.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmemstage/proto/manager.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"k\n\x0f\x42\x65nefactorStats\x12\x17\n\x0fmemory_capacity\x18\x01 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x02 \x01(\x04\x12\x15\n\rdrain_backlog\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x04\"J\n\x10NamespacedChunks\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x93\x01\n\x0fRegisterRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\x12+\n\x04held\x18\x04 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"3\n\rRegisterReply\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\"V\n\x10HeartbeatRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12+\n\x05stats\x18\x02 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\"L\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12+\n\x04\x64rop\x18\x02 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"V\n\x10ReconcileRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"C\n\x0eReconcileReply\x12\x31\n\nreferenced\x18\x01 \x03(\x0b\x32\x1d.memstage.v1.NamespacedChunks\"X\n\x0fStripingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\"9\n\x0bStripingMap\x12*\n\x0b\x62\x65nefactors\x18\x01 \x03(\x0b\x32\x15.memstage.v1.Location\"\"\n\x0f\x46indChunksReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\"X\n\x08\x43hunkRef\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12(\n\tlocations\x18\x02 \x03(\x0b\x32\x15.memstage.v1.Location\"~\n\x0b\x43lientStats\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x1a\n\x12\x62ytes_deduplicated\x18\x03 \x01(\x04\x12\x13\n\x0boab_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x61sb_seconds\x18\x05 \x01(\x01\"\x8e\x01\n\rCommitRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12%\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x15.memstage.v1.ChunkRef\x12\'\n\x05stats\x18\x05 \x01(\x0b\x32\x18.memstage.v1.ClientStats\"\x1e\n\x0b\x43ommitReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\"A\n\rLookupRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"v\n\nVersionMap\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12%\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x15.memstage.v1.ChunkRef\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\".\n\x0bPathRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"t\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\x12\x15\n\rversion_count\x18\x06 \x01(\r\"3\n\tListReply\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.memstage.v1.FileInfo\"W\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x14\n\x0c\x63ommitted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\";\n\rVersionsReply\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.memstage.v1.VersionInfo\"+\n\x0f\x44\x65leteFileReply\x12\x18\n\x10versions_deleted\x18\x01 \x01(\r\"\x0f\n\rStatusRequest\"\x8f\x01\n\x10\x42\x65nefactorStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12+\n\x05stats\x18\x04 \x01(\x0b\x32\x1c.memstage.v1.BenefactorStats\x12\"\n\x1alast_heartbeat_age_seconds\x18\x05 \x01(\x01\"t\n\x0fNamespaceStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\r\x12\x10\n\x08versions\x18\x03 \x01(\r\x12\x17\n\x0f\x62ytes_committed\x18\x04 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x05 \x01(\x04\"\xaa\x01\n\x0bStatusReply\x12\x32\n\x0b\x62\x65nefactors\x18\x01 \x03(\x0b\x32\x1d.memstage.v1.BenefactorStatus\x12\x30\n\nnamespaces\x18\x02 \x03(\x0b\x32\x1c.memstage.v1.NamespaceStatus\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x11\n\tstate_dir\x18\x04 \x01(\t2\xac\x06\n\x07Manager\x12\x44\n\x08Register\x12\x1c.memstage.v1.RegisterRequest\x1a\x1a.memstage.v1.RegisterReply\x12G\n\tHeartbeat\x12\x1d.memstage.v1.HeartbeatRequest\x1a\x1b.memstage.v1.HeartbeatReply\x12G\n\tReconcile\x12\x1d.memstage.v1.ReconcileRequest\x1a\x1b.memstage.v1.ReconcileReply\x12H\n\x0eGetStripingMap\x12\x1c.memstage.v1.StripingRequest\x1a\x18.memstage.v1.StripingMap\x12I\n\nFindChunks\x12\x1d.memstage.v1.NamespacedChunks\x1a\x1c.memstage.v1.FindChunksReply\x12>\n\x06\x43ommit\x12\x1a.memstage.v1.CommitRequest\x1a\x18.memstage.v1.CommitReply\x12=\n\x06Lookup\x12\x1a.memstage.v1.LookupRequest\x1a\x17.memstage.v1.VersionMap\x12\x37\n\x04Stat\x12\x18.memstage.v1.PathRequest\x1a\x15.memstage.v1.FileInfo\x12\x38\n\x04List\x12\x18.memstage.v1.PathRequest\x1a\x16.memstage.v1.ListReply\x12@\n\x08Versions\x12\x18.memstage.v1.PathRequest\x1a\x1a.memstage.v1.VersionsReply\x12@\n\x06\x44\x65lete\x12\x18.memstage.v1.PathRequest\x1a\x1c.memstage.v1.DeleteFileReply\x12>\n\x06Status\x12\x1a.memstage.v1.StatusRequest\x1a\x18.memstage.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,38 +52,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STRIPINGREQUEST']._serialized_end=873
   _globals['_STRIPINGMAP']._serialized_start=875
   _globals['_STRIPINGMAP']._serialized_end=932
-  _globals['_CHUNKREF']._serialized_start=934
-  _globals['_CHUNKREF']._serialized_end=1022
-  _globals['_CLIENTSTATS']._serialized_start=1024
-  _globals['_CLIENTSTATS']._serialized_end=1150
-  _globals['_COMMITREQUEST']._serialized_start=1153
-  _globals['_COMMITREQUEST']._serialized_end=1295
-  _globals['_COMMITREPLY']._serialized_start=1297
-  _globals['_COMMITREPLY']._serialized_end=1327
-  _globals['_LOOKUPREQUEST']._serialized_start=1329
-  _globals['_LOOKUPREQUEST']._serialized_end=1394
-  _globals['_VERSIONMAP']._serialized_start=1396
-  _globals['_VERSIONMAP']._serialized_end=1514
-  _globals['_PATHREQUEST']._serialized_start=1516
-  _globals['_PATHREQUEST']._serialized_end=1562
-  _globals['_FILEINFO']._serialized_start=1564
-  _globals['_FILEINFO']._serialized_end=1680
-  _globals['_LISTREPLY']._serialized_start=1682
-  _globals['_LISTREPLY']._serialized_end=1733
-  _globals['_VERSIONINFO']._serialized_start=1735
-  _globals['_VERSIONINFO']._serialized_end=1822
-  _globals['_VERSIONSREPLY']._serialized_start=1824
-  _globals['_VERSIONSREPLY']._serialized_end=1883
-  _globals['_DELETEFILEREPLY']._serialized_start=1885
-  _globals['_DELETEFILEREPLY']._serialized_end=1928
-  _globals['_STATUSREQUEST']._serialized_start=1930
-  _globals['_STATUSREQUEST']._serialized_end=1945
-  _globals['_BENEFACTORSTATUS']._serialized_start=1948
-  _globals['_BENEFACTORSTATUS']._serialized_end=2091
-  _globals['_NAMESPACESTATUS']._serialized_start=2093
-  _globals['_NAMESPACESTATUS']._serialized_end=2209
-  _globals['_STATUSREPLY']._serialized_start=2212
-  _globals['_STATUSREPLY']._serialized_end=2382
-  _globals['_MANAGER']._serialized_start=2385
-  _globals['_MANAGER']._serialized_end=3122
+  _globals['_FINDCHUNKSREPLY']._serialized_start=934
+  _globals['_FINDCHUNKSREPLY']._serialized_end=968
+  _globals['_CHUNKREF']._serialized_start=970
+  _globals['_CHUNKREF']._serialized_end=1058
+  _globals['_CLIENTSTATS']._serialized_start=1060
+  _globals['_CLIENTSTATS']._serialized_end=1186
+  _globals['_COMMITREQUEST']._serialized_start=1189
+  _globals['_COMMITREQUEST']._serialized_end=1331
+  _globals['_COMMITREPLY']._serialized_start=1333
+  _globals['_COMMITREPLY']._serialized_end=1363
+  _globals['_LOOKUPREQUEST']._serialized_start=1365
+  _globals['_LOOKUPREQUEST']._serialized_end=1430
+  _globals['_VERSIONMAP']._serialized_start=1432
+  _globals['_VERSIONMAP']._serialized_end=1550
+  _globals['_PATHREQUEST']._serialized_start=1552
+  _globals['_PATHREQUEST']._serialized_end=1598
+  _globals['_FILEINFO']._serialized_start=1600
+  _globals['_FILEINFO']._serialized_end=1716
+  _globals['_LISTREPLY']._serialized_start=1718
+  _globals['_LISTREPLY']._serialized_end=1769
+  _globals['_VERSIONINFO']._serialized_start=1771
+  _globals['_VERSIONINFO']._serialized_end=1858
+  _globals['_VERSIONSREPLY']._serialized_start=1860
+  _globals['_VERSIONSREPLY']._serialized_end=1919
+  _globals['_DELETEFILEREPLY']._serialized_start=1921
+  _globals['_DELETEFILEREPLY']._serialized_end=1964
+  _globals['_STATUSREQUEST']._serialized_start=1966
+  _globals['_STATUSREQUEST']._serialized_end=1981
+  _globals['_BENEFACTORSTATUS']._serialized_start=1984
+  _globals['_BENEFACTORSTATUS']._serialized_end=2127
+  _globals['_NAMESPACESTATUS']._serialized_start=2129
+  _globals['_NAMESPACESTATUS']._serialized_end=2245
+  _globals['_STATUSREPLY']._serialized_start=2248
+  _globals['_STATUSREPLY']._serialized_end=2418
+  _globals['_MANAGER']._serialized_start=2421
+  _globals['_MANAGER']._serialized_end=3233
 # @@protoc_insertion_point(module_scope)

@@ -93,6 +93,12 @@ class StripingMap(_message.Message):
     benefactors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
     def __init__(self, benefactors: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
 
+class FindChunksReply(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
+
 class ChunkRef(_message.Message):
     __slots__ = ("key", "locations")
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.StripingRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.StripingMap.FromString,
                 _registered_method=True)
+        self.FindChunks = channel.unary_unary(
+                '/memstage.v1.Manager/FindChunks',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.FindChunksReply.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/memstage.v1.Manager/Commit',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.CommitRequest.SerializeToString,
@@ -115,6 +120,13 @@ class ManagerServicer:
 
     def GetStripingMap(self, request, context):
         """Client side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindChunks(self, request, context):
+        """Which of these chunks the namespace already holds in a readable place (deduplication).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +197,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.GetStripingMap,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.StripingRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.StripingMap.SerializeToString,
+            ),
+            'FindChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindChunks,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.FindChunksReply.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -330,6 +347,33 @@ class Manager:
             '/memstage.v1.Manager/GetStripingMap',
             memstage_dot_proto_dot_manager__pb2.StripingRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.StripingMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/FindChunks',
+            memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.FindChunksReply.FromString,
             options,
             channel_credentials,
             insecure,
