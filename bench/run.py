@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from memstage.bench.report import progress, table
 from memstage.errors import MemstageError, SettingError
 from memstage.units import format_rate, format_size, parse_size
 
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="measured repetitions after one warm-up (default 3)")
     p.add_argument("--dir", default=None, help="directory for the disk baseline and the deployment's state "
                                               "(default: a temporary directory)")
+    p.add_argument("--timesteps", type=int, default=0,
+                   help="incremental mode: write this many successive checkpoints of one file (default 0: off)")
+    p.add_argument("--change", type=float, default=0.1,
+                   help="incremental mode: fraction of chunks changed between timesteps (default 0.1)")
+    p.add_argument("--seed", type=int, default=1, help="incremental mode: seed of which chunks change")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -148,10 +154,6 @@ def _median_rate(total: int, times: list[float]) -> float:
     return total / statistics.median(times)
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_bench(args: argparse.Namespace) -> int:
     from memstage.settings import UpSettings
     from memstage.up import start_deployment, stop_deployment
@@ -165,6 +167,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SettingError(f"bench: {e}") from None
     if size <= 0 or write_size <= 0 or not counts or min(counts) <= 0 or args.repeat <= 0 or args.benefactors <= 0:
         raise SettingError("bench: --size, --write-size, --clients, --repeat and --benefactors must be positive")
+    if args.timesteps < 0 or not 0 <= args.change <= 1:
+        raise SettingError("bench: --timesteps must be 0 or more and --change between 0 and 1")
+    if args.timesteps:
+        from memstage.bench.incremental import run_incremental
+
+        return run_incremental(args, size, chunk, write_size)
     with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
         # Room for the largest round (every client's file) plus a chunk of slack per benefactor.
         memory = (size * max(counts) * 5 // 4) // args.benefactors + 16 * MiB
@@ -207,9 +215,6 @@ def run_bench(args: argparse.Namespace) -> int:
           f"{format_size(chunk)}, writes of {format_size(write_size)}, median of {args.repeat} after a warm-up, "
           f"{os.cpu_count()} CPUs")
     header = ("clients", "OAB", "ASB", "disk+fsync", "grpc ceiling", "ASB/grpc", "ASB/disk")
-    lines = [header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
-                         format_rate(r.grpc), f"{r.asb_over_grpc:.2f}", f"{r.asb_over_disk:.2f}") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    table([header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
+                       format_rate(r.grpc), f"{r.asb_over_grpc:.2f}", f"{r.asb_over_disk:.2f}") for r in rows])
     return 0

@@ -131,3 +131,26 @@ def test_generated_stubs_are_fresh():
     result = subprocess.run([sys.executable, str(ROOT / "protos" / "gen.py"), "--check"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bench_runs_and_reports_ratios(tmp_path):
+    import json
+
+    out = memstage("bench", "--size", "8MiB", "--clients", "1", "--repeat", "1", "--benefactors", "2",
+                   "--dir", str(tmp_path), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)["rows"][0]
+    assert row["clients"] == 1 and row["asb"] > 0 and row["grpc"] > 0 and row["disk"] > 0
+    assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
+
+
+def test_incremental_bench_sends_the_changed_fraction(tmp_path):
+    import json
+
+    out = memstage("bench", "--size", "16MiB", "--timesteps", "3", "--change", "0.25", "--benefactors", "2",
+                   "--dir", str(tmp_path), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    changed = [s for s in result["steps"] if s["scenario"] == "change 0.25"]
+    assert [s["bytes_sent"] for s in changed] == [16 * MiB, 4 * MiB, 4 * MiB]
+    assert result["summary"]["shift 1 byte"]["sent_fraction"] == 1.0
