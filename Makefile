@@ -37,7 +37,7 @@ up: setup
 lint: venv
 	$(BIN)/python protos/gen.py --check
 	$(BIN)/ruff check .
-	$(BIN)/mypy common manager benefactor client bench
+	$(BIN)/mypy common manager benefactor client drainer bench
 
 test: setup lint
 	$(BIN)/python -m pytest -q

@@ -23,7 +23,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from memstage import __version__  # noqa: E402
-from memstage.errors import MemstageError  # noqa: E402
+from memstage.errors import MemstageError, SettingError  # noqa: E402
 from memstage.settings import (  # noqa: E402
     BenefactorSettings,
     ClientSettings,
@@ -159,6 +159,17 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from memstage.drainer.restore import restore
+
+    if args.version is not None and args.version <= 0:
+        raise SettingError("--version: must be 1 or more")
+    result = restore(args.pfs, args.namespace, args.path, args.out, args.version or 0)
+    print(f"restored {args.namespace}:{args.path} version {result.version} ({format_size(result.size)}, "
+          f"{result.chunks} chunks) to {args.out}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from memstage.up import run_up
 
@@ -204,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, ClientSettings, only=["manager"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("restore", parents=[common], help="rebuild a file from the PFS alone",
+                       description="Rebuild a persisted version of a file from the PFS alone (no manager, no "
+                                   "database), verifying every chunk's hash.")
+    p.add_argument("--pfs", required=True, metavar="DIR", help="the PFS directory benefactors drain to")
+    p.add_argument("--namespace", default="default", help="namespace of the file (default: default)")
+    p.add_argument("path", metavar="PATH", help="the file's path in its namespace, e.g. /run42/rank0.bin")
+    p.add_argument("--version", type=int, default=None, help="version to restore (default: the newest complete)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the file")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("bench", parents=[common], help="measure OAB/ASB against disk and bare-gRPC baselines",
                        description="Write checkpoint files to a local deployment and compare with baselines "

@@ -1,4 +1,5 @@
-"""PFS layout: self-describing chunk files joined by hard links, and restore from them.
+"""PFS layout: self-describing chunk files joined by hard links, and restore from them alone.
 
-Draining to the parallel file system is not implemented yet; benefactors hold chunks in memory only.
+memstage.drainer.layout writes and lists chunk files; memstage.drainer.restore rebuilds a version.
+Neither needs a manager or a database: the file names carry everything.
 """

@@ -1,0 +1,125 @@
+"""The PFS layout of drained data: names, durable writes, hard links, listing.
+
+A version's chunks live under <pfs>/<namespace>/<path>/ as files named
+    v<version:08d>.c<index:06d>-of-<count:06d>.o<offset:016x>.l<length:08x>.h<xxh3-128 hex>.chunk
+so the names alone rebuild every persisted version. An empty version is one file with count 0.
+A chunk identical to one already drained is a hard link to it. Files are written under a
+temporary name, fsynced, renamed, and the directory fsynced: a crash never leaves a chunk that
+looks complete but is not. The namespace and path are validated and the result is checked to lie
+inside the PFS root (also through symlinks), so nothing escapes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from memstage.chunks import ChunkKey
+from memstage.errors import InvalidPath
+from memstage.paths import check_namespace, normalize_file_path
+
+_NAME = re.compile(r"^v(\d{8})\.c(\d{6})-of-(\d{6})\.o([0-9a-f]{16})\.l([0-9a-f]{8,})\.h([0-9a-f]{32})\.chunk$")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFile:
+    version: int
+    index: int
+    count: int
+    offset: int
+    key: ChunkKey
+    path: Path
+
+
+def chunk_name(version: int, index: int, count: int, offset: int, key: ChunkKey) -> str:
+    return f"v{version:08d}.c{index:06d}-of-{count:06d}.o{offset:016x}.l{key.length:08x}.h{key.hash.hex()}.chunk"
+
+
+def parse_name(path: Path) -> ChunkFile | None:
+    m = _NAME.match(path.name)
+    if not m:
+        return None
+    version, index, count, offset, length, digest = m.groups()
+    return ChunkFile(int(version), int(index), int(count), int(offset, 16),
+                     ChunkKey(bytes.fromhex(digest), int(length, 16)), path)
+
+
+def version_dir(root: str | Path, namespace: str, path: str) -> Path:
+    """<root>/<namespace>/<path>, or InvalidPath if that would leave the root."""
+    check_namespace(namespace)
+    parts = normalize_file_path(path).strip("/").split("/")
+    base = Path(root).resolve()
+    target = base.joinpath(namespace, *parts)
+    # resolve() follows any symlink already in the tree: a link pointing outside is refused too.
+    if not target.resolve().is_relative_to(base):
+        raise InvalidPath(f"{namespace}:{path} would leave the PFS root {base}")
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] | None,
+                link_from: Path | None = None) -> Path:
+    """Publish one chunk file durably; a hard link to `link_from` when given. Idempotent."""
+    final = directory / name
+    if final.exists():
+        return final
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{name}"
+    try:
+        if link_from is not None and link_from.exists():
+            os.link(link_from, tmp)
+        else:
+            if data is None:
+                raise FileNotFoundError(f"{link_from}: the drained chunk to link to is gone")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                for part in data:
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    return final
+
+
+def scan(directory: Path) -> dict[int, list[ChunkFile]]:
+    """The chunk files of every version found in a file's directory, by version, in index order."""
+    versions: dict[int, list[ChunkFile]] = {}
+    if not directory.is_dir():
+        return versions
+    for entry in directory.iterdir():
+        if entry.is_file():
+            parsed = parse_name(entry)
+            if parsed is not None:
+                versions.setdefault(parsed.version, []).append(parsed)
+    for files in versions.values():
+        files.sort(key=lambda f: f.index)
+    return versions
+
+
+def missing(files: list[ChunkFile]) -> list[int]:
+    """Indices a version lacks (empty when it is complete). Count 0 is the empty file."""
+    if not files:
+        return []
+    count = files[0].count
+    if count == 0:
+        return []
+    have = {f.index for f in files if f.count == count}
+    return [i for i in range(count) if i not in have]

@@ -1,0 +1,110 @@
+"""The PFS layout and restore, with plain files: no servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from memstage.chunks import ChunkKey
+from memstage.drainer.layout import chunk_name, parse_name, scan, version_dir, write_chunk
+from memstage.drainer.restore import persisted_versions, restore
+from memstage.errors import DataLost, InvalidPath, NotFound
+
+
+def drain(root, ns, path, version, data, chunk, link_from=None):
+    """Write a version's chunk files the way a benefactor does; returns the files by key."""
+    directory = version_dir(root, ns, path)
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    written = {}
+    for i, piece in enumerate(pieces):
+        key = ChunkKey.of(piece)
+        src = (link_from or {}).get(key)
+        written[key] = write_chunk(directory, chunk_name(version, i, len(pieces), i * chunk, key),
+                                   None if src else [piece], link_from=src)
+    return written
+
+
+def test_names_round_trip():
+    key = ChunkKey.of(b"abc")
+    name = chunk_name(7, 2, 10, 2048, key)
+    parsed = parse_name(version_dir("/pfs", "ns", "/a") / name)
+    assert (parsed.version, parsed.index, parsed.count, parsed.offset, parsed.key) == (7, 2, 10, 2048, key)
+    assert parse_name(version_dir("/pfs", "ns", "/a") / ("x" + name)) is None
+
+
+def test_restore_every_version_and_hard_links(tmp_path):
+    v1 = os.urandom(10 * 4096)
+    v2 = bytearray(v1)
+    v2[4096:4100] = b"XXXX"  # one chunk differs
+    first = drain(tmp_path, "ns", "/run/ck", 1, v1, 4096)
+    drain(tmp_path, "ns", "/run/ck", 2, bytes(v2), 4096, link_from=first)
+    assert persisted_versions(tmp_path, "ns", "/run/ck") == {1: True, 2: True}
+    for version, expected in ((1, v1), (2, bytes(v2))):
+        out = tmp_path / f"out{version}"
+        assert restore(tmp_path, "ns", "/run/ck", out, version).size == len(expected)
+        assert out.read_bytes() == expected
+    restore(tmp_path, "ns", "/run/ck", tmp_path / "latest")
+    assert (tmp_path / "latest").read_bytes() == bytes(v2)
+    files = list(version_dir(tmp_path, "ns", "/run/ck").iterdir())
+    inodes = {f.stat().st_ino for f in files}
+    assert len(files) == 20 and len(inodes) == 11  # 9 unchanged chunks are links, not copies
+
+
+def test_empty_version(tmp_path):
+    directory = version_dir(tmp_path, "ns", "/empty")
+    write_chunk(directory, chunk_name(1, 0, 0, 0, ChunkKey.of(b"")), [b""])
+    restore(tmp_path, "ns", "/empty", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b""
+
+
+def test_incomplete_truncated_and_corrupt_chunks_name_the_problem(tmp_path):
+    data = os.urandom(4 * 1000)
+    drain(tmp_path, "ns", "/f", 1, data, 1000)
+    directory = version_dir(tmp_path, "ns", "/f")
+    files = sorted(scan(directory)[1], key=lambda f: f.index)
+    files[1].path.write_bytes(files[1].path.read_bytes()[:500])  # truncated
+    with pytest.raises(DataLost, match=f"{files[1].path.name}.*truncated"):
+        restore(tmp_path, "ns", "/f", tmp_path / "out", 1)
+    files[1].path.write_bytes(os.urandom(1000))  # right size, wrong bytes
+    with pytest.raises(DataLost, match=f"{files[1].path.name}.*do not match the hash"):
+        restore(tmp_path, "ns", "/f", tmp_path / "out", 1)
+    files[2].path.unlink()
+    with pytest.raises(DataLost, match="version 1 is incomplete: chunks 2 of 4 are missing"):
+        restore(tmp_path, "ns", "/f", tmp_path / "out", 1)
+    assert not (tmp_path / "out").exists()  # nothing half-written left behind
+    with pytest.raises(NotFound, match="version 9 is not on the PFS"):
+        restore(tmp_path, "ns", "/f", tmp_path / "out", 9)
+    with pytest.raises(NotFound):
+        restore(tmp_path, "ns", "/never", tmp_path / "out")
+
+
+def test_paths_cannot_escape_the_root(tmp_path):
+    root = tmp_path / "pfs"
+    root.mkdir()
+    for bad in ("../../etc/x", "/a/../../x"):
+        with pytest.raises(InvalidPath):
+            version_dir(root, "ns", bad)
+    with pytest.raises(InvalidPath):
+        version_dir(root, "..", "/x")
+    (root / "ns").mkdir()
+    (root / "ns" / "link").symlink_to(tmp_path)  # a symlink planted inside the PFS
+    with pytest.raises(InvalidPath, match="leave the PFS root"):
+        version_dir(root, "ns", "/link/x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_restore_command(tmp_path):
+    data = os.urandom(3000)
+    drain(tmp_path / "pfs", "team", "/ck.bin", 3, data, 1024)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "memstage", "restore", *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=60)
+    ok = run("--pfs", str(tmp_path / "pfs"), "--namespace", "team", "/ck.bin", "--out", str(tmp_path / "o"))
+    assert ok.returncode == 0, ok.stderr
+    assert "version 3" in ok.stdout and (tmp_path / "o").read_bytes() == data
+    bad = run("--pfs", str(tmp_path / "pfs"), "--namespace", "team", "/ck.bin", "--version", "2", "--out",
+              str(tmp_path / "o"))
+    assert bad.returncode == 2 and "version 2 is not on the PFS (persisted: 3)" in bad.stderr
+    assert "Traceback" not in bad.stderr
