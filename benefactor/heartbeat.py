@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import grpc
 
 from memstage.benefactor.store import ChunkStore
+
+if TYPE_CHECKING:
+    from memstage.benefactor.drain import DrainLoop
 from memstage.chunks import group_keys, ungroup_keys
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, channel
@@ -31,12 +35,12 @@ class Heartbeat:
         self.address = address
         self.interval = settings.heartbeat_interval
         self._channel = channel(settings.manager)
-        self._stub = manager_pb2_grpc.ManagerStub(self._channel)
+        self.stub = manager_pb2_grpc.ManagerStub(self._channel)
+        self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
         self._stop = threading.Event()
         self._registered = False
         self._outage_logged = False
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self.drain_backlog = 0  # set by the drainer once it exists
 
     def start(self) -> None:
         self._thread.start()
@@ -50,8 +54,9 @@ class Heartbeat:
         return manager_pb2.BenefactorStats(
             memory_capacity=self.store.capacity,
             memory_used=self.store.used,
-            drain_backlog=self.drain_backlog,
             chunk_count=len(self.store),
+            drain_error=self.drain.error if self.drain else "",
+            drained_bytes=self.drain.drained_bytes if self.drain else 0,
         )
 
     def _run(self) -> None:
@@ -78,7 +83,7 @@ class Heartbeat:
             self._stop.wait(self.interval)
 
     def _register(self) -> None:
-        reply = self._stub.Register(
+        reply = self.stub.Register(
             manager_pb2.RegisterRequest(
                 benefactor_id=self.id, address=self.address, stats=self._stats(),
                 held=group_keys(self.store.keys()),
@@ -91,7 +96,7 @@ class Heartbeat:
                  self.settings.manager, self.id, self.address, self.interval)
 
     def _beat(self) -> None:
-        reply = self._stub.Heartbeat(
+        reply = self.stub.Heartbeat(
             manager_pb2.HeartbeatRequest(benefactor_id=self.id, stats=self._stats()), timeout=CONTROL_TIMEOUT_S
         )
         if not reply.known:
@@ -106,7 +111,7 @@ class Heartbeat:
         candidates = self.store.unconfirmed_older_than(self.settings.orphan_grace)
         if not candidates:
             return
-        reply = self._stub.Reconcile(
+        reply = self.stub.Reconcile(
             manager_pb2.ReconcileRequest(benefactor_id=self.id, keys=group_keys(candidates)),
             timeout=CONTROL_TIMEOUT_S,
         )

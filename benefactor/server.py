@@ -8,6 +8,7 @@ from concurrent import futures
 
 import grpc
 
+from memstage.benefactor.drain import DrainLoop
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
@@ -28,13 +29,18 @@ class BenefactorServer:
         self._server.add_generic_rpc_handlers((self.service.handler(),))
         self.address = bind(self._server, settings.listen, "--listen")
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address)
+        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
+        self.heartbeat.drain = self.drain
+        self.service.drain = self.drain
 
     def start(self) -> None:
         self._server.start()
         self.heartbeat.start()
+        self.drain.start()
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
     def stop(self, grace: float = 2.0) -> None:
+        self.drain.stop()
         self.heartbeat.stop()
         self._server.stop(grace).wait()
         self.store.close()

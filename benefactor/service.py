@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
 from memstage.benefactor.store import ChunkStore, StoreKey
+
+if TYPE_CHECKING:
+    from memstage.benefactor.drain import DrainLoop
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FRAME_DATA, ChunkKey
 from memstage.errors import InvalidPath
 from memstage.frames import (
     FrameError,
     PutFrameView,
     decode_put_frame,
+    encode_get_frame,
     get_frame_prefix,
     identity,
 )
@@ -54,6 +59,7 @@ class BenefactorService:
     def __init__(self, store: ChunkStore, benefactor_id: str) -> None:
         self.store = store
         self.id = benefactor_id
+        self.drain: DrainLoop | None = None  # set by the server
 
     # -- Put ---------------------------------------------------------------------------------
     def put(self, frames: Iterator[PutFrameView], context: grpc.ServicerContext) -> Iterator[benefactor_pb2.PutAck]:
@@ -119,6 +125,20 @@ class BenefactorService:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"benefactor {self.id} does not hold chunk {key[1]}")
             yield frame
 
+    def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
+                     ) -> Iterator[bytes]:
+        assert self.drain is not None
+        key = ChunkKey.from_pb(request.key)
+        try:
+            data = self.drain.read_drained(request.drained, key)
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{request.drained}: not on the PFS")
+        except (OSError, ValueError) as e:
+            context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+        view = memoryview(data)
+        for start in range(0, max(len(view), 1), MAX_FRAME_DATA):
+            yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
+
     def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
         return benefactor_pb2.HasReply(
             present=[self.store.has((request.namespace, ChunkKey.from_pb(k))) for k in request.keys]
@@ -140,6 +160,11 @@ class BenefactorService:
                 "Get": grpc.unary_stream_rpc_method_handler(
                     self.get,
                     request_deserializer=benefactor_pb2.GetRequest.FromString,
+                    response_serializer=identity,
+                ),
+                "ReadDrained": grpc.unary_stream_rpc_method_handler(
+                    self.read_drained,
+                    request_deserializer=benefactor_pb2.ReadDrainedRequest.FromString,
                     response_serializer=identity,
                 ),
                 "Has": grpc.unary_unary_rpc_method_handler(

@@ -139,11 +139,22 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             entries = [self._entry(e) for e in reply.entries]
         return entries if detail else [e["name"] for e in entries]
 
+    def policy(self, persist_every: int | None = None, keep_versions: int | None = None) -> dict[str, int]:
+        """The namespace's persistence policy; arguments that are given change it."""
+        request = manager_pb2.PolicyRequest(namespace=self.namespace)
+        if persist_every is not None:
+            request.persist_every = persist_every
+        if keep_versions is not None:
+            request.keep_versions = keep_versions
+        reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
+        return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions}
+
     def versions(self, path: str) -> list[dict[str, Any]]:
         norm = normalize_file_path(self._strip_protocol(path))
         reply = self.connections.call_manager(
             "Versions", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
-        return [{"version": v.version, "size": v.size, "committed_at": v.committed_at, "chunks": v.chunk_count}
+        return [{"version": v.version, "size": v.size, "committed_at": v.committed_at, "chunks": v.chunk_count,
+                 "persist": v.persist, "persisted": v.persisted, "in_memory": v.in_memory, "lost": v.lost}
                 for v in reply.versions]
 
     def rm_file(self, path: str) -> None:

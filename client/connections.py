@@ -65,6 +65,15 @@ class Connections:
         )
         return list(call(request, timeout=self.timeout))
 
+    def read_drained(self, address: str, request: benefactor_pb2.ReadDrainedRequest) -> list[memoryview]:
+        """A drained chunk, read from the PFS by the benefactor at `address`."""
+        call = self._channel(address).unary_stream(
+            "/memstage.v1.Benefactor/ReadDrained",
+            request_serializer=benefactor_pb2.ReadDrainedRequest.SerializeToString,
+            response_deserializer=decode_get_frame,
+        )
+        return list(call(request, timeout=self.timeout))
+
     def close(self) -> None:
         with self._lock:
             channels, self._channels, self._manager = self._channels, {}, None

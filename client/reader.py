@@ -2,7 +2,8 @@
 
 The version map is taken once at open, so a reader keeps seeing the version it opened even while
 a newer one is committed. Chunks of a range are fetched in parallel; each is verified against its
-hash, and a failing location falls back to the next one the map lists.
+hash, and a failing location falls back to the next one the map lists, then to the PFS copy
+(read by any live benefactor, so the client need not mount the PFS).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class VersionReader:
         self.version = vmap.version
         self.size = vmap.size
         self._chunks = list(vmap.chunks)
+        self._pfs_readers = list(vmap.pfs_readers)
         self._keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
         self._starts = [0, *itertools.accumulate(k.length for k in self._keys)][:-1]
         self._pool = pool
@@ -62,5 +64,17 @@ class VersionReader:
             if key.matches(data):
                 return data
             failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
+        drained = self._chunks[index].drained
+        if drained:
+            pfs_request = benefactor_pb2.ReadDrainedRequest(drained=drained, key=key.to_pb())
+            for reader in self._pfs_readers:
+                try:
+                    frames = self.conn.read_drained(reader.address, pfs_request)
+                except grpc.RpcError as e:
+                    failures.append(f"PFS via {reader.benefactor_id}: {e.details() if isinstance(e, grpc.Call) else e}")
+                    continue
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                if key.matches(data):
+                    return data
         raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
                        f"({'; '.join(failures) or 'no location recorded'})")

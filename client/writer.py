@@ -29,7 +29,7 @@ import grpc
 
 from memstage.chunks import MAX_FRAME_DATA, ChunkKey
 from memstage.client.connections import Connections
-from memstage.errors import ChunkRejected, DataLost, MemstageError, from_rpc_error
+from memstage.errors import ChunkRejected, DataLost, DeploymentFull, MemstageError, from_rpc_error
 from memstage.frames import encode_put_frame
 from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
 from memstage.settings import ClientSettings
@@ -195,6 +195,8 @@ class VersionWriter:
         # Per benefactor, over all its streams: a benefactor that fails after acknowledging chunks
         # of this version has lost them.
         self._acked_by: dict[str, int] = {}
+        self._full: set[str] = set()  # excluded because they refused for lack of space (may free up)
+        self._full_logged = False
         self._streams: dict[str, PutStream] = {}
         self._finishing = False
         self._asb_done: float | None = None
@@ -309,32 +311,50 @@ class VersionWriter:
             stream.close()  # a chunk re-placed after finish() began: its stream ends right after it
 
     def _stream_for_next(self) -> PutStream:
-        with self._lock:
-            self._raise_if_failed()
-            need_map = not self._map
-        if need_map:
+        while True:
+            with self._lock:
+                self._raise_if_failed()
+                # Another thread may empty the map (excluding a failed benefactor) at any time: check here.
+                if self._map:
+                    placement = self._map[self._rr % len(self._map)]
+                    self._rr += 1
+                    stream = self._streams.get(placement.id)
+                    if stream is None or stream.closed:
+                        stream = PutStream(self.conn, placement, self._on_ack, self._on_end)
+                        self._streams[placement.id] = stream
+                    return stream
             self._refresh_map()
-        with self._lock:
-            self._raise_if_failed()
-            placement = self._map[self._rr % len(self._map)]
-            self._rr += 1
-            stream = self._streams.get(placement.id)
-            if stream is None or stream.closed:
-                stream = PutStream(self.conn, placement, self._on_ack, self._on_end)
-                self._streams[placement.id] = stream
-            return stream
 
     def _refresh_map(self) -> None:
-        reply = self.conn.call_manager(
-            "GetStripingMap",
-            manager_pb2.StripingRequest(namespace=self.namespace, width=self.settings.stripe_width,
-                                        exclude=sorted(self._excluded), chunk_size=self.settings.chunk_size),
-            f"striping map for {self.path}")
-        with self._lock:
-            self._map = [Placement(b.benefactor_id, b.address) for b in reply.benefactors
-                         if b.benefactor_id not in self._excluded]
-        if not self._map:
-            raise DataLost(f"write of {self.path}: the manager offered only benefactors that already failed")
+        """A new striping map. When the deployment is full, wait (up to full_wait) for draining or
+        retention to free space; benefactors that refused for fullness are asked again then."""
+        deadline = time.monotonic() + self.settings.full_wait
+        pause = 0.1
+        while True:
+            try:
+                reply = self.conn.call_manager(
+                    "GetStripingMap",
+                    manager_pb2.StripingRequest(namespace=self.namespace, width=self.settings.stripe_width,
+                                                exclude=sorted(self._excluded), chunk_size=self.settings.chunk_size),
+                    f"striping map for {self.path}")
+                with self._lock:
+                    self._map = [Placement(b.benefactor_id, b.address) for b in reply.benefactors
+                                 if b.benefactor_id not in self._excluded]
+                    if self._map:
+                        return
+                # Every entry failed while the call was under way: ask again with the longer exclusion list.
+                continue
+            except DeploymentFull:
+                if time.monotonic() + pause > deadline or self._error is not None:
+                    raise
+                if not self._full_logged:
+                    log.info("deployment full: %s waits up to %.0fs for space", self.path, self.settings.full_wait)
+                    self._full_logged = True
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
+                with self._lock:
+                    self._excluded -= self._full
+                    self._full.clear()
 
     # -- stream callbacks (reader threads) ---------------------------------------------------
     def _on_ack(self, stream: PutStream, chunk: PendingChunk) -> None:
@@ -372,6 +392,8 @@ class VersionWriter:
                  "is full" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else f"failed ({code})", len(leftover))
         with self._lock:
             self._excluded.add(bf)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._full.add(bf)
             self._map = [p for p in self._map if p.id not in self._excluded]
         for chunk in leftover:
             self._place(chunk)

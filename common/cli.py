@@ -114,15 +114,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir})")
     print()
-    rows: list[tuple[str, ...]] = [
-        ("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS", "DRAIN BACKLOG", "LAST HB")]
+    rows: list[tuple[str, ...]] = [("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS",
+                                    "DRAIN BACKLOG", "OLDEST UNDRAINED", "DRAINED", "LAST HB")]
     for b in reply.benefactors:
         s = b.stats
         use = f"{100 * s.memory_used / s.memory_capacity:.0f}%" if s.memory_capacity else "-"
+        oldest = f"{b.oldest_undrained_age_seconds:.0f}s" if b.drain_backlog_bytes else "-"
         rows.append((b.id, b.address, "yes" if b.alive else "DEAD", format_size(s.memory_used),
-                     format_size(s.memory_capacity), use, str(s.chunk_count), format_size(s.drain_backlog),
-                     f"{b.last_heartbeat_age_seconds:.0f}s ago"))
+                     format_size(s.memory_capacity), use, str(s.chunk_count), format_size(b.drain_backlog_bytes),
+                     oldest, format_size(s.drained_bytes), f"{b.last_heartbeat_age_seconds:.0f}s ago"))
     _table(rows)
+    for b in reply.benefactors:
+        if b.stats.drain_error:
+            print(f"  {b.id}: DRAIN STUCK: {b.stats.drain_error} (chunks stay in memory; retrying)")
     alive = [b for b in reply.benefactors if b.alive]
     print(f"\n{len(alive)} of {len(reply.benefactors)} benefactors alive, "
           f"{format_size(sum(b.stats.memory_used for b in alive))} used of "
@@ -132,6 +136,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append((n.namespace, str(n.files), str(n.versions), format_size(n.bytes_committed),
                      format_size(n.bytes_stored)))
     _table(rows)
+    if reply.lost:
+        print(f"\nLOST: {len(reply.lost)} versions lost their benefactor before they were drained:")
+        for v in reply.lost:
+            print(f"  {v.namespace}:{v.path} version {v.version}")
     return 0
 
 
@@ -141,10 +149,13 @@ def status_json(reply: Any) -> dict[str, Any]:
         "state_dir": reply.state_dir,
         "benefactors": [
             {"id": b.id, "address": b.address, "alive": b.alive, "memory_capacity": b.stats.memory_capacity,
-             "memory_used": b.stats.memory_used, "drain_backlog": b.stats.drain_backlog,
-             "chunk_count": b.stats.chunk_count, "last_heartbeat_age_seconds": b.last_heartbeat_age_seconds}
+             "memory_used": b.stats.memory_used, "drain_backlog": b.drain_backlog_bytes,
+             "oldest_undrained_age_seconds": b.oldest_undrained_age_seconds, "drained_bytes": b.stats.drained_bytes,
+             "drain_error": b.stats.drain_error, "chunk_count": b.stats.chunk_count,
+             "last_heartbeat_age_seconds": b.last_heartbeat_age_seconds}
             for b in reply.benefactors
         ],
+        "lost": [{"namespace": v.namespace, "path": v.path, "version": v.version} for v in reply.lost],
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
              "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored}
@@ -157,6 +168,24 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+
+    for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1)):
+        if value is not None and value < least:
+            raise SettingError(f"{flag}: must be {least} or more")
+    settings = load(ClientSettings, {"manager": args.manager, "namespace": args.namespace}, config=args.config)
+    client = Client(manager=settings.manager, namespace=settings.namespace)
+    try:
+        policy = client.policy(args.persist_every, args.keep_versions)
+    finally:
+        client.connections.close()
+    every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
+    print(f"namespace {settings.namespace}: persist {every} version(s) of a path, keep {policy['keep_versions']} "
+          f"in memory (persist_every={policy['persist_every']} keep_versions={policy['keep_versions']})")
+    return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -215,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, ClientSettings, only=["manager"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("policy", parents=[common], help="show or set a namespace's persistence policy",
+                       description="Show the policy of a namespace; with --persist-every or --keep-versions, set it.")
+    _add_settings(p, ClientSettings, only=["manager", "namespace"])
+    p.add_argument("--persist-every", type=int, default=None, metavar="N",
+                   help="drain every N-th version of a path to the PFS; 0 = never")
+    p.add_argument("--keep-versions", type=int, default=None, metavar="K",
+                   help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
+    p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("restore", parents=[common], help="rebuild a file from the PFS alone",
                        description="Rebuild a persisted version of a file from the PFS alone (no manager, no "

@@ -68,11 +68,14 @@ class ManagerSettings:
     state: str = setting("./memstage-state", _str, "directory of the manager's SQLite state")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
+    persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
+    keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
         _positive("heartbeat_interval", self.heartbeat_interval)
         _positive("stripe_width", self.stripe_width)
+        _positive("keep_versions", self.keep_versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +84,8 @@ class BenefactorSettings:
     listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
     advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
-    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to (draining is not "
-                       "implemented yet: chunks stay in memory)")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to")
+    drain_bandwidth: int = setting(0, _size, "bytes per second drained at most (0 = unlimited)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")
     orphan_grace: float = setting(600.0, _duration, "age after which unconfirmed chunks are checked with the manager")
     id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
@@ -106,6 +109,7 @@ class ClientSettings:
     close_mode: str = setting("commit", _choice("commit", "buffered"), "commit: close() waits for the commit")
     read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
+    full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -125,18 +129,21 @@ class ClientSettings:
 class UpSettings:
     benefactors: int = setting(2, _int, "benefactor processes to start")
     memory: int = setting(GiB, _size, "memory each benefactor donates")
-    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory (created; draining is not "
-                       "implemented yet)")
+    pfs: str = setting("./memstage-pfs", _str, "parallel file system directory the benefactors drain to")
     state: str = setting("./memstage-state", _str, "manager state directory")
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
     mount: str = setting("", _str, "mount the staging directory here (needs FUSE; not yet available)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
+    persist_every: int = setting(1, _int, "drain every N-th version of a path to the PFS (0 = never)")
+    keep_versions: int = setting(2, _int, "versions of a path kept readable in memory")
+    drain_bandwidth: int = setting(0, _size, "bytes per second each benefactor drains at most (0 = unlimited)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
         _positive("benefactors", self.benefactors)
         _positive("memory", self.memory)
         _positive("heartbeat_interval", self.heartbeat_interval)
+        _positive("keep_versions", self.keep_versions)
 
 
 def _positive(name: str, value: float) -> None:

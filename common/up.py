@@ -38,11 +38,13 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
     procs: list[RoleProcess] = []
     try:
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
-                                       interval, *extra]))
+                                       interval, "--persist-every", str(settings.persist_every),
+                                       "--keep-versions", str(settings.keep_versions), *extra]))
         manager = procs[0].address
         for _ in range(settings.benefactors):
             procs.append(spawn("benefactor", ["--manager", manager, "--memory", str(settings.memory), "--pfs", pfs,
-                                              "--heartbeat-interval", interval, *extra]))
+                                              "--heartbeat-interval", interval,
+                                              "--drain-bandwidth", str(settings.drain_bandwidth), *extra]))
     except BaseException:
         stop_deployment(procs)
         raise

@@ -1,12 +1,14 @@
 """Catalog: the manager's durable metadata in SQLite (WAL) under its state directory.
 
-Holds benefactor addresses, committed versions with their chunk maps, and the chunk index
-(per namespace: key -> reference count and locations). A version becomes visible in the same
-transaction that records it, so a crash never exposes half a commit; a restart loses nothing
-committed. No networking here; the service layer adds liveness from the registry.
+Holds benefactor addresses, namespace policies, committed versions with their chunk maps, the
+chunk index and the drain queue. A version becomes visible in the same transaction that records
+it (and queues its drain tasks), so a crash never exposes half a commit and loses no drain work.
+No networking here; the service layer adds liveness from the registry.
 
-A chunk's reference count is the number of versions whose map contains it (once per version).
-When it reaches zero the chunk leaves the index and the caller is told where to free it.
+Per chunk (and namespace) the index keeps two counts: `refs`, the versions whose map contains it
+(once per version), and `mem_refs`, those of them still kept in memory (keep_versions). A chunk
+leaves benefactor memory when mem_refs reaches 0, and the index when refs does; in between it is
+read from the PFS (`drained`, its chunk file relative to the PFS root).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,18 +30,35 @@ _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS benefactors (
     id TEXT PRIMARY KEY, address TEXT NOT NULL, capacity INTEGER NOT NULL, registered_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    ns TEXT PRIMARY KEY, persist_every INTEGER NOT NULL, keep_versions INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL,
-    committed_at REAL NOT NULL, chunk_map BLOB NOT NULL, PRIMARY KEY (ns, path, version));
+    committed_at REAL NOT NULL, chunk_map BLOB NOT NULL,
+    persist INTEGER NOT NULL, persisted INTEGER NOT NULL DEFAULT 0, in_memory INTEGER NOT NULL DEFAULT 1,
+    lost INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, path, version));
 CREATE TABLE IF NOT EXISTS chunks (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, refs INTEGER NOT NULL,
-    PRIMARY KEY (ns, hash, length));
+    mem_refs INTEGER NOT NULL, drained TEXT, PRIMARY KEY (ns, hash, length));
 CREATE TABLE IF NOT EXISTS locations (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, benefactor TEXT NOT NULL,
     PRIMARY KEY (ns, hash, length, benefactor));
+CREATE TABLE IF NOT EXISTS drain_tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL,
+    idx INTEGER NOT NULL, count INTEGER NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
+    length INTEGER NOT NULL, benefactor TEXT NOT NULL, queued_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS drain_by_benefactor ON drain_tasks (benefactor, id);
+CREATE INDEX IF NOT EXISTS drain_by_version ON drain_tasks (ns, path, version);
 """
 
 IndexKey = tuple[str, ChunkKey]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    persist_every: int
+    keep_versions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +69,10 @@ class VersionRecord:
     size: int
     committed_at: float
     keys: tuple[ChunkKey, ...]
+    persist: bool = False
+    persisted: bool = False
+    in_memory: bool = True
+    lost: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +93,25 @@ class NamespaceSummary:
     bytes_stored: int
 
 
+@dataclass(frozen=True, slots=True)
+class DrainTask:
+    id: int
+    namespace: str
+    path: str
+    version: int
+    index: int
+    count: int
+    offset: int
+    key: ChunkKey
+    link_from: str  # drained path of an identical chunk, or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    bytes: int
+    oldest_queued_at: float | None
+
+
 def pack_map(keys: Sequence[ChunkKey]) -> bytes:
     return b"".join(_ENTRY.pack(k.hash, k.length) for k in keys)
 
@@ -78,8 +120,11 @@ def unpack_map(blob: bytes) -> tuple[ChunkKey, ...]:
     return tuple(ChunkKey(h, n) for h, n in _ENTRY.iter_unpack(blob))
 
 
+_VERSION_COLUMNS = "version, size, committed_at, chunk_map, persist, persisted, in_memory, lost"
+
+
 class Catalog:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, default_policy: Policy = Policy(1, 2)) -> None:
         path = Path(state_dir)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -87,6 +132,7 @@ class Catalog:
             raise SettingError(f"--state: cannot create {state_dir!r} ({e.strerror})") from None
         if not os.access(path, os.W_OK):
             raise SettingError(f"--state: directory {state_dir!r} is not writable")
+        self.default_policy = default_policy
         self.db_path = path / "manager.sqlite3"
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -94,19 +140,18 @@ class Catalog:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
-        # The chunk index is read on every commit, lookup and reconcile: kept in memory, written through.
+        # The chunk index is read on every commit, lookup and query: kept in memory, written through.
         self._refs: dict[IndexKey, int] = {}
+        self._mem_refs: dict[IndexKey, int] = {}
+        self._drained: dict[IndexKey, str] = {}
         self._locations: dict[IndexKey, set[str]] = {}
-        for ns, h, n, refs in self._db.execute("SELECT ns, hash, length, refs FROM chunks"):
-            self._refs[(ns, ChunkKey(h, n))] = refs
-        for ns, h, n, bf in self._db.execute("SELECT ns, hash, length, benefactor FROM locations"):
-            self._locations.setdefault((ns, ChunkKey(h, n)), set()).add(bf)
+        self._load_index()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    # -- benefactors -------------------------------------------------------------------------
+    # -- benefactors and policies ------------------------------------------------------------
     def remember_benefactor(self, benefactor_id: str, address: str, capacity: int) -> None:
         with self._lock:
             self._db.execute(
@@ -119,6 +164,20 @@ class Catalog:
         with self._lock:
             return dict(self._db.execute("SELECT id, address FROM benefactors"))
 
+    def policy(self, namespace: str) -> Policy:
+        with self._lock:
+            row = self._db.execute("SELECT persist_every, keep_versions FROM policies WHERE ns=?",
+                                   (namespace,)).fetchone()
+        return Policy(*row) if row else self.default_policy
+
+    def set_policy(self, namespace: str, policy: Policy) -> None:
+        if policy.keep_versions < 1:
+            raise InvalidArgument("keep_versions must be at least 1 (the latest version stays readable)")
+        with self._lock:
+            self._db.execute("INSERT INTO policies VALUES (?, ?, ?) ON CONFLICT(ns) DO UPDATE SET "
+                             "persist_every=excluded.persist_every, keep_versions=excluded.keep_versions",
+                             (namespace, policy.persist_every, policy.keep_versions))
+
     # -- chunk index -------------------------------------------------------------------------
     def refs(self, key: IndexKey) -> int:
         return self._refs.get(key, 0)
@@ -126,12 +185,25 @@ class Catalog:
     def locations(self, key: IndexKey) -> set[str]:
         return set(self._locations.get(key, ()))
 
-    def add_locations(self, benefactor_id: str, keys: Iterable[IndexKey]) -> int:
-        """Record that a benefactor holds these chunks (only those still referenced). Returns how many were new."""
+    def drained(self, key: IndexKey) -> str:
+        return self._drained.get(key, "")
+
+    def readable(self, key: IndexKey, alive: set[str]) -> bool:
+        """The namespace holds this chunk where a reader can get it: a live benefactor, or the PFS."""
+        if self._refs.get(key, 0) <= 0:
+            return False
+        return key in self._drained or not self._locations.get(key, set()).isdisjoint(alive)
+
+    def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
+        with self._lock:
+            return [self.readable((namespace, k), alive) for k in keys]
+
+    def add_locations(self, benefactor_id: str, keys: Sequence[IndexKey]) -> int:
+        """Record that a benefactor holds these chunks (those still wanted in memory). Returns how many were new."""
         added = 0
         with self._lock, self._db:
             for key in keys:
-                if self._refs.get(key, 0) > 0 and benefactor_id not in self._locations.get(key, set()):
+                if self._mem_refs.get(key, 0) > 0 and benefactor_id not in self._locations.get(key, set()):
                     self._locations.setdefault(key, set()).add(benefactor_id)
                     ns, k = key
                     self._db.execute("INSERT OR IGNORE INTO locations VALUES (?, ?, ?, ?)",
@@ -139,85 +211,147 @@ class Catalog:
                     added += 1
         return added
 
-    def readable(self, key: IndexKey, alive: set[str]) -> bool:
-        """The namespace holds this chunk somewhere a reader can get it: a live benefactor."""
-        return self._refs.get(key, 0) > 0 and not self._locations.get(key, set()).isdisjoint(alive)
-
-    def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
-        with self._lock:
-            return [self.readable((namespace, k), alive) for k in keys]
+    def wanted_in_memory(self, key: IndexKey) -> bool:
+        return self._mem_refs.get(key, 0) > 0
 
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
                alive: set[str], now: float | None = None) -> int:
-        """Record a new version atomically and return its number.
+        """Record a new version atomically (queueing its drain if the policy selects it); return its number.
 
         Each chunk lists where the client stored it, or nothing when it relied on the namespace
-        already holding it. Either way, under the same lock as the write, at least one live
-        benefactor must hold it (`alive` is the registry's view); else DataLost and no version.
+        already holding it. Either way, under the same lock as the write, it must be readable:
+        on a live benefactor (`alive` is the registry's view) or on the PFS; else DataLost and no version.
         """
         keys = [k for k, _ in chunks]
         if sum(k.length for k in keys) != size:
             raise InvalidArgument(f"commit of {path}: size {size} differs from the sum of its chunk lengths")
+        now = time.time() if now is None else now
         with self._lock:
             for i, (key, locs) in enumerate(chunks):
                 if alive.isdisjoint(locs) and not self.readable((namespace, key), alive):
                     where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
                     raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
+            policy = self.policy(namespace)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
                                        (namespace, path)).fetchone()
                 version = (row[0] or 0) + 1
-                self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
-                                 (namespace, path, version, size, time.time() if now is None else now,
-                                  pack_map(keys)))
-                new_refs: dict[IndexKey, int] = {}
-                new_locs: list[tuple[IndexKey, str]] = []
+                persist = policy.persist_every > 0 and version % policy.persist_every == 0
+                self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (namespace, path, version, size, now, pack_map(keys), int(persist)))
+                touched: set[IndexKey] = set()
                 for key, locs in chunks:
                     ik = (namespace, key)
-                    if ik not in new_refs:
-                        new_refs[ik] = self._refs.get(ik, 0) + 1
-                        self._db.execute(
-                            "INSERT INTO chunks VALUES (?, ?, ?, 1) ON CONFLICT(ns, hash, length) "
-                            "DO UPDATE SET refs = refs + 1", (namespace, key.hash, key.length))
+                    if ik not in touched:
+                        touched.add(ik)
+                        self._bump(ik, 1, 1)
                     for bf in locs:
                         if bf not in self._locations.get(ik, set()):
-                            new_locs.append((ik, bf))
+                            self._locations.setdefault(ik, set()).add(bf)
                             self._db.execute("INSERT OR IGNORE INTO locations VALUES (?, ?, ?, ?)",
                                              (namespace, key.hash, key.length, bf))
+                if persist:
+                    self._queue_drain(namespace, path, version, chunks, alive, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._reload_index()
                 raise
-            self._refs.update(new_refs)
-            for ik, bf in new_locs:
-                self._locations.setdefault(ik, set()).add(bf)
             return version
+
+    def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> None:
+        """Change a chunk's counts (inside a transaction); drop it from the index at refs 0."""
+        ns, key = ik
+        new_refs = self._refs.get(ik, 0) + refs
+        new_mem = self._mem_refs.get(ik, 0) + mem_refs
+        if new_refs <= 0:
+            self._refs.pop(ik, None)
+            self._mem_refs.pop(ik, None)
+            self._drained.pop(ik, None)
+            self._locations.pop(ik, None)
+            self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+            self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+            return
+        self._refs[ik], self._mem_refs[ik] = new_refs, new_mem
+        self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(ns, hash, length) "
+                         "DO UPDATE SET refs=excluded.refs, mem_refs=excluded.mem_refs",
+                         (ns, key.hash, key.length, new_refs, new_mem))
+        if new_mem <= 0 and ik in self._locations:
+            del self._locations[ik]
+            self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+
+    def _reload_index(self) -> None:
+        """After a rolled-back transaction the in-memory index may be ahead of the database."""
+        self._load_index()
+
+    def _load_index(self) -> None:
+        self._refs, self._mem_refs, self._drained, self._locations = {}, {}, {}, {}
+        for ns, h, n, refs, mem_refs, drained in self._db.execute(
+                "SELECT ns, hash, length, refs, mem_refs, drained FROM chunks"):
+            key = (ns, ChunkKey(h, n))
+            self._refs[key], self._mem_refs[key] = refs, mem_refs
+            if drained:
+                self._drained[key] = drained
+        for ns, h, n, bf in self._db.execute("SELECT ns, hash, length, benefactor FROM locations"):
+            self._locations.setdefault((ns, ChunkKey(h, n)), set()).add(bf)
+
+    def _queue_drain(self, namespace: str, path: str, version: int,
+                     chunks: Sequence[tuple[ChunkKey, Sequence[str]]], alive: set[str], now: float) -> None:
+        if not chunks:  # an empty file is one empty chunk file with count 0
+            empty = ChunkKey.of(b"")
+            owner = min(alive) if alive else ""
+            self._db.execute("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
+                             "benefactor, queued_at) VALUES (?, ?, ?, 0, 0, 0, ?, 0, ?, ?)",
+                             (namespace, path, version, empty.hash, owner, now))
+            return
+        offset = 0
+        for i, (key, _) in enumerate(chunks):
+            owner = self._drainer_for((namespace, key), alive)
+            self._db.execute("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
+                             "benefactor, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (namespace, path, version, i, len(chunks), offset, key.hash, key.length, owner, now))
+            offset += key.length
+
+    def _drainer_for(self, ik: IndexKey, alive: set[str]) -> str:
+        """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
+        duplicates queue in order behind the first and become links); any live one to link a
+        chunk already drained; "" when nobody can (the version is then lost)."""
+        holders = sorted(self._locations.get(ik, set()) & alive)
+        if holders:
+            return holders[0]
+        if ik in self._drained and alive:
+            return min(alive)
+        return ""
 
     def version(self, namespace: str, path: str, version: int = 0) -> VersionRecord:
         """A committed version (0 = the latest); NotFound if there is none."""
         with self._lock:
             if version:
-                row = self._db.execute(
-                    "SELECT version, size, committed_at, chunk_map FROM versions WHERE ns=? AND path=? AND version=?",
-                    (namespace, path, version)).fetchone()
+                row = self._db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE ns=? AND path=? AND version=?",
+                                       (namespace, path, version)).fetchone()
             else:
-                row = self._db.execute(
-                    "SELECT version, size, committed_at, chunk_map FROM versions WHERE ns=? AND path=? "
-                    "ORDER BY version DESC LIMIT 1", (namespace, path)).fetchone()
+                row = self._db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE ns=? AND path=? "
+                                       "ORDER BY version DESC LIMIT 1", (namespace, path)).fetchone()
         if row is None:
             if version:
                 raise NotFound(f"{path}: no version {version} in namespace {namespace!r}")
             raise NotFound(f"{path}: no such file in namespace {namespace!r}")
-        return VersionRecord(namespace, path, row[0], row[1], row[2], unpack_map(row[3]))
+        return self._record(namespace, path, row)
+
+    @staticmethod
+    def _record(namespace: str, path: str, row: tuple) -> VersionRecord:  # type: ignore[type-arg]
+        v, size, at, blob, persist, persisted, in_memory, lost = row
+        return VersionRecord(namespace, path, v, size, at, unpack_map(blob), bool(persist), bool(persisted),
+                             bool(in_memory), bool(lost))
 
     def versions(self, namespace: str, path: str) -> list[VersionRecord]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT version, size, committed_at, chunk_map FROM versions WHERE ns=? AND path=? ORDER BY version",
-                (namespace, path)).fetchall()
-        return [VersionRecord(namespace, path, v, s, t, unpack_map(m)) for v, s, t, m in rows]
+            rows = self._db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE ns=? AND path=? ORDER BY version",
+                                    (namespace, path)).fetchall()
+        return [self._record(namespace, path, r) for r in rows]
 
     def files_under(self, namespace: str, directory: str) -> list[FileSummary]:
         """Every file at or below `directory` ('/' for all), latest version of each."""
@@ -235,45 +369,154 @@ class Catalog:
         return out
 
     def delete_file(self, namespace: str, path: str) -> tuple[int, dict[IndexKey, set[str]]]:
-        """Delete every version of a file. Returns (versions deleted, freed chunks -> where they were)."""
+        """Delete every version of a file (its PFS copies stay). Returns (versions deleted,
+        chunks to free from memory -> the benefactors holding them)."""
         with self._lock:
-            rows = self._db.execute("SELECT chunk_map FROM versions WHERE ns=? AND path=?",
+            rows = self._db.execute("SELECT version FROM versions WHERE ns=? AND path=?",
                                     (namespace, path)).fetchall()
             if not rows:
                 raise NotFound(f"{path}: no such file in namespace {namespace!r}")
             freed: dict[IndexKey, set[str]] = {}
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("DELETE FROM versions WHERE ns=? AND path=?", (namespace, path))
-                refs: dict[IndexKey, int] = {}  # new counts of the keys this delete touches
-                for (blob,) in rows:
-                    for key in set(unpack_map(blob)):
-                        ik = (namespace, key)
-                        refs[ik] = refs.get(ik, self._refs.get(ik, 0)) - 1
-                        if refs[ik] <= 0:
-                            freed[ik] = self._locations.get(ik, set())
-                            self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?",
-                                             (namespace, key.hash, key.length))
-                            self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?",
-                                             (namespace, key.hash, key.length))
-                        else:
-                            self._db.execute("UPDATE chunks SET refs=? WHERE ns=? AND hash=? AND length=?",
-                                             (refs[ik], namespace, key.hash, key.length))
+                for (version,) in rows:
+                    freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=?", (namespace, path))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._reload_index()
+                raise
+            return len(rows), freed
+
+    def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> dict[IndexKey, set[str]]:
+        """Take a version out of memory (keep_record: it stays, readable from the PFS) or out of the
+        catalog altogether. Returns the chunks no in-memory version needs any more, with their holders."""
+        blob, in_memory = self._db.execute("SELECT chunk_map, in_memory FROM versions WHERE ns=? AND path=? AND "
+                                           "version=?", (namespace, path, version)).fetchone()
+        freed: dict[IndexKey, set[str]] = {}
+        for key in set(unpack_map(blob)):
+            ik = (namespace, key)
+            holders = self._locations.get(ik, set()).copy()
+            self._bump(ik, 0 if keep_record else -1, -1 if in_memory else 0)
+            if in_memory and self._mem_refs.get(ik, 0) <= 0 and holders:
+                freed[ik] = holders
+        if keep_record:
+            self._db.execute("UPDATE versions SET in_memory=0 WHERE ns=? AND path=? AND version=?",
+                             (namespace, path, version))
+        else:
+            self._db.execute("DELETE FROM versions WHERE ns=? AND path=? AND version=?", (namespace, path, version))
+        return freed
+
+    def apply_retention(self, namespace: str, path: str) -> dict[IndexKey, set[str]]:
+        """Versions past keep_versions leave memory: kept on the PFS if persisted, deleted if never
+        selected for it; one selected but not yet drained waits (it is never evicted undrained)."""
+        keep = self.policy(namespace).keep_versions
+        freed: dict[IndexKey, set[str]] = {}
+        with self._lock:
+            rows = self._db.execute("SELECT version, persist, persisted FROM versions WHERE ns=? AND path=? AND "
+                                    "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
+            old = rows[keep:]
+            if not old:
+                return freed
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for version, persist, persisted in old:
+                    if persisted:
+                        freed.update(self._drop_version(namespace, path, version, keep_record=True))
+                    elif not persist:
+                        freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._reload_index()
+                raise
+        return freed
+
+    # -- draining ----------------------------------------------------------------------------
+    def drain_work(self, benefactor_id: str, limit: int) -> list[DrainTask]:
+        """The oldest tasks of a benefactor, in commit order; a task stays queued until reported done."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, ns, path, version, idx, count, offset, hash, length FROM drain_tasks "
+                                    "WHERE benefactor=? ORDER BY id LIMIT ?", (benefactor_id, limit)).fetchall()
+        return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._drained.get((ns, ChunkKey(h, n)), ""))
+                for i, ns, p, v, idx, count, off, h, n in rows]
+
+    def drain_done(self, results: Sequence[tuple[int, str]]) -> set[tuple[str, str]]:
+        """Record drained chunk files. Returns the (namespace, path) of versions that became persisted."""
+        persisted: set[tuple[str, str]] = set()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                touched: set[tuple[str, str, int]] = set()
+                for task_id, drained in results:
+                    row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
+                                           "WHERE id=?", (task_id,)).fetchone()
+                    if row is None:
+                        continue  # reported twice, or the file was deleted meanwhile: harmless
+                    ns, path, version, h, n, count = row
+                    self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
+                    ik = (ns, ChunkKey(h, n))
+                    if count and ik in self._refs and ik not in self._drained:
+                        self._drained[ik] = drained
+                        self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
+                                         (drained, ns, h, n))
+                    touched.add((ns, path, version))
+                for ns, path, version in touched:
+                    left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",
+                                            (ns, path, version)).fetchone()
+                    if left is None:
+                        self._db.execute("UPDATE versions SET persisted=1 WHERE ns=? AND path=? AND version=? AND "
+                                         "lost=0", (ns, path, version))
+                        persisted.add((ns, path))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._reload_index()
+                raise
+        return persisted
+
+    def reassign_drains(self, dead: str, alive: set[str]) -> list[tuple[str, str, int]]:
+        """A benefactor died: give its queued chunks to another holder, or mark their versions lost."""
+        lost: list[tuple[str, str, int]] = []
+        with self._lock:
+            rows = self._db.execute("SELECT id, ns, path, version, hash, length, count FROM drain_tasks "
+                                    "WHERE benefactor=?", (dead,)).fetchall()
+            if not rows:
+                return lost
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for task_id, ns, path, version, h, n, count in rows:
+                    ik = (ns, ChunkKey(h, n))
+                    owner = (min(alive) if alive else "") if not count else self._drainer_for(ik, alive - {dead})
+                    if owner:
+                        self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                    elif (ns, path, version) not in lost:
+                        lost.append((ns, path, version))
+                        self._db.execute("UPDATE versions SET lost=1 WHERE ns=? AND path=? AND version=?",
+                                         (ns, path, version))
+                        self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?",
+                                         (ns, path, version))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            for ik, n in refs.items():
-                if n > 0:
-                    self._refs[ik] = n
-                else:
-                    self._refs.pop(ik, None)
-                    self._locations.pop(ik, None)
-            return len(rows), freed
+        return lost
+
+    def backlog(self) -> dict[str, Backlog]:
+        with self._lock:
+            rows = self._db.execute("SELECT benefactor, SUM(length), MIN(queued_at) FROM drain_tasks "
+                                    "GROUP BY benefactor").fetchall()
+        return {bf: Backlog(n or 0, oldest) for bf, n, oldest in rows}
+
+    def lost_versions(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return list(self._db.execute("SELECT ns, path, version FROM versions WHERE lost=1 ORDER BY ns, path, "
+                                         "version"))
 
     def namespaces(self) -> list[NamespaceSummary]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT ns, COUNT(DISTINCT path), COUNT(*), SUM(size) FROM versions GROUP BY ns").fetchall()
-            stored = dict(self._db.execute("SELECT ns, SUM(length) FROM chunks GROUP BY ns").fetchall())
+            stored = dict(self._db.execute("SELECT ns, SUM(length) FROM chunks WHERE mem_refs > 0 GROUP BY ns"))
         return [NamespaceSummary(ns, f, v, b or 0, stored.get(ns) or 0) for ns, f, v, b in rows]

@@ -18,6 +18,8 @@ class Stats:
     memory_used: int = 0
     drain_backlog: int = 0
     chunk_count: int = 0
+    drain_error: str = ""
+    drained_bytes: int = 0
 
     @property
     def free(self) -> int:
@@ -98,4 +100,4 @@ class Registry:
         if rec is not None:
             s = rec.stats
             used = min(s.memory_capacity, max(0, s.memory_used + delta))
-            rec.stats = Stats(s.memory_capacity, used, s.drain_backlog, s.chunk_count)
+            rec.stats = Stats(s.memory_capacity, used, s.drain_backlog, s.chunk_count, s.drain_error, s.drained_bytes)

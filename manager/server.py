@@ -9,7 +9,7 @@ from concurrent import futures
 import grpc
 
 from memstage.chunks import group_keys
-from memstage.manager.catalog import Catalog
+from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind, channel
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class ManagerServer:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
-        self.catalog = Catalog(settings.state)
+        self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions))
         self.service = ManagerService(settings, self.catalog)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)

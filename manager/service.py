@@ -14,7 +14,7 @@ import grpc
 
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
 from memstage.errors import DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
-from memstage.manager.catalog import Catalog, IndexKey, VersionRecord
+from memstage.manager.catalog import Catalog, IndexKey, Policy, VersionRecord
 from memstage.manager.registry import Registry, Stats
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
@@ -42,7 +42,8 @@ def rpc(method: F) -> F:
 
 
 def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
-    return Stats(pb.memory_capacity, pb.memory_used, pb.drain_backlog, pb.chunk_count)
+    return Stats(pb.memory_capacity, pb.memory_used, pb.drain_backlog, pb.chunk_count, pb.drain_error,
+                 pb.drained_bytes)
 
 
 def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
@@ -90,7 +91,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.ReconcileReply:
         keys = [(g.namespace, _key(k)) for g in request.keys for k in g.keys]
-        referenced = [k for k in keys if self.catalog.refs(k) > 0]
+        referenced = [k for k in keys if self.catalog.wanted_in_memory(k)]
         self.catalog.add_locations(request.benefactor_id, referenced)
         return manager_pb2.ReconcileReply(referenced=group_keys(referenced))
 
@@ -100,6 +101,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             dead = self.registry.newly_dead(self.clock())
         for rec in dead:
             log.warning("benefactor %s (%s) missed %d heartbeats: declared dead", rec.id, rec.address, 3)
+            for ns, path, version in self.catalog.reassign_drains(rec.id, self._alive_ids()):
+                log.error("%s:%s version %d is lost: benefactor %s died before it was drained", ns, path,
+                          version, rec.id)
 
     # -- clients -----------------------------------------------------------------------------
     @rpc
@@ -137,6 +141,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for (key, locs) in chunks:
                 for bf in locs:
                     self._drops.get(bf, set()).discard((namespace, key))
+        self._free(self.catalog.apply_retention(namespace, path))
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
@@ -167,13 +172,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             alive = {r.id for r in self.registry.alive(now)}
         chunks = []
         for key in rec.keys:
+            ik = (rec.namespace, key)
             # Live benefactors first; the others stay listed (a restarted manager has not heard from them yet).
-            locs = sorted(self.catalog.locations((rec.namespace, key)), key=lambda bf: (bf not in alive, bf))
+            locs = sorted(self.catalog.locations(ik), key=lambda bf: (bf not in alive, bf))
             chunks.append(manager_pb2.ChunkRef(
-                key=key.to_pb(),
+                key=key.to_pb(), drained=self.catalog.drained(ik),
                 locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
+        readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
         return manager_pb2.VersionMap(path=rec.path, version=rec.version, size=rec.size, chunks=chunks,
-                                      committed_at=rec.committed_at)
+                                      committed_at=rec.committed_at, pfs_readers=readers)
 
     @rpc
     def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
@@ -221,7 +228,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             raise NotFound(f"{path}: no such file in namespace {namespace!r}")
         return manager_pb2.VersionsReply(versions=[
             manager_pb2.VersionInfo(version=v.version, size=v.size, committed_at=v.committed_at,
-                                    chunk_count=len(v.keys)) for v in versions])
+                                    chunk_count=len(v.keys), persist=v.persist, persisted=v.persisted,
+                                    in_memory=v.in_memory, lost=v.lost) for v in versions])
 
     @rpc
     def Delete(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext
@@ -229,6 +237,41 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
         count, freed = self.catalog.delete_file(namespace, path)
+        self._free(freed)
+        log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
+        return manager_pb2.DeleteFileReply(versions_deleted=count)
+
+    # -- operators ---------------------------------------------------------------------------
+    @rpc
+    def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
+        backlog = self.catalog.backlog()
+        wall = time.time()
+        with self._lock:
+            now = self.clock()
+            rows = []
+            for r in sorted(self.registry.records(), key=lambda r: r.id):
+                b = backlog.get(r.id)
+                rows.append(manager_pb2.BenefactorStatus(
+                    id=r.id, address=r.address, alive=self.registry.is_alive(r.id, now),
+                    stats=manager_pb2.BenefactorStats(
+                        memory_capacity=r.stats.memory_capacity, memory_used=r.stats.memory_used,
+                        drain_backlog=b.bytes if b else 0, chunk_count=r.stats.chunk_count,
+                        drain_error=r.stats.drain_error, drained_bytes=r.stats.drained_bytes),
+                    last_heartbeat_age_seconds=now - r.last_seen,
+                    drain_backlog_bytes=b.bytes if b else 0,
+                    oldest_undrained_age_seconds=wall - b.oldest_queued_at if b and b.oldest_queued_at else 0.0))
+        namespaces = [manager_pb2.NamespaceStatus(namespace=n.namespace, files=n.files, versions=n.versions,
+                                                  bytes_committed=n.bytes_committed, bytes_stored=n.bytes_stored)
+                      for n in self.catalog.namespaces()]
+        lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v) for ns, p, v in self.catalog.lost_versions()]
+        return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost,
+                                       heartbeat_interval_seconds=self.settings.heartbeat_interval,
+                                       state_dir=self.settings.state)
+
+    def _free(self, freed: dict[IndexKey, set[str]]) -> None:
+        """Queue chunks no in-memory version needs for freeing on the benefactors holding them."""
+        if not freed:
+            return
         with self._lock:
             for ik, benefactors in freed.items():
                 for bf in benefactors:
@@ -236,31 +279,40 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     # Counted as free at once: the dropper frees it within moments, and a benefactor
                     # that is still full simply refuses (the writer re-plans).
                     self.registry.note_used(bf, -ik[1].length)
-        if freed:
-            self.drops_pending.set()
-        log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
-        return manager_pb2.DeleteFileReply(versions_deleted=count)
+        self.drops_pending.set()
 
-    # -- operators ---------------------------------------------------------------------------
+    # -- draining and policy -----------------------------------------------------------------
     @rpc
-    def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
-        with self._lock:
-            now = self.clock()
-            rows = [
-                manager_pb2.BenefactorStatus(
-                    id=r.id, address=r.address, alive=self.registry.is_alive(r.id, now),
-                    stats=manager_pb2.BenefactorStats(
-                        memory_capacity=r.stats.memory_capacity, memory_used=r.stats.memory_used,
-                        drain_backlog=r.stats.drain_backlog, chunk_count=r.stats.chunk_count),
-                    last_heartbeat_age_seconds=now - r.last_seen)
-                for r in sorted(self.registry.records(), key=lambda r: r.id)
-            ]
-        namespaces = [manager_pb2.NamespaceStatus(namespace=n.namespace, files=n.files, versions=n.versions,
-                                                  bytes_committed=n.bytes_committed, bytes_stored=n.bytes_stored)
-                      for n in self.catalog.namespaces()]
-        return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces,
-                                       heartbeat_interval_seconds=self.settings.heartbeat_interval,
-                                       state_dir=self.settings.state)
+    def DrainWork(self, request: manager_pb2.DrainWorkRequest, context: grpc.ServicerContext
+                  ) -> manager_pb2.DrainWorkReply:
+        tasks = self.catalog.drain_work(request.benefactor_id, max(1, min(request.limit or 16, 256)))
+        return manager_pb2.DrainWorkReply(tasks=[
+            manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,
+                                  count=t.count, offset=t.offset, key=t.key.to_pb(), link_from=t.link_from)
+            for t in tasks])
+
+    @rpc
+    def DrainDone(self, request: manager_pb2.DrainDoneRequest, context: grpc.ServicerContext
+                  ) -> manager_pb2.DrainDoneReply:
+        persisted = self.catalog.drain_done([(r.task_id, r.drained) for r in request.results])
+        for namespace, path in persisted:
+            log.info("%s:%s: a version is now persisted on the PFS", namespace, path)
+            self._free(self.catalog.apply_retention(namespace, path))
+        return manager_pb2.DrainDoneReply()
+
+    @rpc
+    def Policy(self, request: manager_pb2.PolicyRequest, context: grpc.ServicerContext) -> manager_pb2.PolicyReply:
+        namespace = check_namespace(request.namespace)
+        current = self.catalog.policy(namespace)
+        if request.HasField("persist_every") or request.HasField("keep_versions"):
+            current = Policy(
+                request.persist_every if request.HasField("persist_every") else current.persist_every,
+                request.keep_versions if request.HasField("keep_versions") else current.keep_versions)
+            self.catalog.set_policy(namespace, current)
+            log.info("policy of namespace %s: persist_every %d, keep_versions %d", namespace,
+                     current.persist_every, current.keep_versions)
+        return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
+                                       keep_versions=current.keep_versions)
 
     # -- dropper support ---------------------------------------------------------------------
     def take_drops(self) -> dict[str, tuple[str, set[IndexKey]]]:

@@ -63,7 +63,8 @@ class Cluster:
         self.start_manager(self.manager_address)
 
     def client(self, **settings: object) -> Client:
-        c = Client(manager=self.manager_address, rpc_timeout="10s", **settings)
+        settings = {"rpc_timeout": "10s", "full_wait": "1s", **settings}
+        c = Client(manager=self.manager_address, **settings)
         self._clients.append(c)
         return c
 

@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReadDrainedRequest(_message.Message):
+    __slots__ = ("drained", "key")
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    drained: str
+    key: _common_pb2.ChunkKey
+    def __init__(self, drained: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ...) -> None: ...
+
 class PutHeader(_message.Message):
     __slots__ = ("namespace", "key", "seq")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class BenefactorStub:
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_benefactor__pb2.DeleteReply.FromString,
                 _registered_method=True)
+        self.ReadDrained = channel.unary_stream(
+                '/memstage.v1.Benefactor/ReadDrained',
+                request_serializer=memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_benefactor__pb2.GetFrame.FromString,
+                _registered_method=True)
 
 
 class BenefactorServicer:
@@ -86,6 +91,13 @@ class BenefactorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadDrained(self, request, context):
+        """Streams a drained chunk back from the PFS (for clients that do not mount it), verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BenefactorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +120,11 @@ def add_BenefactorServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.FromString,
                     response_serializer=memstage_dot_proto_dot_benefactor__pb2.DeleteReply.SerializeToString,
+            ),
+            'ReadDrained': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadDrained,
+                    request_deserializer=memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_benefactor__pb2.GetFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class Benefactor:
             '/memstage.v1.Benefactor/Delete',
             memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
             memstage_dot_proto_dot_benefactor__pb2.DeleteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDrained(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memstage.v1.Benefactor/ReadDrained',
+            memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.SerializeToString,
+            memstage_dot_proto_dot_benefactor__pb2.GetFrame.FromString,
             options,
             channel_credentials,
             insecure,

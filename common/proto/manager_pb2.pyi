@@ -8,16 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BenefactorStats(_message.Message):
-    __slots__ = ("memory_capacity", "memory_used", "drain_backlog", "chunk_count")
+    __slots__ = ("memory_capacity", "memory_used", "drain_backlog", "chunk_count", "drain_error", "drained_bytes")
     MEMORY_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
     DRAIN_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_BYTES_FIELD_NUMBER: _ClassVar[int]
     memory_capacity: int
     memory_used: int
     drain_backlog: int
     chunk_count: int
-    def __init__(self, memory_capacity: _Optional[int] = ..., memory_used: _Optional[int] = ..., drain_backlog: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+    drain_error: str
+    drained_bytes: int
+    def __init__(self, memory_capacity: _Optional[int] = ..., memory_used: _Optional[int] = ..., drain_backlog: _Optional[int] = ..., chunk_count: _Optional[int] = ..., drain_error: _Optional[str] = ..., drained_bytes: _Optional[int] = ...) -> None: ...
 
 class NamespacedChunks(_message.Message):
     __slots__ = ("namespace", "keys")
@@ -100,12 +104,14 @@ class FindChunksReply(_message.Message):
     def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class ChunkRef(_message.Message):
-    __slots__ = ("key", "locations")
+    __slots__ = ("key", "locations", "drained")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.ChunkKey
     locations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
-    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
+    drained: str
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., drained: _Optional[str] = ...) -> None: ...
 
 class ClientStats(_message.Message):
     __slots__ = ("bytes_written", "bytes_sent", "bytes_deduplicated", "oab_seconds", "asb_seconds")
@@ -152,18 +158,20 @@ class LookupRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class VersionMap(_message.Message):
-    __slots__ = ("path", "version", "size", "chunks", "committed_at")
+    __slots__ = ("path", "version", "size", "chunks", "committed_at", "pfs_readers")
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    PFS_READERS_FIELD_NUMBER: _ClassVar[int]
     path: str
     version: int
     size: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
     committed_at: float
-    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ...) -> None: ...
+    pfs_readers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
 
 class PathRequest(_message.Message):
     __slots__ = ("namespace", "path")
@@ -196,16 +204,24 @@ class ListReply(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "size", "committed_at", "chunk_count")
+    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     version: int
     size: int
     committed_at: float
     chunk_count: int
-    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+    persist: bool
+    persisted: bool
+    in_memory: bool
+    lost: bool
+    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ...) -> None: ...
 
 class VersionsReply(_message.Message):
     __slots__ = ("versions",)
@@ -224,18 +240,32 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BenefactorStatus(_message.Message):
-    __slots__ = ("id", "address", "alive", "stats", "last_heartbeat_age_seconds")
+    __slots__ = ("id", "address", "alive", "stats", "last_heartbeat_age_seconds", "drain_backlog_bytes", "oldest_undrained_age_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_UNDRAINED_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     alive: bool
     stats: BenefactorStats
     last_heartbeat_age_seconds: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., last_heartbeat_age_seconds: _Optional[float] = ...) -> None: ...
+    drain_backlog_bytes: int
+    oldest_undrained_age_seconds: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., drain_backlog_bytes: _Optional[int] = ..., oldest_undrained_age_seconds: _Optional[float] = ...) -> None: ...
+
+class VersionRef(_message.Message):
+    __slots__ = ("namespace", "path", "version")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    version: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
     __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored")
@@ -252,13 +282,91 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "lost")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
     state_dir: str
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ...) -> None: ...
+    lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
+
+class PolicyRequest(_message.Message):
+    __slots__ = ("namespace", "persist_every", "keep_versions")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    persist_every: int
+    keep_versions: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ...) -> None: ...
+
+class PolicyReply(_message.Message):
+    __slots__ = ("namespace", "persist_every", "keep_versions")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    persist_every: int
+    keep_versions: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ...) -> None: ...
+
+class DrainWorkRequest(_message.Message):
+    __slots__ = ("benefactor_id", "limit")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    limit: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DrainTask(_message.Message):
+    __slots__ = ("id", "namespace", "path", "version", "index", "count", "offset", "key", "link_from")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LINK_FROM_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    namespace: str
+    path: str
+    version: int
+    index: int
+    count: int
+    offset: int
+    key: _common_pb2.ChunkKey
+    link_from: str
+    def __init__(self, id: _Optional[int] = ..., namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., offset: _Optional[int] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., link_from: _Optional[str] = ...) -> None: ...
+
+class DrainWorkReply(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[DrainTask]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[DrainTask, _Mapping]]] = ...) -> None: ...
+
+class DrainResult(_message.Message):
+    __slots__ = ("task_id", "drained")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    drained: str
+    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ...) -> None: ...
+
+class DrainDoneRequest(_message.Message):
+    __slots__ = ("benefactor_id", "results")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    results: _containers.RepeatedCompositeFieldContainer[DrainResult]
+    def __init__(self, benefactor_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[DrainResult, _Mapping]]] = ...) -> None: ...
+
+class DrainDoneReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

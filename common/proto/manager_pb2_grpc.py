@@ -49,6 +49,16 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.ReconcileReply.FromString,
                 _registered_method=True)
+        self.DrainWork = channel.unary_unary(
+                '/memstage.v1.Manager/DrainWork',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.DrainWorkReply.FromString,
+                _registered_method=True)
+        self.DrainDone = channel.unary_unary(
+                '/memstage.v1.Manager/DrainDone',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.DrainDoneReply.FromString,
+                _registered_method=True)
         self.GetStripingMap = channel.unary_unary(
                 '/memstage.v1.Manager/GetStripingMap',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.StripingRequest.SerializeToString,
@@ -94,6 +104,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.StatusRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Policy = channel.unary_unary(
+                '/memstage.v1.Manager/Policy',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.PolicyReply.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer:
@@ -113,6 +128,19 @@ class ManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconcile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainWork(self, request, context):
+        """Draining: the benefactor's next chunks to write to the PFS (FIFO in commit order), and results.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainDone(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +203,13 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Policy(self, request, context):
+        """Read, and with fields set change, the persistence and retention policy of a namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +227,16 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.ReconcileRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.ReconcileReply.SerializeToString,
+            ),
+            'DrainWork': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWork,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.DrainWorkReply.SerializeToString,
+            ),
+            'DrainDone': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainDone,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.DrainDoneReply.SerializeToString,
             ),
             'GetStripingMap': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStripingMap,
@@ -237,6 +282,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.StatusRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.StatusReply.SerializeToString,
+            ),
+            'Policy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Policy,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.PolicyRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.PolicyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +370,60 @@ class Manager:
             '/memstage.v1.Manager/Reconcile',
             memstage_dot_proto_dot_manager__pb2.ReconcileRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.ReconcileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/DrainWork',
+            memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.DrainWorkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainDone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/DrainDone',
+            memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.DrainDoneReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -563,6 +667,33 @@ class Manager:
             '/memstage.v1.Manager/Status',
             memstage_dot_proto_dot_manager__pb2.StatusRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Policy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Policy',
+            memstage_dot_proto_dot_manager__pb2.PolicyRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.PolicyReply.FromString,
             options,
             channel_credentials,
             insecure,
