@@ -18,16 +18,17 @@ import grpc
 
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import ChunkKey
-from memstage.drainer.layout import chunk_name, version_dir, write_chunk
+from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 from memstage.settings import BenefactorSettings
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # tasks pulled per call
+BATCH = 64  # tasks pulled per call, published with one durability wait
 IDLE_POLL = 0.2  # seconds between polls when there is nothing to drain
 MAX_BACKOFF = 8.0
+MINE_LIMIT = 100_000
 
 
 class DrainLoop:
@@ -42,6 +43,9 @@ class DrainLoop:
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
         self.error = ""  # the current PFS problem, for heartbeats and status
         self.drained_bytes = 0
+        # What this benefactor drained itself: a batch can hold a chunk's later copies before the
+        # manager knows the first is on the PFS (every copy of a chunk is queued to the same holder).
+        self._mine: dict[tuple[str, ChunkKey], Path] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -62,12 +66,9 @@ class DrainLoop:
             if not reply.tasks:
                 self._stop.wait(IDLE_POLL)
                 continue
-            done: list[manager_pb2.DrainResult] = []
             try:
-                for task in reply.tasks:
-                    done.append(manager_pb2.DrainResult(task_id=task.id, drained=self._drain(task)))
+                done = self._drain(list(reply.tasks))
             except OSError as e:
-                self._report(done)
                 self._failed(e)
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
@@ -78,25 +79,48 @@ class DrainLoop:
                 self.error = ""
             backoff = IDLE_POLL
 
-    def _drain(self, task: manager_pb2.DrainTask) -> str:
-        """Write one chunk file; returns it relative to the PFS root."""
-        key = ChunkKey.from_pb(task.key)
-        directory = version_dir(self.root, task.namespace, task.path)
-        name = chunk_name(task.version, task.index, task.count, task.offset, key)
-        link = self.root / task.link_from if task.link_from else None
-        data = None
-        if not task.count:
-            data = b""
-        elif link is None or not link.exists():
-            data = self.store.read((task.namespace, key))
-            if data is None:
-                raise FileNotFoundError(f"chunk {key} of {task.namespace}:{task.path} is neither held nor drained")
+    def _drain(self, tasks: list[manager_pb2.DrainTask]) -> list[manager_pb2.DrainResult]:
+        """Write a batch of chunk files (links to what is already drained); returns them for the manager."""
         started = time.monotonic()
-        final = write_chunk(directory, name, None if data is None else [data], link_from=link)
-        if data:
-            self.drained_bytes += len(data)
-            self._throttle(len(data), started)
-        return str(final.relative_to(self.root))
+        items: list[Pending] = []
+        planned: dict[tuple[str, ChunkKey], Path] = {}  # first copy of a chunk in this batch
+        for task in tasks:
+            key = ChunkKey.from_pb(task.key)
+            directory = version_dir(self.root, task.namespace, task.path)
+            name = chunk_name(task.version, task.index, task.count, task.offset, key)
+            ident = (task.namespace, key)
+            link = self.root / task.link_from if task.link_from else self._mine.get(ident)
+            data = None
+            if not task.count:
+                data = b""
+            elif ident in planned:
+                link = planned[ident]  # written earlier in this batch: renamed before this link is made
+            elif link is None or not link.exists():
+                data = self.store.read(ident)
+                if data is None:
+                    raise FileNotFoundError(f"chunk {key} of {task.namespace}:{task.path} is neither held nor drained")
+                planned[ident] = directory / name
+            items.append(Pending(directory, name, data, link))
+        written = self._publish(items)
+        nbytes = sum(len(i.data) for i in items if i.data)
+        if len(self._mine) >= MINE_LIMIT:
+            self._mine.clear()  # only an optimisation: forgetting costs a copy, never correctness
+        for task, final in zip(tasks, written, strict=True):
+            if task.count:
+                self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
+        self.drained_bytes += nbytes
+        self._throttle(nbytes, started)
+        return [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
+                for t, f in zip(tasks, written, strict=True)]
+
+    @staticmethod
+    def _publish(items: list[Pending]) -> list[Path]:
+        # Links to a chunk written in the same batch need it renamed first: publish in two passes.
+        firsts = [i for i in items if i.link_from is None or i.link_from.exists()]
+        rest = [i for i in items if not (i.link_from is None or i.link_from.exists())]
+        by_item = dict(zip(map(id, firsts), write_batch(firsts), strict=True))
+        by_item.update(zip(map(id, rest), write_batch(rest), strict=True))
+        return [by_item[id(i)] for i in items]
 
     def _throttle(self, nbytes: int, started: float) -> None:
         if self.bandwidth:

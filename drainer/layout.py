@@ -99,6 +99,64 @@ def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] |
     return final
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One chunk file of a batch: its bytes, or an identical drained chunk to hard-link."""
+
+    directory: Path
+    name: str
+    data: bytes | memoryview | None
+    link_from: Path | None = None
+
+
+def write_batch(items: list[Pending]) -> list[Path]:
+    """Publish several chunk files with one durability wait (group commit).
+
+    Every file is written under a temporary name first, then all are fsynced back to back (the
+    first fsync's journal commit carries the others on journaling file systems), then renamed,
+    then each directory fsynced once. As with write_chunk, no file gets its final name before its
+    bytes are durable. Idempotent; on error, temporary files are removed and nothing is renamed.
+    """
+    staged: list[tuple[Path, Path, int]] = []  # (tmp, final, fd or -1 for links)
+    finals: list[Path] = []
+    try:
+        for item in items:
+            final = item.directory / item.name
+            finals.append(final)
+            if final.exists() or any(f == final for _, f, _ in staged):
+                continue
+            item.directory.mkdir(parents=True, exist_ok=True)
+            tmp = item.directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{item.name}"
+            if item.link_from is not None and item.link_from.exists():
+                os.link(item.link_from, tmp)
+                staged.append((tmp, final, -1))
+                continue
+            if item.data is None:
+                raise FileNotFoundError(f"{item.link_from}: the drained chunk to link to is gone")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            staged.append((tmp, final, fd))
+            view = memoryview(item.data)
+            while view:
+                view = view[os.write(fd, view):]
+        for _, _, fd in staged:
+            if fd >= 0:
+                os.fsync(fd)
+    except BaseException:
+        for tmp, _, fd in staged:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+        raise
+    for _, _, fd in staged:
+        if fd >= 0:
+            os.close(fd)
+    for tmp, final, _ in staged:
+        os.replace(tmp, final)
+    for directory in {final.parent for _, final, _ in staged}:
+        _fsync_dir(directory)
+    return finals
+
+
 def scan(directory: Path) -> dict[int, list[ChunkFile]]:
     """The chunk files of every version found in a file's directory, by version, in index order."""
     versions: dict[int, list[ChunkFile]] = {}

@@ -108,3 +108,22 @@ def test_restore_command(tmp_path):
               str(tmp_path / "o"))
     assert bad.returncode == 2 and "version 2 is not on the PFS (persisted: 3)" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_write_batch_publishes_files_and_links_with_one_wait(tmp_path):
+    from memstage.drainer.layout import Pending, write_batch
+
+    directory = version_dir(tmp_path, "ns", "/b")
+    a, b = os.urandom(100), os.urandom(200)
+    ka, kb = ChunkKey.of(a), ChunkKey.of(b)
+    items = [Pending(directory, chunk_name(1, 0, 2, 0, ka), a), Pending(directory, chunk_name(1, 1, 2, 100, kb), b)]
+    first = write_batch(items)
+    again = write_batch(items)  # idempotent: already published files are left alone
+    assert first == again and [p.read_bytes() for p in first] == [a, b]
+    linked = write_batch([Pending(directory, chunk_name(2, 0, 1, 0, ka), None, link_from=first[0])])
+    assert linked[0].stat().st_ino == first[0].stat().st_ino
+    with pytest.raises(FileNotFoundError):
+        write_batch([Pending(directory, chunk_name(3, 0, 1, 0, ka), None, link_from=tmp_path / "gone")])
+    assert not [p for p in directory.iterdir() if p.name.startswith(".tmp")]  # no temporary left behind
+    restore(tmp_path, "ns", "/b", tmp_path / "out", 1)
+    assert (tmp_path / "out").read_bytes() == a + b
