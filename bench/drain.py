@@ -23,6 +23,7 @@ from memstage.units import format_rate, format_size
 
 def _raw_disk(directory: str, data: memoryview, write_size: int) -> float:
     path = os.path.join(directory, "raw-disk.bin")
+    os.sync()  # start from a clean page cache: no writeback of earlier steps in this measurement
     t0 = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -78,6 +79,7 @@ def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) 
                 c.rm(f"/r{rnd}/idle")
                 c.policy(persist_every=1)
                 data = memoryview(os.urandom(size))
+                os.sync()  # as for the raw write: earlier steps' writeback must not count against the drain
                 first = _write(c, f"/r{rnd}/drained", data, write_size)
                 committed = time.perf_counter()
                 done = _wait_persisted(c, f"/r{rnd}/drained", first.version)
