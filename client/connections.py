@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from memstage.errors import from_rpc_error
+from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
 from memstage.proto import benefactor_pb2, manager_pb2_grpc
 from memstage.rpc import channel
@@ -42,6 +42,8 @@ class Connections:
             stub = self._manager
         try:
             return getattr(stub, method)(request, timeout=self.timeout)
+        except ValueError:  # grpc's word for a channel closed under the call
+            raise Unavailable(f"manager {self.manager_address}: the client's connections were closed") from None
         except grpc.RpcError as e:
             if isinstance(e, grpc.Call) and e.code() in (grpc.StatusCode.UNAVAILABLE,
                                                           grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -306,6 +306,9 @@ class VersionWriter:
         except MemstageError as e:
             self._fail(e)
             return
+        except Exception as e:  # on a reader thread nothing may escape: the write fails instead
+            self._fail(MemstageError(f"write of {self.path}: {e}"))
+            return
         stream.send(chunk)
         if self._finishing:
             stream.close()  # a chunk re-placed after finish() began: its stream ends right after it
@@ -396,6 +399,8 @@ class VersionWriter:
                 self._full.add(bf)
             self._map = [p for p in self._map if p.id not in self._excluded]
         for chunk in leftover:
+            if self._error is not None:  # failed meanwhile (another stream, or the application)
+                return
             self._place(chunk)
 
 
