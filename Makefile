@@ -8,16 +8,19 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # FUSE libraries for the staging-directory mount: libfuse2 and libfuse3-3 coexist; only one of the
 # fuse/fuse3 tool packages may be installed, and fuse3 is the one kept.
 DEBS    = libfuse2 libfuse3-3 fuse3
+# Only the tests need these: a real Prometheus server scrapes a real deployment.
+TEST_DEBS = prometheus
 
 # Settings of `make up`, passed to `memstage up` (see README.md for all of them).
 UP_ARGS ?= --benefactors 2 --memory 1GiB
 
-.PHONY: setup debs venv up test lint bench stubs clean
+.PHONY: setup debs test-debs venv up test lint bench stubs clean
 
 setup: debs venv
 
-debs:
-	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+debs test-debs: PKGS = $(if $(filter test-debs,$@),$(TEST_DEBS),$(DEBS))
+debs test-debs:
+	@missing=$$(for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -39,7 +42,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy common manager benefactor client drainer bench
 
-test: setup lint
+test: setup test-debs lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent import futures
+from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from memstage.benefactor.drain import DrainLoop
 from memstage.benefactor.heartbeat import Heartbeat
+from memstage.benefactor.metrics import BenefactorMetrics
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
+from memstage.metrics import serve_metrics
 from memstage.rpc import SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
 
@@ -23,7 +27,9 @@ class BenefactorServer:
         self.settings = settings
         self.id = settings.id or "bf-" + uuid.uuid4().hex[:12]
         self.store = ChunkStore(capacity=settings.memory)
-        self.service = BenefactorService(self.store, self.id)
+        self.registry = CollectorRegistry()
+        metrics = BenefactorMetrics(self.registry, self.store, self._drain_state)
+        self.service = BenefactorService(self.store, self.id, metrics)
         # One thread per concurrent stream; puts from many clients each hold one.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((self.service.handler(),))
@@ -32,14 +38,21 @@ class BenefactorServer:
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain
+        self._metrics: Any = None
+
+    def _drain_state(self) -> tuple[int, bool]:
+        return self.drain.drained_bytes, bool(self.drain.error)
 
     def start(self) -> None:
         self._server.start()
         self.heartbeat.start()
         self.drain.start()
+        self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
     def stop(self, grace: float = 2.0) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
         self.drain.stop()
         self.heartbeat.stop()
         self._server.stop(grace).wait()

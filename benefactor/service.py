@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from memstage.benefactor.metrics import BenefactorMetrics
 from memstage.benefactor.store import ChunkStore, StoreKey
 
 if TYPE_CHECKING:
@@ -56,9 +57,10 @@ class _Incoming:
 
 
 class BenefactorService:
-    def __init__(self, store: ChunkStore, benefactor_id: str) -> None:
+    def __init__(self, store: ChunkStore, benefactor_id: str, metrics: BenefactorMetrics) -> None:
         self.store = store
         self.id = benefactor_id
+        self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
 
     # -- Put ---------------------------------------------------------------------------------
@@ -83,9 +85,11 @@ class BenefactorService:
                     data = incoming.data()
                     ns, key = incoming.key
                     if not key.matches(data):
+                        self.metrics.refused.labels("hash_mismatch").inc()
                         self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})")
                     self.store.put_reserved(incoming.key, data)
+                    self.metrics.received.inc(len(data))
                     seq, incoming = incoming.seq, None
                     yield benefactor_pb2.PutAck(seq=seq)
             if incoming is not None:
@@ -105,6 +109,7 @@ class BenefactorService:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
         if not self.store.reserve(key.length):
+            self.metrics.refused.labels("full").inc()
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"benefactor {self.id} is full ({self.store.used} of {self.store.capacity} bytes used)")
         return _Incoming((header.namespace, key), header.seq)

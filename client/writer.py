@@ -265,9 +265,11 @@ class VersionWriter:
         refs = {key: [common_pb2.Location(benefactor_id=b) for b in sorted(locs)]
                 for key, locs in self._locations.items()}
         chunks = [manager_pb2.ChunkRef(key=k.to_pb(), locations=refs.get(k, ())) for k in self._keys]
+        now = time.perf_counter()
+        # OAB's end is close() as the application sees it: all but this commit's round trip.
         stats = manager_pb2.ClientStats(bytes_written=self._size, bytes_sent=self._bytes_sent,
-                                        bytes_deduplicated=self._bytes_deduplicated,
-                                        asb_seconds=(self._asb_done or time.perf_counter()) - self.opened_at)
+                                        bytes_deduplicated=self._bytes_deduplicated, oab_seconds=now - self.opened_at,
+                                        asb_seconds=(self._asb_done or now) - self.opened_at)
         reply = self.conn.call_manager(
             "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
                                                 chunks=chunks, stats=stats), f"commit of {self.path}")

@@ -66,6 +66,7 @@ def _duration(v: Any) -> float:
 class ManagerSettings:
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT the manager serves gRPC on")
     state: str = setting("./memstage-state", _str, "directory of the manager's SQLite state")
+    metrics_port: int = setting(0, _int, "port of /metrics on the --listen host (0 = off)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
@@ -84,6 +85,7 @@ class BenefactorSettings:
     listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
     advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
+    metrics_port: int = setting(0, _int, "port of /metrics on the --listen host (0 = off)")
     pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to")
     drain_bandwidth: int = setting(0, _size, "bytes per second drained at most (0 = unlimited)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")
@@ -134,6 +136,7 @@ class UpSettings:
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
     mount: str = setting("", _str, "mount the staging directory here (needs FUSE; not yet available)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
+    metrics_port: int = setting(0, _int, "/metrics of the manager; benefactors use the next ports (0 = off)")
     persist_every: int = setting(1, _int, "drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "versions of a path kept readable in memory")
     drain_bandwidth: int = setting(0, _size, "bytes per second each benefactor drains at most (0 = unlimited)")

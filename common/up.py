@@ -37,14 +37,17 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
     extra = ["--config", config] if config else []
     procs: list[RoleProcess] = []
     try:
+        port = settings.metrics_port
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
                                        interval, "--persist-every", str(settings.persist_every),
-                                       "--keep-versions", str(settings.keep_versions), *extra]))
+                                       "--keep-versions", str(settings.keep_versions), "--metrics-port", str(port),
+                                       *extra]))
         manager = procs[0].address
-        for _ in range(settings.benefactors):
+        for i in range(settings.benefactors):
             procs.append(spawn("benefactor", ["--manager", manager, "--memory", str(settings.memory), "--pfs", pfs,
                                               "--heartbeat-interval", interval,
-                                              "--drain-bandwidth", str(settings.drain_bandwidth), *extra]))
+                                              "--drain-bandwidth", str(settings.drain_bandwidth),
+                                              "--metrics-port", str(port + 1 + i if port else 0), *extra]))
     except BaseException:
         stop_deployment(procs)
         raise

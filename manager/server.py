@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from memstage.chunks import group_keys
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
+from memstage.metrics import serve_metrics
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind, channel
 from memstage.settings import ManagerSettings
@@ -22,16 +25,19 @@ class ManagerServer:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions))
-        self.service = ManagerService(settings, self.catalog)
+        self.registry = CollectorRegistry()
+        self.service = ManagerService(settings, self.catalog, self.registry)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.address = bind(self._server, settings.listen, "--listen")
         self._stop = threading.Event()
+        self._metrics: Any = None
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
 
     def start(self) -> None:
         self._server.start()
         self._housekeeper.start()
+        self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
 
     def stop(self, grace: float = 2.0) -> None:
@@ -39,6 +45,8 @@ class ManagerServer:
         self.service.drops_pending.set()
         self._server.stop(grace).wait()
         self._housekeeper.join(timeout=5)
+        if self._metrics is not None:
+            self._metrics.shutdown()
         self.catalog.close()
         log.info("manager stopped")
 

@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
 from memstage.errors import DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
 from memstage.manager.catalog import Catalog, IndexKey, Policy, VersionRecord
+from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.registry import Registry, Stats
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
@@ -33,8 +35,10 @@ def rpc(method: F) -> F:
         try:
             return method(self, request, context)
         except MemstageError as e:
+            self.metrics.errors.labels(method.__name__, e.code.name).inc()
             context.abort(e.code, str(e))
         except Exception:
+            self.metrics.errors.labels(method.__name__, "INTERNAL").inc()
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the manager's log)")
 
@@ -54,7 +58,8 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
 
 
 class ManagerService(manager_pb2_grpc.ManagerServicer):
-    def __init__(self, settings: ManagerSettings, catalog: Catalog, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: ManagerSettings, catalog: Catalog, registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.catalog = catalog
         self.registry = Registry(settings.heartbeat_interval)
@@ -63,6 +68,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # Chunks freed in the catalog that benefactors still hold: sent by the dropper, or with a heartbeat.
         self._drops: dict[str, set[IndexKey]] = defaultdict(set)
         self.drops_pending = threading.Event()
+        self.metrics = ManagerMetrics(registry, self._status_reply)
 
     # -- benefactors -------------------------------------------------------------------------
     @rpc
@@ -142,6 +148,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 for bf in locs:
                     self._drops.get(bf, set()).discard((namespace, key))
         self._free(self.catalog.apply_retention(namespace, path))
+        self.metrics.committed(namespace, request.size, request.stats)
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
@@ -244,6 +251,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     # -- operators ---------------------------------------------------------------------------
     @rpc
     def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
+        return self._status_reply()
+
+    def _status_reply(self) -> manager_pb2.StatusReply:
+        """What `memstage status` prints and /metrics exports, read from live state."""
         backlog = self.catalog.backlog()
         wall = time.time()
         with self._lock:

@@ -54,7 +54,7 @@ def test_listen_port_in_use_is_a_clear_error(local_cluster):
 
 def test_help_lists_the_contract_flags():
     out = memstage("up", "--help").stdout
-    for flag in ("--benefactors", "--memory", "--pfs", "--mount", "--state"):
+    for flag in ("--benefactors", "--memory", "--pfs", "--mount", "--state", "--metrics-port"):
         assert flag in out
     out = memstage("benefactor", "--help").stdout
     assert "--manager" in out and "MEMSTAGE_MEMORY" in out

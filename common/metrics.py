@@ -1,0 +1,31 @@
+"""Prometheus plumbing shared by every role: the /metrics server and the bandwidth buckets.
+
+Each role builds its own CollectorRegistry (never the global one), so several roles can share a
+process without duplicate registrations, and tests read values with registry.get_sample_value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from memstage.errors import SettingError
+
+log = logging.getLogger(__name__)
+
+# 1 MB/s .. 100 GB/s, three steps a decade: OAB and ASB of a checkpoint land well inside.
+BANDWIDTH_BUCKETS = tuple(m * 10**e for e in range(6, 11) for m in (1, 2.5, 5)) + (1e11,)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str) -> Any | None:
+    """Serve /metrics on host:port (port 0 = off); returns the server, to shut down at exit."""
+    if not port:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise SettingError(f"--metrics-port: cannot listen on {host}:{port} ({e.strerror})") from None
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -1,0 +1,94 @@
+"""The manager's metrics: what clients report at commit, plus the deployment's live state.
+
+Histograms and client byte counters are updated at each commit (label `namespace`, never a per-file
+label); benefactor liveness, memory, drain backlog and lost versions are read at scrape time from
+the same snapshot `memstage status` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from memstage.metrics import BANDWIDTH_BUCKETS
+from memstage.proto import manager_pb2
+
+
+class ManagerMetrics:
+    def __init__(self, registry: CollectorRegistry, status: Callable[[], manager_pb2.StatusReply]) -> None:
+        self.oab = Histogram("memstage_oab_bytes_per_second",
+                             "Observed application bandwidth per committed file: size / open..close",
+                             ["namespace"], buckets=BANDWIDTH_BUCKETS, registry=registry)
+        self.asb = Histogram("memstage_asb_bytes_per_second",
+                             "Achieved storage bandwidth per committed file: size / open..all data acknowledged",
+                             ["namespace"], buckets=BANDWIDTH_BUCKETS, registry=registry)
+        self.written = Counter("memstage_client_bytes_written", "Bytes written by clients into committed files",
+                               ["namespace"], registry=registry)
+        self.sent = Counter("memstage_client_bytes_sent", "Chunk bytes clients sent to benefactors", ["namespace"],
+                            registry=registry)
+        self.deduplicated = Counter("memstage_client_bytes_deduplicated",
+                                    "Chunk bytes clients did not send because the namespace held them",
+                                    ["namespace"], registry=registry)
+        self.commits = Counter("memstage_commits", "Versions committed", ["namespace"], registry=registry)
+        self.errors = Counter("memstage_rpc_errors", "Manager calls that failed, by method and status code",
+                              ["method", "code"], registry=registry)
+        registry.register(_LiveState(status))
+
+    def committed(self, namespace: str, size: int, stats: manager_pb2.ClientStats) -> None:
+        self.commits.labels(namespace).inc()
+        self.written.labels(namespace).inc(stats.bytes_written)
+        self.sent.labels(namespace).inc(stats.bytes_sent)
+        self.deduplicated.labels(namespace).inc(stats.bytes_deduplicated)
+        if size > 0 and stats.oab_seconds > 0:
+            self.oab.labels(namespace).observe(size / stats.oab_seconds)
+        if size > 0 and stats.asb_seconds > 0:
+            self.asb.labels(namespace).observe(size / stats.asb_seconds)
+
+
+class _LiveState(Collector):
+    def __init__(self, status: Callable[[], manager_pb2.StatusReply]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        reply = self._status()
+        alive = GaugeMetricFamily("memstage_benefactors_alive", "Benefactors heartbeating within 3 intervals")
+        alive.add_metric([], sum(1 for b in reply.benefactors if b.alive))
+        yield alive
+        per_benefactor: list[tuple[str, str, Callable[[Any], float]]] = [
+            ("memstage_memory_capacity_bytes", "Memory donated by a live benefactor",
+             lambda b: b.stats.memory_capacity),
+            ("memstage_memory_used_bytes", "Donated memory in use on a live benefactor", lambda b: b.stats.memory_used),
+            ("memstage_drain_backlog_bytes", "Chunk bytes waiting to be drained to the PFS",
+             lambda b: b.drain_backlog_bytes),
+            ("memstage_drain_oldest_undrained_seconds", "Age of the oldest chunk waiting to be drained",
+             lambda b: b.oldest_undrained_age_seconds),
+            ("memstage_drain_stuck", "1 while a benefactor cannot write to the PFS (full, read-only, ...)",
+             lambda b: 1.0 if b.stats.drain_error else 0.0),
+        ]
+        for name, help_text, value in per_benefactor:
+            family = GaugeMetricFamily(name, help_text, labels=["benefactor"])
+            for b in reply.benefactors:
+                if b.alive:
+                    family.add_metric([b.id], float(value(b)))
+            yield family
+        drained = CounterMetricFamily("memstage_drained_bytes", "Bytes a benefactor wrote to the PFS since it started",
+                                      labels=["benefactor"])
+        for b in reply.benefactors:
+            if b.alive:
+                drained.add_metric([b.id], float(b.stats.drained_bytes))
+        yield drained
+        lost = GaugeMetricFamily("memstage_versions_lost", "Versions a benefactor took with it before they drained")
+        lost.add_metric([], len(reply.lost))
+        yield lost
+        stored = GaugeMetricFamily("memstage_namespace_stored_bytes", "Distinct chunk bytes held in memory",
+                                   labels=["namespace"])
+        committed = GaugeMetricFamily("memstage_namespace_versions", "Committed versions", labels=["namespace"])
+        for n in reply.namespaces:
+            stored.add_metric([n.namespace], float(n.bytes_stored))
+            committed.add_metric([n.namespace], float(n.versions))
+        yield stored
+        yield committed

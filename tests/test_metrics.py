@@ -1,0 +1,144 @@
+"""Metrics: values in the registries, a real Prometheus scraping a real deployment, the dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+
+from memstage.benefactor.server import create_server as create_benefactor
+from memstage.client import Client, NotFound
+from memstage.manager.server import create_server as create_manager
+from memstage.settings import BenefactorSettings, ManagerSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def in_process(tmp_path):
+    """A manager and two benefactors in this one process, each with its own registry."""
+    manager = create_manager(ManagerSettings(listen="127.0.0.1:0", state=str(tmp_path / "state"),
+                                             heartbeat_interval=0.3, metrics_port=free_port()))
+    manager.start()
+    benefactors = [create_benefactor(BenefactorSettings(manager=manager.address, memory=32 * MiB,
+                                                        pfs=str(tmp_path / "pfs"), heartbeat_interval=0.3,
+                                                        metrics_port=free_port())) for _ in range(2)]
+    for b in benefactors:
+        b.start()
+    client = Client(manager=manager.address, namespace="metrics-test", full_wait="1s")
+    wait_for(lambda: manager.registry.get_sample_value("memstage_benefactors_alive") == 2, what="2 benefactors")
+    yield manager, benefactors, client
+    client.connections.close()
+    for b in benefactors:
+        b.stop()
+    manager.stop()
+
+
+def test_commit_feeds_histograms_and_counters(in_process):
+    manager, benefactors, client = in_process
+    data = random_bytes(4 * MiB)
+    client.pipe("/a", data)
+    client.pipe("/b", data)  # deduplicated: nothing sent
+    value = manager.registry.get_sample_value
+    ns = {"namespace": "metrics-test"}
+    assert value("memstage_oab_bytes_per_second_count", ns) == 2
+    assert value("memstage_asb_bytes_per_second_count", ns) == 2
+    assert value("memstage_oab_bytes_per_second_sum", ns) > 0
+    assert value("memstage_client_bytes_written_total", ns) == 8 * MiB
+    assert value("memstage_client_bytes_sent_total", ns) == 4 * MiB
+    assert value("memstage_client_bytes_deduplicated_total", ns) == 4 * MiB
+    assert value("memstage_commits_total", ns) == 2
+    received = sum(b.registry.get_sample_value("memstage_benefactor_received_bytes_total") for b in benefactors)
+    assert received == 4 * MiB
+    for b in benefactors:
+        assert b.registry.get_sample_value("memstage_memory_capacity_bytes") == 32 * MiB
+    wait_for(lambda: sum(value("memstage_drained_bytes_total", {"benefactor": b.id}) or 0 for b in benefactors)
+             == 4 * MiB, what="the drain to show in the manager's metrics")
+    labels = {"method": "Lookup", "code": "NOT_FOUND"}
+    before = value("memstage_rpc_errors_total", labels) or 0  # a new file's open-time dedup lookup counts too
+    with pytest.raises(NotFound):
+        client.cat("/missing")
+    assert value("memstage_rpc_errors_total", labels) == before + 1
+
+
+def test_every_role_serves_metrics_over_http(in_process):
+    manager, benefactors, client = in_process
+    client.pipe("/x", b"x" * 1000)
+    for role in [manager, *benefactors]:
+        port = role.settings.metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "memstage_memory_used_bytes" in text
+
+
+def test_dashboard_queries_only_metrics_that_exist(in_process):
+    manager, _, client = in_process
+    client.pipe("/d", random_bytes(MiB))
+    exported = {m.name for m in manager.registry.collect()}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "memstage-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|sum|count|total)$", "", name) for e in exprs for name in re.findall(r"memstage_\w+", e)}
+    assert used and used <= exported, used - exported
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus package is not installed")
+def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
+    cluster = local_cluster(benefactors=0)
+    cluster.manager.stop()  # restart the manager with /metrics on
+    metrics_port = free_port()
+    cluster.manager = None
+    from memstage.procs import spawn
+
+    cluster.manager = spawn("manager", ["--listen", "127.0.0.1:0", "--state", cluster.state, "--heartbeat-interval",
+                                        "0.5s", "--metrics-port", str(metrics_port), "--log-level", "warning"])
+    cluster.manager_address = cluster.manager.address
+    cluster.add_benefactor(64 * MiB)
+    web = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+        f"  - job_name: memstage\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def query(expr: str) -> list[dict[str, object]]:
+            url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            except OSError:
+                return []
+            return body["data"]["result"] if body.get("status") == "success" else []
+
+        c = cluster.client()
+        expr = "histogram_quantile(0.5, sum by (le) (rate(memstage_oab_bytes_per_second_bucket[1m])))"
+        deadline = time.monotonic() + 60
+        result: list[dict[str, object]] = []
+        step = 0
+        while not result and time.monotonic() < deadline:
+            c.pipe(f"/ck{step}", random_bytes(2 * MiB))  # checkpoints keep coming while Prometheus scrapes
+            step += 1
+            time.sleep(0.5)
+            result = query(expr)
+        assert result, "Prometheus never answered the OAB quantile"
+        assert float(result[0]["value"][1]) > 0  # type: ignore[index]
+        used = wait_for(lambda: query("sum(memstage_memory_used_bytes)"), what="memory used in Prometheus")
+        assert float(used[0]["value"][1]) > 0  # type: ignore[index]
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
