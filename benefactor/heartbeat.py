@@ -80,7 +80,8 @@ class Heartbeat:
                     log.warning("manager %s unreachable (%s); retrying every %.1fs",
                                 self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
                     self._outage_logged = True
-            self._stop.wait(self.interval)
+            # Until registered, retry every second: the manager may just be starting alongside us.
+            self._stop.wait(self.interval if self._registered else min(1.0, self.interval))
 
     def _register(self) -> None:
         reply = self.stub.Register(

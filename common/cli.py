@@ -170,6 +170,60 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    import time
+
+    from memstage.client.connections import Connections
+    from memstage.errors import Unavailable
+    from memstage.proto import manager_pb2
+    from memstage.units import parse_duration
+
+    if args.benefactors is None and not args.drained:
+        raise SettingError("wait: give --benefactors N, --drained, or both")
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as e:
+        raise SettingError(f"--timeout: {e}") from None
+    settings = load(ClientSettings, {"manager": args.manager}, config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout)
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    try:
+        while True:
+            try:
+                reply = conn.call_manager("Status", manager_pb2.StatusRequest(), "status")
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # the manager may still be starting
+                continue
+            alive = sum(1 for b in reply.benefactors if b.alive)
+            backlog = sum(b.drain_backlog_bytes for b in reply.benefactors)
+            oldest = max((b.oldest_undrained_age_seconds for b in reply.benefactors), default=0.0)
+            enough = args.benefactors is None or alive >= args.benefactors
+            drained = not args.drained or backlog == 0
+            if enough and drained:
+                break
+            now = time.monotonic()
+            if now > deadline:
+                raise MemstageError(f"timed out after {args.timeout}: {alive} benefactors alive, "
+                                    f"{format_size(backlog)} not yet drained")
+            if now - last_report >= 5:
+                print(f"memstage wait: {alive} benefactors alive; drain backlog {format_size(backlog)}"
+                      f"{f' (oldest {oldest:.0f}s)' if backlog else ''}", file=sys.stderr, flush=True)
+                last_report = now
+            time.sleep(0.2)
+    finally:
+        conn.close()
+    print(f"memstage wait: {alive} benefactors alive, nothing left to drain" if args.drained
+          else f"memstage wait: {alive} benefactors alive")
+    if reply.lost:
+        lost = ", ".join(f"{v.namespace}:{v.path} v{v.version}" for v in reply.lost)
+        print(f"memstage wait: LOST before draining: {lost}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from memstage.client import Client
 
@@ -253,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
                    help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("wait", parents=[common], help="wait for benefactors to be up or for the drain to finish",
+                       description="Wait until N benefactors are alive and/or nothing is left to drain to the PFS "
+                                   "(e.g. at the end of a batch job). Exit 0 when done, 2 on timeout, 3 if a version "
+                                   "was lost before it could be drained.")
+    _add_settings(p, ClientSettings, only=["manager"])
+    p.add_argument("--benefactors", type=int, default=None, metavar="N", help="wait until N benefactors are alive")
+    p.add_argument("--drained", action="store_true", help="wait until every selected version is on the PFS")
+    p.add_argument("--timeout", default="1h", help="give up after this long (default 1h)")
+    p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("restore", parents=[common], help="rebuild a file from the PFS alone",
                        description="Rebuild a persisted version of a file from the PFS alone (no manager, no "

@@ -91,7 +91,7 @@ def test_dashboard_queries_only_metrics_that_exist(in_process):
     manager, _, client = in_process
     client.pipe("/d", random_bytes(MiB))
     exported = {m.name for m in manager.registry.collect()}
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "memstage-dashboard.json").read_text())
+    dashboard = json.loads((ROOT / "helm" / "memstage" / "dashboards" / "memstage.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {re.sub(r"_(bucket|sum|count|total)$", "", name) for e in exprs for name in re.findall(r"memstage_\w+", e)}
     assert used and used <= exported, used - exported

@@ -1,0 +1,160 @@
+"""Deployment: the Helm chart rendered by the real Helm engine and validated against Kubernetes'
+schemas, and the Slurm recipe run end to end with stand-ins for srun and scontrol."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import MiB, random_bytes
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "memstage"
+KUBE = "1.30.0"
+
+chart = pytest.importorskip("helm_python.chart")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+
+def render(values: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    out = chart.Chart.load(str(CHART)).render(values, name="ckpt", namespace="hpc")
+    docs = {}
+    for path, text in out.items():
+        if path.endswith(".yaml"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    kubernetes_validate.validate(doc, KUBE, strict=True)  # raises on any schema violation
+                    docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(doc: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container(doc)["env"]}
+
+
+def test_chart_lints_clean():
+    report = chart.lint(str(CHART), strict=True, kube_version=f"v{KUBE}")
+    assert report["errors"] == [] and all(m["severity"] < 2 for m in report["messages"]), report
+
+
+def test_default_values():
+    docs = render({})
+    manager = docs[("StatefulSet", "ckpt-memstage-manager")]
+    benefactor = docs[("DaemonSet", "ckpt-memstage-benefactor")]
+    assert manager["spec"]["replicas"] == 1
+    assert manager["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert {"readinessProbe", "livenessProbe"} <= set(container(manager)) and set(container(benefactor))
+    limits = container(benefactor)["resources"]["limits"]
+    assert limits["memory"] == f"{4 * 1024 + 512}Mi" and "cpu" not in limits  # donated 4Gi + headroom
+    assert container(benefactor)["resources"]["requests"]["cpu"] == "100m"
+    e = env(benefactor)
+    assert e["MEMSTAGE_MEMORY"] == "4Gi" and e["MEMSTAGE_MANAGER"] == "ckpt-memstage-manager:7070"
+    assert e["MEMSTAGE_PFS"] == "/pfs" and e["MEMSTAGE_ORPHAN_GRACE"] == "600s"
+    assert env(manager)["MEMSTAGE_PERSIST_EVERY"] == "1" and env(manager)["MEMSTAGE_KEEP_VERSIONS"] == "2"
+    volume = benefactor["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["hostPath"]["path"] == "/scratch/memstage"
+    assert ("ConfigMap", "ckpt-memstage-dashboard") in docs
+    assert ("Service", "ckpt-memstage-manager") in docs
+
+
+def test_statefulset_benefactors_on_a_pvc_with_settings():
+    docs = render({"benefactor": {"kind": "StatefulSet", "replicas": 6, "memory": "16Gi", "memoryHeadroom": "1Gi",
+                                  "settings": {"drain_bandwidth": "500MiB", "heartbeat_interval": "10s"}},
+                   "manager": {"settings": {"persist_every": 5, "keep_versions": 1, "metrics_port": 0}},
+                   "pfs": {"type": "pvc", "claimName": "lustre-scratch"},
+                   "metrics": {"dashboard": False, "scrapeAnnotations": False}})
+    benefactor = docs[("StatefulSet", "ckpt-memstage-benefactor")]
+    assert benefactor["spec"]["replicas"] == 6
+    assert container(benefactor)["resources"]["limits"]["memory"] == f"{17 * 1024}Mi"
+    assert env(benefactor)["MEMSTAGE_DRAIN_BANDWIDTH"] == "500MiB"
+    volume = benefactor["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["persistentVolumeClaim"]["claimName"] == "lustre-scratch"
+    manager = docs[("StatefulSet", "ckpt-memstage-manager")]
+    assert env(manager)["MEMSTAGE_PERSIST_EVERY"] == "5"
+    assert "annotations" not in manager["spec"]["template"]["metadata"]
+    assert ("ConfigMap", "ckpt-memstage-dashboard") not in docs
+
+
+def test_oversubscribed_nodes_nfs_and_failure_domains():
+    docs = render({"benefactor": {"memory": "1Ti", "cpu": {"request": "50m", "limit": "500m"},
+                                  "priorityClassName": "spare-cores", "nodeSelector": {"memstage/spare": "true"},
+                                  "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                                  "topologyLabels": {"rack": "r17"}},
+                   "pfs": {"type": "nfs", "nfs": {"server": "pfs.example", "path": "/export/scratch"}}})
+    spec = docs[("DaemonSet", "ckpt-memstage-benefactor")]["spec"]["template"]
+    resources = spec["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"memory": f"{1024 * 1024 + 512}Mi", "cpu": "500m"}
+    assert resources["requests"]["cpu"] == "50m"
+    assert spec["spec"]["priorityClassName"] == "spare-cores"
+    assert spec["spec"]["tolerations"][0]["key"] == "batch"
+    assert spec["metadata"]["labels"]["memstage.io/rack"] == "r17"
+    assert spec["spec"]["volumes"][0]["nfs"] == {"server": "pfs.example", "path": "/export/scratch"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"benefactor": {"memory": "4GB"}}, "memory"),
+    ({"pfs": {"type": "s3"}}, "type"),
+    ({"pfs": {"type": "pvc"}}, "pfs.claimName is required"),
+])
+def test_bad_values_are_refused_with_the_key_named(values, message):
+    with pytest.raises(Exception) as info:
+        chart.Chart.load(str(CHART)).render(values, name="ckpt", namespace="hpc")
+    assert message in str(info.value)
+
+
+def test_slurm_recipe_end_to_end(tmp_path):
+    """The batch script's own commands, outside Slurm: stand-ins launch its steps on this machine."""
+    fake = ROOT / "tests" / "fake_slurm"
+    venv_bin = Path(sys.executable).parent
+    app = tmp_path / "app.py"
+    data_file = tmp_path / "expected.bin"
+    data_file.write_bytes(random_bytes(6 * MiB))
+    app.write_text(
+        "import sys\nfrom memstage.client import Client\n"  # MEMSTAGE_MANAGER comes from the job script
+        f"Client(namespace='job').pipe('/step10/rank0.bin', open({str(data_file)!r}, 'rb').read())\n")
+    env_vars = {
+        **os.environ,
+        "PATH": f"{fake}:{venv_bin}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path),
+        "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(_free_port()),
+        "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
+        "MEMSTAGE": f"{sys.executable} -m memstage",
+    }
+    result = subprocess.run(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
+                             str(app)], env=env_vars, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing left to drain" in result.stdout
+    out = tmp_path / "restored.bin"
+    restored = subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(tmp_path / "pfs"),
+                               "--namespace", "job", "/step10/rank0.bin", "--out", str(out)],
+                              capture_output=True, text=True, timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    assert out.read_bytes() == data_file.read_bytes()
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).count(str(tmp_path))]
+    assert leftovers == [], [_cmdline(p) for p in leftovers]  # the script stopped every step it started
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
