@@ -176,10 +176,26 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                 self.rm_file(p)
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
-        normalize_path(self._strip_protocol(path))  # directories are implicit: validate only
+        """An explicit (possibly empty) directory; directories also exist while files are below them."""
+        norm = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager("Mkdir", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
-        normalize_path(self._strip_protocol(path))
+        if normalize_path(self._strip_protocol(path)) != "/":
+            self.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        norm = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager("Rmdir", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+
+    def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
+        """Rename a file (replacing the destination atomically) or a directory."""
+        src = normalize_file_path(self._strip_protocol(path1))
+        dst = normalize_file_path(self._strip_protocol(path2))
+        self.connections.call_manager(
+            "Rename", manager_pb2.RenameRequest(namespace=self.namespace, path=src, destination=dst), src)
+
+    rename = mv
 
     def close(self) -> None:
         """Drop connections (new ones open on next use) after waiting for background commits."""

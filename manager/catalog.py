@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS locations (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, benefactor TEXT NOT NULL,
     PRIMARY KEY (ns, hash, length, benefactor));
+CREATE TABLE IF NOT EXISTS dirs (
+    ns TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (ns, path));
 CREATE TABLE IF NOT EXISTS drain_tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL,
     idx INTEGER NOT NULL, count INTEGER NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
@@ -367,6 +369,38 @@ class Catalog:
                                             "version=?", (namespace, path, latest)).fetchone()
                 out.append(FileSummary(path, latest, size, at, count))
         return out
+
+    # -- explicit directories (a directory also exists while a file is below it) ----------------
+    def mkdir(self, namespace: str, path: str) -> None:
+        with self._lock:
+            if self.versions(namespace, path):
+                raise InvalidArgument(f"{path}: is a file")
+            self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?, ?)", (namespace, path))
+
+    def rmdir(self, namespace: str, path: str) -> None:
+        with self._lock:
+            if self.files_under(namespace, path) or self.dirs_under(namespace, path):
+                raise InvalidArgument(f"{path}: directory not empty")
+            if not self._db.execute("DELETE FROM dirs WHERE ns=? AND path=?", (namespace, path)).rowcount:
+                raise NotFound(f"{path}: no such directory in namespace {namespace!r}")
+
+    def is_dir(self, namespace: str, path: str) -> bool:
+        with self._lock:
+            explicit = self._db.execute("SELECT 1 FROM dirs WHERE ns=? AND path=?", (namespace, path)).fetchone()
+        return bool(explicit) or bool(self.files_under(namespace, path)) or bool(self.dirs_under(namespace, path))
+
+    def dirs_under(self, namespace: str, directory: str) -> list[str]:
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            return [p for (p,) in self._db.execute("SELECT path FROM dirs WHERE ns=? AND path >= ? AND path < ?",
+                                                   (namespace, prefix, prefix + "\uffff"))]
+
+    def rename_dirs(self, namespace: str, src: str, dst: str) -> None:
+        with self._lock:
+            for path in [src, *self.dirs_under(namespace, src)]:
+                moved = dst + path[len(src):]
+                if self._db.execute("DELETE FROM dirs WHERE ns=? AND path=?", (namespace, path)).rowcount:
+                    self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?, ?)", (namespace, moved))
 
     def delete_file(self, namespace: str, path: str) -> tuple[int, dict[IndexKey, set[str]]]:
         """Delete every version of a file (its PFS copies stay). Returns (versions deleted,

@@ -18,7 +18,7 @@ from memstage.errors import DeploymentFull, InvalidArgument, MemstageError, NotF
 from memstage.manager.catalog import Catalog, IndexKey, Policy, VersionRecord
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.registry import Registry, Stats
-from memstage.paths import check_namespace, normalize_file_path, normalize_path
+from memstage.paths import check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.settings import ManagerSettings
 
@@ -202,7 +202,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 latest = versions[-1]
                 return manager_pb2.FileInfo(path=path, size=latest.size, version=latest.version,
                                             committed_at=latest.committed_at, version_count=len(versions))
-        if path == "/" or self.catalog.files_under(namespace, path):
+        if path == "/" or self.catalog.is_dir(namespace, path):
             return manager_pb2.FileInfo(path=path, is_dir=True)
         raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
 
@@ -211,10 +211,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         directory = normalize_path(request.path)
         files = self.catalog.files_under(namespace, directory)
-        if not files and directory != "/":
+        dirs = self.catalog.dirs_under(namespace, directory)
+        if not files and directory != "/" and not self.catalog.is_dir(namespace, directory):
             raise NotFound(f"{directory}: no such directory in namespace {namespace!r}")
         base = directory.rstrip("/") + "/"
         entries: dict[str, manager_pb2.FileInfo] = {}
+        for d in dirs:
+            child = base + d[len(base):].split("/", 1)[0]
+            entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
         for f in files:
             rest = f.path[len(base):]
             name, sep, _ = rest.partition("/")
@@ -247,6 +251,45 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._free(freed)
         log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
         return manager_pb2.DeleteFileReply(versions_deleted=count)
+
+    @rpc
+    def Rename(self, request: manager_pb2.RenameRequest, context: grpc.ServicerContext) -> manager_pb2.RenameReply:
+        namespace = check_namespace(request.namespace)
+        src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
+        if src == dst:
+            return manager_pb2.RenameReply(files_moved=0)
+        if dst.startswith(src + "/"):
+            raise InvalidArgument(f"cannot move {src} into itself ({dst})")
+        files = self.catalog.versions(namespace, src)
+        moves = [(src, dst)] if files else [
+            (f.path, dst + f.path[len(src):]) for f in self.catalog.files_under(namespace, src)]
+        if not moves and not self.catalog.is_dir(namespace, src):
+            raise NotFound(f"{src}: no such file or directory in namespace {namespace!r}")
+        alive = self._alive_ids()
+        for old, new in moves:
+            latest = self.catalog.version(namespace, old)
+            # The destination's readers switch to the moved content in the commit's one transaction.
+            self.catalog.commit(namespace, new, latest.size, [(k, []) for k in latest.keys], alive)
+            self._free(self.catalog.apply_retention(namespace, new))
+            _, freed = self.catalog.delete_file(namespace, old)
+            self._free(freed)
+        if not files:
+            self.catalog.rename_dirs(namespace, src, dst)
+        log.info("renamed %s:%s to %s (%d files)", namespace, src, dst, len(moves))
+        return manager_pb2.RenameReply(files_moved=len(moves))
+
+    @rpc
+    def Mkdir(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.MkdirReply:
+        path = normalize_file_path(request.path)
+        namespace = check_namespace(request.namespace)
+        for parent in parent_dirs(path)[1:] + [path]:
+            self.catalog.mkdir(namespace, parent)
+        return manager_pb2.MkdirReply()
+
+    @rpc
+    def Rmdir(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.MkdirReply:
+        self.catalog.rmdir(check_namespace(request.namespace), normalize_file_path(request.path))
+        return manager_pb2.MkdirReply()
 
     # -- operators ---------------------------------------------------------------------------
     @rpc

@@ -8,7 +8,7 @@ import threading
 import pytest
 from conftest import MiB, random_bytes, wait_for
 
-from memstage.client import DeploymentFull, InvalidPath, NotFound
+from memstage.client import DeploymentFull, InvalidArgument, InvalidPath, NotFound
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -217,3 +217,22 @@ def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
     wait_for(lambda: used() <= 2 * MiB, timeout=20, what="orphaned chunks to be dropped")
     assert c.cat("/kept")  # chunks of committed versions stay
     assert used() == 2 * MiB
+
+
+def test_rename_replaces_the_destination_atomically_and_moves_directories(local_cluster):
+    c = local_cluster(benefactors=2).client()
+    c.pipe("/ck/latest.bin", b"old")
+    c.pipe("/ck/.latest.bin.tmp", b"new content")
+    c.mv("/ck/.latest.bin.tmp", "/ck/latest.bin")  # the write-tmp-then-rename pattern
+    assert c.cat("/ck/latest.bin") == b"new content"
+    assert [v["version"] for v in c.versions("/ck/latest.bin")] == [1, 2]  # the old one is still a version
+    assert c.ls("/ck", detail=False) == ["/ck/latest.bin"]
+    c.mkdir("/empty/sub")
+    assert {e["name"]: e["type"] for e in c.ls("/", detail=True)} == {"/ck": "directory", "/empty": "directory"}
+    with pytest.raises(InvalidArgument, match="not empty"):
+        c.rmdir("/ck")
+    c.mv("/ck", "/archive/ck")
+    assert c.cat("/archive/ck/latest.bin") == b"new content" and not c.exists("/ck")
+    c.rmdir("/empty/sub")
+    c.rmdir("/empty")
+    assert c.ls("/", detail=False) == ["/archive"]

@@ -229,6 +229,26 @@ class VersionsReply(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
 
+class RenameRequest(_message.Message):
+    __slots__ = ("namespace", "path", "destination")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    destination: str
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class RenameReply(_message.Message):
+    __slots__ = ("files_moved",)
+    FILES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    files_moved: int
+    def __init__(self, files_moved: _Optional[int] = ...) -> None: ...
+
+class MkdirReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DeleteFileReply(_message.Message):
     __slots__ = ("versions_deleted",)
     VERSIONS_DELETED_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,21 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.DeleteFileReply.FromString,
                 _registered_method=True)
+        self.Rename = channel.unary_unary(
+                '/memstage.v1.Manager/Rename',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.RenameRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.RenameReply.FromString,
+                _registered_method=True)
+        self.Mkdir = channel.unary_unary(
+                '/memstage.v1.Manager/Mkdir',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
+                _registered_method=True)
+        self.Rmdir = channel.unary_unary(
+                '/memstage.v1.Manager/Rmdir',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/memstage.v1.Manager/Status',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.StatusRequest.SerializeToString,
@@ -196,6 +211,26 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rename(self, request, context):
+        """The latest version of `path` becomes a new version of `destination` in one step (replacing
+        what readers of the destination see atomically), and `path` is deleted. Directories move whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Mkdir(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rmdir(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Operators.
         """
@@ -277,6 +312,21 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.DeleteFileReply.SerializeToString,
+            ),
+            'Rename': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rename,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.RenameRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.RenameReply.SerializeToString,
+            ),
+            'Mkdir': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mkdir,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.SerializeToString,
+            ),
+            'Rmdir': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rmdir,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -640,6 +690,87 @@ class Manager:
             '/memstage.v1.Manager/Delete',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.DeleteFileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rename(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Rename',
+            memstage_dot_proto_dot_manager__pb2.RenameRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.RenameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mkdir(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Mkdir',
+            memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rmdir(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Rmdir',
+            memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
             options,
             channel_credentials,
             insecure,
