@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # fuse/fuse3 tool packages may be installed, and fuse3 is the one kept.
 DEBS    = libfuse2 libfuse3-3 fuse3
 # Only the tests need these: a real Prometheus server scrapes a real deployment.
-TEST_DEBS = prometheus
+TEST_DEBS = prometheus rsync
 
 # Settings of `make up`, passed to `memstage up` (see README.md for all of them).
 UP_ARGS ?= --benefactors 2 --memory 1GiB

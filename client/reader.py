@@ -29,8 +29,8 @@ class VersionReader:
         self.size = vmap.size
         self._chunks = list(vmap.chunks)
         self._pfs_readers = list(vmap.pfs_readers)
-        self._keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
-        self._starts = [0, *itertools.accumulate(k.length for k in self._keys)][:-1]
+        self.keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
+        self._starts = [0, *itertools.accumulate(k.length for k in self.keys)][:-1]
         self._pool = pool
 
     def read_range(self, start: int, end: int) -> bytes:
@@ -45,12 +45,12 @@ class VersionReader:
         views = []
         for i, data in zip(indices, parts, strict=True):
             lo = max(start - self._starts[i], 0)
-            hi = min(end - self._starts[i], self._keys[i].length)
+            hi = min(end - self._starts[i], self.keys[i].length)
             views.append(memoryview(data)[lo:hi])
         return b"".join(views)
 
     def fetch(self, index: int) -> bytes | memoryview:
-        key = self._keys[index]
+        key = self.keys[index]
         request = benefactor_pb2.GetRequest(namespace=self.namespace, key=key.to_pb())
         failures = []
         for loc in self._chunks[index].locations:

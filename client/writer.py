@@ -224,6 +224,15 @@ class VersionWriter:
         if len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self.settings.buffer_size:
             self._ask_and_send()
 
+    def add_held(self, key: ChunkKey) -> None:
+        """Reference a chunk the namespace already holds (e.g. unchanged since the previous version),
+        without its bytes; the commit fails with DataLost if it is no longer readable by then."""
+        with self._lock:
+            self._raise_if_failed()
+            self._keys.append(key)
+            self._size += key.length
+            self._bytes_deduplicated += key.length
+
     def _ask_and_send(self) -> None:
         """Send the batch of new chunks, except those the namespace turns out to hold already."""
         batch, self._unasked, self._unasked_bytes = self._unasked, [], 0

@@ -170,6 +170,46 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+    from memstage.metrics import serve_metrics
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is already a mount point")
+    if args.background and os.fork():
+        return 0  # the child mounts; `memstage umount` or SIGTERM to it unmounts
+    settings = load(ClientSettings, _settings_flags(args, ClientSettings), config=args.config)
+    from memstage.client.fuse import mount
+
+    client = Client(**{k: v for k, v in _settings_flags(args, ClientSettings).items() if v is not None},
+                    config=args.config)
+    server = serve_metrics(client.metrics_registry, args.metrics_port or 0, "127.0.0.1")
+    log.info("mounting namespace %s of %s on %s", settings.namespace, settings.manager, mountpoint)
+    try:
+        mount(client, mountpoint)  # returns when unmounted: libfuse turns Ctrl-C/SIGTERM into an unmount
+    finally:
+        if server is not None:
+            server.shutdown()
+        client.close()
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    import subprocess
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not os.path.ismount(mountpoint):
+        raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not mounted")
+    result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if result.returncode:
+        raise MemstageError(f"cannot unmount {mountpoint}: {result.stderr.strip() or 'fusermount3 failed'}")
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     import time
 
@@ -307,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
                    help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("mount", parents=[common], help="mount a namespace as a staging directory (FUSE)",
+                       description="Mount a namespace as a POSIX directory: files written there are checkpoints in "
+                                   "memstage. Runs in the foreground; Ctrl-C or SIGTERM unmounts cleanly.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    _add_settings(p, ClientSettings)
+    p.add_argument("--background", action="store_true", help="detach after mounting")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve the client's /metrics here (0 = off)")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", parents=[common], help="unmount a staging directory",
+                       description="Unmount a directory mounted with memstage mount.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("wait", parents=[common], help="wait for benefactors to be up or for the drain to finish",
                        description="Wait until N benefactors are alive and/or nothing is left to drain to the PFS "
