@@ -134,7 +134,7 @@ class UpSettings:
     pfs: str = setting("./memstage-pfs", _str, "parallel file system directory the benefactors drain to")
     state: str = setting("./memstage-state", _str, "manager state directory")
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
-    mount: str = setting("", _str, "mount the staging directory here (needs FUSE; not yet available)")
+    mount: str = setting("", _str, "also mount the staging directory (namespace default) on this directory")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
     metrics_port: int = setting(0, _int, "/metrics of the manager; benefactors use the next ports (0 = off)")
     persist_every: int = setting(1, _int, "drain every N-th version of a path to the PFS (0 = never)")

@@ -7,6 +7,7 @@ every core). Ctrl-C or SIGTERM stops the benefactors, then the manager, and wait
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -29,8 +30,8 @@ def _mkdir(path: str, setting: str) -> str:
 
 def start_deployment(settings: UpSettings, config: str | None = None) -> list[RoleProcess]:
     """Start the manager, then the benefactors; on any failure stop what was started."""
-    if settings.mount:
-        raise SettingError("--mount: the FUSE mount is not available in this version of memstage")
+    if settings.mount and not os.path.isdir(settings.mount):
+        raise SettingError(f"--mount: {settings.mount!r} is not a directory")
     state = _mkdir(settings.state, "--state")
     pfs = _mkdir(settings.pfs, "--pfs")
     interval = f"{settings.heartbeat_interval}s"
@@ -48,14 +49,36 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                               "--heartbeat-interval", interval,
                                               "--drain-bandwidth", str(settings.drain_bandwidth),
                                               "--metrics-port", str(port + 1 + i if port else 0), *extra]))
+        if settings.mount:
+            procs.append(_mount(settings.mount, manager, extra))
     except BaseException:
         stop_deployment(procs)
         raise
     return procs
 
 
+def _mount(mountpoint: str, manager: str, extra: list[str]) -> RoleProcess:
+    """`memstage mount` as a child; it has no ready line, so wait for the mount point to appear."""
+    import subprocess
+    import sys
+    import time
+
+    path = os.path.abspath(mountpoint)
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", path, "--manager", manager, *extra],
+                            start_new_session=True, text=True)
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise MemstageError(f"--mount: could not mount {path} (see the messages above)")
+        time.sleep(0.05)
+    return RoleProcess("mount", path, path, proc)
+
+
 def stop_deployment(procs: list[RoleProcess]) -> None:
-    for p in reversed(procs):  # benefactors first, the manager last
+    for p in reversed(procs):  # the mount first, then the benefactors, the manager last
         p.stop()
 
 
@@ -68,6 +91,8 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
     total = settings.memory * settings.benefactors
     print(f"memstage up: manager on {manager.address}, {settings.benefactors} benefactors donating "
           f"{format_size(settings.memory)} each ({format_size(total)} in all)", flush=True)
+    if settings.mount:
+        print(f"  staging directory: {os.path.abspath(settings.mount)}", flush=True)
     print(f"  try:  memstage status --manager {manager.address}", flush=True)
     print(f"        python -c \"from memstage.client import Client; "
           f"Client(manager='{manager.address}').pipe('/hello.txt', b'hi')\"", flush=True)
@@ -81,7 +106,10 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
                 code = 1
                 break
             for p in dead:
-                log.error("benefactor %s exited (code %s); its chunks are lost", p.id, p.proc.returncode)
+                if p.role == "mount":
+                    log.error("the mount of %s exited (code %s)", p.id, p.proc.returncode)
+                else:
+                    log.error("benefactor %s exited (code %s); its chunks are lost", p.id, p.proc.returncode)
                 procs.remove(p)
     finally:
         print("memstage up: stopping ...", flush=True)

@@ -75,9 +75,11 @@ def test_status_table_and_json(local_cluster):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
+    mount = tmp_path / "staging"
+    mount.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "2", "--memory", "16MiB",
                              "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state"), "--pfs",
-                             str(tmp_path / "pfs"), "--heartbeat-interval", "1s"],
+                             str(tmp_path / "pfs"), "--heartbeat-interval", "1s", "--mount", str(mount)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
@@ -90,9 +92,12 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         wait_for(lambda: len(memstage_status_alive(address)) == 2, what="2 benefactors alive")
         c.pipe("/hello", b"hi")
         assert c.cat("/hello") == b"hi"
+        assert (mount / "hello").read_bytes() == b"hi"  # the staging directory is ready
+        (mount / "via-mount").write_bytes(b"posix")
+        assert c.cat("/via-mount") == b"posix"
         c.connections.close()
         children = child_pids(proc.pid)
-        assert len(children) == 3
+        assert len(children) == 4
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
@@ -100,10 +105,13 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         assert "Traceback" not in err
         for pid in children:
             assert not pid_alive(pid), f"child {pid} still running"
+        assert not os.path.ismount(mount)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if os.path.ismount(mount):
+            subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
 
 def memstage_status_alive(address: str) -> list[dict[str, object]]:
