@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--change", type=float, default=0.1,
                    help="incremental mode: fraction of chunks changed between timesteps (default 0.1)")
     p.add_argument("--seed", type=int, default=1, help="incremental mode: seed of which chunks change")
+    p.add_argument("--fuse", action="store_true",
+                   help="FUSE mode: dd through the mount vs a bare passthrough FUSE filesystem and kernel tmpfs")
     p.add_argument("--drain", action="store_true",
                    help="drain mode: drain throughput vs raw disk, ingest ASB with and without draining")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -171,6 +173,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SettingError("bench: --size, --write-size, --clients, --repeat and --benefactors must be positive")
     if args.timesteps < 0 or not 0 <= args.change <= 1:
         raise SettingError("bench: --timesteps must be 0 or more and --change between 0 and 1")
+    if args.fuse:
+        from memstage.bench.fuse import run_fuse
+
+        return run_fuse(args, size)
     if args.drain:
         from memstage.bench.drain import run_drain
 

@@ -86,7 +86,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         norm = normalize_file_path(path)
         vmap = self.connections.call_manager(
             "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=norm, version=version), norm)
-        return VersionReader(self.connections, self.namespace, vmap, self._pool)
+        return VersionReader(self.connections, self.namespace, vmap, self._pool, self.settings.read_ahead)
 
     def record(self, result: CommitResult) -> None:
         self.metrics.record(self.namespace, result.stats)

@@ -19,7 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import mfusepy
+# mfusepy picks libfuse 2 when both are installed; libfuse 3 negotiates 1 MiB writes (libfuse 2
+# sends the file system 4 KiB ones here), so ask for it unless the user chose otherwise.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy  # noqa: E402
 
 from memstage.client.client import Client
 from memstage.client.fusefile import OpenFile
@@ -71,6 +75,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self._started = time.time()
+        self.started = False
+
+    def init(self, path: str) -> None:
+        self.started = True  # libfuse calls this once the file system is mounted
 
     def log_once(self, message: str, exc: bool = False) -> None:
         if message not in self._logged:
@@ -254,8 +262,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return obj.write(data, offset)
 
     @translated
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-        obj = self._handles.get(fh) if fh else self._writer_of(path)
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        obj = self._handles.get(fh) if fh else (self._writer_of(path) if path else None)
+        if path is None and not isinstance(obj, OpenFile):
+            raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(obj, OpenFile):
             obj.truncate(length)
             return 0
@@ -288,9 +298,28 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
 
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy 3.1 drops the file handle of truncate under libfuse 3; with nopath, ftruncate would
+    then reach us with neither a path nor a handle. Pass the handle on, as its ftruncate does."""
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        return int(self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                            length, fh))
+
+
 def mount(client: Client, mountpoint: str, foreground: bool = True) -> None:
     """Mount and serve until unmounted (Ctrl-C, SIGTERM, or `memstage umount`)."""
     # hard_remove: libfuse would otherwise "hide" an open rename target by renaming it to
     # .fuse_hiddenN, taking its version history along; memstage readers keep their version anyway.
-    mfusepy.FUSE(MemstageFS(client), mountpoint, foreground=foreground, nothreads=False, fsname="memstage",
-                 subtype="memstage", hard_remove=True)
+    fs = MemstageFS(client)
+    try:
+        _FUSE(fs, mountpoint, foreground=foreground, nothreads=False, fsname="memstage", subtype="memstage",
+              hard_remove=True)
+    except RuntimeError as e:
+        # libfuse 3 ends its loop with an error code when a signal stops it: after a mount that
+        # started and is gone again, that is the normal end.
+        if not fs.started:
+            raise MemstageError(f"cannot mount {mountpoint} (libfuse code {e}; is /dev/fuse usable?)") from None
+        if os.path.ismount(mountpoint):
+            raise MemstageError(f"FUSE failed on {mountpoint} (libfuse code {e})") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 
@@ -21,7 +23,8 @@ from memstage.proto import benefactor_pb2, manager_pb2
 
 
 class VersionReader:
-    def __init__(self, conn: Connections, namespace: str, vmap: manager_pb2.VersionMap, pool: ThreadPoolExecutor):
+    def __init__(self, conn: Connections, namespace: str, vmap: manager_pb2.VersionMap, pool: ThreadPoolExecutor,
+                 read_ahead: int = 0):
         self.conn = conn
         self.namespace = namespace
         self.path = vmap.path
@@ -32,6 +35,12 @@ class VersionReader:
         self.keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
         self._starts = [0, *itertools.accumulate(k.length for k in self.keys)][:-1]
         self._pool = pool
+        # Recent and read-ahead chunk fetches: callers that read in pieces smaller than a chunk (FUSE
+        # sends 128 KiB reads) fetch each chunk once, and the next ones are already on their way.
+        chunk = self.keys[0].length if self.keys else 1
+        self._ahead = max(1, read_ahead // chunk) if read_ahead else 0
+        self._cache: OrderedDict[int, Future[bytes | memoryview]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def read_range(self, start: int, end: int) -> bytes:
         end = min(end, self.size)
@@ -40,14 +49,30 @@ class VersionReader:
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
         indices = range(first, last + 1)
-        # One chunk is fetched inline; several are fetched in parallel.
-        parts = [self.fetch(first)] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
+        if self._ahead:
+            parts = [self._cached(i) for i in indices]
+            for i in range(last + 1, min(last + 1 + self._ahead, len(self.keys))):
+                self._cached(i, wait=False)
+        else:
+            # One chunk is fetched inline; several are fetched in parallel.
+            parts = [self.fetch(first)] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
         views = []
         for i, data in zip(indices, parts, strict=True):
             lo = max(start - self._starts[i], 0)
             hi = min(end - self._starts[i], self.keys[i].length)
             views.append(memoryview(data)[lo:hi])
         return b"".join(views)
+
+    def _cached(self, index: int, wait: bool = True) -> bytes | memoryview:
+        with self._cache_lock:
+            future = self._cache.get(index)
+            if future is None:
+                future = self._cache[index] = self._pool.submit(self.fetch, index)
+                while len(self._cache) > 2 * self._ahead + 2:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(index)
+        return future.result() if wait else b""
 
     def fetch(self, index: int) -> bytes | memoryview:
         key = self.keys[index]
