@@ -17,31 +17,14 @@ import tempfile
 import time
 from typing import Any
 
+from memstage.bench.measure import disk_write_seconds, write_file
 from memstage.bench.report import progress, table
 from memstage.units import format_rate, format_size
 
 
 def _raw_disk(directory: str, data: memoryview, write_size: int) -> float:
-    path = os.path.join(directory, "raw-disk.bin")
     os.sync()  # start from a clean page cache: no writeback of earlier steps in this measurement
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for start in range(0, len(data), write_size):
-            os.write(fd, data[start : start + write_size])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    elapsed = time.perf_counter() - t0
-    os.unlink(path)
-    return len(data) / elapsed
-
-
-def _write(client: Any, path: str, data: memoryview, write_size: int) -> Any:
-    with client.open(path, "wb") as f:
-        for start in range(0, len(data), write_size):
-            f.write(data[start : start + write_size])
-    return f.result
+    return len(data) / disk_write_seconds(os.path.join(directory, "raw-disk.bin"), data, write_size)
 
 
 def _wait_persisted(client: Any, path: str, version: int, timeout: float = 600) -> float:
@@ -75,19 +58,19 @@ def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) 
                 data = memoryview(os.urandom(size))
                 raw = _raw_disk(work, data, write_size)
                 c.policy(persist_every=0)
-                idle = _write(c, f"/r{rnd}/idle", data, write_size).asb
+                idle = write_file(c, f"/r{rnd}/idle", data, write_size).asb
                 c.rm(f"/r{rnd}/idle")
                 c.policy(persist_every=1)
                 data = memoryview(os.urandom(size))
                 os.sync()  # as for the raw write: earlier steps' writeback must not count against the drain
-                first = _write(c, f"/r{rnd}/drained", data, write_size)
+                first = write_file(c, f"/r{rnd}/drained", data, write_size)
                 committed = time.perf_counter()
                 done = _wait_persisted(c, f"/r{rnd}/drained", first.version)
                 drain = size / (done - committed)
                 data = memoryview(os.urandom(size))
-                _write(c, f"/r{rnd}/first", data, write_size)  # starts draining at its commit ...
+                write_file(c, f"/r{rnd}/first", data, write_size)  # starts draining at its commit ...
                 data = memoryview(os.urandom(size))
-                busy = _write(c, f"/r{rnd}/second", data, write_size).asb  # ... while this one is ingested
+                busy = write_file(c, f"/r{rnd}/second", data, write_size).asb  # ... while this one is ingested
                 for path in ("drained", "first", "second"):
                     _wait_persisted(c, f"/r{rnd}/{path}", 1)
                     c.rm(f"/r{rnd}/{path}")

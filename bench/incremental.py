@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from memstage.bench.measure import write_file
 from memstage.bench.report import progress, table
 from memstage.units import format_rate, format_size
 
@@ -61,13 +62,10 @@ def run_scenario(client: object, scenario: str, size: int, change: float, timest
             _mutate(data, scenario, change, chunk, rng)
         view = memoryview(data)
         t0 = time.perf_counter()
-        with client.open(path, "wb") as f:
-            for start in range(0, size, write_size):
-                f.write(view[start : start + write_size])
+        result = write_file(client, path, view, write_size)
         seconds = time.perf_counter() - t0
         view.release()
-        assert f.result is not None
-        steps.append(Step(scenario, t, size, f.result.stats.bytes_sent, size / seconds, f.result.asb, seconds))
+        steps.append(Step(scenario, t, size, result.stats.bytes_sent, size / seconds, result.asb, seconds))
     client.rm(path)
     return steps
 

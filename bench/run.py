@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from memstage.bench.measure import disk_write_seconds, write_file
 from memstage.bench.report import progress, table
 from memstage.errors import MemstageError, SettingError
 from memstage.units import format_rate, format_size, parse_size
@@ -97,29 +98,14 @@ def _measure(kind: str, args: dict[str, Any], index: int, barrier: Any, results:
         barrier.wait()
         if kind == "memstage":
             assert client is not None
-            path = f"/bench/round{rnd}/client{index}.bin"
             t0 = time.perf_counter()
-            with client.open(path, "wb") as f:
-                for start in range(0, size, write_size):
-                    f.write(view[start : start + write_size])
-            oab = time.perf_counter() - t0
-            assert f.result is not None
-            out.append((oab, f.result.stats.asb_seconds))
+            result = write_file(client, f"/bench/round{rnd}/client{index}.bin", view, write_size)
+            out.append((time.perf_counter() - t0, result.stats.asb_seconds))
             barrier.wait()
             if index == 0:
                 client.rm(f"/bench/round{rnd}", recursive=True)
         elif kind == "disk":
-            path = os.path.join(args["dir"], f"disk-{index}.bin")
-            t0 = time.perf_counter()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                for start in range(0, size, write_size):
-                    os.write(fd, view[start : start + write_size])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dt = time.perf_counter() - t0
-            os.unlink(path)
+            dt = disk_write_seconds(os.path.join(args["dir"], f"disk-{index}.bin"), view, write_size)
             out.append((dt, dt))
         else:
             from memstage.bench.ceiling import push

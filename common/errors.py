@@ -87,7 +87,3 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
         return Unavailable(f"{what}: unreachable ({detail})")
     return cls(f"{what}: {detail}")
 
-
-def abort_with(context: grpc.ServicerContext, exc: MemstageError) -> None:
-    """Server side: end the call with the status code that belongs to the error."""
-    context.abort(exc.code, str(exc))

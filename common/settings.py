@@ -239,11 +239,3 @@ def _rename(message: str, flag_style: Callable[[str], str]) -> str:
     if sep and name.isidentifier():
         return f"{flag_style(name)}:{rest}"
     return message
-
-
-def describe(cls: type) -> list[tuple[str, str, str, str]]:
-    """(setting, env variable, default, help) rows for the README and --help."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        rows.append((f.name, env_name(f.name), repr(f.default), f.metadata["help"]))
-    return rows

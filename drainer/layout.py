@@ -68,37 +68,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] | None,
-                link_from: Path | None = None) -> Path:
-    """Publish one chunk file durably; a hard link to `link_from` when given. Idempotent."""
-    final = directory / name
-    if final.exists():
-        return final
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{name}"
-    try:
-        if link_from is not None and link_from.exists():
-            os.link(link_from, tmp)
-        else:
-            if data is None:
-                raise FileNotFoundError(f"{link_from}: the drained chunk to link to is gone")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                for part in data:
-                    view = memoryview(part)
-                    while view:
-                        view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-    return final
-
-
 @dataclass(frozen=True, slots=True)
 class Pending:
     """One chunk file of a batch: its bytes, or an identical drained chunk to hard-link."""
@@ -155,6 +124,12 @@ def write_batch(items: list[Pending]) -> list[Path]:
     for directory in {final.parent for _, final, _ in staged}:
         _fsync_dir(directory)
     return finals
+
+
+def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] | None,
+                link_from: Path | None = None) -> Path:
+    """Publish one chunk file durably (a hard link to `link_from` when given). Idempotent."""
+    return write_batch([Pending(directory, name, None if data is None else b"".join(data), link_from)])[0]
 
 
 def scan(directory: Path) -> dict[int, list[ChunkFile]]:
