@@ -12,7 +12,8 @@ DEBS    = libfuse2 libfuse3-3 fuse3
 TEST_DEBS = prometheus rsync
 
 # Settings of `make up`, passed to `memstage up` (see README.md for all of them).
-UP_ARGS ?= --benefactors 2 --memory 1GiB
+MOUNT   ?= memstage-mnt
+UP_ARGS ?= --benefactors 2 --memory 1GiB --mount $(MOUNT)
 
 .PHONY: setup debs test-debs venv up test lint bench stubs clean
 
@@ -35,6 +36,7 @@ $(BIN)/memstage: pyproject.toml
 	@touch $@
 
 up: setup
+	@mkdir -p $(MOUNT)
 	$(BIN)/memstage up $(UP_ARGS)
 
 lint: venv
