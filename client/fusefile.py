@@ -75,8 +75,9 @@ class OpenFile:
                 index, within = divmod(pos, self.chunk)
                 n = min(end - pos, self.chunk - within)
                 slot = self._dirty.get(index)
-                data = bytes(slot) if slot is not None else self._base_chunk(index)
-                piece = data[within : within + n]
+                # Only the piece asked for is copied out of a dirty chunk (FUSE reads 128 KiB at a time).
+                source = slot if slot is not None else self._base_chunk(index)
+                piece = bytes(source[within : within + n])
                 parts.append(piece + bytes(n - len(piece)))  # beyond what was written: zeros
                 pos += n
             return b"".join(parts)

@@ -18,7 +18,8 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,8 +236,7 @@ class Catalog:
                     where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
                     raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
             policy = self.policy(namespace)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
                                        (namespace, path)).fetchone()
                 version = (row[0] or 0) + 1
@@ -257,11 +257,6 @@ class Catalog:
                                              (namespace, key.hash, key.length, bf))
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._reload_index()
-                raise
             return version
 
     def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> None:
@@ -285,9 +280,18 @@ class Catalog:
             del self._locations[ik]
             self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
 
-    def _reload_index(self) -> None:
-        """After a rolled-back transaction the in-memory index may be ahead of the database."""
-        self._load_index()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction (callers hold self._lock). On any error it is rolled back and the
+        in-memory index, which the body may have changed already, is reloaded from the database."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._load_index()
+            raise
 
     def _load_index(self) -> None:
         self._refs, self._mem_refs, self._drained, self._locations = {}, {}, {}, {}
@@ -411,16 +415,10 @@ class Catalog:
             if not rows:
                 raise NotFound(f"{path}: no such file in namespace {namespace!r}")
             freed: dict[IndexKey, set[str]] = {}
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for (version,) in rows:
                     freed.update(self._drop_version(namespace, path, version, keep_record=False))
                 self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=?", (namespace, path))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._reload_index()
-                raise
             return len(rows), freed
 
     def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> dict[IndexKey, set[str]]:
@@ -453,18 +451,12 @@ class Catalog:
             old = rows[keep:]
             if not old:
                 return freed
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for version, persist, persisted in old:
                     if persisted:
                         freed.update(self._drop_version(namespace, path, version, keep_record=True))
                     elif not persist:
                         freed.update(self._drop_version(namespace, path, version, keep_record=False))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._reload_index()
-                raise
         return freed
 
     # -- draining ----------------------------------------------------------------------------
@@ -479,35 +471,28 @@ class Catalog:
     def drain_done(self, results: Sequence[tuple[int, str]]) -> set[tuple[str, str]]:
         """Record drained chunk files. Returns the (namespace, path) of versions that became persisted."""
         persisted: set[tuple[str, str]] = set()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                touched: set[tuple[str, str, int]] = set()
-                for task_id, drained in results:
-                    row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
-                                           "WHERE id=?", (task_id,)).fetchone()
-                    if row is None:
-                        continue  # reported twice, or the file was deleted meanwhile: harmless
-                    ns, path, version, h, n, count = row
-                    self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
-                    ik = (ns, ChunkKey(h, n))
-                    if count and ik in self._refs and ik not in self._drained:
-                        self._drained[ik] = drained
-                        self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
-                                         (drained, ns, h, n))
-                    touched.add((ns, path, version))
-                for ns, path, version in touched:
-                    left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",
-                                            (ns, path, version)).fetchone()
-                    if left is None:
-                        self._db.execute("UPDATE versions SET persisted=1 WHERE ns=? AND path=? AND version=? AND "
-                                         "lost=0", (ns, path, version))
-                        persisted.add((ns, path))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._reload_index()
-                raise
+        with self._lock, self._transaction():
+            touched: set[tuple[str, str, int]] = set()
+            for task_id, drained in results:
+                row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
+                                       "WHERE id=?", (task_id,)).fetchone()
+                if row is None:
+                    continue  # reported twice, or the file was deleted meanwhile: harmless
+                ns, path, version, h, n, count = row
+                self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
+                ik = (ns, ChunkKey(h, n))
+                if count and ik in self._refs and ik not in self._drained:
+                    self._drained[ik] = drained
+                    self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
+                                     (drained, ns, h, n))
+                touched.add((ns, path, version))
+            for ns, path, version in touched:
+                left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",
+                                        (ns, path, version)).fetchone()
+                if left is None:
+                    self._db.execute("UPDATE versions SET persisted=1 WHERE ns=? AND path=? AND version=? AND "
+                                     "lost=0", (ns, path, version))
+                    persisted.add((ns, path))
         return persisted
 
     def reassign_drains(self, dead: str, alive: set[str]) -> list[tuple[str, str, int]]:
@@ -518,8 +503,7 @@ class Catalog:
                                     "WHERE benefactor=?", (dead,)).fetchall()
             if not rows:
                 return lost
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for task_id, ns, path, version, h, n, count in rows:
                     ik = (ns, ChunkKey(h, n))
                     owner = (min(alive) if alive else "") if not count else self._drainer_for(ik, alive - {dead})
@@ -531,10 +515,6 @@ class Catalog:
                                          (ns, path, version))
                         self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?",
                                          (ns, path, version))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         return lost
 
     def backlog(self) -> dict[str, Backlog]:
