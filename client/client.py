@@ -86,7 +86,12 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         norm = normalize_file_path(path)
         vmap = self.connections.call_manager(
             "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=norm, version=version), norm)
-        return VersionReader(self.connections, self.namespace, vmap, self._pool, self.settings.read_ahead)
+        return self.map_reader(vmap)
+
+    def map_reader(self, vmap: manager_pb2.VersionMap, read_ahead: bool = True) -> VersionReader:
+        """A reader of the chunks a map lists (a version, or chunks located with LocateChunks)."""
+        return VersionReader(self.connections, self.namespace, vmap, self._pool,
+                             self.settings.read_ahead if read_ahead else 0)
 
     def record(self, result: CommitResult) -> None:
         self.metrics.record(self.namespace, result.stats)

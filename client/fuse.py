@@ -9,6 +9,7 @@ read-only. Built on mfusepy (libfuse 3).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -26,7 +27,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
 
 from memstage.client.client import Client
-from memstage.client.fusefile import OpenFile
+from memstage.client.fusefile import BufferPool, OpenFile
 from memstage.client.reader import VersionReader
 from memstage.errors import InvalidArgument, MemstageError, NotFound
 from memstage.proto import manager_pb2
@@ -74,6 +75,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._next = 1
         self._lock = threading.Lock()
         self._logged: set[str] = set()
+        self._buffers = BufferPool(client.settings.chunk_size)
         self._started = time.time()
         self.started = False
 
@@ -230,7 +232,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     # -- files -------------------------------------------------------------------------------
     @translated
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        return self._register(OpenFile(self.client, path, None, truncate=True))
+        return self._register(OpenFile(self.client, path, None, truncate=True, buffers=self._buffers))
 
     @translated
     def open(self, path: str, flags: int) -> int:
@@ -244,7 +246,8 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 base = self.client.reader(path)
             except NotFound:
                 base = None
-            return self._register(OpenFile(self.client, path, base, truncate=bool(flags & os.O_TRUNC)))
+            return self._register(OpenFile(self.client, path, base, truncate=bool(flags & os.O_TRUNC),
+                                               buffers=self._buffers))
         return self._register(self.client.reader(path))
 
     @translated
@@ -255,7 +258,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return obj.read_range(offset, offset + size)
 
     @translated
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:
         obj = self._handles[fh]
         if not isinstance(obj, OpenFile):
             raise mfusepy.FuseOSError(errno.EBADF)
@@ -299,8 +302,17 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
 
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy 3.1 drops the file handle of truncate under libfuse 3; with nopath, ftruncate would
-    then reach us with neither a path nor a handle. Pass the handle on, as its ftruncate does."""
+    """Two call adapters of mfusepy 3.1, replaced."""
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # mfusepy copies every write into a new bytes object first; hand FUSE's own buffer over
+        # instead (OpenFile.write keeps nothing of it after returning): one copy less per byte.
+        data = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        return int(self.operations.write(None if path is None else path.decode(self.encoding, self.errors),
+                                         data, offset, fip.contents.fh))
+
+    # mfusepy drops the file handle of truncate under libfuse 3; with nopath, ftruncate would then
+    # reach us with neither a path nor a handle. Pass the handle on, as its ftruncate does.
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None

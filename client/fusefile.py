@@ -1,29 +1,92 @@
 """OpenFile: one open() of a file through the FUSE mount, with POSIX write semantics.
 
-The file is a row of chunk_size slots over the version that was current at open. A slot the
+The file is a row of chunk_size slots over the version that was current at open. A chunk the
 application never touched stays a reference to that version's chunk (no copy, nothing sent at
-commit); a touched slot is a bytearray loaded from it (or zeros, for holes and growth). Writes at
-any offset, overwrites, holes, truncate and O_APPEND all work on the slots. commit() (release or
-fsync) turns them into one new version through a VersionWriter; a file that was not changed
-commits nothing. Touched slots stay in memory until the commit.
+commit). A chunk being written lives in a dirty slot, a pooled chunk-sized buffer loaded from its
+current content (or zeros, for holes and growth); writes at any offset, overwrites, holes,
+truncate and O_APPEND all work on the slots.
+
+Memory stays bounded: a slot is handed to a VersionWriter (hashed, deduplicated, sent) as soon as
+it is complete and the application writes past it, and the least recently written slot goes the
+same way when more than max_slots are dirty. A whole, aligned chunk (dd bs=1M, most large writes)
+is handed over straight from FUSE's buffer, without a slot. Should the application come back to a
+chunk already handed over, it is read back from where it was stored. commit() (release, flush or
+fsync) lays the chunks out as one new version; a file that was not changed commits nothing.
+
+If the writer fails (a benefactor lost chunks it had acknowledged, the deployment stayed full),
+chunks already handed over are gone from this handle: every later call raises the same error and
+nothing is committed; the previous version stays intact.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from memstage.chunks import ChunkKey
 from memstage.client.reader import VersionReader
 from memstage.client.writer import CommitResult, VersionWriter
+from memstage.errors import MemstageError
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
 
 
+class BufferPool:
+    """Chunk-sized buffers for dirty slots, reused: a sequential writer would otherwise fault in
+    fresh pages for every chunk."""
+
+    def __init__(self, size: int, keep: int = 8) -> None:
+        self.size = size
+        self._keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def put(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+
+
+class Slot:
+    """A dirty chunk: content is buf[:length]; bytes past length (up to the file size) read as zeros.
+    buf comes from a pool, so bytes past length are stale and are zeroed before they count."""
+
+    __slots__ = ("buf", "length")
+
+    def __init__(self, buf: bytearray, length: int) -> None:
+        self.buf = buf
+        self.length = length
+
+    def write(self, within: int, data: memoryview) -> None:
+        if within > self.length:
+            self.zero(self.length, within)  # a hole inside the chunk reads as zeros
+        self.buf[within : within + len(data)] = data
+        self.length = max(self.length, within + len(data))
+
+    def zero(self, start: int, end: int) -> None:
+        if end > start:
+            self.buf[start:end] = bytes(end - start)
+
+    def content(self, length: int) -> memoryview:
+        """The chunk at `length` bytes: cut, or padded with zeros."""
+        self.zero(self.length, length)
+        self.length = length
+        return memoryview(self.buf)[:length]
+
+
 class OpenFile:
-    def __init__(self, client: Client, path: str, base: VersionReader | None, truncate: bool) -> None:
+    def __init__(self, client: Client, path: str, base: VersionReader | None, truncate: bool,
+                 buffers: BufferPool | None = None) -> None:
         self.client = client
         self.path = path
         self.chunk = client.settings.chunk_size
@@ -32,97 +95,197 @@ class OpenFile:
         self.size = 0 if truncate or base is None else base.size
         self.changed = truncate or base is None  # a new or truncated file is a new version at close
         self.opened_at = time.perf_counter()
-        self._dirty: dict[int, bytearray] = {}
+        self._buffers = buffers if buffers is not None and buffers.size == self.chunk else BufferPool(self.chunk)
+        self.max_slots = max(4, client.settings.buffer_size // (4 * self.chunk))
+        self._slots: dict[int, Slot] = {}  # dirty chunks, least recently written first
+        self._handed: dict[int, ChunkKey] = {}  # chunks handed to the writer since the last commit
+        self._writer: VersionWriter | None = None
+        self._error: MemstageError | None = None
         self._lock = threading.Lock()
 
-    # -- slots -------------------------------------------------------------------------------
-    def _base_chunk(self, index: int) -> bytes:
+    # -- chunks ------------------------------------------------------------------------------
+    def _new_writer(self) -> VersionWriter:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if self._writer is None:
+            self._writer = VersionWriter(self.client.connections, self.client.settings, self.path, self.opened_at,
+                                         known=set(self._base_keys))
+        return self._writer
+
+    def _content(self, index: int) -> bytes | memoryview:
+        """What chunk `index` holds now, outside the dirty slots (possibly shorter than a chunk)."""
+        key = self._handed.get(index)
+        if key is not None:
+            with self._writing() as writer:
+                writer.settle()
+                return self.client.map_reader(writer.locate(key), read_ahead=False).fetch(0)
         if self.base is None or index >= len(self._base_keys):
             return b""
         start = index * self.chunk
         return self.base.read_range(start, min(start + self.chunk, self.base.size))
 
-    def _slot(self, index: int) -> bytearray:
-        slot = self._dirty.get(index)
+    def _slot(self, index: int) -> Slot:
+        slot = self._slots.pop(index, None)
         if slot is None:
-            slot = bytearray(self._base_chunk(index)) if index * self.chunk < self.size else bytearray()
-            self._dirty[index] = slot
+            slot = Slot(self._buffers.get(), 0)
+            if index * self.chunk < self.size:
+                content = self._content(index)
+                slot.buf[: len(content)] = content
+                slot.length = len(content)
+            self._handed.pop(index, None)
+        self._slots[index] = slot  # most recently written last
         return slot
+
+    def _expected(self, index: int) -> int:
+        return min(self.chunk, self.size - index * self.chunk)
+
+    def _hand_over(self, index: int) -> None:
+        slot = self._slots.pop(index)
+        try:
+            with self._writing() as writer:
+                self._handed[index] = writer.put(slot.content(self._expected(index)))
+        finally:
+            self._buffers.put(slot.buf)  # put() copied it
+
+    @contextmanager
+    def _writing(self) -> Iterator[VersionWriter]:
+        """The writer, for one step; a failure breaks the handle for good (its handed chunks are gone)."""
+        writer = self._new_writer()
+        try:
+            yield writer
+        except MemstageError as e:
+            self._break(e)
+            raise
+
+    def _break(self, error: MemstageError) -> None:
+        self._error = error
+        if self._writer is not None:
+            self._writer.abort()
+        self._writer = None
+        self._handed.clear()
+        for slot in self._slots.values():
+            self._buffers.put(slot.buf)
+        self._slots.clear()
+
+    def _bound(self, current: int) -> None:
+        """Hand over complete slots the application has moved past, and the oldest beyond max_slots."""
+        done = [i for i, s in self._slots.items() if i < current and s.length == self.chunk]
+        for index in done:
+            self._hand_over(index)
+        while len(self._slots) > self.max_slots:
+            self._hand_over(next(iter(self._slots)))
 
     # -- POSIX -------------------------------------------------------------------------------
     def write(self, data: bytes | memoryview, offset: int) -> int:
-        view = memoryview(data)
+        """Write `data` at `offset`. `data` may be FUSE's own buffer: nothing of it is kept after return."""
+        view = memoryview(data).cast("B")
         with self._lock:
+            if self._error is not None:
+                raise self._error.with_traceback(None)
             pos = 0
+            index = offset // self.chunk
             while pos < len(view):
                 index, within = divmod(offset + pos, self.chunk)
                 n = min(len(view) - pos, self.chunk - within)
-                slot = self._slot(index)
-                if len(slot) < within:
-                    slot.extend(bytes(within - len(slot)))  # a hole inside the chunk reads as zeros
-                slot[within : within + n] = view[pos : pos + n]
+                piece = view[pos : pos + n]
+                if n == self.chunk:
+                    # A whole chunk: hashed and copied into frames straight from the caller's buffer.
+                    stale = self._slots.pop(index, None)
+                    if stale is not None:
+                        self._buffers.put(stale.buf)
+                    with self._writing() as writer:
+                        self._handed[index] = writer.put(piece)
+                else:
+                    self._slot(index).write(within, piece)
                 pos += n
             self.size = max(self.size, offset + len(view))
             self.changed = True
+            if self._slots:
+                self._bound(index)
         return len(view)
 
     def read(self, size: int, offset: int) -> bytes:
         with self._lock:
+            if self._error is not None:
+                raise self._error.with_traceback(None)
             end = min(offset + size, self.size)
             parts = []
             pos = offset
             while pos < end:
                 index, within = divmod(pos, self.chunk)
                 n = min(end - pos, self.chunk - within)
-                slot = self._dirty.get(index)
-                # Only the piece asked for is copied out of a dirty chunk (FUSE reads 128 KiB at a time).
-                source = slot if slot is not None else self._base_chunk(index)
-                piece = bytes(source[within : within + n])
+                slot = self._slots.get(index)
+                if slot is None and index in self._handed:
+                    slot = self._slot(index)  # read back once, then served from memory
+                # Only the piece asked for is copied (FUSE reads 128 KiB at a time).
+                if slot is not None:
+                    piece = bytes(memoryview(slot.buf)[within : min(within + n, slot.length)])
+                elif self.base is not None and index < len(self._base_keys):
+                    piece = self.base.read_range(pos, min(pos + n, self.base.size))
+                else:
+                    piece = b""
                 parts.append(piece + bytes(n - len(piece)))  # beyond what was written: zeros
                 pos += n
+            if self._slots:
+                self._bound(-1)
             return b"".join(parts)
 
     def truncate(self, length: int) -> None:
         with self._lock:
+            if self._error is not None:
+                raise self._error.with_traceback(None)
             if length == self.size:
                 return
-            last = (length - 1) // self.chunk if length else -1
-            for index in [i for i in self._dirty if i > last]:
-                del self._dirty[index]
-            if length and length < self.size:
-                slot = self._slot(last)
-                del slot[length - last * self.chunk :]
-            if length < self.size and self.base is not None:
-                # Base chunks past the new end are gone; a chunk cut in the middle is now dirty.
-                self._base_keys = self._base_keys[: last + 1]
+            count = -(-length // self.chunk)  # chunks that remain
+            for index in [i for i in self._slots if i >= count]:
+                self._buffers.put(self._slots.pop(index).buf)
+            for index in [i for i in self._handed if i >= count]:
+                del self._handed[index]
+            self._base_keys = self._base_keys[:count]
+            if length < self.size and length % self.chunk:
+                # The chunk cut in the middle becomes dirty, cut to the new end.
+                slot = self._slot(count - 1)
+                slot.length = min(slot.length, length - (count - 1) * self.chunk)
             self.size = length
             self.changed = True
 
     def commit(self) -> CommitResult | None:
         """Commit the current content as a new version (None if nothing changed since open or the last commit)."""
         with self._lock:
+            if self._error is not None:
+                raise self._error.with_traceback(None)
             if not self.changed:
                 return None
-            writer = VersionWriter(self.client.connections, self.client.settings, self.path, self.opened_at,
-                                   known=set(self._base_keys))
-            chunks = -(-self.size // self.chunk)
-            for index in range(chunks):
-                length = min(self.chunk, self.size - index * self.chunk)
-                slot = self._dirty.get(index)
-                if slot is None and index < len(self._base_keys) and self._base_keys[index].length == length:
-                    writer.add_held(self._base_keys[index])
-                    continue
-                data = slot if slot is not None else bytearray(self._base_chunk(index))
-                if len(data) < length:
-                    data.extend(bytes(length - len(data)))
-                writer.add(memoryview(data)[:length])
-            stats = writer.finish()
-            version = writer.commit()
+            with self._writing() as writer:
+                for index in range(-(-self.size // self.chunk)):
+                    self._lay_out(writer, index, self._expected(index))
+                stats = writer.finish()
+                version = writer.commit()
             result = CommitResult(self.path, version, self.size, stats, time.perf_counter() - self.opened_at)
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
             self.base = self.client.reader(self.path, version)
             self._base_keys = self.base.keys
-            self._dirty.clear()
+            for slot in self._slots.values():
+                self._buffers.put(slot.buf)
+            self._slots.clear()
+            self._handed.clear()
+            self._writer = None
             self.changed = False
             return result
+
+    def _lay_out(self, writer: VersionWriter, index: int, length: int) -> None:
+        slot = self._slots.get(index)
+        if slot is None:
+            key = self._handed.get(index)
+            if key is None and index < len(self._base_keys):
+                key = self._base_keys[index]
+                if key.length == length:
+                    writer.add_held(key)
+                    return
+            elif key is not None and key.length == length:
+                writer.place(key)
+                return
+            slot = self._slot(index)  # a hole, or a chunk whose length changed: its bytes, cut or padded
+        writer.add(slot.content(length))
+        self._buffers.put(self._slots.pop(index).buf)  # add() copied it; the commit loop holds one slot at a time

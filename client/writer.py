@@ -43,13 +43,13 @@ QUERY_BATCH = 32  # chunks asked about in one FindChunks call
 class PendingChunk:
     """A chunk on its way, already encoded as Put frames: they hold the only copy of its bytes."""
 
-    index: int
+    seq: int  # numbers the chunk within its write, for the ack
     key: ChunkKey
     frames: tuple[bytes, ...]
 
 
-def encode_chunk(namespace: str, index: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
-    header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=index)
+def encode_chunk(namespace: str, seq: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
+    header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=seq)
     frames = [encode_put_frame(header, data[:MAX_FRAME_DATA])]
     for start in range(MAX_FRAME_DATA, len(data), MAX_FRAME_DATA):
         frames.append(encode_put_frame(None, data[start : start + MAX_FRAME_DATA]))
@@ -137,7 +137,7 @@ class PutStream:
 
     def send(self, chunk: PendingChunk) -> None:
         with self._lock:
-            self._unacked[chunk.index] = chunk
+            self._unacked[chunk.seq] = chunk
         self._queue.put(chunk)
 
     def close(self) -> None:
@@ -181,6 +181,8 @@ class VersionWriter:
         self._idle = threading.Condition(self._lock)
         self._keys: list[ChunkKey] = []
         self._locations: dict[ChunkKey, set[str]] = {}  # where this write stored each chunk it sent
+        self._addresses: dict[str, str] = {}  # benefactor id -> address, of those that stored chunks
+        self._seq = 0  # numbers the chunks sent, for their acks
         self._known: set[ChunkKey] = set(known or ())  # held by the namespace, or already sent by this write
         self._unasked: list[PendingChunk] = []  # new chunks waiting for a FindChunks batch
         self._unasked_bytes = 0
@@ -203,35 +205,66 @@ class VersionWriter:
 
     # -- called by the file object, in file order --------------------------------------------
     def add(self, data: memoryview) -> None:
-        """Take one chunk. Its bytes are hashed and copied into frames before this returns, so the
-        caller may reuse `data` at once."""
-        key = ChunkKey.of(data)
-        with self._lock:
-            self._raise_if_failed()
-            self._keys.append(key)
-            self._size += len(data)
-            if key in self._known:  # not sent, not even copied
-                self._bytes_deduplicated += len(data)
-                return
-            self._known.add(key)
-        self._budget.acquire(len(data), self._raise_if_failed)
-        with self._lock:
-            index = len(self._keys) - 1
-            self._in_flight += 1
-        self._unasked.append(PendingChunk(index, key, encode_chunk(self.namespace, index, key, data)))
-        self._unasked_bytes += len(data)
-        # Ask at QUERY_BATCH chunks, or once half the buffer waits (the other half keeps streaming).
-        if len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self.settings.buffer_size:
-            self._ask_and_send()
+        """Take the next chunk of the file. Its bytes are hashed and copied into frames before this
+        returns, so the caller may reuse `data` at once."""
+        self.place(self.put(data))
 
     def add_held(self, key: ChunkKey) -> None:
         """Reference a chunk the namespace already holds (e.g. unchanged since the previous version),
         without its bytes; the commit fails with DataLost if it is no longer readable by then."""
+        self.place(key)
+        with self._lock:
+            self._bytes_deduplicated += key.length
+
+    def place(self, key: ChunkKey) -> None:
+        """Append a chunk already handed over with put() (or held) to the version's layout."""
         with self._lock:
             self._raise_if_failed()
             self._keys.append(key)
             self._size += key.length
-            self._bytes_deduplicated += key.length
+
+    def put(self, data: memoryview) -> ChunkKey:
+        """Hand a chunk over without placing it in the layout yet (a FUSE file sends chunks as they
+        fill and lays the version out at commit). Copied before this returns, like add()."""
+        key = ChunkKey.of(data)
+        with self._lock:
+            self._raise_if_failed()
+            if key in self._known:  # not sent, not even copied
+                self._bytes_deduplicated += len(data)
+                return key
+            self._known.add(key)
+        self._budget.acquire(len(data), self._raise_if_failed)
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            self._in_flight += 1
+        self._unasked.append(PendingChunk(seq, key, encode_chunk(self.namespace, seq, key, data)))
+        self._unasked_bytes += len(data)
+        # Ask at QUERY_BATCH chunks, or once half the buffer waits (the other half keeps streaming).
+        if len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self.settings.buffer_size:
+            self._ask_and_send()
+        return key
+
+    def settle(self) -> None:
+        """Wait until every chunk handed over so far is stored (or found held); streams stay open."""
+        self._ask_and_send()
+        with self._idle:
+            while self._in_flight and self._error is None:
+                self._idle.wait()
+            self._raise_if_failed()
+
+    def locate(self, key: ChunkKey) -> manager_pb2.VersionMap:
+        """Where a chunk handed over earlier can be read back, as a one-chunk map (call settle() first)."""
+        with self._lock:
+            locations = [common_pb2.Location(benefactor_id=bf, address=self._addresses[bf])
+                         for bf in sorted(self._locations.get(key, ()))]
+        if locations:
+            return manager_pb2.VersionMap(path=self.path, size=key.length,
+                                          chunks=[manager_pb2.ChunkRef(key=key.to_pb(), locations=locations)])
+        # Not sent by this write: the namespace held it already.
+        return self.conn.call_manager(
+            "LocateChunks", manager_pb2.NamespacedChunks(namespace=self.namespace, keys=[key.to_pb()]),
+            f"reading back a chunk of {self.path}")
 
     def _ask_and_send(self) -> None:
         """Send the batch of new chunks, except those the namespace turns out to hold already."""
@@ -375,6 +408,7 @@ class VersionWriter:
         with self._lock:
             bf = stream.placement.id
             self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
+            self._addresses[bf] = stream.placement.address
             self._locations.setdefault(chunk.key, set()).add(bf)
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1

@@ -179,10 +179,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not a directory")
     if os.path.ismount(mountpoint):
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is already a mount point")
+    settings = load(ClientSettings, _settings_flags(args, ClientSettings), config=args.config)
     if args.background and os.fork():
         return 0  # the child mounts; `memstage umount` or SIGTERM to it unmounts
-    settings = load(ClientSettings, _settings_flags(args, ClientSettings), config=args.config)
     from memstage.client.fuse import mount
+    from memstage.tuning import keep_large_buffers
+
+    keep_large_buffers()
 
     client = Client(**{k: v for k, v in _settings_flags(args, ClientSettings).items() if v is not None},
                     config=args.config)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -170,7 +170,18 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         rec = self.catalog.version(namespace, normalize_file_path(request.path), request.version)
         return self._version_map(rec)
 
+    @rpc
+    def LocateChunks(self, request: manager_pb2.NamespacedChunks, context: grpc.ServicerContext
+                     ) -> manager_pb2.VersionMap:
+        namespace = check_namespace(request.namespace)
+        keys = [_key(k) for k in request.keys]
+        return self._chunk_map(namespace, "", 0, sum(k.length for k in keys), keys, 0.0)
+
     def _version_map(self, rec: VersionRecord) -> manager_pb2.VersionMap:
+        return self._chunk_map(rec.namespace, rec.path, rec.version, rec.size, rec.keys, rec.committed_at)
+
+    def _chunk_map(self, namespace: str, path: str, version: int, size: int, keys: Sequence[ChunkKey],
+                   committed_at: float) -> manager_pb2.VersionMap:
         addresses = self.catalog.benefactor_addresses()
         with self._lock:
             now = self.clock()
@@ -178,16 +189,16 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 addresses[r.id] = r.address
             alive = {r.id for r in self.registry.alive(now)}
         chunks = []
-        for key in rec.keys:
-            ik = (rec.namespace, key)
+        for key in keys:
+            ik = (namespace, key)
             # Live benefactors first; the others stay listed (a restarted manager has not heard from them yet).
             locs = sorted(self.catalog.locations(ik), key=lambda bf: (bf not in alive, bf))
             chunks.append(manager_pb2.ChunkRef(
                 key=key.to_pb(), drained=self.catalog.drained(ik),
                 locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
         readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
-        return manager_pb2.VersionMap(path=rec.path, version=rec.version, size=rec.size, chunks=chunks,
-                                      committed_at=rec.committed_at, pfs_readers=readers)
+        return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
+                                      committed_at=committed_at, pfs_readers=readers)
 
     @rpc
     def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:

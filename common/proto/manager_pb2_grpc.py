@@ -69,6 +69,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.FindChunksReply.FromString,
                 _registered_method=True)
+        self.LocateChunks = channel.unary_unary(
+                '/memstage.v1.Manager/LocateChunks',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.VersionMap.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/memstage.v1.Manager/Commit',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.CommitRequest.SerializeToString,
@@ -170,6 +175,14 @@ class ManagerServicer:
 
     def FindChunks(self, request, context):
         """Which of these chunks the namespace already holds in a readable place (deduplication).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LocateChunks(self, request, context):
+        """Where these chunks can be read (a map with path "" and version 0): for a writer that reads
+        back a chunk it handed over before committing (a FUSE file rewritten in place).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +295,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.FindChunks,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.FindChunksReply.SerializeToString,
+            ),
+            'LocateChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocateChunks,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.NamespacedChunks.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.VersionMap.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -528,6 +546,33 @@ class Manager:
             '/memstage.v1.Manager/FindChunks',
             memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.FindChunksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocateChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/LocateChunks',
+            memstage_dot_proto_dot_manager__pb2.NamespacedChunks.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.VersionMap.FromString,
             options,
             channel_credentials,
             insecure,
