@@ -100,8 +100,9 @@ def test_numpy_save_and_load(mounted):
     np = pytest.importorskip("numpy")
     point, _, _ = mounted()
     array = np.random.default_rng(1).standard_normal((512, 1024))
-    np.save(point / "state.npy", array)
+    np.save(point / "state.npy", array)  # a 128-byte header, then unaligned 1 MiB writes
     assert np.array_equal(np.load(point / "state.npy"), array)
+    assert np.array_equal(np.load(point / "state.npy", mmap_mode="r"), array)  # restores that map the file
 
 
 def test_random_offset_writes_overwrite_holes_truncate(mounted):
@@ -176,3 +177,34 @@ def test_df_enospc_and_clean_unmount(mounted, tmp_path):
     subprocess.run([sys.executable, "-m", "memstage", "umount", str(point)], check=True, timeout=30)
     assert proc.wait(timeout=20) == 0  # the mount process exits: nothing left behind
     assert not os.path.ismount(point)
+
+
+def test_mount_metrics_and_sigterm(local_cluster, tmp_path):
+    import signal
+    import socket
+    import urllib.request
+
+    cluster = local_cluster(benefactors=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    point = tmp_path / "mnt"
+    point.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
+                             cluster.manager_address, "--metrics-port", str(port), "--log-level", "warning"])
+    try:
+        wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
+        data = random_bytes(3 * MiB + 5)
+        (point / "m.bin").write_bytes(data)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        written = [line for line in body.splitlines() if line.startswith("memstage_client_bytes_written_total")]
+        assert written and float(written[0].split()[-1]) == len(data)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not os.path.ismount(point)
+    finally:
+        if os.path.ismount(point):
+            subprocess.run(["fusermount3", "-u", str(point)], check=False)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
