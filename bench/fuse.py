@@ -5,6 +5,8 @@ In one run, with the same --size random file as input (kept in tmpfs):
   then dd back out of it;
 - passthrough: the same through a bare passthrough FUSE filesystem built on the same library
   (mfusepy), onto tmpfs: the most FUSE in Python does on this machine;
+- passthrough on libfuse 2 (with big_writes), when libfuse 2 is installed: what fusepy's library
+  gives, the reason the mount runs on libfuse 3;
 - tmpfs: the same straight into kernel tmpfs.
 """
 
@@ -33,8 +35,8 @@ def _dd(src: str, dst: str, size: int, fsync: bool) -> float:
     return size / (time.perf_counter() - t0)
 
 
-def _mounted(cmd: list[str], point: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, start_new_session=True)
+def _mounted(cmd: list[str], point: str, library: str = "fuse3") -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "FUSE_LIBRARY_NAME": library})
     deadline = time.monotonic() + 30
     while not os.path.ismount(point):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -70,12 +72,16 @@ def run_fuse(args: argparse.Namespace, size: int) -> int:
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
                                             heartbeat_interval=2.0, persist_every=0, keep_versions=1,
                                             mount=_mkdir(work, "mnt")))
-        through = os.path.join(fast, "through")
-        os.mkdir(through)
-        point = _mkdir(work, "passthrough")
-        passthrough = _mounted([sys.executable, "-m", "memstage.bench.passthrough", through, point], point)
+        passthroughs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        targets = {"memstage": os.path.join(work, "mnt")}
         try:
-            targets = {"memstage": os.path.join(work, "mnt"), "passthrough": point, "tmpfs": fast}
+            for name, library in [("passthrough", "fuse3"), ("passthrough_fuse2", "fuse")][: 2 if _has_fuse2() else 1]:
+                through = _mkdir(fast, f"through-{library}")
+                point = _mkdir(work, name)
+                passthroughs.append((point, _mounted([sys.executable, "-m", "memstage.bench.passthrough", through,
+                                                      point], point, library)))
+                targets[name] = point
+            targets["tmpfs"] = fast
             for rnd in range(args.repeat + 1):
                 progress(f"bench: round {rnd} of {args.repeat} ({format_size(size)}) ...")
                 for name, directory in targets.items():
@@ -87,7 +93,8 @@ def run_fuse(args: argparse.Namespace, size: int) -> int:
                         results.setdefault(f"{name}_write", []).append(write)
                         results.setdefault(f"{name}_read", []).append(read)
         finally:
-            _unmount(point, passthrough)
+            for point, proc in passthroughs:
+                _unmount(point, proc)
             stop_deployment(procs)
     med = {k: statistics.median(v) for k, v in results.items()}
     ratio = med["memstage_write"] / med["passthrough_write"]
@@ -98,12 +105,21 @@ def run_fuse(args: argparse.Namespace, size: int) -> int:
         return 0
     print(f"memstage bench --fuse: dd bs=1M of {format_size(size)}, {args.benefactors} benefactors, median of "
           f"{args.repeat} after a warm-up, {os.cpu_count()} CPUs")
-    rows = [("", "memstage mount", "bare FUSE passthrough", "kernel tmpfs", "memstage/passthrough")]
+    fuse2 = "passthrough_fuse2_write" in med
+    rows = [("", "memstage mount", "bare FUSE passthrough", *(["passthrough on libfuse 2"] if fuse2 else []),
+             "kernel tmpfs", "memstage/passthrough")]
     for op in ("write", "read"):
         rows.append((f"dd {op}", format_rate(med[f"memstage_{op}"]), format_rate(med[f"passthrough_{op}"]),
+                     *([format_rate(med[f"passthrough_fuse2_{op}"])] if fuse2 else []),
                      format_rate(med[f"tmpfs_{op}"]), f"{med[f'memstage_{op}'] / med[f'passthrough_{op}']:.2f}"))
     table(rows)
     return 0
+
+
+def _has_fuse2() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("fuse") is not None
 
 
 def _mkdir(base: str, name: str) -> str:

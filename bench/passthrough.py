@@ -70,4 +70,7 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
 
 
 if __name__ == "__main__":
-    mfusepy.FUSE(Passthrough(sys.argv[1]), sys.argv[2], foreground=True, nothreads=False, fsname="passthrough")
+    # libfuse 2 sends 4 KiB writes unless asked for big ones (up to 128 KiB); libfuse 3 always may.
+    extra = {"big_writes": True} if mfusepy.fuse_version_major == 2 else {}
+    mfusepy.FUSE(Passthrough(sys.argv[1]), sys.argv[2], foreground=True, nothreads=False, fsname="passthrough",
+                 **extra)

@@ -152,6 +152,20 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+def test_fuse_bench_measures_mount_and_passthrough(tmp_path):
+    import json
+
+    out = memstage("bench", "--fuse", "--size", "16MiB", "--repeat", "1", "--benefactors", "2",
+                   "--dir", str(tmp_path), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    med = result["median"]
+    assert all(med[f"{t}_{op}"] > 0 for t in ("memstage", "passthrough", "tmpfs") for op in ("write", "read"))
+    assert result["memstage_write_over_passthrough"] == pytest.approx(med["memstage_write"] / med["passthrough_write"])
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()  # every mount is gone
+
+
 def test_incremental_bench_sends_the_changed_fraction(tmp_path):
     import json
 
