@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
 from memstage.chunks import group_keys, ungroup_keys
 from memstage.proto import manager_pb2, manager_pb2_grpc
-from memstage.rpc import CONTROL_TIMEOUT_S, channel
+from memstage.rpc import CONTROL_TIMEOUT_S, control_channel
 from memstage.settings import BenefactorSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Heartbeat:
         self.id = benefactor_id
         self.address = address
         self.interval = settings.heartbeat_interval
-        self._channel = channel(settings.manager)
+        self._channel = control_channel(settings.manager)
         self.stub = manager_pb2_grpc.ManagerStub(self._channel)
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
         self._stop = threading.Event()

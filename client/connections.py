@@ -15,7 +15,7 @@ import grpc
 from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
 from memstage.proto import benefactor_pb2, manager_pb2_grpc
-from memstage.rpc import channel
+from memstage.rpc import channel, control_channel
 
 
 class Connections:
@@ -38,7 +38,7 @@ class Connections:
         with self._lock:
             if self._manager is None:
                 self._manager = manager_pb2_grpc.ManagerStub(self._channels.setdefault(
-                    self.manager_address, channel(self.manager_address)))
+                    self.manager_address, control_channel(self.manager_address)))
             stub = self._manager
         try:
             return getattr(stub, method)(request, timeout=self.timeout)

@@ -83,6 +83,10 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = err.details() if isinstance(err, grpc.Call) else str(err)
     cls = _BY_CODE.get(code, MemstageError)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (detail or ""):
+        # gRPC's own size limit, not a full deployment: say so rather than "no space".
+        return InvalidArgument(f"{what}: a message exceeds gRPC's size limit ({detail}); "
+                               "a file this large needs a larger chunk_size")
     if cls is Unavailable:
         return Unavailable(f"{what}: unreachable ({detail})")
     return cls(f"{what}: {detail}")

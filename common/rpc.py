@@ -14,6 +14,15 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 # A second server on a port already in use must fail, not share it silently.
 SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
+# The manager's messages grow with file size: a version map lists every chunk (~100 bytes each,
+# ~10 MB for a 100 GiB file of 1 MiB chunks). 256 MiB covers files of a few TiB.
+MAX_CONTROL_MESSAGE_BYTES = 256 * 1024 * 1024
+CONTROL_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_CONTROL_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_CONTROL_MESSAGE_BYTES),
+]
+CONTROL_SERVER_OPTIONS: list[tuple[str, int]] = [*CONTROL_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
 # Control-plane calls are small; a generous bound still keeps a dead peer from hanging a caller.
 CONTROL_TIMEOUT_S = 30.0
 
@@ -27,7 +36,13 @@ def check_address(address: str, setting: str) -> str:
 
 
 def channel(address: str) -> grpc.Channel:
+    """A channel to a benefactor (data path: messages of one frame at most)."""
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def control_channel(address: str) -> grpc.Channel:
+    """A channel to the manager."""
+    return grpc.insecure_channel(address, options=CONTROL_CHANNEL_OPTIONS)
 
 
 def bind(server: grpc.Server, address: str, setting: str) -> str:

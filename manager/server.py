@@ -15,10 +15,12 @@ from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.metrics import serve_metrics
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
-from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind, channel
+from memstage.rpc import CONTROL_SERVER_OPTIONS, CONTROL_TIMEOUT_S, bind, channel
 from memstage.settings import ManagerSettings
 
 log = logging.getLogger(__name__)
+
+DELETE_BATCH = 50_000  # chunk keys per Delete call (~1.2 MB)
 
 
 class ManagerServer:
@@ -27,7 +29,7 @@ class ManagerServer:
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions))
         self.registry = CollectorRegistry()
         self.service = ManagerService(settings, self.catalog, self.registry)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=CONTROL_SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.address = bind(self._server, settings.listen, "--listen")
         self._stop = threading.Event()
@@ -64,8 +66,11 @@ class ManagerServer:
                     with channel(address) as ch:
                         stub = benefactor_pb2_grpc.BenefactorStub(ch)
                         for group in group_keys(keys):
-                            stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace, keys=group.keys),
-                                        timeout=CONTROL_TIMEOUT_S)
+                            # In slices: a benefactor's channel takes messages of one data frame at most.
+                            for start in range(0, len(group.keys), DELETE_BATCH):
+                                stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace,
+                                                                     keys=group.keys[start : start + DELETE_BATCH]),
+                                            timeout=CONTROL_TIMEOUT_S)
                     self.service.drops_done(bf, keys)
                 except grpc.RpcError as e:
                     log.info("freeing %d chunks on %s deferred to its heartbeat (%s)", len(keys), bf,
