@@ -145,9 +145,10 @@ class BenefactorService:
             yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
 
     def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
-        return benefactor_pb2.HasReply(
-            present=[self.store.has((request.namespace, ChunkKey.from_pb(k))) for k in request.keys]
-        )
+        keys = [(request.namespace, ChunkKey.from_pb(k)) for k in request.keys]
+        if request.keep:
+            return benefactor_pb2.HasReply(present=self.store.keep(keys))
+        return benefactor_pb2.HasReply(present=[self.store.has(k) for k in keys])
 
     def delete(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.DeleteReply:
         freed = self.store.delete((request.namespace, ChunkKey.from_pb(k)) for k in request.keys)

@@ -47,6 +47,19 @@ class ChunkStore:
     def has(self, key: StoreKey) -> bool:
         return key in self._chunks
 
+    def keep(self, keys: Iterable[StoreKey], now: float | None = None) -> list[bool]:
+        """Which of these are held; the unconfirmed ones among them count as stored now (a writer
+        still needs them, so they are no orphans yet)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            present = []
+            for key in keys:
+                chunk = self._chunks.get(key)
+                if chunk is not None and not chunk.confirmed:
+                    chunk.stored_at = now
+                present.append(chunk is not None)
+            return present
+
     def reserve(self, nbytes: int) -> bool:
         """Set blocks aside for a chunk being received; False if the donation cannot take it."""
         need = blocks_for(nbytes)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +25,7 @@ from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
-from memstage.client.writer import BackgroundCommits, CommitResult
+from memstage.client.writer import BackgroundCommits, CommitResult, VersionWriter
 from memstage.errors import InvalidArgument, NotFound
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
@@ -51,6 +53,10 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ClientMetrics(self.metrics_registry)
         self.last_commit: CommitResult | None = None
+        self._writes: weakref.WeakSet[VersionWriter] = weakref.WeakSet()
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
+        self._keeper_lock = threading.Lock()
 
     # -- fsspec plumbing ---------------------------------------------------------------------
     @classmethod
@@ -202,9 +208,36 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     rename = mv
 
+    def track(self, writer: VersionWriter) -> VersionWriter:
+        """Keep the chunks an open write has stored from being taken for orphans until it commits
+        (every keep_alive, however long the file stays open)."""
+        with self._keeper_lock:
+            self._writes.add(writer)
+            if self._keeper is None:
+                self._keeper_stop.clear()
+                self._keeper = threading.Thread(target=self._keep_alive, name="memstage-keep-alive", daemon=True)
+                self._keeper.start()
+        return writer
+
+    def _keep_alive(self) -> None:
+        period = self.settings.keep_alive
+        while not self._keeper_stop.wait(period):
+            with self._keeper_lock:
+                writes = [w for w in self._writes if not w.done]
+            for writer in writes:
+                try:
+                    writer.keep_alive(period)
+                except Exception as e:  # a manager or benefactor outage: try again next period
+                    log.warning("keep-alive of %s failed: %s", writer.path, e)
+
     def close(self) -> None:
         """Drop connections (new ones open on next use) after waiting for background commits."""
         try:
             self.sync()
         finally:
+            with self._keeper_lock:
+                keeper, self._keeper = self._keeper, None
+                self._keeper_stop.set()
+            if keeper is not None:
+                keeper.join(timeout=10)
             self.connections.close()

@@ -31,7 +31,7 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
         opened_at = time.perf_counter()
         self.chunk_size = fs.settings.chunk_size
         super().__init__(fs, path, mode=mode, block_size=self.chunk_size, cache_type="none", **kwargs)
-        self.writer = VersionWriter(fs.connections, fs.settings, path, opened_at, known=fs.held_chunks(path))
+        self.writer = fs.track(VersionWriter(fs.connections, fs.settings, path, opened_at, known=fs.held_chunks(path)))
         self.opened_at = opened_at
         self.result: CommitResult | None = None
 

@@ -108,8 +108,8 @@ class OpenFile:
         if self._error is not None:
             raise self._error.with_traceback(None)
         if self._writer is None:
-            self._writer = VersionWriter(self.client.connections, self.client.settings, self.path, self.opened_at,
-                                         known=set(self._base_keys))
+            self._writer = self.client.track(VersionWriter(self.client.connections, self.client.settings, self.path,
+                                                           self.opened_at, known=set(self._base_keys)))
         return self._writer
 
     def _content(self, index: int) -> bytes | memoryview:

@@ -37,6 +37,7 @@ from memstage.settings import ClientSettings
 log = logging.getLogger(__name__)
 
 QUERY_BATCH = 32  # chunks asked about in one FindChunks call
+KEEP_BATCH = 50_000  # chunk keys per keep-alive call (~1.2 MB, under a data channel's message limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,10 @@ class VersionWriter:
         self._keys: list[ChunkKey] = []
         self._locations: dict[ChunkKey, set[str]] = {}  # where this write stored each chunk it sent
         self._addresses: dict[str, str] = {}  # benefactor id -> address, of those that stored chunks
+        # When each stored chunk was last known to be held: a long write keeps them from being
+        # taken for orphans (keep_alive), since nothing references them before the commit.
+        self._held_since: dict[tuple[ChunkKey, str], float] = {}
+        self._done = False  # committed or aborted: nothing to keep alive any more
         self._seq = 0  # numbers the chunks sent, for their acks
         self._known: set[ChunkKey] = set(known or ())  # held by the namespace, or already sent by this write
         self._unasked: list[PendingChunk] = []  # new chunks waiting for a FindChunks batch
@@ -312,14 +317,55 @@ class VersionWriter:
         stats = manager_pb2.ClientStats(bytes_written=self._size, bytes_sent=self._bytes_sent,
                                         bytes_deduplicated=self._bytes_deduplicated, oab_seconds=now - self.opened_at,
                                         asb_seconds=(self._asb_done or now) - self.opened_at)
-        reply = self.conn.call_manager(
-            "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
-                                                chunks=chunks, stats=stats), f"commit of {self.path}")
+        try:
+            reply = self.conn.call_manager(
+                "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
+                                                    chunks=chunks, stats=stats), f"commit of {self.path}")
+        finally:
+            self._done = True
         return int(reply.version)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def keep_alive(self, age: float) -> None:
+        """Tell benefactors that this write still needs the chunks it stored `age` seconds ago or more.
+        Until the commit no version references them, and a benefactor takes chunks unconfirmed for
+        orphan_grace for orphans. A chunk already gone fails the write (DataLost) now, not at read."""
+        now = time.monotonic()
+        with self._lock:
+            if self._done or self._error is not None:
+                return
+            due: dict[str, list[ChunkKey]] = {}
+            for (key, bf), since in self._held_since.items():
+                if now - since >= age:
+                    due.setdefault(bf, []).append(key)
+            addresses = dict(self._addresses)
+        for bf, keys in due.items():
+            for start in range(0, len(keys), KEEP_BATCH):
+                batch = keys[start : start + KEEP_BATCH]
+                request = benefactor_pb2.ChunkList(namespace=self.namespace, keys=[k.to_pb() for k in batch], keep=True)
+                try:
+                    present = self.conn.keep_chunks(addresses[bf], request)
+                except grpc.RpcError as e:
+                    # A dead benefactor also ends this write's stream to it, which fails the write.
+                    log.info("keep-alive of %s on %s deferred (%s)", self.path, bf,
+                             e.code() if isinstance(e, grpc.Call) else e)
+                    break
+                gone = [k for k, held in zip(batch, present, strict=True) if not held]
+                if gone:
+                    self._fail(DataLost(f"write of {self.path}: benefactor {bf} no longer holds {len(gone)} "
+                                        f"chunks it stored earlier; nothing was committed, write the file again"))
+                    return
+                with self._lock:
+                    for k in batch:
+                        self._held_since[(k, bf)] = now
 
     def abort(self) -> None:
         """Drop the write: nothing is committed; chunks already stored are garbage to the benefactors."""
         with self._lock:
+            self._done = True
             if self._error is None:
                 self._error = MemstageError(f"write of {self.path} was aborted")
             streams = list(self._streams.values())
@@ -409,6 +455,7 @@ class VersionWriter:
             bf = stream.placement.id
             self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
             self._addresses[bf] = stream.placement.address
+            self._held_since[(chunk.key, bf)] = time.monotonic()
             self._locations.setdefault(chunk.key, set()).add(bf)
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1

@@ -112,6 +112,8 @@ class ClientSettings:
     read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
     full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
+    keep_alive: float = setting(60.0, _duration, "how often an open write tells benefactors it still needs the "
+                                "chunks it sent (keep under their orphan_grace)")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -125,6 +127,7 @@ class ClientSettings:
         if self.buffer_size < self.chunk_size:
             raise SettingError(f"buffer_size: must be at least chunk_size ({self.chunk_size} bytes)")
         _positive("rpc_timeout", self.rpc_timeout)
+        _positive("keep_alive", self.keep_alive)
 
 
 @dataclass(frozen=True, slots=True)

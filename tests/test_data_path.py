@@ -219,6 +219,29 @@ def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
     assert used() == 2 * MiB
 
 
+@pytest.mark.parametrize("keep_alive", ["0.3s", "1h"])
+def test_a_write_open_longer_than_orphan_grace_keeps_its_chunks(local_cluster, keep_alive):
+    import time
+
+    from memstage.errors import DataLost
+
+    cluster = local_cluster(benefactors=0)
+    cluster.add_benefactor(32 * MiB, "--orphan-grace", "1s")
+    c = cluster.client(keep_alive=keep_alive)
+    data = random_bytes(4 * MiB)
+    with c.open("/slow", "wb") as f:
+        f.write(data[: 2 * MiB])
+        f.flush()
+        f.writer.settle()  # stored on the benefactor, referenced by no version yet
+        time.sleep(3)  # three orphan_graces: the benefactor reconciles every half of one
+        f.write(data[2 * MiB :])
+    if keep_alive == "1h":  # no keep-alive in time: the early chunks were taken for orphans
+        with pytest.raises(DataLost):
+            c.cat("/slow")
+    else:
+        assert c.cat("/slow") == data
+
+
 def test_rename_replaces_the_destination_atomically_and_moves_directories(local_cluster):
     c = local_cluster(benefactors=2).client()
     c.pipe("/ck/latest.bin", b"old")

@@ -54,12 +54,14 @@ class GetFrame(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ChunkList(_message.Message):
-    __slots__ = ("namespace", "keys")
+    __slots__ = ("namespace", "keys", "keep")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
-    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ...) -> None: ...
+    keep: bool
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., keep: _Optional[bool] = ...) -> None: ...
 
 class HasReply(_message.Message):
     __slots__ = ("present",)
