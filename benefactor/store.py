@@ -23,6 +23,10 @@ class StoredChunk:
     runs: tuple[Run, ...]
     stored_at: float
     confirmed: bool = False  # the manager said a committed version references it
+    # Put again while held: a writer may be about to commit it here, and a drop the manager decided
+    # before that commit may still be on its way. The next drop is skipped (and clears this); if
+    # nothing references the chunk after all, the orphan check frees it later.
+    reput: bool = False
 
 
 class ChunkStore:
@@ -77,7 +81,10 @@ class ChunkStore:
         """Copy a verified chunk into reserved blocks; a chunk already held just drops its reservation."""
         with self._lock:
             self._reserved -= blocks_for(len(data))
-            if key in self._chunks:
+            held = self._chunks.get(key)
+            if held is not None:
+                held.reput, held.confirmed = True, False
+                held.stored_at = time.monotonic() if now is None else now
                 return
             runs = self._arena.store(data)
             self._chunks[key] = StoredChunk(runs, time.monotonic() if now is None else now)
@@ -100,10 +107,15 @@ class ChunkStore:
             return b"".join(parts)
 
     def delete(self, keys: Iterable[StoreKey]) -> int:
-        """Free chunks; returns the bytes of donation given back."""
+        """Free chunks (except those put again since the last drop, see StoredChunk.reput); returns
+        the bytes of donation given back."""
         freed = 0
         with self._lock:
             for key in keys:
+                chunk = self._chunks.get(key)
+                if chunk is not None and chunk.reput:
+                    chunk.reput = False
+                    continue
                 chunk = self._chunks.pop(key, None)
                 if chunk is not None:
                     self._arena.free(chunk.runs)

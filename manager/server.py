@@ -73,6 +73,7 @@ class ManagerServer:
                                             timeout=CONTROL_TIMEOUT_S)
                     self.service.drops_done(bf, keys)
                 except grpc.RpcError as e:
+                    self.service.drops_failed(bf, keys)
                     log.info("freeing %d chunks on %s deferred to its heartbeat (%s)", len(keys), bf,
                              e.code() if isinstance(e, grpc.Call) else e)
 

@@ -67,6 +67,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._lock = threading.Lock()  # registry and pending drops
         # Chunks freed in the catalog that benefactors still hold: sent by the dropper, or with a heartbeat.
         self._drops: dict[str, set[IndexKey]] = defaultdict(set)
+        # Drops the dropper has sent and not heard back about: never handed out a second time (by a
+        # heartbeat reply), since a benefactor skips only one drop of a chunk stored again meanwhile.
+        self._dropping: dict[str, set[IndexKey]] = defaultdict(set)
         self.drops_pending = threading.Event()
         self.metrics = ManagerMetrics(registry, self._status_reply)
 
@@ -381,15 +384,26 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     # -- dropper support ---------------------------------------------------------------------
     def take_drops(self) -> dict[str, tuple[str, set[IndexKey]]]:
-        """Pending drops of live benefactors, with their addresses; they stay pending until done."""
+        """Pending drops of live benefactors, with their addresses; in flight until drops_done/failed."""
         with self._lock:
             now = self.clock()
-            return {bf: (rec.address, set(keys)) for bf, keys in self._drops.items()
-                    if keys and (rec := self.registry.get(bf)) is not None and self.registry.is_alive(bf, now)}
+            taken = {}
+            for bf, keys in self._drops.items():
+                if keys and (rec := self.registry.get(bf)) is not None and self.registry.is_alive(bf, now):
+                    taken[bf] = (rec.address, set(keys))
+                    self._dropping[bf] |= keys
+                    keys.clear()
+            return taken
 
     def drops_done(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
         with self._lock:
-            pending = self._drops.get(benefactor_id)
-            if pending is not None:
-                pending.difference_update(keys)
+            self._dropping[benefactor_id].difference_update(keys)
+
+    def drops_failed(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
+        """Back to pending (the next heartbeat carries them), unless committed there again meanwhile."""
+        keys = set(keys)
+        still = {k for k in keys if benefactor_id not in self.catalog.locations(k)}
+        with self._lock:
+            self._dropping[benefactor_id].difference_update(keys)
+            self._drops[benefactor_id] |= still
 

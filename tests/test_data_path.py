@@ -219,6 +219,24 @@ def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
     assert used() == 2 * MiB
 
 
+def test_a_drop_racing_a_write_of_the_same_chunks_does_not_take_them(local_cluster):
+    import time
+
+    from conftest import HEARTBEAT
+
+    cluster = local_cluster(benefactors=1)
+    c = cluster.client()
+    data = random_bytes(4 * MiB)
+    with c.open("/b", "wb") as b:
+        b.write(data)
+        b.flush()
+        b.writer.settle()  # /b's chunks are stored; no version references them yet
+        c.pipe("/a", data)  # /a stores the same chunks on the same benefactor, and commits them
+        c.rm("/a")  # ... and frees them: the benefactor is told to drop chunks /b is about to commit
+        time.sleep(2 * HEARTBEAT)  # the drop is sent at once, or with the next heartbeat
+    assert c.cat("/b") == data
+
+
 @pytest.mark.parametrize("keep_alive", ["0.3s", "1h"])
 def test_a_write_open_longer_than_orphan_grace_keeps_its_chunks(local_cluster, keep_alive):
     import time
