@@ -104,9 +104,13 @@ class OpenFile:
         self._lock = threading.Lock()
 
     # -- chunks ------------------------------------------------------------------------------
-    def _new_writer(self) -> VersionWriter:
+    def _check(self) -> None:
+        """A broken handle raises its error on every call (the same one: no growing traceback)."""
         if self._error is not None:
             raise self._error.with_traceback(None)
+
+    def _new_writer(self) -> VersionWriter:
+        self._check()
         if self._writer is None:
             self._writer = self.client.track(VersionWriter(self.client.connections, self.client.settings, self.path,
                                                            self.opened_at, known=set(self._base_keys)))
@@ -180,8 +184,7 @@ class OpenFile:
         """Write `data` at `offset`. `data` may be FUSE's own buffer: nothing of it is kept after return."""
         view = memoryview(data).cast("B")
         with self._lock:
-            if self._error is not None:
-                raise self._error.with_traceback(None)
+            self._check()
             pos = 0
             index = offset // self.chunk
             while pos < len(view):
@@ -206,8 +209,7 @@ class OpenFile:
 
     def read(self, size: int, offset: int) -> bytes:
         with self._lock:
-            if self._error is not None:
-                raise self._error.with_traceback(None)
+            self._check()
             end = min(offset + size, self.size)
             parts = []
             pos = offset
@@ -232,8 +234,7 @@ class OpenFile:
 
     def truncate(self, length: int) -> None:
         with self._lock:
-            if self._error is not None:
-                raise self._error.with_traceback(None)
+            self._check()
             if length == self.size:
                 return
             count = -(-length // self.chunk)  # chunks that remain
@@ -252,8 +253,7 @@ class OpenFile:
     def commit(self) -> CommitResult | None:
         """Commit the current content as a new version (None if nothing changed since open or the last commit)."""
         with self._lock:
-            if self._error is not None:
-                raise self._error.with_traceback(None)
+            self._check()
             if not self.changed:
                 return None
             with self._writing() as writer:

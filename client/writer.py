@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from memstage.chunks import MAX_FRAME_DATA, ChunkKey
+from memstage.chunks import MAX_FRAME_DATA, MAX_KEYS_PER_CALL, ChunkKey
 from memstage.client.connections import Connections
 from memstage.errors import ChunkRejected, DataLost, DeploymentFull, MemstageError, from_rpc_error
 from memstage.frames import encode_put_frame
@@ -37,7 +37,6 @@ from memstage.settings import ClientSettings
 log = logging.getLogger(__name__)
 
 QUERY_BATCH = 32  # chunks asked about in one FindChunks call
-KEEP_BATCH = 50_000  # chunk keys per keep-alive call (~1.2 MB, under a data channel's message limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +180,10 @@ class VersionWriter:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._keys: list[ChunkKey] = []
-        self._locations: dict[ChunkKey, set[str]] = {}  # where this write stored each chunk it sent
+        # Where this write stored each chunk it sent (benefactor id), and when it last knew the chunk
+        # held there: a long write keeps them from being taken for orphans (keep_alive).
+        self._locations: dict[ChunkKey, dict[str, float]] = {}
         self._addresses: dict[str, str] = {}  # benefactor id -> address, of those that stored chunks
-        # When each stored chunk was last known to be held: a long write keeps them from being
-        # taken for orphans (keep_alive), since nothing references them before the commit.
-        self._held_since: dict[tuple[ChunkKey, str], float] = {}
         self._done = False  # committed or aborted: nothing to keep alive any more
         self._seq = 0  # numbers the chunks sent, for their acks
         self._known: set[ChunkKey] = set(known or ())  # held by the namespace, or already sent by this write
@@ -338,13 +336,14 @@ class VersionWriter:
             if self._done or self._error is not None:
                 return
             due: dict[str, list[ChunkKey]] = {}
-            for (key, bf), since in self._held_since.items():
-                if now - since >= age:
-                    due.setdefault(bf, []).append(key)
+            for key, held in self._locations.items():
+                for bf, since in held.items():
+                    if now - since >= age:
+                        due.setdefault(bf, []).append(key)
             addresses = dict(self._addresses)
         for bf, keys in due.items():
-            for start in range(0, len(keys), KEEP_BATCH):
-                batch = keys[start : start + KEEP_BATCH]
+            for start in range(0, len(keys), MAX_KEYS_PER_CALL):
+                batch = keys[start : start + MAX_KEYS_PER_CALL]
                 request = benefactor_pb2.ChunkList(namespace=self.namespace, keys=[k.to_pb() for k in batch], keep=True)
                 try:
                     present = self.conn.keep_chunks(addresses[bf], request)
@@ -360,7 +359,7 @@ class VersionWriter:
                     return
                 with self._lock:
                     for k in batch:
-                        self._held_since[(k, bf)] = now
+                        self._locations[k][bf] = now
 
     def abort(self) -> None:
         """Drop the write: nothing is committed; chunks already stored are garbage to the benefactors."""
@@ -455,8 +454,7 @@ class VersionWriter:
             bf = stream.placement.id
             self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
             self._addresses[bf] = stream.placement.address
-            self._held_since[(chunk.key, bf)] = time.monotonic()
-            self._locations.setdefault(chunk.key, set()).add(bf)
+            self._locations.setdefault(chunk.key, {})[bf] = time.monotonic()
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1
             if self._in_flight == 0:

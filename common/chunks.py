@@ -16,6 +16,8 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_FRAME_DATA = 4 * 1024 * 1024
 # gRPC message limit on every channel and server: one frame plus its header, with room to spare.
 MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
+# Chunk keys per call on a benefactor's channel (~1.2 MB): longer lists (Delete, keep-alive) go in slices.
+MAX_KEYS_PER_CALL = 50_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from memstage.chunks import group_keys
+from memstage.chunks import MAX_KEYS_PER_CALL, group_keys
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.metrics import serve_metrics
@@ -19,8 +19,6 @@ from memstage.rpc import CONTROL_SERVER_OPTIONS, CONTROL_TIMEOUT_S, bind, channe
 from memstage.settings import ManagerSettings
 
 log = logging.getLogger(__name__)
-
-DELETE_BATCH = 50_000  # chunk keys per Delete call (~1.2 MB)
 
 
 class ManagerServer:
@@ -66,12 +64,10 @@ class ManagerServer:
                     with channel(address) as ch:
                         stub = benefactor_pb2_grpc.BenefactorStub(ch)
                         for group in group_keys(keys):
-                            # In slices: a benefactor's channel takes messages of one data frame at most.
-                            for start in range(0, len(group.keys), DELETE_BATCH):
-                                stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace,
-                                                                     keys=group.keys[start : start + DELETE_BATCH]),
+                            for start in range(0, len(group.keys), MAX_KEYS_PER_CALL):
+                                keys_slice = group.keys[start : start + MAX_KEYS_PER_CALL]
+                                stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace, keys=keys_slice),
                                             timeout=CONTROL_TIMEOUT_S)
-                    self.service.drops_done(bf, keys)
                 except grpc.RpcError as e:
                     self.service.drops_failed(bf, keys)
                     log.info("freeing %d chunks on %s deferred to its heartbeat (%s)", len(keys), bf,

@@ -67,9 +67,6 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._lock = threading.Lock()  # registry and pending drops
         # Chunks freed in the catalog that benefactors still hold: sent by the dropper, or with a heartbeat.
         self._drops: dict[str, set[IndexKey]] = defaultdict(set)
-        # Drops the dropper has sent and not heard back about: never handed out a second time (by a
-        # heartbeat reply), since a benefactor skips only one drop of a chunk stored again meanwhile.
-        self._dropping: dict[str, set[IndexKey]] = defaultdict(set)
         self.drops_pending = threading.Event()
         self.metrics = ManagerMetrics(registry, self._status_reply)
 
@@ -384,26 +381,22 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     # -- dropper support ---------------------------------------------------------------------
     def take_drops(self) -> dict[str, tuple[str, set[IndexKey]]]:
-        """Pending drops of live benefactors, with their addresses; in flight until drops_done/failed."""
+        """Pending drops of live benefactors, with their addresses. Taken drops leave the pending set, so
+        a heartbeat reply never hands them out a second time (a benefactor skips only one drop of a
+        chunk stored again meanwhile); drops_failed puts them back."""
         with self._lock:
             now = self.clock()
             taken = {}
             for bf, keys in self._drops.items():
                 if keys and (rec := self.registry.get(bf)) is not None and self.registry.is_alive(bf, now):
                     taken[bf] = (rec.address, set(keys))
-                    self._dropping[bf] |= keys
                     keys.clear()
             return taken
-
-    def drops_done(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
-        with self._lock:
-            self._dropping[benefactor_id].difference_update(keys)
 
     def drops_failed(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
         """Back to pending (the next heartbeat carries them), unless committed there again meanwhile."""
         keys = set(keys)
         still = {k for k in keys if benefactor_id not in self.catalog.locations(k)}
         with self._lock:
-            self._dropping[benefactor_id].difference_update(keys)
             self._drops[benefactor_id] |= still
 
