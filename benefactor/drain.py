@@ -68,7 +68,7 @@ class DrainLoop:
                 continue
             try:
                 done = self._drain(list(reply.tasks))
-            except OSError as e:
+            except Exception as e:  # OSError from the PFS, or anything else: the loop must go on
                 self._failed(e)
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
@@ -84,6 +84,8 @@ class DrainLoop:
         started = time.monotonic()
         items: list[Pending] = []
         planned: dict[tuple[str, ChunkKey], Path] = {}  # first copy of a chunk in this batch
+        missing: list[manager_pb2.DrainResult] = []
+        present: list[manager_pb2.DrainTask] = []
         for task in tasks:
             key = ChunkKey.from_pb(task.key)
             directory = version_dir(self.root, task.namespace, task.path)
@@ -98,9 +100,14 @@ class DrainLoop:
             elif link is None or not link.exists():
                 data = self.store.read(ident)
                 if data is None:
-                    raise FileNotFoundError(f"chunk {key} of {task.namespace}:{task.path} is neither held nor drained")
+                    # Freed (the file was deleted meanwhile) or never here: the manager decides
+                    # which, and the tasks behind it go on.
+                    missing.append(manager_pb2.DrainResult(task_id=task.id, missing=True))
+                    continue
                 planned[ident] = directory / name
+            present.append(task)
             items.append(Pending(directory, name, data, link))
+        tasks = present
         written = self._publish(items)
         nbytes = sum(len(i.data) for i in items if i.data)
         if len(self._mine) >= MINE_LIMIT:
@@ -110,8 +117,8 @@ class DrainLoop:
                 self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
         self.drained_bytes += nbytes
         self._throttle(nbytes, started)
-        return [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
-                for t, f in zip(tasks, written, strict=True)]
+        return missing + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
+                          for t, f in zip(tasks, written, strict=True)]
 
     @staticmethod
     def _publish(items: list[Pending]) -> list[Path]:
@@ -137,8 +144,11 @@ class DrainLoop:
             log.info("could not report %d drained chunks (%s); they will be drained again", len(done),
                      e.code() if isinstance(e, grpc.Call) else e)
 
-    def _failed(self, error: OSError) -> None:
-        condition = f"{error.strerror or error} ({error.filename or self.root})"
+    def _failed(self, error: Exception) -> None:
+        if isinstance(error, OSError):
+            condition = f"{error.strerror or error} ({error.filename or self.root})"
+        else:
+            condition = f"{type(error).__name__}: {error}"
         if condition != self.error:
             log.error("draining to %s failed: %s; chunks stay in memory, retrying", self.root, condition)
             self.error = condition

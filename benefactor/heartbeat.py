@@ -1,10 +1,11 @@
 """Heartbeat: the benefactor's soft-state link to the manager.
 
-Registers (with what it holds, so a restarted manager can confirm locations), heartbeats its free
-memory every interval, re-registers when the manager answers "unknown", drops chunks the manager
-no longer references, and now and then asks which long-unconfirmed chunks are referenced at all
-(chunks of writes that were never committed are dropped). An unreachable manager is logged once
-per outage and retried; the data service keeps running meanwhile.
+Registers as this process's incarnation (with its receipt key, and what it holds, so a restarted
+manager can confirm locations), heartbeats its free memory and the write sessions that have chunks
+here every interval, and re-registers when the manager answers "unknown". Now and then it lists
+chunks whose hold it has not heard about for orphan_grace (a safety net: the manager orders
+freed what no version references). It never frees anything itself: see OrderLoop. An unreachable
+manager is logged once per outage and retried; the data service keeps running meanwhile.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from memstage.benefactor.store import ChunkStore
+from memstage.benefactor.store import ChunkStore, Held
 
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
-from memstage.chunks import group_keys, ungroup_keys
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, control_channel
 from memstage.settings import BenefactorSettings
@@ -28,11 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str) -> None:
+    def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
+                 incarnation: int, receipt_key: bytes) -> None:
         self.settings = settings
         self.store = store
         self.id = benefactor_id
         self.address = address
+        self.incarnation = incarnation
+        self.receipt_key = receipt_key
         self.interval = settings.heartbeat_interval
         self._channel = control_channel(settings.manager)
         self.stub = manager_pb2_grpc.ManagerStub(self._channel)
@@ -87,7 +90,7 @@ class Heartbeat:
         reply = self.stub.Register(
             manager_pb2.RegisterRequest(
                 benefactor_id=self.id, address=self.address, stats=self._stats(),
-                held=group_keys(self.store.keys()),
+                held=held_chunks(self.store.held()), incarnation=self.incarnation, receipt_key=self.receipt_key,
             ),
             timeout=CONTROL_TIMEOUT_S,
         )
@@ -98,27 +101,34 @@ class Heartbeat:
 
     def _beat(self) -> None:
         reply = self.stub.Heartbeat(
-            manager_pb2.HeartbeatRequest(benefactor_id=self.id, stats=self._stats()), timeout=CONTROL_TIMEOUT_S
+            manager_pb2.HeartbeatRequest(benefactor_id=self.id, stats=self._stats(), incarnation=self.incarnation,
+                                         sessions=self.store.sessions()),
+            timeout=CONTROL_TIMEOUT_S,
         )
         if not reply.known:
             log.info("manager does not know this benefactor (it restarted?): registering again")
             self._register()
-            return
-        if reply.drop:
-            freed = self.store.delete(ungroup_keys(reply.drop))
-            log.debug("dropped chunks the manager released: %d bytes", freed)
 
     def _reconcile(self) -> None:
-        candidates = self.store.unconfirmed_older_than(self.settings.orphan_grace)
+        candidates = self.store.held_unchecked(self.settings.orphan_grace)
         if not candidates:
             return
         reply = self.stub.Reconcile(
-            manager_pb2.ReconcileRequest(benefactor_id=self.id, keys=group_keys(candidates)),
+            manager_pb2.ReconcileRequest(benefactor_id=self.id, incarnation=self.incarnation,
+                                         held=held_chunks(candidates)),
             timeout=CONTROL_TIMEOUT_S,
         )
-        referenced = set(ungroup_keys(reply.referenced))
-        self.store.confirm(referenced)
-        orphans = [k for k in candidates if k not in referenced]
-        if orphans:
-            freed = self.store.delete(orphans)
-            log.info("dropped %d chunks no committed version references (%d bytes)", len(orphans), freed)
+        if reply.orphans:
+            log.warning("the manager found %d orphaned chunks here (freed on its orders)", reply.orphans)
+
+
+def held_chunks(held: list[Held]) -> list[manager_pb2.HeldChunks]:
+    """The wire form of a report, one group per namespace."""
+    groups: dict[str, manager_pb2.HeldChunks] = {}
+    for h in held:
+        ns, key = h.key
+        group = groups.get(ns)
+        if group is None:
+            group = groups[ns] = manager_pb2.HeldChunks(namespace=ns)
+        group.chunks.append(manager_pb2.HeldChunk(key=key.to_pb(), gen=h.gen, sessions=h.sessions))
+    return list(groups.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from concurrent import futures
 from typing import Any
@@ -13,9 +14,11 @@ from prometheus_client import CollectorRegistry
 from memstage.benefactor.drain import DrainLoop
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.metrics import BenefactorMetrics
+from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
 from memstage.metrics import serve_metrics
+from memstage.receipts import new_key
 from memstage.rpc import SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
 
@@ -26,15 +29,20 @@ class BenefactorServer:
     def __init__(self, settings: BenefactorSettings) -> None:
         self.settings = settings
         self.id = settings.id or "bf-" + uuid.uuid4().hex[:12]
+        # This process start: locations the manager knows from an earlier one (same id) are void.
+        self.incarnation = secrets.randbits(63) or 1
+        receipt_key = new_key()
         self.store = ChunkStore(capacity=settings.memory)
         self.registry = CollectorRegistry()
         metrics = BenefactorMetrics(self.registry, self.store, self._drain_state)
-        self.service = BenefactorService(self.store, self.id, metrics)
+        self.service = BenefactorService(self.store, self.id, metrics, receipt_key)
         # One thread per concurrent stream; puts from many clients each hold one.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((self.service.handler(),))
         self.address = bind(self._server, settings.listen, "--listen")
-        self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address)
+        self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
+                                   self.incarnation, receipt_key)
+        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub)
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain
@@ -46,6 +54,7 @@ class BenefactorServer:
     def start(self) -> None:
         self._server.start()
         self.heartbeat.start()
+        self.orders.start()
         self.drain.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
@@ -54,6 +63,7 @@ class BenefactorServer:
         if self._metrics is not None:
             self._metrics.shutdown()
         self.drain.stop()
+        self.orders.stop()
         self.heartbeat.stop()
         self._server.stop(grace).wait()
         self.store.close()

@@ -1,7 +1,9 @@
 """The benefactor's gRPC data service: a thin layer over ChunkStore.
 
 Put and Get use the frame codec of memstage.frames instead of protobuf, so a received chunk is
-kept as a view of the received message (no copy) and a sent chunk is copied once.
+kept as a view of the received message (no copy) and a sent chunk is copied once. Every chunk is
+put for a write session and acknowledged with a receipt for the manager. There is no Delete:
+chunks are freed only on the manager's orders (benefactor.orders).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from memstage.frames import (
 )
 from memstage.paths import check_namespace
 from memstage.proto import benefactor_pb2
+from memstage.receipts import make as make_receipt
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,12 @@ SERVICE = "memstage.v1.Benefactor"
 class _Incoming:
     """A chunk whose frames are still arriving."""
 
-    __slots__ = ("key", "seq", "parts", "received")
+    __slots__ = ("key", "seq", "session", "parts", "received")
 
-    def __init__(self, key: StoreKey, seq: int) -> None:
+    def __init__(self, key: StoreKey, seq: int, session: int) -> None:
         self.key = key
         self.seq = seq
+        self.session = session
         self.parts: list[memoryview] = []
         self.received = 0
 
@@ -57,9 +61,10 @@ class _Incoming:
 
 
 class BenefactorService:
-    def __init__(self, store: ChunkStore, benefactor_id: str, metrics: BenefactorMetrics) -> None:
+    def __init__(self, store: ChunkStore, benefactor_id: str, metrics: BenefactorMetrics, receipt_key: bytes) -> None:
         self.store = store
         self.id = benefactor_id
+        self.receipt_key = receipt_key
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
 
@@ -88,10 +93,11 @@ class BenefactorService:
                         self.metrics.refused.labels("hash_mismatch").inc()
                         self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})")
-                    self.store.put_reserved(incoming.key, data)
+                    self.store.put_reserved(incoming.key, data, incoming.session)
                     self.metrics.received.inc(len(data))
+                    receipt = make_receipt(self.receipt_key, incoming.session, ns, key)
                     seq, incoming = incoming.seq, None
-                    yield benefactor_pb2.PutAck(seq=seq)
+                    yield benefactor_pb2.PutAck(seq=seq, receipt=receipt)
             if incoming is not None:
                 self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                             f"stream ended inside chunk {incoming.seq} ({incoming.received}/{incoming.length} bytes)")
@@ -104,6 +110,9 @@ class BenefactorService:
             check_namespace(header.namespace)
         except InvalidPath as e:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not header.session:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"chunk {header.seq}: no write session (open one with the manager first)")
         key = ChunkKey.from_pb(header.key)
         if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
@@ -112,14 +121,14 @@ class BenefactorService:
             self.metrics.refused.labels("full").inc()
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"benefactor {self.id} is full ({self.store.used} of {self.store.capacity} bytes used)")
-        return _Incoming((header.namespace, key), header.seq)
+        return _Incoming((header.namespace, key), header.seq, header.session)
 
     @staticmethod
     def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
         log.info("put refused: %s", message)
         context.abort(code, message)
 
-    # -- Get, Has, Delete --------------------------------------------------------------------
+    # -- Get, Has ----------------------------------------------------------------------------
     def get(self, request: benefactor_pb2.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         key = (request.namespace, ChunkKey.from_pb(request.key))
         for start in range(0, key[1].length, MAX_FRAME_DATA):
@@ -146,13 +155,7 @@ class BenefactorService:
 
     def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
         keys = [(request.namespace, ChunkKey.from_pb(k)) for k in request.keys]
-        if request.keep:
-            return benefactor_pb2.HasReply(present=self.store.keep(keys))
         return benefactor_pb2.HasReply(present=[self.store.has(k) for k in keys])
-
-    def delete(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.DeleteReply:
-        freed = self.store.delete((request.namespace, ChunkKey.from_pb(k)) for k in request.keys)
-        return benefactor_pb2.DeleteReply(freed_bytes=freed)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -177,11 +180,6 @@ class BenefactorService:
                     self.has,
                     request_deserializer=benefactor_pb2.ChunkList.FromString,
                     response_serializer=benefactor_pb2.HasReply.SerializeToString,
-                ),
-                "Delete": grpc.unary_unary_rpc_method_handler(
-                    self.delete,
-                    request_deserializer=benefactor_pb2.ChunkList.FromString,
-                    response_serializer=benefactor_pb2.DeleteReply.SerializeToString,
                 ),
             },
         )

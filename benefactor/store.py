@@ -1,8 +1,16 @@
-"""ChunkStore: the benefactor's chunks, kept in its Arena, and their capacity accounting. No networking.
+"""ChunkStore: the benefactor's chunks, kept in its Arena, who owns each, and capacity. No networking.
 
-Chunks are keyed by (namespace, ChunkKey): deduplication is scoped to a namespace, and a chunk is
-freed only when its own namespace no longer references it. Blocks are reserved when a chunk's
-header arrives, so concurrent streams can never overrun the donation.
+Chunks are keyed by (namespace, ChunkKey): deduplication is scoped to a namespace. Blocks are
+reserved when a chunk's header arrives, so concurrent streams can never overrun the donation.
+
+Ownership is explicit, and only the manager's orders end it:
+- a write session that stored a chunk *pins* it (once per put) until the session ends (commit,
+  abort, lease expiry) or releases it (rewritten before the commit; one release per put, so a
+  release that crosses a later put of the same chunk leaves that put's pin);
+- a committed version referencing it here makes the manager *hold* it, at a generation the
+  manager chose; a free order names that generation, so a late or repeated free never takes a
+  copy held again since (a newer generation) or stored again by an open session (a pin).
+A chunk with no pin and no hold is freed at once.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from memstage.benefactor.arena import BLOCK_SIZE, Arena, Run, blocks_for
 from memstage.chunks import ChunkKey
@@ -21,18 +29,25 @@ StoreKey = tuple[str, ChunkKey]
 @dataclass(slots=True)
 class StoredChunk:
     runs: tuple[Run, ...]
-    stored_at: float
-    confirmed: bool = False  # the manager said a committed version references it
-    # Put again while held: a writer may be about to commit it here, and a drop the manager decided
-    # before that commit may still be on its way. The next drop is skipped (and clears this); if
-    # nothing references the chunk after all, the orphan check frees it later.
-    reput: bool = False
+    pins: dict[int, int] = field(default_factory=dict)  # open write session -> puts not released
+    gen: int = 0  # generation of the manager's hold; 0 = not held by any committed version
+    checked_at: float = 0.0  # when the manager last confirmed the hold (safety-net reconcile)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A chunk as reported to the manager."""
+
+    key: StoreKey
+    gen: int
+    sessions: tuple[int, ...]
 
 
 class ChunkStore:
     def __init__(self, capacity: int, prefault: bool = True) -> None:
         self._arena = Arena(capacity, prefault)
         self._chunks: dict[StoreKey, StoredChunk] = {}
+        self._by_session: dict[int, set[StoreKey]] = {}
         self._reserved = 0  # blocks
         self._lock = threading.Lock()
 
@@ -51,19 +66,6 @@ class ChunkStore:
     def has(self, key: StoreKey) -> bool:
         return key in self._chunks
 
-    def keep(self, keys: Iterable[StoreKey], now: float | None = None) -> list[bool]:
-        """Which of these are held; the unconfirmed ones among them count as stored now (a writer
-        still needs them, so they are no orphans yet)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            present = []
-            for key in keys:
-                chunk = self._chunks.get(key)
-                if chunk is not None and not chunk.confirmed:
-                    chunk.stored_at = now
-                present.append(chunk is not None)
-            return present
-
     def reserve(self, nbytes: int) -> bool:
         """Set blocks aside for a chunk being received; False if the donation cannot take it."""
         need = blocks_for(nbytes)
@@ -77,17 +79,16 @@ class ChunkStore:
         with self._lock:
             self._reserved -= blocks_for(nbytes)
 
-    def put_reserved(self, key: StoreKey, data: memoryview | bytes, now: float | None = None) -> None:
-        """Copy a verified chunk into reserved blocks; a chunk already held just drops its reservation."""
+    def put_reserved(self, key: StoreKey, data: memoryview | bytes, session: int) -> None:
+        """Copy a verified chunk into reserved blocks, pinned by `session`; a chunk already held just
+        gains the pin and drops its reservation."""
         with self._lock:
             self._reserved -= blocks_for(len(data))
-            held = self._chunks.get(key)
-            if held is not None:
-                held.reput, held.confirmed = True, False
-                held.stored_at = time.monotonic() if now is None else now
-                return
-            runs = self._arena.store(data)
-            self._chunks[key] = StoredChunk(runs, time.monotonic() if now is None else now)
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                chunk = self._chunks[key] = StoredChunk(self._arena.store(data))
+            chunk.pins[session] = chunk.pins.get(session, 0) + 1
+            self._by_session.setdefault(session, set()).add(key)
 
     def read(self, key: StoreKey, start: int = 0, end: int | None = None, prefix: bytes = b"") -> bytes | None:
         """prefix + bytes [start, end) of a chunk, copied out under the lock (its blocks may be reused after)."""
@@ -106,39 +107,93 @@ class ChunkStore:
                 pos += len(view)
             return b"".join(parts)
 
-    def delete(self, keys: Iterable[StoreKey]) -> int:
-        """Free chunks (except those put again since the last drop, see StoredChunk.reput); returns
-        the bytes of donation given back."""
-        freed = 0
+    # -- the manager's orders (each idempotent); they return the bytes of donation given back --
+    def hold(self, keys: Iterable[tuple[StoreKey, int]], now: float | None = None) -> None:
+        """Committed versions reference these chunks here now, at the given generations."""
+        now = time.monotonic() if now is None else now
         with self._lock:
+            for key, gen in keys:
+                chunk = self._chunks.get(key)
+                if chunk is not None and gen > chunk.gen:
+                    chunk.gen, chunk.checked_at = gen, now
+
+    def unpin(self, session: int, keys: Iterable[StoreKey]) -> int:
+        """The session no longer needs one put of each of these chunks."""
+        with self._lock:
+            mine = self._by_session.get(session)
+            if mine is None:
+                return 0
+            freed = 0
             for key in keys:
                 chunk = self._chunks.get(key)
-                if chunk is not None and chunk.reput:
-                    chunk.reput = False
+                if chunk is None or session not in chunk.pins:
                     continue
-                chunk = self._chunks.pop(key, None)
-                if chunk is not None:
-                    self._arena.free(chunk.runs)
-                    freed += sum(count for _, count in chunk.runs) * BLOCK_SIZE
+                chunk.pins[session] -= 1
+                if chunk.pins[session] <= 0:
+                    mine.discard(key)
+                    freed += self._unpin(key, session)
+            if not mine:
+                del self._by_session[session]
+            return freed
+
+    def end_session(self, session: int) -> int:
+        """The session is over: chunks only it kept are freed."""
+        with self._lock:
+            return sum(self._unpin(key, session) for key in self._by_session.pop(session, ()))
+
+    def free(self, keys: Iterable[tuple[StoreKey, int]]) -> int:
+        """The manager's hold at `gen` ends; a chunk held since at a newer generation, or pinned, stays."""
+        freed = 0
+        with self._lock:
+            for key, gen in keys:
+                chunk = self._chunks.get(key)
+                if chunk is not None and chunk.gen == gen:
+                    chunk.gen = 0
+                    freed += self._maybe_free(key, chunk)
         return freed
+
+    def _unpin(self, key: StoreKey, session: int) -> int:
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            return 0
+        chunk.pins.pop(session, None)
+        return self._maybe_free(key, chunk)
+
+    def _maybe_free(self, key: StoreKey, chunk: StoredChunk) -> int:
+        if chunk.pins or chunk.gen:
+            return 0
+        del self._chunks[key]
+        self._arena.free(chunk.runs)
+        return sum(count for _, count in chunk.runs) * BLOCK_SIZE
+
+    # -- reports to the manager ----------------------------------------------------------------
+    def sessions(self) -> list[int]:
+        """Write sessions that pin chunks here."""
+        with self._lock:
+            return list(self._by_session)
+
+    def held(self) -> list[Held]:
+        with self._lock:
+            return [Held(k, c.gen, tuple(c.pins)) for k, c in self._chunks.items()]
+
+    def held_unchecked(self, age: float, now: float | None = None) -> list[Held]:
+        """Held chunks whose hold the manager has not confirmed for `age` seconds; they count as
+        checked now (the caller asks the manager)."""
+        now = time.monotonic() if now is None else now
+        out = []
+        with self._lock:
+            for key, chunk in self._chunks.items():
+                if chunk.gen and now - chunk.checked_at >= age:
+                    chunk.checked_at = now
+                    out.append(Held(key, chunk.gen, tuple(chunk.pins)))
+        return out
 
     def keys(self) -> list[StoreKey]:
         with self._lock:
             return list(self._chunks)
 
-    def unconfirmed_older_than(self, age: float, now: float | None = None) -> list[StoreKey]:
-        cutoff = (time.monotonic() if now is None else now) - age
-        with self._lock:
-            return [k for k, c in self._chunks.items() if not c.confirmed and c.stored_at <= cutoff]
-
-    def confirm(self, keys: Iterable[StoreKey]) -> None:
-        with self._lock:
-            for key in keys:
-                chunk = self._chunks.get(key)
-                if chunk is not None:
-                    chunk.confirmed = True
-
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()
+            self._by_session.clear()
             self._arena.close()

@@ -25,8 +25,8 @@ from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
-from memstage.client.writer import BackgroundCommits, CommitResult, VersionWriter
-from memstage.errors import InvalidArgument, NotFound
+from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
+from memstage.errors import InvalidArgument, MemstageError, NotFound
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
@@ -49,6 +49,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.namespace = self.settings.namespace
         self.connections = Connections(self.settings.manager, self.settings.rpc_timeout)
         self.background = BackgroundCommits()
+        # One write buffer for every open and closing file of this client.
+        self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memstage-read")
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ClientMetrics(self.metrics_registry)
@@ -165,7 +167,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         reply = self.connections.call_manager(
             "Versions", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
         return [{"version": v.version, "size": v.size, "committed_at": v.committed_at, "chunks": v.chunk_count,
-                 "persist": v.persist, "persisted": v.persisted, "in_memory": v.in_memory, "lost": v.lost}
+                 "persist": v.persist, "persisted": v.persisted, "in_memory": v.in_memory, "lost": v.lost,
+                 "lost_reason": v.lost_reason}
                 for v in reply.versions]
 
     def rm_file(self, path: str) -> None:
@@ -208,27 +211,43 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     rename = mv
 
-    def track(self, writer: VersionWriter) -> VersionWriter:
-        """Keep the chunks an open write has stored from being taken for orphans until it commits
-        (every keep_alive, however long the file stays open)."""
+    def new_writer(self, path: str, opened_at: float, known: set[ChunkKey] | None = None) -> VersionWriter:
+        """A writer of a new version of `path`: a write session at the manager, renewed by this
+        client while it is open, sharing this client's write buffer."""
+        writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget)
         with self._keeper_lock:
             self._writes.add(writer)
             if self._keeper is None:
                 self._keeper_stop.clear()
-                self._keeper = threading.Thread(target=self._keep_alive, name="memstage-keep-alive", daemon=True)
+                self._keeper = threading.Thread(target=self._renew, args=(writer.lease / 3,),
+                                                name="memstage-sessions", daemon=True)
                 self._keeper.start()
         return writer
 
-    def _keep_alive(self) -> None:
-        period = self.settings.keep_alive
+    def _open_writers(self) -> list[VersionWriter]:
+        with self._keeper_lock:
+            return [w for w in self._writes if not w.done]
+
+    def _flush_writers(self) -> None:
+        for writer in self._open_writers():
+            writer.flush()
+
+    def _renew(self, period: float) -> None:
+        """Renew the leases of open writes; a write whose session ended anyway fails with DataLost."""
         while not self._keeper_stop.wait(period):
-            with self._keeper_lock:
-                writes = [w for w in self._writes if not w.done]
-            for writer in writes:
-                try:
-                    writer.keep_alive(period)
-                except Exception as e:  # a manager or benefactor outage: try again next period
-                    log.warning("keep-alive of %s failed: %s", writer.path, e)
+            writes = self._open_writers()
+            if not writes:
+                continue
+            try:
+                reply = self.connections.call_manager(
+                    "RenewSessions", manager_pb2.RenewSessionsRequest(sessions=[w.session for w in writes]),
+                    "renewing write sessions")
+            except MemstageError as e:  # a manager outage: try again next period
+                log.warning("renewing %d write sessions failed: %s", len(writes), e)
+                continue
+            for writer, still in zip(writes, reply.open, strict=True):
+                if not still and not writer.done:
+                    writer.expired()
 
     def close(self) -> None:
         """Drop connections (new ones open on next use) after waiting for background commits."""

@@ -14,7 +14,7 @@ import grpc
 
 from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
-from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
+from memstage.proto import benefactor_pb2, manager_pb2_grpc
 from memstage.rpc import channel, control_channel
 
 
@@ -66,11 +66,6 @@ class Connections:
             response_deserializer=decode_get_frame,
         )
         return list(call(request, timeout=self.timeout))
-
-    def keep_chunks(self, address: str, request: benefactor_pb2.ChunkList) -> list[bool]:
-        """Has(keep): which chunks the benefactor still holds, restarting their orphan clock."""
-        stub = benefactor_pb2_grpc.BenefactorStub(self._channel(address))
-        return list(stub.Has(request, timeout=self.timeout).present)
 
     def read_drained(self, address: str, request: benefactor_pb2.ReadDrainedRequest) -> list[memoryview]:
         """A drained chunk, read from the PFS by the benefactor at `address`."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.spec import AbstractBufferedFile
 
 from memstage.client.reader import VersionReader
-from memstage.client.writer import CommitResult, VersionWriter
+from memstage.client.writer import CommitResult
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
@@ -31,7 +31,7 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
         opened_at = time.perf_counter()
         self.chunk_size = fs.settings.chunk_size
         super().__init__(fs, path, mode=mode, block_size=self.chunk_size, cache_type="none", **kwargs)
-        self.writer = fs.track(VersionWriter(fs.connections, fs.settings, path, opened_at, known=fs.held_chunks(path)))
+        self.writer = fs.new_writer(path, opened_at, known=fs.held_chunks(path))
         self.opened_at = opened_at
         self.result: CommitResult | None = None
 
@@ -67,8 +67,12 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
 
     def _finish(self) -> None:
         def commit() -> CommitResult:
-            stats = self.writer.finish()
-            version = self.writer.commit()
+            try:
+                stats = self.writer.finish()
+                version = self.writer.commit()
+            except BaseException:
+                self.writer.abort()  # what it stored is freed now, not when the lease runs out
+                raise
             self.result = CommitResult(self.path, version, stats.bytes_written, stats,
                                        time.perf_counter() - self.opened_at)
             self.fs.record(self.result)

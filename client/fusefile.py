@@ -10,8 +10,10 @@ Memory stays bounded: a slot is handed to a VersionWriter (hashed, deduplicated,
 it is complete and the application writes past it, and the least recently written slot goes the
 same way when more than max_slots are dirty. A whole, aligned chunk (dd bs=1M, most large writes)
 is handed over straight from FUSE's buffer, without a slot. Should the application come back to a
-chunk already handed over, it is read back from where it was stored. commit() (release, flush or
-fsync) lays the chunks out as one new version; a file that was not changed commits nothing.
+chunk already handed over, it is read back from where it was stored. A handed-over chunk that is
+rewritten or cut off is released at once (its memory is freed before the commit). commit()
+(release, flush or fsync) lays the chunks out as one new version; a file that was not changed
+commits nothing.
 
 If the writer fails (a benefactor lost chunks it had acknowledged, the deployment stayed full),
 chunks already handed over are gone from this handle: every later call raises the same error and
@@ -112,8 +114,7 @@ class OpenFile:
     def _new_writer(self) -> VersionWriter:
         self._check()
         if self._writer is None:
-            self._writer = self.client.track(VersionWriter(self.client.connections, self.client.settings, self.path,
-                                                           self.opened_at, known=set(self._base_keys)))
+            self._writer = self.client.new_writer(self.path, self.opened_at, known=set(self._base_keys))
         return self._writer
 
     def _content(self, index: int) -> bytes | memoryview:
@@ -136,9 +137,15 @@ class OpenFile:
                 content = self._content(index)
                 slot.buf[: len(content)] = content
                 slot.length = len(content)
-            self._handed.pop(index, None)
+            self._drop_handed(index)
         self._slots[index] = slot  # most recently written last
         return slot
+
+    def _drop_handed(self, index: int) -> None:
+        """Chunk `index` no longer is the handed-over one: the writer releases that put."""
+        key = self._handed.pop(index, None)
+        if key is not None and self._writer is not None:
+            self._writer.release(key)
 
     def _expected(self, index: int) -> int:
         return min(self.chunk, self.size - index * self.chunk)
@@ -147,7 +154,9 @@ class OpenFile:
         slot = self._slots.pop(index)
         try:
             with self._writing() as writer:
-                self._handed[index] = writer.put(slot.content(self._expected(index)))
+                key = writer.put(slot.content(self._expected(index)))
+                self._drop_handed(index)
+                self._handed[index] = key
         finally:
             self._buffers.put(slot.buf)  # put() copied it
 
@@ -197,7 +206,9 @@ class OpenFile:
                     if stale is not None:
                         self._buffers.put(stale.buf)
                     with self._writing() as writer:
-                        self._handed[index] = writer.put(piece)
+                        key = writer.put(piece)
+                        self._drop_handed(index)
+                        self._handed[index] = key
                 else:
                     self._slot(index).write(within, piece)
                 pos += n
@@ -241,7 +252,7 @@ class OpenFile:
             for index in [i for i in self._slots if i >= count]:
                 self._buffers.put(self._slots.pop(index).buf)
             for index in [i for i in self._handed if i >= count]:
-                del self._handed[index]
+                self._drop_handed(index)
             self._base_keys = self._base_keys[:count]
             if length < self.size and length % self.chunk:
                 # The chunk cut in the middle becomes dirty, cut to the new end.

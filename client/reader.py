@@ -3,7 +3,8 @@
 The version map is taken once at open, so a reader keeps seeing the version it opened even while
 a newer one is committed. Chunks of a range are fetched in parallel; each is verified against its
 hash, and a failing location falls back to the next one the map lists, then to the PFS copy
-(read by any live benefactor, so the client need not mount the PFS).
+(read by any live benefactor, so the client need not mount the PFS). A version that left memory
+while being read (retention) is looked up again once: its chunks are on the PFS by then.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import grpc
 
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
-from memstage.errors import DataLost
-from memstage.proto import benefactor_pb2, manager_pb2
+from memstage.errors import DataLost, MemstageError
+from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
 
 
 class VersionReader:
@@ -76,9 +77,32 @@ class VersionReader:
 
     def fetch(self, index: int) -> bytes | memoryview:
         key = self.keys[index]
+        failures: list[str] = []
+        data = self._fetch_from(key, self._chunks[index], self._pfs_readers, failures)
+        if data is None and self.version:
+            # Left memory meanwhile (retention, a benefactor replaced)? The version's current map
+            # names its PFS copy.
+            try:
+                fresh = self.conn.call_manager(
+                    "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=self.path, version=self.version),
+                    f"{self.path} version {self.version}")
+            except MemstageError as e:
+                failures.append(f"looking it up again: {e}")
+            else:
+                if index < len(fresh.chunks) and ChunkKey.from_pb(fresh.chunks[index].key) == key:
+                    self._chunks[index] = fresh.chunks[index]
+                    self._pfs_readers = list(fresh.pfs_readers)
+                    data = self._fetch_from(key, fresh.chunks[index], self._pfs_readers, failures)
+        if data is None:
+            raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
+                           f"({'; '.join(failures) or 'no location recorded'})")
+        return data
+
+    def _fetch_from(self, key: ChunkKey, ref: manager_pb2.ChunkRef, readers: list[common_pb2.Location],
+                    failures: list[str]) -> bytes | memoryview | None:
+        """Memory first, then the PFS copy; every result hash-verified. None if nothing had it."""
         request = benefactor_pb2.GetRequest(namespace=self.namespace, key=key.to_pb())
-        failures = []
-        for loc in self._chunks[index].locations:
+        for loc in ref.locations:
             try:
                 frames = self.conn.get_chunk(loc.address, request)
             except grpc.RpcError as e:
@@ -89,10 +113,9 @@ class VersionReader:
             if key.matches(data):
                 return data
             failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
-        drained = self._chunks[index].drained
-        if drained:
-            pfs_request = benefactor_pb2.ReadDrainedRequest(drained=drained, key=key.to_pb())
-            for reader in self._pfs_readers:
+        if ref.drained:
+            pfs_request = benefactor_pb2.ReadDrainedRequest(drained=ref.drained, key=key.to_pb())
+            for reader in readers:
                 try:
                     frames = self.conn.read_drained(reader.address, pfs_request)
                 except grpc.RpcError as e:
@@ -101,5 +124,5 @@ class VersionReader:
                 data = frames[0] if len(frames) == 1 else b"".join(frames)
                 if key.matches(data):
                     return data
-        raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
-                       f"({'; '.join(failures) or 'no location recorded'})")
+                failures.append(f"PFS via {reader.benefactor_id}: bytes do not match the hash")
+        return None

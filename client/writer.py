@@ -6,14 +6,23 @@ open), and asks about the others in batches of QUERY_BATCH before sending them; 
 within the file is sent once. The commit references held chunks, and the manager checks, in the
 commit's transaction, that they are still readable (else DataLost: no version points at missing data).
 
+A write is a session at the manager (a lease the Client renews for every open writer): what it
+stores belongs to the session until the commit turns it into references. Each acknowledgement
+carries the benefactor's receipt, and the commit passes them on: the manager records only
+locations a benefactor confirmed. abort() ends the session, which frees what it stored at once; a
+chunk handed over and then no longer needed (a FUSE file rewritten in place) is released early.
+
 Chunks to send are placed round-robin over a striping map and sent over one long-lived
-bidirectional Put stream per benefactor, several chunks in flight on each. A ByteBudget bounds the
-bytes not yet acknowledged (the write buffer): write() waits when it is spent. Acks free budget.
+bidirectional Put stream per benefactor, several chunks in flight on each. A ByteBudget, shared by
+every writer of a Client, bounds the bytes not yet acknowledged (the write buffer): write() waits
+when it is spent. Acks free budget.
 
 Faults: a benefactor that refuses (full) is excluded and its unacknowledged chunks go to a fresh
 map; one that dies is excluded the same way, but if it had acknowledged chunks of this version
 their bytes are gone from the buffer, so the write fails with DataLost and nothing is committed.
 A hash mismatch reported by a benefactor fails the write (it means corruption, not bad luck).
+Ack-reader threads only post events: re-placing chunks (which may ask the manager for a map, or
+wait for space) happens on the writing thread.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 
-from memstage.chunks import MAX_FRAME_DATA, MAX_KEYS_PER_CALL, ChunkKey
+from memstage.chunks import MAX_FRAME_DATA, ChunkKey
 from memstage.client.connections import Connections
 from memstage.errors import ChunkRejected, DataLost, DeploymentFull, MemstageError, from_rpc_error
 from memstage.frames import encode_put_frame
@@ -37,6 +47,7 @@ from memstage.settings import ClientSettings
 log = logging.getLogger(__name__)
 
 QUERY_BATCH = 32  # chunks asked about in one FindChunks call
+RELEASE_BATCH = 16  # chunks released in one ReleaseChunks call
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +59,8 @@ class PendingChunk:
     frames: tuple[bytes, ...]
 
 
-def encode_chunk(namespace: str, seq: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
-    header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=seq)
+def encode_chunk(namespace: str, session: int, seq: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
+    header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=seq, session=session)
     frames = [encode_put_frame(header, data[:MAX_FRAME_DATA])]
     for start in range(MAX_FRAME_DATA, len(data), MAX_FRAME_DATA):
         frames.append(encode_put_frame(None, data[start : start + MAX_FRAME_DATA]))
@@ -89,20 +100,33 @@ class CommitResult:
 
 
 class ByteBudget:
-    """Bytes a writer may have unacknowledged; acquire() waits for acks, or raises the writer's error."""
+    """Bytes the writers of a Client may have unacknowledged together; acquire() waits for acks,
+    calling `service` meanwhile (it raises the writer's error, and does work posted by acks)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_pressure: Callable[[], None] | None = None) -> None:
         self.limit = limit
         self._used = 0
         self._cond = threading.Condition()
+        # Called when a writer has waited a while: other writers' chunks still waiting for their
+        # deduplication batch hold budget too, and an idle writer would never send them.
+        self._on_pressure = on_pressure
 
-    def acquire(self, n: int, check: Callable[[], None]) -> None:
-        with self._cond:
-            while self._used > 0 and self._used + n > self.limit:
-                check()
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def acquire(self, n: int, service: Callable[[], None]) -> None:
+        waits = 0
+        while True:
+            with self._cond:
+                if self._used == 0 or self._used + n <= self.limit:
+                    self._used += n
+                    return
                 self._cond.wait(0.5)
-            check()
-            self._used += n
+            service()
+            waits += 1
+            if waits % 2 == 0 and self._on_pressure is not None:
+                self._on_pressure()
 
     def release(self, n: int) -> None:
         with self._cond:
@@ -118,7 +142,7 @@ class PutStream:
     """One Put call to one benefactor; chunks queue up and are acknowledged one by one."""
 
     def __init__(self, conn: Connections, placement: Placement,
-                 on_ack: Callable[[PutStream, PendingChunk], None],
+                 on_ack: Callable[[PutStream, PendingChunk, bytes], None],
                  on_end: Callable[[PutStream, grpc.RpcError | None, list[PendingChunk]], None]) -> None:
         self.placement = placement
         self.closed = False
@@ -135,21 +159,28 @@ class PutStream:
         while (chunk := self._queue.get()) is not None:
             yield from chunk.frames
 
-    def send(self, chunk: PendingChunk) -> None:
+    def send(self, chunk: PendingChunk) -> bool:
+        """Queue a chunk; False if the stream is closed already (the caller places it elsewhere):
+        nothing may queue up behind the end-of-stream marker."""
         with self._lock:
+            if self.closed:
+                return False
             self._unacked[chunk.seq] = chunk
-        self._queue.put(chunk)
+            self._queue.put(chunk)
+            return True
 
     def close(self) -> None:
         """No more chunks: the stream ends once the benefactor has acknowledged what it got."""
-        if not self.closed:
-            self.closed = True
-            self._queue.put(None)
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._queue.put(None)
 
     def cancel(self) -> None:
-        self.closed = True
+        with self._lock:
+            self.closed = True
+            self._queue.put(None)
         self._responses.cancel()
-        self._queue.put(None)
 
     def _read_acks(self) -> None:
         error: grpc.RpcError | None = None
@@ -158,38 +189,48 @@ class PutStream:
                 with self._lock:
                     chunk = self._unacked.pop(ack.seq, None)
                 if chunk is not None:
-                    self._on_ack(self, chunk)
+                    self._on_ack(self, chunk, ack.receipt)
         except grpc.RpcError as e:
             error = e
-        self.closed = True
-        self._queue.put(None)  # unblock the request iterator if the call ended early
         with self._lock:
+            self.closed = True
+            self._queue.put(None)  # unblock the request iterator if the call ended early
             leftover, self._unacked = list(self._unacked.values()), {}
         self._on_end(self, error, leftover)
 
 
 class VersionWriter:
     def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float,
-                 known: set[ChunkKey] | None = None) -> None:
+                 known: set[ChunkKey] | None = None, budget: ByteBudget | None = None) -> None:
         self.conn = conn
         self.settings = settings
         self.namespace = settings.namespace
         self.path = path
         self.opened_at = opened_at
-        self._budget = ByteBudget(settings.buffer_size)
+        reply = conn.call_manager("OpenSession", manager_pb2.OpenSessionRequest(namespace=self.namespace, path=path),
+                                  f"write of {path}")
+        self.session: int = reply.session
+        self.lease: float = reply.lease_seconds
+        self._budget = budget if budget is not None else ByteBudget(settings.buffer_size)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._keys: list[ChunkKey] = []
-        # Where this write stored each chunk it sent (benefactor id), and when it last knew the chunk
-        # held there: a long write keeps them from being taken for orphans (keep_alive).
-        self._locations: dict[ChunkKey, dict[str, float]] = {}
+        # Where this write stored each chunk it sent: benefactor id -> the benefactor's receipt.
+        self._locations: dict[ChunkKey, dict[str, bytes]] = {}
         self._addresses: dict[str, str] = {}  # benefactor id -> address, of those that stored chunks
-        self._done = False  # committed or aborted: nothing to keep alive any more
+        self._done = False  # committed or aborted: the session is over
         self._seq = 0  # numbers the chunks sent, for their acks
         self._known: set[ChunkKey] = set(known or ())  # held by the namespace, or already sent by this write
+        self._needed: dict[ChunkKey, int] = {}  # chunks this write sent -> handovers not released
+        self._sending: set[ChunkKey] = set()  # sent, not acknowledged (or found held) yet
+        self._release_on_ack: set[ChunkKey] = set()
+        self._releases: dict[ChunkKey, list[str]] = {}  # acknowledged chunks no longer needed, to release
         self._unasked: list[PendingChunk] = []  # new chunks waiting for a FindChunks batch
         self._unasked_bytes = 0
+        self._unasked_lock = threading.Lock()  # another writer's thread may flush them (budget pressure)
+        self._to_place: list[PendingChunk] = []  # chunks of failed or full streams, for the writing thread
         self._in_flight = 0
+        self._budgeted: dict[int, int] = {}  # seq -> bytes of the shared budget it holds until acked
         self._bytes_sent = 0
         self._bytes_deduplicated = 0
         self._size = 0
@@ -228,32 +269,109 @@ class VersionWriter:
 
     def put(self, data: memoryview) -> ChunkKey:
         """Hand a chunk over without placing it in the layout yet (a FUSE file sends chunks as they
-        fill and lays the version out at commit). Copied before this returns, like add()."""
+        fill and lays the version out at commit). Copied before this returns, like add(). Each put
+        of a chunk this write sends is matched by a release() once the caller no longer needs it."""
         key = ChunkKey.of(data)
+        if len(self._releases) >= RELEASE_BATCH:  # released on acks meanwhile
+            self._flush_releases()
         with self._lock:
             self._raise_if_failed()
-            if key in self._known:  # not sent, not even copied
+            if key in self._needed or (key in self._sending and key in self._release_on_ack):
+                self._needed[key] = self._needed.get(key, 0) + 1
+                self._release_on_ack.discard(key)
+                self._bytes_deduplicated += len(data)
+                return key
+            if key in self._known:  # held by the namespace: not sent, not even copied
                 self._bytes_deduplicated += len(data)
                 return key
             self._known.add(key)
-        self._budget.acquire(len(data), self._raise_if_failed)
+            self._needed[key] = 1
+            self._sending.add(key)
+        self._budget.acquire(len(data), self._service)
         with self._lock:
             seq = self._seq
             self._seq += 1
             self._in_flight += 1
-        self._unasked.append(PendingChunk(seq, key, encode_chunk(self.namespace, seq, key, data)))
-        self._unasked_bytes += len(data)
-        # Ask at QUERY_BATCH chunks, or once half the buffer waits (the other half keeps streaming).
-        if len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self.settings.buffer_size:
+            self._budgeted[seq] = len(data)
+            failed = self._error is not None
+        if failed:
+            self._give_back_budget()
+            self._raise_if_failed()
+        pending = PendingChunk(seq, key, encode_chunk(self.namespace, self.session, seq, key, data))
+        with self._unasked_lock:
+            self._unasked.append(pending)
+            self._unasked_bytes += len(data)
+            # Ask at QUERY_BATCH chunks, or once half the buffer waits (the other half keeps streaming).
+            due = len(self._unasked) >= QUERY_BATCH or 2 * self._unasked_bytes >= self._budget.limit
+        if due:
             self._ask_and_send()
         return key
+
+    def release(self, key: ChunkKey) -> None:
+        """The caller no longer needs one put() of this chunk (it was rewritten before the commit).
+        Once no put of it is needed, the benefactors holding it for this write free it."""
+        with self._lock:
+            count = self._needed.get(key, 0)
+            if count <= 0:
+                return  # not sent by this write (the namespace holds it)
+            if count > 1:
+                self._needed[key] = count - 1
+                return
+            del self._needed[key]
+            if key in self._sending:
+                self._release_on_ack.add(key)  # released when its ack arrives
+            else:
+                self._release_acked(key)
+            full = len(self._releases) >= RELEASE_BATCH
+        if full:
+            self._flush_releases()
+
+    def _release_acked(self, key: ChunkKey) -> None:
+        """(under self._lock) An acknowledged chunk nobody here needs: release it; sent again if put again."""
+        holders = self._locations.pop(key, {})
+        self._known.discard(key)
+        if holders:
+            self._releases.setdefault(key, []).extend(holders)
+
+    def _flush_releases(self) -> None:
+        with self._lock:
+            releases, self._releases = self._releases, {}
+        if not releases or self._done:
+            return
+        chunks = [manager_pb2.ChunkRef(key=k.to_pb(), locations=[common_pb2.Location(benefactor_id=b) for b in bfs])
+                  for k, bfs in releases.items()]
+        try:
+            self.conn.call_manager("ReleaseChunks", manager_pb2.ReleaseRequest(
+                session=self.session, namespace=self.namespace, chunks=chunks), f"write of {self.path}")
+        except MemstageError as e:  # not fatal: the session's end frees them anyway
+            log.info("releasing %d rewritten chunks of %s deferred to its commit (%s)", len(chunks), self.path, e)
 
     def settle(self) -> None:
         """Wait until every chunk handed over so far is stored (or found held); streams stay open."""
         self._ask_and_send()
-        with self._idle:
-            while self._in_flight and self._error is None:
-                self._idle.wait()
+        self._wait_acked()
+        self._flush_releases()
+
+    def _wait_acked(self) -> None:
+        while True:
+            self._service()
+            with self._idle:
+                if not self._in_flight or self._error is not None:
+                    break
+                if not self._to_place:
+                    self._idle.wait(0.5)
+        self._raise_if_failed()
+
+    def _service(self) -> None:
+        """On the writing thread: raise the write's error, and re-place what failed streams left."""
+        self._raise_if_failed()
+        while True:
+            with self._lock:
+                batch, self._to_place = self._to_place, []
+            if not batch:
+                return
+            for chunk in batch:
+                self._place(chunk)
             self._raise_if_failed()
 
     def locate(self, key: ChunkKey) -> manager_pb2.VersionMap:
@@ -269,9 +387,19 @@ class VersionWriter:
             "LocateChunks", manager_pb2.NamespacedChunks(namespace=self.namespace, keys=[key.to_pb()]),
             f"reading back a chunk of {self.path}")
 
+    def flush(self) -> None:
+        """Send what waits for a deduplication batch now (from any thread; errors fail the write)."""
+        if self._done or self._error is not None:
+            return
+        try:
+            self._ask_and_send()
+        except MemstageError as e:
+            self._fail(e)
+
     def _ask_and_send(self) -> None:
         """Send the batch of new chunks, except those the namespace turns out to hold already."""
-        batch, self._unasked, self._unasked_bytes = self._unasked, [], 0
+        with self._unasked_lock:
+            batch, self._unasked, self._unasked_bytes = self._unasked, [], 0
         if not batch:
             return
         reply = self.conn.call_manager(
@@ -281,11 +409,16 @@ class VersionWriter:
         if held:
             nbytes = sum(c.key.length for c in held)
             with self._lock:
+                returned = sum(self._budgeted.pop(c.seq, 0) for c in held)
                 self._bytes_deduplicated += nbytes
                 self._in_flight -= len(held)
+                for c in held:  # the namespace's, not this write's: nothing to release
+                    self._sending.discard(c.key)
+                    self._release_on_ack.discard(c.key)
+                    self._needed.pop(c.key, None)
                 if self._in_flight == 0:
                     self._idle.notify_all()
-            self._budget.release(nbytes)
+            self._budget.release(returned)
         for chunk, present in zip(batch, reply.present, strict=True):
             if not present:
                 self._place(chunk)
@@ -298,17 +431,16 @@ class VersionWriter:
             streams = list(self._streams.values())
         for s in streams:
             s.close()
-        with self._idle:
-            while self._in_flight and self._error is None:
-                self._idle.wait()
-            self._raise_if_failed()
-            self._asb_done = time.perf_counter()
+        self._wait_acked()
+        self._asb_done = time.perf_counter()
         return WriteStats(self._size, self._bytes_sent, self._bytes_deduplicated, len(self._keys),
                           self._asb_done - self.opened_at)
 
     def commit(self) -> int:
-        refs = {key: [common_pb2.Location(benefactor_id=b) for b in sorted(locs)]
-                for key, locs in self._locations.items()}
+        """Commit the layout; the session ends either way (what the version does not reference is freed)."""
+        with self._lock:
+            refs = {key: [common_pb2.Location(benefactor_id=b, receipt=r) for b, r in sorted(locs.items())]
+                    for key, locs in self._locations.items()}
         chunks = [manager_pb2.ChunkRef(key=k.to_pb(), locations=refs.get(k, ())) for k in self._keys]
         now = time.perf_counter()
         # OAB's end is close() as the application sees it: all but this commit's round trip.
@@ -318,7 +450,8 @@ class VersionWriter:
         try:
             reply = self.conn.call_manager(
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=self._size,
-                                                    chunks=chunks, stats=stats), f"commit of {self.path}")
+                                                    chunks=chunks, stats=stats, session=self.session),
+                f"commit of {self.path}")
         finally:
             self._done = True
         return int(reply.version)
@@ -327,50 +460,41 @@ class VersionWriter:
     def done(self) -> bool:
         return self._done
 
-    def keep_alive(self, age: float) -> None:
-        """Tell benefactors that this write still needs the chunks it stored `age` seconds ago or more.
-        Until the commit no version references them, and a benefactor takes chunks unconfirmed for
-        orphan_grace for orphans. A chunk already gone fails the write (DataLost) now, not at read."""
-        now = time.monotonic()
-        with self._lock:
-            if self._done or self._error is not None:
-                return
-            due: dict[str, list[ChunkKey]] = {}
-            for key, held in self._locations.items():
-                for bf, since in held.items():
-                    if now - since >= age:
-                        due.setdefault(bf, []).append(key)
-            addresses = dict(self._addresses)
-        for bf, keys in due.items():
-            for start in range(0, len(keys), MAX_KEYS_PER_CALL):
-                batch = keys[start : start + MAX_KEYS_PER_CALL]
-                request = benefactor_pb2.ChunkList(namespace=self.namespace, keys=[k.to_pb() for k in batch], keep=True)
-                try:
-                    present = self.conn.keep_chunks(addresses[bf], request)
-                except grpc.RpcError as e:
-                    # A dead benefactor also ends this write's stream to it, which fails the write.
-                    log.info("keep-alive of %s on %s deferred (%s)", self.path, bf,
-                             e.code() if isinstance(e, grpc.Call) else e)
-                    break
-                gone = [k for k, held in zip(batch, present, strict=True) if not held]
-                if gone:
-                    self._fail(DataLost(f"write of {self.path}: benefactor {bf} no longer holds {len(gone)} "
-                                        f"chunks it stored earlier; nothing was committed, write the file again"))
-                    return
-                with self._lock:
-                    for k in batch:
-                        self._locations[k][bf] = now
+    def expired(self) -> None:
+        """The manager says the session is over (lease ran out): what it stored is gone."""
+        self._fail(DataLost(f"write of {self.path}: its write session expired (not renewed within "
+                            f"{self.lease:.0f}s) and its chunks were freed; nothing was committed, "
+                            "write the file again"))
 
     def abort(self) -> None:
-        """Drop the write: nothing is committed; chunks already stored are garbage to the benefactors."""
+        """Drop the write: nothing is committed, and what it stored is freed now."""
         with self._lock:
-            self._done = True
+            was_done, self._done = self._done, True
             if self._error is None:
                 self._error = MemstageError(f"write of {self.path} was aborted")
             streams = list(self._streams.values())
             self._idle.notify_all()
         for s in streams:
             s.cancel()
+        self._give_back_budget()
+        if not was_done:
+            try:
+                self.conn.call_manager("AbortSession", manager_pb2.SessionRequest(session=self.session),
+                                       f"abort of {self.path}")
+            except MemstageError as e:  # the lease ends it anyway
+                log.info("abort of %s: the manager will free its chunks when the lease ends (%s)", self.path, e)
+
+    def _give_back_budget(self) -> None:
+        """A failed or aborted write gives back what it held of the shared budget (each chunk once:
+        an ack arriving later finds nothing to give back)."""
+        with self._lock:
+            held = sum(self._budgeted.values())
+            self._budgeted.clear()
+            self._to_place = []
+        with self._unasked_lock:
+            self._unasked, self._unasked_bytes = [], 0
+        if held:
+            self._budget.release(held)
         self._budget.wake()
 
     # -- placement ---------------------------------------------------------------------------
@@ -387,18 +511,22 @@ class VersionWriter:
             self._idle.notify_all()
         for s in streams:
             s.cancel()
-        self._budget.wake()
+        self._give_back_budget()
 
     def _place(self, chunk: PendingChunk) -> None:
-        try:
-            stream = self._stream_for_next()
-        except MemstageError as e:
-            self._fail(e)
-            return
-        except Exception as e:  # on a reader thread nothing may escape: the write fails instead
-            self._fail(MemstageError(f"write of {self.path}: {e}"))
-            return
-        stream.send(chunk)
+        """On the writing thread: send a chunk on the next stream of the map (a fresh map if needed)."""
+        while True:
+            try:
+                stream = self._stream_for_next()
+            except MemstageError as e:
+                self._fail(e)
+                return
+            if stream.send(chunk):
+                break
+            # Closed under us (it failed, or finish() ended it): forget it and take the next one.
+            with self._lock:
+                if self._streams.get(stream.placement.id) is stream:
+                    del self._streams[stream.placement.id]
         if self._finishing:
             stream.close()  # a chunk re-placed after finish() began: its stream ends right after it
 
@@ -427,7 +555,8 @@ class VersionWriter:
                 reply = self.conn.call_manager(
                     "GetStripingMap",
                     manager_pb2.StripingRequest(namespace=self.namespace, width=self.settings.stripe_width,
-                                                exclude=sorted(self._excluded), chunk_size=self.settings.chunk_size),
+                                                exclude=sorted(self._excluded), chunk_size=self.settings.chunk_size,
+                                                session=self.session),
                     f"striping map for {self.path}")
                 with self._lock:
                     self._map = [Placement(b.benefactor_id, b.address) for b in reply.benefactors
@@ -448,18 +577,24 @@ class VersionWriter:
                     self._excluded -= self._full
                     self._full.clear()
 
-    # -- stream callbacks (reader threads) ---------------------------------------------------
-    def _on_ack(self, stream: PutStream, chunk: PendingChunk) -> None:
+    # -- stream callbacks (reader threads: they only record and post, never call out) ----------
+    def _on_ack(self, stream: PutStream, chunk: PendingChunk, receipt: bytes) -> None:
         with self._lock:
             bf = stream.placement.id
             self._acked_by[bf] = self._acked_by.get(bf, 0) + 1
             self._addresses[bf] = stream.placement.address
-            self._locations.setdefault(chunk.key, {})[bf] = time.monotonic()
+            self._locations.setdefault(chunk.key, {})[bf] = receipt
+            self._sending.discard(chunk.key)
+            if chunk.key in self._release_on_ack:
+                self._release_on_ack.discard(chunk.key)
+                self._release_acked(chunk.key)
             self._bytes_sent += chunk.key.length
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.notify_all()
-        self._budget.release(chunk.key.length)
+            returned = self._budgeted.pop(chunk.seq, 0)
+        if returned:
+            self._budget.release(returned)
 
     def _on_end(self, stream: PutStream, error: grpc.RpcError | None, leftover: list[PendingChunk]) -> None:
         bf = stream.placement.id
@@ -488,40 +623,35 @@ class VersionWriter:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self._full.add(bf)
             self._map = [p for p in self._map if p.id not in self._excluded]
-        for chunk in leftover:
-            if self._error is not None:  # failed meanwhile (another stream, or the application)
-                return
-            self._place(chunk)
+            self._to_place.extend(leftover)
+            self._idle.notify_all()
+        self._budget.wake()
 
 
-@dataclass(slots=True)
 class BackgroundCommits:
-    """Commits of files closed in buffered mode; sync() waits for them and raises the first error."""
+    """Commits of files closed in buffered mode, on a few threads; sync() waits for them and raises
+    the first error."""
 
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _errors: list[BaseException] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, workers: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memstage-commit")
+        self._futures: list[Future[object]] = []
+        self._lock = threading.Lock()
 
     def start(self, job: Callable[[], object]) -> None:
-        def run() -> None:
+        def run() -> object:
             try:
-                job()
+                return job()
             except BaseException as e:  # surfaced by sync(), never lost
                 log.error("background commit failed: %s", e)
-                with self._lock:
-                    self._errors.append(e)
+                raise
 
-        t = threading.Thread(target=run, name="commit", daemon=True)
         with self._lock:
-            self._threads = [x for x in self._threads if x.is_alive()] + [t]
-        t.start()
+            self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+            self._futures.append(self._pool.submit(run))
 
     def sync(self) -> None:
         with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join()
-        with self._lock:
-            errors, self._errors = self._errors, []
+            futures, self._futures = self._futures, []
+        errors = [e for f in futures if (e := f.exception()) is not None]
         if errors:
             raise errors[0]

@@ -137,9 +137,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                      format_size(n.bytes_stored)))
     _table(rows)
     if reply.lost:
-        print(f"\nLOST: {len(reply.lost)} versions lost their benefactor before they were drained:")
+        print(f"\nLOST: {len(reply.lost)} versions can no longer be read:")
         for v in reply.lost:
-            print(f"  {v.namespace}:{v.path} version {v.version}")
+            print(f"  {v.namespace}:{v.path} version {v.version}{f' ({v.reason})' if v.reason else ''}")
     return 0
 
 
@@ -155,7 +155,8 @@ def status_json(reply: Any) -> dict[str, Any]:
              "last_heartbeat_age_seconds": b.last_heartbeat_age_seconds}
             for b in reply.benefactors
         ],
-        "lost": [{"namespace": v.namespace, "path": v.path, "version": v.version} for v in reply.lost],
+        "lost": [{"namespace": v.namespace, "path": v.path, "version": v.version, "reason": v.reason}
+                 for v in reply.lost],
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
              "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored}

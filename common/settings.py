@@ -71,10 +71,13 @@ class ManagerSettings:
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")
+    session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
+                                   "uncommitted chunks are freed (writers renew every third of it)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
         _positive("heartbeat_interval", self.heartbeat_interval)
+        _positive("session_lease", self.session_lease)
         _positive("stripe_width", self.stripe_width)
         _positive("keep_versions", self.keep_versions)
 
@@ -89,7 +92,8 @@ class BenefactorSettings:
     pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to")
     drain_bandwidth: int = setting(0, _size, "bytes per second drained at most (0 = unlimited)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")
-    orphan_grace: float = setting(600.0, _duration, "age after which unconfirmed chunks are checked with the manager")
+    orphan_grace: float = setting(600.0, _duration, "safety net: how often held chunks are checked against the "
+                                  "manager's index (orphans found are freed on its orders and counted)")
     id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
 
     def validate(self) -> None:
@@ -112,8 +116,6 @@ class ClientSettings:
     read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
     full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
-    keep_alive: float = setting(60.0, _duration, "how often an open write tells benefactors it still needs the "
-                                "chunks it sent (keep under their orphan_grace)")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -127,7 +129,6 @@ class ClientSettings:
         if self.buffer_size < self.chunk_size:
             raise SettingError(f"buffer_size: must be at least chunk_size ({self.chunk_size} bytes)")
         _positive("rpc_timeout", self.rpc_timeout)
-        _positive("keep_alive", self.keep_alive)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,13 @@
 Holds benefactor addresses, namespace policies, committed versions with their chunk maps, the
 chunk index and the drain queue. A version becomes visible in the same transaction that records
 it (and queues its drain tasks), so a crash never exposes half a commit and loses no drain work.
-No networking here; the service layer adds liveness from the registry.
+No networking here; the service layer adds liveness from the registry and checks receipts.
 
-Per chunk (and namespace) the index keeps two counts: `refs`, the versions whose map contains it
-(once per version), and `mem_refs`, those of them still kept in memory (keep_versions). A chunk
-leaves benefactor memory when mem_refs reaches 0, and the index when refs does; in between it is
-read from the PFS (`drained`, its chunk file relative to the PFS root).
+The chunk index (ChunkIndex, pure) is kept in memory and written through: every read and change
+happens under one lock, and a rolled-back transaction swaps in a freshly loaded index as a whole.
+Locations carry the generation of the manager's hold on the copy, so the frees this returns can
+name it. Each benefactor's incarnation is remembered: a benefactor that comes back as a new
+process voids its old locations (void_benefactor).
 """
 
 from __future__ import annotations
@@ -25,26 +26,28 @@ from pathlib import Path
 
 from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, InvalidArgument, NotFound, SettingError
+from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS benefactors (
-    id TEXT PRIMARY KEY, address TEXT NOT NULL, capacity INTEGER NOT NULL, registered_at REAL NOT NULL);
+    id TEXT PRIMARY KEY, address TEXT NOT NULL, capacity INTEGER NOT NULL, registered_at REAL NOT NULL,
+    incarnation INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS policies (
     ns TEXT PRIMARY KEY, persist_every INTEGER NOT NULL, keep_versions INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL,
     committed_at REAL NOT NULL, chunk_map BLOB NOT NULL,
     persist INTEGER NOT NULL, persisted INTEGER NOT NULL DEFAULT 0, in_memory INTEGER NOT NULL DEFAULT 1,
-    lost INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0, lost_reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (ns, path, version));
 CREATE TABLE IF NOT EXISTS chunks (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, refs INTEGER NOT NULL,
     mem_refs INTEGER NOT NULL, drained TEXT, PRIMARY KEY (ns, hash, length));
 CREATE TABLE IF NOT EXISTS locations (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, benefactor TEXT NOT NULL,
-    PRIMARY KEY (ns, hash, length, benefactor));
+    gen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, hash, length, benefactor));
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (ns, path));
 CREATE TABLE IF NOT EXISTS drain_tasks (
@@ -54,8 +57,14 @@ CREATE TABLE IF NOT EXISTS drain_tasks (
 CREATE INDEX IF NOT EXISTS drain_by_benefactor ON drain_tasks (benefactor, id);
 CREATE INDEX IF NOT EXISTS drain_by_version ON drain_tasks (ns, path, version);
 """
+# Columns added since the first schema: state directories of earlier releases gain them at open.
+_ADDED_COLUMNS = (
+    ("benefactors", "incarnation", "INTEGER NOT NULL DEFAULT 0"),
+    ("versions", "lost_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("locations", "gen", "INTEGER NOT NULL DEFAULT 0"),
+)
 
-IndexKey = tuple[str, ChunkKey]
+Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors holding them, at their generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,7 @@ class VersionRecord:
     persisted: bool = False
     in_memory: bool = True
     lost: bool = False
+    lost_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +133,7 @@ def unpack_map(blob: bytes) -> tuple[ChunkKey, ...]:
     return tuple(ChunkKey(h, n) for h, n in _ENTRY.iter_unpack(blob))
 
 
-_VERSION_COLUMNS = "version, size, committed_at, chunk_map, persist, persisted, in_memory, lost"
+_VERSION_COLUMNS = "version, size, committed_at, chunk_map, persist, persisted, in_memory, lost, lost_reason"
 
 
 class Catalog:
@@ -142,26 +152,34 @@ class Catalog:
         # FULL: a commit acknowledged to a client survives a power cut of the manager's node too.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._lock = threading.RLock()
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
-        self._refs: dict[IndexKey, int] = {}
-        self._mem_refs: dict[IndexKey, int] = {}
-        self._drained: dict[IndexKey, str] = {}
-        self._locations: dict[IndexKey, set[str]] = {}
-        self._load_index()
+        self._index = self._load_index()
+        # Generations of holds grow across restarts too (a free names one): start above the clock.
+        top = self._db.execute("SELECT MAX(gen) FROM locations").fetchone()[0] or 0
+        self._next_gen = max(top, time.time_ns() // 1000) + 1
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # -- benefactors and policies ------------------------------------------------------------
-    def remember_benefactor(self, benefactor_id: str, address: str, capacity: int) -> None:
+    def remember_benefactor(self, benefactor_id: str, address: str, capacity: int, incarnation: int) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO benefactors VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "address=excluded.address, capacity=excluded.capacity",
-                (benefactor_id, address, capacity, time.time()),
+                "INSERT INTO benefactors VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "address=excluded.address, capacity=excluded.capacity, incarnation=excluded.incarnation",
+                (benefactor_id, address, capacity, time.time(), incarnation),
             )
+
+    def incarnation(self, benefactor_id: str) -> int:
+        """The incarnation the benefactor last registered as (0 if never)."""
+        with self._lock:
+            row = self._db.execute("SELECT incarnation FROM benefactors WHERE id=?", (benefactor_id,)).fetchone()
+        return row[0] if row else 0
 
     def benefactor_addresses(self) -> dict[str, str]:
         with self._lock:
@@ -183,48 +201,60 @@ class Catalog:
 
     # -- chunk index -------------------------------------------------------------------------
     def refs(self, key: IndexKey) -> int:
-        return self._refs.get(key, 0)
+        with self._lock:
+            return self._index.refs(key)
 
-    def locations(self, key: IndexKey) -> set[str]:
-        return set(self._locations.get(key, ()))
+    def locations(self, key: IndexKey) -> Holders:
+        with self._lock:
+            return self._index.locations(key)
 
     def drained(self, key: IndexKey) -> str:
-        return self._drained.get(key, "")
+        with self._lock:
+            return self._index.drained(key)
 
-    def readable(self, key: IndexKey, alive: set[str]) -> bool:
-        """The namespace holds this chunk where a reader can get it: a live benefactor, or the PFS."""
-        if self._refs.get(key, 0) <= 0:
-            return False
-        return key in self._drained or not self._locations.get(key, set()).isdisjoint(alive)
+    def chunk_refs(self, namespace: str, keys: Sequence[ChunkKey]) -> list[tuple[Holders, str]]:
+        """Locations and drained path of each chunk, read together under the lock."""
+        with self._lock:
+            return [(self._index.locations((namespace, k)), self._index.drained((namespace, k))) for k in keys]
 
     def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
         with self._lock:
-            return [self.readable((namespace, k), alive) for k in keys]
+            return [self._index.readable((namespace, k), alive) for k in keys]
 
-    def add_locations(self, benefactor_id: str, keys: Sequence[IndexKey]) -> int:
-        """Record that a benefactor holds these chunks (those still wanted in memory). Returns how many were new."""
-        added = 0
-        with self._lock, self._db:
-            for key in keys:
-                if self._mem_refs.get(key, 0) > 0 and benefactor_id not in self._locations.get(key, set()):
-                    self._locations.setdefault(key, set()).add(benefactor_id)
-                    ns, k = key
-                    self._db.execute("INSERT OR IGNORE INTO locations VALUES (?, ?, ?, ?)",
-                                     (ns, k.hash, k.length, benefactor_id))
-                    added += 1
-        return added
+    def held_by(self, benefactor_id: str) -> set[IndexKey]:
+        with self._lock:
+            return set(self._index.held_by(benefactor_id))
 
-    def wanted_in_memory(self, key: IndexKey) -> bool:
-        return self._mem_refs.get(key, 0) > 0
+    def check_held(self, benefactor_id: str, held: Sequence[tuple[IndexKey, int]]
+                   ) -> tuple[list[tuple[IndexKey, int]], list[tuple[IndexKey, int]]]:
+        """Compare what a benefactor reports holding (key, generation of its hold) with the index.
+        Returns (holds to send again: copies the index locates there at a newer generation; frees:
+        copies held there that no version locates there, at the reported generation)."""
+        hold, free = [], []
+        with self._lock:
+            for ik, gen in held:
+                mine = self._index.locations(ik).get(benefactor_id)
+                if mine is None:
+                    if gen:
+                        free.append((ik, gen))
+                elif mine != gen:
+                    hold.append((ik, mine))
+        return hold, free
+
+    def _new_gen(self) -> int:
+        self._next_gen += 1
+        return self._next_gen
 
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
-               alive: set[str], now: float | None = None) -> int:
-        """Record a new version atomically (queueing its drain if the policy selects it); return its number.
+               alive: set[str], now: float | None = None) -> tuple[int, dict[str, list[tuple[ChunkKey, int]]]]:
+        """Record a new version atomically (queueing its drain if the policy selects it).
 
-        Each chunk lists where the client stored it, or nothing when it relied on the namespace
-        already holding it. Either way, under the same lock as the write, it must be readable:
-        on a live benefactor (`alive` is the registry's view) or on the PFS; else DataLost and no version.
+        Each chunk lists the benefactors that confirmed storing it for this write (their receipts
+        were checked by the caller), or nothing when the write relied on the namespace already
+        holding it. Either way, under the same lock as the write, it must be readable: on a live
+        benefactor (`alive` is the registry's view) or on the PFS; else DataLost and no version.
+        Returns the version number and, per benefactor, the holds to order (key, generation).
         """
         keys = [k for k, _ in chunks]
         if sum(k.length for k in keys) != size:
@@ -232,10 +262,11 @@ class Catalog:
         now = time.time() if now is None else now
         with self._lock:
             for i, (key, locs) in enumerate(chunks):
-                if alive.isdisjoint(locs) and not self.readable((namespace, key), alive):
+                if alive.isdisjoint(locs) and not self._index.readable((namespace, key), alive):
                     where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
                     raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
             policy = self.policy(namespace)
+            holds: dict[str, list[tuple[ChunkKey, int]]] = {}
             with self._transaction():
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
                                        (namespace, path)).fetchone()
@@ -251,58 +282,53 @@ class Catalog:
                         touched.add(ik)
                         self._bump(ik, 1, 1)
                     for bf in locs:
-                        if bf not in self._locations.get(ik, set()):
-                            self._locations.setdefault(ik, set()).add(bf)
-                            self._db.execute("INSERT OR IGNORE INTO locations VALUES (?, ?, ?, ?)",
-                                             (namespace, key.hash, key.length, bf))
+                        gen = self._index.locations(ik).get(bf)
+                        if gen is None:
+                            gen = self._new_gen()
+                            self._index.add_location(ik, bf, gen)
+                            self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
+                                             (namespace, key.hash, key.length, bf, gen))
+                        holds.setdefault(bf, []).append((key, gen))
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now)
-            return version
+            return version, holds
 
-    def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> None:
-        """Change a chunk's counts (inside a transaction); drop it from the index at refs 0."""
+    def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> Holders:
+        """Change a chunk's counts (inside a transaction). Returns the locations it lost (no in-memory
+        version needs it any more), to be freed."""
         ns, key = ik
-        new_refs = self._refs.get(ik, 0) + refs
-        new_mem = self._mem_refs.get(ik, 0) + mem_refs
-        if new_refs <= 0:
-            self._refs.pop(ik, None)
-            self._mem_refs.pop(ik, None)
-            self._drained.pop(ik, None)
-            self._locations.pop(ik, None)
+        entry, dropped = self._index.bump(ik, refs, mem_refs)
+        if entry is None:
             self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+        else:
+            self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(ns, hash, length) "
+                             "DO UPDATE SET refs=excluded.refs, mem_refs=excluded.mem_refs",
+                             (ns, key.hash, key.length, entry.refs, entry.mem_refs))
+        if dropped:
             self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
-            return
-        self._refs[ik], self._mem_refs[ik] = new_refs, new_mem
-        self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(ns, hash, length) "
-                         "DO UPDATE SET refs=excluded.refs, mem_refs=excluded.mem_refs",
-                         (ns, key.hash, key.length, new_refs, new_mem))
-        if new_mem <= 0 and ik in self._locations:
-            del self._locations[ik]
-            self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+        return dropped
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One SQLite transaction (callers hold self._lock). On any error it is rolled back and the
-        in-memory index, which the body may have changed already, is reloaded from the database."""
+        in-memory index, which the body may have changed already, is replaced by a fresh load."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._load_index()
+            self._index = self._load_index()
             raise
 
-    def _load_index(self) -> None:
-        self._refs, self._mem_refs, self._drained, self._locations = {}, {}, {}, {}
+    def _load_index(self) -> ChunkIndex:
+        index = ChunkIndex()
         for ns, h, n, refs, mem_refs, drained in self._db.execute(
                 "SELECT ns, hash, length, refs, mem_refs, drained FROM chunks"):
-            key = (ns, ChunkKey(h, n))
-            self._refs[key], self._mem_refs[key] = refs, mem_refs
-            if drained:
-                self._drained[key] = drained
-        for ns, h, n, bf in self._db.execute("SELECT ns, hash, length, benefactor FROM locations"):
-            self._locations.setdefault((ns, ChunkKey(h, n)), set()).add(bf)
+            index.load((ns, ChunkKey(h, n)), refs, mem_refs, drained)
+        for ns, h, n, bf, gen in self._db.execute("SELECT ns, hash, length, benefactor, gen FROM locations"):
+            index.add_location((ns, ChunkKey(h, n)), bf, gen)
+        return index
 
     def _queue_drain(self, namespace: str, path: str, version: int,
                      chunks: Sequence[tuple[ChunkKey, Sequence[str]]], alive: set[str], now: float) -> None:
@@ -325,10 +351,10 @@ class Catalog:
         """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
         duplicates queue in order behind the first and become links); any live one to link a
         chunk already drained; "" when nobody can (the version is then lost)."""
-        holders = sorted(self._locations.get(ik, set()) & alive)
+        holders = sorted(set(self._index.locations(ik)) & alive)
         if holders:
             return holders[0]
-        if ik in self._drained and alive:
+        if self._index.drained(ik) and alive:
             return min(alive)
         return ""
 
@@ -349,9 +375,9 @@ class Catalog:
 
     @staticmethod
     def _record(namespace: str, path: str, row: tuple) -> VersionRecord:  # type: ignore[type-arg]
-        v, size, at, blob, persist, persisted, in_memory, lost = row
+        v, size, at, blob, persist, persisted, in_memory, lost, reason = row
         return VersionRecord(namespace, path, v, size, at, unpack_map(blob), bool(persist), bool(persisted),
-                             bool(in_memory), bool(lost))
+                             bool(in_memory), bool(lost), reason)
 
     def versions(self, namespace: str, path: str) -> list[VersionRecord]:
         with self._lock:
@@ -406,7 +432,7 @@ class Catalog:
                 if self._db.execute("DELETE FROM dirs WHERE ns=? AND path=?", (namespace, path)).rowcount:
                     self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?, ?)", (namespace, moved))
 
-    def delete_file(self, namespace: str, path: str) -> tuple[int, dict[IndexKey, set[str]]]:
+    def delete_file(self, namespace: str, path: str) -> tuple[int, Freed]:
         """Delete every version of a file (its PFS copies stay). Returns (versions deleted,
         chunks to free from memory -> the benefactors holding them)."""
         with self._lock:
@@ -414,25 +440,25 @@ class Catalog:
                                     (namespace, path)).fetchall()
             if not rows:
                 raise NotFound(f"{path}: no such file in namespace {namespace!r}")
-            freed: dict[IndexKey, set[str]] = {}
+            freed: Freed = {}
             with self._transaction():
                 for (version,) in rows:
                     freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                # Its queued drains go too (the benefactor reports any it already took as missing).
                 self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=?", (namespace, path))
             return len(rows), freed
 
-    def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> dict[IndexKey, set[str]]:
+    def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> Freed:
         """Take a version out of memory (keep_record: it stays, readable from the PFS) or out of the
         catalog altogether. Returns the chunks no in-memory version needs any more, with their holders."""
         blob, in_memory = self._db.execute("SELECT chunk_map, in_memory FROM versions WHERE ns=? AND path=? AND "
                                            "version=?", (namespace, path, version)).fetchone()
-        freed: dict[IndexKey, set[str]] = {}
+        freed: Freed = {}
         for key in set(unpack_map(blob)):
             ik = (namespace, key)
-            holders = self._locations.get(ik, set()).copy()
-            self._bump(ik, 0 if keep_record else -1, -1 if in_memory else 0)
-            if in_memory and self._mem_refs.get(ik, 0) <= 0 and holders:
-                freed[ik] = holders
+            dropped = self._bump(ik, 0 if keep_record else -1, -1 if in_memory else 0)
+            if dropped:
+                freed[ik] = dropped
         if keep_record:
             self._db.execute("UPDATE versions SET in_memory=0 WHERE ns=? AND path=? AND version=?",
                              (namespace, path, version))
@@ -440,11 +466,11 @@ class Catalog:
             self._db.execute("DELETE FROM versions WHERE ns=? AND path=? AND version=?", (namespace, path, version))
         return freed
 
-    def apply_retention(self, namespace: str, path: str) -> dict[IndexKey, set[str]]:
+    def apply_retention(self, namespace: str, path: str) -> Freed:
         """Versions past keep_versions leave memory: kept on the PFS if persisted, deleted if never
         selected for it; one selected but not yet drained waits (it is never evicted undrained)."""
         keep = self.policy(namespace).keep_versions
-        freed: dict[IndexKey, set[str]] = {}
+        freed: Freed = {}
         with self._lock:
             rows = self._db.execute("SELECT version, persist, persisted FROM versions WHERE ns=? AND path=? AND "
                                     "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
@@ -465,24 +491,41 @@ class Catalog:
         with self._lock:
             rows = self._db.execute("SELECT id, ns, path, version, idx, count, offset, hash, length FROM drain_tasks "
                                     "WHERE benefactor=? ORDER BY id LIMIT ?", (benefactor_id, limit)).fetchall()
-        return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._drained.get((ns, ChunkKey(h, n)), ""))
-                for i, ns, p, v, idx, count, off, h, n in rows]
+            return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))))
+                    for i, ns, p, v, idx, count, off, h, n in rows]
 
-    def drain_done(self, results: Sequence[tuple[int, str]]) -> set[tuple[str, str]]:
-        """Record drained chunk files. Returns the (namespace, path) of versions that became persisted."""
+    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool]], alive: set[str]
+                   ) -> tuple[set[tuple[str, str]], list[tuple[str, str, int, str]]]:
+        """Record drained chunk files (task id, drained path, missing). A task whose chunk the
+        benefactor did not have goes to another holder, or its version is lost; a task no longer
+        queued (its file was deleted) is ignored. Returns the (namespace, path) of versions that
+        became persisted, and the versions lost (namespace, path, version, reason)."""
         persisted: set[tuple[str, str]] = set()
+        lost: list[tuple[str, str, int, str]] = []
         with self._lock, self._transaction():
             touched: set[tuple[str, str, int]] = set()
-            for task_id, drained in results:
+            for task_id, drained, missing in results:
                 row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
                                        "WHERE id=?", (task_id,)).fetchone()
                 if row is None:
                     continue  # reported twice, or the file was deleted meanwhile: harmless
                 ns, path, version, h, n, count = row
-                self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
                 ik = (ns, ChunkKey(h, n))
-                if count and ik in self._refs and ik not in self._drained:
-                    self._drained[ik] = drained
+                if missing:
+                    # That benefactor does not hold it (whatever the index said): not a location any more.
+                    if self._index.remove_location(ik, benefactor_id):
+                        self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=? AND benefactor=?",
+                                         (ns, h, n, benefactor_id))
+                    owner = self._drainer_for(ik, alive - {benefactor_id})
+                    if owner:
+                        self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                    else:
+                        reason = f"chunk {ChunkKey(h, n)} was not on benefactor {benefactor_id} when it was drained"
+                        self._mark_lost(ns, path, version, reason)
+                        lost.append((ns, path, version, reason))
+                    continue
+                self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
+                if count and self._index.set_drained(ik, drained):
                     self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
                                      (drained, ns, h, n))
                 touched.add((ns, path, version))
@@ -493,9 +536,15 @@ class Catalog:
                     self._db.execute("UPDATE versions SET persisted=1 WHERE ns=? AND path=? AND version=? AND "
                                      "lost=0", (ns, path, version))
                     persisted.add((ns, path))
-        return persisted
+        return persisted, lost
 
-    def reassign_drains(self, dead: str, alive: set[str]) -> list[tuple[str, str, int]]:
+    def _mark_lost(self, ns: str, path: str, version: int, reason: str) -> None:
+        """Inside a transaction: the version cannot be read or drained any more."""
+        self._db.execute("UPDATE versions SET lost=1, lost_reason=? WHERE ns=? AND path=? AND version=?",
+                         (reason, ns, path, version))
+        self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?", (ns, path, version))
+
+    def reassign_drains(self, dead: str, alive: set[str], reason: str) -> list[tuple[str, str, int]]:
         """A benefactor died: give its queued chunks to another holder, or mark their versions lost."""
         lost: list[tuple[str, str, int]] = []
         with self._lock:
@@ -511,10 +560,31 @@ class Catalog:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
                     elif (ns, path, version) not in lost:
                         lost.append((ns, path, version))
-                        self._db.execute("UPDATE versions SET lost=1 WHERE ns=? AND path=? AND version=?",
-                                         (ns, path, version))
-                        self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?",
-                                         (ns, path, version))
+                        self._mark_lost(ns, path, version, reason)
+        return lost
+
+    def void_benefactor(self, benefactor_id: str, alive: set[str], reason: str) -> list[tuple[str, str, int]]:
+        """A benefactor came back as a new incarnation: every location of the old one is void. Its
+        queued drains go to other holders; versions still needed in memory that some chunk is now
+        readable from nowhere (no other copy, not drained) are lost. Returns those versions."""
+        with self._lock:
+            keys = self._index.held_by(benefactor_id)
+            if keys:
+                with self._transaction():
+                    for ik in keys:
+                        self._index.remove_location(ik, benefactor_id)
+                    self._db.execute("DELETE FROM locations WHERE benefactor=?", (benefactor_id,))
+            gone = {ik for ik in keys if not self._index.locations(ik) and not self._index.drained(ik)}
+            lost = self.reassign_drains(benefactor_id, alive - {benefactor_id}, reason)
+            if not gone:
+                return lost
+            rows = self._db.execute("SELECT ns, path, version, chunk_map FROM versions WHERE in_memory=1 AND "
+                                    "persisted=0 AND lost=0").fetchall()
+            with self._transaction():
+                for ns, path, version, blob in rows:
+                    if any((ns, k) in gone for k in unpack_map(blob)):
+                        self._mark_lost(ns, path, version, reason)
+                        lost.append((ns, path, version))
         return lost
 
     def backlog(self) -> dict[str, Backlog]:
@@ -523,14 +593,14 @@ class Catalog:
                                     "GROUP BY benefactor").fetchall()
         return {bf: Backlog(n or 0, oldest) for bf, n, oldest in rows}
 
-    def lost_versions(self) -> list[tuple[str, str, int]]:
+    def lost_versions(self) -> list[tuple[str, str, int, str]]:
         with self._lock:
-            return list(self._db.execute("SELECT ns, path, version FROM versions WHERE lost=1 ORDER BY ns, path, "
-                                         "version"))
+            return list(self._db.execute("SELECT ns, path, version, lost_reason FROM versions WHERE lost=1 "
+                                         "ORDER BY ns, path, version"))
 
     def namespaces(self) -> list[NamespaceSummary]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT ns, COUNT(DISTINCT path), COUNT(*), SUM(size) FROM versions GROUP BY ns").fetchall()
-            stored = dict(self._db.execute("SELECT ns, SUM(length) FROM chunks WHERE mem_refs > 0 GROUP BY ns"))
+            stored = self._index.stored_bytes()
         return [NamespaceSummary(ns, f, v, b or 0, stored.get(ns) or 0) for ns, f, v, b in rows]

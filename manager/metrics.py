@@ -36,6 +36,17 @@ class ManagerMetrics:
         self.commits = Counter("memstage_commits", "Versions committed", ["namespace"], registry=registry)
         self.errors = Counter("memstage_rpc_errors", "Manager calls that failed, by method and status code",
                               ["method", "code"], registry=registry)
+        self.sessions_expired = Counter("memstage_write_sessions_expired",
+                                        "Write sessions whose lease ran out (the writer died or lost the manager)",
+                                        registry=registry)
+        self.sessions_aborted = Counter("memstage_write_sessions_aborted", "Write sessions ended without a commit",
+                                        registry=registry)
+        self.orphans = Counter("memstage_orphan_chunks_found",
+                               "Chunks the safety-net reconcile found held with no version locating them (a bug "
+                               "if it grows)", registry=registry)
+        self.commits_refused = Counter("memstage_commits_refused",
+                                       "Commits refused: a location without a valid receipt, or an ended session",
+                                       ["namespace"], registry=registry)
         registry.register(_LiveState(status))
 
     def committed(self, namespace: str, size: int, stats: manager_pb2.ClientStats) -> None:

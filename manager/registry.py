@@ -33,6 +33,8 @@ class BenefactorRecord:
     stats: Stats
     last_seen: float
     dead_reported: bool = False
+    incarnation: int = 0
+    receipt_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,10 @@ class Registry:
     def ttl(self) -> float:
         return MISSED_HEARTBEATS * self.heartbeat_interval
 
-    def register(self, benefactor_id: str, address: str, stats: Stats, now: float) -> None:
-        self._records[benefactor_id] = BenefactorRecord(benefactor_id, address, stats, now)
+    def register(self, benefactor_id: str, address: str, stats: Stats, now: float, incarnation: int = 0,
+                 receipt_key: bytes = b"") -> None:
+        self._records[benefactor_id] = BenefactorRecord(benefactor_id, address, stats, now, False, incarnation,
+                                                        receipt_key)
 
     def heartbeat(self, benefactor_id: str, stats: Stats, now: float) -> bool:
         """Record a heartbeat; False if the benefactor is unknown or was declared dead (it must register)."""

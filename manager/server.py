@@ -1,4 +1,4 @@
-"""Starting and stopping the manager: gRPC server, catalog, and its housekeeping thread."""
+"""Starting and stopping the manager: gRPC server, catalog, and its housekeeping thread (deaths, leases)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from memstage.chunks import MAX_KEYS_PER_CALL, group_keys
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.metrics import serve_metrics
-from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2_grpc
-from memstage.rpc import CONTROL_SERVER_OPTIONS, CONTROL_TIMEOUT_S, bind, channel
+from memstage.proto import manager_pb2_grpc
+from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
 from memstage.settings import ManagerSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ class ManagerServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
-        self.service.drops_pending.set()
         self._server.stop(grace).wait()
         self._housekeeper.join(timeout=5)
         if self._metrics is not None:
@@ -51,27 +49,13 @@ class ManagerServer:
         log.info("manager stopped")
 
     def _housekeeping(self) -> None:
-        """Log deaths, and free released chunks on their benefactors now rather than at the next heartbeat."""
-        period = min(1.0, self.settings.heartbeat_interval)
-        while not self._stop.is_set():
-            self.service.drops_pending.wait(period)
-            self.service.drops_pending.clear()
-            if self._stop.is_set():
-                return
-            self.service.sweep()
-            for bf, (address, keys) in self.service.take_drops().items():
-                try:
-                    with channel(address) as ch:
-                        stub = benefactor_pb2_grpc.BenefactorStub(ch)
-                        for group in group_keys(keys):
-                            for start in range(0, len(group.keys), MAX_KEYS_PER_CALL):
-                                keys_slice = group.keys[start : start + MAX_KEYS_PER_CALL]
-                                stub.Delete(benefactor_pb2.ChunkList(namespace=group.namespace, keys=keys_slice),
-                                            timeout=CONTROL_TIMEOUT_S)
-                except grpc.RpcError as e:
-                    self.service.drops_failed(bf, keys)
-                    log.info("freeing %d chunks on %s deferred to its heartbeat (%s)", len(keys), bf,
-                             e.code() if isinstance(e, grpc.Call) else e)
+        """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""
+        period = min(1.0, self.settings.heartbeat_interval, self.settings.session_lease / 4)
+        while not self._stop.wait(period):
+            try:
+                self.service.sweep()
+            except Exception:  # a bug must not end housekeeping
+                log.exception("housekeeping failed")
 
 
 def create_server(settings: ManagerSettings) -> ManagerServer:

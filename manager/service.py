@@ -1,4 +1,12 @@
-"""The manager's gRPC servicer: translates requests to Registry and Catalog calls, errors to status codes."""
+"""The manager's gRPC servicer: translates requests to Registry, SessionTable, OrderQueues and Catalog
+calls, errors to status codes.
+
+Chunk lifecycle: a writer opens a session; benefactors acknowledge what it stores with receipts;
+its commit names them and the manager records those locations only (a location without a valid
+receipt refuses the commit); the commit, an abort or the lease's end ends the session, and
+benefactors are ordered to hold what was committed and free the rest. Only this manager orders
+frees, each naming the generation of the hold it ends.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +15,21 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey, group_keys
-from memstage.errors import DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
-from memstage.manager.catalog import Catalog, IndexKey, Policy, VersionRecord
+from memstage import receipts
+from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey
+from memstage.errors import DataLost, DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
+from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
+from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
+from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import Registry, Stats
+from memstage.manager.sessions import Session, SessionTable
 from memstage.paths import check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.settings import ManagerSettings
@@ -64,63 +76,186 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.catalog = catalog
         self.registry = Registry(settings.heartbeat_interval)
         self.clock = clock
-        self._lock = threading.Lock()  # registry and pending drops
-        # Chunks freed in the catalog that benefactors still hold: sent by the dropper, or with a heartbeat.
-        self._drops: dict[str, set[IndexKey]] = defaultdict(set)
-        self.drops_pending = threading.Event()
+        self._lock = threading.Lock()  # registry, sessions and order queues
+        self.sessions = SessionTable(settings.session_lease)
+        self.orders = OrderQueues()
         self.metrics = ManagerMetrics(registry, self._status_reply)
 
     # -- benefactors -------------------------------------------------------------------------
     @rpc
     def Register(self, request: manager_pb2.RegisterRequest, context: grpc.ServicerContext
                  ) -> manager_pb2.RegisterReply:
-        if not request.benefactor_id or not request.address:
-            raise InvalidArgument("register: benefactor_id and address are required")
+        bf = request.benefactor_id
+        if not bf or not request.address or not request.incarnation:
+            raise InvalidArgument("register: benefactor_id, address and incarnation are required")
         with self._lock:
-            self.registry.register(request.benefactor_id, request.address, _stats(request.stats), self.clock())
-        self.catalog.remember_benefactor(request.benefactor_id, request.address, request.stats.memory_capacity)
-        held = [(g.namespace, _key(k)) for g in request.held for k in g.keys]
-        confirmed = self.catalog.add_locations(request.benefactor_id, held)
-        log.info("benefactor %s registered at %s (capacity %d, %d chunks held, %d locations restored)",
-                 request.benefactor_id, request.address, request.stats.memory_capacity, len(held), confirmed)
+            rec = self.registry.get(bf)
+        previous = rec.incarnation if rec is not None else self.catalog.incarnation(bf)
+        if previous and previous != request.incarnation:
+            self._void(bf, f"benefactor {bf} restarted before the version was drained; its memory was lost")
+        with self._lock:
+            self.registry.register(bf, request.address, _stats(request.stats), self.clock(), request.incarnation,
+                                   bytes(request.receipt_key))
+            if previous != request.incarnation:
+                self.orders.reset(bf)
+        self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
+        held = [((g.namespace, _key(c.key)), c.gen, list(c.sessions)) for g in request.held for c in g.chunks]
+        orphans = self._settle_held(bf, held)
+        log.info("benefactor %s registered at %s (capacity %d, %d chunks held, %d of them orphans)",
+                 bf, request.address, request.stats.memory_capacity, len(held), orphans)
         return manager_pb2.RegisterReply(heartbeat_interval_seconds=self.settings.heartbeat_interval)
+
+    def _void(self, bf: str, reason: str) -> None:
+        """A benefactor came back as a new process: what the old one held is gone."""
+        lost = self.catalog.void_benefactor(bf, self._alive_ids(), reason)
+        log.warning("benefactor %s is a new incarnation: its earlier locations are void (%d versions lost)",
+                    bf, len(lost))
+        for ns, path, version in lost:
+            log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+
+    def _settle_held(self, bf: str, held: Sequence[tuple[IndexKey, int, list[int]]]) -> int:
+        """Orders that make what a benefactor reports holding agree with the index: holds it missed
+        (at the index's generation), then the end of sessions no longer open, then frees of copies
+        no version locates there. Returns how many chunks were orphans."""
+        hold, free = self.catalog.check_held(bf, [(ik, gen) for ik, gen, _ in held])
+        sessions = {sid for _, _, sids in held for sid in sids}
+        with self._lock:
+            for ns, items in _by_namespace(hold).items():
+                self.orders.push(bf, ns, hold=items)
+            for sid in sessions:
+                if not self.sessions.is_open(sid):
+                    self.orders.push(bf, "", session=sid, end_session=True)
+            for ns, items in _by_namespace(free).items():
+                self.orders.push(bf, ns, free=items)
+        return len(free)
 
     @rpc
     def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.HeartbeatReply:
         with self._lock:
+            rec = self.registry.get(request.benefactor_id)
+            if rec is None or rec.incarnation != request.incarnation:
+                return manager_pb2.HeartbeatReply(known=False)
             known = self.registry.heartbeat(request.benefactor_id, _stats(request.stats), self.clock())
-            drops = self._drops.pop(request.benefactor_id, set()) if known else set()
-        return manager_pb2.HeartbeatReply(known=known, drop=group_keys(drops))
+            if known:
+                # Chunks of sessions that are over (their end order got lost, or a straggler arrived later).
+                for sid in request.sessions:
+                    if not self.sessions.is_open(sid):
+                        self.orders.push(request.benefactor_id, "", session=sid, end_session=True)
+        return manager_pb2.HeartbeatReply(known=known)
 
     @rpc
     def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.ReconcileReply:
-        keys = [(g.namespace, _key(k)) for g in request.keys for k in g.keys]
-        referenced = [k for k in keys if self.catalog.wanted_in_memory(k)]
-        self.catalog.add_locations(request.benefactor_id, referenced)
-        return manager_pb2.ReconcileReply(referenced=group_keys(referenced))
+        with self._lock:
+            rec = self.registry.get(request.benefactor_id)
+            if rec is None or rec.incarnation != request.incarnation:
+                return manager_pb2.ReconcileReply()
+        held = [((g.namespace, _key(c.key)), c.gen, list(c.sessions)) for g in request.held for c in g.chunks]
+        orphans = self._settle_held(request.benefactor_id, held)
+        if orphans:
+            self.metrics.orphans.inc(orphans)
+            log.warning("safety net: %d chunks on %s were held with no version locating them; freeing them",
+                        orphans, request.benefactor_id)
+        return manager_pb2.ReconcileReply(orphans=orphans)
+
+    @rpc
+    def Orders(self, request: manager_pb2.OrdersRequest, context: grpc.ServicerContext) -> manager_pb2.OrdersReply:
+        with self._lock:
+            rec = self.registry.get(request.benefactor_id)
+            if rec is None or rec.incarnation != request.incarnation:
+                return manager_pb2.OrdersReply(known=False)
+            return manager_pb2.OrdersReply(known=True, orders=self.orders.take(request.benefactor_id, request.acked))
 
     def sweep(self) -> None:
-        """Log benefactors that just passed their TTL (liveness itself is computed on demand)."""
+        """Log benefactors that just passed their TTL, and end sessions whose lease ran out."""
         with self._lock:
-            dead = self.registry.newly_dead(self.clock())
+            now = self.clock()
+            dead = self.registry.newly_dead(now)
+            expired = self.sessions.expired(now)
+            for session in expired:
+                self._end_orders(session, {})
+        for session in expired:
+            self.metrics.sessions_expired.inc()
+            log.warning("write session of %s:%s expired (not renewed for %.0fs): its chunks are freed",
+                        session.namespace, session.path, self.settings.session_lease)
         for rec in dead:
             log.warning("benefactor %s (%s) missed %d heartbeats: declared dead", rec.id, rec.address, 3)
-            for ns, path, version in self.catalog.reassign_drains(rec.id, self._alive_ids()):
-                log.error("%s:%s version %d is lost: benefactor %s died before it was drained", ns, path,
-                          version, rec.id)
+            reason = f"benefactor {rec.id} died before the version was drained"
+            for ns, path, version in self.catalog.reassign_drains(rec.id, self._alive_ids(), reason):
+                log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+
+    def _end_orders(self, session: Session, holds: dict[str, list[tuple[ChunkKey, int]]]) -> None:
+        """(under self._lock) Tell every benefactor the session may have stored on that it is over,
+        with the holds its commit created there."""
+        for bf in session.benefactors | set(holds):
+            self.orders.push(bf, session.namespace, session=session.id, hold=holds.get(bf, []), end_session=True)
 
     # -- clients -----------------------------------------------------------------------------
     @rpc
+    def OpenSession(self, request: manager_pb2.OpenSessionRequest, context: grpc.ServicerContext
+                    ) -> manager_pb2.SessionReply:
+        namespace = check_namespace(request.namespace)
+        path = normalize_file_path(request.path) if request.path else ""
+        with self._lock:
+            session = self.sessions.open(namespace, path, self.clock())
+        return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease)
+
+    @rpc
+    def RenewSessions(self, request: manager_pb2.RenewSessionsRequest, context: grpc.ServicerContext
+                      ) -> manager_pb2.RenewSessionsReply:
+        with self._lock:
+            now = self.clock()
+            return manager_pb2.RenewSessionsReply(open=[self.sessions.renew(sid, now) for sid in request.sessions])
+
+    @rpc
+    def AbortSession(self, request: manager_pb2.SessionRequest, context: grpc.ServicerContext
+                     ) -> manager_pb2.AbortSessionReply:
+        with self._lock:
+            session = self.sessions.end(request.session)
+            if session is not None:
+                self._end_orders(session, {})
+        if session is not None:
+            self.metrics.sessions_aborted.inc()
+            log.info("write of %s:%s aborted: its chunks are freed", session.namespace, session.path)
+        return manager_pb2.AbortSessionReply()
+
+    @rpc
+    def ReleaseChunks(self, request: manager_pb2.ReleaseRequest, context: grpc.ServicerContext
+                      ) -> manager_pb2.ReleaseReply:
+        namespace = check_namespace(request.namespace)
+        by_bf: dict[str, list[ChunkKey]] = defaultdict(list)
+        for c in request.chunks:
+            for loc in c.locations:
+                by_bf[loc.benefactor_id].append(_key(c.key))
+        with self._lock:
+            session = self.sessions.get(request.session)
+            if session is not None and session.namespace == namespace:  # else its end freed them already
+                for bf, keys in by_bf.items():
+                    if bf in session.benefactors:
+                        self.orders.push(bf, namespace, session=session.id, release=keys)
+        return manager_pb2.ReleaseReply()
+
+    def _session(self, sid: int, namespace: str, what: str) -> Session:
+        """(under self._lock) An open session of this namespace, or DataLost naming why not."""
+        session = self.sessions.get(sid)
+        if session is None or session.namespace != namespace or session.committing:
+            raise DataLost(f"{what}: its write session has ended (not renewed within {self.sessions.lease:.0f}s, "
+                           "aborted, or the manager restarted) and its chunks were freed; nothing was committed, "
+                           "write the file again")
+        return session
+
+    @rpc
     def GetStripingMap(self, request: manager_pb2.StripingRequest, context: grpc.ServicerContext
                        ) -> manager_pb2.StripingMap:
-        check_namespace(request.namespace)
+        namespace = check_namespace(request.namespace)
         width = request.width or self.settings.stripe_width
         with self._lock:
+            session = self._session(request.session, namespace, "striping map")
             now = self.clock()
             placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now)
             alive = len(self.registry.alive(now))
+            session.benefactors.update(p.id for p in placements)
         if not placements:
             if alive == 0:
                 raise Unavailable("no live benefactors are registered with the manager")
@@ -133,25 +268,61 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
-        chunks = [(_key(c.key), [loc.benefactor_id for loc in c.locations]) for c in request.chunks]
-        alive = self._alive_ids()
-        version = self.catalog.commit(namespace, path, request.size, chunks, alive)
-        per_benefactor: dict[str, int] = defaultdict(int)
-        for key, locs in dict(chunks).items():  # each distinct chunk once
-            for bf in alive.intersection(locs):
-                per_benefactor[bf] += key.length
+        what = f"commit of {path}"
+        session: Session | None = None
         with self._lock:
-            for bf, nbytes in per_benefactor.items():
-                self.registry.note_used(bf, nbytes)
-            # A chunk committed again is referenced again: it must not be freed by an older drop.
-            for (key, locs) in chunks:
-                for bf in locs:
-                    self._drops.get(bf, set()).discard((namespace, key))
+            if request.session:
+                # Committing: no expiry, no new maps, and still open to heartbeats (its chunks stay)
+                # until the orders below say what became of them.
+                session = self._session(request.session, namespace, what)
+                session.committing = True
+            try:
+                chunks = self._confirmed(namespace, request, what)
+            except MemstageError:
+                self.metrics.commits_refused.labels(namespace).inc()
+                if session is not None:
+                    self.sessions.end(session.id)
+                    self._end_orders(session, {})
+                raise
+        alive = self._alive_ids()
+        try:
+            version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive)
+        except BaseException:
+            if session is not None:
+                with self._lock:
+                    self.sessions.end(session.id)
+                    self._end_orders(session, {})
+            raise
+        with self._lock:
+            if session is not None:
+                self.sessions.end(session.id)
+                self._end_orders(session, holds)
+            for bf, held in holds.items():
+                self.registry.note_used(bf, sum(k.length for k, _ in held))
         self._free(self.catalog.apply_retention(namespace, path))
         self.metrics.committed(namespace, request.size, request.stats)
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
+
+    def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, what: str
+                   ) -> list[tuple[ChunkKey, list[str]]]:
+        """(under self._lock) The commit's chunks with the locations their receipts prove; a location
+        without a valid receipt from the benefactor's current incarnation refuses the commit."""
+        chunks = []
+        for i, c in enumerate(request.chunks):
+            key = _key(c.key)
+            locs = []
+            for loc in c.locations:
+                rec = self.registry.get(loc.benefactor_id)
+                if not request.session or rec is None or not receipts.verify(
+                        rec.receipt_key, request.session, namespace, key, bytes(loc.receipt)):
+                    raise DataLost(f"{what}: chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
+                                   "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
+                                   "nothing was committed, write the file again")
+                locs.append(loc.benefactor_id)
+            chunks.append((key, locs))
+        return chunks
 
     def _alive_ids(self) -> set[str]:
         with self._lock:
@@ -189,12 +360,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 addresses[r.id] = r.address
             alive = {r.id for r in self.registry.alive(now)}
         chunks = []
-        for key in keys:
-            ik = (namespace, key)
+        for key, (holders, drained) in zip(keys, self.catalog.chunk_refs(namespace, keys), strict=True):
             # Live benefactors first; the others stay listed (a restarted manager has not heard from them yet).
-            locs = sorted(self.catalog.locations(ik), key=lambda bf: (bf not in alive, bf))
+            locs = sorted(holders, key=lambda bf: (bf not in alive, bf))
             chunks.append(manager_pb2.ChunkRef(
-                key=key.to_pb(), drained=self.catalog.drained(ik),
+                key=key.to_pb(), drained=drained,
                 locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
         readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
@@ -251,7 +421,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.VersionsReply(versions=[
             manager_pb2.VersionInfo(version=v.version, size=v.size, committed_at=v.committed_at,
                                     chunk_count=len(v.keys), persist=v.persist, persisted=v.persisted,
-                                    in_memory=v.in_memory, lost=v.lost) for v in versions])
+                                    in_memory=v.in_memory, lost=v.lost, lost_reason=v.lost_reason)
+            for v in versions])
 
     @rpc
     def Delete(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext
@@ -280,7 +451,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         for old, new in moves:
             latest = self.catalog.version(namespace, old)
             # The destination's readers switch to the moved content in the commit's one transaction.
-            self.catalog.commit(namespace, new, latest.size, [(k, []) for k in latest.keys], alive)
+            self.catalog.commit(namespace, new, latest.size, [(k, []) for k in latest.keys], alive)  # no new locations
             self._free(self.catalog.apply_retention(namespace, new))
             _, freed = self.catalog.delete_file(namespace, old)
             self._free(freed)
@@ -328,23 +499,27 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespaces = [manager_pb2.NamespaceStatus(namespace=n.namespace, files=n.files, versions=n.versions,
                                                   bytes_committed=n.bytes_committed, bytes_stored=n.bytes_stored)
                       for n in self.catalog.namespaces()]
-        lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v) for ns, p, v in self.catalog.lost_versions()]
+        lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
+                for ns, p, v, r in self.catalog.lost_versions()]
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost,
                                        heartbeat_interval_seconds=self.settings.heartbeat_interval,
                                        state_dir=self.settings.state)
 
-    def _free(self, freed: dict[IndexKey, set[str]]) -> None:
-        """Queue chunks no in-memory version needs for freeing on the benefactors holding them."""
+    def _free(self, freed: Freed) -> None:
+        """Order chunks no in-memory version needs freed on the benefactors holding them."""
         if not freed:
             return
+        by_bf: dict[str, dict[str, list[tuple[ChunkKey, int]]]] = defaultdict(lambda: defaultdict(list))
+        for (ns, key), holders in freed.items():
+            for bf, gen in holders.items():
+                by_bf[bf][ns].append((key, gen))
         with self._lock:
-            for ik, benefactors in freed.items():
-                for bf in benefactors:
-                    self._drops[bf].add(ik)
-                    # Counted as free at once: the dropper frees it within moments, and a benefactor
-                    # that is still full simply refuses (the writer re-plans).
-                    self.registry.note_used(bf, -ik[1].length)
-        self.drops_pending.set()
+            for bf, groups in by_bf.items():
+                for ns, items in groups.items():
+                    self.orders.push(bf, ns, free=items)
+                    # Counted as free at once: the benefactor frees it within moments, and one that is
+                    # still full simply refuses (the writer re-plans).
+                    self.registry.note_used(bf, -sum(k.length for k, _ in items))
 
     # -- draining and policy -----------------------------------------------------------------
     @rpc
@@ -359,7 +534,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def DrainDone(self, request: manager_pb2.DrainDoneRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainDoneReply:
-        persisted = self.catalog.drain_done([(r.task_id, r.drained) for r in request.results])
+        persisted, lost = self.catalog.drain_done(request.benefactor_id,
+                                                  [(r.task_id, r.drained, r.missing) for r in request.results],
+                                                  self._alive_ids())
+        for ns, path, version, reason in lost:
+            log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
         for namespace, path in persisted:
             log.info("%s:%s: a version is now persisted on the PFS", namespace, path)
             self._free(self.catalog.apply_retention(namespace, path))
@@ -379,24 +558,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
                                        keep_versions=current.keep_versions)
 
-    # -- dropper support ---------------------------------------------------------------------
-    def take_drops(self) -> dict[str, tuple[str, set[IndexKey]]]:
-        """Pending drops of live benefactors, with their addresses. Taken drops leave the pending set, so
-        a heartbeat reply never hands them out a second time (a benefactor skips only one drop of a
-        chunk stored again meanwhile); drops_failed puts them back."""
-        with self._lock:
-            now = self.clock()
-            taken = {}
-            for bf, keys in self._drops.items():
-                if keys and (rec := self.registry.get(bf)) is not None and self.registry.is_alive(bf, now):
-                    taken[bf] = (rec.address, set(keys))
-                    keys.clear()
-            return taken
 
-    def drops_failed(self, benefactor_id: str, keys: Iterable[IndexKey]) -> None:
-        """Back to pending (the next heartbeat carries them), unless committed there again meanwhile."""
-        keys = set(keys)
-        still = {k for k in keys if benefactor_id not in self.catalog.locations(k)}
-        with self._lock:
-            self._drops[benefactor_id] |= still
-
+def _by_namespace(items: Sequence[tuple[IndexKey, int]]) -> dict[str, list[tuple[ChunkKey, int]]]:
+    out: dict[str, list[tuple[ChunkKey, int]]] = defaultdict(list)
+    for (ns, key), gen in items:
+        out[ns].append((key, gen))
+    return out

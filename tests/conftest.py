@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +39,9 @@ class Cluster:
     manager: RoleProcess | None = None
     benefactors: list[RoleProcess] = field(default_factory=list)
     manager_address: str = ""
+    manager_args: tuple[str, ...] = ()
     _clients: list[Client] = field(default_factory=list)
+    _logs: list[object] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -44,14 +49,19 @@ class Cluster:
 
     def start_manager(self, listen: str = "127.0.0.1:0") -> RoleProcess:
         self.manager = spawn("manager", ["--listen", listen, "--state", self.state,
-                                         "--heartbeat-interval", f"{self.heartbeat}s", "--log-level", "warning"])
+                                         "--heartbeat-interval", f"{self.heartbeat}s", "--log-level", "warning",
+                                         *self.manager_args])
         self.manager_address = self.manager.address
         return self.manager
 
-    def add_benefactor(self, memory: int = 64 * MiB, *extra: str) -> RoleProcess:
+    def add_benefactor(self, memory: int = 64 * MiB, *extra: str, log: Path | None = None) -> RoleProcess:
+        """A benefactor process; with `log`, what it says goes to that file (else to the test's output)."""
+        out = open(log, "a") if log is not None else None  # noqa: SIM115 (closed with the cluster)
+        if out is not None:
+            self._logs.append(out)
         bf = spawn("benefactor", ["--manager", self.manager_address, "--memory", str(memory), "--pfs",
                                   str(self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
-                                  "--log-level", "warning", *extra])
+                                  "--log-level", "warning", *extra], stderr=out)
         self.benefactors.append(bf)
         wait_for(lambda: bf.id in self.alive_ids(), what=f"benefactor {bf.id} to register")
         return bf
@@ -88,6 +98,12 @@ class Cluster:
             c.connections.close()
         for p in [*self.benefactors, *([self.manager] if self.manager else [])]:
             p.stop(timeout=5)
+        for out in self._logs:
+            out.close()  # type: ignore[attr-defined]
+
+    def memory_used(self) -> int:
+        """Donated memory in use on live benefactors, as the manager reports it."""
+        return sum(b["memory_used"] for b in self.status()["benefactors"] if b["alive"])  # type: ignore[index,misc]
 
 
 @pytest.fixture
@@ -95,8 +111,9 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """local_cluster(benefactors=N, memory=SIZE): a manager and N benefactors, real processes."""
     clusters: list[Cluster] = []
 
-    def make(benefactors: int = 2, memory: int = 64 * MiB, heartbeat: float = HEARTBEAT) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat)
+    def make(benefactors: int = 2, memory: int = 64 * MiB, heartbeat: float = HEARTBEAT,
+             manager_args: tuple[str, ...] = ()) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args)
         clusters.append(cluster)
         cluster.start_manager()
         for _ in range(benefactors):
@@ -111,3 +128,33 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 def random_bytes(size: int) -> bytes:
     """Incompressible, never-repeating test data: a misplaced chunk cannot go unnoticed."""
     return os.urandom(size)
+
+
+@pytest.fixture
+def mounted(local_cluster, tmp_path):
+    """mounted(benefactors, memory) -> (mountpoint, cluster, mount process): a real FUSE mount."""
+    if not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (Debian's fuse3)")
+    mounts = []
+
+    def make(benefactors: int = 2, memory: int = 192 * MiB, cluster: Cluster | None = None):
+        cluster = cluster or local_cluster(benefactors=benefactors, memory=memory)
+        point = tmp_path / f"mnt{len(mounts)}"
+        point.mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
+                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning"])
+        mounts.append((point, proc))
+        wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
+        assert proc.poll() is None, "memstage mount exited"
+        return point, cluster, proc
+
+    yield make
+    for point, proc in mounts:
+        if os.path.ismount(point):
+            subprocess.run(["fusermount3", "-u", str(point)], check=False)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-uz", str(point)], check=False)
+            proc.kill()
+            proc.wait()

@@ -203,27 +203,7 @@ def test_buffered_commit_error_surfaces_on_sync(local_cluster):
         c.info("/too-big")
 
 
-def test_chunks_of_an_uncommitted_write_are_dropped(local_cluster):
-    cluster = local_cluster(benefactors=0)
-    cluster.add_benefactor(32 * MiB, "--orphan-grace", "1s")
-    c = cluster.client()
-    c.pipe("/kept", random_bytes(2 * MiB))
-    with pytest.raises(RuntimeError), c.open("/abandoned", "wb") as f:
-        f.write(random_bytes(8 * MiB))
-        f.writer.finish()  # every chunk stored on the benefactor, then the application fails
-        raise RuntimeError("crash before commit")
-    used = lambda: cluster.status()["benefactors"][0]["memory_used"]  # noqa: E731
-    wait_for(lambda: used() == 10 * MiB, timeout=20, what="the abandoned chunks to show in a heartbeat")
-    wait_for(lambda: used() <= 2 * MiB, timeout=20, what="orphaned chunks to be dropped")
-    assert c.cat("/kept")  # chunks of committed versions stay
-    assert used() == 2 * MiB
-
-
-def test_a_drop_racing_a_write_of_the_same_chunks_does_not_take_them(local_cluster):
-    import time
-
-    from conftest import HEARTBEAT
-
+def test_a_write_racing_the_free_of_the_same_chunks_keeps_them(local_cluster):
     cluster = local_cluster(benefactors=1)
     c = cluster.client()
     data = random_bytes(4 * MiB)
@@ -232,32 +212,24 @@ def test_a_drop_racing_a_write_of_the_same_chunks_does_not_take_them(local_clust
         b.flush()
         b.writer.settle()  # /b's chunks are stored; no version references them yet
         c.pipe("/a", data)  # /a stores the same chunks on the same benefactor, and commits them
-        c.rm("/a")  # ... and frees them: the benefactor is told to drop chunks /b is about to commit
-        time.sleep(2 * HEARTBEAT)  # the drop is sent at once, or with the next heartbeat
+        c.rm("/a")  # ... and frees them: the benefactor is told to free chunks /b is about to commit
+        wait_for(lambda: cluster.memory_used() == 4 * MiB, what="the free order to be carried out")
     assert c.cat("/b") == data
 
 
-@pytest.mark.parametrize("keep_alive", ["0.3s", "1h"])
-def test_a_write_open_longer_than_orphan_grace_keeps_its_chunks(local_cluster, keep_alive):
+def test_a_write_open_longer_than_its_lease_keeps_its_chunks(local_cluster):
     import time
 
-    from memstage.errors import DataLost
-
-    cluster = local_cluster(benefactors=0)
-    cluster.add_benefactor(32 * MiB, "--orphan-grace", "1s")
-    c = cluster.client(keep_alive=keep_alive)
+    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "1s"))
+    c = cluster.client()
     data = random_bytes(4 * MiB)
     with c.open("/slow", "wb") as f:
         f.write(data[: 2 * MiB])
         f.flush()
         f.writer.settle()  # stored on the benefactor, referenced by no version yet
-        time.sleep(3)  # three orphan_graces: the benefactor reconciles every half of one
+        time.sleep(3)  # three leases: the client renews every third of one
         f.write(data[2 * MiB :])
-    if keep_alive == "1h":  # no keep-alive in time: the early chunks were taken for orphans
-        with pytest.raises(DataLost):
-            c.cat("/slow")
-    else:
-        assert c.cat("/slow") == data
+    assert c.cat("/slow") == data
 
 
 def test_rename_replaces_the_destination_atomically_and_moves_directories(local_cluster):

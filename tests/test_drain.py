@@ -140,8 +140,8 @@ def test_benefactor_lost_before_drain_marks_the_version_lost(local_cluster, tmp_
              what="the oldest undrained chunk to age")
     assert status["benefactors"][0]["drain_backlog"] <= 16 * MiB
     bf.kill()
-    wait_for(lambda: cluster.status()["lost"] == [{"namespace": "default", "path": "/k", "version": 2}],
-             what="version 2 to be reported lost")
+    lost = wait_for(lambda: cluster.status()["lost"], what="version 2 to be reported lost")
+    assert [(v["path"], v["version"]) for v in lost] == [("/k", 2)] and "died" in lost[0]["reason"]
     assert [v["lost"] for v in c.versions("/k")] == [False, True]
     out = tmp_path / "v1"
     assert restore(cluster.root / "pfs", "/k", 1, out).returncode == 0 and out.read_bytes() == first

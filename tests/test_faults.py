@@ -100,7 +100,7 @@ def test_chunk_with_wrong_hash_is_rejected(local_cluster):
     bf = cluster.benefactors[0]
     data = random_bytes(MiB)
     key = ChunkKey.of(random_bytes(MiB))  # the hash of other bytes of the same length
-    header = benefactor_pb2.PutHeader(namespace="default", key=key.to_pb(), seq=7)
+    header = benefactor_pb2.PutHeader(namespace="default", key=key.to_pb(), seq=7, session=1)
     with channel(bf.address) as ch:
         put = ch.stream_stream("/memstage.v1.Benefactor/Put", request_serializer=identity,
                                response_deserializer=benefactor_pb2.PutAck.FromString)
@@ -118,7 +118,7 @@ def test_chunk_with_wrong_hash_is_rejected(local_cluster):
 def test_over_capacity_chunk_refused_with_resource_exhausted(local_cluster):
     cluster = local_cluster(benefactors=1, memory=1 * MiB)
     data = random_bytes(2 * MiB)
-    header = benefactor_pb2.PutHeader(namespace="default", key=ChunkKey.of(data).to_pb(), seq=1)
+    header = benefactor_pb2.PutHeader(namespace="default", key=ChunkKey.of(data).to_pb(), seq=1, session=1)
     with channel(cluster.benefactors[0].address) as ch:
         put = ch.stream_stream("/memstage.v1.Benefactor/Put", request_serializer=identity,
                                response_deserializer=benefactor_pb2.PutAck.FromString)

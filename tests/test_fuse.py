@@ -19,34 +19,6 @@ if not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
     pytest.skip("needs /dev/fuse and fusermount3 (Debian's fuse3)", allow_module_level=True)
 
 
-@pytest.fixture
-def mounted(local_cluster, tmp_path):
-    """mounted(benefactors, memory) -> (mountpoint, cluster, mount process)."""
-    mounts = []
-
-    def make(benefactors: int = 2, memory: int = 192 * MiB):
-        cluster = local_cluster(benefactors=benefactors, memory=memory)
-        point = tmp_path / f"mnt{len(mounts)}"
-        point.mkdir()
-        proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
-                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning"])
-        mounts.append((point, proc))
-        wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
-        assert proc.poll() is None, "memstage mount exited"
-        return point, cluster, proc
-
-    yield make
-    for point, proc in mounts:
-        if os.path.ismount(point):
-            subprocess.run(["fusermount3", "-u", str(point)], check=False)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["fusermount3", "-uz", str(point)], check=False)
-            proc.kill()
-            proc.wait()
-
-
 def sha(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

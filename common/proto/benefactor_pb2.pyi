@@ -16,14 +16,16 @@ class ReadDrainedRequest(_message.Message):
     def __init__(self, drained: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ...) -> None: ...
 
 class PutHeader(_message.Message):
-    __slots__ = ("namespace", "key", "seq")
+    __slots__ = ("namespace", "key", "seq", "session")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     key: _common_pb2.ChunkKey
     seq: int
-    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., seq: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class PutFrame(_message.Message):
     __slots__ = ("header", "data")
@@ -34,10 +36,12 @@ class PutFrame(_message.Message):
     def __init__(self, header: _Optional[_Union[PutHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PutAck(_message.Message):
-    __slots__ = ("seq",)
+    __slots__ = ("seq", "receipt")
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     seq: int
-    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+    receipt: bytes
+    def __init__(self, seq: _Optional[int] = ..., receipt: _Optional[bytes] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("namespace", "key")
@@ -54,23 +58,15 @@ class GetFrame(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ChunkList(_message.Message):
-    __slots__ = ("namespace", "keys", "keep")
+    __slots__ = ("namespace", "keys")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
-    KEEP_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
-    keep: bool
-    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., keep: _Optional[bool] = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ...) -> None: ...
 
 class HasReply(_message.Message):
     __slots__ = ("present",)
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     present: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
-
-class DeleteReply(_message.Message):
-    __slots__ = ("freed_bytes",)
-    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
-    freed_bytes: int
-    def __init__(self, freed_bytes: _Optional[int] = ...) -> None: ...

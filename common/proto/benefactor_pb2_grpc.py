@@ -49,11 +49,6 @@ class BenefactorStub:
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_benefactor__pb2.HasReply.FromString,
                 _registered_method=True)
-        self.Delete = channel.unary_unary(
-                '/memstage.v1.Benefactor/Delete',
-                request_serializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
-                response_deserializer=memstage_dot_proto_dot_benefactor__pb2.DeleteReply.FromString,
-                _registered_method=True)
         self.ReadDrained = channel.unary_stream(
                 '/memstage.v1.Benefactor/ReadDrained',
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.SerializeToString,
@@ -85,14 +80,9 @@ class BenefactorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ReadDrained(self, request, context):
-        """Streams a drained chunk back from the PFS (for clients that do not mount it), verified.
+        """There is no Delete: a benefactor frees chunks only on the manager's orders (see Manager.Orders).
+        Streams a drained chunk back from the PFS (for clients that do not mount it), verified.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,11 +105,6 @@ def add_BenefactorServicer_to_server(servicer, server):
                     servicer.Has,
                     request_deserializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.FromString,
                     response_serializer=memstage_dot_proto_dot_benefactor__pb2.HasReply.SerializeToString,
-            ),
-            'Delete': grpc.unary_unary_rpc_method_handler(
-                    servicer.Delete,
-                    request_deserializer=memstage_dot_proto_dot_benefactor__pb2.ChunkList.FromString,
-                    response_serializer=memstage_dot_proto_dot_benefactor__pb2.DeleteReply.SerializeToString,
             ),
             'ReadDrained': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadDrained,
@@ -208,33 +193,6 @@ class Benefactor:
             '/memstage.v1.Benefactor/Has',
             memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
             memstage_dot_proto_dot_benefactor__pb2.HasReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Delete(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/memstage.v1.Benefactor/Delete',
-            memstage_dot_proto_dot_benefactor__pb2.ChunkList.SerializeToString,
-            memstage_dot_proto_dot_benefactor__pb2.DeleteReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmemstage/proto/common.proto\x12\x0bmemstage.v1\"(\n\x08\x43hunkKey\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\"2\n\x08Location\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmemstage/proto/common.proto\x12\x0bmemstage.v1\"(\n\x08\x43hunkKey\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\"C\n\x08Location\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07receipt\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNKKEY']._serialized_start=44
   _globals['_CHUNKKEY']._serialized_end=84
   _globals['_LOCATION']._serialized_start=86
-  _globals['_LOCATION']._serialized_end=136
+  _globals['_LOCATION']._serialized_end=153
 # @@protoc_insertion_point(module_scope)

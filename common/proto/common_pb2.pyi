@@ -13,9 +13,11 @@ class ChunkKey(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., length: _Optional[int] = ...) -> None: ...
 
 class Location(_message.Message):
-    __slots__ = ("benefactor_id", "address")
+    __slots__ = ("benefactor_id", "address", "receipt")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     address: str
-    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    receipt: bytes
+    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., receipt: _Optional[bytes] = ...) -> None: ...

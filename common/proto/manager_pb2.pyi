@@ -31,17 +31,39 @@ class NamespacedChunks(_message.Message):
     keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
     def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ...) -> None: ...
 
+class HeldChunk(_message.Message):
+    __slots__ = ("key", "gen", "sessions")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.ChunkKey
+    gen: int
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HeldChunks(_message.Message):
+    __slots__ = ("namespace", "chunks")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    chunks: _containers.RepeatedCompositeFieldContainer[HeldChunk]
+    def __init__(self, namespace: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
-    __slots__ = ("benefactor_id", "address", "stats", "held")
+    __slots__ = ("benefactor_id", "address", "stats", "held", "incarnation", "receipt_key")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_KEY_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     address: str
     stats: BenefactorStats
-    held: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
-    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+    held: _containers.RepeatedCompositeFieldContainer[HeldChunks]
+    incarnation: int
+    receipt_key: bytes
+    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ..., incarnation: _Optional[int] = ..., receipt_key: _Optional[bytes] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("heartbeat_interval_seconds",)
@@ -50,46 +72,140 @@ class RegisterReply(_message.Message):
     def __init__(self, heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("benefactor_id", "stats")
+    __slots__ = ("benefactor_id", "stats", "incarnation", "sessions")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     stats: BenefactorStats
-    def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ...) -> None: ...
+    incarnation: int
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., incarnation: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("known", "drop")
+    __slots__ = ("known",)
     KNOWN_FIELD_NUMBER: _ClassVar[int]
-    DROP_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    drop: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
-    def __init__(self, known: _Optional[bool] = ..., drop: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("benefactor_id", "keys")
+    __slots__ = ("benefactor_id", "incarnation", "held")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
-    KEYS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
-    keys: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
-    def __init__(self, benefactor_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+    incarnation: int
+    held: _containers.RepeatedCompositeFieldContainer[HeldChunks]
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ...) -> None: ...
 
 class ReconcileReply(_message.Message):
-    __slots__ = ("referenced",)
-    REFERENCED_FIELD_NUMBER: _ClassVar[int]
-    referenced: _containers.RepeatedCompositeFieldContainer[NamespacedChunks]
-    def __init__(self, referenced: _Optional[_Iterable[_Union[NamespacedChunks, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("orphans",)
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    orphans: int
+    def __init__(self, orphans: _Optional[int] = ...) -> None: ...
+
+class OrdersRequest(_message.Message):
+    __slots__ = ("benefactor_id", "incarnation", "acked")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    incarnation: int
+    acked: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ...) -> None: ...
+
+class Order(_message.Message):
+    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    END_SESSION_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    namespace: str
+    session: int
+    hold: _containers.RepeatedCompositeFieldContainer[HeldChunk]
+    release: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
+    end_session: bool
+    free: _containers.RepeatedCompositeFieldContainer[HeldChunk]
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ...) -> None: ...
+
+class OrdersReply(_message.Message):
+    __slots__ = ("known", "orders")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    orders: _containers.RepeatedCompositeFieldContainer[Order]
+    def __init__(self, known: _Optional[bool] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("namespace", "path")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("session", "lease_seconds")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    lease_seconds: float
+    def __init__(self, session: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class RenewSessionsRequest(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sessions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RenewSessionsReply(_message.Message):
+    __slots__ = ("open",)
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    open: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, open: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    def __init__(self, session: _Optional[int] = ...) -> None: ...
+
+class AbortSessionReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("session", "namespace", "chunks")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    namespace: str
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
+    def __init__(self, session: _Optional[int] = ..., namespace: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ...) -> None: ...
+
+class ReleaseReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class StripingRequest(_message.Message):
-    __slots__ = ("namespace", "width", "exclude", "chunk_size")
+    __slots__ = ("namespace", "width", "exclude", "chunk_size", "session")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     width: int
     exclude: _containers.RepeatedScalarFieldContainer[str]
     chunk_size: int
-    def __init__(self, namespace: _Optional[str] = ..., width: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, namespace: _Optional[str] = ..., width: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class StripingMap(_message.Message):
     __slots__ = ("benefactors",)
@@ -128,18 +244,20 @@ class ClientStats(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("namespace", "path", "size", "chunks", "stats")
+    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     size: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
     stats: ClientStats
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ...) -> None: ...
+    session: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ...) -> None: ...
 
 class CommitReply(_message.Message):
     __slots__ = ("version",)
@@ -204,7 +322,7 @@ class ListReply(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost")
+    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +331,7 @@ class VersionInfo(_message.Message):
     PERSISTED_FIELD_NUMBER: _ClassVar[int]
     IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    LOST_REASON_FIELD_NUMBER: _ClassVar[int]
     version: int
     size: int
     committed_at: float
@@ -221,7 +340,8 @@ class VersionInfo(_message.Message):
     persisted: bool
     in_memory: bool
     lost: bool
-    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ...) -> None: ...
+    lost_reason: str
+    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ..., lost_reason: _Optional[str] = ...) -> None: ...
 
 class VersionsReply(_message.Message):
     __slots__ = ("versions",)
@@ -278,14 +398,16 @@ class BenefactorStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., drain_backlog_bytes: _Optional[int] = ..., oldest_undrained_age_seconds: _Optional[float] = ...) -> None: ...
 
 class VersionRef(_message.Message):
-    __slots__ = ("namespace", "path", "version")
+    __slots__ = ("namespace", "path", "version", "reason")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     version: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
     __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored")
@@ -372,12 +494,14 @@ class DrainWorkReply(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[DrainTask, _Mapping]]] = ...) -> None: ...
 
 class DrainResult(_message.Message):
-    __slots__ = ("task_id", "drained")
+    __slots__ = ("task_id", "drained", "missing")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     drained: str
-    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ...) -> None: ...
+    missing: bool
+    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ...) -> None: ...
 
 class DrainDoneRequest(_message.Message):
     __slots__ = ("benefactor_id", "results")

@@ -49,6 +49,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.ReconcileReply.FromString,
                 _registered_method=True)
+        self.Orders = channel.unary_unary(
+                '/memstage.v1.Manager/Orders',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.OrdersRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.OrdersReply.FromString,
+                _registered_method=True)
         self.DrainWork = channel.unary_unary(
                 '/memstage.v1.Manager/DrainWork',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.SerializeToString,
@@ -58,6 +63,26 @@ class ManagerStub:
                 '/memstage.v1.Manager/DrainDone',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.DrainDoneReply.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/memstage.v1.Manager/OpenSession',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.SessionReply.FromString,
+                _registered_method=True)
+        self.RenewSessions = channel.unary_unary(
+                '/memstage.v1.Manager/RenewSessions',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.RenewSessionsRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.RenewSessionsReply.FromString,
+                _registered_method=True)
+        self.AbortSession = channel.unary_unary(
+                '/memstage.v1.Manager/AbortSession',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.SessionRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.AbortSessionReply.FromString,
+                _registered_method=True)
+        self.ReleaseChunks = channel.unary_unary(
+                '/memstage.v1.Manager/ReleaseChunks',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.ReleaseReply.FromString,
                 _registered_method=True)
         self.GetStripingMap = channel.unary_unary(
                 '/memstage.v1.Manager/GetStripingMap',
@@ -148,7 +173,17 @@ class ManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconcile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Safety net: held chunks the benefactor has not heard about for a while; those no committed
+        version locates there come back as free orders.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Orders(self, request, context):
+        """The benefactor's orders, in sequence: session ends, holds, releases and frees. The only way a
+        benefactor is told to free memory. Orders up to `acked` are done and are not sent again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -166,9 +201,35 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetStripingMap(self, request, context):
-        """Client side.
+    def OpenSession(self, request, context):
+        """Client side. A write is a session: what it stores belongs to it until its commit turns it into
+        references; ending it otherwise (or letting its lease expire) frees what it stored.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseChunks(self, request, context):
+        """Chunks the session stored but no longer needs (rewritten before the commit): freed now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStripingMap(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -276,6 +337,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.ReconcileRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.ReconcileReply.SerializeToString,
             ),
+            'Orders': grpc.unary_unary_rpc_method_handler(
+                    servicer.Orders,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.OrdersRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.OrdersReply.SerializeToString,
+            ),
             'DrainWork': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainWork,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.FromString,
@@ -285,6 +351,26 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.DrainDone,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.DrainDoneReply.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.OpenSessionRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.SessionReply.SerializeToString,
+            ),
+            'RenewSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewSessions,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.RenewSessionsRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.RenewSessionsReply.SerializeToString,
+            ),
+            'AbortSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortSession,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.SessionRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.AbortSessionReply.SerializeToString,
+            ),
+            'ReleaseChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseChunks,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.ReleaseRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.ReleaseReply.SerializeToString,
             ),
             'GetStripingMap': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStripingMap,
@@ -449,6 +535,33 @@ class Manager:
             _registered_method=True)
 
     @staticmethod
+    def Orders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Orders',
+            memstage_dot_proto_dot_manager__pb2.OrdersRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.OrdersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DrainWork(request,
             target,
             options=(),
@@ -492,6 +605,114 @@ class Manager:
             '/memstage.v1.Manager/DrainDone',
             memstage_dot_proto_dot_manager__pb2.DrainDoneRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.DrainDoneReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/OpenSession',
+            memstage_dot_proto_dot_manager__pb2.OpenSessionRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.SessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/RenewSessions',
+            memstage_dot_proto_dot_manager__pb2.RenewSessionsRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.RenewSessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/AbortSession',
+            memstage_dot_proto_dot_manager__pb2.SessionRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.AbortSessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/ReleaseChunks',
+            memstage_dot_proto_dot_manager__pb2.ReleaseRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.ReleaseReply.FromString,
             options,
             channel_credentials,
             insecure,

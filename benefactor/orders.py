@@ -1,0 +1,82 @@
+"""OrderLoop: the benefactor carries out the manager's orders (session ends, holds, releases, frees).
+
+The manager is the only one who decides that a chunk may go. Its orders wait in a per-benefactor
+queue at the manager; this loop fetches them (a short poll), applies them in sequence to the
+ChunkStore and acknowledges them with the next fetch, so an order whose reply was lost is simply
+fetched again (each is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from memstage.benefactor.store import ChunkStore
+from memstage.chunks import ChunkKey
+from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.rpc import CONTROL_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between fetches while the queue is empty
+
+
+def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
+    """Carry out one order; returns the bytes of donation it gave back."""
+    ns = order.namespace
+    if order.hold:
+        store.hold(((ns, ChunkKey.from_pb(h.key)), h.gen) for h in order.hold)
+    freed = 0
+    if order.release:
+        freed += store.unpin(order.session, [(ns, ChunkKey.from_pb(k)) for k in order.release])
+    if order.end_session:
+        freed += store.end_session(order.session)
+    if order.free:
+        freed += store.free(((ns, ChunkKey.from_pb(h.key)), h.gen) for h in order.free)
+    return freed
+
+
+class OrderLoop:
+    def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
+                 stub: manager_pb2_grpc.ManagerStub) -> None:
+        self.store = store
+        self.id = benefactor_id
+        self.incarnation = incarnation
+        self._stub = stub
+        self._acked = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                got = self.fetch_and_apply()
+            except grpc.RpcError:
+                got = 0  # the heartbeat logs manager outages
+            except Exception:  # a bug must not end the loop: the orders stay queued at the manager
+                log.exception("carrying out the manager's orders failed")
+                got = 0
+            if not got:
+                self._stop.wait(POLL)
+
+    def fetch_and_apply(self) -> int:
+        reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
+                                                            acked=self._acked), timeout=CONTROL_TIMEOUT_S)
+        freed = 0
+        for order in reply.orders:
+            if order.seq <= self._acked:
+                continue  # fetched again after a lost acknowledgement: already done
+            freed += apply_order(self.store, order)
+            self._acked = order.seq
+        if freed:
+            log.debug("freed %d bytes on the manager's orders", freed)
+        return len(reply.orders)

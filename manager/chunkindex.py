@@ -1,0 +1,114 @@
+"""ChunkIndex: the manager's in-memory index of a deployment's chunks. Pure: no SQL, no locks, no I/O.
+
+Per chunk (and namespace) it keeps `refs`, the versions whose map contains it (once per version),
+`mem_refs`, those of them still kept in memory (keep_versions), where it is held (benefactor ->
+generation of the hold: a free names it, so a late free never takes a copy held again since) and,
+once drained, its chunk file relative to the PFS root. A chunk leaves benefactor memory when
+mem_refs reaches 0 (its locations are dropped and returned, to be freed) and the index when refs
+does. The Catalog persists every change and serializes access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memstage.chunks import ChunkKey
+
+IndexKey = tuple[str, ChunkKey]
+Holders = dict[str, int]  # benefactor id -> generation of its hold
+
+
+@dataclass(slots=True)
+class Entry:
+    refs: int = 0
+    mem_refs: int = 0
+    drained: str = ""
+    locations: Holders = field(default_factory=dict)
+
+
+class ChunkIndex:
+    def __init__(self) -> None:
+        self._entries: dict[IndexKey, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: IndexKey) -> bool:
+        return key in self._entries
+
+    def get(self, key: IndexKey) -> Entry | None:
+        return self._entries.get(key)
+
+    def refs(self, key: IndexKey) -> int:
+        e = self._entries.get(key)
+        return e.refs if e else 0
+
+    def mem_refs(self, key: IndexKey) -> int:
+        e = self._entries.get(key)
+        return e.mem_refs if e else 0
+
+    def drained(self, key: IndexKey) -> str:
+        e = self._entries.get(key)
+        return e.drained if e else ""
+
+    def locations(self, key: IndexKey) -> Holders:
+        e = self._entries.get(key)
+        return dict(e.locations) if e else {}
+
+    def readable(self, key: IndexKey, alive: set[str]) -> bool:
+        """The namespace holds this chunk where a reader can get it: a live benefactor, or the PFS."""
+        e = self._entries.get(key)
+        if e is None or e.refs <= 0:
+            return False
+        return bool(e.drained) or not alive.isdisjoint(e.locations)
+
+    # -- changes (the caller persists what they return) -----------------------------------------
+    def load(self, key: IndexKey, refs: int, mem_refs: int, drained: str) -> None:
+        self._entries[key] = Entry(refs, mem_refs, drained or "")
+
+    def bump(self, key: IndexKey, refs: int, mem_refs: int) -> tuple[Entry | None, Holders]:
+        """Change a chunk's counts. Returns its entry (None once refs reaches 0 and it left the index)
+        and the locations dropped because no in-memory version needs it any more."""
+        e = self._entries.get(key)
+        if e is None:
+            e = self._entries[key] = Entry()
+        e.refs += refs
+        e.mem_refs += mem_refs
+        dropped: Holders = {}
+        if e.mem_refs <= 0 or e.refs <= 0:
+            dropped, e.locations = e.locations, {}
+        if e.refs <= 0:
+            del self._entries[key]
+            return None, dropped
+        return e, dropped
+
+    def add_location(self, key: IndexKey, benefactor: str, gen: int) -> bool:
+        """Record a confirmed copy (only of a chunk some in-memory version needs); False if not recorded."""
+        e = self._entries.get(key)
+        if e is None or e.mem_refs <= 0:
+            return False
+        e.locations[benefactor] = gen
+        return True
+
+    def remove_location(self, key: IndexKey, benefactor: str) -> int:
+        """Forget one copy; returns its generation (0 if there was none)."""
+        e = self._entries.get(key)
+        return e.locations.pop(benefactor, 0) if e else 0
+
+    def set_drained(self, key: IndexKey, path: str) -> bool:
+        e = self._entries.get(key)
+        if e is None or e.drained:
+            return False
+        e.drained = path
+        return True
+
+    def held_by(self, benefactor: str) -> list[IndexKey]:
+        return [k for k, e in self._entries.items() if benefactor in e.locations]
+
+    def stored_bytes(self) -> dict[str, int]:
+        """Distinct chunk bytes an in-memory version references, per namespace."""
+        out: dict[str, int] = {}
+        for (ns, key), e in self._entries.items():
+            if e.mem_refs > 0:
+                out[ns] = out.get(ns, 0) + key.length
+        return out

@@ -1,0 +1,55 @@
+"""OrderQueues: per benefactor, the manager's orders waiting to be fetched. Pure: no I/O.
+
+An order stays queued until the benefactor acknowledges its sequence number (with its next fetch),
+so a lost reply costs a repeat, never an order. A benefactor that comes back as a new incarnation
+starts with an empty queue: the old process's chunks are gone with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memstage.chunks import ChunkKey
+from memstage.proto import manager_pb2
+
+MAX_BATCH = 256  # orders per fetch
+
+
+@dataclass(slots=True)
+class _Queue:
+    next_seq: int = 1
+    orders: list[manager_pb2.Order] = field(default_factory=list)
+
+
+class OrderQueues:
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+
+    def push(self, benefactor: str, namespace: str, *, session: int = 0,
+             hold: list[tuple[ChunkKey, int]] | None = None, release: list[ChunkKey] | None = None,
+             end_session: bool = False, free: list[tuple[ChunkKey, int]] | None = None) -> None:
+        q = self._queues.setdefault(benefactor, _Queue())
+        order = manager_pb2.Order(
+            seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
+            hold=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in hold or ()],
+            release=[k.to_pb() for k in release or ()],
+            free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()])
+        q.next_seq += 1
+        q.orders.append(order)
+
+    def take(self, benefactor: str, acked: int) -> list[manager_pb2.Order]:
+        """Drop what was acknowledged; the next orders (at most MAX_BATCH), still queued until acked."""
+        q = self._queues.get(benefactor)
+        if q is None:
+            return []
+        if acked:
+            q.orders = [o for o in q.orders if o.seq > acked]
+        return q.orders[:MAX_BATCH]
+
+    def pending(self, benefactor: str) -> int:
+        q = self._queues.get(benefactor)
+        return len(q.orders) if q else 0
+
+    def reset(self, benefactor: str) -> None:
+        """A new incarnation: its orders start again from 1, and nothing old is carried out."""
+        self._queues.pop(benefactor, None)
