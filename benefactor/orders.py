@@ -46,6 +46,7 @@ class OrderLoop:
         self.incarnation = incarnation
         self._stub = stub
         self._acked = 0
+        self._epoch = 0  # of the manager process whose orders were acknowledged
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 
@@ -70,7 +71,10 @@ class OrderLoop:
 
     def fetch_and_apply(self) -> int:
         reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
-                                                            acked=self._acked), timeout=CONTROL_TIMEOUT_S)
+                                                            acked=self._acked, epoch=self._epoch),
+                                  timeout=CONTROL_TIMEOUT_S)
+        if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
+            self._epoch, self._acked = reply.epoch, 0
         freed = 0
         for order in reply.orders:
             if order.seq <= self._acked:

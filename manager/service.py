@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -79,6 +80,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._lock = threading.Lock()  # registry, sessions and order queues
         self.sessions = SessionTable(settings.session_lease)
         self.orders = OrderQueues()
+        # Order numbers start again with each manager process: acknowledgements of another are void.
+        self.epoch = secrets.randbits(63) or 1
         self.metrics = ManagerMetrics(registry, self._status_reply)
 
     # -- benefactors -------------------------------------------------------------------------
@@ -165,7 +168,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             rec = self.registry.get(request.benefactor_id)
             if rec is None or rec.incarnation != request.incarnation:
                 return manager_pb2.OrdersReply(known=False)
-            return manager_pb2.OrdersReply(known=True, orders=self.orders.take(request.benefactor_id, request.acked))
+            acked = request.acked if request.epoch == self.epoch else 0
+            return manager_pb2.OrdersReply(known=True, epoch=self.epoch,
+                                           orders=self.orders.take(request.benefactor_id, acked))
 
     def sweep(self) -> None:
         """Log benefactors that just passed their TTL, and end sessions whose lease ran out."""

@@ -16,6 +16,7 @@ import pytest
 from conftest import MiB, random_bytes, wait_for
 
 from memstage.chunks import ChunkKey
+from memstage.errors import DataLost
 from memstage.proto import benefactor_pb2, common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import channel
 
@@ -254,3 +255,27 @@ def test_a_commit_after_the_lease_ended_is_refused_and_frees_nothing_committed(l
         stub.Commit(manager_pb2.CommitRequest(namespace="default", path="/v", size=0, session=session), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "session has ended" in e.value.details()
     assert c.cat("/v") == b"first"
+
+
+def test_after_a_manager_restart_orders_still_reach_benefactors_and_open_writes_fail_cleanly(local_cluster):
+    cluster = local_cluster(benefactors=1)
+    c = cluster.client()
+    c.pipe("/a", random_bytes(4 * MiB))
+    c.rm("/a")  # the benefactor has carried out (and acknowledged) orders of this manager
+    wait_for(lambda: cluster.memory_used() == 0, what="/a to be freed")
+    c.pipe("/kept", b"kept")
+    f = c.open("/open", "wb")
+    f.write(random_bytes(4 * MiB))
+    f.writer.finish()  # stored for a session the restarted manager will not know
+    cluster.restart_manager()
+    wait_for(lambda: len(cluster.alive_ids()) == 1, what="the benefactor to register again")
+    # The unknown session's chunks are freed on the new manager's orders (numbered from 1 again).
+    wait_for(lambda: cluster.memory_used() <= 64 * 1024,
+             what="the old session's chunks to be freed")
+    with pytest.raises(DataLost, match="session has ended"):
+        f.close()
+    c2 = cluster.client()
+    c2.pipe("/b", random_bytes(4 * MiB))
+    c2.rm("/b")
+    wait_for(lambda: cluster.memory_used() <= 64 * 1024, what="/b to be freed by the new manager's orders")
+    assert c2.cat("/kept") == b"kept"

@@ -106,14 +106,16 @@ class ReconcileReply(_message.Message):
     def __init__(self, orphans: _Optional[int] = ...) -> None: ...
 
 class OrdersRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "acked")
+    __slots__ = ("benefactor_id", "incarnation", "acked", "epoch")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     acked: int
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Order(_message.Message):
     __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free")
@@ -134,12 +136,14 @@ class Order(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ...) -> None: ...
 
 class OrdersReply(_message.Message):
-    __slots__ = ("known", "orders")
+    __slots__ = ("known", "orders", "epoch")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     ORDERS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     known: bool
     orders: _containers.RepeatedCompositeFieldContainer[Order]
-    def __init__(self, known: _Optional[bool] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, known: _Optional[bool] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("namespace", "path")
