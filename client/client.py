@@ -25,6 +25,7 @@ from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
+from memstage.client.transport import ChunkTransport, GrpcTransport
 from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
 from memstage.errors import InvalidArgument, MemstageError, NotFound
 from memstage.paths import normalize_file_path, normalize_path
@@ -48,6 +49,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                              config=config, flag_style=str)
         self.namespace = self.settings.namespace
         self.connections = Connections(self.settings.manager, self.settings.rpc_timeout)
+        self.transport: ChunkTransport = GrpcTransport(self.connections)
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
@@ -98,7 +100,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def map_reader(self, vmap: manager_pb2.VersionMap, read_ahead: bool = True) -> VersionReader:
         """A reader of the chunks a map lists (a version, or chunks located with LocateChunks)."""
-        return VersionReader(self.connections, self.namespace, vmap, self._pool,
+        return VersionReader(self.connections, self.transport, self.namespace, vmap, self._pool,
                              self.settings.read_ahead if read_ahead else 0)
 
     def record(self, result: CommitResult) -> None:
@@ -214,7 +216,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def new_writer(self, path: str, opened_at: float, known: set[ChunkKey] | None = None) -> VersionWriter:
         """A writer of a new version of `path`: a write session at the manager, renewed by this
         client while it is open, sharing this client's write buffer."""
-        writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget)
+        writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget,
+                               transport=self.transport)
         with self._keeper_lock:
             self._writes.add(writer)
             if self._keeper is None:

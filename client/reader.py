@@ -15,18 +15,18 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import grpc
-
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.transport import ChunkTransport, ChunkUnavailable
 from memstage.errors import DataLost, MemstageError
-from memstage.proto import benefactor_pb2, common_pb2, manager_pb2
+from memstage.proto import common_pb2, manager_pb2
 
 
 class VersionReader:
-    def __init__(self, conn: Connections, namespace: str, vmap: manager_pb2.VersionMap, pool: ThreadPoolExecutor,
-                 read_ahead: int = 0):
+    def __init__(self, conn: Connections, transport: ChunkTransport, namespace: str, vmap: manager_pb2.VersionMap,
+                 pool: ThreadPoolExecutor, read_ahead: int = 0):
         self.conn = conn
+        self.transport = transport
         self.namespace = namespace
         self.path = vmap.path
         self.version = vmap.version
@@ -101,27 +101,22 @@ class VersionReader:
     def _fetch_from(self, key: ChunkKey, ref: manager_pb2.ChunkRef, readers: list[common_pb2.Location],
                     failures: list[str]) -> bytes | memoryview | None:
         """Memory first, then the PFS copy; every result hash-verified. None if nothing had it."""
-        request = benefactor_pb2.GetRequest(namespace=self.namespace, key=key.to_pb())
         for loc in ref.locations:
             try:
-                frames = self.conn.get_chunk(loc.address, request)
-            except grpc.RpcError as e:
-                code = e.code() if isinstance(e, grpc.Call) else e
-                failures.append(f"{loc.benefactor_id}: {code}")
+                data = self.transport.get(loc.address, self.namespace, key)
+            except ChunkUnavailable as e:
+                failures.append(f"{loc.benefactor_id}: {e}")
                 continue
-            data: bytes | memoryview = frames[0] if len(frames) == 1 else b"".join(frames)
             if key.matches(data):
                 return data
             failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
         if ref.drained:
-            pfs_request = benefactor_pb2.ReadDrainedRequest(drained=ref.drained, key=key.to_pb())
             for reader in readers:
                 try:
-                    frames = self.conn.read_drained(reader.address, pfs_request)
-                except grpc.RpcError as e:
-                    failures.append(f"PFS via {reader.benefactor_id}: {e.details() if isinstance(e, grpc.Call) else e}")
+                    data = self.transport.get_drained(reader.address, ref.drained, key)
+                except ChunkUnavailable as e:
+                    failures.append(f"PFS via {reader.benefactor_id}: {e}")
                     continue
-                data = frames[0] if len(frames) == 1 else b"".join(frames)
                 if key.matches(data):
                     return data
                 failures.append(f"PFS via {reader.benefactor_id}: bytes do not match the hash")

@@ -279,3 +279,42 @@ def test_after_a_manager_restart_orders_still_reach_benefactors_and_open_writes_
     c2.rm("/b")
     wait_for(lambda: cluster.memory_used() <= 64 * 1024, what="/b to be freed by the new manager's orders")
     assert c2.cat("/kept") == b"kept"
+
+
+def test_one_write_buffer_per_client_bounds_all_its_files_together(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=128 * MiB)
+    c = cluster.client(buffer_size="8MiB", close_mode="buffered")
+    files = [c.open(f"/many/{i}", "wb") for i in range(6)]
+    assert len({id(f.writer._budget) for f in files}) == 1  # one budget, not six
+    peak = 0
+    for _ in range(8):
+        for f in files:
+            f.write(random_bytes(MiB))
+            peak = max(peak, c.budget.used)
+    assert peak <= 8 * MiB
+    threads_before = threading.active_count()
+    for f in files:
+        f.close()  # buffered: the commits run on the client's few commit threads, not one each
+    assert threading.active_count() - threads_before <= 4
+    c.sync()
+    assert sorted(c.ls("/many", detail=False)) == sorted(f"/many/{i}" for i in range(6))
+    assert c.budget.used == 0
+
+
+def test_a_stream_takes_nothing_after_its_end(local_cluster):
+    from memstage.client.transport import GrpcTransport, encode_chunk
+    from memstage.client.writestate import Placement
+
+    cluster = local_cluster(benefactors=1)
+    bf = cluster.benefactors[0]
+    c = cluster.client()
+    ended = threading.Event()
+    stream = GrpcTransport(c.connections).open_stream(Placement(bf.id, bf.address), lambda seq, receipt: None,
+                                                      lambda reason, detail, leftover: ended.set())
+    data = memoryview(random_bytes(MiB))
+    frames = encode_chunk("default", 1, 0, ChunkKey.of(data), data)
+    stream.close()
+    # A chunk re-placed after the stream's end marker would never be sent, and its loss taken for
+    # a benefactor failure: the stream refuses it and the writer places it elsewhere.
+    assert stream.send(0, frames) is False
+    wait_for(ended.is_set, what="the stream to end")
