@@ -216,3 +216,28 @@ def test_big_chunks_span_several_frames():
     parsed = [decode_put_frame(f) for f in frames]
     assert len(frames) == 3 and parsed[0].header is not None and parsed[1].header is None
     assert b"".join(bytes(p.data) for p in parsed) == bytes(data)
+
+
+def test_a_state_directory_of_an_earlier_release_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "manager.sqlite3")
+    db.executescript("""
+        CREATE TABLE benefactors (id TEXT PRIMARY KEY, address TEXT NOT NULL, capacity INTEGER NOT NULL,
+                                  registered_at REAL NOT NULL);
+        CREATE TABLE versions (ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL,
+            committed_at REAL NOT NULL, chunk_map BLOB NOT NULL, persist INTEGER NOT NULL,
+            persisted INTEGER NOT NULL DEFAULT 0, in_memory INTEGER NOT NULL DEFAULT 1,
+            lost INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, path, version));
+        CREATE TABLE locations (ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL,
+                                benefactor TEXT NOT NULL, PRIMARY KEY (ns, hash, length, benefactor));
+        INSERT INTO versions VALUES ('ns', '/old', 1, 0, 0, x'', 0, 0, 1, 0);
+        INSERT INTO benefactors VALUES ('b1', 'h:1', 10, 0);
+    """)
+    db.commit()
+    db.close()
+    cat = Catalog(str(tmp_path))
+    assert cat.version("ns", "/old").lost_reason == "" and cat.incarnation("b1") == 0
+    cat.remember_benefactor("b1", "h:1", 10, 42)
+    assert cat.incarnation("b1") == 42
+    cat.close()
