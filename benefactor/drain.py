@@ -43,6 +43,7 @@ class DrainLoop:
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
         self.error = ""  # the current PFS problem, for heartbeats and status
         self.drained_bytes = 0
+        self._last_bytes, self._last_started = 0, 0.0  # the last batch, for the throttle
         # What this benefactor drained itself: a batch can hold a chunk's later copies before the
         # manager knows the first is on the PFS (every copy of a chunk is queued to the same holder).
         self._mine: dict[tuple[str, ChunkKey], Path] = {}
@@ -73,11 +74,12 @@ class DrainLoop:
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
-            self._report(done)
+            self._report(done)  # before the throttle's pause: a stop during it loses no report
             if self.error:
                 log.warning("draining to %s resumed", self.root)
                 self.error = ""
             backoff = IDLE_POLL
+            self._throttle(self._last_bytes, self._last_started)
 
     def _drain(self, tasks: list[manager_pb2.DrainTask]) -> list[manager_pb2.DrainResult]:
         """Write a batch of chunk files (links to what is already drained); returns them for the manager."""
@@ -89,7 +91,8 @@ class DrainLoop:
         for task in tasks:
             key = ChunkKey.from_pb(task.key)
             directory = version_dir(self.root, task.namespace, task.path)
-            name = chunk_name(task.version, task.index, task.count, task.offset, key)
+            name = chunk_name(task.version, task.index, task.count, task.offset, key, task.deployment,
+                              task.committed_ms)
             ident = (task.namespace, key)
             link = self.root / task.link_from if task.link_from else self._mine.get(ident)
             data = None
@@ -100,6 +103,11 @@ class DrainLoop:
             elif link is None or not link.exists():
                 data = self.store.read(ident)
                 if data is None:
+                    if _intact(directory / name, key):
+                        # Written already (by a benefactor that died before reporting it): report it.
+                        present.append(task)
+                        items.append(Pending(directory, name, None, None))
+                        continue
                     # Freed (the file was deleted meanwhile) or never here: the manager decides
                     # which, and the tasks behind it go on.
                     missing.append(manager_pb2.DrainResult(task_id=task.id, missing=True))
@@ -116,7 +124,7 @@ class DrainLoop:
             if task.count:
                 self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
         self.drained_bytes += nbytes
-        self._throttle(nbytes, started)
+        self._last_bytes, self._last_started = nbytes, started
         return missing + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
                           for t, f in zip(tasks, written, strict=True)]
 
@@ -162,3 +170,11 @@ class DrainLoop:
         if not key.matches(data):
             raise ValueError(f"{path}: bytes do not match the hash in its name")
         return data
+
+
+def _intact(path: Path, key: ChunkKey) -> bool:
+    """A chunk file already published under its final name, with the bytes its name says."""
+    try:
+        return key.matches(path.read_bytes())
+    except OSError:
+        return False

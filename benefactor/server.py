@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 import uuid
 from concurrent import futures
 from typing import Any
@@ -18,9 +20,11 @@ from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
 from memstage.metrics import serve_metrics
+from memstage.proto import manager_pb2
 from memstage.receipts import new_key
-from memstage.rpc import SERVER_OPTIONS, bind
+from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
+from memstage.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,42 @@ class BenefactorServer:
         self.drain.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
+
+    def drain_before_stop(self, now: threading.Event | None = None) -> None:
+        """Keep serving and draining, with no new chunks coming in, until what is selected for
+        persistence is on the PFS (or stop_timeout, or `now` is set); then leave, so that what could
+        not be drained is reported lost by the manager, never silently forgotten."""
+        stub = self.heartbeat.stub
+        request = manager_pb2.LeaveRequest(benefactor_id=self.id, incarnation=self.incarnation)
+        deadline = time.monotonic() + self.settings.stop_timeout
+        last_log = 0.0
+        try:
+            while True:
+                reply = stub.Leave(request, timeout=CONTROL_TIMEOUT_S)
+                if not reply.backlog_chunks:
+                    break
+                if time.monotonic() >= deadline or (now is not None and now.is_set()):
+                    log.error("stopping with %s (%d chunks) not drained to the PFS", format_size(reply.backlog_bytes),
+                              reply.backlog_chunks)
+                    break
+                if time.monotonic() - last_log >= 5:
+                    log.warning("draining %s (%d chunks) to the PFS before stopping (at most %.0fs more; "
+                                "again to stop now)", format_size(reply.backlog_bytes), reply.backlog_chunks,
+                                max(0.0, deadline - time.monotonic()))
+                    last_log = time.monotonic()
+                (now or threading.Event()).wait(0.2)
+            request.done = True
+            reply = stub.Leave(request, timeout=CONTROL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            log.error("cannot reach the manager to drain before stopping (%s): the %d chunks held here are lost "
+                      "unless already on the PFS", e.code() if isinstance(e, grpc.Call) else e, len(self.store))
+            return
+        if reply.versions_lost:
+            log.error("%d versions selected for persistence could not be drained: reported lost", reply.versions_lost)
+        if reply.memory_only_dropped:
+            log.warning("%d versions kept in memory only (persist_every) are dropped with this benefactor",
+                        reply.memory_only_dropped)
+        log.info("left the deployment: nothing it held is needed any more")
 
     def stop(self, grace: float = 2.0) -> None:
         if self._metrics is not None:

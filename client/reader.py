@@ -111,6 +111,8 @@ class VersionReader:
                 return data
             failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
         if ref.drained:
+            if not readers:
+                failures.append(f"its PFS copy {ref.drained}: no live benefactor to read it")
             for reader in readers:
                 try:
                     data = self.transport.get_drained(reader.address, ref.drained, key)

@@ -52,14 +52,18 @@ def _settings_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 class _Stopper:
-    """Ctrl-C and SIGTERM set an event the main thread waits on, so shutdown runs in one place."""
+    """Ctrl-C and SIGTERM set an event the main thread waits on, so shutdown runs in one place; a
+    second one sets `now` (stop without finishing what a clean stop does first)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.now = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            self.now.set()
         self.event.set()
 
     def wait(self) -> None:
@@ -94,7 +98,8 @@ def cmd_benefactor(args: argparse.Namespace) -> int:
     server.start()
     print(ready_line("benefactor", server.id, server.address), flush=True)
     stopper.wait()
-    log.info("stopping benefactor %s", server.id)
+    log.info("stopping benefactor %s: draining first what is selected for persistence", server.id)
+    server.drain_before_stop(stopper.now)
     server.stop()
     return 0
 
@@ -112,7 +117,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_json(reply), indent=2))
         return 0
-    print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir})")
+    print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir}, "
+          f"deployment {reply.deployment})")
     print()
     rows: list[tuple[str, ...]] = [("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS",
                                     "DRAIN BACKLOG", "OLDEST UNDRAINED", "DRAINED", "LAST HB")]
@@ -147,6 +153,7 @@ def status_json(reply: Any) -> dict[str, Any]:
     return {
         "heartbeat_interval_seconds": reply.heartbeat_interval_seconds,
         "state_dir": reply.state_dir,
+        "deployment": reply.deployment,
         "benefactors": [
             {"id": b.id, "address": b.address, "alive": b.alive, "memory_capacity": b.stats.memory_capacity,
              "memory_used": b.stats.memory_used, "drain_backlog": b.drain_backlog_bytes,
@@ -287,12 +294,27 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from memstage.drainer.restore import restore
+    import time
+
+    from memstage.drainer.restore import list_pfs, restore
 
     if args.version is not None and args.version <= 0:
         raise SettingError("--version: must be 1 or more")
-    result = restore(args.pfs, args.namespace, args.path, args.out, args.version or 0)
-    print(f"restored {args.namespace}:{args.path} version {result.version} ({format_size(result.size)}, "
+    if args.list:
+        namespace = args.namespace or ("default" if args.path else None)
+        rows = [("NAMESPACE", "PATH", "DEPLOYMENT", "VERSION", "COMMITTED", "SIZE", "COMPLETE")]
+        for v in list_pfs(args.pfs, namespace, args.path):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.committed_ms / 1000)) if v.committed_ms else "-"
+            rows.append((v.namespace, v.path, v.deployment or "-", str(v.version), when, format_size(v.size),
+                         "yes" if v.complete else f"no ({v.chunks} of {v.count} chunks)"))
+        _table(rows)
+        return 0
+    if not args.path or not args.out:
+        raise SettingError("restore: PATH and --out are required (or --list to see what the PFS holds)")
+    namespace = args.namespace or "default"
+    result = restore(args.pfs, namespace, args.path, args.out, args.version or 0, args.deployment)
+    print(f"restored {namespace}:{args.path} version {result.version}"
+          f"{f' of deployment {result.deployment}' if result.deployment else ''} ({format_size(result.size)}, "
           f"{result.chunks} chunks) to {args.out}")
     return 0
 
@@ -380,10 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild a persisted version of a file from the PFS alone (no manager, no "
                                    "database), verifying every chunk's hash.")
     p.add_argument("--pfs", required=True, metavar="DIR", help="the PFS directory benefactors drain to")
-    p.add_argument("--namespace", default="default", help="namespace of the file (default: default)")
-    p.add_argument("path", metavar="PATH", help="the file's path in its namespace, e.g. /run42/rank0.bin")
-    p.add_argument("--version", type=int, default=None, help="version to restore (default: the newest complete)")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the file")
+    p.add_argument("--namespace", default=None, help="namespace of the file (default: default)")
+    p.add_argument("path", metavar="PATH", nargs="?", help="the file's path in its namespace, e.g. /run42/rank0.bin")
+    p.add_argument("--version", type=int, default=None,
+                   help="version to restore (default: the complete version committed last)")
+    p.add_argument("--deployment", default=None,
+                   help="the deployment that drained it, when several share the PFS directory (see --list)")
+    p.add_argument("--list", action="store_true",
+                   help="list what the PFS holds (namespaces, files, deployments, versions, complete or not)")
+    p.add_argument("--out", metavar="FILE", help="where to write the file")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("bench", parents=[common], help="measure OAB/ASB against disk and bare-gRPC baselines",

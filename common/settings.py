@@ -95,6 +95,8 @@ class BenefactorSettings:
     orphan_grace: float = setting(600.0, _duration, "safety net: how often held chunks are checked against the "
                                   "manager's index (orphans found are freed on its orders and counted)")
     id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
+    stop_timeout: float = setting(600.0, _duration, "asked to stop (SIGTERM, Ctrl-C), first drain what is selected "
+                                  "for persistence for at most this long; what is left is reported lost")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -144,6 +146,8 @@ class UpSettings:
     persist_every: int = setting(1, _int, "drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "versions of a path kept readable in memory")
     drain_bandwidth: int = setting(0, _size, "bytes per second each benefactor drains at most (0 = unlimited)")
+    stop_timeout: float = setting(600.0, _duration, "on Ctrl-C, how long benefactors drain what is selected for "
+                                  "persistence before stopping (press Ctrl-C again to stop at once)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")

@@ -45,9 +45,12 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                        *extra]))
         manager = procs[0].address
         for i in range(settings.benefactors):
+            # Stable ids: after a restart on the same state, the manager knows at once that what the
+            # previous processes held is gone (a new incarnation of the same id).
             procs.append(spawn("benefactor", ["--manager", manager, "--memory", str(settings.memory), "--pfs", pfs,
-                                              "--heartbeat-interval", interval,
+                                              "--heartbeat-interval", interval, "--id", f"up-{i}",
                                               "--drain-bandwidth", str(settings.drain_bandwidth),
+                                              "--stop-timeout", f"{settings.stop_timeout}s",
                                               "--metrics-port", str(port + 1 + i if port else 0), *extra]))
         if settings.mount:
             procs.append(_mount(settings.mount, manager, extra))
@@ -77,15 +80,48 @@ def _mount(mountpoint: str, manager: str, extra: list[str]) -> RoleProcess:
     return RoleProcess("mount", path, path, proc)
 
 
-def stop_deployment(procs: list[RoleProcess]) -> None:
-    for p in reversed(procs):  # the mount first, then the benefactors, the manager last
+def stop_deployment(procs: list[RoleProcess], drain_timeout: float = 0.0, again: threading.Event | None = None
+                    ) -> None:
+    """The mount first, then the benefactors (each drains what is selected for persistence first,
+    for up to drain_timeout; `again` set passes a second Ctrl-C on: stop now), the manager last."""
+    import signal as signals
+    import time
+
+    mounts = [p for p in procs if p.role == "mount"]
+    benefactors = [p for p in procs if p.role == "benefactor"]
+    for p in mounts:
+        p.stop()
+    for p in benefactors:
+        if p.alive():
+            p.proc.send_signal(signals.SIGTERM)
+    started = time.monotonic()
+    deadline = started + drain_timeout + 30
+    told = passed_on = False
+    while any(p.alive() for p in benefactors) and time.monotonic() < deadline:
+        if not told and time.monotonic() > started + 1:
+            print("memstage up: benefactors are draining what is selected for persistence to the PFS before "
+                  "they stop (Ctrl-C again to stop now; what is not drained is reported lost)", flush=True)
+            told = True
+        if again is not None and again.is_set() and not passed_on:
+            for p in benefactors:
+                if p.alive():
+                    p.proc.send_signal(signals.SIGTERM)
+            passed_on = True
+        time.sleep(0.2)
+    for p in [*benefactors, *(p for p in procs if p.role == "manager")]:
         p.stop()
 
 
 def run_up(settings: UpSettings, config: str | None = None) -> int:
-    stop = threading.Event()
+    stop, again = threading.Event(), threading.Event()
+
+    def handle(*_: object) -> None:
+        if stop.is_set():
+            again.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, handle)
     procs = start_deployment(settings, config)
     manager = procs[0]
     total = settings.memory * settings.benefactors
@@ -113,7 +149,7 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
                 procs.remove(p)
     finally:
         print("memstage up: stopping ...", flush=True)
-        stop_deployment(procs)
+        stop_deployment(procs, settings.stop_timeout, again)
     if code:
         raise MemstageError("the manager stopped unexpectedly")
     print("memstage up: stopped", flush=True)

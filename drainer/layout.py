@@ -1,8 +1,13 @@
 """The PFS layout of drained data: names, durable writes, hard links, listing.
 
 A version's chunks live under <pfs>/<namespace>/<path>/ as files named
-    v<version:08d>.c<index:06d>-of-<count:06d>.o<offset:016x>.l<length:08x>.h<xxh3-128 hex>.chunk
-so the names alone rebuild every persisted version. An empty version is one file with count 0.
+    v<version>.t<committed, ms since the epoch>.c<index>-of-<count>.o<offset hex>.l<length hex>
+    .h<xxh3-128 hex>.d<deployment>.chunk
+so the names alone rebuild every persisted version. No part has a fixed width, so no file size or
+run length overflows a name. The deployment (a random id the manager draws when its state is
+created) makes names unique when several deployments or jobs share one PFS directory, and the
+commit time orders their versions. Names of earlier releases (fixed widths, no time, no
+deployment) are still read. An empty version is one file with count 0.
 A chunk identical to one already drained is a hard link to it. Files are written under a
 temporary name, fsynced, renamed, and the directory fsynced: a crash never leaves a chunk that
 looks complete but is not. The namespace and path are validated and the result is checked to lie
@@ -22,7 +27,8 @@ from memstage.chunks import ChunkKey
 from memstage.errors import InvalidPath
 from memstage.paths import check_namespace, normalize_file_path
 
-_NAME = re.compile(r"^v(\d{8})\.c(\d{6})-of-(\d{6})\.o([0-9a-f]{16})\.l([0-9a-f]{8,})\.h([0-9a-f]{32})\.chunk$")
+_NAME = re.compile(r"^v(\d+)(?:\.t(\d+))?\.c(\d+)-of-(\d+)\.o([0-9a-f]+)\.l([0-9a-f]+)\.h([0-9a-f]{32})"
+                   r"(?:\.d([0-9a-z]+))?\.chunk$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +39,24 @@ class ChunkFile:
     offset: int
     key: ChunkKey
     path: Path
+    deployment: str = ""  # "" for names of earlier releases
+    committed_ms: int = 0  # 0 when the name does not say
 
 
-def chunk_name(version: int, index: int, count: int, offset: int, key: ChunkKey) -> str:
-    return f"v{version:08d}.c{index:06d}-of-{count:06d}.o{offset:016x}.l{key.length:08x}.h{key.hash.hex()}.chunk"
+def chunk_name(version: int, index: int, count: int, offset: int, key: ChunkKey, deployment: str = "",
+               committed_ms: int = 0) -> str:
+    when = f".t{committed_ms}" if committed_ms else ""
+    who = f".d{deployment}" if deployment else ""
+    return f"v{version}{when}.c{index}-of-{count}.o{offset:x}.l{key.length:x}.h{key.hash.hex()}{who}.chunk"
 
 
 def parse_name(path: Path) -> ChunkFile | None:
     m = _NAME.match(path.name)
     if not m:
         return None
-    version, index, count, offset, length, digest = m.groups()
+    version, when, index, count, offset, length, digest, who = m.groups()
     return ChunkFile(int(version), int(index), int(count), int(offset, 16),
-                     ChunkKey(bytes.fromhex(digest), int(length, 16)), path)
+                     ChunkKey(bytes.fromhex(digest), int(length, 16)), path, who or "", int(when or 0))
 
 
 def version_dir(root: str | Path, namespace: str, path: str) -> Path:
@@ -132,16 +143,20 @@ def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] |
     return write_batch([Pending(directory, name, None if data is None else b"".join(data), link_from)])[0]
 
 
-def scan(directory: Path) -> dict[int, list[ChunkFile]]:
-    """The chunk files of every version found in a file's directory, by version, in index order."""
-    versions: dict[int, list[ChunkFile]] = {}
+VersionId = tuple[str, int]  # (deployment, version)
+
+
+def scan(directory: Path) -> dict[VersionId, list[ChunkFile]]:
+    """The chunk files of every version found in a file's directory, by (deployment, version), in
+    index order."""
+    versions: dict[VersionId, list[ChunkFile]] = {}
     if not directory.is_dir():
         return versions
     for entry in directory.iterdir():
         if entry.is_file():
             parsed = parse_name(entry)
             if parsed is not None:
-                versions.setdefault(parsed.version, []).append(parsed)
+                versions.setdefault((parsed.deployment, parsed.version), []).append(parsed)
     for files in versions.values():
         files.sort(key=lambda f: f.index)
     return versions

@@ -15,6 +15,7 @@ process voids its old locations (void_benefactor).
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import struct
 import threading
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS locations (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, benefactor TEXT NOT NULL,
     gen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, hash, length, benefactor));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (ns, path));
 CREATE TABLE IF NOT EXISTS drain_tasks (
@@ -117,6 +119,7 @@ class DrainTask:
     offset: int
     key: ChunkKey
     link_from: str  # drained path of an identical chunk, or ""
+    committed_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,9 @@ class Catalog:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._lock = threading.RLock()
+        # This deployment's identity on the PFS, drawn once with the state: chunk file names carry it.
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
+        self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
         self._index = self._load_index()
         # Generations of holds grow across restarts too (a free names one): start above the clock.
@@ -184,6 +190,16 @@ class Catalog:
     def benefactor_addresses(self) -> dict[str, str]:
         with self._lock:
             return dict(self._db.execute("SELECT id, address FROM benefactors"))
+
+    def known_benefactors(self) -> list[tuple[str, str, int]]:
+        """(id, address, incarnation) of every benefactor that ever registered."""
+        with self._lock:
+            return list(self._db.execute("SELECT id, address, incarnation FROM benefactors"))
+
+    def forget_benefactor(self, benefactor_id: str) -> None:
+        """A benefactor that is gone for good (its locations already void) is not listed any more."""
+        with self._lock:
+            self._db.execute("DELETE FROM benefactors WHERE id=?", (benefactor_id,))
 
     def policy(self, namespace: str) -> Policy:
         with self._lock:
@@ -489,10 +505,12 @@ class Catalog:
     def drain_work(self, benefactor_id: str, limit: int) -> list[DrainTask]:
         """The oldest tasks of a benefactor, in commit order; a task stays queued until reported done."""
         with self._lock:
-            rows = self._db.execute("SELECT id, ns, path, version, idx, count, offset, hash, length FROM drain_tasks "
-                                    "WHERE benefactor=? ORDER BY id LIMIT ?", (benefactor_id, limit)).fetchall()
-            return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))))
-                    for i, ns, p, v, idx, count, off, h, n in rows]
+            rows = self._db.execute(
+                "SELECT t.id, t.ns, t.path, t.version, t.idx, t.count, t.offset, t.hash, t.length, v.committed_at "
+                "FROM drain_tasks t JOIN versions v ON v.ns=t.ns AND v.path=t.path AND v.version=t.version "
+                "WHERE t.benefactor=? ORDER BY t.id LIMIT ?", (benefactor_id, limit)).fetchall()
+            return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))),
+                              int(at * 1000)) for i, ns, p, v, idx, count, off, h, n, at in rows]
 
     def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool]], alive: set[str]
                    ) -> tuple[set[tuple[str, str]], list[tuple[str, str, int, str]]]:
@@ -513,14 +531,18 @@ class Catalog:
                 ik = (ns, ChunkKey(h, n))
                 if missing:
                     # That benefactor does not hold it (whatever the index said): not a location any more.
-                    if self._index.remove_location(ik, benefactor_id):
+                    held = self._index.remove_location(ik, benefactor_id)
+                    if held:
                         self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=? AND benefactor=?",
                                          (ns, h, n, benefactor_id))
+                    # Not in its memory, and (it looked) not on the PFS: another holder, or lost.
                     owner = self._drainer_for(ik, alive - {benefactor_id})
                     if owner:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
                     else:
-                        reason = f"chunk {ChunkKey(h, n)} was not on benefactor {benefactor_id} when it was drained"
+                        reason = (f"chunk {ChunkKey(h, n)} was not on benefactor {benefactor_id} when it was drained"
+                                  if held else f"chunk {ChunkKey(h, n)} was held only by benefactors that are gone, "
+                                  "and its chunk file is not on the PFS")
                         self._mark_lost(ns, path, version, reason)
                         lost.append((ns, path, version, reason))
                     continue
@@ -533,29 +555,52 @@ class Catalog:
                 left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",
                                         (ns, path, version)).fetchone()
                 if left is None:
-                    self._db.execute("UPDATE versions SET persisted=1 WHERE ns=? AND path=? AND version=? AND "
-                                     "lost=0", (ns, path, version))
+                    # Every chunk file is on the PFS: persisted, whatever was feared lost meanwhile.
+                    self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
+                                     "path=? AND version=?", (ns, path, version))
                     persisted.add((ns, path))
         return persisted, lost
 
-    def _mark_lost(self, ns: str, path: str, version: int, reason: str) -> None:
-        """Inside a transaction: the version cannot be read or drained any more."""
+    def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
+        """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless
+        its drain, taken up again later, finds its chunk files on the PFS after all)."""
         self._db.execute("UPDATE versions SET lost=1, lost_reason=? WHERE ns=? AND path=? AND version=?",
                          (reason, ns, path, version))
-        self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?", (ns, path, version))
+        if not keep_tasks:
+            self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?", (ns, path, version))
 
-    def reassign_drains(self, dead: str, alive: set[str], reason: str) -> list[tuple[str, str, int]]:
-        """A benefactor died: give its queued chunks to another holder, or mark their versions lost."""
+    def reassign_drains(self, dead: str, alive: set[str], reason: str, check_pfs: bool = True
+                        ) -> list[tuple[str, str, int]]:
+        """A benefactor died: give its queued chunks to another holder. A chunk nobody holds any more
+        goes to any live benefactor, which looks for its chunk file on the PFS (the dead one may have
+        written it without reporting it) and reports it drained, or missing (then its version is
+        lost). With no live benefactor the tasks wait for one. Without check_pfs (the benefactor
+        stopped after draining what it could: the rest is not on the PFS), a chunk nobody holds
+        makes its version lost at once. Returns the versions lost."""
         lost: list[tuple[str, str, int]] = []
+        candidates = alive - {dead}
+        if not candidates and check_pfs:
+            # Nobody can look at the PFS now: lost as far as anyone can tell, until a benefactor
+            # is back and finds the chunk files (the tasks stay queued for it).
+            with self._lock:
+                rows = self._db.execute("SELECT DISTINCT ns, path, version FROM drain_tasks WHERE benefactor=?",
+                                        (dead,)).fetchall()
+                if rows:
+                    with self._transaction():
+                        for ns, path, version in rows:
+                            self._mark_lost(ns, path, version, reason, keep_tasks=True)
+                            lost.append((ns, path, version))
+            return lost
         with self._lock:
-            rows = self._db.execute("SELECT id, ns, path, version, hash, length, count FROM drain_tasks "
-                                    "WHERE benefactor=?", (dead,)).fetchall()
+            rows = self._db.execute("SELECT id, ns, path, version, hash, length FROM drain_tasks WHERE benefactor=?",
+                                    (dead,)).fetchall()
             if not rows:
                 return lost
             with self._transaction():
-                for task_id, ns, path, version, h, n, count in rows:
-                    ik = (ns, ChunkKey(h, n))
-                    owner = (min(alive) if alive else "") if not count else self._drainer_for(ik, alive - {dead})
+                for task_id, ns, path, version, h, n in rows:
+                    owner = self._drainer_for((ns, ChunkKey(h, n)), candidates)
+                    if not owner and check_pfs:
+                        owner = min(candidates)
                     if owner:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
                     elif (ns, path, version) not in lost:
@@ -563,7 +608,13 @@ class Catalog:
                         self._mark_lost(ns, path, version, reason)
         return lost
 
-    def void_benefactor(self, benefactor_id: str, alive: set[str], reason: str) -> list[tuple[str, str, int]]:
+    def drain_owners(self) -> set[str]:
+        """Benefactors that have drain tasks queued ("" for tasks nobody could take)."""
+        with self._lock:
+            return {bf for (bf,) in self._db.execute("SELECT DISTINCT benefactor FROM drain_tasks")}
+
+    def void_benefactor(self, benefactor_id: str, alive: set[str], reason: str, check_pfs: bool = True
+                        ) -> list[tuple[str, str, int]]:
         """A benefactor came back as a new incarnation: every location of the old one is void. Its
         queued drains go to other holders; versions still needed in memory that some chunk is now
         readable from nowhere (no other copy, not drained) are lost. Returns those versions."""
@@ -575,17 +626,32 @@ class Catalog:
                         self._index.remove_location(ik, benefactor_id)
                     self._db.execute("DELETE FROM locations WHERE benefactor=?", (benefactor_id,))
             gone = {ik for ik in keys if not self._index.locations(ik) and not self._index.drained(ik)}
-            lost = self.reassign_drains(benefactor_id, alive - {benefactor_id}, reason)
+            lost = self.reassign_drains(benefactor_id, alive - {benefactor_id}, reason, check_pfs)
             if not gone:
                 return lost
             rows = self._db.execute("SELECT ns, path, version, chunk_map FROM versions WHERE in_memory=1 AND "
                                     "persisted=0 AND lost=0").fetchall()
+            draining = set(self._db.execute("SELECT DISTINCT ns, path, version FROM drain_tasks"))
             with self._transaction():
                 for ns, path, version, blob in rows:
-                    if any((ns, k) in gone for k in unpack_map(blob)):
+                    # A version still being drained is decided by its drain (its files may be on the PFS).
+                    if (ns, path, version) not in draining and any((ns, k) in gone for k in unpack_map(blob)):
                         self._mark_lost(ns, path, version, reason)
                         lost.append((ns, path, version))
         return lost
+
+    def backlog_of(self, benefactor_id: str) -> tuple[int, int]:
+        """(bytes, chunks) a benefactor still has to drain."""
+        with self._lock:
+            n, count = self._db.execute("SELECT SUM(length), COUNT(*) FROM drain_tasks WHERE benefactor=?",
+                                        (benefactor_id,)).fetchone()
+        return n or 0, count or 0
+
+    def persist_selected(self, ns: str, path: str, version: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT persist FROM versions WHERE ns=? AND path=? AND version=?",
+                                   (ns, path, version)).fetchone()
+        return bool(row and row[0])
 
     def backlog(self) -> dict[str, Backlog]:
         with self._lock:

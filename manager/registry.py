@@ -35,6 +35,7 @@ class BenefactorRecord:
     dead_reported: bool = False
     incarnation: int = 0
     receipt_key: bytes = b""
+    leaving: bool = False  # stopping: drains what it holds, gets no new chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class Registry:
         rec = self._records.get(benefactor_id)
         return rec is not None and now - rec.last_seen <= self.ttl
 
+    def remove(self, benefactor_id: str) -> None:
+        self._records.pop(benefactor_id, None)
+
     def get(self, benefactor_id: str) -> BenefactorRecord | None:
         return self._records.get(benefactor_id)
 
@@ -94,7 +98,8 @@ class Registry:
 
     def striping_map(self, width: int, exclude: set[str], min_free: int, now: float) -> list[Placement]:
         """Up to `width` alive benefactors not in `exclude` with at least `min_free` bytes free."""
-        candidates = [r for r in self.alive(now) if r.id not in exclude and r.stats.free >= min_free]
+        candidates = [r for r in self.alive(now) if r.id not in exclude and r.stats.free >= min_free
+                      and not r.leaving]
         candidates.sort(key=lambda r: (-r.stats.free, r.id))
         return [Placement(r.id, r.address) for r in candidates[:width]]
 

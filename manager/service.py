@@ -83,6 +83,16 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
         self.metrics = ManagerMetrics(registry, self._status_reply)
+        # Benefactors known before a restart get one TTL to register again; one that does not is
+        # dead, and what only it held is lost (unless its drain finished on the PFS).
+        self._started = self.clock()
+        self._unheard: set[str] = set()
+        owners = self.catalog.drain_owners()
+        for bf, _, _ in catalog.known_benefactors():
+            if self.catalog.held_by(bf) or bf in owners:
+                self._unheard.add(bf)
+            else:
+                self.catalog.forget_benefactor(bf)
 
     # -- benefactors -------------------------------------------------------------------------
     @rpc
@@ -108,13 +118,34 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  bf, request.address, request.stats.memory_capacity, len(held), orphans)
         return manager_pb2.RegisterReply(heartbeat_interval_seconds=self.settings.heartbeat_interval)
 
-    def _void(self, bf: str, reason: str) -> None:
-        """A benefactor came back as a new process: what the old one held is gone."""
-        lost = self.catalog.void_benefactor(bf, self._alive_ids(), reason)
-        log.warning("benefactor %s is a new incarnation: its earlier locations are void (%d versions lost)",
-                    bf, len(lost))
+    def _void(self, bf: str, reason: str, check_pfs: bool = True) -> list[tuple[str, str, int]]:
+        """A benefactor died, left or came back as a new process: what it held is gone."""
+        lost = self.catalog.void_benefactor(bf, self._alive_ids(), reason, check_pfs)
+        log.warning("benefactor %s: what it held is void (%s); %d versions lost", bf, reason, len(lost))
         for ns, path, version in lost:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+        return lost
+
+    @rpc
+    def Leave(self, request: manager_pb2.LeaveRequest, context: grpc.ServicerContext) -> manager_pb2.LeaveReply:
+        bf = request.benefactor_id
+        with self._lock:
+            rec = self.registry.get(bf)
+            if rec is None or rec.incarnation != request.incarnation:
+                raise NotFound(f"leave: benefactor {bf} is not registered as this process")
+            rec.leaving = True
+        if not request.done:
+            nbytes, chunks = self.catalog.backlog_of(bf)
+            return manager_pb2.LeaveReply(backlog_bytes=nbytes, backlog_chunks=chunks)
+        lost = self._void(bf, f"benefactor {bf} was stopped before the version was drained", check_pfs=False)
+        memory_only = sum(1 for ns, path, v in lost if not self.catalog.persist_selected(ns, path, v))
+        with self._lock:
+            self.registry.remove(bf)
+            self.orders.reset(bf)
+        self.catalog.forget_benefactor(bf)
+        log.info("benefactor %s left (%d versions lost, %d memory-only versions dropped)", bf,
+                 len(lost) - memory_only, memory_only)
+        return manager_pb2.LeaveReply(versions_lost=len(lost) - memory_only, memory_only_dropped=memory_only)
 
     def _settle_held(self, bf: str, held: Sequence[tuple[IndexKey, int, list[int]]]) -> int:
         """Orders that make what a benefactor reports holding agree with the index: holds it missed
@@ -186,9 +217,22 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                         session.namespace, session.path, self.settings.session_lease)
         for rec in dead:
             log.warning("benefactor %s (%s) missed %d heartbeats: declared dead", rec.id, rec.address, 3)
-            reason = f"benefactor {rec.id} died before the version was drained"
-            for ns, path, version in self.catalog.reassign_drains(rec.id, self._alive_ids(), reason):
-                log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+            self._void(rec.id, f"benefactor {rec.id} died (no heartbeat for {self.registry.ttl:.0f}s) before "
+                               "the version was drained")
+        if self._unheard and self.clock() - self._started > self.registry.ttl:
+            with self._lock:
+                gone, self._unheard = {bf for bf in self._unheard if self.registry.get(bf) is None}, set()
+            for bf in gone:
+                self._void(bf, f"benefactor {bf} did not come back after the manager restarted, before the "
+                               "version was drained")
+        if self.clock() - self._started <= self.registry.ttl:
+            return  # benefactors are still registering again after a manager restart
+        # Drain tasks of benefactors that are gone (or that nobody could take) go to a live one.
+        alive = self._alive_ids()
+        if alive:
+            for owner in self.catalog.drain_owners() - alive:
+                if owner == "" or not self._is_alive(owner):
+                    self.catalog.reassign_drains(owner, alive, "")
 
     def _end_orders(self, session: Session, holds: dict[str, list[tuple[ChunkKey, int]]]) -> None:
         """(under self._lock) Tell every benefactor the session may have stored on that it is over,
@@ -328,6 +372,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 locs.append(loc.benefactor_id)
             chunks.append((key, locs))
         return chunks
+
+    def _is_alive(self, bf: str) -> bool:
+        with self._lock:
+            return self.registry.is_alive(bf, self.clock())
 
     def _alive_ids(self) -> set[str]:
         with self._lock:
@@ -508,7 +556,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 for ns, p, v, r in self.catalog.lost_versions()]
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost,
                                        heartbeat_interval_seconds=self.settings.heartbeat_interval,
-                                       state_dir=self.settings.state)
+                                       state_dir=self.settings.state, deployment=self.catalog.deployment_id)
 
     def _free(self, freed: Freed) -> None:
         """Order chunks no in-memory version needs freed on the benefactors holding them."""
@@ -533,7 +581,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         tasks = self.catalog.drain_work(request.benefactor_id, max(1, min(request.limit or 16, 256)))
         return manager_pb2.DrainWorkReply(tasks=[
             manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,
-                                  count=t.count, offset=t.offset, key=t.key.to_pb(), link_from=t.link_from)
+                                  count=t.count, offset=t.offset, key=t.key.to_pb(), link_from=t.link_from,
+                                  deployment=self.catalog.deployment_id, committed_ms=t.committed_ms)
             for t in tasks])
 
     @rpc

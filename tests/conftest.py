@@ -40,6 +40,7 @@ class Cluster:
     benefactors: list[RoleProcess] = field(default_factory=list)
     manager_address: str = ""
     manager_args: tuple[str, ...] = ()
+    pfs: Path | None = None  # default: <root>/pfs
     _clients: list[Client] = field(default_factory=list)
     _logs: list[object] = field(default_factory=list)
 
@@ -60,7 +61,7 @@ class Cluster:
         if out is not None:
             self._logs.append(out)
         bf = spawn("benefactor", ["--manager", self.manager_address, "--memory", str(memory), "--pfs",
-                                  str(self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
+                                  str(self.pfs or self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
                                   "--log-level", "warning", *extra], stderr=out)
         self.benefactors.append(bf)
         wait_for(lambda: bf.id in self.alive_ids(), what=f"benefactor {bf.id} to register")
@@ -112,8 +113,8 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
     def make(benefactors: int = 2, memory: int = 64 * MiB, heartbeat: float = HEARTBEAT,
-             manager_args: tuple[str, ...] = ()) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args)
+             manager_args: tuple[str, ...] = (), pfs: Path | None = None) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args, pfs=pfs)
         clusters.append(cluster)
         cluster.start_manager()
         for _ in range(benefactors):

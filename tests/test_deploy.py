@@ -65,6 +65,10 @@ def test_default_values():
     volume = benefactor["spec"]["template"]["spec"]["volumes"][0]
     assert volume["hostPath"]["path"] == "/scratch/memstage"
     assert ("ConfigMap", "ckpt-memstage-dashboard") in docs
+    # A stop drains first: Kubernetes waits longer than the drain may take, one benefactor at a time.
+    assert e["MEMSTAGE_STOP_TIMEOUT"] == "600s"
+    assert benefactor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
+    assert docs[("PodDisruptionBudget", "ckpt-memstage-benefactor")]["spec"]["maxUnavailable"] == 1
     assert ("Service", "ckpt-memstage-manager") in docs
 
 
@@ -113,16 +117,24 @@ def test_bad_values_are_refused_with_the_key_named(values, message):
     assert message in str(info.value)
 
 
-def test_slurm_recipe_end_to_end(tmp_path):
-    """The batch script's own commands, outside Slurm: stand-ins launch its steps on this machine."""
+@pytest.mark.parametrize("ending", ["success", "failure", "time limit"])
+def test_slurm_recipe_end_to_end(tmp_path, ending):
+    """The batch script's own commands, outside Slurm: stand-ins launch its steps on this machine.
+    However the application ends, its checkpoint is drained before the job does."""
+    import signal
+    import time
+
     fake = ROOT / "tests" / "fake_slurm"
     venv_bin = Path(sys.executable).parent
     app = tmp_path / "app.py"
     data_file = tmp_path / "expected.bin"
     data_file.write_bytes(random_bytes(6 * MiB))
+    marker = tmp_path / "checkpointed"
+    then = {"success": "", "failure": "sys.exit(3)\n", "time limit": "time.sleep(600)\n"}[ending]
     app.write_text(
-        "import sys\nfrom memstage.client import Client\n"  # MEMSTAGE_MANAGER comes from the job script
-        f"Client(namespace='job').pipe('/step10/rank0.bin', open({str(data_file)!r}, 'rb').read())\n")
+        "import sys, time\nfrom memstage.client import Client\n"  # MEMSTAGE_MANAGER comes from the job script
+        f"Client(namespace='job').pipe('/step10/rank0.bin', open({str(data_file)!r}, 'rb').read())\n"
+        f"open({str(marker)!r}, 'w').close()\n" + then)
     env_vars = {
         **os.environ,
         "PATH": f"{fake}:{venv_bin}:{os.environ['PATH']}",
@@ -131,10 +143,22 @@ def test_slurm_recipe_end_to_end(tmp_path):
         "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
         "MEMSTAGE": f"{sys.executable} -m memstage",
     }
-    result = subprocess.run(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
-                             str(app)], env=env_vars, capture_output=True, text=True, timeout=150)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "nothing left to drain" in result.stdout
+    job = subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
+                            str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if ending == "time limit":  # Slurm's --signal=B:USR1 before the limit, to the batch shell
+            deadline = time.monotonic() + 60
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            job.send_signal(signal.SIGUSR1)
+        stdout, stderr = job.communicate(timeout=150)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    expected = {"success": 0, "failure": 3, "time limit": 128 + signal.SIGTERM}[ending]
+    assert job.returncode == expected, stdout + stderr
+    assert "nothing left to drain" in stdout, stdout + stderr
     out = tmp_path / "restored.bin"
     restored = subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(tmp_path / "pfs"),
                                "--namespace", "job", "/step10/rank0.bin", "--out", str(out)],

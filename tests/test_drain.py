@@ -71,7 +71,7 @@ def test_persist_every_2_and_retention_of_odd_versions(local_cluster):
     c.pipe("/f", data[3])
     wait_for(lambda: persisted(c, "/f") == [2, 4], what="versions 2 and 4 to be persisted")
     wait_for(lambda: [v["version"] for v in c.versions("/f")] == [2, 3, 4], what="retention after persisting")
-    assert sorted(scan(version_dir(cluster.root / "pfs", "default", "/f"))) == [2, 4]  # odd ones never drained
+    assert sorted(v for _, v in scan(version_dir(cluster.root / "pfs", "default", "/f"))) == [2, 4]  # odd: never
     assert c.open("/f", "rb", version=3).read() == data[2]
 
 
@@ -129,7 +129,7 @@ def test_read_only_pfs_then_writable_loses_nothing(local_cluster, tmpfs):
 def test_benefactor_lost_before_drain_marks_the_version_lost(local_cluster, tmp_path):
     cluster = local_cluster(benefactors=0)
     bf = cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1MiB")
-    c = cluster.client()
+    c = cluster.client(chunk_size="64KiB")  # 256 chunks: four drain batches, 4 s apart
     first = random_bytes(64 * 1024)
     c.pipe("/k", first)
     wait_for(lambda: persisted(c, "/k") == [1], what="version 1 persisted")
@@ -154,7 +154,7 @@ def test_full_deployment_writer_waits_for_a_drain_to_free_space(local_cluster):
     cluster = local_cluster(benefactors=0)
     for _ in range(2):
         cluster.add_benefactor(16 * MiB, "--drain-bandwidth", "4MiB")  # slow drains: the writer must wait
-    c = cluster.client()
+    c = cluster.client(chunk_size="64KiB")  # a version is several drain batches, a second apart
     c.policy(persist_every=1, keep_versions=1)
     c.pipe("/a", random_bytes(12 * MiB))
     c.pipe("/a", random_bytes(12 * MiB))  # v1 is past keep_versions but undrained: it stays in memory

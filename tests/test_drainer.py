@@ -29,10 +29,23 @@ def drain(root, ns, path, version, data, chunk, link_from=None):
 
 def test_names_round_trip():
     key = ChunkKey.of(b"abc")
-    name = chunk_name(7, 2, 10, 2048, key)
+    name = chunk_name(7, 2, 10, 2048, key, "d1f2", 1_700_000_000_123)
     parsed = parse_name(version_dir("/pfs", "ns", "/a") / name)
     assert (parsed.version, parsed.index, parsed.count, parsed.offset, parsed.key) == (7, 2, 10, 2048, key)
+    assert (parsed.deployment, parsed.committed_ms) == ("d1f2", 1_700_000_000_123)
     assert parse_name(version_dir("/pfs", "ns", "/a") / ("x" + name)) is None
+
+
+def test_names_have_no_fixed_width_and_old_names_still_parse():
+    key = ChunkKey.of(b"x" * 1024)
+    # A file of 10^7 chunks (10 TiB at 1 MiB), its last chunk, a version past 10^8.
+    big = dict(version=123_456_789_012, index=10**7 - 1, count=10**7, offset=(10**7 - 1) * 2**20)
+    parsed = parse_name(version_dir("/pfs", "ns", "/a") / chunk_name(key=key, deployment="ab12", **big))
+    assert parsed is not None
+    assert (parsed.version, parsed.index, parsed.count, parsed.offset) == tuple(big.values())
+    old = f"v00000003.c000002-of-000010.o{2048:016x}.l{key.length:08x}.h{key.hash.hex()}.chunk"
+    parsed = parse_name(version_dir("/pfs", "ns", "/a") / old)
+    assert parsed is not None and (parsed.version, parsed.index, parsed.count, parsed.deployment) == (3, 2, 10, "")
 
 
 def test_restore_every_version_and_hard_links(tmp_path):
@@ -41,7 +54,7 @@ def test_restore_every_version_and_hard_links(tmp_path):
     v2[4096:4100] = b"XXXX"  # one chunk differs
     first = drain(tmp_path, "ns", "/run/ck", 1, v1, 4096)
     drain(tmp_path, "ns", "/run/ck", 2, bytes(v2), 4096, link_from=first)
-    assert persisted_versions(tmp_path, "ns", "/run/ck") == {1: True, 2: True}
+    assert persisted_versions(tmp_path, "ns", "/run/ck") == {("", 1): True, ("", 2): True}
     for version, expected in ((1, v1), (2, bytes(v2))):
         out = tmp_path / f"out{version}"
         assert restore(tmp_path, "ns", "/run/ck", out, version).size == len(expected)
@@ -64,7 +77,7 @@ def test_incomplete_truncated_and_corrupt_chunks_name_the_problem(tmp_path):
     data = os.urandom(4 * 1000)
     drain(tmp_path, "ns", "/f", 1, data, 1000)
     directory = version_dir(tmp_path, "ns", "/f")
-    files = sorted(scan(directory)[1], key=lambda f: f.index)
+    files = sorted(scan(directory)[("", 1)], key=lambda f: f.index)
     files[1].path.write_bytes(files[1].path.read_bytes()[:500])  # truncated
     with pytest.raises(DataLost, match=f"{files[1].path.name}.*truncated"):
         restore(tmp_path, "ns", "/f", tmp_path / "out", 1)

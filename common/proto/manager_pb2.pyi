@@ -105,6 +105,28 @@ class ReconcileReply(_message.Message):
     orphans: int
     def __init__(self, orphans: _Optional[int] = ...) -> None: ...
 
+class LeaveRequest(_message.Message):
+    __slots__ = ("benefactor_id", "incarnation", "done")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    incarnation: int
+    done: bool
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class LeaveReply(_message.Message):
+    __slots__ = ("backlog_bytes", "backlog_chunks", "versions_lost", "memory_only_dropped")
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ONLY_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    backlog_bytes: int
+    backlog_chunks: int
+    versions_lost: int
+    memory_only_dropped: int
+    def __init__(self, backlog_bytes: _Optional[int] = ..., backlog_chunks: _Optional[int] = ..., versions_lost: _Optional[int] = ..., memory_only_dropped: _Optional[int] = ...) -> None: ...
+
 class OrdersRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "acked", "epoch")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -428,18 +450,20 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "lost")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "lost")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
     state_dir: str
+    deployment: str
     lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("namespace", "persist_every", "keep_versions")
@@ -470,7 +494,7 @@ class DrainWorkRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class DrainTask(_message.Message):
-    __slots__ = ("id", "namespace", "path", "version", "index", "count", "offset", "key", "link_from")
+    __slots__ = ("id", "namespace", "path", "version", "index", "count", "offset", "key", "link_from", "deployment", "committed_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -480,6 +504,8 @@ class DrainTask(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     LINK_FROM_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_MS_FIELD_NUMBER: _ClassVar[int]
     id: int
     namespace: str
     path: str
@@ -489,7 +515,9 @@ class DrainTask(_message.Message):
     offset: int
     key: _common_pb2.ChunkKey
     link_from: str
-    def __init__(self, id: _Optional[int] = ..., namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., offset: _Optional[int] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., link_from: _Optional[str] = ...) -> None: ...
+    deployment: str
+    committed_ms: int
+    def __init__(self, id: _Optional[int] = ..., namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., offset: _Optional[int] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., link_from: _Optional[str] = ..., deployment: _Optional[str] = ..., committed_ms: _Optional[int] = ...) -> None: ...
 
 class DrainWorkReply(_message.Message):
     __slots__ = ("tasks",)

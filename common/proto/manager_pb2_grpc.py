@@ -54,6 +54,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.OrdersRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.OrdersReply.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/memstage.v1.Manager/Leave',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.LeaveReply.FromString,
+                _registered_method=True)
         self.DrainWork = channel.unary_unary(
                 '/memstage.v1.Manager/DrainWork',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.DrainWorkRequest.SerializeToString,
@@ -183,6 +188,15 @@ class ManagerServicer:
     def Orders(self, request, context):
         """The benefactor's orders, in sequence: session ends, holds, releases and frees. The only way a
         benefactor is told to free memory. Orders up to `acked` are done and are not sent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """A benefactor that is asked to stop: first (done=false) it gets no new chunks and drains what
+        it holds for the PFS, asking for its backlog; then (done=true) it leaves, and what only it
+        held and is not on the PFS is reported lost (memory-only versions counted apart).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,6 +355,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Orders,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.OrdersRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.OrdersReply.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.LeaveRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.LeaveReply.SerializeToString,
             ),
             'DrainWork': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainWork,
@@ -551,6 +570,33 @@ class Manager:
             '/memstage.v1.Manager/Orders',
             memstage_dot_proto_dot_manager__pb2.OrdersRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.OrdersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Leave',
+            memstage_dot_proto_dot_manager__pb2.LeaveRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.LeaveReply.FromString,
             options,
             channel_credentials,
             insecure,

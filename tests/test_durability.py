@@ -1,0 +1,164 @@
+"""Checkpoints survive stops, restarts and shared PFS directories, with real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def memstage(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "memstage", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_two_deployments_sharing_one_pfs_directory_both_restore(local_cluster, tmp_path):
+    shared = tmp_path / "scratch-pfs"
+    first, second = local_cluster(benefactors=1, pfs=shared), local_cluster(benefactors=1, pfs=shared)
+    data = {}
+    for cluster, size in ((first, 3 * MiB + 5), (second, 2 * MiB)):  # the same path, each its version 1
+        c = cluster.client()
+        data[cluster.status()["deployment"]] = payload = random_bytes(size)
+        c.pipe("/job/ckpt.bin", payload)
+        wait_for(lambda c=c: c.versions("/job/ckpt.bin")[0]["persisted"], what="the checkpoint to drain")
+    a, b = (cl.status()["deployment"] for cl in (first, second))
+    assert a != b
+    listing = memstage("restore", "--pfs", str(shared), "--list")
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split() for line in listing.stdout.splitlines() if "/job/ckpt.bin" in line]
+    assert sorted(r[2] for r in rows) == sorted([a, b]) and all(r[-1] == "yes" for r in rows)
+    for deployment, payload in data.items():
+        out = tmp_path / f"out-{deployment}"
+        done = memstage("restore", "--pfs", str(shared), "/job/ckpt.bin", "--deployment", deployment, "--out",
+                        str(out))
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes() == payload
+    latest = tmp_path / "latest"
+    assert memstage("restore", "--pfs", str(shared), "/job/ckpt.bin", "--out", str(latest)).returncode == 0
+    assert latest.read_bytes() == data[b]  # committed last
+    ambiguous = memstage("restore", "--pfs", str(shared), "/job/ckpt.bin", "--version", "1", "--out",
+                         str(tmp_path / "x"))
+    assert ambiguous.returncode != 0 and "--deployment" in ambiguous.stderr and "Traceback" not in ambiguous.stderr
+
+
+def test_a_version_whose_files_reached_the_pfs_is_not_lost_when_its_benefactor_dies_unreported(local_cluster):
+    import signal
+
+    from memstage.chunks import ChunkKey
+    from memstage.drainer.layout import chunk_name, version_dir, write_chunk
+
+    cluster = local_cluster(benefactors=0)
+    slow = cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1KiB")
+    c = cluster.client()
+    c.pipe("/blocker", random_bytes(64 * 1024))  # drained at once, then its drain pauses for a minute
+    wait_for(lambda: c.versions("/blocker")[0]["persisted"], what="the blocker to drain")
+    data = random_bytes(4 * MiB)
+    c.pipe("/f", data)  # queued behind the pause
+    slow.proc.send_signal(signal.SIGSTOP)  # it cannot report anything any more ...
+    try:
+        # ... though its chunk files are on the PFS: written as it would have (same names).
+        info = c.versions("/f")[0]
+        deployment = cluster.status()["deployment"]
+        directory = version_dir(cluster.root / "pfs", "default", "/f")
+        for i in range(4):
+            piece = data[i * MiB : (i + 1) * MiB]
+            write_chunk(directory, chunk_name(1, i, 4, i * MiB, ChunkKey.of(piece), deployment,
+                                              int(info["committed_at"] * 1000)), [piece])
+        cluster.add_benefactor(64 * MiB)  # a live benefactor to take over its drain tasks
+        wait_for(lambda: slow.id not in cluster.alive_ids(), what="the stopped benefactor to be declared dead")
+        wait_for(lambda: c.versions("/f")[0]["persisted"], what="the version's drain to be recovered from the PFS")
+        assert not c.versions("/f")[0]["lost"] and not cluster.status()["lost"]
+        assert c.cat("/f") == data  # read through the deployment, from the PFS
+    finally:
+        slow.kill()
+
+
+def test_after_a_crash_and_restart_undrained_versions_are_lost_and_drained_ones_readable(local_cluster, tmp_path):
+    cluster = local_cluster(benefactors=0)
+    bf = cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "64KiB")
+    c = cluster.client()
+    kept = random_bytes(32 * 1024)
+    c.pipe("/kept", kept)
+    wait_for(lambda: c.versions("/kept")[0]["persisted"], what="/kept to drain")
+    c.pipe("/undrained", random_bytes(4 * MiB))  # a minute of draining at 64 KiB/s
+    bf.kill()
+    cluster.restart_manager()  # a crash of the whole deployment; the manager comes back on its state
+    cluster.add_benefactor(64 * MiB)  # a new benefactor process (another id)
+    c2 = cluster.client()
+    lost = wait_for(lambda: c2.versions("/undrained")[0]["lost"] and c2.versions("/undrained")[0], timeout=20,
+                    what="/undrained to be reported lost")
+    assert "gone" in lost["lost_reason"] and "not on the PFS" in lost["lost_reason"]
+    assert [(v["path"], v["version"]) for v in cluster.status()["lost"]] == [("/undrained", 1)]
+    waited = memstage("wait", "--manager", cluster.manager_address, "--drained", "--timeout", "20s")
+    assert waited.returncode == 3 and "/undrained" in waited.stderr
+    assert c2.cat("/kept") == kept  # persisted: read from the PFS through the new benefactor
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _up(tmp_path, address: str, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "1", "--memory", "64MiB",
+                             "--state", str(tmp_path / "state"), "--pfs", str(tmp_path / "pfs"), "--listen", address,
+                             "--heartbeat-interval", "0.5s", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    def serving() -> bool:
+        status = memstage("status", "--manager", address, "--json")
+        return proc.poll() is not None or (status.returncode == 0 and '"alive": true' in status.stdout)
+
+    wait_for(serving, timeout=30, what="memstage up to serve with a live benefactor")
+    assert proc.poll() is None, proc.communicate()[0]
+    return proc
+
+
+def _ctrl_c(proc: subprocess.Popen[str]) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out
+
+
+@pytest.mark.parametrize("stop_timeout", ["60s", "300ms"])
+def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_path, stop_timeout):
+    from memstage.client import Client
+
+    address = f"127.0.0.1:{_free_port()}"
+    up = _up(tmp_path, address, "--drain-bandwidth", "1MiB", "--stop-timeout", stop_timeout)
+    try:
+        c = Client(manager=address, chunk_size=os.environ.get("CK", "16KiB"))
+        data = random_bytes(3 * MiB)
+        c.pipe("/ckpt", data)  # 192 chunks: 3 drain batches, 1 s apart at 1 MiB/s
+        c.connections.close()
+    finally:
+        out = _ctrl_c(up)
+    assert "draining" in out and up.returncode == 0, out
+    up = _up(tmp_path, address)  # again on the same state and PFS
+    try:
+        c = Client(manager=address)
+        version = c.versions("/ckpt")[0]
+        if stop_timeout == "60s":  # drained before the stop: persisted and readable
+            assert version["persisted"] and not version["lost"], (version, out)
+            assert c.cat("/ckpt") == data
+        else:  # not drained in time: said at the stop, and reported lost after it, never silently gone
+            assert "could not be drained: reported lost" in out, out
+            assert version["lost"] and "stopped" in version["lost_reason"], version
+            waited = memstage("wait", "--manager", address, "--drained", "--timeout", "10s")
+            assert waited.returncode == 3 and "/ckpt" in waited.stderr
+        c.connections.close()
+    finally:
+        _ctrl_c(up)
