@@ -19,6 +19,7 @@ import grpc
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import ChunkKey
 from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
+from memstage.errors import InvalidPath
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 from memstage.settings import BenefactorSettings
@@ -86,11 +87,15 @@ class DrainLoop:
         started = time.monotonic()
         items: list[Pending] = []
         planned: dict[tuple[str, ChunkKey], Path] = {}  # first copy of a chunk in this batch
-        missing: list[manager_pb2.DrainResult] = []
+        unwritten: list[manager_pb2.DrainResult] = []  # missing chunks, refused paths
         present: list[manager_pb2.DrainTask] = []
         for task in tasks:
             key = ChunkKey.from_pb(task.key)
-            directory = version_dir(self.root, task.namespace, task.path)
+            try:
+                directory = version_dir(self.root, task.namespace, task.path)
+            except InvalidPath as e:  # e.g. a symlink planted in the PFS: this path only, for good
+                unwritten.append(manager_pb2.DrainResult(task_id=task.id, error=str(e)))
+                continue
             name = chunk_name(task.version, task.index, task.count, task.offset, key, task.deployment,
                               task.committed_ms)
             ident = (task.namespace, key)
@@ -110,7 +115,7 @@ class DrainLoop:
                         continue
                     # Freed (the file was deleted meanwhile) or never here: the manager decides
                     # which, and the tasks behind it go on.
-                    missing.append(manager_pb2.DrainResult(task_id=task.id, missing=True))
+                    unwritten.append(manager_pb2.DrainResult(task_id=task.id, missing=True))
                     continue
                 planned[ident] = directory / name
             present.append(task)
@@ -125,7 +130,7 @@ class DrainLoop:
                 self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
         self.drained_bytes += nbytes
         self._last_bytes, self._last_started = nbytes, started
-        return missing + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
+        return unwritten + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
                           for t, f in zip(tasks, written, strict=True)]
 
     @staticmethod

@@ -146,6 +146,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\nLOST: {len(reply.lost)} versions can no longer be read:")
         for v in reply.lost:
             print(f"  {v.namespace}:{v.path} version {v.version}{f' ({v.reason})' if v.reason else ''}")
+    if reply.drain_failed:
+        print(f"\nDRAIN FAILED: {len(reply.drain_failed)} versions cannot be drained (they stay in memory):")
+        for v in reply.drain_failed:
+            print(f"  {v.namespace}:{v.path} version {v.version} ({v.reason})")
     return 0
 
 
@@ -164,6 +168,8 @@ def status_json(reply: Any) -> dict[str, Any]:
         ],
         "lost": [{"namespace": v.namespace, "path": v.path, "version": v.version, "reason": v.reason}
                  for v in reply.lost],
+        "drain_failed": [{"namespace": v.namespace, "path": v.path, "version": v.version, "reason": v.reason}
+                         for v in reply.drain_failed],
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
              "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored}

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS versions (
     ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL,
     committed_at REAL NOT NULL, chunk_map BLOB NOT NULL,
     persist INTEGER NOT NULL, persisted INTEGER NOT NULL DEFAULT 0, in_memory INTEGER NOT NULL DEFAULT 1,
-    lost INTEGER NOT NULL DEFAULT 0, lost_reason TEXT NOT NULL DEFAULT '',
+    lost INTEGER NOT NULL DEFAULT 0, lost_reason TEXT NOT NULL DEFAULT '', drain_error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (ns, path, version));
 CREATE TABLE IF NOT EXISTS chunks (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, refs INTEGER NOT NULL,
@@ -64,6 +64,7 @@ _ADDED_COLUMNS = (
     ("benefactors", "incarnation", "INTEGER NOT NULL DEFAULT 0"),
     ("versions", "lost_reason", "TEXT NOT NULL DEFAULT ''"),
     ("locations", "gen", "INTEGER NOT NULL DEFAULT 0"),
+    ("versions", "drain_error", "TEXT NOT NULL DEFAULT ''"),
 )
 
 Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors holding them, at their generation
@@ -88,6 +89,7 @@ class VersionRecord:
     in_memory: bool = True
     lost: bool = False
     lost_reason: str = ""
+    drain_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,8 @@ def unpack_map(blob: bytes) -> tuple[ChunkKey, ...]:
     return tuple(ChunkKey(h, n) for h, n in _ENTRY.iter_unpack(blob))
 
 
-_VERSION_COLUMNS = "version, size, committed_at, chunk_map, persist, persisted, in_memory, lost, lost_reason"
+_VERSION_COLUMNS = ("version, size, committed_at, chunk_map, persist, persisted, in_memory, lost, lost_reason, "
+                    "drain_error")
 
 
 class Catalog:
@@ -391,9 +394,9 @@ class Catalog:
 
     @staticmethod
     def _record(namespace: str, path: str, row: tuple) -> VersionRecord:  # type: ignore[type-arg]
-        v, size, at, blob, persist, persisted, in_memory, lost, reason = row
+        v, size, at, blob, persist, persisted, in_memory, lost, reason, drain_error = row
         return VersionRecord(namespace, path, v, size, at, unpack_map(blob), bool(persist), bool(persisted),
-                             bool(in_memory), bool(lost), reason)
+                             bool(in_memory), bool(lost), reason, drain_error)
 
     def versions(self, namespace: str, path: str) -> list[VersionRecord]:
         with self._lock:
@@ -512,23 +515,35 @@ class Catalog:
             return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))),
                               int(at * 1000)) for i, ns, p, v, idx, count, off, h, n, at in rows]
 
-    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool]], alive: set[str]
-                   ) -> tuple[set[tuple[str, str]], list[tuple[str, str, int, str]]]:
-        """Record drained chunk files (task id, drained path, missing). A task whose chunk the
-        benefactor did not have goes to another holder, or its version is lost; a task no longer
-        queued (its file was deleted) is ignored. Returns the (namespace, path) of versions that
-        became persisted, and the versions lost (namespace, path, version, reason)."""
+    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str]], alive: set[str]
+                   ) -> tuple[set[tuple[str, str]], list[tuple[str, str, int, str]], list[tuple[str, str, int, str]]]:
+        """Record drained chunk files (task id, drained path, missing, error). A task whose chunk the
+        benefactor did not have goes to another holder, or its version is lost; a task that cannot
+        be drained at all (error) takes its version's drain off the queue; a task no longer queued
+        (its file was deleted) is ignored. Returns the (namespace, path) of versions that became
+        persisted, the versions lost and the versions that cannot be drained (namespace, path,
+        version, reason)."""
         persisted: set[tuple[str, str]] = set()
         lost: list[tuple[str, str, int, str]] = []
+        failed: list[tuple[str, str, int, str]] = []
         with self._lock, self._transaction():
             touched: set[tuple[str, str, int]] = set()
-            for task_id, drained, missing in results:
+            for task_id, drained, missing, error in results:
                 row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
                                        "WHERE id=?", (task_id,)).fetchone()
                 if row is None:
                     continue  # reported twice, or the file was deleted meanwhile: harmless
                 ns, path, version, h, n, count = row
                 ik = (ns, ChunkKey(h, n))
+                if error:
+                    # This version cannot go to the PFS: it stays in memory (retention keeps a version
+                    # selected for persistence until it is drained), and the tasks behind it go on.
+                    self._db.execute("UPDATE versions SET drain_error=? WHERE ns=? AND path=? AND version=?",
+                                     (error, ns, path, version))
+                    self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?",
+                                     (ns, path, version))
+                    failed.append((ns, path, version, error))
+                    continue
                 if missing:
                     # That benefactor does not hold it (whatever the index said): not a location any more.
                     held = self._index.remove_location(ik, benefactor_id)
@@ -559,7 +574,7 @@ class Catalog:
                     self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
                                      "path=? AND version=?", (ns, path, version))
                     persisted.add((ns, path))
-        return persisted, lost
+        return persisted, lost, failed
 
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
         """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless
@@ -658,6 +673,11 @@ class Catalog:
             rows = self._db.execute("SELECT benefactor, SUM(length), MIN(queued_at) FROM drain_tasks "
                                     "GROUP BY benefactor").fetchall()
         return {bf: Backlog(n or 0, oldest) for bf, n, oldest in rows}
+
+    def undrainable_versions(self) -> list[tuple[str, str, int, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT ns, path, version, drain_error FROM versions WHERE drain_error != '' "
+                                         "AND lost=0 ORDER BY ns, path, version"))
 
     def lost_versions(self) -> list[tuple[str, str, int, str]]:
         with self._lock:

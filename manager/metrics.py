@@ -41,6 +41,9 @@ class ManagerMetrics:
                                         registry=registry)
         self.sessions_aborted = Counter("memstage_write_sessions_aborted", "Write sessions ended without a commit",
                                         registry=registry)
+        self.drain_failures = Counter("memstage_drain_failures",
+                                      "Versions whose drain was refused for good (e.g. a path the PFS refuses); "
+                                      "they stay in memory", registry=registry)
         self.orphans = Counter("memstage_orphan_chunks_found",
                                "Chunks the safety-net reconcile found held with no version locating them (a bug "
                                "if it grows)", registry=registry)

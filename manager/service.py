@@ -474,7 +474,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.VersionsReply(versions=[
             manager_pb2.VersionInfo(version=v.version, size=v.size, committed_at=v.committed_at,
                                     chunk_count=len(v.keys), persist=v.persist, persisted=v.persisted,
-                                    in_memory=v.in_memory, lost=v.lost, lost_reason=v.lost_reason)
+                                    in_memory=v.in_memory, lost=v.lost, lost_reason=v.lost_reason,
+                                    drain_error=v.drain_error)
             for v in versions])
 
     @rpc
@@ -554,9 +555,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                       for n in self.catalog.namespaces()]
         lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
                 for ns, p, v, r in self.catalog.lost_versions()]
+        undrainable = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
+                       for ns, p, v, r in self.catalog.undrainable_versions()]
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost,
                                        heartbeat_interval_seconds=self.settings.heartbeat_interval,
-                                       state_dir=self.settings.state, deployment=self.catalog.deployment_id)
+                                       state_dir=self.settings.state, deployment=self.catalog.deployment_id,
+                                       drain_failed=undrainable)
 
     def _free(self, freed: Freed) -> None:
         """Order chunks no in-memory version needs freed on the benefactors holding them."""
@@ -588,11 +592,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def DrainDone(self, request: manager_pb2.DrainDoneRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainDoneReply:
-        persisted, lost = self.catalog.drain_done(request.benefactor_id,
-                                                  [(r.task_id, r.drained, r.missing) for r in request.results],
-                                                  self._alive_ids())
+        persisted, lost, failed = self.catalog.drain_done(
+            request.benefactor_id, [(r.task_id, r.drained, r.missing, r.error) for r in request.results],
+            self._alive_ids())
         for ns, path, version, reason in lost:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+        for ns, path, version, reason in failed:
+            self.metrics.drain_failures.inc()
+            log.error("%s:%s version %d cannot be drained (it stays in memory): %s", ns, path, version, reason)
         for namespace, path in persisted:
             log.info("%s:%s: a version is now persisted on the PFS", namespace, path)
             self._free(self.catalog.apply_retention(namespace, path))

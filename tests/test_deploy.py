@@ -69,6 +69,15 @@ def test_default_values():
     assert e["MEMSTAGE_STOP_TIMEOUT"] == "600s"
     assert benefactor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
     assert docs[("PodDisruptionBudget", "ckpt-memstage-benefactor")]["spec"]["maxUnavailable"] == 1
+    for doc in (manager, benefactor):  # hardened containers
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container(doc)["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                     "capabilities": {"drop": ["ALL"]}}
+    headless = docs[("Service", "ckpt-memstage-manager-headless")]
+    assert headless["spec"]["clusterIP"] == "None" and manager["spec"]["serviceName"] == headless["metadata"]["name"]
+    ident = [e for e in container(benefactor)["env"] if e["name"] == "MEMSTAGE_ID"][0]
+    assert ident["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"  # stable across restarts
     assert ("Service", "ckpt-memstage-manager") in docs
 
 
@@ -110,6 +119,9 @@ def test_oversubscribed_nodes_nfs_and_failure_domains():
     ({"benefactor": {"memory": "4GB"}}, "memory"),
     ({"pfs": {"type": "s3"}}, "type"),
     ({"pfs": {"type": "pvc"}}, "pfs.claimName is required"),
+    ({"manager": {"settings": {"persist_every": "x"}}}, "persist_every"),
+    ({"manager": {"settings": {"persist_evry": 2}}}, "persist_evry"),
+    ({"benefactor": {"settings": {"stop_timeout": "soon"}}}, "stop_timeout"),
 ])
 def test_bad_values_are_refused_with_the_key_named(values, message):
     with pytest.raises(Exception) as info:
@@ -182,3 +194,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
+    import dataclasses
+    import json
+
+    from memstage.settings import BenefactorSettings, ManagerSettings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
+    set_by_chart = {"manager": {"listen", "state"}, "benefactor": {"manager", "listen", "advertise", "memory", "pfs",
+                                                                   "id"}}
+    for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
+        expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
+        assert set(schema[f"{role}Settings"]["properties"]) == expected, role

@@ -162,3 +162,26 @@ def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_pa
         c.connections.close()
     finally:
         _ctrl_c(up)
+
+
+def test_a_planted_symlink_stops_the_drain_of_its_path_only(local_cluster, tmp_path):
+    cluster = local_cluster(benefactors=0)
+    log = tmp_path / "benefactor.log"
+    cluster.add_benefactor(64 * MiB, log=log)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cluster.root / "pfs" / "default").mkdir(parents=True)
+    (cluster.root / "pfs" / "default" / "evil").symlink_to(outside)  # leads out of the PFS root
+    c = cluster.client()
+    evil, good = random_bytes(2 * MiB), random_bytes(2 * MiB)
+    c.pipe("/evil/ckpt", evil)
+    c.pipe("/good/ckpt", good)
+    wait_for(lambda: c.versions("/good/ckpt")[0]["persisted"], what="the drain to go on behind the refused path")
+    version = wait_for(lambda: c.versions("/evil/ckpt")[0]["drain_error"] and c.versions("/evil/ckpt")[0],
+                       what="the refused drain to be reported")
+    assert "leave the PFS root" in version["drain_error"] and not version["lost"] and not version["persisted"]
+    assert c.cat("/evil/ckpt") == evil  # still in memory
+    status = cluster.status()
+    assert [(v["path"], v["version"]) for v in status["drain_failed"]] == [("/evil/ckpt", 1)]
+    assert list(outside.iterdir()) == []  # nothing escaped
+    assert "Traceback" not in log.read_text() and "Exception in thread" not in log.read_text()

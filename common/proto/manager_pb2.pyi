@@ -348,7 +348,7 @@ class ListReply(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason")
+    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason", "drain_error")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +358,7 @@ class VersionInfo(_message.Message):
     IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     LOST_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_ERROR_FIELD_NUMBER: _ClassVar[int]
     version: int
     size: int
     committed_at: float
@@ -367,7 +368,8 @@ class VersionInfo(_message.Message):
     in_memory: bool
     lost: bool
     lost_reason: str
-    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ..., lost_reason: _Optional[str] = ...) -> None: ...
+    drain_error: str
+    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ..., lost_reason: _Optional[str] = ..., drain_error: _Optional[str] = ...) -> None: ...
 
 class VersionsReply(_message.Message):
     __slots__ = ("versions",)
@@ -450,20 +452,22 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "lost")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FAILED_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
     state_dir: str
     deployment: str
+    drain_failed: _containers.RepeatedCompositeFieldContainer[VersionRef]
     lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("namespace", "persist_every", "keep_versions")
@@ -526,14 +530,16 @@ class DrainWorkReply(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[DrainTask, _Mapping]]] = ...) -> None: ...
 
 class DrainResult(_message.Message):
-    __slots__ = ("task_id", "drained", "missing")
+    __slots__ = ("task_id", "drained", "missing", "error")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     drained: str
     missing: bool
-    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ...) -> None: ...
+    error: str
+    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DrainDoneRequest(_message.Message):
     __slots__ = ("benefactor_id", "results")
