@@ -130,8 +130,9 @@ class DrainLoop:
                 self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
         self.drained_bytes += nbytes
         self._last_bytes, self._last_started = nbytes, started
-        return unwritten + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)))
-                          for t, f in zip(tasks, written, strict=True)]
+        return unwritten + [manager_pb2.DrainResult(task_id=t.id, drained=str(f.relative_to(self.root)),
+                                                    written=len(i.data) if i.data else 0)
+                            for t, f, i in zip(tasks, written, items, strict=True)]
 
     @staticmethod
     def _publish(items: list[Pending]) -> list[Path]:

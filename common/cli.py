@@ -245,6 +245,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     conn = Connections(settings.manager, settings.rpc_timeout)
     deadline = time.monotonic() + timeout
     last_report = 0.0
+    last_drained: tuple[float, int] | None = None  # (when, bytes drained in all) at the last report
     try:
         while True:
             try:
@@ -266,8 +267,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 raise MemstageError(f"timed out after {args.timeout}: {alive} benefactors alive, "
                                     f"{format_size(backlog)} not yet drained")
             if now - last_report >= 5:
-                print(f"memstage wait: {alive} benefactors alive; drain backlog {format_size(backlog)}"
-                      f"{f' (oldest {oldest:.0f}s)' if backlog else ''}", file=sys.stderr, flush=True)
+                drained_total = sum(b.stats.drained_bytes for b in reply.benefactors)
+                progress = ""
+                if backlog and last_drained is not None and now > last_drained[0]:
+                    rate = max(0, drained_total - last_drained[1]) / (now - last_drained[0])
+                    eta = f"about {backlog / rate:.0f}s to go" if rate > 0 else "not draining (see memstage status)"
+                    progress = f", draining at {format_size(rate)}/s, {eta}"
+                last_drained = (now, drained_total)
+                print(f"memstage wait: {alive} benefactors alive; {format_size(backlog)} left to drain"
+                      f"{f' (oldest {oldest:.0f}s)' if backlog else ''}{progress}", file=sys.stderr, flush=True)
                 last_report = now
             time.sleep(0.2)
     finally:

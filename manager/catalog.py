@@ -125,6 +125,14 @@ class DrainTask:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    persisted: set[tuple[str, str]]  # (namespace, path) of versions that became persisted
+    lost: list[tuple[str, str, int, str]]  # (namespace, path, version, reason)
+    failed: list[tuple[str, str, int, str]]  # versions that cannot be drained, with the reason
+    drained_bytes: int  # bytes written to the PFS (hard links cost none)
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     bytes: int
     oldest_queued_at: float | None
@@ -239,6 +247,11 @@ class Catalog:
     def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
         with self._lock:
             return [self._index.readable((namespace, k), alive) for k in keys]
+
+    def held_stats(self) -> dict[str, tuple[int, int]]:
+        """(chunks, bytes) that committed versions hold on each benefactor, as of now."""
+        with self._lock:
+            return self._index.held_stats()
 
     def held_by(self, benefactor_id: str) -> set[IndexKey]:
         with self._lock:
@@ -515,20 +528,19 @@ class Catalog:
             return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))),
                               int(at * 1000)) for i, ns, p, v, idx, count, off, h, n, at in rows]
 
-    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str]], alive: set[str]
-                   ) -> tuple[set[tuple[str, str]], list[tuple[str, str, int, str]], list[tuple[str, str, int, str]]]:
+    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str, int]], alive: set[str]
+                   ) -> DrainOutcome:
         """Record drained chunk files (task id, drained path, missing, error). A task whose chunk the
         benefactor did not have goes to another holder, or its version is lost; a task that cannot
         be drained at all (error) takes its version's drain off the queue; a task no longer queued
-        (its file was deleted) is ignored. Returns the (namespace, path) of versions that became
-        persisted, the versions lost and the versions that cannot be drained (namespace, path,
-        version, reason)."""
+        (its file was deleted) is ignored."""
         persisted: set[tuple[str, str]] = set()
         lost: list[tuple[str, str, int, str]] = []
         failed: list[tuple[str, str, int, str]] = []
+        drained_bytes = 0
         with self._lock, self._transaction():
             touched: set[tuple[str, str, int]] = set()
-            for task_id, drained, missing, error in results:
+            for task_id, drained, missing, error, written in results:
                 row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
                                        "WHERE id=?", (task_id,)).fetchone()
                 if row is None:
@@ -562,6 +574,7 @@ class Catalog:
                         lost.append((ns, path, version, reason))
                     continue
                 self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
+                drained_bytes += written
                 if count and self._index.set_drained(ik, drained):
                     self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
                                      (drained, ns, h, n))
@@ -574,7 +587,7 @@ class Catalog:
                     self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
                                      "path=? AND version=?", (ns, path, version))
                     persisted.add((ns, path))
-        return persisted, lost, failed
+        return DrainOutcome(persisted, lost, failed, drained_bytes)
 
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
         """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless

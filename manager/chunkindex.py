@@ -29,6 +29,18 @@ class Entry:
 class ChunkIndex:
     def __init__(self) -> None:
         self._entries: dict[IndexKey, Entry] = {}
+        # Per benefactor: [chunks, bytes] of the copies located there, kept as locations change, so
+        # status reports what is held as of now rather than as of the last heartbeat.
+        self._held: dict[str, list[int]] = {}
+
+    def _count(self, benefactor: str, key: IndexKey, sign: int) -> None:
+        held = self._held.setdefault(benefactor, [0, 0])
+        held[0] += sign
+        held[1] += sign * key[1].length
+
+    def held_stats(self) -> dict[str, tuple[int, int]]:
+        """(chunks, bytes) of the copies located on each benefactor."""
+        return {bf: (c, n) for bf, (c, n) in self._held.items()}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,6 +89,8 @@ class ChunkIndex:
         dropped: Holders = {}
         if e.mem_refs <= 0 or e.refs <= 0:
             dropped, e.locations = e.locations, {}
+            for bf in dropped:
+                self._count(bf, key, -1)
         if e.refs <= 0:
             del self._entries[key]
             return None, dropped
@@ -87,13 +101,18 @@ class ChunkIndex:
         e = self._entries.get(key)
         if e is None or e.mem_refs <= 0:
             return False
+        if benefactor not in e.locations:
+            self._count(benefactor, key, 1)
         e.locations[benefactor] = gen
         return True
 
     def remove_location(self, key: IndexKey, benefactor: str) -> int:
         """Forget one copy; returns its generation (0 if there was none)."""
         e = self._entries.get(key)
-        return e.locations.pop(benefactor, 0) if e else 0
+        if e is None or benefactor not in e.locations:
+            return 0
+        self._count(benefactor, key, -1)
+        return e.locations.pop(benefactor)
 
     def set_drained(self, key: IndexKey, path: str) -> bool:
         e = self._entries.get(key)

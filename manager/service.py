@@ -79,6 +79,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.clock = clock
         self._lock = threading.Lock()  # registry, sessions and order queues
         self.sessions = SessionTable(settings.session_lease)
+        self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self.orders = OrderQueues()
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
@@ -533,20 +534,24 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return self._status_reply()
 
     def _status_reply(self) -> manager_pb2.StatusReply:
-        """What `memstage status` prints and /metrics exports, read from live state."""
+        """What `memstage status` prints and /metrics exports, read from live state: what the manager
+        itself knows as of now (chunks committed there, backlog, bytes drained since it started),
+        the benefactor's last heartbeat for the rest (capacity, uncommitted data, PFS errors)."""
         backlog = self.catalog.backlog()
+        held = self.catalog.held_stats()
         wall = time.time()
         with self._lock:
             now = self.clock()
             rows = []
             for r in sorted(self.registry.records(), key=lambda r: r.id):
                 b = backlog.get(r.id)
+                chunks, nbytes = held.get(r.id, (0, 0))
                 rows.append(manager_pb2.BenefactorStatus(
                     id=r.id, address=r.address, alive=self.registry.is_alive(r.id, now),
                     stats=manager_pb2.BenefactorStats(
-                        memory_capacity=r.stats.memory_capacity, memory_used=r.stats.memory_used,
-                        drain_backlog=b.bytes if b else 0, chunk_count=r.stats.chunk_count,
-                        drain_error=r.stats.drain_error, drained_bytes=r.stats.drained_bytes),
+                        memory_capacity=r.stats.memory_capacity, memory_used=max(r.stats.memory_used, nbytes),
+                        drain_backlog=b.bytes if b else 0, chunk_count=chunks,
+                        drain_error=r.stats.drain_error, drained_bytes=self._drained.get(r.id, 0)),
                     last_heartbeat_age_seconds=now - r.last_seen,
                     drain_backlog_bytes=b.bytes if b else 0,
                     oldest_undrained_age_seconds=wall - b.oldest_queued_at if b and b.oldest_queued_at else 0.0))
@@ -592,12 +597,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def DrainDone(self, request: manager_pb2.DrainDoneRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainDoneReply:
-        persisted, lost, failed = self.catalog.drain_done(
-            request.benefactor_id, [(r.task_id, r.drained, r.missing, r.error) for r in request.results],
+        outcome = self.catalog.drain_done(
+            request.benefactor_id, [(r.task_id, r.drained, r.missing, r.error, r.written) for r in request.results],
             self._alive_ids())
-        for ns, path, version, reason in lost:
+        with self._lock:
+            self._drained[request.benefactor_id] = self._drained.get(request.benefactor_id, 0) + outcome.drained_bytes
+        persisted = outcome.persisted
+        for ns, path, version, reason in outcome.lost:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
-        for ns, path, version, reason in failed:
+        for ns, path, version, reason in outcome.failed:
             self.metrics.drain_failures.inc()
             log.error("%s:%s version %d cannot be drained (it stays in memory): %s", ns, path, version, reason)
         for namespace, path in persisted:

@@ -185,3 +185,19 @@ def test_a_planted_symlink_stops_the_drain_of_its_path_only(local_cluster, tmp_p
     assert [(v["path"], v["version"]) for v in status["drain_failed"]] == [("/evil/ckpt", 1)]
     assert list(outside.iterdir()) == []  # nothing escaped
     assert "Traceback" not in log.read_text() and "Exception in thread" not in log.read_text()
+
+
+def test_status_is_fresh_right_after_a_write_and_wait_shows_drain_progress(local_cluster):
+    cluster = local_cluster(benefactors=0, heartbeat=30.0)  # no heartbeat comes in time to help
+    cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1MiB")
+    c = cluster.client(chunk_size="64KiB")
+    c.pipe("/f", random_bytes(8 * MiB))
+    status = cluster.status()
+    assert sum(b["chunk_count"] for b in status["benefactors"]) == 128
+    assert sum(b["memory_used"] for b in status["benefactors"]) >= 8 * MiB
+    c.pipe("/g", random_bytes(12 * MiB))  # with /f: five drain batches, 4 s apart
+    waited = memstage("wait", "--manager", cluster.manager_address, "--drained", "--timeout", "60s")
+    assert waited.returncode == 0, waited.stderr
+    assert "left to drain" in waited.stderr and "draining at" in waited.stderr and "to go" in waited.stderr
+    drained = sum(b["drained_bytes"] for b in cluster.status()["benefactors"])
+    assert drained == 20 * MiB  # as of now, not as of the next heartbeat

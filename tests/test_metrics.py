@@ -108,11 +108,14 @@ def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
     cluster.manager = spawn("manager", ["--listen", "127.0.0.1:0", "--state", cluster.state, "--heartbeat-interval",
                                         "0.5s", "--metrics-port", str(metrics_port), "--log-level", "warning"])
     cluster.manager_address = cluster.manager.address
-    cluster.add_benefactor(64 * MiB)
+    benefactor_metrics = free_port()
+    cluster.add_benefactor(64 * MiB, "--metrics-port", str(benefactor_metrics))
     web = free_port()
+    # Both roles are scraped, as the shipped scrape config does: the dashboard must count each once.
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
-        f"  - job_name: memstage\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
+        f"  - job_name: memstage\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}', "
+        f"'127.0.0.1:{benefactor_metrics}']\n")
     prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,8 +140,22 @@ def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
             result = query(expr)
         assert result, "Prometheus never answered the OAB quantile"
         assert float(result[0]["value"][1]) > 0  # type: ignore[index]
-        used = wait_for(lambda: query("sum(memstage_memory_used_bytes)"), what="memory used in Prometheus")
-        assert float(used[0]["value"][1]) > 0  # type: ignore[index]
+        # The shipped dashboard's own queries give the totals `memstage status` gives.
+        dashboard = json.loads((Path(__file__).resolve().parent.parent / "helm" / "memstage" / "dashboards" /
+                                "memstage.json").read_text())
+        exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dashboard["panels"] for t in p.get("targets", [])]
+        capacity_expr = next(e for e in exprs if "memstage_memory_capacity_bytes" in e)
+        used_expr = next(e for e in exprs if "memstage_memory_used_bytes" in e)
+
+        def agrees() -> bool:
+            status = cluster.status()
+            capacity, used = query(capacity_expr), query(used_expr)
+            return bool(capacity and used) and (
+                float(capacity[0]["value"][1]) == sum(b["memory_capacity"] for b in status["benefactors"])  # type: ignore[index]
+                and float(used[0]["value"][1]) == sum(b["memory_used"] for b in status["benefactors"]))  # type: ignore[index]
+
+        wait_for(agrees, timeout=30, what="the dashboard's memory totals to equal memstage status")
+        assert float(query(capacity_expr)[0]["value"][1]) == 64 * MiB  # type: ignore[index]  # once, not twice
     finally:
         prom.terminate()
         prom.wait(timeout=30)

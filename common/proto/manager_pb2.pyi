@@ -530,16 +530,18 @@ class DrainWorkReply(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[DrainTask, _Mapping]]] = ...) -> None: ...
 
 class DrainResult(_message.Message):
-    __slots__ = ("task_id", "drained", "missing", "error")
+    __slots__ = ("task_id", "drained", "missing", "error", "written")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     drained: str
     missing: bool
     error: str
-    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    written: int
+    def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ..., error: _Optional[str] = ..., written: _Optional[int] = ...) -> None: ...
 
 class DrainDoneRequest(_message.Message):
     __slots__ = ("benefactor_id", "results")
