@@ -286,11 +286,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                         self.orders.push(bf, namespace, session=session.id, release=keys)
         return manager_pb2.ReleaseReply()
 
-    def _session(self, sid: int, namespace: str, what: str) -> Session:
+    def _session(self, sid: int, namespace: str) -> Session:
         """(under self._lock) An open session of this namespace, or DataLost naming why not."""
         session = self.sessions.get(sid)
         if session is None or session.namespace != namespace or session.committing:
-            raise DataLost(f"{what}: its write session has ended (not renewed within {self.sessions.lease:.0f}s, "
+            raise DataLost(f"the write session has ended (not renewed within {self.sessions.lease:.0f}s, "
                            "aborted, or the manager restarted) and its chunks were freed; nothing was committed, "
                            "write the file again")
         return session
@@ -301,7 +301,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         width = request.width or self.settings.stripe_width
         with self._lock:
-            session = self._session(request.session, namespace, "striping map")
+            session = self._session(request.session, namespace)
             now = self.clock()
             placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now)
             alive = len(self.registry.alive(now))
@@ -318,16 +318,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
-        what = f"commit of {path}"
         session: Session | None = None
         with self._lock:
             if request.session:
                 # Committing: no expiry, no new maps, and still open to heartbeats (its chunks stay)
                 # until the orders below say what became of them.
-                session = self._session(request.session, namespace, what)
+                session = self._session(request.session, namespace)
                 session.committing = True
             try:
-                chunks = self._confirmed(namespace, request, what)
+                chunks = self._confirmed(namespace, request)
             except MemstageError:
                 self.metrics.commits_refused.labels(namespace).inc()
                 if session is not None:
@@ -355,7 +354,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
 
-    def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, what: str
+    def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest
                    ) -> list[tuple[ChunkKey, list[str]]]:
         """(under self._lock) The commit's chunks with the locations their receipts prove; a location
         without a valid receipt from the benefactor's current incarnation refuses the commit."""
@@ -367,7 +366,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 rec = self.registry.get(loc.benefactor_id)
                 if not request.session or rec is None or not receipts.verify(
                         rec.receipt_key, request.session, namespace, key, bytes(loc.receipt)):
-                    raise DataLost(f"{what}: chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
+                    raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
                                    "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
                                    "nothing was committed, write the file again")
                 locs.append(loc.benefactor_id)

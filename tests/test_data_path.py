@@ -220,14 +220,14 @@ def test_a_write_racing_the_free_of_the_same_chunks_keeps_them(local_cluster):
 def test_a_write_open_longer_than_its_lease_keeps_its_chunks(local_cluster):
     import time
 
-    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "1s"))
+    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "3s"))
     c = cluster.client()
     data = random_bytes(4 * MiB)
     with c.open("/slow", "wb") as f:
         f.write(data[: 2 * MiB])
         f.flush()
         f.writer.settle()  # stored on the benefactor, referenced by no version yet
-        time.sleep(3)  # three leases: the client renews every third of one
+        time.sleep(7)  # more than two leases: the client renews every third of one
         f.write(data[2 * MiB :])
     assert c.cat("/slow") == data
 

@@ -125,7 +125,7 @@ def test_a_killed_writers_chunks_are_freed_when_its_lease_ends(local_cluster):
         proc.kill()
         killed = time.monotonic()
         wait_for(lambda: cluster.memory_used() == 0, timeout=4 * lease, what="the dead writer's chunks to go")
-        assert time.monotonic() - killed <= 2 * lease
+        assert time.monotonic() - killed <= 2 * lease + 1  # + the status polls' own time on a loaded machine
     finally:
         proc.kill()
         proc.wait()
