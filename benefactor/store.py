@@ -188,10 +188,6 @@ class ChunkStore:
                     out.append(Held(key, chunk.gen, tuple(chunk.pins)))
         return out
 
-    def keys(self) -> list[StoreKey]:
-        with self._lock:
-            return list(self._chunks)
-
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()

@@ -1,4 +1,4 @@
-"""The client's Prometheus counters (DESIGN.md names), on a registry the caller owns.
+"""The client's Prometheus counters (the names the README lists), on a registry the caller owns.
 
 Served on the client's /metrics endpoint where one exists (the FUSE mount); a library user can
 read them from Client.metrics_registry or register them with their own exporter.

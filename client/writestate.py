@@ -142,9 +142,6 @@ class WriteState:
     def unresolved(self) -> dict[int, ChunkKey]:
         return {seq: c.key for seq, c in self._chunks.items()}
 
-    def releases_pending(self) -> int:
-        return len(self._releases)
-
     def commit_refs(self) -> list[tuple[ChunkKey, list[tuple[str, bytes]]]]:
         """The layout with, per chunk, where this write stored it and the receipts."""
         return [(k, sorted(self.locations.get(k, {}).items())) for k in self.layout]

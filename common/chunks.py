@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import xxhash
 
-from memstage.proto import common_pb2, manager_pb2
+from memstage.proto import common_pb2
 
 HASH_BYTES = 16
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -16,8 +14,6 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_FRAME_DATA = 4 * 1024 * 1024
 # gRPC message limit on every channel and server: one frame plus its header, with room to spare.
 MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
-# Chunk keys per call on a benefactor's channel (~1.2 MB): longer lists (Delete, keep-alive) go in slices.
-MAX_KEYS_PER_CALL = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +41,3 @@ class ChunkKey:
     def __str__(self) -> str:
         return self.hex()
 
-
-def group_keys(keys: Iterable[tuple[str, ChunkKey]]) -> list[manager_pb2.NamespacedChunks]:
-    """(namespace, key) pairs -> the wire form, one group per namespace."""
-    by_ns: dict[str, list[common_pb2.ChunkKey]] = defaultdict(list)
-    for ns, key in keys:
-        by_ns[ns].append(key.to_pb())
-    return [manager_pb2.NamespacedChunks(namespace=ns, keys=ks) for ns, ks in by_ns.items()]
-
-
-def ungroup_keys(groups: Iterable[manager_pb2.NamespacedChunks]) -> list[tuple[str, ChunkKey]]:
-    return [(g.namespace, ChunkKey.from_pb(k)) for g in groups for k in g.keys]

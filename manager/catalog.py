@@ -253,10 +253,6 @@ class Catalog:
         with self._lock:
             return self._index.held_stats()
 
-    def held_by(self, benefactor_id: str) -> set[IndexKey]:
-        with self._lock:
-            return set(self._index.held_by(benefactor_id))
-
     def check_held(self, benefactor_id: str, held: Sequence[tuple[IndexKey, int]]
                    ) -> tuple[list[tuple[IndexKey, int]], list[tuple[IndexKey, int]]]:
         """Compare what a benefactor reports holding (key, generation of its hold) with the index.

@@ -89,8 +89,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._started = self.clock()
         self._unheard: set[str] = set()
         owners = self.catalog.drain_owners()
+        held = self.catalog.held_stats()
         for bf, _, _ in catalog.known_benefactors():
-            if self.catalog.held_by(bf) or bf in owners:
+            if held.get(bf, (0, 0))[0] or bf in owners:
                 self._unheard.add(bf)
             else:
                 self.catalog.forget_benefactor(bf)

@@ -49,11 +49,6 @@ class SessionTable:
         session.expires = now + self.lease
         return True
 
-    def touch(self, sid: int, benefactors: set[str] | list[str]) -> None:
-        session = self._open.get(sid)
-        if session is not None:
-            session.benefactors.update(benefactors)
-
     def end(self, sid: int) -> Session | None:
         """Close a session (commit or abort); None if it was not open."""
         return self._open.pop(sid, None)
