@@ -101,8 +101,8 @@ class DrainLoop:
             ident = (task.namespace, key)
             link = self.root / task.link_from if task.link_from else self._mine.get(ident)
             data = None
-            if not task.count:
-                data = b""
+            if not task.count or key.is_hole:
+                data = b""  # an empty file, or a hole: its name says how long it is, no bytes stored
             elif ident in planned:
                 link = planned[ident]  # written earlier in this batch: renamed before this link is made
             elif link is None or not link.exists():
@@ -126,7 +126,7 @@ class DrainLoop:
         if len(self._mine) >= MINE_LIMIT:
             self._mine.clear()  # only an optimisation: forgetting costs a copy, never correctness
         for task, final in zip(tasks, written, strict=True):
-            if task.count:
+            if task.count and not ChunkKey.from_pb(task.key).is_hole:
                 self._mine[(task.namespace, ChunkKey.from_pb(task.key))] = final
         self.drained_bytes += nbytes
         self._last_bytes, self._last_started = nbytes, started

@@ -71,7 +71,8 @@ class OrderLoop:
 
     def fetch_and_apply(self) -> int:
         reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
-                                                            acked=self._acked, epoch=self._epoch),
+                                                            acked=self._acked, epoch=self._epoch,
+                                                            memory_used=self.store.used),
                                   timeout=CONTROL_TIMEOUT_S)
         if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
             self._epoch, self._acked = reply.epoch, 0

@@ -114,7 +114,7 @@ class BenefactorService:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: no write session (open one with the manager first)")
         key = ChunkKey.from_pb(header.key)
-        if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
+        if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE or key.is_hole:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
         if not self.store.reserve(key.length):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
+        # Set when the client is shutting down (a mount told to stop): writers stop waiting for space.
+        self.closing = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memstage-read")
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ClientMetrics(self.metrics_registry)
@@ -132,10 +135,42 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     # -- metadata ----------------------------------------------------------------------------
     @staticmethod
     def _entry(info: manager_pb2.FileInfo) -> dict[str, Any]:
+        meta = {"mode": info.mode, "uid": info.uid, "gid": info.gid, "nlink": info.nlink, "ino": info.ino,
+                "atime_ns": info.atime_ns, "mtime_ns": info.mtime_ns, "ctime_ns": info.ctime_ns}
         if info.is_dir:
-            return {"name": info.path, "size": 0, "type": "directory"}
+            return {"name": info.path, "size": 0, "type": "directory", **meta}
+        if stat.S_ISLNK(info.mode):
+            return {"name": info.path, "size": info.size, "type": "symlink", "target": info.target, **meta}
         return {"name": info.path, "size": info.size, "type": "file", "version": info.version,
-                "versions": info.version_count, "mtime": info.committed_at}
+                "versions": info.version_count, "mtime": info.mtime_ns / 1e9 if info.mtime_ns else info.committed_at,
+                **meta}
+
+    def stat(self, path: str) -> manager_pb2.FileInfo:
+        """Everything the manager keeps about a name (hard links show their file)."""
+        norm = normalize_path(self._strip_protocol(path))
+        return self.connections.call_manager("Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm),
+                                             norm)
+
+    def setattr(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                atime_ns: int | None = None, mtime_ns: int | None = None) -> manager_pb2.FileInfo:
+        """Change mode (permission bits), owner or times; arguments left None stay as they are."""
+        norm = normalize_path(self._strip_protocol(path))
+        attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return self.connections.call_manager(
+            "SetAttr", manager_pb2.SetAttrRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
+
+    def symlink(self, target: str, path: str, uid: int | None = None, gid: int | None = None) -> None:
+        """A symbolic link at `path` pointing to `target` (any string, resolved by whoever follows it)."""
+        norm = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager("Symlink", manager_pb2.SymlinkRequest(
+            namespace=self.namespace, path=norm, target=target, attrs=manager_pb2.FileAttrs(uid=uid, gid=gid)), norm)
+
+    def link(self, existing: str, path: str) -> None:
+        """A hard link: `path` becomes another name of the file `existing` (both see the same versions)."""
+        src = normalize_file_path(self._strip_protocol(existing))
+        dst = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager(
+            "Link", manager_pb2.RenameRequest(namespace=self.namespace, path=src, destination=dst), dst)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         norm = normalize_path(self._strip_protocol(path))
@@ -191,10 +226,13 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             else:
                 self.rm_file(p)
 
-    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+    def mkdir(self, path: str, create_parents: bool = True, mode: int | None = None, uid: int | None = None,
+              gid: int | None = None, **kwargs: Any) -> None:
         """An explicit (possibly empty) directory; directories also exist while files are below them."""
         norm = normalize_file_path(self._strip_protocol(path))
-        self.connections.call_manager("Mkdir", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid) if mode is not None or uid is not None else None
+        self.connections.call_manager(
+            "Mkdir", manager_pb2.PathRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         if normalize_path(self._strip_protocol(path)) != "/":
@@ -217,7 +255,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         """A writer of a new version of `path`: a write session at the manager, renewed by this
         client while it is open, sharing this client's write buffer."""
         writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget,
-                               transport=self.transport)
+                               transport=self.transport, closing=self.closing)
         with self._keeper_lock:
             self._writes.add(writer)
             if self._keeper is None:

@@ -22,16 +22,19 @@ nothing is committed; the previous version stays intact.
 
 from __future__ import annotations
 
+import bisect
+import errno
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import MAX_FILE_SIZE, ChunkKey
 from memstage.client.reader import VersionReader
 from memstage.client.writer import CommitResult, VersionWriter
-from memstage.errors import MemstageError
+from memstage.errors import FsError, MemstageError
+from memstage.proto import manager_pb2
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
@@ -93,9 +96,15 @@ class OpenFile:
         self.path = path
         self.chunk = client.settings.chunk_size
         self.base = base
-        self._base_keys: list[ChunkKey] = base.keys if base is not None else []
+        self._set_base(base)
         self.size = 0 if truncate or base is None else base.size
+        # Base bytes at or past this offset are gone (a truncate cut them): they read as zeros.
+        self._base_end = self.size
         self.changed = truncate or base is None  # a new or truncated file is a new version at close
+        # Metadata this handle set (a new file's mode and owner, mtime of its writes, explicit
+        # times): sent with the next commit, so a commit never undoes a chmod or utimens.
+        self.attrs: dict[str, int] = {}
+        self._space_checked = False
         self.opened_at = time.perf_counter()
         self._buffers = buffers if buffers is not None and buffers.size == self.chunk else BufferPool(self.chunk)
         self.max_slots = max(4, client.settings.buffer_size // (4 * self.chunk))
@@ -104,6 +113,43 @@ class OpenFile:
         self._writer: VersionWriter | None = None
         self._error: MemstageError | None = None
         self._lock = threading.Lock()
+
+    # -- the version this handle started from ------------------------------------------------
+    def _set_base(self, base: VersionReader | None) -> None:
+        self._base_keys: list[ChunkKey] = base.keys if base is not None else []
+        self._base_starts: list[int] = []
+        pos = 0
+        for key in self._base_keys:
+            self._base_starts.append(pos)
+            pos += key.length
+
+    def _base_key(self, index: int, length: int) -> ChunkKey | None:
+        """The base's entry for chunk `index` if it is exactly that chunk (data or a hole covering
+        it), so the commit can reference it without its bytes; else None."""
+        start = index * self.chunk
+        if self.base is None or start + length > self._base_end:
+            return None
+        i = bisect.bisect_right(self._base_starts, start) - 1
+        if i < 0 or i >= len(self._base_keys):
+            return None
+        key = self._base_keys[i]
+        if key.is_hole:
+            return ChunkKey.hole(length) if start + length <= self._base_starts[i] + key.length else None
+        return key if self._base_starts[i] == start and key.length == length else None
+
+    def _base_data(self) -> Iterator[int]:
+        """Chunk indices below the live base end where the base holds data (not holes)."""
+        for start, key in zip(self._base_starts, self._base_keys, strict=True):
+            if start >= self._base_end:
+                break
+            if not key.is_hole:
+                yield from range(start // self.chunk, (min(start + key.length, self._base_end) - 1) // self.chunk + 1)
+
+    def _read_base(self, start: int, end: int) -> bytes:
+        end = min(end, self._base_end)
+        if self.base is None or start >= end:
+            return b""
+        return self.base.read_range(start, end)
 
     # -- chunks ------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -124,10 +170,8 @@ class OpenFile:
             with self._writing() as writer:
                 writer.settle()
                 return self.client.map_reader(writer.locate(key), read_ahead=False).fetch(0)
-        if self.base is None or index >= len(self._base_keys):
-            return b""
         start = index * self.chunk
-        return self.base.read_range(start, min(start + self.chunk, self.base.size))
+        return self._read_base(start, start + self.chunk)
 
     def _slot(self, index: int) -> Slot:
         slot = self._slots.pop(index, None)
@@ -192,8 +236,16 @@ class OpenFile:
     def write(self, data: bytes | memoryview, offset: int) -> int:
         """Write `data` at `offset`. `data` may be FUSE's own buffer: nothing of it is kept after return."""
         view = memoryview(data).cast("B")
+        if offset + len(view) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, f"{self.path}: a file can be at most {MAX_FILE_SIZE} bytes")
         with self._lock:
             self._check()
+            if not self._space_checked:
+                # A full deployment is reported by the first write() (ENOSPC), not only by close(),
+                # which shells ignore (`echo x > f && mv f g` must not leave an empty g).
+                with self._writing() as writer:
+                    writer.check_space()
+                self._space_checked = True
             pos = 0
             index = offset // self.chunk
             while pos < len(view):
@@ -214,6 +266,7 @@ class OpenFile:
                 pos += n
             self.size = max(self.size, offset + len(view))
             self.changed = True
+            self.attrs["mtime_ns"] = time.time_ns()
             if self._slots:
                 self._bound(index)
         return len(view)
@@ -233,10 +286,8 @@ class OpenFile:
                 # Only the piece asked for is copied (FUSE reads 128 KiB at a time).
                 if slot is not None:
                     piece = bytes(memoryview(slot.buf)[within : min(within + n, slot.length)])
-                elif self.base is not None and index < len(self._base_keys):
-                    piece = self.base.read_range(pos, min(pos + n, self.base.size))
                 else:
-                    piece = b""
+                    piece = self._read_base(pos, pos + n)
                 parts.append(piece + bytes(n - len(piece)))  # beyond what was written: zeros
                 pos += n
             if self._slots:
@@ -244,22 +295,27 @@ class OpenFile:
             return b"".join(parts)
 
     def truncate(self, length: int) -> None:
+        """Cut or extend (sparse: growing costs nothing, the new bytes are a hole)."""
+        if length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, f"{self.path}: a file can be at most {MAX_FILE_SIZE} bytes")
         with self._lock:
             self._check()
             if length == self.size:
                 return
-            count = -(-length // self.chunk)  # chunks that remain
-            for index in [i for i in self._slots if i >= count]:
-                self._buffers.put(self._slots.pop(index).buf)
-            for index in [i for i in self._handed if i >= count]:
-                self._drop_handed(index)
-            self._base_keys = self._base_keys[:count]
-            if length < self.size and length % self.chunk:
-                # The chunk cut in the middle becomes dirty, cut to the new end.
-                slot = self._slot(count - 1)
-                slot.length = min(slot.length, length - (count - 1) * self.chunk)
+            if length < self.size:
+                count = -(-length // self.chunk)  # chunks that remain
+                for index in [i for i in self._slots if i >= count]:
+                    self._buffers.put(self._slots.pop(index).buf)
+                for index in [i for i in self._handed if i >= count]:
+                    self._drop_handed(index)
+                if length % self.chunk:
+                    # The chunk cut in the middle becomes dirty, cut to the new end.
+                    slot = self._slot(count - 1)
+                    slot.length = min(slot.length, length - (count - 1) * self.chunk)
+                self._base_end = min(self._base_end, length)
             self.size = length
             self.changed = True
+            self.attrs["mtime_ns"] = time.time_ns()
 
     def commit(self) -> CommitResult | None:
         """Commit the current content as a new version (None if nothing changed since open or the last commit)."""
@@ -268,33 +324,51 @@ class OpenFile:
             if not self.changed:
                 return None
             with self._writing() as writer:
-                for index in range(-(-self.size // self.chunk)):
+                # Only chunks with data are laid out one by one; the gaps between them are holes,
+                # one entry each whatever their size.
+                count = -(-self.size // self.chunk)
+                data = sorted({*self._slots, *self._handed, *self._base_data()})
+                pos = 0
+                for index in data:
+                    if index >= count:
+                        break
+                    if index * self.chunk > pos:
+                        writer.place(ChunkKey.hole(index * self.chunk - pos))
                     self._lay_out(writer, index, self._expected(index))
+                    pos = index * self.chunk + self._expected(index)
+                if self.size > pos:
+                    writer.place(ChunkKey.hole(self.size - pos))
                 stats = writer.finish()
-                version = writer.commit()
+                version = writer.commit(manager_pb2.FileAttrs(**self.attrs))
             result = CommitResult(self.path, version, self.size, stats, time.perf_counter() - self.opened_at)
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
             self.base = self.client.reader(self.path, version)
-            self._base_keys = self.base.keys
+            self._set_base(self.base)
+            self._base_end = self.size
             for slot in self._slots.values():
                 self._buffers.put(slot.buf)
             self._slots.clear()
             self._handed.clear()
             self._writer = None
             self.changed = False
+            self.attrs = {}
+            self._space_checked = False
             return result
 
     def _lay_out(self, writer: VersionWriter, index: int, length: int) -> None:
         slot = self._slots.get(index)
         if slot is None:
             key = self._handed.get(index)
-            if key is None and index < len(self._base_keys):
-                key = self._base_keys[index]
-                if key.length == length:
-                    writer.add_held(key)
+            if key is None:
+                key = self._base_key(index, length)
+                if key is not None:
+                    if key.is_hole:
+                        writer.place(key)
+                    else:
+                        writer.add_held(key)
                     return
-            elif key is not None and key.length == length:
+            elif key.length == length:
                 writer.place(key)
                 return
             slot = self._slot(index)  # a hole, or a chunk whose length changed: its bytes, cut or padded

@@ -38,7 +38,7 @@ class VersionReader:
         self._pool = pool
         # Recent and read-ahead chunk fetches: callers that read in pieces smaller than a chunk (FUSE
         # sends 128 KiB reads) fetch each chunk once, and the next ones are already on their way.
-        chunk = self.keys[0].length if self.keys else 1
+        chunk = next((k.length for k in self.keys if not k.is_hole), 1)
         self._ahead = max(1, read_ahead // chunk) if read_ahead else 0
         self._cache: OrderedDict[int, Future[bytes | memoryview]] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -49,19 +49,22 @@ class VersionReader:
             return b""
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
-        indices = range(first, last + 1)
+        indices = [i for i in range(first, last + 1) if not self.keys[i].is_hole]  # holes are zeros, not fetched
         if self._ahead:
             parts = [self._cached(i) for i in indices]
             for i in range(last + 1, min(last + 1 + self._ahead, len(self.keys))):
-                self._cached(i, wait=False)
+                if not self.keys[i].is_hole:
+                    self._cached(i, wait=False)
         else:
             # One chunk is fetched inline; several are fetched in parallel.
-            parts = [self.fetch(first)] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
-        views = []
-        for i, data in zip(indices, parts, strict=True):
+            parts = [self.fetch(indices[0])] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
+        fetched = dict(zip(indices, parts, strict=True))
+        views: list[bytes | memoryview] = []
+        for i in range(first, last + 1):
             lo = max(start - self._starts[i], 0)
             hi = min(end - self._starts[i], self.keys[i].length)
-            views.append(memoryview(data)[lo:hi])
+            data = fetched.get(i)
+            views.append(bytes(hi - lo) if data is None else memoryview(data)[lo:hi])
         return b"".join(views)
 
     def _cached(self, index: int, wait: bool = True) -> bytes | memoryview:

@@ -45,7 +45,7 @@ from memstage.client.writestate import (
     StreamEnd,
     WriteState,
 )
-from memstage.errors import DataLost, DeploymentFull, MemstageError
+from memstage.errors import DataLost, DeploymentFull, MemstageError, Unavailable
 from memstage.proto import common_pb2, manager_pb2
 from memstage.settings import ClientSettings
 
@@ -125,8 +125,9 @@ class ByteBudget:
 class VersionWriter:
     def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float,
                  known: set[ChunkKey] | None = None, budget: ByteBudget | None = None,
-                 transport: ChunkTransport | None = None) -> None:
+                 transport: ChunkTransport | None = None, closing: threading.Event | None = None) -> None:
         self.conn = conn
+        self._closing = closing if closing is not None else threading.Event()  # set: the client is shutting down
         self.settings = settings
         self.namespace = settings.namespace
         self.path = path
@@ -252,7 +253,9 @@ class VersionWriter:
                 if time.monotonic() + pause > deadline or self._state.error is not None:
                     raise
                 log.info("deployment full: %s waits up to %.0fs for space", self.path, self.settings.full_wait)
-                time.sleep(pause)
+                if self._closing.wait(pause):
+                    raise Unavailable(f"write of {self.path}: the client is shutting down (it was waiting for "
+                                      "space)") from None
                 pause = min(1.0, pause * 2)
                 exclude, retried = exclude - set(need.full), True
 
@@ -356,8 +359,14 @@ class VersionWriter:
         s = self._state
         return WriteStats(s.size, s.bytes_sent, s.bytes_deduplicated, len(s.layout), self._asb_done - self.opened_at)
 
-    def commit(self) -> int:
-        """Commit the layout; the session ends either way (what the version does not reference is freed)."""
+    def check_space(self) -> None:
+        """Raise DeploymentFull now (after waiting up to full_wait for space) if no benefactor has
+        room for a chunk: a FUSE write() reports ENOSPC itself rather than only close()."""
+        self._striping_map(NeedMap((), ()))
+
+    def commit(self, attrs: manager_pb2.FileAttrs | None = None) -> int:
+        """Commit the layout; the session ends either way (what the version does not reference is freed).
+        `attrs`: the file's metadata as the writer set it (mode and owner of a new file, mtime)."""
         with self._lock:
             refs = self._state.commit_refs()
             s = self._state
@@ -372,7 +381,8 @@ class VersionWriter:
         try:
             reply = self.conn.call_manager(
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=size,
-                                                    chunks=chunks, stats=stats, session=self.session),
+                                                    chunks=chunks, stats=stats, session=self.session,
+                                                    attrs=attrs),
                 f"commit of {self.path}")
         finally:
             self._done = True

@@ -14,6 +14,11 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_FRAME_DATA = 4 * 1024 * 1024
 # gRPC message limit on every channel and server: one frame plus its header, with room to spare.
 MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
+# A hole (bytes never written, read as zeros) is a map entry with this hash and any length: it is
+# stored nowhere, so a sparse file costs one entry per hole, whatever its size.
+HOLE_HASH = bytes(HASH_BYTES)
+# Largest file size (as Linux's MAX_LFS_FILESIZE): truncate or write beyond it is EFBIG.
+MAX_FILE_SIZE = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,14 @@ class ChunkKey:
         return cls(xxhash.xxh3_128_digest(data), len(data))
 
     @classmethod
+    def hole(cls, length: int) -> ChunkKey:
+        return cls(HOLE_HASH, length)
+
+    @property
+    def is_hole(self) -> bool:
+        return self.hash == HOLE_HASH
+
+    @classmethod
     def from_pb(cls, pb: common_pb2.ChunkKey) -> ChunkKey:
         return cls(bytes(pb.hash), pb.length)
 
@@ -33,6 +46,8 @@ class ChunkKey:
         return common_pb2.ChunkKey(hash=self.hash, length=self.length)
 
     def matches(self, data: bytes | memoryview) -> bool:
+        if self.is_hole:
+            return len(data) == self.length and not any(data)
         return len(data) == self.length and xxhash.xxh3_128_digest(data) == self.hash
 
     def hex(self) -> str:

@@ -18,6 +18,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
@@ -36,6 +37,7 @@ from memstage.settings import (  # noqa: E402
 from memstage.units import format_size  # noqa: E402
 
 log = logging.getLogger("memstage")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] | None = None) -> None:
@@ -185,28 +187,82 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from memstage.client import Client
-    from memstage.metrics import serve_metrics
-
     mountpoint = os.path.abspath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not a directory")
     if os.path.ismount(mountpoint):
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is already a mount point")
     settings = load(ClientSettings, _settings_flags(args, ClientSettings), config=args.config)
-    if args.background and os.fork():
-        return 0  # the child mounts; `memstage umount` or SIGTERM to it unmounts
+    log_file = args.log_file
+    if args.background and not log_file:
+        name = mountpoint.strip("/").replace("/", "_") or "root"
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        log_file = os.path.join(runtime, f"memstage-mount.{name}.log")
+    if log_file:
+        try:
+            handler = logging.FileHandler(log_file)
+        except OSError as e:
+            raise SettingError(f"--log-file: cannot write {log_file!r} ({e.strerror})") from None
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().handlers[:] = [handler]
+    if not args.background:
+        return _serve_mount(args, settings, mountpoint, None)
+    # The parent returns only once the mount is up (0), or with the child's error (2): a script
+    # that mounts in the background can rely on the mount being usable when it goes on.
+    ready_r, ready_w = os.pipe()
+    if os.fork():
+        os.close(ready_w)
+        with os.fdopen(ready_r) as ready:
+            answer = ready.read()
+        if answer.startswith("ok"):
+            print(f"memstage mount: {mountpoint} mounted; logging to {log_file}", file=sys.stderr)
+            return 0
+        raise MemstageError(answer.strip() or f"the mount process ended without mounting (see {log_file})")
+    os.close(ready_r)
+    os.setsid()
+    with open(os.devnull, "r+b") as null:  # the terminal it was started from gets nothing more
+        for fd in (0, 1, 2):
+            os.dup2(null.fileno(), fd)
+    try:
+        code = _serve_mount(args, settings, mountpoint, ready_w)
+    except MemstageError as e:
+        log.error("%s", e)
+        _tell(ready_w, f"{e}")
+        code = 2
+    os._exit(code)
+
+
+def _tell(fd: int | None, message: str) -> None:
+    if fd is not None:
+        try:
+            os.write(fd, message.encode())
+            os.close(fd)
+        except OSError:
+            pass  # told already, or the parent is gone
+
+
+def _serve_mount(args: argparse.Namespace, settings: ClientSettings, mountpoint: str, ready: int | None) -> int:
+    from memstage.client import Client
     from memstage.client.fuse import mount
+    from memstage.metrics import serve_metrics
+    from memstage.proto import manager_pb2
     from memstage.tuning import keep_large_buffers
 
     keep_large_buffers()
-
     client = Client(**{k: v for k, v in _settings_flags(args, ClientSettings).items() if v is not None},
                     config=args.config)
-    server = serve_metrics(client.metrics_registry, args.metrics_port or 0, "127.0.0.1")
-    log.info("mounting namespace %s of %s on %s", settings.namespace, settings.manager, mountpoint)
+    server = None
     try:
-        mount(client, mountpoint)  # returns when unmounted: libfuse turns Ctrl-C/SIGTERM into an unmount
+        # A mount whose manager does not answer would only give EIO: refuse it now, naming it.
+        try:
+            client.connections.call_manager("Stat", manager_pb2.PathRequest(namespace=settings.namespace, path="/"),
+                                            f"namespace {settings.namespace}")
+        except MemstageError as e:
+            raise MemstageError(f"--manager {settings.manager}: no answer, nothing mounted ({e})") from None
+        server = serve_metrics(client.metrics_registry, args.metrics_port or 0, "127.0.0.1")
+        log.info("mounting namespace %s of %s on %s", settings.namespace, settings.manager, mountpoint)
+        # returns when unmounted: libfuse turns Ctrl-C/SIGTERM into an unmount
+        mount(client, mountpoint, allow_other=args.allow_other, on_ready=lambda: _tell(ready, "ok"))
     finally:
         if server is not None:
             server.shutdown()
@@ -393,7 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "memstage. Runs in the foreground; Ctrl-C or SIGTERM unmounts cleanly.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     _add_settings(p, ClientSettings)
-    p.add_argument("--background", action="store_true", help="detach after mounting")
+    p.add_argument("--background", action="store_true",
+                   help="detach once mounted (exits 0 when the mount is usable, 2 with the reason if not)")
+    p.add_argument("--log-file", metavar="PATH", default=None,
+                   help="write the mount's log here (default: the terminal; with --background, "
+                        "$XDG_RUNTIME_DIR or /tmp/memstage-mount.<mountpoint>.log)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount, the kernel checking each file's mode and owner "
+                        "(needs user_allow_other in /etc/fuse.conf unless run as root)")
     p.add_argument("--metrics-port", type=int, default=0, help="serve the client's /metrics here (0 = off)")
     p.set_defaults(func=cmd_mount)
 
@@ -440,8 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
     try:
         return int(args.func(args) or 0)
     except MemstageError as e:

@@ -7,6 +7,7 @@ layer maps them to errno values. Nothing here imports grpc at module level beyon
 from __future__ import annotations
 
 import errno
+import re
 
 import grpc
 
@@ -33,6 +34,22 @@ class InvalidPath(MemstageError, ValueError):
 class InvalidArgument(MemstageError, ValueError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     errno = errno.EINVAL
+
+
+class NameTooLong(InvalidPath):
+    errno = errno.ENAMETOOLONG
+
+
+class FsError(InvalidArgument):
+    """A file system call refused for a POSIX reason (ENOTEMPTY, EISDIR, EEXIST, ...). Its errno
+    travels with it: the message starts with the errno's name in brackets across gRPC."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = number  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class NotFound(MemstageError, FileNotFoundError):
@@ -78,10 +95,25 @@ _BY_CODE: dict[grpc.StatusCode, type[MemstageError]] = {
 }
 
 
+_TAGGED = re.compile(r"^\[(E[A-Z0-9]+)\] (.*)$", re.S)
+
+
+def to_rpc_detail(error: MemstageError) -> str:
+    """The message a server sends: tagged with the errno when the status code alone would not say it."""
+    expected = _BY_CODE.get(error.code, MemstageError).errno
+    if error.errno != expected:
+        return f"[{errno.errorcode.get(error.errno, 'EIO')}] {error}"
+    return str(error)
+
+
 def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
     """Turn a failed call into the typed error a caller expects; `what` names the peer or call."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = err.details() if isinstance(err, grpc.Call) else str(err)
+    tagged = _TAGGED.match(detail or "")
+    if tagged and hasattr(errno, tagged.group(1)):
+        message = tagged.group(2)
+        return FsError(getattr(errno, tagged.group(1)), message if message.startswith(what) else f"{what}: {message}")
     cls = _BY_CODE.get(code, MemstageError)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (detail or ""):
         # gRPC's own size limit, not a full deployment: say so rather than "no space".

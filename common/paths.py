@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from memstage.errors import InvalidPath
+from memstage.errors import InvalidPath, NameTooLong
 
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096
@@ -22,13 +22,13 @@ def normalize_path(path: str) -> str:
     if "\x00" in path:
         raise InvalidPath(f"path {path!r} contains a NUL byte")
     if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-        raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
+        raise NameTooLong(f"path is longer than {MAX_PATH_BYTES} bytes")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     for part in parts:
         if part == "..":
             raise InvalidPath(f"path {path!r} contains '..': paths may not leave their namespace")
         if len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES:
-            raise InvalidPath(f"path component {part[:40]!r}... is longer than {MAX_COMPONENT_BYTES} bytes")
+            raise NameTooLong(f"path component {part[:40]!r}... is longer than {MAX_COMPONENT_BYTES} bytes")
     return "/" + "/".join(parts)
 
 

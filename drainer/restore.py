@@ -118,8 +118,13 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
             for f in files:
                 if f.offset != size:
                     raise DataLost(f"{f.path}: offset {f.offset} does not follow the previous chunk (ends at {size})")
-                dst.write(_verified(f))
+                if f.key.is_hole:
+                    _verified(f)
+                    dst.seek(f.key.length, os.SEEK_CUR)  # a hole stays a hole on the PFS side too
+                else:
+                    dst.write(_verified(f))
                 size += f.key.length
+            dst.truncate(size)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, out)
@@ -135,6 +140,10 @@ def _names(versions: dict[VersionId, list[ChunkFile]]) -> str:
 
 def _verified(f: ChunkFile) -> bytes:
     data = f.path.read_bytes()
+    if f.key.is_hole:
+        if data:
+            raise DataLost(f"{f.path}: a hole's chunk file should be empty, it holds {len(data)} bytes (damaged)")
+        return data
     if len(data) != f.key.length:
         raise DataLost(f"{f.path}: {len(data)} bytes, its name says {f.key.length} (truncated or damaged)")
     if xxhash.xxh3_128_digest(data) != f.key.hash:

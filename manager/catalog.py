@@ -14,6 +14,7 @@ process voids its old locations (void_benefactor).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sqlite3
@@ -22,12 +23,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
-from memstage.errors import DataLost, InvalidArgument, NotFound, SettingError
+from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
+from memstage.manager.nodes import DIR, FILE, LINK, NODES_SCHEMA, SYMLINK, Attrs, Node, NodeTable
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
@@ -150,7 +152,7 @@ _VERSION_COLUMNS = ("version, size, committed_at, chunk_map, persist, persisted,
                     "drain_error")
 
 
-class Catalog:
+class Catalog(NodeTable):
     def __init__(self, state_dir: str, default_policy: Policy = Policy(1, 2)) -> None:
         path = Path(state_dir)
         try:
@@ -165,7 +167,7 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit acknowledged to a client survives a power cut of the manager's node too.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + NODES_SCHEMA)
         for table, column, decl in _ADDED_COLUMNS:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -275,7 +277,8 @@ class Catalog:
 
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
-               alive: set[str], now: float | None = None) -> tuple[int, dict[str, list[tuple[ChunkKey, int]]]]:
+               alive: set[str], now: float | None = None, attrs: Attrs | None = None
+               ) -> tuple[int, dict[str, list[tuple[ChunkKey, int]]]]:
         """Record a new version atomically (queueing its drain if the policy selects it).
 
         Each chunk lists the benefactors that confirmed storing it for this write (their receipts
@@ -290,6 +293,8 @@ class Catalog:
         now = time.time() if now is None else now
         with self._lock:
             for i, (key, locs) in enumerate(chunks):
+                if key.is_hole:
+                    continue  # zeros: stored nowhere, always readable
                 if alive.isdisjoint(locs) and not self._index.readable((namespace, key), alive):
                     where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
                     raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
@@ -303,9 +308,20 @@ class Catalog:
                 self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                  (namespace, path, version, size, now, pack_map(keys), int(persist)))
+                # The file's metadata changes with it: new content is a new mtime unless the writer says.
+                when = int(now * 1e9)
+                change = attrs or Attrs()
+                if change.mtime_ns is None:
+                    change = replace(change, mtime_ns=when)
+                self.put_node(namespace, path, change.apply(self.node(namespace, path) or Node.default(FILE, when),
+                                                            when))
+                if version == 1:
+                    self.touch_dirs(namespace, [path], when)  # a new name in its directory
                 touched: set[IndexKey] = set()
                 for key, locs in chunks:
                     ik = (namespace, key)
+                    if key.is_hole:
+                        continue
                     if ik not in touched:
                         touched.add(ik)
                         self._bump(ik, 1, 1)
@@ -378,7 +394,10 @@ class Catalog:
     def _drainer_for(self, ik: IndexKey, alive: set[str]) -> str:
         """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
         duplicates queue in order behind the first and become links); any live one to link a
-        chunk already drained; "" when nobody can (the version is then lost)."""
+        chunk already drained, or to write a hole's empty file; "" when nobody can (the version is
+        then lost)."""
+        if ik[1].is_hole:
+            return min(alive) if alive else ""
         holders = sorted(set(self._index.locations(ik)) & alive)
         if holders:
             return holders[0]
@@ -437,10 +456,70 @@ class Catalog:
 
     def rmdir(self, namespace: str, path: str) -> None:
         with self._lock:
-            if self.files_under(namespace, path) or self.dirs_under(namespace, path):
-                raise InvalidArgument(f"{path}: directory not empty")
+            if not self.dir_empty(namespace, path):
+                raise FsError(errno.ENOTEMPTY, f"{path}: directory not empty")
             if not self._db.execute("DELETE FROM dirs WHERE ns=? AND path=?", (namespace, path)).rowcount:
                 raise NotFound(f"{path}: no such directory in namespace {namespace!r}")
+            self.drop_node(namespace, path)
+
+    def dir_empty(self, namespace: str, path: str) -> bool:
+        with self._lock:
+            return not (self.files_under(namespace, path) or self.dirs_under(namespace, path)
+                        or any(n.kind in (SYMLINK, LINK) for _, n in self.nodes_under(namespace, path)))
+
+    def has_versions(self, namespace: str, path: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM versions WHERE ns=? AND path=? LIMIT 1",
+                                    (namespace, path)).fetchone() is not None
+
+    def kind(self, namespace: str, path: str) -> str | None:
+        """What `path` names: FILE, DIR, SYMLINK, LINK (another name of a file), or None."""
+        if path == "/":
+            return DIR
+        with self._lock:
+            node = self.node(namespace, path)
+            if node is not None and node.kind in (SYMLINK, LINK):
+                return node.kind
+            if self.has_versions(namespace, path):
+                return FILE
+            return DIR if self.is_dir(namespace, path) else None
+
+    def move_tree(self, namespace: str, src: str, dst: str, alive: set[str]) -> int:
+        """Rename by moving rows: the versions (history included), directories and metadata at and
+        below `src` go to `dst`, which holds nothing. A version whose drain is under way is drained
+        again under its new name (chunks already on the PFS become hard links), so every version
+        on the PFS is complete under one name. Returns the files moved."""
+        prefix = src + "/"
+        span = (namespace, src, prefix, prefix + "\uffff")
+        where = "ns=? AND (path=? OR (path >= ? AND path < ?))"
+        with self._lock, self._transaction():
+            moved = self._db.execute(f"SELECT COUNT(DISTINCT path) FROM versions WHERE {where}", span).fetchone()[0]
+            draining = self._db.execute(f"SELECT DISTINCT path, version FROM drain_tasks WHERE {where}",
+                                        span).fetchall()
+            self._db.execute(f"DELETE FROM drain_tasks WHERE {where}", span)
+            for table in ("versions", "dirs"):
+                self._db.execute(f"UPDATE {table} SET path=? || substr(path, ?) WHERE {where}",
+                                 (dst, len(src) + 1, *span))
+            self.move_nodes(namespace, src, dst)
+            for old, version in draining:
+                new = dst + old[len(src):]
+                rec = self._db.execute("SELECT chunk_map, committed_at FROM versions WHERE ns=? AND path=? AND "
+                                       "version=?", (namespace, new, version)).fetchone()
+                keys = unpack_map(rec[0])
+                self._queue_drain(namespace, new, version, [(k, ()) for k in keys], alive, rec[1])
+        return int(moved)
+
+    @contextmanager
+    def in_transaction(self) -> Iterator[None]:
+        """Several metadata changes made atomically (not around calls that open their own)."""
+        with self._lock, self._transaction():
+            yield
+
+    def rmdir_if_explicit(self, namespace: str, path: str) -> None:
+        """An empty directory that a rename replaces: its row and metadata go."""
+        with self._lock:
+            self._db.execute("DELETE FROM dirs WHERE ns=? AND path=?", (namespace, path))
+            self.drop_node(namespace, path)
 
     def is_dir(self, namespace: str, path: str) -> bool:
         with self._lock:
@@ -474,6 +553,7 @@ class Catalog:
                     freed.update(self._drop_version(namespace, path, version, keep_record=False))
                 # Its queued drains go too (the benefactor reports any it already took as missing).
                 self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=?", (namespace, path))
+                self.drop_node(namespace, path)
             return len(rows), freed
 
     def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> Freed:
@@ -483,6 +563,8 @@ class Catalog:
                                            "version=?", (namespace, path, version)).fetchone()
         freed: Freed = {}
         for key in set(unpack_map(blob)):
+            if key.is_hole:
+                continue
             ik = (namespace, key)
             dropped = self._bump(ik, 0 if keep_record else -1, -1 if in_memory else 0)
             if dropped:
@@ -571,7 +653,7 @@ class Catalog:
                     continue
                 self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
                 drained_bytes += written
-                if count and self._index.set_drained(ik, drained):
+                if count and not ik[1].is_hole and self._index.set_drained(ik, drained):
                     self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
                                      (drained, ns, h, n))
                 touched.add((ns, path, version))

@@ -7,6 +7,7 @@ Callers pass `now` (monotonic seconds) so tests need neither sockets nor sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 MISSED_HEARTBEATS = 3
@@ -102,6 +103,12 @@ class Registry:
                       and not r.leaving]
         candidates.sort(key=lambda r: (-r.stats.free, r.id))
         return [Placement(r.id, r.address) for r in candidates[:width]]
+
+    def note_memory(self, benefactor_id: str, used: int) -> None:
+        """The benefactor's memory in use as it reports it between heartbeats."""
+        rec = self._records.get(benefactor_id)
+        if rec is not None:
+            rec.stats = dataclasses.replace(rec.stats, memory_used=min(rec.stats.memory_capacity, used))
 
     def note_used(self, benefactor_id: str, delta: int) -> None:
         """Account for bytes stored (+) or freed (-) since the last heartbeat, so maps see it at once."""

@@ -10,28 +10,41 @@ frees, each naming the generation of the hold it ends.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import secrets
 import threading
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import receipts
-from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, ChunkKey
-from memstage.errors import DataLost, DeploymentFull, InvalidArgument, MemstageError, NotFound, Unavailable
+from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
+from memstage.errors import (
+    DataLost,
+    DeploymentFull,
+    FsError,
+    InvalidArgument,
+    MemstageError,
+    NotFound,
+    Unavailable,
+    to_rpc_detail,
+)
 from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
+from memstage.manager.nodes import DIR, FILE, LINK, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import Registry, Stats
 from memstage.manager.sessions import Session, SessionTable
-from memstage.paths import check_namespace, normalize_file_path, normalize_path, parent_dirs
+from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.settings import ManagerSettings
 
@@ -49,7 +62,7 @@ def rpc(method: F) -> F:
             return method(self, request, context)
         except MemstageError as e:
             self.metrics.errors.labels(method.__name__, e.code.name).inc()
-            context.abort(e.code, str(e))
+            context.abort(e.code, to_rpc_detail(e))
         except Exception:
             self.metrics.errors.labels(method.__name__, "INTERNAL").inc()
             log.exception("%s failed", method.__name__)
@@ -63,8 +76,14 @@ def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
                  pb.drained_bytes)
 
 
+def _attrs(pb: manager_pb2.FileAttrs) -> Attrs:
+    return Attrs(*(getattr(pb, f) if pb.HasField(f) else None for f in ("mode", "uid", "gid", "atime_ns", "mtime_ns")))
+
+
 def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     key = ChunkKey.from_pb(pb)
+    if key.is_hole and 0 < key.length <= MAX_FILE_SIZE:
+        return key  # a run of zeros, stored nowhere
     if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
         raise InvalidArgument(f"chunk key {key}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
     return key
@@ -78,6 +97,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.registry = Registry(settings.heartbeat_interval)
         self.clock = clock
         self._lock = threading.Lock()  # registry, sessions and order queues
+        # Namespace changes (rename, unlink, link, ...) check and change several rows: one at a time.
+        self._namespace_lock = threading.RLock()
+        self._started_ns = time.time_ns()
         self.sessions = SessionTable(settings.session_lease)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self.orders = OrderQueues()
@@ -202,6 +224,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if rec is None or rec.incarnation != request.incarnation:
                 return manager_pb2.OrdersReply(known=False)
             acked = request.acked if request.epoch == self.epoch else 0
+            if request.HasField("memory_used"):
+                self.registry.note_memory(request.benefactor_id, request.memory_used)
             return manager_pb2.OrdersReply(known=True, epoch=self.epoch,
                                            orders=self.orders.take(request.benefactor_id, acked))
 
@@ -319,6 +343,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
+        with self._namespace_lock:
+            path = self.catalog.canonical(namespace, path)  # a hard link's commit is its file's
+            self._check_parents(namespace, path)
+            kind = self.catalog.kind(namespace, path)
+            if kind not in (None, FILE):
+                raise FsError(errno.EISDIR if kind == DIR else errno.EEXIST, f"{path}: is a {kind}, not a file")
         session: Session | None = None
         with self._lock:
             if request.session:
@@ -336,7 +366,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 raise
         alive = self._alive_ids()
         try:
-            version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive)
+            version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive,
+                                                 attrs=_attrs(request.attrs) if request.HasField("attrs") else None)
         except BaseException:
             if session is not None:
                 with self._lock:
@@ -392,7 +423,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def Lookup(self, request: manager_pb2.LookupRequest, context: grpc.ServicerContext) -> manager_pb2.VersionMap:
         namespace = check_namespace(request.namespace)
-        rec = self.catalog.version(namespace, normalize_file_path(request.path), request.version)
+        rec = self.catalog.version(namespace, self.catalog.canonical(namespace, normalize_file_path(request.path)),
+                                   request.version)
         return self._version_map(rec)
 
     @rpc
@@ -424,51 +456,89 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
                                       committed_at=committed_at, pfs_readers=readers)
 
-    @rpc
-    def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
-        namespace = check_namespace(request.namespace)
-        path = normalize_path(request.path)
-        if path != "/":
-            try:
-                versions = self.catalog.versions(namespace, path)
-            except NotFound:
-                versions = []
-            if versions:
-                latest = versions[-1]
-                return manager_pb2.FileInfo(path=path, size=latest.size, version=latest.version,
-                                            committed_at=latest.committed_at, version_count=len(versions))
-        if path == "/" or self.catalog.is_dir(namespace, path):
-            return manager_pb2.FileInfo(path=path, is_dir=True)
-        raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
+    # -- namespace -----------------------------------------------------------------------------
+    def _file_info(self, namespace: str, path: str) -> manager_pb2.FileInfo:
+        """What stat shows for `path` (a hard link shows its file: versions, metadata, link count)."""
+        kind = self.catalog.kind(namespace, path)
+        if kind is None:
+            raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
+        if kind == SYMLINK:
+            node = self.catalog.node(namespace, path)
+            assert node is not None
+            return self._with_node(manager_pb2.FileInfo(path=path, size=len(node.target.encode()), nlink=1,
+                                                        target=node.target), node)
+        if kind == DIR:
+            node = self.catalog.node(namespace, path) or Node.default(DIR, self._started_ns)
+            subdirs = sum(1 for e in self._children(namespace, path).values() if e.is_dir)
+            return self._with_node(manager_pb2.FileInfo(path=path, is_dir=True, nlink=2 + subdirs), node)
+        canonical = self.catalog.canonical(namespace, path)
+        versions = self.catalog.versions(namespace, canonical)
+        latest = versions[-1]
+        node = self.catalog.node(namespace, canonical) or Node.default(FILE, int(latest.committed_at * 1e9))
+        return self._with_node(manager_pb2.FileInfo(
+            path=path, size=latest.size, version=latest.version, committed_at=latest.committed_at,
+            stored=sum(k.length for k in latest.keys if not k.is_hole),
+            version_count=len(versions), nlink=1 + len(self.catalog.aliases(namespace, canonical))), node)
 
-    @rpc
-    def List(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.ListReply:
-        namespace = check_namespace(request.namespace)
-        directory = normalize_path(request.path)
-        files = self.catalog.files_under(namespace, directory)
-        dirs = self.catalog.dirs_under(namespace, directory)
-        if not files and directory != "/" and not self.catalog.is_dir(namespace, directory):
-            raise NotFound(f"{directory}: no such directory in namespace {namespace!r}")
+    @staticmethod
+    def _with_node(info: manager_pb2.FileInfo, node: Node) -> manager_pb2.FileInfo:
+        # Names without a row of their own (directories that exist by their files) get a number
+        # from their path, in a range rows never reach.
+        if info.path == "/":
+            info.ino = 1
+        else:
+            info.ino = node.ino + 1 if node.ino else (1 << 62) | (zlib.crc32(info.path.encode()) << 20)
+        info.mode, info.uid, info.gid = node.st_mode, node.uid, node.gid
+        info.atime_ns, info.mtime_ns, info.ctime_ns = node.atime_ns, node.mtime_ns, node.ctime_ns
+        return info
+
+    def _children(self, namespace: str, directory: str) -> dict[str, manager_pb2.FileInfo]:
+        """The entries right below a directory, by full path (files with their latest version)."""
         base = directory.rstrip("/") + "/"
         entries: dict[str, manager_pb2.FileInfo] = {}
-        for d in dirs:
+        for d in self.catalog.dirs_under(namespace, directory):
             child = base + d[len(base):].split("/", 1)[0]
             entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
-        for f in files:
-            rest = f.path[len(base):]
-            name, sep, _ = rest.partition("/")
+        for f in self.catalog.files_under(namespace, directory):
+            name, sep, _ = f.path[len(base):].partition("/")
             child = base + name
             if sep:
                 entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
             else:
                 entries[child] = manager_pb2.FileInfo(path=child, size=f.size, version=f.latest,
                                                       committed_at=f.committed_at, version_count=f.version_count)
+        rows: dict[str, Node] = {}
+        for p, node in self.catalog.nodes_under(namespace, directory):
+            name, sep, _ = p[len(base):].partition("/")
+            if not sep:
+                rows[p] = node
+                if node.kind in (SYMLINK, LINK):
+                    entries[p] = manager_pb2.FileInfo(path=p, target=node.target)
+        for p, info in entries.items():
+            node = rows.get(p)
+            if node is not None and node.kind == LINK:
+                node = self.catalog.node(namespace, node.target)
+            kind = DIR if info.is_dir else SYMLINK if info.target and not (node and node.kind == FILE) else FILE
+            self._with_node(info, node or Node.default(kind, 0))
+        return entries
+
+    @rpc
+    def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        return self._file_info(check_namespace(request.namespace), normalize_path(request.path))
+
+    @rpc
+    def List(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.ListReply:
+        namespace = check_namespace(request.namespace)
+        directory = normalize_path(request.path)
+        entries = self._children(namespace, directory)
+        if not entries and self.catalog.kind(namespace, directory) != DIR:
+            raise NotFound(f"{directory}: no such directory in namespace {namespace!r}")
         return manager_pb2.ListReply(entries=[entries[k] for k in sorted(entries)])
 
     @rpc
     def Versions(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.VersionsReply:
         namespace = check_namespace(request.namespace)
-        path = normalize_file_path(request.path)
+        path = self.catalog.canonical(namespace, normalize_file_path(request.path))
         versions = self.catalog.versions(namespace, path)
         if not versions:
             raise NotFound(f"{path}: no such file in namespace {namespace!r}")
@@ -484,49 +554,193 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                ) -> manager_pb2.DeleteFileReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
-        count, freed = self.catalog.delete_file(namespace, path)
-        self._free(freed)
-        log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
+        with self._namespace_lock:
+            count = self._unlink(namespace, path)
         return manager_pb2.DeleteFileReply(versions_deleted=count)
+
+    def _unlink(self, namespace: str, path: str) -> int:
+        """Remove one name. The last name of a file deletes its versions; another name keeps them."""
+        kind = self.catalog.kind(namespace, path)
+        now = time.time_ns()
+        if kind is None:
+            raise NotFound(f"{path}: no such file in namespace {namespace!r}")
+        if kind == DIR:
+            raise FsError(errno.EISDIR, f"{path}: is a directory")
+        count = 0
+        if kind in (SYMLINK, LINK):
+            with self.catalog.in_transaction():
+                canonical = self.catalog.canonical(namespace, path)
+                self.catalog.drop_node(namespace, path)
+                self._touch_file(namespace, canonical, now)
+        elif heirs := self.catalog.aliases(namespace, path):
+            # Other names remain: the first of them takes the versions over.
+            self.catalog.move_tree(namespace, path, heirs[0], self._alive_ids())
+            self._touch_file(namespace, heirs[0], now)
+        else:
+            count, freed = self.catalog.delete_file(namespace, path)
+            self._free(freed)
+            log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
+        with self.catalog.in_transaction():
+            self.catalog.touch_dirs(namespace, [path], now)
+        return count
+
+    def _touch_file(self, namespace: str, path: str, now: int) -> None:
+        """A file's link count changed: its ctime is now."""
+        node = self.catalog.node(namespace, path)
+        if node is not None and node.kind != LINK:
+            self.catalog.put_node(namespace, path, replace(node, ctime_ns=now))
+
+    def _check_parents(self, namespace: str, path: str) -> None:
+        for parent in parent_dirs(path)[1:]:
+            if self.catalog.kind(namespace, parent) not in (None, DIR):
+                raise FsError(errno.ENOTDIR, f"{parent}: not a directory")
 
     @rpc
     def Rename(self, request: manager_pb2.RenameRequest, context: grpc.ServicerContext) -> manager_pb2.RenameReply:
         namespace = check_namespace(request.namespace)
         src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
-        if src == dst:
-            return manager_pb2.RenameReply(files_moved=0)
-        if dst.startswith(src + "/"):
-            raise InvalidArgument(f"cannot move {src} into itself ({dst})")
-        files = self.catalog.versions(namespace, src)
-        moves = [(src, dst)] if files else [
-            (f.path, dst + f.path[len(src):]) for f in self.catalog.files_under(namespace, src)]
-        if not moves and not self.catalog.is_dir(namespace, src):
+        with self._namespace_lock:
+            moved = self._rename(namespace, src, dst)
+        log.info("renamed %s:%s to %s (%d files)", namespace, src, dst, moved)
+        return manager_pb2.RenameReply(files_moved=moved)
+
+    def _rename(self, namespace: str, src: str, dst: str) -> int:
+        """POSIX rename: the destination, if any, is replaced atomically when it is of a compatible
+        kind (an empty directory for a directory, a non-directory for a file)."""
+        ksrc = self.catalog.kind(namespace, src)
+        if ksrc is None:
             raise NotFound(f"{src}: no such file or directory in namespace {namespace!r}")
-        alive = self._alive_ids()
-        for old, new in moves:
-            latest = self.catalog.version(namespace, old)
-            # The destination's readers switch to the moved content in the commit's one transaction.
-            self.catalog.commit(namespace, new, latest.size, [(k, []) for k in latest.keys], alive)  # no new locations
-            self._free(self.catalog.apply_retention(namespace, new))
-            _, freed = self.catalog.delete_file(namespace, old)
-            self._free(freed)
-        if not files:
-            self.catalog.rename_dirs(namespace, src, dst)
-        log.info("renamed %s:%s to %s (%d files)", namespace, src, dst, len(moves))
-        return manager_pb2.RenameReply(files_moved=len(moves))
+        if src == dst:
+            return 0
+        self._check_parents(namespace, dst)
+        kdst = self.catalog.kind(namespace, dst)
+        now = time.time_ns()
+        if ksrc == DIR:
+            if dst.startswith(src + "/"):
+                raise FsError(errno.EINVAL, f"cannot move {src} into itself ({dst})")
+            if kdst not in (None, DIR):
+                raise FsError(errno.ENOTDIR, f"{dst}: not a directory")
+            if kdst == DIR:
+                if not self.catalog.dir_empty(namespace, dst):
+                    raise FsError(errno.ENOTEMPTY, f"{dst}: directory not empty")
+                self.catalog.rmdir_if_explicit(namespace, dst)
+            moved = self.catalog.move_tree(namespace, src, dst, self._alive_ids())
+        else:
+            if kdst == DIR:
+                raise FsError(errno.EISDIR, f"{dst}: is a directory")
+            if kdst is not None and self.catalog.canonical(namespace, src) == self.catalog.canonical(namespace, dst):
+                return 0  # two names of the same file: nothing to do
+            if kdst in (SYMLINK, LINK) or (kdst == FILE and (ksrc != FILE or self.catalog.aliases(namespace, dst))):
+                self._unlink(namespace, dst)  # the name goes to src; a file with other names keeps them
+                kdst = None
+            if ksrc != FILE or kdst is None:
+                moved = self.catalog.move_tree(namespace, src, dst, self._alive_ids())
+            else:
+                # The latest version of src becomes the next version of dst, whose history stays
+                # (a checkpoint written aside and renamed over its file, as tools do).
+                latest = self.catalog.version(namespace, src)
+                node = self.catalog.node(namespace, src)
+                self.catalog.commit(namespace, dst, latest.size, [(k, []) for k in latest.keys], self._alive_ids())
+                self._free(self.catalog.apply_retention(namespace, dst))
+                with self.catalog.in_transaction():
+                    self.catalog.move_nodes(namespace, src, dst)  # its metadata and other names follow
+                    if node is not None:
+                        self.catalog.put_node(namespace, dst, node)
+                _, freed = self.catalog.delete_file(namespace, src)
+                self._free(freed)
+                moved = 1
+            with self.catalog.in_transaction():
+                self._touch_file(namespace, dst, now)
+        with self.catalog.in_transaction():
+            self.catalog.touch_dirs(namespace, [src, dst], now)
+        return moved
 
     @rpc
     def Mkdir(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.MkdirReply:
         path = normalize_file_path(request.path)
         namespace = check_namespace(request.namespace)
-        for parent in parent_dirs(path)[1:] + [path]:
-            self.catalog.mkdir(namespace, parent)
+        with self._namespace_lock:
+            self._check_parents(namespace, path)
+            if self.catalog.kind(namespace, path) not in (None, DIR):
+                raise FsError(errno.EEXIST, f"{path}: exists and is not a directory")
+            now = time.time_ns()
+            for parent in parent_dirs(path)[1:] + [path]:
+                self.catalog.mkdir(namespace, parent)
+            with self.catalog.in_transaction():
+                if request.HasField("attrs"):
+                    node = self.catalog.node(namespace, path) or Node.default(DIR, now)
+                    self.catalog.put_node(namespace, path, _attrs(request.attrs).apply(node, now))
+                self.catalog.touch_dirs(namespace, [path], now)
         return manager_pb2.MkdirReply()
 
     @rpc
     def Rmdir(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.MkdirReply:
-        self.catalog.rmdir(check_namespace(request.namespace), normalize_file_path(request.path))
+        namespace, path = check_namespace(request.namespace), normalize_file_path(request.path)
+        with self._namespace_lock:
+            kind = self.catalog.kind(namespace, path)
+            if kind not in (None, DIR):
+                raise FsError(errno.ENOTDIR, f"{path}: not a directory")
+            self.catalog.rmdir(namespace, path)
+            with self.catalog.in_transaction():
+                self.catalog.touch_dirs(namespace, [path], time.time_ns())
         return manager_pb2.MkdirReply()
+
+    @rpc
+    def SetAttr(self, request: manager_pb2.SetAttrRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        namespace, path = check_namespace(request.namespace), normalize_path(request.path)
+        with self._namespace_lock:
+            kind = self.catalog.kind(namespace, path)
+            if kind is None:
+                raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
+            target = self.catalog.canonical(namespace, path)
+            now = time.time_ns()
+            with self.catalog.in_transaction():
+                node = self.catalog.node(namespace, target)
+                if node is None:
+                    since = now if kind == DIR else int(self.catalog.version(namespace, target).committed_at * 1e9)
+                    node = Node.default(FILE if kind == LINK else kind, since)
+                self.catalog.put_node(namespace, target, _attrs(request.attrs).apply(node, now))
+        return self._file_info(namespace, path)
+
+    @rpc
+    def Symlink(self, request: manager_pb2.SymlinkRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        namespace, path = check_namespace(request.namespace), normalize_file_path(request.path)
+        if not request.target or len(request.target.encode()) > MAX_PATH_BYTES:
+            raise FsError(errno.ENAMETOOLONG if request.target else errno.ENOENT,
+                          f"{path}: a symbolic link's target is 1..{MAX_PATH_BYTES} bytes")
+        with self._namespace_lock:
+            self._check_parents(namespace, path)
+            if self.catalog.kind(namespace, path) is not None:
+                raise FsError(errno.EEXIST, f"{path}: exists")
+            now = time.time_ns()
+            with self.catalog.in_transaction():
+                node = _attrs(request.attrs).apply(Node.default(SYMLINK, now), now)
+                self.catalog.put_node(namespace, path, replace(node, mode=0o777, target=request.target))
+                self.catalog.touch_dirs(namespace, [path], now)
+        return self._file_info(namespace, path)
+
+    @rpc
+    def Link(self, request: manager_pb2.RenameRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        namespace = check_namespace(request.namespace)
+        src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
+        with self._namespace_lock:
+            kind = self.catalog.kind(namespace, src)
+            if kind is None:
+                raise NotFound(f"{src}: no such file in namespace {namespace!r}")
+            if kind == DIR:
+                raise FsError(errno.EPERM, f"{src}: hard links to directories are not allowed")
+            if kind == SYMLINK:
+                raise FsError(errno.EPERM, f"{src}: hard links to symbolic links are not supported")
+            self._check_parents(namespace, dst)
+            if self.catalog.kind(namespace, dst) is not None:
+                raise FsError(errno.EEXIST, f"{dst}: exists")
+            canonical = self.catalog.canonical(namespace, src)
+            now = time.time_ns()
+            with self.catalog.in_transaction():
+                self.catalog.put_node(namespace, dst, replace(Node.default(LINK, now), target=canonical))
+                self._touch_file(namespace, canonical, now)
+                self.catalog.touch_dirs(namespace, [dst], now)
+        return self._file_info(namespace, dst)
 
     # -- operators ---------------------------------------------------------------------------
     @rpc

@@ -128,16 +128,18 @@ class LeaveReply(_message.Message):
     def __init__(self, backlog_bytes: _Optional[int] = ..., backlog_chunks: _Optional[int] = ..., versions_lost: _Optional[int] = ..., memory_only_dropped: _Optional[int] = ...) -> None: ...
 
 class OrdersRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "acked", "epoch")
+    __slots__ = ("benefactor_id", "incarnation", "acked", "epoch", "memory_used")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     acked: int
     epoch: int
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    memory_used: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ...) -> None: ...
 
 class Order(_message.Message):
     __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free")
@@ -270,20 +272,22 @@ class ClientStats(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session")
+    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     size: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
     stats: ClientStats
     session: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ...) -> None: ...
+    attrs: FileAttrs
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class CommitReply(_message.Message):
     __slots__ = ("version",)
@@ -318,28 +322,86 @@ class VersionMap(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("namespace", "path")
+    __slots__ = ("namespace", "path", "attrs")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    attrs: FileAttrs
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
+
+class FileAttrs(_message.Message):
+    __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ...) -> None: ...
+
+class SetAttrRequest(_message.Message):
+    __slots__ = ("namespace", "path", "attrs")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    attrs: FileAttrs
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
+
+class SymlinkRequest(_message.Message):
+    __slots__ = ("namespace", "path", "target", "attrs")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    target: str
+    attrs: FileAttrs
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., target: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class FileInfo(_message.Message):
-    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count")
+    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "target", "ino", "stored")
     PATH_FIELD_NUMBER: _ClassVar[int]
     IS_DIR_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    NLINK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     path: str
     is_dir: bool
     size: int
     version: int
     committed_at: float
     version_count: int
-    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ...) -> None: ...
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    target: str
+    ino: int
+    stored: int
+    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("entries",)

@@ -149,6 +149,21 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
                 _registered_method=True)
+        self.SetAttr = channel.unary_unary(
+                '/memstage.v1.Manager/SetAttr',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.SetAttrRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+                _registered_method=True)
+        self.Symlink = channel.unary_unary(
+                '/memstage.v1.Manager/Symlink',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.SymlinkRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+                _registered_method=True)
+        self.Link = channel.unary_unary(
+                '/memstage.v1.Manager/Link',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.RenameRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/memstage.v1.Manager/Status',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.StatusRequest.SerializeToString,
@@ -319,6 +334,27 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAttr(self, request, context):
+        """POSIX metadata: mode, owner and times of a file, directory or symbolic link (they are kept
+        across versions; a file's apply to all its names).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Symlink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Link(self, request, context):
+        """`destination` becomes another name of the file `path` (a hard link: both see the same versions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Operators.
         """
@@ -450,6 +486,21 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Rmdir,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.MkdirReply.SerializeToString,
+            ),
+            'SetAttr': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAttr,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.SetAttrRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.FileInfo.SerializeToString,
+            ),
+            'Symlink': grpc.unary_unary_rpc_method_handler(
+                    servicer.Symlink,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.SymlinkRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.FileInfo.SerializeToString,
+            ),
+            'Link': grpc.unary_unary_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.RenameRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.FileInfo.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -1083,6 +1134,87 @@ class Manager:
             '/memstage.v1.Manager/Rmdir',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.MkdirReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAttr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/SetAttr',
+            memstage_dot_proto_dot_manager__pb2.SetAttrRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Symlink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Symlink',
+            memstage_dot_proto_dot_manager__pb2.SymlinkRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Link',
+            memstage_dot_proto_dot_manager__pb2.RenameRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
             options,
             channel_credentials,
             insecure,
