@@ -6,6 +6,7 @@ from memstage.errors import (
     ChunkRejected,
     DataLost,
     DeploymentFull,
+    FsError,
     InvalidArgument,
     InvalidPath,
     MemstageError,
@@ -15,6 +16,7 @@ from memstage.errors import (
 )
 
 __all__ = [
-    "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "InvalidArgument", "InvalidPath",
+    "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "FsError", "InvalidArgument",
+    "InvalidPath",
     "MemstageError", "NotFound", "SettingError", "Unavailable", "WriteStats",
 ]

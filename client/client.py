@@ -152,10 +152,13 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                                              norm)
 
     def setattr(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
-                atime_ns: int | None = None, mtime_ns: int | None = None) -> manager_pb2.FileInfo:
-        """Change mode (permission bits), owner or times; arguments left None stay as they are."""
+                atime_ns: int | None = None, mtime_ns: int | None = None, access: bool = False
+                ) -> manager_pb2.FileInfo:
+        """Change mode (permission bits), owner or times; arguments left None stay as they are.
+        access: only a read's atime update, which does not change the ctime."""
         norm = normalize_path(self._strip_protocol(path))
-        attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                      access=access)
         return self.connections.call_manager(
             "SetAttr", manager_pb2.SetAttrRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
 
@@ -164,6 +167,13 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         norm = normalize_file_path(self._strip_protocol(path))
         self.connections.call_manager("Symlink", manager_pb2.SymlinkRequest(
             namespace=self.namespace, path=norm, target=target, attrs=manager_pb2.FileAttrs(uid=uid, gid=gid)), norm)
+
+    def mknod(self, path: str, mode: int, rdev: int = 0, uid: int | None = None, gid: int | None = None) -> None:
+        """A FIFO, socket or device node (mode carries the type): a name with metadata, no data."""
+        norm = normalize_file_path(self._strip_protocol(path))
+        self.connections.call_manager("MakeNode", manager_pb2.NodeRequest(
+            namespace=self.namespace, path=norm, mode=mode, rdev=rdev, attrs=manager_pb2.FileAttrs(uid=uid, gid=gid)),
+            norm)
 
     def link(self, existing: str, path: str) -> None:
         """A hard link: `path` becomes another name of the file `existing` (both see the same versions)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
-from memstage.manager.nodes import DIR, FILE, LINK, NODES_SCHEMA, SYMLINK, Attrs, Node, NodeTable
+from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
@@ -426,6 +426,11 @@ class Catalog(NodeTable):
         return VersionRecord(namespace, path, v, size, at, unpack_map(blob), bool(persist), bool(persisted),
                              bool(in_memory), bool(lost), reason, drain_error)
 
+    def version_count(self, namespace: str, path: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM versions WHERE ns=? AND path=?",
+                                        (namespace, path)).fetchone()[0])
+
     def versions(self, namespace: str, path: str) -> list[VersionRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE ns=? AND path=? ORDER BY version",
@@ -465,7 +470,7 @@ class Catalog(NodeTable):
     def dir_empty(self, namespace: str, path: str) -> bool:
         with self._lock:
             return not (self.files_under(namespace, path) or self.dirs_under(namespace, path)
-                        or any(n.kind in (SYMLINK, LINK) for _, n in self.nodes_under(namespace, path)))
+                        or any(n.kind in ROW_KINDS for _, n in self.nodes_under(namespace, path)))
 
     def has_versions(self, namespace: str, path: str) -> bool:
         with self._lock:
@@ -473,12 +478,12 @@ class Catalog(NodeTable):
                                     (namespace, path)).fetchone() is not None
 
     def kind(self, namespace: str, path: str) -> str | None:
-        """What `path` names: FILE, DIR, SYMLINK, LINK (another name of a file), or None."""
+        """What `path` names: FILE, DIR, SYMLINK, LINK (another name of a file), a special kind, or None."""
         if path == "/":
             return DIR
         with self._lock:
             node = self.node(namespace, path)
-            if node is not None and node.kind in (SYMLINK, LINK):
+            if node is not None and node.kind in ROW_KINDS:
                 return node.kind
             if self.has_versions(namespace, path):
                 return FILE
@@ -522,9 +527,22 @@ class Catalog(NodeTable):
             self.drop_node(namespace, path)
 
     def is_dir(self, namespace: str, path: str) -> bool:
+        """An explicit directory, or one that exists because something is below it (index lookups only)."""
+        prefix = path.rstrip("/") + "/"
+        span = (namespace, prefix, prefix + "\uffff")
         with self._lock:
-            explicit = self._db.execute("SELECT 1 FROM dirs WHERE ns=? AND path=?", (namespace, path)).fetchone()
-        return bool(explicit) or bool(self.files_under(namespace, path)) or bool(self.dirs_under(namespace, path))
+            return any(self._db.execute(query, args).fetchone() for query, args in (
+                ("SELECT 1 FROM dirs WHERE ns=? AND path=?", (namespace, path)),
+                ("SELECT 1 FROM versions WHERE ns=? AND path >= ? AND path < ? LIMIT 1", span),
+                ("SELECT 1 FROM dirs WHERE ns=? AND path >= ? AND path < ? LIMIT 1", span)))
+
+    def subdir_count(self, namespace: str, directory: str) -> int:
+        """Explicit directories right below `directory` (its link count is 2 plus these)."""
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT COUNT(*) FROM dirs WHERE ns=? AND path >= ? AND path < ? AND instr(substr(path, ?), '/') = 0",
+                (namespace, prefix, prefix + "\uffff", len(prefix) + 1)).fetchone()[0])
 
     def dirs_under(self, namespace: str, directory: str) -> list[str]:
         prefix = directory.rstrip("/") + "/"

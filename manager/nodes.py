@@ -26,13 +26,18 @@ NODES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     ns TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
     gid INTEGER NOT NULL, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    target TEXT NOT NULL DEFAULT '', PRIMARY KEY (ns, path));
+    target TEXT NOT NULL DEFAULT '', ino INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, path));
 CREATE INDEX IF NOT EXISTS nodes_by_target ON nodes (ns, target) WHERE kind = 'link';
 """
 
 FILE, DIR, SYMLINK, LINK = "file", "dir", "symlink", "link"
-_TYPE_BITS = {FILE: stat.S_IFREG, LINK: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
-DEFAULT_MODE = {FILE: 0o644, LINK: 0o644, DIR: 0o755, SYMLINK: 0o777}
+# FIFOs, sockets and device nodes: a name and its metadata only (the kernel serves them, not memstage).
+SPECIAL = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "chardev", stat.S_IFBLK: "blockdev"}
+_TYPE_BITS = {FILE: stat.S_IFREG, LINK: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK,
+              **{kind: bits for bits, kind in SPECIAL.items()}}
+DEFAULT_MODE = {FILE: 0o644, LINK: 0o644, DIR: 0o755, SYMLINK: 0o777, **{kind: 0o644 for kind in SPECIAL.values()}}
+# Kinds that exist by their row alone (a file exists by its versions, a directory by its entries too).
+ROW_KINDS = {SYMLINK, LINK, *SPECIAL.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +50,7 @@ class Node:
     mtime_ns: int
     ctime_ns: int
     target: str = ""
-    ino: int = 0  # the row's id: kept across updates and renames
+    ino: int = 0  # kept across updates and renames: the number given at creation, or the row's id + 1
 
     @property
     def st_mode(self) -> int:
@@ -61,17 +66,21 @@ class Attrs:
     """Changes a caller asks for; None leaves a field as it is."""
 
     mode: int | None = None
+    ino: int | None = None  # only for a new name: the number its creator gave it
     uid: int | None = None
     gid: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    access: bool = False  # a read's atime update: not a change (ctime stays)
 
     def apply(self, node: Node, now_ns: int) -> Node:
         return replace(node, mode=node.mode if self.mode is None else self.mode & 0o7777,
+                       ino=node.ino if node.ino or self.ino is None else self.ino,
                        uid=node.uid if self.uid is None else self.uid,
                        gid=node.gid if self.gid is None else self.gid,
                        atime_ns=node.atime_ns if self.atime_ns is None else self.atime_ns,
-                       mtime_ns=node.mtime_ns if self.mtime_ns is None else self.mtime_ns, ctime_ns=now_ns)
+                       mtime_ns=node.mtime_ns if self.mtime_ns is None else self.mtime_ns,
+                       ctime_ns=node.ctime_ns if self.access else now_ns)
 
 
 def now_ns() -> int:
@@ -85,18 +94,19 @@ class NodeTable:
     _lock: threading.RLock
 
     def node(self, ns: str, path: str) -> Node | None:
-        row = self._db.execute("SELECT kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, target, rowid FROM nodes "
-                               "WHERE ns=? AND path=?", (ns, path)).fetchone()
+        row = self._db.execute("SELECT kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, target, "
+                               "CASE ino WHEN 0 THEN rowid + 1 ELSE ino END FROM nodes WHERE ns=? AND path=?",
+                               (ns, path)).fetchone()
         return Node(*row) if row else None
 
     def put_node(self, ns: str, path: str, node: Node) -> None:
-        # An upsert, not a replace: the row keeps its rowid, which is the name's inode number.
-        self._db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ns, path) DO UPDATE SET "
-                         "kind=excluded.kind, mode=excluded.mode, uid=excluded.uid, gid=excluded.gid, "
+        # An upsert, not a replace: the row keeps its rowid and ino, which give the name's inode number.
+        self._db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ns, path) "
+                         "DO UPDATE SET kind=excluded.kind, mode=excluded.mode, uid=excluded.uid, gid=excluded.gid, "
                          "atime_ns=excluded.atime_ns, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
                          "target=excluded.target",
                          (ns, path, node.kind, node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns,
-                          node.ctime_ns, node.target))
+                          node.ctime_ns, node.target, node.ino))
 
     def drop_node(self, ns: str, path: str) -> None:
         self._db.execute("DELETE FROM nodes WHERE ns=? AND path=?", (ns, path))
@@ -115,7 +125,8 @@ class NodeTable:
     def nodes_under(self, ns: str, directory: str) -> Iterator[tuple[str, Node]]:
         prefix = directory.rstrip("/") + "/"
         for row in self._db.execute("SELECT path, kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, target, "
-                                    "rowid FROM nodes WHERE ns=? AND path >= ? AND path < ?",
+                                    "CASE ino WHEN 0 THEN rowid + 1 ELSE ino END FROM nodes "
+                                    "WHERE ns=? AND path >= ? AND path < ?",
                                     (ns, prefix, prefix + "\uffff")).fetchall():
             yield row[0], Node(*row[1:])
 

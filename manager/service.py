@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import secrets
+import stat
 import threading
 import time
 import zlib
@@ -40,7 +41,7 @@ from memstage.errors import (
 from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
-from memstage.manager.nodes import DIR, FILE, LINK, SYMLINK, Attrs, Node
+from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import Registry, Stats
 from memstage.manager.sessions import Session, SessionTable
@@ -77,7 +78,8 @@ def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
 
 
 def _attrs(pb: manager_pb2.FileAttrs) -> Attrs:
-    return Attrs(*(getattr(pb, f) if pb.HasField(f) else None for f in ("mode", "uid", "gid", "atime_ns", "mtime_ns")))
+    fields = ("mode", "ino", "uid", "gid", "atime_ns", "mtime_ns")
+    return Attrs(*(getattr(pb, f) if pb.HasField(f) else None for f in fields), access=pb.access)
 
 
 def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
@@ -458,27 +460,33 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     # -- namespace -----------------------------------------------------------------------------
     def _file_info(self, namespace: str, path: str) -> manager_pb2.FileInfo:
-        """What stat shows for `path` (a hard link shows its file: versions, metadata, link count)."""
+        """What stat shows for `path` (a hard link shows what it links: versions, metadata, link count)."""
         kind = self.catalog.kind(namespace, path)
-        if kind is None:
+        target = path
+        if kind == LINK:
+            target = self.catalog.canonical(namespace, path)
+            kind = self.catalog.kind(namespace, target)
+        if kind is None or kind == LINK:
             raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
-        if kind == SYMLINK:
-            node = self.catalog.node(namespace, path)
-            assert node is not None
-            return self._with_node(manager_pb2.FileInfo(path=path, size=len(node.target.encode()), nlink=1,
-                                                        target=node.target), node)
         if kind == DIR:
             node = self.catalog.node(namespace, path) or Node.default(DIR, self._started_ns)
-            subdirs = sum(1 for e in self._children(namespace, path).values() if e.is_dir)
-            return self._with_node(manager_pb2.FileInfo(path=path, is_dir=True, nlink=2 + subdirs), node)
-        canonical = self.catalog.canonical(namespace, path)
-        versions = self.catalog.versions(namespace, canonical)
-        latest = versions[-1]
-        node = self.catalog.node(namespace, canonical) or Node.default(FILE, int(latest.committed_at * 1e9))
-        return self._with_node(manager_pb2.FileInfo(
-            path=path, size=latest.size, version=latest.version, committed_at=latest.committed_at,
-            stored=sum(k.length for k in latest.keys if not k.is_hole),
-            version_count=len(versions), nlink=1 + len(self.catalog.aliases(namespace, canonical))), node)
+            subdirs = self.catalog.subdir_count(namespace, path)
+            info = self._with_node(manager_pb2.FileInfo(path=path, is_dir=True, nlink=2 + subdirs), node)
+            return info
+        nlink = 1 + len(self.catalog.aliases(namespace, target))
+        if kind == FILE:
+            latest = self.catalog.version(namespace, target)  # stat is frequent: the latest only
+            node = self.catalog.node(namespace, target) or Node.default(FILE, int(latest.committed_at * 1e9))
+            return self._with_node(manager_pb2.FileInfo(
+                path=path, size=latest.size, version=latest.version, committed_at=latest.committed_at,
+                stored=sum(k.length for k in latest.keys if not k.is_hole),
+                version_count=self.catalog.version_count(namespace, target), nlink=nlink), node)
+        row = self.catalog.node(namespace, target)
+        assert row is not None
+        if kind == SYMLINK:
+            return self._with_node(manager_pb2.FileInfo(path=path, size=len(row.target.encode()), nlink=nlink,
+                                                        target=row.target), row)
+        return self._with_node(manager_pb2.FileInfo(path=path, nlink=nlink, rdev=int(row.target or 0)), row)
 
     @staticmethod
     def _with_node(info: manager_pb2.FileInfo, node: Node) -> manager_pb2.FileInfo:
@@ -487,7 +495,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if info.path == "/":
             info.ino = 1
         else:
-            info.ino = node.ino + 1 if node.ino else (1 << 62) | (zlib.crc32(info.path.encode()) << 20)
+            info.ino = node.ino or (1 << 62) | (zlib.crc32(info.path.encode()) << 20)
         info.mode, info.uid, info.gid = node.st_mode, node.uid, node.gid
         info.atime_ns, info.mtime_ns, info.ctime_ns = node.atime_ns, node.mtime_ns, node.ctime_ns
         return info
@@ -512,14 +520,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             name, sep, _ = p[len(base):].partition("/")
             if not sep:
                 rows[p] = node
-                if node.kind in (SYMLINK, LINK):
-                    entries[p] = manager_pb2.FileInfo(path=p, target=node.target)
+                if node.kind in ROW_KINDS:
+                    entries[p] = manager_pb2.FileInfo(path=p, target=node.target if node.kind == SYMLINK else "")
         for p, info in entries.items():
             node = rows.get(p)
             if node is not None and node.kind == LINK:
                 node = self.catalog.node(namespace, node.target)
-            kind = DIR if info.is_dir else SYMLINK if info.target and not (node and node.kind == FILE) else FILE
-            self._with_node(info, node or Node.default(kind, 0))
+            self._with_node(info, node or Node.default(DIR if info.is_dir else FILE, 0))
         return entries
 
     @rpc
@@ -567,15 +574,18 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if kind == DIR:
             raise FsError(errno.EISDIR, f"{path}: is a directory")
         count = 0
-        if kind in (SYMLINK, LINK):
+        if kind == LINK:
             with self.catalog.in_transaction():
                 canonical = self.catalog.canonical(namespace, path)
                 self.catalog.drop_node(namespace, path)
                 self._touch_file(namespace, canonical, now)
         elif heirs := self.catalog.aliases(namespace, path):
-            # Other names remain: the first of them takes the versions over.
+            # Other names remain: the first of them takes the file (versions, metadata) over.
             self.catalog.move_tree(namespace, path, heirs[0], self._alive_ids())
             self._touch_file(namespace, heirs[0], now)
+        elif kind in ROW_KINDS:
+            with self.catalog.in_transaction():
+                self.catalog.drop_node(namespace, path)
         else:
             count, freed = self.catalog.delete_file(namespace, path)
             self._free(freed)
@@ -630,7 +640,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 raise FsError(errno.EISDIR, f"{dst}: is a directory")
             if kdst is not None and self.catalog.canonical(namespace, src) == self.catalog.canonical(namespace, dst):
                 return 0  # two names of the same file: nothing to do
-            if kdst in (SYMLINK, LINK) or (kdst == FILE and (ksrc != FILE or self.catalog.aliases(namespace, dst))):
+            if kdst in ROW_KINDS or (kdst == FILE and (ksrc != FILE or self.catalog.aliases(namespace, dst))):
                 self._unlink(namespace, dst)  # the name goes to src; a file with other names keeps them
                 kdst = None
             if ksrc != FILE or kdst is None:
@@ -720,6 +730,24 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return self._file_info(namespace, path)
 
     @rpc
+    def MakeNode(self, request: manager_pb2.NodeRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
+        namespace, path = check_namespace(request.namespace), normalize_file_path(request.path)
+        kind = SPECIAL.get(stat.S_IFMT(request.mode))
+        if kind is None:
+            raise FsError(errno.EINVAL, f"{path}: mode {request.mode:o} is not a FIFO, socket or device node")
+        with self._namespace_lock:
+            self._check_parents(namespace, path)
+            if self.catalog.kind(namespace, path) is not None:
+                raise FsError(errno.EEXIST, f"{path}: exists")
+            now = time.time_ns()
+            with self.catalog.in_transaction():
+                node = _attrs(request.attrs).apply(Node.default(kind, now), now)
+                self.catalog.put_node(namespace, path, replace(node, mode=request.mode & 0o7777,
+                                                               target=str(request.rdev)))
+                self.catalog.touch_dirs(namespace, [path], now)
+        return self._file_info(namespace, path)
+
+    @rpc
     def Link(self, request: manager_pb2.RenameRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
         namespace = check_namespace(request.namespace)
         src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
@@ -729,8 +757,6 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 raise NotFound(f"{src}: no such file in namespace {namespace!r}")
             if kind == DIR:
                 raise FsError(errno.EPERM, f"{src}: hard links to directories are not allowed")
-            if kind == SYMLINK:
-                raise FsError(errno.EPERM, f"{src}: hard links to symbolic links are not supported")
             self._check_parents(namespace, dst)
             if self.catalog.kind(namespace, dst) is not None:
                 raise FsError(errno.EEXIST, f"{dst}: exists")

@@ -138,12 +138,14 @@ def mounted(local_cluster, tmp_path):
         pytest.skip("needs /dev/fuse and fusermount3 (Debian's fuse3)")
     mounts = []
 
-    def make(benefactors: int = 2, memory: int = 192 * MiB, cluster: Cluster | None = None):
+    def make(benefactors: int = 2, memory: int = 192 * MiB, cluster: Cluster | None = None, *extra: str,
+             point: Path | None = None):
         cluster = cluster or local_cluster(benefactors=benefactors, memory=memory)
-        point = tmp_path / f"mnt{len(mounts)}"
-        point.mkdir()
+        if point is None:
+            point = tmp_path / f"mnt{len(mounts)}"
+            point.mkdir()
         proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
-                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning"])
+                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning", *extra])
         mounts.append((point, proc))
         wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
         assert proc.poll() is None, "memstage mount exited"

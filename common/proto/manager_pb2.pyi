@@ -332,18 +332,22 @@ class PathRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class FileAttrs(_message.Message):
-    __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+    __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ino", "access")
     MODE_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     ATIME_NS_FIELD_NUMBER: _ClassVar[int]
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     mode: int
     uid: int
     gid: int
     atime_ns: int
     mtime_ns: int
-    def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ...) -> None: ...
+    ino: int
+    access: bool
+    def __init__(self, mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ino: _Optional[int] = ..., access: _Optional[bool] = ...) -> None: ...
 
 class SetAttrRequest(_message.Message):
     __slots__ = ("namespace", "path", "attrs")
@@ -354,6 +358,20 @@ class SetAttrRequest(_message.Message):
     path: str
     attrs: FileAttrs
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
+
+class NodeRequest(_message.Message):
+    __slots__ = ("namespace", "path", "mode", "rdev", "attrs")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    path: str
+    mode: int
+    rdev: int
+    attrs: FileAttrs
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., rdev: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class SymlinkRequest(_message.Message):
     __slots__ = ("namespace", "path", "target", "attrs")
@@ -368,7 +386,7 @@ class SymlinkRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., target: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class FileInfo(_message.Message):
-    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "target", "ino", "stored")
+    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "target", "ino", "stored", "rdev")
     PATH_FIELD_NUMBER: _ClassVar[int]
     IS_DIR_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +403,7 @@ class FileInfo(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
     path: str
     is_dir: bool
     size: int
@@ -401,7 +420,8 @@ class FileInfo(_message.Message):
     target: str
     ino: int
     stored: int
-    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ...) -> None: ...
+    rdev: int
+    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("entries",)

@@ -159,6 +159,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.SymlinkRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
                 _registered_method=True)
+        self.MakeNode = channel.unary_unary(
+                '/memstage.v1.Manager/MakeNode',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.NodeRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+                _registered_method=True)
         self.Link = channel.unary_unary(
                 '/memstage.v1.Manager/Link',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.RenameRequest.SerializeToString,
@@ -348,6 +353,13 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MakeNode(self, request, context):
+        """A FIFO, socket or device node: a name with metadata (the kernel serves it, not memstage).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Link(self, request, context):
         """`destination` becomes another name of the file `path` (a hard link: both see the same versions).
         """
@@ -495,6 +507,11 @@ def add_ManagerServicer_to_server(servicer, server):
             'Symlink': grpc.unary_unary_rpc_method_handler(
                     servicer.Symlink,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.SymlinkRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.FileInfo.SerializeToString,
+            ),
+            'MakeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.MakeNode,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.NodeRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.FileInfo.SerializeToString,
             ),
             'Link': grpc.unary_unary_rpc_method_handler(
@@ -1187,6 +1204,33 @@ class Manager:
             target,
             '/memstage.v1.Manager/Symlink',
             memstage_dot_proto_dot_manager__pb2.SymlinkRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MakeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/MakeNode',
+            memstage_dot_proto_dot_manager__pb2.NodeRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.FileInfo.FromString,
             options,
             channel_credentials,
