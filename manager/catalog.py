@@ -67,6 +67,7 @@ _ADDED_COLUMNS = (
     ("versions", "lost_reason", "TEXT NOT NULL DEFAULT ''"),
     ("locations", "gen", "INTEGER NOT NULL DEFAULT 0"),
     ("versions", "drain_error", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "ino", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors holding them, at their generation

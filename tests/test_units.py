@@ -231,13 +231,19 @@ def test_a_state_directory_of_an_earlier_release_gains_the_new_columns(tmp_path)
             lost INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, path, version));
         CREATE TABLE locations (ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL,
                                 benefactor TEXT NOT NULL, PRIMARY KEY (ns, hash, length, benefactor));
+        CREATE TABLE nodes (ns TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, mode INTEGER NOT NULL,
+            uid INTEGER NOT NULL, gid INTEGER NOT NULL, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL, target TEXT NOT NULL DEFAULT '', PRIMARY KEY (ns, path));
         INSERT INTO versions VALUES ('ns', '/old', 1, 0, 0, x'', 0, 0, 1, 0);
         INSERT INTO benefactors VALUES ('b1', 'h:1', 10, 0);
+        INSERT INTO nodes VALUES ('ns', '/old', 'file', 416, 7, 8, 1, 2, 3, '');
     """)
     db.commit()
     db.close()
     cat = Catalog(str(tmp_path))
     assert cat.version("ns", "/old").lost_reason == "" and cat.incarnation("b1") == 0
+    node = cat.node("ns", "/old")  # metadata rows from before inode numbers were stored keep theirs
+    assert node is not None and (node.mode, node.uid, node.ino) == (416, 7, 2)
     cat.remember_benefactor("b1", "h:1", 10, 42)
     assert cat.incarnation("b1") == 42
     cat.close()
