@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FUSE mode: dd through the mount vs a bare passthrough FUSE filesystem and kernel tmpfs")
     p.add_argument("--drain", action="store_true",
                    help="drain mode: drain throughput vs raw disk, ingest ASB with and without draining")
+    p.add_argument("--redundancy", default=None, metavar="POLICIES",
+                   help="compare redundancy policies (e.g. replicate:2,replicate:3) against none: OAB, ASB, time "
+                        "until protected, degraded reads and rebuild after a SIGKILLed benefactor")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -167,6 +170,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from memstage.bench.drain import run_drain
 
         return run_drain(args, size, chunk, write_size)
+    if args.redundancy:
+        from memstage.bench.redundancy import run_redundancy
+
+        return run_redundancy(args, size, chunk, write_size)
     if args.timesteps:
         from memstage.bench.incremental import run_incremental
 

@@ -1,4 +1,5 @@
-"""OrderLoop: the benefactor carries out the manager's orders (session ends, holds, releases, frees).
+"""OrderLoop: the benefactor carries out the manager's orders (session ends, holds, releases, frees,
+and copies of chunks from other benefactors for replicas and rebuild).
 
 The manager is the only one who decides that a chunk may go. Its orders wait in a per-benefactor
 queue at the manager; this loop fetches them (a short poll), applies them in sequence to the
@@ -15,6 +16,8 @@ import grpc
 
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import ChunkKey
+from memstage.client.connections import Connections
+from memstage.client.transport import GrpcTransport
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 
@@ -47,6 +50,9 @@ class OrderLoop:
         self._stub = stub
         self._acked = 0
         self._epoch = 0  # of the manager process whose orders were acknowledged
+        self._copied: list[manager_pb2.CopyResult] = []  # copy orders done, reported with the next fetch
+        # Copies are fetched from other benefactors the way clients read them.
+        self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 
@@ -72,8 +78,9 @@ class OrderLoop:
     def fetch_and_apply(self) -> int:
         reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
                                                             acked=self._acked, epoch=self._epoch,
-                                                            memory_used=self.store.used),
+                                                            memory_used=self.store.used, copied=self._copied),
                                   timeout=CONTROL_TIMEOUT_S)
+        self._copied = []  # delivered (kept for the next fetch when the call failed)
         if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
             self._epoch, self._acked = reply.epoch, 0
         freed = 0
@@ -81,7 +88,28 @@ class OrderLoop:
             if order.seq <= self._acked:
                 continue  # fetched again after a lost acknowledgement: already done
             freed += apply_order(self.store, order)
+            for copy in order.copy:
+                self._copied.append(self._copy(order.namespace, copy))
             self._acked = order.seq
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
-        return len(reply.orders)
+        return len(reply.orders) + len(self._copied)
+
+    def _copy(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
+        """Fetch a chunk from another benefactor, verify it, and hold it at the order's generation."""
+        key = ChunkKey.from_pb(order.key)
+        result = manager_pb2.CopyResult(namespace=namespace, key=order.key, gen=order.gen)
+        ident = (namespace, key)
+        if self.store.has(ident):
+            self.store.hold([(ident, order.gen)])
+            return result
+        try:
+            data = self._transport.get(order.source_address, namespace, key)
+        except Exception as e:  # unreachable, gone: the manager plans the copy again elsewhere
+            result.error = f"fetching it from {order.source_id}: {e}"
+            return result
+        if not key.matches(data):
+            result.error = f"the copy from {order.source_id} does not match its hash"
+        elif not self.store.store_copy(ident, data, order.gen):
+            result.error = "no room for it here"
+        return result

@@ -90,6 +90,20 @@ class ChunkStore:
             chunk.pins[session] = chunk.pins.get(session, 0) + 1
             self._by_session.setdefault(session, set()).add(key)
 
+    def store_copy(self, key: StoreKey, data: memoryview | bytes, gen: int) -> bool:
+        """A verified copy of a committed chunk (a replica, a rebuild), held at `gen` with no session.
+        False if there is no room."""
+        if not self.reserve(len(data)):
+            return False
+        with self._lock:
+            self._reserved -= blocks_for(len(data))
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                chunk = self._chunks[key] = StoredChunk(self._arena.store(data))
+            if gen > chunk.gen:
+                chunk.gen, chunk.checked_at = gen, time.monotonic()
+        return True
+
     def read(self, key: StoreKey, start: int = 0, end: int | None = None, prefix: bytes = b"") -> bytes | None:
         """prefix + bytes [start, end) of a chunk, copied out under the lock (its blocks may be reused after)."""
         with self._lock:

@@ -104,7 +104,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def map_reader(self, vmap: manager_pb2.VersionMap, read_ahead: bool = True) -> VersionReader:
         """A reader of the chunks a map lists (a version, or chunks located with LocateChunks)."""
         return VersionReader(self.connections, self.transport, self.namespace, vmap, self._pool,
-                             self.settings.read_ahead if read_ahead else 0)
+                             self.settings.read_ahead if read_ahead else 0,
+                             on_degraded=self.metrics.degraded.labels(self.namespace).inc)
 
     def record(self, result: CommitResult) -> None:
         self.metrics.record(self.namespace, result.stats)
@@ -199,15 +200,20 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             entries = [self._entry(e) for e in reply.entries]
         return entries if detail else [e["name"] for e in entries]
 
-    def policy(self, persist_every: int | None = None, keep_versions: int | None = None) -> dict[str, int]:
-        """The namespace's persistence policy; arguments that are given change it."""
+    def policy(self, persist_every: int | None = None, keep_versions: int | None = None,
+               redundancy: str | None = None) -> dict[str, Any]:
+        """The namespace's persistence and redundancy policy; arguments that are given change it.
+        redundancy: "none" or "replicate:R"."""
         request = manager_pb2.PolicyRequest(namespace=self.namespace)
         if persist_every is not None:
             request.persist_every = persist_every
         if keep_versions is not None:
             request.keep_versions = keep_versions
+        if redundancy is not None:
+            request.redundancy = redundancy
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
-        return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions}
+        return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions,
+                "redundancy": reply.redundancy}
 
     def versions(self, path: str) -> list[dict[str, Any]]:
         norm = normalize_file_path(self._strip_protocol(path))

@@ -20,6 +20,9 @@ class ClientMetrics:
         self.deduplicated = Counter("memstage_client_bytes_deduplicated",
                                     "Chunk bytes not sent because the namespace already held them", ["namespace"],
                                     registry=registry)
+        self.degraded = Counter("memstage_client_degraded_reads",
+                                "Chunk reads served by another copy or the PFS because the first location failed "
+                                "or returned bytes that do not match the hash", ["namespace"], registry=registry)
 
     def record(self, namespace: str, stats: WriteStats) -> None:
         self.written.labels(namespace).inc(stats.bytes_written)

@@ -13,6 +13,7 @@ import bisect
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from memstage.chunks import ChunkKey
@@ -24,8 +25,9 @@ from memstage.proto import common_pb2, manager_pb2
 
 class VersionReader:
     def __init__(self, conn: Connections, transport: ChunkTransport, namespace: str, vmap: manager_pb2.VersionMap,
-                 pool: ThreadPoolExecutor, read_ahead: int = 0):
+                 pool: ThreadPoolExecutor, read_ahead: int = 0, on_degraded: Callable[[], object] | None = None):
         self.conn = conn
+        self._on_degraded = on_degraded  # counts reads that needed another copy or the PFS
         self.transport = transport
         self.namespace = namespace
         self.path = vmap.path
@@ -99,6 +101,8 @@ class VersionReader:
         if data is None:
             raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
                            f"({'; '.join(failures) or 'no location recorded'})")
+        if failures and self._on_degraded is not None:
+            self._on_degraded()
         return data
 
     def _fetch_from(self, key: ChunkKey, ref: manager_pb2.ChunkRef, readers: list[common_pb2.Location],

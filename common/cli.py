@@ -25,6 +25,7 @@ from typing import Any  # noqa: E402
 
 from memstage import __version__  # noqa: E402
 from memstage.errors import MemstageError, SettingError  # noqa: E402
+from memstage.redundancy import Redundancy
 from memstage.settings import (  # noqa: E402
     BenefactorSettings,
     ClientSettings,
@@ -139,10 +140,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\n{len(alive)} of {len(reply.benefactors)} benefactors alive, "
           f"{format_size(sum(b.stats.memory_used for b in alive))} used of "
           f"{format_size(sum(b.stats.memory_capacity for b in alive))}\n")
-    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED")]
+    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "REDUNDANCY", "PROTECTED", "DEGRADED",
+             "LOST")]
     for n in reply.namespaces:
         rows.append((n.namespace, str(n.files), str(n.versions), format_size(n.bytes_committed),
-                     format_size(n.bytes_stored)))
+                     format_size(n.bytes_stored), n.redundancy or "none", str(n.versions_protected),
+                     str(n.versions_degraded), str(n.versions_lost)))
     _table(rows)
     if reply.lost:
         print(f"\nLOST: {len(reply.lost)} versions can no longer be read:")
@@ -174,7 +177,9 @@ def status_json(reply: Any) -> dict[str, Any]:
                          for v in reply.drain_failed],
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
-             "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored}
+             "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored, "redundancy": n.redundancy,
+             "versions_protected": n.versions_protected, "versions_degraded": n.versions_degraded,
+             "versions_lost": n.versions_lost}
             for n in reply.namespaces
         ],
     }
@@ -353,13 +358,16 @@ def cmd_policy(args: argparse.Namespace) -> int:
             raise SettingError(f"{flag}: must be {least} or more")
     settings = load(ClientSettings, {"manager": args.manager, "namespace": args.namespace}, config=args.config)
     client = Client(manager=settings.manager, namespace=settings.namespace)
+    if args.redundancy is not None:
+        Redundancy.parse(args.redundancy, "--redundancy")
     try:
-        policy = client.policy(args.persist_every, args.keep_versions)
+        policy = client.policy(args.persist_every, args.keep_versions, args.redundancy)
     finally:
         client.connections.close()
     every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
     print(f"namespace {settings.namespace}: persist {every} version(s) of a path, keep {policy['keep_versions']} "
-          f"in memory (persist_every={policy['persist_every']} keep_versions={policy['keep_versions']})")
+          f"in memory, redundancy {policy['redundancy']} (persist_every={policy['persist_every']} "
+          f"keep_versions={policy['keep_versions']} redundancy={policy['redundancy']})")
     return 0
 
 
@@ -442,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drain every N-th version of a path to the PFS; 0 = never")
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
                    help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
+    p.add_argument("--redundancy", default=None, metavar="POLICY",
+                   help="none, or replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail)")
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("mount", parents=[common], help="mount a namespace as a staging directory (FUSE)",

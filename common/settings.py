@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from memstage.chunks import MAX_CHUNK_SIZE
 from memstage.errors import SettingError
 from memstage.paths import check_namespace
+from memstage.redundancy import Redundancy
 from memstage.rpc import check_address
 from memstage.units import parse_duration, parse_size
 
@@ -62,6 +63,13 @@ def _duration(v: Any) -> float:
     return parse_duration(v)
 
 
+def _redundancy(v: Any) -> str:
+    try:
+        return str(Redundancy.parse(str(v)))
+    except SettingError as e:
+        raise ValueError(str(e).split(": ", 1)[-1]) from None
+
+
 @dataclass(frozen=True, slots=True)
 class ManagerSettings:
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT the manager serves gRPC on")
@@ -71,6 +79,8 @@ class ManagerSettings:
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")
+    redundancy: str = setting("none", _redundancy, "default policy: none, or replicate:R (R copies of each chunk "
+                              "on distinct benefactors, made right after each commit)")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
 

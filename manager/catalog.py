@@ -30,6 +30,7 @@ from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
+from memstage.redundancy import Redundancy
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
@@ -68,6 +69,7 @@ _ADDED_COLUMNS = (
     ("locations", "gen", "INTEGER NOT NULL DEFAULT 0"),
     ("versions", "drain_error", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "ino", "INTEGER NOT NULL DEFAULT 0"),
+    ("policies", "redundancy", "TEXT NOT NULL DEFAULT ''"),
 )
 
 Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors holding them, at their generation
@@ -77,6 +79,7 @@ Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors
 class Policy:
     persist_every: int
     keep_versions: int
+    redundancy: str = "none"  # none | replicate:R (memstage.redundancy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,17 +220,31 @@ class Catalog(NodeTable):
 
     def policy(self, namespace: str) -> Policy:
         with self._lock:
-            row = self._db.execute("SELECT persist_every, keep_versions FROM policies WHERE ns=?",
+            row = self._db.execute("SELECT persist_every, keep_versions, redundancy FROM policies WHERE ns=?",
                                    (namespace,)).fetchone()
-        return Policy(*row) if row else self.default_policy
+        if not row:
+            return self.default_policy
+        return Policy(row[0], row[1], row[2] or self.default_policy.redundancy)
+
+    def replicated_namespaces(self) -> dict[str, int]:
+        """Namespaces whose policy keeps more than one copy of each chunk -> copies."""
+        with self._lock:
+            namespaces = {ns for (ns,) in self._db.execute("SELECT DISTINCT ns FROM versions")}
+        out = {}
+        for ns in namespaces:
+            copies = Redundancy.parse(self.policy(ns).redundancy).copies
+            if copies > 1:
+                out[ns] = copies
+        return out
 
     def set_policy(self, namespace: str, policy: Policy) -> None:
         if policy.keep_versions < 1:
             raise InvalidArgument("keep_versions must be at least 1 (the latest version stays readable)")
         with self._lock:
-            self._db.execute("INSERT INTO policies VALUES (?, ?, ?) ON CONFLICT(ns) DO UPDATE SET "
-                             "persist_every=excluded.persist_every, keep_versions=excluded.keep_versions",
-                             (namespace, policy.persist_every, policy.keep_versions))
+            self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
+                             "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy",
+                             (namespace, policy.persist_every, policy.keep_versions, policy.redundancy))
 
     # -- chunk index -------------------------------------------------------------------------
     def refs(self, key: IndexKey) -> int:
@@ -271,6 +288,65 @@ class Catalog(NodeTable):
                 elif mine != gen:
                     hold.append((ik, mine))
         return hold, free
+
+    def under_protected(self, copies: dict[str, int], alive: set[str]) -> list[tuple[IndexKey, list[str], list[str]]]:
+        """Chunks still needed in memory and not on the PFS, in a namespace keeping `copies[ns]` copies,
+        with fewer live copies than that and at least one: (key, live holders, every holder)."""
+        out = []
+        with self._lock:
+            for ik, entry in self._index.items():
+                want = copies.get(ik[0], 1)
+                if want < 2 or entry.mem_refs <= 0 or entry.drained:
+                    continue  # on the PFS: a lost copy is read from there, not rebuilt
+                live = [bf for bf in entry.locations if bf in alive]
+                if 0 < len(live) < want:
+                    out.append((ik, sorted(live), list(entry.locations)))
+        return out
+
+    def add_copy(self, ik: IndexKey, benefactor: str, gen: int) -> bool:
+        """A copy made on `benefactor` at `gen` becomes a location, if a version still needs the chunk
+        in memory (else False: the caller orders it freed)."""
+        ns, key = ik
+        with self._lock:
+            entry = self._index.get(ik)
+            if entry is None or entry.mem_refs <= 0 or benefactor in entry.locations:
+                return False
+            with self._transaction():
+                self._index.add_location(ik, benefactor, gen)
+                self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
+                                 (ns, key.hash, key.length, benefactor, gen))
+        return True
+
+    def protection(self, namespace: str, copies: int, alive: set[str]) -> tuple[int, int, int]:
+        """Versions of a namespace still in memory: (protected, degraded, lost). Protected: every
+        chunk has `copies` live copies, or is on the PFS."""
+        protected = degraded = lost = 0
+        with self._lock:
+            rows = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND in_memory=1",
+                                    (namespace,)).fetchall()
+            for blob, is_lost, persisted in rows:
+                if is_lost:
+                    lost += 1
+                    continue
+                short = False
+                for key in set(unpack_map(blob)):
+                    if key.is_hole:
+                        continue
+                    ik = (namespace, key)
+                    if self._index.drained(ik):
+                        continue
+                    if sum(1 for bf in self._index.locations(ik) if bf in alive) < copies:
+                        short = True
+                        break
+                if short and not persisted:
+                    degraded += 1
+                else:
+                    protected += 1
+        return protected, degraded, lost
+
+    def new_gen(self) -> int:
+        with self._lock:
+            return self._new_gen()
 
     def _new_gen(self) -> int:
         self._next_gen += 1

@@ -10,6 +10,7 @@ does. The Catalog persists every change and serializes access.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey
@@ -47,6 +48,9 @@ class ChunkIndex:
 
     def __contains__(self, key: IndexKey) -> bool:
         return key in self._entries
+
+    def items(self) -> Iterator[tuple[IndexKey, Entry]]:
+        return iter(self._entries.items())
 
     def get(self, key: IndexKey) -> Entry | None:
         return self._entries.get(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -50,6 +50,11 @@ class ManagerMetrics:
         self.commits_refused = Counter("memstage_commits_refused",
                                        "Commits refused: a location without a valid receipt, or an ended session",
                                        ["namespace"], registry=registry)
+        self.unprotected = Gauge("memstage_chunks_unprotected",
+                                 "Chunks still needed in memory with fewer live copies than their namespace's "
+                                 "redundancy asks (being copied or rebuilt)", registry=registry)
+        self.copies = Counter("memstage_chunk_copies", "Chunk copies made for replicas and rebuild, by result",
+                              ["result"], registry=registry)
         registry.register(_LiveState(status))
 
     def committed(self, namespace: str, size: int, stats: manager_pb2.ClientStats) -> None:
@@ -106,3 +111,12 @@ class _LiveState(Collector):
             committed.add_metric([n.namespace], float(n.versions))
         yield stored
         yield committed
+        states = GaugeMetricFamily("memstage_namespace_versions_by_protection",
+                                   "Versions in memory by protection: protected (every chunk at its namespace's "
+                                   "copies, or on the PFS), degraded (being rebuilt), lost",
+                                   labels=["namespace", "state"])
+        for n in reply.namespaces:
+            states.add_metric([n.namespace, "protected"], float(n.versions_protected))
+            states.add_metric([n.namespace, "degraded"], float(n.versions_degraded))
+            states.add_metric([n.namespace, "lost"], float(n.versions_lost))
+        yield states

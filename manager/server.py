@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class ManagerServer:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
-        self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions))
+        self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
+                                                                settings.redundancy))
         self.registry = CollectorRegistry()
         self.service = ManagerService(settings, self.catalog, self.registry)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=CONTROL_SERVER_OPTIONS)

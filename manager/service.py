@@ -35,6 +35,7 @@ from memstage.errors import (
     InvalidArgument,
     MemstageError,
     NotFound,
+    SettingError,
     Unavailable,
     to_rpc_detail,
 )
@@ -44,9 +45,11 @@ from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import Registry, Stats
+from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
+from memstage.redundancy import Redundancy
 from memstage.settings import ManagerSettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.sessions = SessionTable(settings.session_lease)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self.orders = OrderQueues()
+        self.replicator = Replicator()  # under self._lock
+        self.unprotected = 0  # chunks short of their copies at the last repair round
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
         self.metrics = ManagerMetrics(registry, self._status_reply)
@@ -228,8 +233,57 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             acked = request.acked if request.epoch == self.epoch else 0
             if request.HasField("memory_used"):
                 self.registry.note_memory(request.benefactor_id, request.memory_used)
-            return manager_pb2.OrdersReply(known=True, epoch=self.epoch,
-                                           orders=self.orders.take(request.benefactor_id, acked))
+            reply = manager_pb2.OrdersReply(known=True, epoch=self.epoch,
+                                            orders=self.orders.take(request.benefactor_id, acked))
+        if request.copied:
+            self._copied(request.benefactor_id, request.copied)
+        return reply
+
+    def _copied(self, bf: str, results: Sequence[manager_pb2.CopyResult]) -> None:
+        """Copies a benefactor made (or could not make): a made copy becomes a location, unless no
+        version needs the chunk in memory any more (then it is freed again)."""
+        for r in results:
+            ik = (r.namespace, _key(r.key))
+            with self._lock:
+                self.replicator.finished(ik, bf, not r.error)
+            self.metrics.copies.labels("failed" if r.error else "made").inc()
+            if r.error:
+                log.warning("copy of chunk %s to %s failed: %s", ik[1], bf, r.error)
+                continue
+            if not self.catalog.add_copy(ik, bf, r.gen):
+                with self._lock:
+                    self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
+
+    def repair(self) -> None:
+        """One round of replication and rebuild: order copies of chunks short of their namespace's
+        copies (new versions, or a benefactor gone), from a live holder to live benefactors."""
+        copies = self.catalog.replicated_namespaces()
+        if not copies:
+            self.unprotected = 0
+            self.metrics.unprotected.set(0)
+            return
+        with self._lock:
+            now = self.clock()
+            records = self.registry.alive(now)
+            alive = {r.id for r in records}
+            free = {r.id: r.stats.free for r in records if not r.leaving}
+            addresses = {r.id: r.address for r in records}
+        needs = self.catalog.under_protected(copies, alive)
+        self.unprotected = len(needs)
+        self.metrics.unprotected.set(len(needs))
+        if not needs:
+            return
+        with self._lock:
+            self.replicator.expire(now)
+            plan = self.replicator.plan(needs, copies, free)
+        for ik, source, target in plan:
+            gen = self.catalog.new_gen()
+            with self._lock:
+                self.orders.push(target, ik[0], copy=[(ik[1], gen, source, addresses[source])])
+                self.registry.note_used(target, ik[1].length)
+                self.replicator.started(ik, target, gen, now)
+        if plan:
+            log.info("repair: %d chunks short of their copies, %d copies ordered", len(needs), len(plan))
 
     def sweep(self) -> None:
         """Log benefactors that just passed their TTL, and end sessions whose lease ran out."""
@@ -255,6 +309,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                "version was drained")
         if self.clock() - self._started <= self.registry.ttl:
             return  # benefactors are still registering again after a manager restart
+        self.repair()
         # Drain tasks of benefactors that are gone (or that nobody could take) go to a live one.
         alive = self._alive_ids()
         if alive:
@@ -795,9 +850,16 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     last_heartbeat_age_seconds=now - r.last_seen,
                     drain_backlog_bytes=b.bytes if b else 0,
                     oldest_undrained_age_seconds=wall - b.oldest_queued_at if b and b.oldest_queued_at else 0.0))
-        namespaces = [manager_pb2.NamespaceStatus(namespace=n.namespace, files=n.files, versions=n.versions,
-                                                  bytes_committed=n.bytes_committed, bytes_stored=n.bytes_stored)
-                      for n in self.catalog.namespaces()]
+        alive_ids = {r.id for r in rows if r.alive}
+        namespaces = []
+        for n in self.catalog.namespaces():
+            redundancy = self.catalog.policy(n.namespace).redundancy
+            protected, degraded, lost_versions = self.catalog.protection(
+                n.namespace, Redundancy.parse(redundancy).copies, alive_ids)
+            namespaces.append(manager_pb2.NamespaceStatus(
+                namespace=n.namespace, files=n.files, versions=n.versions, bytes_committed=n.bytes_committed,
+                bytes_stored=n.bytes_stored, redundancy=redundancy, versions_protected=protected,
+                versions_degraded=degraded, versions_lost=lost_versions))
         lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
                 for ns, p, v, r in self.catalog.lost_versions()]
         undrainable = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
@@ -857,15 +919,22 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Policy(self, request: manager_pb2.PolicyRequest, context: grpc.ServicerContext) -> manager_pb2.PolicyReply:
         namespace = check_namespace(request.namespace)
         current = self.catalog.policy(namespace)
-        if request.HasField("persist_every") or request.HasField("keep_versions"):
+        if any(request.HasField(f) for f in ("persist_every", "keep_versions", "redundancy")):
+            redundancy = current.redundancy
+            if request.HasField("redundancy"):
+                try:
+                    redundancy = str(Redundancy.parse(request.redundancy))
+                except SettingError as e:
+                    raise InvalidArgument(str(e)) from None
             current = Policy(
                 request.persist_every if request.HasField("persist_every") else current.persist_every,
-                request.keep_versions if request.HasField("keep_versions") else current.keep_versions)
+                request.keep_versions if request.HasField("keep_versions") else current.keep_versions,
+                redundancy)
             self.catalog.set_policy(namespace, current)
-            log.info("policy of namespace %s: persist_every %d, keep_versions %d", namespace,
-                     current.persist_every, current.keep_versions)
+            log.info("policy of namespace %s: persist_every %d, keep_versions %d, redundancy %s", namespace,
+                     current.persist_every, current.keep_versions, current.redundancy)
         return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
-                                       keep_versions=current.keep_versions)
+                                       keep_versions=current.keep_versions, redundancy=current.redundancy)
 
 
 def _by_namespace(items: Sequence[tuple[IndexKey, int]]) -> dict[str, list[tuple[ChunkKey, int]]]:

@@ -128,21 +128,23 @@ class LeaveReply(_message.Message):
     def __init__(self, backlog_bytes: _Optional[int] = ..., backlog_chunks: _Optional[int] = ..., versions_lost: _Optional[int] = ..., memory_only_dropped: _Optional[int] = ...) -> None: ...
 
 class OrdersRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "acked", "epoch", "memory_used")
+    __slots__ = ("benefactor_id", "incarnation", "acked", "epoch", "memory_used", "copied")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    COPIED_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     acked: int
     epoch: int
     memory_used: int
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ...) -> None: ...
+    copied: _containers.RepeatedCompositeFieldContainer[CopyResult]
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ..., copied: _Optional[_Iterable[_Union[CopyResult, _Mapping]]] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free")
+    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,7 @@ class Order(_message.Message):
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     END_SESSION_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
     seq: int
     namespace: str
     session: int
@@ -157,7 +160,32 @@ class Order(_message.Message):
     release: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkKey]
     end_session: bool
     free: _containers.RepeatedCompositeFieldContainer[HeldChunk]
-    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ...) -> None: ...
+    copy: _containers.RepeatedCompositeFieldContainer[CopyOrder]
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ...) -> None: ...
+
+class CopyOrder(_message.Message):
+    __slots__ = ("key", "gen", "source_id", "source_address")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.ChunkKey
+    gen: int
+    source_id: str
+    source_address: str
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ...) -> None: ...
+
+class CopyResult(_message.Message):
+    __slots__ = ("namespace", "key", "gen", "error")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: _common_pb2.ChunkKey
+    gen: int
+    error: str
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class OrdersReply(_message.Message):
     __slots__ = ("known", "orders", "epoch")
@@ -520,18 +548,26 @@ class VersionRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
-    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored")
+    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     BYTES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     files: int
     versions: int
     bytes_committed: int
     bytes_stored: int
-    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
+    redundancy: str
+    versions_protected: int
+    versions_degraded: int
+    versions_lost: int
+    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost")
@@ -552,24 +588,28 @@ class StatusReply(_message.Message):
     def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ...) -> None: ...
+    redundancy: str
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ...) -> None: ...
 
 class PolicyReply(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ...) -> None: ...
+    redundancy: str
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ...) -> None: ...
 
 class DrainWorkRequest(_message.Message):
     __slots__ = ("benefactor_id", "limit")
