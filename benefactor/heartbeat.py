@@ -91,6 +91,7 @@ class Heartbeat:
             manager_pb2.RegisterRequest(
                 benefactor_id=self.id, address=self.address, stats=self._stats(),
                 held=held_chunks(self.store.held()), incarnation=self.incarnation, receipt_key=self.receipt_key,
+                domain=self.settings.domain,
             ),
             timeout=CONTROL_TIMEOUT_S,
         )

@@ -105,6 +105,8 @@ class BenefactorSettings:
     orphan_grace: float = setting(600.0, _duration, "safety net: how often held chunks are checked against the "
                                   "manager's index (orphans found are freed on its orders and counted)")
     id: str = setting("", _str, "benefactor id (default: a fresh random id per process)")
+    domain: str = setting("", _str, "failure domain, e.g. rack3/node17: copies of a chunk (replicate:R) go to "
+                          "benefactors of distinct domains when there are enough")
     stop_timeout: float = setting(600.0, _duration, "asked to stop (SIGTERM, Ctrl-C), first drain what is selected "
                                   "for persistence for at most this long; what is left is reported lost")
 

@@ -53,6 +53,9 @@ class ManagerMetrics:
         self.unprotected = Gauge("memstage_chunks_unprotected",
                                  "Chunks still needed in memory with fewer live copies than their namespace's "
                                  "redundancy asks (being copied or rebuilt)", registry=registry)
+        self.shared_domains = Gauge("memstage_copies_sharing_a_domain",
+                                    "Copies ordered in the last repair round onto a failure domain that already "
+                                    "holds the chunk, for lack of other domains with room", registry=registry)
         self.copies = Counter("memstage_chunk_copies", "Chunk copies made for replicas and rebuild, by result",
                               ["result"], registry=registry)
         registry.register(_LiveState(status))

@@ -37,6 +37,7 @@ class BenefactorRecord:
     incarnation: int = 0
     receipt_key: bytes = b""
     leaving: bool = False  # stopping: drains what it holds, gets no new chunks
+    domain: str = ""  # failure domain label ("" = its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,9 @@ class Registry:
         return MISSED_HEARTBEATS * self.heartbeat_interval
 
     def register(self, benefactor_id: str, address: str, stats: Stats, now: float, incarnation: int = 0,
-                 receipt_key: bytes = b"") -> None:
+                 receipt_key: bytes = b"", domain: str = "") -> None:
         self._records[benefactor_id] = BenefactorRecord(benefactor_id, address, stats, now, False, incarnation,
-                                                        receipt_key)
+                                                        receipt_key, domain=domain)
 
     def heartbeat(self, benefactor_id: str, stats: Stats, now: float) -> bool:
         """Record a heartbeat; False if the benefactor is unknown or was declared dead (it must register)."""

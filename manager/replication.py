@@ -31,6 +31,7 @@ class Replicator:
         self._pending: dict[IndexKey, list[Pending]] = {}
         self.copies_made = 0
         self.copies_failed = 0
+        self.shared_domains = 0  # copies of the last plan that share a domain with another copy
 
     @property
     def in_flight(self) -> int:
@@ -46,11 +47,15 @@ class Replicator:
                 del self._pending[ik]
 
     def plan(self, needs: Sequence[tuple[IndexKey, Sequence[str], Sequence[str]]], copies: dict[str, int],
-             free: dict[str, int]) -> list[tuple[IndexKey, str, str]]:
+             free: dict[str, int], domains: dict[str, str] | None = None) -> list[tuple[IndexKey, str, str]]:
         """needs: (chunk, live holders, all holders). free: live benefactors that may take copies ->
-        bytes free. Returns (chunk, source, target) for the copies to order now."""
+        bytes free. domains: benefactor -> failure domain (a copy goes to a domain none of the chunk's
+        live copies is in, while there is one with room; else to another benefactor, counted in
+        shared_domains). Returns (chunk, source, target) for the copies to order now."""
         room = dict(free)
+        domain = domains or {}
         budget = self.max_in_flight - self.in_flight
+        self.shared_domains = 0
         out: list[tuple[IndexKey, str, str]] = []
         for ik, live, holders in needs:
             if budget <= 0:
@@ -60,11 +65,19 @@ class Replicator:
             if missing <= 0 or not live:
                 continue
             taken = set(holders) | {p.target for p in pending}
+            used = {domain.get(bf, bf) for bf in [*live, *(p.target for p in pending)]}
             size = ik[1].length
-            targets = sorted((bf for bf, n in room.items() if bf not in taken and n >= size),
-                             key=lambda bf: (-room[bf], bf))[:min(missing, budget)]
-            for i, target in enumerate(targets):
+            for i in range(min(missing, budget)):
+                fits = [bf for bf, n in room.items() if bf not in taken and n >= size]
+                if not fits:
+                    break
+                # Most free memory first, in a domain no copy of this chunk is in yet if there is one.
+                target = min(fits, key=lambda bf: (domain.get(bf, bf) in used, -room[bf], bf))
+                if domain.get(target, target) in used:
+                    self.shared_domains += 1
                 out.append((ik, live[i % len(live)], target))
+                taken.add(target)
+                used.add(domain.get(target, target))
                 room[target] -= size
                 budget -= 1
         return out

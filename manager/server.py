@@ -42,6 +42,7 @@ class ManagerServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
+        self.service.wake.set()
         self._server.stop(grace).wait()
         self._housekeeper.join(timeout=5)
         if self._metrics is not None:
@@ -52,7 +53,11 @@ class ManagerServer:
     def _housekeeping(self) -> None:
         """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""
         period = min(1.0, self.settings.heartbeat_interval, self.settings.session_lease / 4)
-        while not self._stop.wait(period):
+        while not self._stop.is_set():
+            self.service.wake.wait(period)  # a commit in a replicated namespace wakes it early
+            self.service.wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.service.sweep()
             except Exception:  # a bug must not end housekeeping

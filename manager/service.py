@@ -110,6 +110,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
+        self._domains_warned = False
+        self.wake = threading.Event()  # set: run housekeeping (the repair) now
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
         self.metrics = ManagerMetrics(registry, self._status_reply)
@@ -139,7 +141,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self._void(bf, f"benefactor {bf} restarted before the version was drained; its memory was lost")
         with self._lock:
             self.registry.register(bf, request.address, _stats(request.stats), self.clock(), request.incarnation,
-                                   bytes(request.receipt_key))
+                                   bytes(request.receipt_key), request.domain)
             if previous != request.incarnation:
                 self.orders.reset(bf)
         self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
@@ -268,6 +270,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             alive = {r.id for r in records}
             free = {r.id: r.stats.free for r in records if not r.leaving}
             addresses = {r.id: r.address for r in records}
+            domains = {r.id: r.domain or r.id for r in records}  # unlabelled: a domain of its own
         needs = self.catalog.under_protected(copies, alive)
         self.unprotected = len(needs)
         self.metrics.unprotected.set(len(needs))
@@ -275,7 +278,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             return
         with self._lock:
             self.replicator.expire(now)
-            plan = self.replicator.plan(needs, copies, free)
+            plan = self.replicator.plan(needs, copies, free, domains)
+            shared = self.replicator.shared_domains
+        self.metrics.shared_domains.set(shared)
+        if shared and not self._domains_warned:
+            self._domains_warned = True
+            log.warning("not enough failure domains: %d copies share a domain with another copy of their chunk "
+                        "(label benefactors with --domain, or add benefactors in other domains)", shared)
         for ik, source, target in plan:
             gen = self.catalog.new_gen()
             with self._lock:
@@ -438,6 +447,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for bf, held in holds.items():
                 self.registry.note_used(bf, sum(k.length for k, _ in held))
         self._free(self.catalog.apply_retention(namespace, path))
+        if Redundancy.parse(self.catalog.policy(namespace).redundancy).copies > 1:
+            self.wake.set()  # its copies are ordered now, not at the next housekeeping round
         self.metrics.committed(namespace, request.size, request.stats)
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))

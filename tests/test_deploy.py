@@ -112,6 +112,9 @@ def test_oversubscribed_nodes_nfs_and_failure_domains():
     assert spec["spec"]["priorityClassName"] == "spare-cores"
     assert spec["spec"]["tolerations"][0]["key"] == "batch"
     assert spec["metadata"]["labels"]["memstage.io/rack"] == "r17"
+    env = {e["name"]: e for e in spec["spec"]["containers"][0]["env"]}
+    assert env["MEMSTAGE_DOMAIN"]["value"] == "r17/$(NODE_NAME)"  # copies avoid sharing a rack, then a node
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert spec["spec"]["volumes"][0]["nfs"] == {"server": "pfs.example", "path": "/export/scratch"}
 
 
@@ -204,7 +207,7 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
     set_by_chart = {"manager": {"listen", "state"}, "benefactor": {"manager", "listen", "advertise", "memory", "pfs",
-                                                                   "id"}}
+                                                                   "id", "domain"}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
         expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
         assert set(schema[f"{role}Settings"]["properties"]) == expected, role

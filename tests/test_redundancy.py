@@ -58,6 +58,19 @@ def test_replicate_2_survives_one_loss_rebuilds_and_survives_the_next(local_clus
     assert namespace_status(cluster)["versions_lost"] == 0
 
 
+def test_copies_go_to_other_failure_domains(local_cluster):
+    cluster = local_cluster(benefactors=0, memory=64 * MiB)
+    rack = {}
+    for name in ("rackA", "rackA", "rackB", "rackB"):
+        rack[cluster.add_benefactor(64 * MiB, "--domain", name).id] = name
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="replicate:2", persist_every=0)
+    c.pipe("/racked", random_bytes(16 * MiB))
+    wait_for(lambda: protected(cluster, 1), timeout=30, what="the copies")
+    for h in holders(c, "/racked"):
+        assert len(h) == 2 and len({rack[b] for b in h}) == 2  # never both copies in one rack
+
+
 def test_losing_every_copy_loses_the_version_with_a_reason(local_cluster):
     cluster = local_cluster(benefactors=3, memory=64 * MiB)
     c = cluster.client(chunk_size="1MiB")
@@ -99,5 +112,18 @@ def test_planner_spreads_copies_over_other_benefactors_and_bounds_them():
         r.started(ik, target, 1, now=0.0)
     assert r.plan([(k1, ["a"], ["a"])], {"ns": 3}, free) == []  # its copies are pending
     r.finished(k1, "b", ok=True)
+    r.finished(k1, "c", ok=True)
     r.expire(now=10.0)  # the rest were never reported: planned again
-    assert r.in_flight == 0 and r.copies_made == 1
+    assert r.in_flight == 0 and r.copies_made == 2
+
+
+def test_planner_prefers_a_domain_without_a_copy_and_counts_when_it_cannot():
+    r = Replicator()
+    k = ("ns", ChunkKey(b"\3" * 16, 10))
+    domains = {"a1": "A", "a2": "A", "b1": "B"}
+    # The roomiest is in the holder's domain; the other domain wins all the same.
+    assert r.plan([(k, ["a1"], ["a1"])], {"ns": 2}, {"a2": 1000, "b1": 100}, domains) == [(k, "a1", "b1")]
+    assert r.shared_domains == 0
+    # Only the holder's domain has room: the copy is made there, and counted.
+    assert r.plan([(k, ["a1"], ["a1"])], {"ns": 2}, {"a2": 1000, "b1": 0}, domains) == [(k, "a1", "a2")]
+    assert r.shared_domains == 1

@@ -50,20 +50,22 @@ class HeldChunks(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("benefactor_id", "address", "stats", "held", "incarnation", "receipt_key")
+    __slots__ = ("benefactor_id", "address", "stats", "held", "incarnation", "receipt_key", "domain")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_KEY_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     address: str
     stats: BenefactorStats
     held: _containers.RepeatedCompositeFieldContainer[HeldChunks]
     incarnation: int
     receipt_key: bytes
-    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ..., incarnation: _Optional[int] = ..., receipt_key: _Optional[bytes] = ...) -> None: ...
+    domain: str
+    def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ..., incarnation: _Optional[int] = ..., receipt_key: _Optional[bytes] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("heartbeat_interval_seconds",)
