@@ -37,14 +37,16 @@ def _protection(client: Any, namespace: str) -> tuple[int, int]:
     return 0, 0
 
 
-def _wait_protected(client: Any, namespace: str, versions: int, timeout: float = 600.0) -> float:
+def _wait_protected(client: Any, namespace: str, versions: int, timeout: float = 300.0) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         protected, degraded = _protection(client, namespace)
         if protected >= versions and degraded == 0:
             return time.perf_counter() - started
         time.sleep(0.02)
-    raise MemstageError(f"bench: {namespace} not fully protected after {timeout:.0f}s")
+    protected, degraded = _protection(client, namespace)
+    raise MemstageError(f"bench: {namespace} not fully protected after {timeout:.0f}s ({protected} versions "
+                        f"protected, {degraded} degraded; see the manager's log for copies that failed)")
 
 
 def _read_seconds(client: Any, path: str) -> float:
@@ -72,7 +74,9 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
     rounds = args.repeat + 1
     with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
         total = sum(p.copies for p in policies) * size * rounds
-        memory = total * 5 // 4 // (args.benefactors - 1) + 64 * MiB  # room left after one is killed
+        # Room for everything on the survivors of the kill, with slack: a survivor may have to hold
+        # a copy of every chunk of the widest policy.
+        memory = total * 3 // 2 // (args.benefactors - 1) + 64 * MiB
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
