@@ -230,7 +230,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return self._open_attrs(self._handle(fh))
         normalize_path(path)  # ENAMETOOLONG before anything else
         for h in self._open_on(path):
-            if h.path == path and (isinstance(h.obj, OpenFile) or self._is_hidden_name(path)):
+            # A handle answers for its name only while it holds what the manager has not seen yet
+            # (a closed file's release can come late: the manager's record is the truth by then).
+            if h.path == path and ((isinstance(h.obj, OpenFile) and h.obj.changed) or self._is_hidden_name(path)):
                 return self._open_attrs(h)
         if path == VERSIONS or path.startswith(VERSIONS + "/"):
             return self._versions_attrs(path)
