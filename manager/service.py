@@ -784,14 +784,19 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if not request.target or len(request.target.encode()) > MAX_PATH_BYTES:
             raise FsError(errno.ENAMETOOLONG if request.target else errno.ENOENT,
                           f"{path}: a symbolic link's target is 1..{MAX_PATH_BYTES} bytes")
+        return self._create_row(namespace, path, SYMLINK, 0o777, request.target, request.attrs)
+
+    def _create_row(self, namespace: str, path: str, kind: str, mode: int, target: str,
+                    attrs: manager_pb2.FileAttrs) -> manager_pb2.FileInfo:
+        """A new name that exists by its metadata row alone (a symbolic link, a FIFO, a device)."""
         with self._namespace_lock:
             self._check_parents(namespace, path)
             if self.catalog.kind(namespace, path) is not None:
                 raise FsError(errno.EEXIST, f"{path}: exists")
             now = time.time_ns()
             with self.catalog.in_transaction():
-                node = _attrs(request.attrs).apply(Node.default(SYMLINK, now), now)
-                self.catalog.put_node(namespace, path, replace(node, mode=0o777, target=request.target))
+                node = _attrs(attrs).apply(Node.default(kind, now), now)
+                self.catalog.put_node(namespace, path, replace(node, mode=mode, target=target))
                 self.catalog.touch_dirs(namespace, [path], now)
         return self._file_info(namespace, path)
 
@@ -801,17 +806,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         kind = SPECIAL.get(stat.S_IFMT(request.mode))
         if kind is None:
             raise FsError(errno.EINVAL, f"{path}: mode {request.mode:o} is not a FIFO, socket or device node")
-        with self._namespace_lock:
-            self._check_parents(namespace, path)
-            if self.catalog.kind(namespace, path) is not None:
-                raise FsError(errno.EEXIST, f"{path}: exists")
-            now = time.time_ns()
-            with self.catalog.in_transaction():
-                node = _attrs(request.attrs).apply(Node.default(kind, now), now)
-                self.catalog.put_node(namespace, path, replace(node, mode=request.mode & 0o7777,
-                                                               target=str(request.rdev)))
-                self.catalog.touch_dirs(namespace, [path], now)
-        return self._file_info(namespace, path)
+        return self._create_row(namespace, path, kind, request.mode & 0o7777, str(request.rdev), request.attrs)
 
     @rpc
     def Link(self, request: manager_pb2.RenameRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:

@@ -333,8 +333,8 @@ def test_allow_other_lets_the_kernel_check_modes_for_a_second_uid(mounted):
         (point / "private").write_bytes(b"secret")
         os.chmod(point / "private", 0o600)
         (point / "public").write_bytes(b"hello")
-        (point / "shared").mkdir(mode=0o777)
-        os.chmod(point / "shared", 0o777)
+        (point / "open-to-all").mkdir(mode=0o777)
+        os.chmod(point / "open-to-all", 0o777)
 
         def as_user(*cmd: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(list(cmd), user=4242, group=4242, capture_output=True, text=True, timeout=30)
@@ -343,8 +343,8 @@ def test_allow_other_lets_the_kernel_check_modes_for_a_second_uid(mounted):
         denied = as_user("cat", str(point / "private"))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
         assert as_user("touch", str(point / "rootdir-file")).returncode != 0  # / is 0755 root
-        assert as_user("sh", "-c", f"echo mine > {point / 'shared/mine'}").returncode == 0
-        st = os.stat(point / "shared/mine")
+        assert as_user("sh", "-c", f"echo mine > {point / 'open-to-all/mine'}").returncode == 0
+        st = os.stat(point / "open-to-all/mine")
         assert (st.st_uid, st.st_gid) == (4242, 4242)  # created by that user, owned by that user
         assert as_user("chmod", "0777", str(point / "private")).returncode != 0
         assert stat.S_IMODE(os.stat(point / "private").st_mode) == 0o600
