@@ -1,5 +1,6 @@
 """OrderLoop: the benefactor carries out the manager's orders (session ends, holds, releases, frees,
-and copies of chunks from other benefactors for replicas and rebuild).
+copies of chunks from other benefactors for replicas and rebuild, and Reed-Solomon stripe members
+computed from other members: new parity, or a member rebuilt after a loss).
 
 The manager is the only one who decides that a chunk may go. Its orders wait in a per-benefactor
 queue at the manager; this loop fetches them (a short poll), applies them in sequence to the
@@ -17,8 +18,9 @@ import grpc
 from memstage.benefactor.store import ChunkStore
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import GrpcTransport
-from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,10 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
 
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
-                 stub: manager_pb2_grpc.ManagerStub) -> None:
+                 stub: manager_pb2_grpc.ManagerStub, address: str = "") -> None:
         self.store = store
+        # Members on the PFS are read through this benefactor's own ReadDrained.
+        self._readers = [common_pb2.Location(benefactor_id=benefactor_id, address=address)] if address else []
         self.id = benefactor_id
         self.incarnation = incarnation
         self._stub = stub
@@ -89,7 +93,10 @@ class OrderLoop:
                 continue  # fetched again after a lost acknowledgement: already done
             freed += apply_order(self.store, order)
             for copy in order.copy:
-                self._copied.append(self._copy(order.namespace, copy))
+                if copy.HasField("stripe"):
+                    self._copied.append(self._build(order.namespace, copy))
+                else:
+                    self._copied.append(self._copy(order.namespace, copy))
             self._acked = order.seq
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
@@ -111,5 +118,34 @@ class OrderLoop:
         if not key.matches(data):
             result.error = f"the copy from {order.source_id} does not match its hash"
         elif not self.store.store_copy(ident, data, order.gen):
+            result.error = "no room for it here"
+        return result
+
+    def _build(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
+        """Compute a stripe member from the others, verify it (a rebuilt one against its key), and
+        hold it at the order's generation."""
+        spec = order.stripe
+        result = manager_pb2.CopyResult(namespace=namespace, key=order.key, gen=order.gen, stripe=spec.id,
+                                        index=spec.index)
+        known = ChunkKey.from_pb(order.key) if order.key.hash else None
+        if known is not None and self.store.has((namespace, known)):
+            self.store.hold([((namespace, known), order.gen)])
+            return result
+        try:
+            data, cpu = build_member(self._transport, namespace, spec, self._readers)
+        except (StripeUnavailable, ValueError) as e:
+            result.error = str(e)
+            return result
+        except Exception as e:  # a codec failure must not stop the order loop
+            log.exception("stripe %d member %d", spec.id, spec.index)
+            result.error = f"computing it failed: {e}"
+            return result
+        result.cpu_seconds = cpu
+        key = ChunkKey.of(data)
+        if known is not None and key != known:
+            result.error = "the rebuilt member does not match its hash"
+            return result
+        result.key.CopyFrom(key.to_pb())
+        if not self.store.store_copy((namespace, key), data, order.gen):
             result.error = "no room for it here"
         return result

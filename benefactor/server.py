@@ -46,7 +46,7 @@ class BenefactorServer:
         self.address = bind(self._server, settings.listen, "--listen")
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
                                    self.incarnation, receipt_key)
-        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub)
+        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address)
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain

@@ -2,8 +2,9 @@
 
 The version map is taken once at open, so a reader keeps seeing the version it opened even while
 a newer one is committed. Chunks of a range are fetched in parallel; each is verified against its
-hash, and a failing location falls back to the next one the map lists, then to the PFS copy
-(read by any live benefactor, so the client need not mount the PFS). A version that left memory
+hash, and a failing location falls back to the next one the map lists, then (rs:K+M) to rebuilding
+it from K other members of its stripe, then to the PFS copy (read by any live benefactor, so the
+client need not mount the PFS). A version that left memory
 while being read (retention) is looked up again once: its chunks are on the PFS by then.
 """
 
@@ -18,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import ChunkTransport, ChunkUnavailable
 from memstage.errors import DataLost, MemstageError
 from memstage.proto import common_pb2, manager_pb2
@@ -86,10 +88,11 @@ class VersionReader:
         data = self._fetch_from(key, self._chunks[index], self._pfs_readers, failures)
         if data is None and self.version:
             # Left memory meanwhile (retention, a benefactor replaced)? The version's current map
-            # names its PFS copy.
+            # names its PFS copy, and the stripe that can rebuild it.
             try:
                 fresh = self.conn.call_manager(
-                    "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=self.path, version=self.version),
+                    "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=self.path, version=self.version,
+                                                        stripes=True),
                     f"{self.path} version {self.version}")
             except MemstageError as e:
                 failures.append(f"looking it up again: {e}")
@@ -117,6 +120,15 @@ class VersionReader:
             if key.matches(data):
                 return data
             failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
+        if ref.HasField("stripe"):
+            try:
+                data, _ = build_member(self.transport, self.namespace, ref.stripe, readers)
+            except StripeUnavailable as e:
+                failures.append(f"rebuilding it: {e}")
+            else:
+                if key.matches(data):
+                    return data
+                failures.append("rebuilt from its stripe, it does not match the hash")
         if ref.drained:
             if not readers:
                 failures.append(f"its PFS copy {ref.drained}: no live benefactor to read it")

@@ -30,6 +30,7 @@ from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
+from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
 from memstage.redundancy import Redundancy
 
 _ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
@@ -61,6 +62,9 @@ CREATE TABLE IF NOT EXISTS drain_tasks (
     length INTEGER NOT NULL, benefactor TEXT NOT NULL, queued_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS drain_by_benefactor ON drain_tasks (benefactor, id);
 CREATE INDEX IF NOT EXISTS drain_by_version ON drain_tasks (ns, path, version);
+CREATE TABLE IF NOT EXISTS stripes (
+    id INTEGER PRIMARY KEY, ns TEXT NOT NULL, k INTEGER NOT NULL, m INTEGER NOT NULL, size INTEGER NOT NULL,
+    members BLOB NOT NULL);
 """
 # Columns added since the first schema: state directories of earlier releases gain them at open.
 _ADDED_COLUMNS = (
@@ -79,7 +83,7 @@ Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors
 class Policy:
     persist_every: int
     keep_versions: int
-    redundancy: str = "none"  # none | replicate:R (memstage.redundancy)
+    redundancy: str = "none"  # none | replicate:R | rs:K+M (memstage.redundancy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +185,8 @@ class Catalog(NodeTable):
         self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
         self._index = self._load_index()
+        self._stripes = self._load_stripes()
+        self._next_stripe = self._db.execute("SELECT MAX(id) FROM stripes").fetchone()[0] or 0
         # Generations of holds grow across restarts too (a free names one): start above the clock.
         top = self._db.execute("SELECT MAX(gen) FROM locations").fetchone()[0] or 0
         self._next_gen = max(top, time.time_ns() // 1000) + 1
@@ -225,6 +231,17 @@ class Catalog(NodeTable):
         if not row:
             return self.default_policy
         return Policy(row[0], row[1], row[2] or self.default_policy.redundancy)
+
+    def parity_namespaces(self) -> dict[str, Redundancy]:
+        """Namespaces whose policy keeps Reed-Solomon stripes (rs:K+M) -> their policy."""
+        with self._lock:
+            namespaces = {ns for (ns,) in self._db.execute("SELECT DISTINCT ns FROM versions")}
+        out = {}
+        for ns in namespaces:
+            r = Redundancy.parse(self.policy(ns).redundancy)
+            if r.parity:
+                out[ns] = r
+        return out
 
     def replicated_namespaces(self) -> dict[str, int]:
         """Namespaces whose policy keeps more than one copy of each chunk -> copies."""
@@ -317,9 +334,10 @@ class Catalog(NodeTable):
                                  (ns, key.hash, key.length, benefactor, gen))
         return True
 
-    def protection(self, namespace: str, copies: int, alive: set[str]) -> tuple[int, int, int]:
+    def protection(self, namespace: str, redundancy: Redundancy, alive: set[str]) -> tuple[int, int, int]:
         """Versions of a namespace still in memory: (protected, degraded, lost). Protected: every
-        chunk has `copies` live copies, or is on the PFS."""
+        chunk has `copies` live copies, or is in a stripe with all its members, or is on the PFS."""
+        copies = redundancy.copies
         protected = degraded = lost = 0
         with self._lock:
             rows = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND in_memory=1",
@@ -335,7 +353,11 @@ class Catalog(NodeTable):
                     ik = (namespace, key)
                     if self._index.drained(ik):
                         continue
-                    if sum(1 for bf in self._index.locations(ik) if bf in alive) < copies:
+                    if redundancy.parity:
+                        if not any(self._available(st, alive) == st.k + st.m for st in self._stripes.of(ik)):
+                            short = True
+                            break
+                    elif sum(1 for bf in self._index.locations(ik) if bf in alive) < copies:
                         short = True
                         break
                 if short and not persisted:
@@ -343,6 +365,120 @@ class Catalog(NodeTable):
                 else:
                     protected += 1
         return protected, degraded, lost
+
+    # -- Reed-Solomon stripes (manager.stripes) ------------------------------------------------
+    def _load_stripes(self) -> StripeIndex:
+        stripes = StripeIndex()
+        for sid, ns, k, m, size, blob in self._db.execute("SELECT id, ns, k, m, size, members FROM stripes"):
+            stripes.add(Stripe(sid, ns, k, m, size, Stripe.unpack_members(blob)))
+        return stripes
+
+    def new_stripe_id(self) -> int:
+        with self._lock:
+            self._next_stripe += 1
+            return self._next_stripe
+
+    def _member_available(self, stripe: Stripe, index: int, alive: set[str]) -> bool:
+        key = stripe.members[index]
+        if key == ABSENT:
+            return True
+        ik = (stripe.namespace, key)
+        if index < stripe.k and self._index.drained(ik):
+            return True
+        return not alive.isdisjoint(self._index.locations(ik))
+
+    def _available(self, stripe: Stripe, alive: set[str]) -> int:
+        return sum(1 for i in range(stripe.k + stripe.m) if self._member_available(stripe, i, alive))
+
+    def _recoverable(self, ik: IndexKey, alive: set[str]) -> bool:
+        """(under the lock) Some stripe of the chunk still has K members to rebuild it from."""
+        return any(self._available(st, alive) >= st.k for st in self._stripes.of(ik))
+
+    def _version_needs(self, ik: IndexKey) -> int:
+        """In-memory references of versions (those of stripes not counted)."""
+        return self._index.mem_refs(ik) - self._stripes.pins(ik)
+
+    def unstriped(self, namespaces: dict[str, Redundancy], alive: set[str]
+                  ) -> dict[str, list[tuple[IndexKey, list[str]]]]:
+        """Per namespace keeping stripes: chunks a version needs in memory, not on the PFS, in no
+        stripe yet, with a live holder: (chunk, live holders), in the index's order (commit order)."""
+        out: dict[str, list[tuple[IndexKey, list[str]]]] = {}
+        with self._lock:
+            for ik, entry in self._index.items():
+                if ik[0] not in namespaces or entry.drained or ik[1].is_hole or self._stripes.pins(ik):
+                    continue
+                if entry.mem_refs <= 0:
+                    continue
+                live = sorted(bf for bf in entry.locations if bf in alive)
+                if live:
+                    out.setdefault(ik[0], []).append((ik, live))
+        return out
+
+    def add_stripe(self, stripe: Stripe, parity: dict[int, tuple[str, int]]) -> bool:
+        """Record an encoded stripe, its parity held at (benefactor, gen). False (nothing recorded:
+        the caller frees the parity) if one of its data members is no longer needed in memory."""
+        with self._lock:
+            for _, ik in stripe.data():
+                if self._version_needs(ik) <= 0 or self._index.drained(ik):
+                    return False
+            with self._transaction():
+                self._db.execute("INSERT INTO stripes VALUES (?, ?, ?, ?, ?, ?)",
+                                 (stripe.id, stripe.namespace, stripe.k, stripe.m, stripe.size, stripe.pack()))
+                self._stripes.add(stripe)
+                for i, ik in stripe.real():
+                    self._bump(ik, 1, 1)
+                    if i in parity:
+                        bf, gen = parity[i]
+                        self._index.add_location(ik, bf, gen)
+                        self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
+                                         (ik[0], ik[1].hash, ik[1].length, bf, gen))
+        return True
+
+    def release_stripes(self) -> Freed:
+        """Drop the stripes none of whose data members a version needs in memory any more (gone,
+        or on the PFS): their members are unpinned, and what nothing else needs is returned to free."""
+        freed: Freed = {}
+        with self._lock:
+            done = [st for st in self._stripes
+                    if not any(self._version_needs(ik) > 0 and not self._index.drained(ik) for _, ik in st.data())]
+            if not done:
+                return freed
+            with self._transaction():
+                for st in done:
+                    self._db.execute("DELETE FROM stripes WHERE id=?", (st.id,))
+                    self._stripes.remove(st.id)
+                    for _, ik in st.real():
+                        dropped = self._bump(ik, -1, -1)
+                        if dropped:
+                            freed.setdefault(ik, {}).update(dropped)
+        return freed
+
+    def stripe_health(self, alive: set[str]) -> list[tuple[Stripe, list[int], int]]:
+        """Stripes with members that are not available (no live copy; a data member on the PFS
+        counts as available): (stripe, missing member indices, members available)."""
+        out = []
+        with self._lock:
+            for st in self._stripes:
+                missing = [i for i in range(st.k + st.m) if not self._member_available(st, i, alive)]
+                if missing:
+                    out.append((st, missing, st.k + st.m - len(missing)))
+        return out
+
+    def stripe_members(self, stripe: Stripe) -> list[tuple[Holders, str]]:
+        """Locations and drained path of each member (absent members: none)."""
+        with self._lock:
+            return [({}, "") if key == ABSENT else
+                    (self._index.locations((stripe.namespace, key)), self._index.drained((stripe.namespace, key)))
+                    for key in stripe.members]
+
+    def stripes_of(self, namespace: str, keys: Sequence[ChunkKey]) -> list[Stripe | None]:
+        """The stripe protecting each chunk (the newest one, if several), or None."""
+        with self._lock:
+            return [(self._stripes.of((namespace, k)) or [None])[-1] for k in keys]
+
+    def stripe_count(self) -> int:
+        with self._lock:
+            return len(self._stripes)
 
     def new_gen(self) -> int:
         with self._lock:
@@ -440,6 +576,7 @@ class Catalog(NodeTable):
         except BaseException:
             self._db.execute("ROLLBACK")
             self._index = self._load_index()
+            self._stripes = self._load_stripes()
             raise
 
     def _load_index(self) -> ChunkIndex:
@@ -739,6 +876,9 @@ class Catalog(NodeTable):
                     owner = self._drainer_for(ik, alive - {benefactor_id})
                     if owner:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                    elif self._recoverable(ik, alive - {benefactor_id}):
+                        # Its stripe rebuilds it in memory; the task waits for a holder.
+                        self._db.execute("UPDATE drain_tasks SET benefactor='' WHERE id=?", (task_id,))
                     else:
                         reason = (f"chunk {ChunkKey(h, n)} was not on benefactor {benefactor_id} when it was drained"
                                   if held else f"chunk {ChunkKey(h, n)} was held only by benefactors that are gone, "
@@ -799,7 +939,12 @@ class Catalog(NodeTable):
                 return lost
             with self._transaction():
                 for task_id, ns, path, version, h, n in rows:
-                    owner = self._drainer_for((ns, ChunkKey(h, n)), candidates)
+                    ik = (ns, ChunkKey(h, n))
+                    owner = self._drainer_for(ik, candidates)
+                    if not owner and self._recoverable(ik, candidates):
+                        # Its stripe rebuilds it in memory: the task waits (unassigned) for that holder.
+                        self._db.execute("UPDATE drain_tasks SET benefactor='' WHERE id=?", (task_id,))
+                        continue
                     if not owner and check_pfs:
                         owner = min(candidates)
                     if owner:
@@ -826,7 +971,8 @@ class Catalog(NodeTable):
                     for ik in keys:
                         self._index.remove_location(ik, benefactor_id)
                     self._db.execute("DELETE FROM locations WHERE benefactor=?", (benefactor_id,))
-            gone = {ik for ik in keys if not self._index.locations(ik) and not self._index.drained(ik)}
+            gone = {ik for ik in keys if not self._index.locations(ik) and not self._index.drained(ik)
+                    and not self._recoverable(ik, alive - {benefactor_id})}
             lost = self.reassign_drains(benefactor_id, alive - {benefactor_id}, reason, check_pfs)
             if not gone:
                 return lost

@@ -58,6 +58,17 @@ class ManagerMetrics:
                                     "holds the chunk, for lack of other domains with room", registry=registry)
         self.copies = Counter("memstage_chunk_copies", "Chunk copies made for replicas and rebuild, by result",
                               ["result"], registry=registry)
+        self.stripes = Gauge("memstage_stripes", "Reed-Solomon stripes protecting chunks in memory (rs:K+M)",
+                             registry=registry)
+        self.stripe_members = Counter("memstage_stripe_members",
+                                      "Stripe members computed by benefactors: new parity (encoded) or members "
+                                      "rebuilt after a loss, by result", ["work", "result"], registry=registry)
+        self.stripe_cpu = Counter("memstage_stripe_cpu_seconds",
+                                  "CPU seconds benefactors spent encoding and rebuilding stripe members",
+                                  registry=registry)
+        self.stripe_missing = Gauge("memstage_stripe_members_missing",
+                                    "Members of stripes still needed that have no live copy (the rebuild backlog)",
+                                    registry=registry)
         registry.register(_LiveState(status))
 
     def committed(self, namespace: str, size: int, stats: manager_pb2.ClientStats) -> None:

@@ -28,8 +28,10 @@ class OrderQueues:
     def push(self, benefactor: str, namespace: str, *, session: int = 0,
              hold: list[tuple[ChunkKey, int]] | None = None, release: list[ChunkKey] | None = None,
              end_session: bool = False, free: list[tuple[ChunkKey, int]] | None = None,
-             copy: list[tuple[ChunkKey, int, str, str]] | None = None) -> None:
-        """copy: (key, generation to hold it at, source id, source address)."""
+             copy: list[tuple[ChunkKey, int, str, str]] | None = None,
+             build: list[manager_pb2.CopyOrder] | None = None) -> None:
+        """copy: (key, generation to hold it at, source id, source address). build: stripe members
+        to compute (copy orders with a stripe)."""
         q = self._queues.setdefault(benefactor, _Queue())
         order = manager_pb2.Order(
             seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
@@ -37,7 +39,7 @@ class OrderQueues:
             release=[k.to_pb() for k in release or ()],
             free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()],
             copy=[manager_pb2.CopyOrder(key=k.to_pb(), gen=g, source_id=sid, source_address=addr)
-                  for k, g, sid, addr in copy or ()])
+                  for k, g, sid, addr in copy or ()] + list(build or ()))
         q.next_seq += 1
         q.orders.append(order)
 

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
+from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.redundancy import Redundancy
@@ -110,6 +111,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
+        self.stripe_work = StripeWork()  # under self._lock
         self._domains_warned = False
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
         # Order numbers start again with each manager process: acknowledgements of another are void.
@@ -246,6 +248,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         version needs the chunk in memory any more (then it is freed again)."""
         for r in results:
             ik = (r.namespace, _key(r.key))
+            if r.stripe:
+                self._stripe_result(bf, r)
+                continue
             with self._lock:
                 self.replicator.finished(ik, bf, not r.error)
             self.metrics.copies.labels("failed" if r.error else "made").inc()
@@ -256,9 +261,145 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 with self._lock:
                     self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
 
+    def _stripe_result(self, bf: str, r: manager_pb2.CopyResult) -> None:
+        """A benefactor computed a stripe member (new parity, or a rebuilt one), or could not."""
+        key = _key(r.key)
+        self.metrics.stripe_cpu.inc(r.cpu_seconds)
+        if r.error:
+            log.warning("stripe %d member %d on %s failed: %s", r.stripe, r.index, bf, r.error)
+        with self._lock:
+            rebuilt = self.stripe_work.rebuild_done(r.stripe, r.index, bf, not r.error)
+            done = None if rebuilt else self.stripe_work.parity_done(r.stripe, r.index, key, bf, r.gen, not r.error)
+        self.metrics.stripe_members.labels("rebuilt" if rebuilt else "encoded",
+                                           "failed" if r.error else "made").inc()
+        if r.error:
+            return
+        if rebuilt:
+            if not self.catalog.add_copy((r.namespace, key), bf, r.gen):
+                with self._lock:
+                    self.orders.push(bf, r.namespace, free=[(key, r.gen)])
+            return
+        if done is None:
+            return
+        members = done.data + tuple(ABSENT for _ in range(done.k - len(done.data)))
+        parity = tuple(done.done[done.k + j][0] for j in range(done.m))
+        stripe = Stripe(r.stripe, done.namespace, done.k, done.m, done.size, members + parity)
+        if not self.catalog.add_stripe(stripe, {i: (b, g) for i, (_, b, g) in done.done.items()}):
+            self._free_parity(done.namespace, done.done.values())
+        else:
+            log.debug("stripe %d of %s encoded: %d data members, %d parity", stripe.id, done.namespace,
+                      len(done.data), done.m)
+
+    def _free_parity(self, namespace: str, computed: Iterable[tuple[ChunkKey, str, int]]) -> None:
+        with self._lock:
+            for key, bf, gen in computed:
+                self.orders.push(bf, namespace, free=[(key, gen)])
+
+    def _stripe_spec(self, stripe: Stripe, index: int, addresses: dict[str, str], alive: set[str]
+                     ) -> manager_pb2.StripeSpec:
+        members = []
+        for key, (holders, drained) in zip(stripe.members, self.catalog.stripe_members(stripe), strict=True):
+            live = sorted(bf for bf in holders if bf in alive)
+            members.append(manager_pb2.ChunkRef(key=key.to_pb(), drained=drained, locations=[
+                common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in live if bf in addresses]))
+        return manager_pb2.StripeSpec(id=stripe.id, k=stripe.k, m=stripe.m, size=stripe.size, members=members,
+                                      index=index)
+
+    def repair_stripes(self) -> None:
+        """One round for namespaces keeping Reed-Solomon stripes: drop the stripes nothing needs,
+        have benefactors encode parity for chunks no stripe protects yet, and rebuild the members
+        of stripes that lost some (from any K others) onto benefactors holding none of the stripe."""
+        self._free(self.catalog.release_stripes())
+        namespaces = self.catalog.parity_namespaces()
+        if not namespaces and not self.catalog.stripe_count():
+            return
+        with self._lock:
+            now = self.clock()
+            records = self.registry.alive(now)
+            alive = {r.id for r in records}
+            room = {r.id: r.stats.free for r in records if not r.leaving}
+            addresses = {r.id: r.address for r in records}
+            domains = {r.id: r.domain or r.id for r in records}
+            abandoned = self.stripe_work.expire(now)
+            pending = self.stripe_work.pending_data()
+            budget = self.stripe_work.max_in_flight - self.stripe_work.in_flight
+        for s in abandoned:
+            self._free_parity(s.namespace, s.done.values())
+        shared = 0
+        orders: list[tuple[str, str, manager_pb2.CopyOrder]] = []  # (target, namespace, order)
+        # Rebuild first: a stripe short of members tolerates fewer failures until it is whole again.
+        health = self.catalog.stripe_health(alive)
+        self.metrics.stripe_missing.set(sum(len(missing) for _, missing, _ in health))
+        for stripe, missing, available in health:
+            if available < stripe.k:
+                continue  # beyond its tolerance: its versions are lost (or on the PFS)
+            with self._lock:
+                missing = [i for i in missing if (stripe.id, i) not in self.stripe_work.rebuilding]
+            if not missing or budget <= 0:
+                continue
+            holders = {bf for holders, _ in self.catalog.stripe_members(stripe) for bf in holders}
+            used = {domains.get(bf, bf) for bf in holders if bf in alive}
+            chosen, n_shared = targets(min(len(missing), budget), stripe.size, room, set(holders), used, domains)
+            shared += n_shared
+            for index, target in zip(missing, chosen, strict=False):
+                gen = self.catalog.new_gen()
+                spec = self._stripe_spec(stripe, index, addresses, alive)
+                orders.append((target, stripe.namespace, manager_pb2.CopyOrder(
+                    key=stripe.members[index].to_pb(), gen=gen, stripe=spec)))
+                with self._lock:
+                    self.stripe_work.rebuilding[(stripe.id, index)] = (target, gen, now + self.stripe_work.timeout)
+                budget -= 1
+        # Encode: new stripes from chunks no stripe protects.
+        waited: set[IndexKey] = set()
+        for ns, candidates in self.catalog.unstriped(namespaces, alive).items():
+            red = namespaces[ns]
+            candidates = [c for c in candidates if c[0] not in pending]
+            short_ok = all(ik in self.stripe_work.waited for ik, _ in candidates)
+            for data in group(candidates, red.k, domains, short_ok):
+                if budget < red.m:
+                    break
+                members = {ik: hs for ik, hs in candidates}
+                taken = {bf for ik in data for bf in members[ik]}
+                used = {domains.get(members[ik][0], members[ik][0]) for ik in data}
+                size = max(ik[1].length for ik in data)
+                chosen, n_shared = targets(red.m, size, room, taken, used, domains)
+                shared += n_shared + len(data) - len(used)
+                if len(chosen) < red.m:
+                    waited.update(data)
+                    continue  # not enough benefactors holding none of its members: next round
+                sid = self.catalog.new_stripe_id()
+                keys = tuple(ik[1] for ik in data)
+                stripe = Stripe(sid, ns, red.k, red.m, size, keys + tuple(ABSENT for _ in range(red.k - len(keys)))
+                                + tuple(ABSENT for _ in range(red.m)))
+                new = NewStripe(ns, red.k, red.m, size, keys, now + self.stripe_work.timeout)
+                for j, target in enumerate(chosen):
+                    gen = self.catalog.new_gen()
+                    new.targets[red.k + j] = (target, gen)
+                    orders.append((target, ns, manager_pb2.CopyOrder(
+                        gen=gen, stripe=self._stripe_spec(stripe, red.k + j, addresses, alive))))
+                with self._lock:
+                    self.stripe_work.new[sid] = new
+                budget -= red.m
+            waited.update(ik for ik, _ in candidates)
+        with self._lock:
+            self.stripe_work.waited = waited
+            self.stripe_work.shared_domains = shared
+            for target, ns, order in orders:
+                self.orders.push(target, ns, build=[order])
+                self.registry.note_used(target, order.stripe.size)
+        self.metrics.shared_domains.set(self.replicator.shared_domains + shared)
+        self.metrics.stripes.set(self.catalog.stripe_count())
+        if shared and not self._domains_warned:
+            self._domains_warned = True
+            log.warning("not enough failure domains: %d stripe members share a domain with another member of their "
+                        "stripe (label benefactors with --domain, or add benefactors in other domains)", shared)
+        if orders:
+            log.info("stripes: %d members ordered (%d stripes short of members)", len(orders), len(health))
+
     def repair(self) -> None:
         """One round of replication and rebuild: order copies of chunks short of their namespace's
         copies (new versions, or a benefactor gone), from a live holder to live benefactors."""
+        self.repair_stripes()
         copies = self.catalog.replicated_namespaces()
         if not copies:
             self.unprotected = 0
@@ -447,7 +588,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for bf, held in holds.items():
                 self.registry.note_used(bf, sum(k.length for k, _ in held))
         self._free(self.catalog.apply_retention(namespace, path))
-        if Redundancy.parse(self.catalog.policy(namespace).redundancy).copies > 1:
+        if Redundancy.parse(self.catalog.policy(namespace).redundancy).tolerates:
             self.wake.set()  # its copies are ordered now, not at the next housekeeping round
         self.metrics.committed(namespace, request.size, request.stats)
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
@@ -493,7 +634,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         rec = self.catalog.version(namespace, self.catalog.canonical(namespace, normalize_file_path(request.path)),
                                    request.version)
-        return self._version_map(rec)
+        return self._version_map(rec, request.stripes)
 
     @rpc
     def LocateChunks(self, request: manager_pb2.NamespacedChunks, context: grpc.ServicerContext
@@ -502,11 +643,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         keys = [_key(k) for k in request.keys]
         return self._chunk_map(namespace, "", 0, sum(k.length for k in keys), keys, 0.0)
 
-    def _version_map(self, rec: VersionRecord) -> manager_pb2.VersionMap:
-        return self._chunk_map(rec.namespace, rec.path, rec.version, rec.size, rec.keys, rec.committed_at)
+    def _version_map(self, rec: VersionRecord, stripes: bool = False) -> manager_pb2.VersionMap:
+        return self._chunk_map(rec.namespace, rec.path, rec.version, rec.size, rec.keys, rec.committed_at, stripes)
 
     def _chunk_map(self, namespace: str, path: str, version: int, size: int, keys: Sequence[ChunkKey],
-                   committed_at: float) -> manager_pb2.VersionMap:
+                   committed_at: float, stripes: bool = False) -> manager_pb2.VersionMap:
         addresses = self.catalog.benefactor_addresses()
         with self._lock:
             now = self.clock()
@@ -520,6 +661,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             chunks.append(manager_pb2.ChunkRef(
                 key=key.to_pb(), drained=drained,
                 locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
+        if stripes:
+            live = {bf: a for bf, a in addresses.items() if bf in alive}
+            for ref, key, stripe in zip(chunks, keys, self.catalog.stripes_of(namespace, keys), strict=True):
+                if stripe is not None:
+                    ref.stripe.CopyFrom(self._stripe_spec(stripe, stripe.members.index(key), live, alive))
         readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
                                       committed_at=committed_at, pfs_readers=readers)
@@ -861,7 +1007,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         for n in self.catalog.namespaces():
             redundancy = self.catalog.policy(n.namespace).redundancy
             protected, degraded, lost_versions = self.catalog.protection(
-                n.namespace, Redundancy.parse(redundancy).copies, alive_ids)
+                n.namespace, Redundancy.parse(redundancy), alive_ids)
             namespaces.append(manager_pb2.NamespaceStatus(
                 namespace=n.namespace, files=n.files, versions=n.versions, bytes_committed=n.bytes_committed,
                 bytes_stored=n.bytes_stored, redundancy=redundancy, versions_protected=protected,

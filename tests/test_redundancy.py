@@ -88,7 +88,7 @@ def test_losing_every_copy_loses_the_version_with_a_reason(local_cluster):
 
 def test_redundancy_policy_is_validated_and_named():
     assert str(Redundancy.parse("replicate:3")) == "replicate:3" and Redundancy.parse("none").copies == 1
-    for bad in ("replicate:0", "replicate:x", "mirror", "rs:4+2"):
+    for bad in ("replicate:0", "replicate:x", "mirror", "rs:4"):
         with pytest.raises(SettingError, match="redundancy"):
             Redundancy.parse(bad)
 

@@ -166,28 +166,52 @@ class Order(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
-    __slots__ = ("key", "gen", "source_id", "source_address")
+    __slots__ = ("key", "gen", "source_id", "source_address", "stripe")
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.ChunkKey
     gen: int
     source_id: str
     source_address: str
-    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ...) -> None: ...
+    stripe: StripeSpec
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ...) -> None: ...
+
+class StripeSpec(_message.Message):
+    __slots__ = ("id", "k", "m", "size", "members", "index")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    k: int
+    m: int
+    size: int
+    members: _containers.RepeatedCompositeFieldContainer[ChunkRef]
+    index: int
+    def __init__(self, id: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., size: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CopyResult(_message.Message):
-    __slots__ = ("namespace", "key", "gen", "error")
+    __slots__ = ("namespace", "key", "gen", "error", "stripe", "index", "cpu_seconds")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     key: _common_pb2.ChunkKey
     gen: int
     error: str
-    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    stripe: int
+    index: int
+    cpu_seconds: float
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ..., stripe: _Optional[int] = ..., index: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class OrdersReply(_message.Message):
     __slots__ = ("known", "orders", "epoch")
@@ -278,14 +302,16 @@ class FindChunksReply(_message.Message):
     def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class ChunkRef(_message.Message):
-    __slots__ = ("key", "locations", "drained")
+    __slots__ = ("key", "locations", "drained", "stripe")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.ChunkKey
     locations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
     drained: str
-    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., drained: _Optional[str] = ...) -> None: ...
+    stripe: StripeSpec
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., drained: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ...) -> None: ...
 
 class ClientStats(_message.Message):
     __slots__ = ("bytes_written", "bytes_sent", "bytes_deduplicated", "oab_seconds", "asb_seconds")
@@ -326,14 +352,16 @@ class CommitReply(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("namespace", "path", "version")
+    __slots__ = ("namespace", "path", "version", "stripes")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     version: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    stripes: bool
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., stripes: _Optional[bool] = ...) -> None: ...
 
 class VersionMap(_message.Message):
     __slots__ = ("path", "version", "size", "chunks", "committed_at", "pfs_readers")

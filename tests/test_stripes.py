@@ -1,0 +1,223 @@
+"""Reed-Solomon stripes (rs:K+M) with real processes: parity encoded by benefactors after each
+commit, reads that survive any M SIGKILLed benefactors and corrupted memory, rebuild onto
+survivors, loss beyond tolerance, failure domains, deduplication and freeing; and the codec and
+planner alone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstage.chunks import ChunkKey
+from memstage.erasure import Codec
+from memstage.errors import SettingError
+from memstage.manager.stripes import StripeWork, group, targets
+from memstage.proto import manager_pb2
+from memstage.redundancy import Redundancy
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def namespace_status(cluster, namespace: str = "default") -> dict:
+    return next((n for n in cluster.status()["namespaces"] if n["namespace"] == namespace), {})
+
+
+def protected(cluster, versions: int) -> bool:
+    n = namespace_status(cluster)
+    return n.get("versions_protected") == versions and n.get("versions_degraded") == 0
+
+
+def stripes(client, path: str) -> list[manager_pb2.StripeSpec]:
+    """The stripe of each chunk of the latest version, with where each member is."""
+    vmap = client.connections.call_manager(
+        "Lookup", manager_pb2.LookupRequest(namespace=client.namespace, path=path, stripes=True), path)
+    return [c.stripe for c in vmap.chunks]
+
+
+def member_holders(spec: manager_pb2.StripeSpec) -> list[set[str]]:
+    return [{loc.benefactor_id for loc in m.locations} for m in spec.members if m.key.length]
+
+
+def test_rs_4_2_survives_two_losses_rebuilds_and_survives_two_more(local_cluster):
+    cluster = local_cluster(benefactors=8, memory=48 * MiB)
+    c = cluster.client(chunk_size="1MiB")
+    # Nothing drains: memory is the only place the version is.
+    assert c.policy(redundancy="rs:4+2", persist_every=0)["redundancy"] == "rs:4+2"
+    data = random_bytes(16 * MiB)
+    c.pipe("/ckpt", data)
+    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity of the new version")
+    specs = stripes(c, "/ckpt")
+    assert len({s.id for s in specs}) == 4
+    for s in specs:  # 4 data + 2 parity members on 6 distinct benefactors
+        holders = member_holders(s)
+        assert len(holders) == 6 and all(len(h) == 1 for h in holders)
+        assert len(set.union(*holders)) == 6
+    by_id = {b.id: b for b in cluster.benefactors}
+    first = sorted(set.union(*member_holders(specs[0])))[:2]
+    for bf in first:
+        by_id[bf].kill()  # SIGKILL two members of stripe 0 (and whatever else they held)
+    assert c.cat("/ckpt") == data
+    assert c.metrics.degraded.labels(c.namespace)._value.get() >= 1  # some chunks were rebuilt to be read
+    wait_for(lambda: not set(first) & cluster.alive_ids(), timeout=20, what="the killed benefactors to be dead")
+    wait_for(lambda: protected(cluster, 1), timeout=90, what="the rebuild")
+    alive = cluster.alive_ids()
+    for s in stripes(c, "/ckpt"):
+        holders = member_holders(s)
+        assert all(len(h & alive) == 1 for h in holders) and len(set.union(*holders)) == 6
+    second = sorted(set.union(*member_holders(stripes(c, "/ckpt")[8])) & alive)[:2]
+    for bf in second:
+        by_id[bf].kill()
+    assert c.cat("/ckpt") == data
+    assert namespace_status(cluster)["versions_lost"] == 0
+
+
+def test_three_losses_in_one_stripe_lose_the_version_and_persisted_ones_stay(local_cluster):
+    cluster = local_cluster(benefactors=6, memory=48 * MiB)
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:4+2", persist_every=1)
+    persisted = random_bytes(4 * MiB)
+    c.pipe("/persisted", persisted)
+    wait_for(lambda: c.versions("/persisted")[0]["persisted"], timeout=30, what="the drain")
+    c.policy(persist_every=0)
+    c.pipe("/memory", random_bytes(8 * MiB))
+    wait_for(lambda: protected(cluster, 2), timeout=60, what="the parity")
+    by_id = {b.id: b for b in cluster.benefactors}
+    for bf in sorted(set.union(*member_holders(stripes(c, "/memory")[0])))[:3]:
+        by_id[bf].kill()  # three of six members at once, before any rebuild
+    wait_for(lambda: namespace_status(cluster).get("versions_lost") == 1, timeout=30, what="the loss to be seen")
+    lost = cluster.status()["lost"]
+    assert [v["path"] for v in lost] == ["/memory"] and "died" in lost[0]["reason"]
+    assert c.cat("/persisted") == persisted  # from the PFS
+
+
+def test_stripe_members_go_to_distinct_failure_domains(local_cluster):
+    cluster = local_cluster(benefactors=0)
+    rack = {}
+    for name in ("rackA", "rackA", "rackB", "rackB", "rackC", "rackC"):
+        rack[cluster.add_benefactor(48 * MiB, "--domain", name).id] = name
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:2+1", persist_every=0)
+    c.pipe("/racked", random_bytes(12 * MiB))
+    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity")
+    for s in stripes(c, "/racked"):
+        domains = [rack[b] for h in member_holders(s) for b in h]
+        assert len(domains) == 3 and len(set(domains)) == 3, domains  # never two members in one rack
+
+
+def _corrupt(pid: int, needle: bytes) -> int:
+    """Overwrite, in the process's memory, every copy of `needle` (the benefactor's arena among
+    them) with other bytes; returns how many were found."""
+    found = 0
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+        for line in maps:
+            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) rw", line)
+            if not m or line.split()[-1].startswith("["):
+                continue
+            start, end = int(m.group(1), 16), int(m.group(2), 16)
+            if end - start > 1 << 30:
+                continue
+            try:
+                mem.seek(start)
+                region = mem.read(end - start)
+            except OSError:
+                continue
+            at = region.find(needle)
+            while at >= 0:
+                mem.seek(start + at)
+                mem.write(bytes(b ^ 0xFF for b in needle))
+                found += 1
+                at = region.find(needle, at + 1)
+    return found
+
+
+def test_a_chunk_corrupted_in_benefactor_memory_is_rebuilt_on_read(local_cluster):
+    cluster = local_cluster(benefactors=6, memory=48 * MiB)
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:4+2", persist_every=0)
+    data = random_bytes(8 * MiB)
+    c.pipe("/c", data)
+    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity")
+    holder = next(iter(member_holders(stripes(c, "/c")[0])[0]))
+    pid = next(b.pid for b in cluster.benefactors if b.id == holder)
+    assert _corrupt(pid, data[:4096]) >= 1
+    degraded = c.metrics.degraded.labels(c.namespace)
+    assert degraded._value.get() == 0
+    assert c.cat("/c") == data
+    assert degraded._value.get() == 1  # chunk 0 failed its hash and was rebuilt from its stripe
+
+
+def test_dedup_under_rs_sends_only_changed_chunks_and_frees_old_parity(local_cluster):
+    cluster = local_cluster(benefactors=6, memory=48 * MiB)
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:4+2", persist_every=0, keep_versions=2)
+    data = bytearray(random_bytes(16 * MiB))
+    c.pipe("/d", bytes(data))
+    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity of version 1")
+    before = {s.id for s in stripes(c, "/d")}
+    data[5 * MiB:5 * MiB + 10] = b"0123456789"  # one chunk changes
+    with c.open("/d", "wb") as f:
+        f.write(bytes(data))
+    assert c.last_commit.stats.bytes_sent == MiB  # only the changed chunk travelled
+    wait_for(lambda: protected(cluster, 2), timeout=60, what="the parity of version 2")
+    after = stripes(c, "/d")
+    assert {s.id for i, s in enumerate(after) if i != 5} <= before  # unchanged chunks keep their stripes
+    assert after[5].id not in before  # the changed one is in a new stripe
+    assert c.cat("/d") == bytes(data)
+    c.rm("/d")
+    # Every version is gone: stripes, parity and data leave memory.
+    wait_for(lambda: cluster.memory_used() == 0, timeout=30, what="parity and data to be freed")
+
+
+def test_rs_policy_is_parsed_and_bounded():
+    r = Redundancy.parse("rs:4+2")
+    assert (r.k, r.m, r.tolerates, str(r)) == (4, 2, 2, "rs:4+2")
+    for bad in ("rs:0+2", "rs:4+0", "rs:17+1", "rs:4+9", "rs:4-2"):
+        with pytest.raises(SettingError, match="redundancy"):
+            Redundancy.parse(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 6), m=st.integers(1, 4), size=st.integers(1, 3000), data=st.data())
+def test_codec_rebuilds_any_member_from_any_k_others(k, m, size, data):
+    codec = Codec(k, m)
+    members = [data.draw(st.binary(min_size=0, max_size=size)) for _ in range(k)]
+    parity = codec.encode(members, size)
+    full = [x + bytes(size - len(x)) for x in members] + parity
+    lost = data.draw(st.sets(st.integers(0, k + m - 1), min_size=1, max_size=m))
+    available = {i: (members[i] if i < k else parity[i - k]) for i in range(k + m) if i not in lost}
+    for want in lost:
+        assert codec.rebuild(available, want, size) == full[want]
+
+
+def ik(n: int) -> tuple[str, ChunkKey]:
+    return ("ns", ChunkKey(bytes([n]) * 16, 10))
+
+
+def test_grouping_prefers_distinct_domains_and_waits_for_a_short_stripe():
+    domains = {"a1": "A", "a2": "A", "b1": "B", "c1": "C"}
+    cands = [(ik(1), ["a1"]), (ik(2), ["a2"]), (ik(3), ["b1"]), (ik(4), ["c1"]), (ik(5), ["a1"])]
+    assert group(cands, 3, domains, short_ok=False) == [[ik(1), ik(3), ik(4)]]  # 2 left wait a round
+    assert group(cands, 3, domains, short_ok=True) == [[ik(1), ik(3), ik(4)], [ik(2), ik(5)]]
+    room = {"a1": 100, "a2": 100, "b1": 100, "c1": 5, "d1": 50}
+    chosen, shared = targets(2, 10, room, {"a1"}, {"A"}, domains)
+    assert chosen == ["b1", "d1"] and shared == 0  # c1 has no room; a2 shares A with a member
+    assert targets(1, 10, room, {"a1", "b1", "d1"}, {"A", "B", "D"}, domains) == (["a2"], 1)
+
+
+def test_stripe_work_tracks_parity_until_every_member_is_in():
+    w = StripeWork(timeout=5.0)
+    from memstage.manager.stripes import NewStripe
+    w.new[7] = NewStripe("ns", 2, 2, 10, (ik(1)[1], ik(2)[1]), deadline=5.0, targets={2: ("x", 1), 3: ("y", 2)})
+    assert w.pending_data() == {ik(1), ik(2)} and w.in_flight == 2
+    assert w.parity_done(7, 2, ik(9)[1], "x", 1, True) is None
+    assert w.parity_done(7, 3, ik(9)[1], "other", 2, True) is None  # not the order's target
+    done = w.parity_done(7, 3, ik(8)[1], "y", 2, True)
+    assert done is not None and set(done.done) == {2, 3} and w.encoded == 1 and not w.new
+    w.rebuilding[(7, 0)] = ("z", 3, 1.0)
+    assert w.expire(now=2.0) == [] and not w.rebuilding  # timed out: planned again
