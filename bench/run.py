@@ -33,7 +33,8 @@ MiB = 1024 * 1024
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="1GiB", help="checkpoint file size per client (default 1GiB)")
-    p.add_argument("--benefactors", type=int, default=4, help="benefactor processes (default 4)")
+    p.add_argument("--benefactors", type=int, default=None,
+                   help="benefactor processes (default 4; with --redundancy, as many as its widest policy needs)")
     p.add_argument("--clients", default="1,2", help="client process counts to run, comma-separated (default 1,2)")
     p.add_argument("--chunk-size", default="1MiB", help="memstage chunk size (default 1MiB)")
     p.add_argument("--write-size", default="16MiB", help="bytes per write() call of the application (default 16MiB)")
@@ -50,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain", action="store_true",
                    help="drain mode: drain throughput vs raw disk, ingest ASB with and without draining")
     p.add_argument("--redundancy", default=None, metavar="POLICIES",
-                   help="compare redundancy policies (e.g. replicate:2,replicate:3) against none: OAB, ASB, time "
-                        "until protected, degraded reads and rebuild after a SIGKILLed benefactor")
+                   help="compare redundancy policies (e.g. rs:4+2,replicate:2) against none: OAB, ASB, time "
+                        "until protected, encoding CPU, degraded reads and rebuild after a SIGKILLed benefactor")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -158,6 +159,9 @@ def run_bench(args: argparse.Namespace) -> int:
         counts = [int(c) for c in str(args.clients).split(",") if c.strip()]
     except ValueError as e:
         raise SettingError(f"bench: {e}") from None
+    args.benefactors_given = args.benefactors is not None
+    if args.benefactors is None:
+        args.benefactors = 4
     if size <= 0 or write_size <= 0 or not counts or min(counts) <= 0 or args.repeat <= 0 or args.benefactors <= 0:
         raise SettingError("bench: --size, --write-size, --clients, --repeat and --benefactors must be positive")
     if args.timesteps < 0 or not 0 <= args.change <= 1:

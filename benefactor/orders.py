@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import grpc
 
@@ -26,6 +27,7 @@ from memstage.rpc import CONTROL_TIMEOUT_S
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between fetches while the queue is empty
+COPY_WORKERS = 4  # copies and stripe members made at once (each mostly waits on other benefactors)
 
 
 def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
@@ -55,6 +57,8 @@ class OrderLoop:
         self._acked = 0
         self._epoch = 0  # of the manager process whose orders were acknowledged
         self._copied: list[manager_pb2.CopyResult] = []  # copy orders done, reported with the next fetch
+        self._copying: list[Future[manager_pb2.CopyResult]] = []
+        self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
         self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S))
         self._stop = threading.Event()
@@ -66,6 +70,7 @@ class OrderLoop:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -77,9 +82,22 @@ class OrderLoop:
                 log.exception("carrying out the manager's orders failed")
                 got = 0
             if not got:
-                self._stop.wait(POLL)
+                if self._copying:  # report a finished copy as soon as it is done
+                    wait(self._copying, timeout=POLL, return_when=FIRST_COMPLETED)
+                else:
+                    self._stop.wait(POLL)
 
     def fetch_and_apply(self) -> int:
+        """Fetch the next orders (reporting the copies finished since), carry them out; copies and
+        stripe members are made on a few threads meanwhile. Returns how much happened."""
+        finished = [f for f in self._copying if f.done()]
+        self._copying = [f for f in self._copying if not f.done()]
+        for f in finished:
+            if f.exception() is None:
+                self._copied.append(f.result())
+            else:  # a bug: the manager's deadline plans the work again
+                log.error("a copy failed: %r", f.exception())
+        reported = len(self._copied)
         reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
                                                             acked=self._acked, epoch=self._epoch,
                                                             memory_used=self.store.used, copied=self._copied),
@@ -93,14 +111,12 @@ class OrderLoop:
                 continue  # fetched again after a lost acknowledgement: already done
             freed += apply_order(self.store, order)
             for copy in order.copy:
-                if copy.HasField("stripe"):
-                    self._copied.append(self._build(order.namespace, copy))
-                else:
-                    self._copied.append(self._copy(order.namespace, copy))
+                work = self._build if copy.HasField("stripe") else self._copy
+                self._copying.append(self._pool.submit(work, order.namespace, copy))
             self._acked = order.seq
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
-        return len(reply.orders) + len(self._copied)
+        return len(reply.orders) + reported
 
     def _copy(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
         """Fetch a chunk from another benefactor, verify it, and hold it at the order's generation."""

@@ -14,6 +14,7 @@ import logging
 import re
 import stat
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,7 @@ from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
 from memstage.client.transport import ChunkTransport, GrpcTransport
 from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
-from memstage.errors import InvalidArgument, MemstageError, NotFound
+from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound, Unavailable
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
@@ -132,6 +133,29 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def sync(self) -> None:
         """Wait for the commits of files closed in buffered mode; raise the first that failed."""
         self.background.sync()
+
+    def wait_protected(self, path: str, timeout: float | None = None) -> None:
+        """Wait until the latest version of `path` has what its namespace's redundancy policy asks
+        (its copies made, its stripes' parity encoded) or is on the PFS: from then on it survives
+        the loss of as many benefactors as the policy tolerates. close() does not wait for this
+        (fsync through a mount does). Raises DataLost if the version is lost meanwhile, Unavailable
+        after `timeout` (default: the protect_wait setting)."""
+        norm = normalize_path(self._strip_protocol(path))
+        limit = self.settings.protect_wait if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        pause = 0.01
+        while True:
+            info = self.stat(norm)
+            if info.protected:
+                return
+            latest = self.versions(norm)[-1] if info.version else None
+            if latest is not None and latest["lost"]:
+                raise DataLost(f"{norm} version {latest['version']} is lost: {latest['lost_reason']}")
+            if time.monotonic() + pause > deadline:
+                raise Unavailable(f"{norm} version {info.version} is not protected after {limit:.0f}s (see the "
+                                  "redundancy line of `memstage status`: not enough benefactors or domains?)")
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
 
     # -- metadata ----------------------------------------------------------------------------
     @staticmethod

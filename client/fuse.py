@@ -631,7 +631,15 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     @translated
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        return self.flush(path, fh)
+        """Commit what was written, then wait (up to protect_wait) until the version has the
+        redundancy its namespace's policy asks: an fsync that returned means the version survives
+        the loss of as many benefactors as the policy tolerates."""
+        self.flush(path, fh)
+        handle = self._handles.get(fh)
+        if handle is not None and isinstance(handle.obj, OpenFile):
+            with contextlib.suppress(NotFound):  # nothing committed under that name: nothing to protect
+                self.client.wait_protected(handle.obj.path)
+        return 0
 
     @translated
     def release(self, path: str, fh: int) -> int:

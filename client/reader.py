@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,9 @@ class VersionReader:
         self._ahead = max(1, read_ahead // chunk) if read_ahead else 0
         self._cache: OrderedDict[int, Future[bytes | memoryview]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._fresh: manager_pb2.VersionMap | None = None  # the map asked again after a failure
+        self._fresh_at = 0.0
+        self._fresh_lock = threading.Lock()
 
     def read_range(self, start: int, end: int) -> bytes:
         end = min(end, self.size)
@@ -89,24 +93,34 @@ class VersionReader:
         if data is None and self.version:
             # Left memory meanwhile (retention, a benefactor replaced)? The version's current map
             # names its PFS copy, and the stripe that can rebuild it.
-            try:
-                fresh = self.conn.call_manager(
-                    "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=self.path, version=self.version,
-                                                        stripes=True),
-                    f"{self.path} version {self.version}")
-            except MemstageError as e:
-                failures.append(f"looking it up again: {e}")
-            else:
-                if index < len(fresh.chunks) and ChunkKey.from_pb(fresh.chunks[index].key) == key:
-                    self._chunks[index] = fresh.chunks[index]
-                    self._pfs_readers = list(fresh.pfs_readers)
-                    data = self._fetch_from(key, fresh.chunks[index], self._pfs_readers, failures)
+            fresh = self._fresh_map(failures)
+            if fresh is not None and index < len(fresh.chunks) and ChunkKey.from_pb(fresh.chunks[index].key) == key:
+                data = self._fetch_from(key, fresh.chunks[index], list(fresh.pfs_readers), failures)
         if data is None:
             raise DataLost(f"{self.path} version {self.version}: chunk {index} ({key}) is unavailable "
                            f"({'; '.join(failures) or 'no location recorded'})")
         if failures and self._on_degraded is not None:
             self._on_degraded()
         return data
+
+    def _fresh_map(self, failures: list[str]) -> manager_pb2.VersionMap | None:
+        """The version's current map with stripes, asked once for every chunk that needs it (again
+        after a second: the chunks read since use it first)."""
+        with self._fresh_lock:
+            if self._fresh is None or time.monotonic() - self._fresh_at > 1.0:
+                try:
+                    reply = self.conn.call_manager(
+                        "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=self.path,
+                                                            version=self.version, stripes=True),
+                        f"{self.path} version {self.version}")
+                except MemstageError as e:
+                    failures.append(f"looking it up again: {e}")
+                    return self._fresh
+                self._fresh, self._fresh_at = reply, time.monotonic()
+                if len(reply.chunks) == len(self._chunks):
+                    self._chunks = list(reply.chunks)
+                    self._pfs_readers = list(reply.pfs_readers)
+            return self._fresh
 
     def _fetch_from(self, key: ChunkKey, ref: manager_pb2.ChunkRef, readers: list[common_pb2.Location],
                     failures: list[str]) -> bytes | memoryview | None:

@@ -147,6 +147,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                      format_size(n.bytes_stored), n.redundancy or "none", str(n.versions_protected),
                      str(n.versions_degraded), str(n.versions_lost)))
     _table(rows)
+    r = reply.repair
+    if r.stripes or r.chunks_unprotected or r.members_missing or r.copies_made or r.members_encoded:
+        print(f"\nredundancy: {r.chunks_unprotected} chunks not yet protected, {r.stripes} stripes, "
+              f"{r.members_missing} stripe members missing (rebuilding), {r.in_flight} copies/members in progress; "
+              f"since start: {r.copies_made} copies, {r.members_encoded} parity members, {r.members_rebuilt} "
+              f"rebuilt members ({format_size(r.bytes_made)} made), {r.stripe_cpu_seconds:.1f} CPU s encoding")
     if reply.lost:
         print(f"\nLOST: {len(reply.lost)} versions can no longer be read:")
         for v in reply.lost:
@@ -173,6 +179,7 @@ def status_json(reply: Any) -> dict[str, Any]:
         ],
         "lost": [{"namespace": v.namespace, "path": v.path, "version": v.version, "reason": v.reason}
                  for v in reply.lost],
+        "repair": {f.name: getattr(reply.repair, f.name) for f in reply.repair.DESCRIPTOR.fields},
         "drain_failed": [{"namespace": v.namespace, "path": v.path, "version": v.version, "reason": v.reason}
                          for v in reply.drain_failed],
         "namespaces": [

@@ -130,6 +130,8 @@ class ClientSettings:
     read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
     full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
+    protect_wait: float = setting(60.0, _duration, "how long fsync (and Client.wait_protected) waits for a version "
+                                  "to get the copies or parity of its namespace's redundancy policy")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")

@@ -321,23 +321,52 @@ class Catalog(NodeTable):
         return out
 
     def add_copy(self, ik: IndexKey, benefactor: str, gen: int) -> bool:
-        """A copy made on `benefactor` at `gen` becomes a location, if a version still needs the chunk
-        in memory (else False: the caller orders it freed)."""
+        """A copy made on `benefactor` at `gen` becomes a location (at the newest generation it is
+        held there), if a version still needs the chunk in memory (else False: the caller orders it
+        freed)."""
         ns, key = ik
         with self._lock:
             entry = self._index.get(ik)
-            if entry is None or entry.mem_refs <= 0 or benefactor in entry.locations:
+            if entry is None or entry.mem_refs <= 0:
                 return False
+            if entry.locations.get(benefactor, 0) >= gen:
+                return True  # a late report of a copy already recorded at a newer generation
+            # (A second copy there, ordered before the first was recorded, holds it at the newer
+            # generation: the location follows, so that a free names the hold the benefactor has.)
             with self._transaction():
                 self._index.add_location(ik, benefactor, gen)
                 self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
                                  (ns, key.hash, key.length, benefactor, gen))
         return True
 
+    def version_protected(self, namespace: str, path: str, version: int, redundancy: Redundancy,
+                          alive: set[str]) -> bool:
+        """The version has what its policy asks (or is on the PFS); lost versions are not."""
+        with self._lock:
+            row = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND path=? AND "
+                                   "version=?", (namespace, path, version)).fetchone()
+            if row is None or row[1]:
+                return False
+            return bool(row[2]) or not self._short(namespace, row[0], redundancy, alive)
+
+    def _short(self, namespace: str, blob: bytes, redundancy: Redundancy, alive: set[str]) -> bool:
+        """(under the lock) Some chunk of the map lacks the protection the policy asks."""
+        for key in set(unpack_map(blob)):
+            if key.is_hole:
+                continue
+            ik = (namespace, key)
+            if self._index.drained(ik):
+                continue
+            if redundancy.parity:
+                if not any(not self._spread(st, alive)[1] for st in self._stripes.of(ik)):
+                    return True
+            elif sum(1 for bf in self._index.locations(ik) if bf in alive) < redundancy.copies:
+                return True
+        return False
+
     def protection(self, namespace: str, redundancy: Redundancy, alive: set[str]) -> tuple[int, int, int]:
         """Versions of a namespace still in memory: (protected, degraded, lost). Protected: every
         chunk has `copies` live copies, or is in a stripe with all its members, or is on the PFS."""
-        copies = redundancy.copies
         protected = degraded = lost = 0
         with self._lock:
             rows = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND in_memory=1",
@@ -346,21 +375,7 @@ class Catalog(NodeTable):
                 if is_lost:
                     lost += 1
                     continue
-                short = False
-                for key in set(unpack_map(blob)):
-                    if key.is_hole:
-                        continue
-                    ik = (namespace, key)
-                    if self._index.drained(ik):
-                        continue
-                    if redundancy.parity:
-                        if not any(self._available(st, alive) == st.k + st.m for st in self._stripes.of(ik)):
-                            short = True
-                            break
-                    elif sum(1 for bf in self._index.locations(ik) if bf in alive) < copies:
-                        short = True
-                        break
-                if short and not persisted:
+                if not persisted and self._short(namespace, blob, redundancy, alive):
                     degraded += 1
                 else:
                     protected += 1
@@ -378,21 +393,42 @@ class Catalog(NodeTable):
             self._next_stripe += 1
             return self._next_stripe
 
-    def _member_available(self, stripe: Stripe, index: int, alive: set[str]) -> bool:
-        key = stripe.members[index]
-        if key == ABSENT:
-            return True
-        ik = (stripe.namespace, key)
-        if index < stripe.k and self._index.drained(ik):
-            return True
-        return not alive.isdisjoint(self._index.locations(ik))
+    def _spread(self, stripe: Stripe, alive: set[str]) -> tuple[int, list[int]]:
+        """(members readable, members to rebuild): a member is readable from a live benefactor, or
+        from the PFS (a data member); it is to rebuild when it is not readable, or when its only
+        benefactors each hold another member already (one loss would cost the stripe two)."""
+        readable, rebuild, used = 0, list[int](), set[str]()
+        for i, key in enumerate(stripe.members):
+            ik = (stripe.namespace, key)
+            if key == ABSENT or (i < stripe.k and self._index.drained(ik)):
+                readable += 1
+                continue
+            live = alive.intersection(self._index.locations(ik))
+            if not live:
+                rebuild.append(i)
+                continue
+            readable += 1
+            if live - used:
+                used.add(min(live - used))
+            else:
+                rebuild.append(i)
+        return readable, rebuild
 
     def _available(self, stripe: Stripe, alive: set[str]) -> int:
-        return sum(1 for i in range(stripe.k + stripe.m) if self._member_available(stripe, i, alive))
+        return self._spread(stripe, alive)[0]
 
     def _recoverable(self, ik: IndexKey, alive: set[str]) -> bool:
         """(under the lock) Some stripe of the chunk still has K members to rebuild it from."""
         return any(self._available(st, alive) >= st.k for st in self._stripes.of(ik))
+
+    def _beyond(self, ik: IndexKey, alive: set[str]) -> str:
+        """Why a chunk in a stripe cannot be rebuilt ("" when it is in none)."""
+        stripes = self._stripes.of(ik)
+        if not stripes:
+            return ""
+        st = stripes[-1]
+        return (f"; chunk {ik[1]} cannot be rebuilt: its stripe (rs:{st.k}+{st.m}) has {self._available(st, alive)} "
+                f"of its {st.k + st.m} members left, {st.k} are needed")
 
     def _version_needs(self, ik: IndexKey) -> int:
         """In-memory references of versions (those of stripes not counted)."""
@@ -454,14 +490,15 @@ class Catalog(NodeTable):
         return freed
 
     def stripe_health(self, alive: set[str]) -> list[tuple[Stripe, list[int], int]]:
-        """Stripes with members that are not available (no live copy; a data member on the PFS
-        counts as available): (stripe, missing member indices, members available)."""
+        """Stripes with members to rebuild (no live copy, or sharing their benefactor with another
+        member; a data member on the PFS counts as readable): (stripe, those members, members
+        readable)."""
         out = []
         with self._lock:
             for st in self._stripes:
-                missing = [i for i in range(st.k + st.m) if not self._member_available(st, i, alive)]
-                if missing:
-                    out.append((st, missing, st.k + st.m - len(missing)))
+                readable, rebuild = self._spread(st, alive)
+                if rebuild:
+                    out.append((st, rebuild, readable))
         return out
 
     def stripe_members(self, stripe: Stripe) -> list[tuple[Holders, str]]:
@@ -982,8 +1019,9 @@ class Catalog(NodeTable):
             with self._transaction():
                 for ns, path, version, blob in rows:
                     # A version still being drained is decided by its drain (its files may be on the PFS).
-                    if (ns, path, version) not in draining and any((ns, k) in gone for k in unpack_map(blob)):
-                        self._mark_lost(ns, path, version, reason)
+                    missing = next((ik for k in unpack_map(blob) if (ik := (ns, k)) in gone), None)
+                    if (ns, path, version) not in draining and missing is not None:
+                        self._mark_lost(ns, path, version, reason + self._beyond(missing, alive - {benefactor_id}))
                         lost.append((ns, path, version))
         return lost
 

@@ -112,6 +112,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
         self.stripe_work = StripeWork()  # under self._lock
+        self.copied_bytes = 0  # by replica copies since the manager started
         self._domains_warned = False
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
         # Order numbers start again with each manager process: acknowledgements of another are void.
@@ -246,20 +247,31 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def _copied(self, bf: str, results: Sequence[manager_pb2.CopyResult]) -> None:
         """Copies a benefactor made (or could not make): a made copy becomes a location, unless no
         version needs the chunk in memory any more (then it is freed again)."""
+        self._record_copies(bf, results)
+        with self._lock:
+            room = (self.replicator.in_flight < self.replicator.max_in_flight // 2
+                    and self.stripe_work.in_flight < self.stripe_work.max_in_flight // 2)
+        if room and self.unprotected + self.stripe_work.unprotected:
+            self.wake.set()  # more to copy or encode: the next round now, not at the next housekeeping period
+
+    def _record_copies(self, bf: str, results: Sequence[manager_pb2.CopyResult]) -> None:
         for r in results:
             ik = (r.namespace, _key(r.key))
             if r.stripe:
                 self._stripe_result(bf, r)
                 continue
-            with self._lock:
-                self.replicator.finished(ik, bf, not r.error)
             self.metrics.copies.labels("failed" if r.error else "made").inc()
             if r.error:
                 log.warning("copy of chunk %s to %s failed: %s", ik[1], bf, r.error)
-                continue
-            if not self.catalog.add_copy(ik, bf, r.gen):
-                with self._lock:
-                    self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
+            else:
+                self.copied_bytes += ik[1].length
+                # Recorded before the copy stops being pending: a repair round in between would
+                # see the chunk short of a copy and order it again.
+                if not self.catalog.add_copy(ik, bf, r.gen):
+                    with self._lock:
+                        self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
+            with self._lock:
+                self.replicator.finished(ik, bf, not r.error)
 
     def _stripe_result(self, bf: str, r: manager_pb2.CopyResult) -> None:
         """A benefactor computed a stripe member (new parity, or a rebuilt one), or could not."""
@@ -268,23 +280,27 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if r.error:
             log.warning("stripe %d member %d on %s failed: %s", r.stripe, r.index, bf, r.error)
         with self._lock:
-            rebuilt = self.stripe_work.rebuild_done(r.stripe, r.index, bf, not r.error)
+            self.stripe_work.cpu_seconds += r.cpu_seconds
+            rebuilding = self.stripe_work.rebuilding.get((r.stripe, r.index), ("", 0, 0.0))[:2] == (bf, r.gen)
+        if rebuilding and not r.error and not self.catalog.add_copy((r.namespace, key), bf, r.gen):
+            with self._lock:  # recorded before it stops being pending (else it might be ordered again)
+                self.orders.push(bf, r.namespace, free=[(key, r.gen)])
+        with self._lock:
+            rebuilt = self.stripe_work.rebuild_done(r.stripe, r.index, bf, not r.error, key.length)
             done = None if rebuilt else self.stripe_work.parity_done(r.stripe, r.index, key, bf, r.gen, not r.error)
-        self.metrics.stripe_members.labels("rebuilt" if rebuilt else "encoded",
+        self.metrics.stripe_members.labels("rebuilt" if rebuilding else "encoded",
                                            "failed" if r.error else "made").inc()
-        if r.error:
-            return
-        if rebuilt:
-            if not self.catalog.add_copy((r.namespace, key), bf, r.gen):
-                with self._lock:
-                    self.orders.push(bf, r.namespace, free=[(key, r.gen)])
+        if r.error or rebuilding:
             return
         if done is None:
             return
         members = done.data + tuple(ABSENT for _ in range(done.k - len(done.data)))
         parity = tuple(done.done[done.k + j][0] for j in range(done.m))
         stripe = Stripe(r.stripe, done.namespace, done.k, done.m, done.size, members + parity)
-        if not self.catalog.add_stripe(stripe, {i: (b, g) for i, (_, b, g) in done.done.items()}):
+        recorded = self.catalog.add_stripe(stripe, {i: (b, g) for i, (_, b, g) in done.done.items()})
+        with self._lock:  # its data members stay pending until recorded: no second stripe for them
+            self.stripe_work.finished(r.stripe)
+        if not recorded:
             self._free_parity(done.namespace, done.done.values())
         else:
             log.debug("stripe %d of %s encoded: %d data members, %d parity", stripe.id, done.namespace,
@@ -312,6 +328,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._free(self.catalog.release_stripes())
         namespaces = self.catalog.parity_namespaces()
         if not namespaces and not self.catalog.stripe_count():
+            self.stripe_work.unprotected = self.stripe_work.missing = 0
             return
         with self._lock:
             now = self.clock()
@@ -329,7 +346,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         orders: list[tuple[str, str, manager_pb2.CopyOrder]] = []  # (target, namespace, order)
         # Rebuild first: a stripe short of members tolerates fewer failures until it is whole again.
         health = self.catalog.stripe_health(alive)
-        self.metrics.stripe_missing.set(sum(len(missing) for _, missing, _ in health))
+        missing_members = sum(len(missing) for _, missing, _ in health)
+        self.metrics.stripe_missing.set(missing_members)
+        unstriped = 0
         for stripe, missing, available in health:
             if available < stripe.k:
                 continue  # beyond its tolerance: its versions are lost (or on the PFS)
@@ -352,6 +371,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # Encode: new stripes from chunks no stripe protects.
         waited: set[IndexKey] = set()
         for ns, candidates in self.catalog.unstriped(namespaces, alive).items():
+            unstriped += len(candidates)
             red = namespaces[ns]
             candidates = [c for c in candidates if c[0] not in pending]
             short_ok = all(ik in self.stripe_work.waited for ik, _ in candidates)
@@ -384,6 +404,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         with self._lock:
             self.stripe_work.waited = waited
             self.stripe_work.shared_domains = shared
+            self.stripe_work.unprotected = unstriped + missing_members
+            self.stripe_work.missing = missing_members
             for target, ns, order in orders:
                 self.orders.push(target, ns, build=[order])
                 self.registry.note_used(target, order.stripe.size)
@@ -403,7 +425,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         copies = self.catalog.replicated_namespaces()
         if not copies:
             self.unprotected = 0
-            self.metrics.unprotected.set(0)
+            self.metrics.unprotected.set(self.stripe_work.unprotected)
             return
         with self._lock:
             now = self.clock()
@@ -414,7 +436,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             domains = {r.id: r.domain or r.id for r in records}  # unlabelled: a domain of its own
         needs = self.catalog.under_protected(copies, alive)
         self.unprotected = len(needs)
-        self.metrics.unprotected.set(len(needs))
+        self.metrics.unprotected.set(len(needs) + self.stripe_work.unprotected)
         if not needs:
             return
         with self._lock:
@@ -689,9 +711,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if kind == FILE:
             latest = self.catalog.version(namespace, target)  # stat is frequent: the latest only
             node = self.catalog.node(namespace, target) or Node.default(FILE, int(latest.committed_at * 1e9))
+            redundancy = Redundancy.parse(self.catalog.policy(namespace).redundancy)
+            protected = not latest.lost and (not redundancy.tolerates or self.catalog.version_protected(
+                namespace, target, latest.version, redundancy, self._alive_ids()))
             return self._with_node(manager_pb2.FileInfo(
                 path=path, size=latest.size, version=latest.version, committed_at=latest.committed_at,
-                stored=sum(k.length for k in latest.keys if not k.is_hole),
+                stored=sum(k.length for k in latest.keys if not k.is_hole), protected=protected,
                 version_count=self.catalog.version_count(namespace, target), nlink=nlink), node)
         row = self.catalog.node(namespace, target)
         assert row is not None
@@ -1016,7 +1041,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 for ns, p, v, r in self.catalog.lost_versions()]
         undrainable = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
                        for ns, p, v, r in self.catalog.undrainable_versions()]
-        return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost,
+        with self._lock:
+            w = self.stripe_work
+            repair = manager_pb2.RepairStatus(
+                chunks_unprotected=self.unprotected + w.unprotected, stripes=self.catalog.stripe_count(),
+                members_missing=w.missing, in_flight=self.replicator.in_flight + w.in_flight,
+                copies_made=self.replicator.copies_made, members_encoded=w.encoded, members_rebuilt=w.rebuilt,
+                bytes_made=w.bytes_made + self.copied_bytes, stripe_cpu_seconds=w.cpu_seconds)
+        return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost, repair=repair,
                                        heartbeat_interval_seconds=self.settings.heartbeat_interval,
                                        state_dir=self.settings.state, deployment=self.catalog.deployment_id,
                                        drain_failed=undrainable)

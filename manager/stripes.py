@@ -162,10 +162,14 @@ class StripeWork:
     new: dict[int, NewStripe] = field(default_factory=dict)
     rebuilding: dict[tuple[int, int], tuple[str, int, float]] = field(default_factory=dict)  # -> (bf, gen, deadline)
     waited: set[IndexKey] = field(default_factory=set)  # chunks left out of a short stripe last round
-    encoded: int = 0
+    encoded: int = 0  # parity members computed
     rebuilt: int = 0
     failed: int = 0
     shared_domains: int = 0
+    bytes_made: int = 0
+    cpu_seconds: float = 0.0
+    unprotected: int = 0  # at the last round: chunks in no stripe yet, and members missing
+    missing: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -184,8 +188,8 @@ class StripeWork:
 
     def parity_done(self, stripe_id: int, index: int, key: ChunkKey, bf: str, gen: int, ok: bool
                     ) -> NewStripe | None:
-        """A parity member was computed (or not). Returns the stripe once all its parity is in
-        (removed from the work), else None; a failure marks it failed (abandoned at the next expire)."""
+        """A parity member was computed (or not). Returns the stripe once all its parity is in, else
+        None; a failure marks it failed (abandoned at the next expire)."""
         s = self.new.get(stripe_id)
         if s is None or s.targets.get(index) != (bf, gen):
             return None
@@ -194,13 +198,16 @@ class StripeWork:
             self.failed += 1
             return None
         s.done[index] = (key, bf, gen)
+        self.encoded += 1
+        self.bytes_made += s.size
         if len(s.done) < len(s.targets):
             return None
-        del self.new[stripe_id]
-        self.encoded += 1
-        return s
+        return s  # the caller records it, then removes it from the work (finished())
 
-    def rebuild_done(self, stripe_id: int, index: int, bf: str, ok: bool) -> bool:
+    def finished(self, stripe_id: int) -> None:
+        self.new.pop(stripe_id, None)
+
+    def rebuild_done(self, stripe_id: int, index: int, bf: str, ok: bool, nbytes: int = 0) -> bool:
         """A rebuilt member was reported; True if it was this work's."""
         got = self.rebuilding.get((stripe_id, index))
         if got is None or got[0] != bf:
@@ -208,6 +215,7 @@ class StripeWork:
         del self.rebuilding[(stripe_id, index)]
         if ok:
             self.rebuilt += 1
+            self.bytes_made += nbytes
         else:
             self.failed += 1
         return True

@@ -5,6 +5,7 @@ planner alone."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def test_rs_4_2_survives_two_losses_rebuilds_and_survives_two_more(local_cluster
     assert c.policy(redundancy="rs:4+2", persist_every=0)["redundancy"] == "rs:4+2"
     data = random_bytes(16 * MiB)
     c.pipe("/ckpt", data)
-    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity of the new version")
+    c.wait_protected("/ckpt", timeout=60)  # what fsync does on a mount
+    assert c.stat("/ckpt").protected and protected(cluster, 1)
     specs = stripes(c, "/ckpt")
     assert len({s.id for s in specs}) == 4
     for s in specs:  # 4 data + 2 parity members on 6 distinct benefactors
@@ -92,6 +94,7 @@ def test_three_losses_in_one_stripe_lose_the_version_and_persisted_ones_stay(loc
     wait_for(lambda: namespace_status(cluster).get("versions_lost") == 1, timeout=30, what="the loss to be seen")
     lost = cluster.status()["lost"]
     assert [v["path"] for v in lost] == ["/memory"] and "died" in lost[0]["reason"]
+    assert "cannot be rebuilt: its stripe (rs:4+2) has 3 of its 6 members left, 4 are needed" in lost[0]["reason"]
     assert c.cat("/persisted") == persisted  # from the PFS
 
 
@@ -218,6 +221,44 @@ def test_stripe_work_tracks_parity_until_every_member_is_in():
     assert w.parity_done(7, 2, ik(9)[1], "x", 1, True) is None
     assert w.parity_done(7, 3, ik(9)[1], "other", 2, True) is None  # not the order's target
     done = w.parity_done(7, 3, ik(8)[1], "y", 2, True)
-    assert done is not None and set(done.done) == {2, 3} and w.encoded == 1 and not w.new
+    assert done is not None and set(done.done) == {2, 3} and w.encoded == 2
+    w.finished(7)
+    assert not w.new and not w.pending_data()
     w.rebuilding[(7, 0)] = ("z", 3, 1.0)
     assert w.expire(now=2.0) == [] and not w.rebuilding  # timed out: planned again
+
+
+def test_members_sharing_a_benefactor_are_rebuilt_elsewhere(tmp_path):
+    """Two members on one benefactor: one loss would cost the stripe two, so the stripe is not
+    protected until one of them has a copy on a benefactor of its own."""
+    from memstage.manager.catalog import Catalog, Policy
+    from memstage.manager.stripes import Stripe
+
+    rs = Redundancy.parse("rs:2+1")
+    catalog = Catalog(str(tmp_path), Policy(0, 2, str(rs)))
+    alive = {"b0", "b1", "b2"}
+    a, b, parity = ChunkKey(b"\1" * 16, 10), ChunkKey(b"\2" * 16, 10), ChunkKey(b"\3" * 16, 10)
+    catalog.commit("ns", "/f", 20, [(a, ["b0"]), (b, ["b0"])], alive)
+    stripe = Stripe(catalog.new_stripe_id(), "ns", 2, 1, 10, (a, b, parity))
+    assert catalog.add_stripe(stripe, {2: ("b1", catalog.new_gen())})
+    assert [(st.id, rebuild, readable) for st, rebuild, readable in catalog.stripe_health(alive)] == [
+        (stripe.id, [1], 3)]
+    assert not catalog.version_protected("ns", "/f", 1, rs, alive)
+    assert catalog.protection("ns", rs, alive) == (0, 1, 0)
+    assert catalog.add_copy(("ns", b), "b2", catalog.new_gen())  # rebuilt onto a benefactor of its own
+    assert catalog.stripe_health(alive) == [] and catalog.version_protected("ns", "/f", 1, rs, alive)
+    assert catalog.stripe_health({"b1", "b2"})[0][1] == [0]  # b0 lost: member 0 to rebuild, 2 still readable
+    catalog.close()
+
+
+def test_fsync_on_a_mount_returns_once_the_version_is_protected(mounted):
+    point, cluster, _ = mounted(benefactors=4, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(redundancy="rs:2+1", persist_every=0)
+    data = random_bytes(12 * MiB)
+    with open(point / "ckpt", "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+        # Committed and protected by now, before close: parity encoded on benefactors of their own.
+        assert c.stat("/ckpt").protected
+    assert protected(cluster, 1)

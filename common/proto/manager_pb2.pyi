@@ -444,7 +444,7 @@ class SymlinkRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., target: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
 
 class FileInfo(_message.Message):
-    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "target", "ino", "stored", "rdev")
+    __slots__ = ("path", "is_dir", "size", "version", "committed_at", "version_count", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "target", "ino", "stored", "rdev", "protected")
     PATH_FIELD_NUMBER: _ClassVar[int]
     IS_DIR_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -462,6 +462,7 @@ class FileInfo(_message.Message):
     INO_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_FIELD_NUMBER: _ClassVar[int]
     path: str
     is_dir: bool
     size: int
@@ -479,7 +480,8 @@ class FileInfo(_message.Message):
     ino: int
     stored: int
     rdev: int
-    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
+    protected: bool
+    def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ..., rdev: _Optional[int] = ..., protected: _Optional[bool] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("entries",)
@@ -600,7 +602,7 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -608,6 +610,7 @@ class StatusReply(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FAILED_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
@@ -615,7 +618,30 @@ class StatusReply(_message.Message):
     deployment: str
     drain_failed: _containers.RepeatedCompositeFieldContainer[VersionRef]
     lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ...) -> None: ...
+    repair: RepairStatus
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., repair: _Optional[_Union[RepairStatus, _Mapping]] = ...) -> None: ...
+
+class RepairStatus(_message.Message):
+    __slots__ = ("chunks_unprotected", "stripes", "members_missing", "in_flight", "copies_made", "members_encoded", "members_rebuilt", "bytes_made", "stripe_cpu_seconds")
+    CHUNKS_UNPROTECTED_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    COPIES_MADE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_ENCODED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_REBUILT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MADE_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    chunks_unprotected: int
+    stripes: int
+    members_missing: int
+    in_flight: int
+    copies_made: int
+    members_encoded: int
+    members_rebuilt: int
+    bytes_made: int
+    stripe_cpu_seconds: float
+    def __init__(self, chunks_unprotected: _Optional[int] = ..., stripes: _Optional[int] = ..., members_missing: _Optional[int] = ..., in_flight: _Optional[int] = ..., copies_made: _Optional[int] = ..., members_encoded: _Optional[int] = ..., members_rebuilt: _Optional[int] = ..., bytes_made: _Optional[int] = ..., stripe_cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy")
