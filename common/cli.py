@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
                    help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
     p.add_argument("--redundancy", default=None, metavar="POLICY",
-                   help="none, or replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail)")
+                   help="none; replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail); or "
+                        "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("mount", parents=[common], help="mount a namespace as a staging directory (FUSE)",

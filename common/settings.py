@@ -79,8 +79,9 @@ class ManagerSettings:
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")
-    redundancy: str = setting("none", _redundancy, "default policy: none, or replicate:R (R copies of each chunk "
-                              "on distinct benefactors, made right after each commit)")
+    redundancy: str = setting("none", _redundancy, "default policy: none, replicate:R (R copies of each chunk "
+                              "on distinct benefactors) or rs:K+M (stripes of K chunks and M Reed-Solomon parity "
+                              "chunks), made right after each commit")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
 
