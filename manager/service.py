@@ -114,6 +114,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.stripe_work = StripeWork()  # under self._lock
         self.copied_bytes = 0  # by replica copies since the manager started
         self._domains_warned = False
+        self._narrow_warned = False  # warned once: too few benefactors for a stripe
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
@@ -386,6 +387,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 shared += n_shared + len(data) - len(used)
                 if len(chosen) < red.m:
                     waited.update(data)
+                    if not self._narrow_warned:
+                        self._narrow_warned = True
+                        log.warning("namespace %s (%s): not enough live benefactors with room for a stripe's %d "
+                                    "members on distinct benefactors (%d alive); its new versions stay "
+                                    "unprotected until there are", ns, red, red.k + red.m, len(alive))
                     continue  # not enough benefactors holding none of its members: next round
                 sid = self.catalog.new_stripe_id()
                 keys = tuple(ik[1] for ik in data)
