@@ -127,3 +127,22 @@ def test_planner_prefers_a_domain_without_a_copy_and_counts_when_it_cannot():
     # Only the holder's domain has room: the copy is made there, and counted.
     assert r.plan([(k, ["a1"], ["a1"])], {"ns": 2}, {"a2": 1000, "b1": 0}, domains) == [(k, "a1", "a2")]
     assert r.shared_domains == 1
+
+
+def test_a_second_copy_on_the_same_benefactor_moves_its_location_to_the_newer_hold(tmp_path):
+    """Two copy orders to one benefactor (the second planned before the first was recorded): the
+    benefactor holds the chunk at the newer generation, so the location must name that one. Before,
+    the second report was refused and its free (at the newer generation) dropped the only copy there
+    while the index still located it: a read got NOT_FOUND."""
+    from memstage.manager.catalog import Catalog
+
+    catalog = Catalog(str(tmp_path))
+    key = ChunkKey(b"\7" * 16, 10)
+    catalog.commit("ns", "/f", 10, [(key, ["a"])], {"a", "b"})
+    first, second = catalog.new_gen(), catalog.new_gen()
+    assert catalog.add_copy(("ns", key), "b", first)
+    assert catalog.add_copy(("ns", key), "b", second)  # not refused: nothing gets freed
+    assert catalog.locations(("ns", key))["b"] == second
+    assert catalog.add_copy(("ns", key), "b", first)  # a late report of the older one changes nothing
+    assert catalog.locations(("ns", key))["b"] == second
+    catalog.close()
