@@ -21,7 +21,7 @@ from memstage.benefactor.store import ChunkStore, Held
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
 from memstage.proto import manager_pb2, manager_pb2_grpc
-from memstage.rpc import CONTROL_TIMEOUT_S, control_channel
+from memstage.rpc import CONTROL_TIMEOUT_S, control_channel, with_metadata
 from memstage.settings import BenefactorSettings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
-                 incarnation: int, receipt_key: bytes) -> None:
+                 incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, str], ...] = ()) -> None:
         self.settings = settings
         self.store = store
         self.id = benefactor_id
@@ -38,7 +38,8 @@ class Heartbeat:
         self.receipt_key = receipt_key
         self.interval = settings.heartbeat_interval
         self._channel = control_channel(settings.manager)
-        self.stub = manager_pb2_grpc.ManagerStub(self._channel)
+        # Every call to the manager proves this benefactor holds the cluster secret.
+        self.stub = manager_pb2_grpc.ManagerStub(with_metadata(self._channel, credentials))
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
         self._stop = threading.Event()
         self._registered = False

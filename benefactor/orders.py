@@ -47,7 +47,7 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
 
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
-                 stub: manager_pb2_grpc.ManagerStub, address: str = "") -> None:
+                 stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "") -> None:
         self.store = store
         # Members on the PFS are read through this benefactor's own ReadDrained.
         self._readers = [common_pb2.Location(benefactor_id=benefactor_id, address=address)] if address else []
@@ -60,7 +60,8 @@ class OrderLoop:
         self._copying: list[Future[manager_pb2.CopyResult]] = []
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
-        self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S))
+        self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S,
+                                                    cluster_proof=cluster_proof))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 

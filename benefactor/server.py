@@ -13,12 +13,14 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from memstage import auth
 from memstage.benefactor.drain import DrainLoop
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.metrics import BenefactorMetrics
 from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
+from memstage.errors import SettingError
 from memstage.metrics import serve_metrics
 from memstage.proto import manager_pb2
 from memstage.receipts import new_key
@@ -36,17 +38,27 @@ class BenefactorServer:
         # This process start: locations the manager knows from an earlier one (same id) are void.
         self.incarnation = secrets.randbits(63) or 1
         receipt_key = new_key()
+        if settings.insecure:
+            secret = None
+            log.warning("INSECURE: --insecure is set: chunks are served to anyone who reaches this benefactor")
+        elif not settings.cluster_secret:
+            raise SettingError("benefactor: --cluster-secret FILE is needed (the manager writes it to "
+                               "<state>/secrets/cluster.key), or --insecure for a manager run with --insecure")
+        else:
+            secret = auth.read_secret_file(settings.cluster_secret, "--cluster-secret")
+        proof = auth.cluster_proof(secret) if secret is not None else ""
+        credentials = ((auth.CLUSTER_HEADER, proof),) if proof else ()
         self.store = ChunkStore(capacity=settings.memory)
         self.registry = CollectorRegistry()
         metrics = BenefactorMetrics(self.registry, self.store, self._drain_state)
-        self.service = BenefactorService(self.store, self.id, metrics, receipt_key)
+        self.service = BenefactorService(self.store, self.id, metrics, receipt_key, secret)
         # One thread per concurrent stream; puts from many clients each hold one.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((self.service.handler(),))
         self.address = bind(self._server, settings.listen, "--listen")
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
-                                   self.incarnation, receipt_key)
-        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address)
+                                   self.incarnation, receipt_key, credentials)
+        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof)
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain

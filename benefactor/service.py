@@ -8,6 +8,7 @@ chunks are freed only on the manager's orders (benefactor.orders).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -19,8 +20,9 @@ from memstage.benefactor.store import ChunkStore, StoreKey
 
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
+from memstage import auth
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FRAME_DATA, ChunkKey
-from memstage.errors import InvalidPath
+from memstage.errors import InvalidPath, PermissionDenied
 from memstage.frames import (
     FrameError,
     PutFrameView,
@@ -61,12 +63,36 @@ class _Incoming:
 
 
 class BenefactorService:
-    def __init__(self, store: ChunkStore, benefactor_id: str, metrics: BenefactorMetrics, receipt_key: bytes) -> None:
+    def __init__(self, store: ChunkStore, benefactor_id: str, metrics: BenefactorMetrics, receipt_key: bytes,
+                 secret: bytes | None = None) -> None:
         self.store = store
+        self.secret = secret  # the cluster secret; None: --insecure, nothing is checked
+        self._peer_proof = auth.cluster_proof(secret) if secret is not None else ""
         self.id = benefactor_id
         self.receipt_key = receipt_key
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
+
+    def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
+        """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
+        this deployment (copies and rebuilds read from each other)."""
+        if self.secret is None:
+            return
+        metadata = context.invocation_metadata()
+        proof = auth.header(metadata, auth.CLUSTER_HEADER)
+        if proof and hmac.compare_digest(proof, self._peer_proof):
+            return
+        grant = auth.header(metadata, auth.GRANT_HEADER)
+        if not grant:
+            self.metrics.refused.labels("unauthenticated").inc()
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"benefactor {self.id}: no grant (clients get one from the manager with each session "
+                          "and version map)")
+        try:
+            auth.verify_grant(self.secret, grant, namespace, write)
+        except PermissionDenied as e:
+            self.metrics.refused.labels("permission_denied").inc()
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"benefactor {self.id}: {e}")
 
     # -- Put ---------------------------------------------------------------------------------
     def put(self, frames: Iterator[PutFrameView], context: grpc.ServicerContext) -> Iterator[benefactor_pb2.PutAck]:
@@ -110,6 +136,7 @@ class BenefactorService:
             check_namespace(header.namespace)
         except InvalidPath as e:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self._allow(context, header.namespace, write=True)
         if not header.session:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: no write session (open one with the manager first)")
@@ -130,6 +157,7 @@ class BenefactorService:
 
     # -- Get, Has ----------------------------------------------------------------------------
     def get(self, request: benefactor_pb2.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._allow(context, request.namespace, write=False)
         key = (request.namespace, ChunkKey.from_pb(request.key))
         for start in range(0, key[1].length, MAX_FRAME_DATA):
             end = min(start + MAX_FRAME_DATA, key[1].length)
@@ -142,6 +170,7 @@ class BenefactorService:
     def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
                      ) -> Iterator[bytes]:
         assert self.drain is not None
+        self._allow(context, request.drained.split("/", 1)[0], write=False)  # chunk files live under <namespace>/
         key = ChunkKey.from_pb(request.key)
         try:
             data = self.drain.read_drained(request.drained, key)
@@ -154,6 +183,7 @@ class BenefactorService:
             yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
 
     def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
+        self._allow(context, request.namespace, write=False)
         keys = [(request.namespace, ChunkKey.from_pb(k)) for k in request.keys]
         return benefactor_pb2.HasReply(present=[self.store.has(k) for k in keys])
 

@@ -50,7 +50,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.settings = load(ClientSettings, {"manager": manager, "namespace": namespace, **settings},
                              config=config, flag_style=str)
         self.namespace = self.settings.namespace
-        self.connections = Connections(self.settings.manager, self.settings.rpc_timeout)
+        self.connections = Connections(self.settings.manager, self.settings.rpc_timeout, token=self.settings.token,
+                                       namespace=self.settings.namespace)
         self.transport: ChunkTransport = GrpcTransport(self.connections)
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.

@@ -12,16 +12,25 @@ from typing import Any
 
 import grpc
 
+from memstage.auth import CLUSTER_HEADER, GRANT_HEADER
 from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
-from memstage.proto import benefactor_pb2, manager_pb2_grpc
+from memstage.proto import benefactor_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import channel, control_channel
 
 
 class Connections:
-    def __init__(self, manager: str, timeout: float) -> None:
+    def __init__(self, manager: str, timeout: float, token: str = "", cluster_proof: str = "",
+                 namespace: str = "") -> None:
+        """token: a client's (sent to the manager); cluster_proof: a benefactor's (sent to other
+        benefactors, which then serve any namespace); namespace: the one whose grant a Put carries."""
         self.manager_address = manager
         self.timeout = timeout
+        self.namespace = namespace
+        self._manager_metadata = (("authorization", f"Bearer {token.strip()}"),) if token.strip() else ()
+        self._peer_metadata = ((CLUSTER_HEADER, cluster_proof),) if cluster_proof else ()
+        # The manager's grants for benefactor calls, by namespace: read, and read-write.
+        self._grants: dict[tuple[str, bool], str] = {}
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._manager: manager_pb2_grpc.ManagerStub | None = None
@@ -33,6 +42,19 @@ class Connections:
                 ch = self._channels[address] = channel(address)
             return ch
 
+    def note_grant(self, namespace: str, grant: str, write: bool) -> None:
+        """Keep a grant the manager handed out (a session's, a version map's) for benefactor calls."""
+        if grant:
+            with self._lock:
+                self._grants[(namespace, write)] = grant
+
+    def _benefactor_metadata(self, namespace: str, write: bool) -> tuple[tuple[str, str], ...]:
+        if self._peer_metadata:
+            return self._peer_metadata
+        with self._lock:
+            grant = self._grants.get((namespace, True)) or ("" if write else self._grants.get((namespace, False), ""))
+        return ((GRANT_HEADER, grant),) if grant else ()
+
     def call_manager(self, method: str, request: Any, what: str) -> Any:
         """Call a Manager RPC; a failure becomes the matching MemstageError, naming `what`."""
         with self._lock:
@@ -41,7 +63,7 @@ class Connections:
                     self.manager_address, control_channel(self.manager_address)))
             stub = self._manager
         try:
-            return getattr(stub, method)(request, timeout=self.timeout)
+            reply = getattr(stub, method)(request, timeout=self.timeout, metadata=self._manager_metadata)
         except ValueError:  # grpc's word for a channel closed under the call
             raise Unavailable(f"manager {self.manager_address}: the client's connections were closed") from None
         except grpc.RpcError as e:
@@ -49,6 +71,14 @@ class Connections:
                                                           grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise from_rpc_error(e, f"manager {self.manager_address}") from None
             raise from_rpc_error(e, what) from None
+        grant = getattr(reply, "grant", "")
+        if grant:  # a session's (read-write) or a version map's (read)
+            self.note_grant(getattr(request, "namespace", ""), grant, isinstance(reply, manager_pb2.SessionReply))
+        if isinstance(reply, manager_pb2.RenewSessionsReply):  # fresh session grants: "<namespace>:rw:..."
+            for g in reply.grants:
+                if g:
+                    self.note_grant(g.rsplit(":", 3)[0], g, True)
+        return reply
 
     def put_stream(self, address: str, frames: Iterator[bytes]) -> Any:
         """Open a Put stream: frames are pre-encoded bytes; returns the iterator of PutAcks."""
@@ -57,7 +87,7 @@ class Connections:
             request_serializer=identity,
             response_deserializer=benefactor_pb2.PutAck.FromString,
         )
-        return call(frames)
+        return call(frames, metadata=self._benefactor_metadata(self.namespace, True))
 
     def get_chunk(self, address: str, request: benefactor_pb2.GetRequest) -> list[memoryview]:
         call = self._channel(address).unary_stream(
@@ -65,7 +95,8 @@ class Connections:
             request_serializer=benefactor_pb2.GetRequest.SerializeToString,
             response_deserializer=decode_get_frame,
         )
-        return list(call(request, timeout=self.timeout))
+        return list(call(request, timeout=self.timeout,
+                         metadata=self._benefactor_metadata(request.namespace, False)))
 
     def read_drained(self, address: str, request: benefactor_pb2.ReadDrainedRequest) -> list[memoryview]:
         """A drained chunk, read from the PFS by the benefactor at `address`."""
@@ -74,7 +105,8 @@ class Connections:
             request_serializer=benefactor_pb2.ReadDrainedRequest.SerializeToString,
             response_deserializer=decode_get_frame,
         )
-        return list(call(request, timeout=self.timeout))
+        namespace = request.drained.split("/", 1)[0]  # drained chunk files live under <namespace>/
+        return list(call(request, timeout=self.timeout, metadata=self._benefactor_metadata(namespace, False)))
 
     def close(self) -> None:
         with self._lock:

@@ -46,6 +46,10 @@ def _add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str
         if only is not None and f.name not in only:
             continue
         default = f.default if f.default != "" else "none"
+        if f.type in (bool, "bool"):  # a switch: --insecure
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, action="store_const", const=True,
+                                help=f"{f.metadata['help']} [{env_name(f.name)}=1]")
+            continue
         parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
                             help=f"{f.metadata['help']} [{env_name(f.name)}; default {default}]")
 
@@ -111,8 +115,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from memstage.client.connections import Connections
     from memstage.proto import manager_pb2
 
-    settings = load(ClientSettings, {"manager": args.manager}, config=args.config)
-    conn = Connections(settings.manager, settings.rpc_timeout)
+    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
     try:
         reply = conn.call_manager("Status", manager_pb2.StatusRequest(), "status")
     finally:
@@ -147,6 +151,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                      format_size(n.bytes_stored), n.redundancy or "none", str(n.versions_protected),
                      str(n.versions_degraded), str(n.versions_lost)))
     _table(rows)
+    if reply.insecure:
+        print("\nINSECURE: the manager runs with --insecure: anyone who reaches it may read, write and delete "
+              "every namespace")
     r = reply.repair
     if r.stripes or r.chunks_unprotected or r.members_missing or r.copies_made or r.members_encoded:
         print(f"\nredundancy: {r.chunks_unprotected} chunks not yet protected, {r.stripes} stripes, "
@@ -309,8 +316,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
         timeout = parse_duration(args.timeout)
     except ValueError as e:
         raise SettingError(f"--timeout: {e}") from None
-    settings = load(ClientSettings, {"manager": args.manager}, config=args.config)
-    conn = Connections(settings.manager, settings.rpc_timeout)
+    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
     deadline = time.monotonic() + timeout
     last_report = 0.0
     last_drained: tuple[float, int] | None = None  # (when, bytes drained in all) at the last report
@@ -363,7 +370,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1)):
         if value is not None and value < least:
             raise SettingError(f"{flag}: must be {least} or more")
-    settings = load(ClientSettings, {"manager": args.manager, "namespace": args.namespace}, config=args.config)
+    settings = load(ClientSettings, {"manager": args.manager, "namespace": args.namespace, "token": args.token},
+                    config=args.config)
     client = Client(manager=settings.manager, namespace=settings.namespace)
     if args.redundancy is not None:
         Redundancy.parse(args.redundancy, "--redundancy")
@@ -446,13 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="benefactors, memory and files of a deployment",
                        description="Show benefactors (alive, memory used/capacity, drain backlog) and namespaces.")
-    _add_settings(p, ClientSettings, only=["manager"])
+    _add_settings(p, ClientSettings, only=["manager", "token"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("policy", parents=[common], help="show or set a namespace's persistence policy",
                        description="Show the policy of a namespace; with --persist-every or --keep-versions, set it.")
-    _add_settings(p, ClientSettings, only=["manager", "namespace"])
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token"])
     p.add_argument("--persist-every", type=int, default=None, metavar="N",
                    help="drain every N-th version of a path to the PFS; 0 = never")
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
@@ -461,6 +469,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none; replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail); or "
                         "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("token", parents=[common], help="create, revoke or list access tokens (admin token needed)",
+                       description="Tokens give clients read or read-write access to named namespaces (or admin "
+                                   "access to all). The manager keeps only a hash of each; a new token is printed "
+                                   "once.")
+    p.add_argument("action", choices=["create", "revoke", "list"])
+    p.add_argument("id", nargs="?", default="", help="revoke: the token's id (as `memstage token list` shows it)")
+    p.add_argument("--namespace", action="append", default=[], metavar="NS",
+                   help="create: a namespace the token grants (repeat for several)")
+    p.add_argument("--read-only", action="store_true", help="create: read access only")
+    p.add_argument("--admin", action="store_true", help="create: an admin token (every namespace, tokens, policy)")
+    p.add_argument("--note", default="", help="create: who or what the token is for")
+    _add_settings(p, ClientSettings, only=["manager", "token"])
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("mount", parents=[common], help="mount a namespace as a staging directory (FUSE)",
                        description="Mount a namespace as a POSIX directory: files written there are checkpoints in "
@@ -487,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Wait until N benefactors are alive and/or nothing is left to drain to the PFS "
                                    "(e.g. at the end of a batch job). Exit 0 when done, 2 on timeout, 3 if a version "
                                    "was lost before it could be drained.")
-    _add_settings(p, ClientSettings, only=["manager"])
+    _add_settings(p, ClientSettings, only=["manager", "token"])
     p.add_argument("--benefactors", type=int, default=None, metavar="N", help="wait until N benefactors are alive")
     p.add_argument("--drained", action="store_true", help="wait until every selected version is on the PFS")
     p.add_argument("--timeout", default="1h", help="give up after this long (default 1h)")
@@ -516,6 +538,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from memstage.client.connections import Connections
+    from memstage.proto import manager_pb2
+
+    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
+    try:
+        if args.action == "create":
+            if args.admin == bool(args.namespace):
+                raise SettingError("token create: give --namespace NS (one or more), or --admin")
+            mode = "r" if args.read_only else "rw"
+            grants = ([manager_pb2.TokenGrant(namespace="*", mode="admin")] if args.admin else
+                      [manager_pb2.TokenGrant(namespace=ns, mode=mode) for ns in args.namespace])
+            reply = conn.call_manager("CreateToken", manager_pb2.TokenRequest(grants=grants, note=args.note or ""),
+                                      "token create")
+            print(reply.token)
+            print(f"(token {reply.id}: {'admin' if args.admin else ('read' if args.read_only else 'read-write')}"
+                  f"{'' if args.admin else ' on ' + ', '.join(args.namespace)}; give it to clients as MEMSTAGE_TOKEN "
+                  "or --token; it is shown only this once)", file=sys.stderr)
+        elif args.action == "revoke":
+            if not args.id:
+                raise SettingError("token revoke: give the token's id (memstage token list)")
+            conn.call_manager("RevokeToken", manager_pb2.TokenRequest(id=args.id), f"token {args.id}")
+            print(f"token {args.id} revoked")
+        else:
+            listed = conn.call_manager("ListTokens", manager_pb2.TokenRequest(), "token list")
+            rows: list[tuple[str, ...]] = [("ID", "GRANTS", "CREATED", "REVOKED", "NOTE")]
+            for t in listed.tokens:
+                granted = ", ".join(f"{g.mode} {g.namespace}" for g in t.grants)
+                rows.append((t.id, granted, time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created_at)),
+                             "yes" if t.revoked else "", t.note))
+            _table(rows)
+    finally:
+        conn.close()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,7 +85,23 @@ class Unavailable(MemstageError, ConnectionError):
     errno = errno.EIO
 
 
+class Unauthenticated(MemstageError, PermissionError):
+    """No credential, or one the server does not know (a wrong token or cluster secret)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    errno = errno.EACCES
+
+
+class PermissionDenied(MemstageError, PermissionError):
+    """A known credential that does not grant this (another namespace, read-only, not admin)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    errno = errno.EACCES
+
+
 _BY_CODE: dict[grpc.StatusCode, type[MemstageError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.RESOURCE_EXHAUSTED: DeploymentFull,
     grpc.StatusCode.FAILED_PRECONDITION: DataLost,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+from typing import Any
+
 import grpc
 
 from memstage.chunks import MAX_MESSAGE_BYTES
@@ -55,3 +58,39 @@ def bind(server: grpc.Server, address: str, setting: str) -> str:
     if port == 0:
         raise SettingError(f"{setting}: cannot listen on {address} (address in use or not local)")
     return f"{host}:{port}"
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds fixed metadata (a credential) to every call on a channel."""
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        self._pairs = pairs
+
+    def _details(self, details: Any) -> Any:
+        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), *self._pairs),
+                            details.credentials, getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):  # type: ignore[misc]
+    pass
+
+
+def with_metadata(ch: grpc.Channel, pairs: tuple[tuple[str, str], ...]) -> grpc.Channel:
+    """The channel, sending these metadata pairs with every call (none: the channel as it is)."""
+    return grpc.intercept_channel(ch, _Metadata(pairs)) if pairs else ch

@@ -55,6 +55,17 @@ def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help})
 
 
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{v!r} is not true or false")
+
+
 def _size(v: Any) -> int:
     return parse_size(v)
 
@@ -84,6 +95,12 @@ class ManagerSettings:
                               "chunks), made right after each commit")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
+    insecure: bool = setting(False, _bool, "no authentication: whoever reaches the port may do anything (without "
+                             "it, clients need a token and benefactors the cluster secret, both kept in --secrets)")
+    secrets: str = setting("", _str, "private directory of the cluster secret (cluster.key) and of the first admin "
+                           "token (admin.token), created on the first start (default: <state>/secrets)")
+    cluster_secret: str = setting("", _str, "file holding the cluster secret, when it is given (e.g. a Kubernetes "
+                                  "Secret) rather than created in --secrets")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
@@ -110,6 +127,10 @@ class BenefactorSettings:
                           "benefactors of distinct domains when there are enough")
     stop_timeout: float = setting(600.0, _duration, "asked to stop (SIGTERM, Ctrl-C), first drain what is selected "
                                   "for persistence for at most this long; what is left is reported lost")
+    cluster_secret: str = setting("", _str, "file holding the cluster secret shared with the manager (it writes "
+                                  "<state>/secrets/cluster.key)")
+    insecure: bool = setting(False, _bool, "no authentication: serve chunks to anyone and talk to a manager that "
+                             "runs with --insecure")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -124,6 +145,8 @@ class BenefactorSettings:
 class ClientSettings:
     manager: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
     namespace: str = setting("default", _str, "namespace: the scope of paths and of deduplication")
+    token: str = setting("", _str, "access token (mst_...) from `memstage token create`, or the admin token "
+                         "`memstage up` wrote; not needed with a manager run with --insecure")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")
@@ -163,6 +186,8 @@ class UpSettings:
     drain_bandwidth: int = setting(0, _size, "bytes per second each benefactor drains at most (0 = unlimited)")
     stop_timeout: float = setting(600.0, _duration, "on Ctrl-C, how long benefactors drain what is selected for "
                                   "persistence before stopping (press Ctrl-C again to stop at once)")
+    insecure: bool = setting(False, _bool, "no authentication anywhere (without it the manager checks tokens and "
+                             "the cluster secret it keeps in --state, and a client settings file is written there)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")

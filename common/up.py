@@ -28,6 +28,26 @@ def _mkdir(path: str, setting: str) -> str:
     return str(Path(path).resolve())
 
 
+def deployment_token(state: str) -> str:
+    """The admin token a secure manager wrote into its state directory ("" if there is none: --insecure)."""
+    try:
+        return (Path(state) / "secrets" / "admin.token").read_text().strip()
+    except OSError:
+        return ""
+
+
+def write_client_settings(state: str, manager: str) -> str:
+    """<state>/client.toml (0600): the manager's address and the admin token, for Client(), the CLI
+    and `memstage mount` through MEMSTAGE_CONFIG (or --config)."""
+    path = Path(state) / "client.toml"
+    token = deployment_token(state)
+    lines = ["[client]", f'manager = "{manager}"'] + ([f'token = "{token}"'] if token else [])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
 def start_deployment(settings: UpSettings, config: str | None = None) -> list[RoleProcess]:
     """Start the manager, then the benefactors; on any failure stop what was started."""
     if settings.mount and not os.path.isdir(settings.mount):
@@ -42,8 +62,11 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
                                        interval, "--persist-every", str(settings.persist_every),
                                        "--keep-versions", str(settings.keep_versions), "--metrics-port", str(port),
-                                       *extra]))
+                                       *(["--insecure"] if settings.insecure else []), *extra]))
         manager = procs[0].address
+        # The manager wrote the cluster secret and an admin token into its state as it started.
+        secret = ["--insecure"] if settings.insecure else ["--cluster-secret", os.path.join(state, "secrets",
+                                                                                            "cluster.key")]
         for i in range(settings.benefactors):
             # Stable ids: after a restart on the same state, the manager knows at once that what the
             # previous processes held is gone (a new incarnation of the same id).
@@ -51,9 +74,11 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                               "--heartbeat-interval", interval, "--id", f"up-{i}",
                                               "--drain-bandwidth", str(settings.drain_bandwidth),
                                               "--stop-timeout", f"{settings.stop_timeout}s",
-                                              "--metrics-port", str(port + 1 + i if port else 0), *extra]))
+                                              "--metrics-port", str(port + 1 + i if port else 0), *secret,
+                                              *extra]))
         if settings.mount:
-            procs.append(_mount(settings.mount, manager, extra))
+            token = deployment_token(state)
+            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *extra]))
     except BaseException:
         stop_deployment(procs)
         raise
@@ -129,9 +154,21 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
           f"{format_size(settings.memory)} each ({format_size(total)} in all)", flush=True)
     if settings.mount:
         print(f"  staging directory: {os.path.abspath(settings.mount)}", flush=True)
-    print(f"  try:  memstage status --manager {manager.address}", flush=True)
-    print(f"        python -c \"from memstage.client import Client; "
-          f"Client(manager='{manager.address}').pipe('/hello.txt', b'hi')\"", flush=True)
+    client_file = write_client_settings(settings.state, manager.address)
+    if settings.insecure:
+        print("  INSECURE (--insecure): no token or secret is checked; anyone who reaches these ports may read, "
+              "write and delete everything", flush=True)
+    else:
+        print(f"  secured: clients need a token; the admin token and the cluster secret are in "
+              f"{os.path.join(os.path.abspath(settings.state), 'secrets')} (mode 0600)", flush=True)
+    print(f"  client settings (manager address{'' if settings.insecure else ' and admin token'}): {client_file}",
+          flush=True)
+    print(f"  try:  export MEMSTAGE_CONFIG={os.path.abspath(client_file)}", flush=True)
+    print("        memstage status", flush=True)
+    print("        python -c \"from memstage.client import Client; Client().pipe('/hello.txt', b'hi')\"", flush=True)
+    if not settings.insecure:
+        print("        memstage token create --namespace NS   (a token for one namespace, to give to a job)",
+              flush=True)
     print("Ctrl-C stops everything.", flush=True)
     code = 0
     try:

@@ -15,6 +15,7 @@ process voids its old locations (void_benefactor).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import sqlite3
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS drain_tasks (
     length INTEGER NOT NULL, benefactor TEXT NOT NULL, queued_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS drain_by_benefactor ON drain_tasks (benefactor, id);
 CREATE INDEX IF NOT EXISTS drain_by_version ON drain_tasks (ns, path, version);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, digest BLOB NOT NULL, grants TEXT NOT NULL, created_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS stripes (
     id INTEGER PRIMARY KEY, ns TEXT NOT NULL, k INTEGER NOT NULL, m INTEGER NOT NULL, size INTEGER NOT NULL,
     members BLOB NOT NULL);
@@ -262,6 +266,29 @@ class Catalog(NodeTable):
                              "ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
                              "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy",
                              (namespace, policy.persist_every, policy.keep_versions, policy.redundancy))
+
+    # -- access tokens (memstage.auth) ------------------------------------------------------------
+    def add_token(self, token_id: str, digest: bytes, grants: dict[str, str], note: str = "") -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO tokens (id, digest, grants, created_at, note) VALUES (?, ?, ?, ?, ?)",
+                             (token_id, digest, json.dumps(grants, sort_keys=True), time.time(), note))
+
+    def token(self, token_id: str) -> tuple[bytes, dict[str, str]] | None:
+        """(digest of its secret, grants) of a token that is not revoked."""
+        with self._lock:
+            row = self._db.execute("SELECT digest, grants FROM tokens WHERE id=? AND revoked=0",
+                                   (token_id,)).fetchone()
+        return (bytes(row[0]), json.loads(row[1])) if row else None
+
+    def revoke_token(self, token_id: str) -> bool:
+        with self._lock:
+            return bool(self._db.execute("UPDATE tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount)
+
+    def tokens(self) -> list[tuple[str, dict[str, str], float, bool, str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, grants, created_at, revoked, note FROM tokens "
+                                    "ORDER BY created_at").fetchall()
+        return [(i, json.loads(g), at, bool(r), note) for i, g, at, r, note in rows]
 
     # -- chunk index -------------------------------------------------------------------------
     def refs(self, key: IndexKey) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
 
+from memstage import auth
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.metrics import serve_metrics
@@ -26,7 +29,8 @@ class ManagerServer:
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
         self.registry = CollectorRegistry()
-        self.service = ManagerService(settings, self.catalog, self.registry)
+        self.secret = None if settings.insecure else self._secrets()
+        self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=CONTROL_SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.address = bind(self._server, settings.listen, "--listen")
@@ -34,11 +38,34 @@ class ManagerServer:
         self._metrics: Any = None
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
 
+    def _secrets(self) -> bytes:
+        """The cluster secret, and a first admin token, kept in --secrets (<state>/secrets; files 0600):
+        created on the first start, so a manager is never open to whoever reaches its port unless told
+        --insecure. An existing cluster.key (e.g. a Kubernetes Secret) is used as it is."""
+        folder = Path(self.settings.secrets or Path(self.settings.state) / "secrets")
+        if self.settings.cluster_secret:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            secret = auth.read_secret_file(self.settings.cluster_secret, "--cluster-secret")
+        else:
+            secret = auth.new_secret_file(folder / "cluster.key")
+        admin = folder / "admin.token"
+        if not admin.exists():  # the first start (or the file was removed: a new admin token replaces it)
+            token = auth.Token.new()
+            self.catalog.add_token(token.id, token.digest(), {"*": "admin"}, "created with the state")
+            fd = os.open(admin, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{token}\n")
+            log.info("admin token written to %s", admin)
+        return secret
+
     def start(self) -> None:
         self._server.start()
         self._housekeeper.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
+        if self.secret is None:
+            log.warning("INSECURE: --insecure is set: no token or cluster secret is checked, anyone who reaches "
+                        "%s may read, write and delete every namespace", self.address)
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry
 
-from memstage import receipts
+from memstage import auth, receipts
 from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
 from memstage.errors import (
     DataLost,
@@ -35,10 +35,13 @@ from memstage.errors import (
     InvalidArgument,
     MemstageError,
     NotFound,
+    PermissionDenied,
     SettingError,
+    Unauthenticated,
     Unavailable,
     to_rpc_detail,
 )
+from memstage.manager.access import EVERYONE, Access, Caller
 from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
@@ -64,7 +67,15 @@ def rpc(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: ManagerService, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            name = method.__name__
+            caller = self.access.caller(name, context.invocation_metadata())
+            self.access.check(name, caller, request, self._session_namespace)
+            self._local.caller = caller
             return method(self, request, context)
+        except (Unauthenticated, PermissionDenied) as e:
+            self.metrics.errors.labels(method.__name__, e.code.name).inc()
+            log.warning("refused %s from %s: %s", method.__name__, context.peer(), e)
+            context.abort(e.code, to_rpc_detail(e))
         except MemstageError as e:
             self.metrics.errors.labels(method.__name__, e.code.name).inc()
             context.abort(e.code, to_rpc_detail(e))
@@ -97,9 +108,12 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
 
 class ManagerService(manager_pb2_grpc.ManagerServicer):
     def __init__(self, settings: ManagerSettings, catalog: Catalog, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, secret: bytes | None = None):
         self.settings = settings
         self.catalog = catalog
+        # secret None: --insecure (nothing is checked).
+        self.access = Access(secret, catalog.token)
+        self._local = threading.local()  # the caller of the RPC this thread serves
         self.registry = Registry(settings.heartbeat_interval)
         self.clock = clock
         self._lock = threading.Lock()  # registry, sessions and order queues
@@ -509,14 +523,18 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         path = normalize_file_path(request.path) if request.path else ""
         with self._lock:
             session = self.sessions.open(namespace, path, self.clock())
-        return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease)
+        return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease,
+                                        grant=self.access.grant(namespace, write=True))
 
     @rpc
     def RenewSessions(self, request: manager_pb2.RenewSessionsRequest, context: grpc.ServicerContext
                       ) -> manager_pb2.RenewSessionsReply:
         with self._lock:
             now = self.clock()
-            return manager_pb2.RenewSessionsReply(open=[self.sessions.renew(sid, now) for sid in request.sessions])
+            alive = [self.sessions.renew(sid, now) for sid in request.sessions]
+            spaces = [s.namespace if (s := self.sessions.get(sid)) is not None else "" for sid in request.sessions]
+        return manager_pb2.RenewSessionsReply(open=alive, grants=[
+            self.access.grant(ns, write=True) if ns else "" for ns in spaces])
 
     @rpc
     def AbortSession(self, request: manager_pb2.SessionRequest, context: grpc.ServicerContext
@@ -545,6 +563,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     if bf in session.benefactors:
                         self.orders.push(bf, namespace, session=session.id, release=keys)
         return manager_pb2.ReleaseReply()
+
+    def _session_namespace(self, sid: int) -> str | None:
+        with self._lock:
+            session = self.sessions.get(sid)
+        return session.namespace if session is not None else None
+
+    @property
+    def _caller(self) -> Caller:
+        return getattr(self._local, "caller", EVERYONE)
 
     def _session(self, sid: int, namespace: str) -> Session:
         """(under self._lock) An open session of this namespace, or DataLost naming why not."""
@@ -696,7 +723,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     ref.stripe.CopyFrom(self._stripe_spec(stripe, stripe.members.index(key), live, alive))
         readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
-                                      committed_at=committed_at, pfs_readers=readers)
+                                      committed_at=committed_at, pfs_readers=readers,
+                                      grant=self.access.grant(namespace, write=False))
 
     # -- namespace -----------------------------------------------------------------------------
     def _file_info(self, namespace: str, path: str) -> manager_pb2.FileInfo:
@@ -1009,7 +1037,47 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     # -- operators ---------------------------------------------------------------------------
     @rpc
     def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
-        return self._status_reply()
+        reply = self._status_reply()
+        caller = self._caller
+        if not caller.admin:  # a namespace token sees its own namespaces only
+            for name in ("namespaces", "lost", "drain_failed"):
+                kept = [x for x in getattr(reply, name) if caller.sees(x.namespace)]
+                del getattr(reply, name)[:]
+                getattr(reply, name).extend(kept)
+        return reply
+
+    # -- access tokens ---------------------------------------------------------------------------
+    @rpc
+    def CreateToken(self, request: manager_pb2.TokenRequest, context: grpc.ServicerContext
+                    ) -> manager_pb2.TokenReply:
+        grants = {}
+        for g in request.grants:
+            grants[g.namespace if g.namespace == "*" else check_namespace(g.namespace)] = g.mode
+        if not grants:
+            raise InvalidArgument("a token needs at least one grant (a namespace, or * for an admin token)")
+        try:
+            grants = auth.check_grants(grants)
+        except SettingError as e:
+            raise InvalidArgument(str(e)) from None
+        token = auth.Token.new()
+        self.catalog.add_token(token.id, token.digest(), grants, request.note)
+        log.info("token %s created: %s", token.id, auth.describe(grants))
+        return manager_pb2.TokenReply(token=str(token), id=token.id)
+
+    @rpc
+    def RevokeToken(self, request: manager_pb2.TokenRequest, context: grpc.ServicerContext
+                    ) -> manager_pb2.TokenReply:
+        if not self.catalog.revoke_token(request.id):
+            raise NotFound(f"token {request.id}: no such token")
+        log.info("token %s revoked", request.id)
+        return manager_pb2.TokenReply(id=request.id)
+
+    @rpc
+    def ListTokens(self, request: manager_pb2.TokenRequest, context: grpc.ServicerContext) -> manager_pb2.TokenList:
+        return manager_pb2.TokenList(tokens=[
+            manager_pb2.TokenInfo(id=i, grants=[manager_pb2.TokenGrant(namespace=ns, mode=m) for ns, m in g.items()],
+                                  created_at=at, revoked=revoked, note=note)
+            for i, g, at, revoked, note in self.catalog.tokens()])
 
     def _status_reply(self) -> manager_pb2.StatusReply:
         """What `memstage status` prints and /metrics exports, read from live state: what the manager
@@ -1055,6 +1123,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 copies_made=self.replicator.copies_made, members_encoded=w.encoded, members_rebuilt=w.rebuilt,
                 bytes_made=w.bytes_made + self.copied_bytes, stripe_cpu_seconds=w.cpu_seconds)
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost, repair=repair,
+                                       insecure=self.access.insecure,
                                        heartbeat_interval_seconds=self.settings.heartbeat_interval,
                                        state_dir=self.settings.state, deployment=self.catalog.deployment_id,
                                        drain_failed=undrainable)

@@ -41,6 +41,7 @@ class Cluster:
     manager_address: str = ""
     manager_args: tuple[str, ...] = ()
     pfs: Path | None = None  # default: <root>/pfs
+    secure: bool = False  # False: --insecure everywhere (today's tests of other things); True: tokens and secret
     _clients: list[Client] = field(default_factory=list)
     _logs: list[object] = field(default_factory=list)
 
@@ -51,7 +52,7 @@ class Cluster:
     def start_manager(self, listen: str = "127.0.0.1:0") -> RoleProcess:
         self.manager = spawn("manager", ["--listen", listen, "--state", self.state,
                                          "--heartbeat-interval", f"{self.heartbeat}s", "--log-level", "warning",
-                                         *self.manager_args])
+                                         *([] if self.secure else ["--insecure"]), *self.manager_args])
         self.manager_address = self.manager.address
         return self.manager
 
@@ -62,10 +63,24 @@ class Cluster:
             self._logs.append(out)
         bf = spawn("benefactor", ["--manager", self.manager_address, "--memory", str(memory), "--pfs",
                                   str(self.pfs or self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
-                                  "--log-level", "warning", *extra], stderr=out)
+                                  "--log-level", "warning", *self.benefactor_credentials, *extra], stderr=out)
         self.benefactors.append(bf)
         wait_for(lambda: bf.id in self.alive_ids(), what=f"benefactor {bf.id} to register")
         return bf
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the manager wrote into its state ("" when insecure)."""
+        path = Path(self.state) / "secrets" / "admin.token"
+        return path.read_text().strip() if self.secure else ""
+
+    @property
+    def secret_file(self) -> str:
+        return str(Path(self.state) / "secrets" / "cluster.key")
+
+    @property
+    def benefactor_credentials(self) -> list[str]:
+        return ["--cluster-secret", self.secret_file] if self.secure else ["--insecure"]
 
     def restart_manager(self) -> None:
         """SIGKILL the manager and start it again on the same address and state."""
@@ -74,7 +89,8 @@ class Cluster:
         self.start_manager(self.manager_address)
 
     def client(self, **settings: object) -> Client:
-        settings = {"rpc_timeout": "10s", "full_wait": "1s", **settings}
+        settings = {"rpc_timeout": "10s", "full_wait": "1s", **({"token": self.admin_token} if self.secure else {}),
+                    **settings}
         c = Client(manager=self.manager_address, **settings)
         self._clients.append(c)
         return c
@@ -84,8 +100,9 @@ class Cluster:
         import subprocess
         import sys
 
+        token = ["--token", self.admin_token] if self.secure else []
         out = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", self.manager_address,
-                              "--json"], capture_output=True, text=True, timeout=30, check=True)
+                              "--json", *token], capture_output=True, text=True, timeout=30, check=True)
         return json.loads(out.stdout)
 
     def alive_ids(self) -> set[str]:
@@ -113,8 +130,9 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
     def make(benefactors: int = 2, memory: int = 64 * MiB, heartbeat: float = HEARTBEAT,
-             manager_args: tuple[str, ...] = (), pfs: Path | None = None) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args, pfs=pfs)
+             manager_args: tuple[str, ...] = (), pfs: Path | None = None, secure: bool = False) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args, pfs=pfs,
+                          secure=secure)
         clusters.append(cluster)
         cluster.start_manager()
         for _ in range(benefactors):
@@ -144,8 +162,10 @@ def mounted(local_cluster, tmp_path):
         if point is None:
             point = tmp_path / f"mnt{len(mounts)}"
             point.mkdir()
+        token = ["--token", cluster.admin_token] if cluster.secure else []
         proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
-                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning", *extra])
+                                 cluster.manager_address, "--full-wait", "1s", "--log-level", "warning", *token,
+                                 *extra])
         mounts.append((point, proc))
         wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
         assert proc.poll() is None, "memstage mount exited"

@@ -87,9 +87,17 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         assert m, first
         address = m.group(1)
         from memstage.client import Client
+        from memstage.errors import Unauthenticated
 
-        c = Client(manager=address, rpc_timeout="5s")
-        wait_for(lambda: len(memstage_status_alive(address)) == 2, what="2 benefactors alive")
+        # Secure by default: the admin token and a client settings file are in the state directory.
+        config = str(tmp_path / "state" / "client.toml")
+        wait_for(lambda: os.path.exists(config), what="the client settings file")
+        token = (tmp_path / "state" / "secrets" / "admin.token").read_text().strip()
+        assert f'token = "{token}"' in Path(config).read_text() and os.stat(config).st_mode & 0o077 == 0
+        with pytest.raises(Unauthenticated, match="no token"):
+            Client(manager=address, rpc_timeout="5s").ls("/")
+        c = Client(manager=address, rpc_timeout="5s", token=token)
+        wait_for(lambda: len(memstage_status_alive(address, config)) == 2, what="2 benefactors alive")
         c.pipe("/hello", b"hi")
         assert c.cat("/hello") == b"hi"
         assert (mount / "hello").read_bytes() == b"hi"  # the staging directory is ready
@@ -114,10 +122,10 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
 
-def memstage_status_alive(address: str) -> list[dict[str, object]]:
+def memstage_status_alive(address: str, config: str | None = None) -> list[dict[str, object]]:
     import json
 
-    out = memstage("status", "--manager", address, "--json")
+    out = memstage("status", "--manager", address, "--json", *(["--config", config] if config else []))
     if out.returncode:
         return []
     return [b for b in json.loads(out.stdout)["benefactors"] if b["alive"]]

@@ -65,6 +65,15 @@ def test_default_values():
     volume = benefactor["spec"]["template"]["spec"]["volumes"][0]
     assert volume["hostPath"]["path"] == "/scratch/memstage"
     assert ("ConfigMap", "ckpt-memstage-dashboard") in docs
+    # Authenticated by default: one cluster secret, mounted read-only by the manager and every benefactor.
+    import base64
+
+    key = base64.b64decode(docs[("Secret", "ckpt-memstage-cluster")]["data"]["cluster.key"]).decode().strip()
+    assert len(key) == 64 and int(key, 16) >= 0
+    for doc in (manager, benefactor):
+        assert env(doc)["MEMSTAGE_CLUSTER_SECRET"] == "/etc/memstage/cluster.key"
+        volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["cluster-secret"]["secret"]["secretName"] == "ckpt-memstage-cluster"
     # A stop drains first: Kubernetes waits longer than the drain may take, one benefactor at a time.
     assert e["MEMSTAGE_STOP_TIMEOUT"] == "600s"
     assert benefactor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
@@ -156,7 +165,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path),
         "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(_free_port()),
         "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
-        "MEMSTAGE": f"{sys.executable} -m memstage",
+        "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
     }
     job = subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
                             str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -174,6 +183,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
     expected = {"success": 0, "failure": 3, "time limit": 128 + signal.SIGTERM}[ending]
     assert job.returncode == expected, stdout + stderr
     assert "nothing left to drain" in stdout, stdout + stderr
+    assert not (tmp_path / "secrets").exists()  # the job's secret and token leave with it
     out = tmp_path / "restored.bin"
     restored = subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(tmp_path / "pfs"),
                                "--namespace", "job", "/step10/rank0.bin", "--out", str(out)],
@@ -206,8 +216,8 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
     from memstage.settings import BenefactorSettings, ManagerSettings
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
-    set_by_chart = {"manager": {"listen", "state"}, "benefactor": {"manager", "listen", "advertise", "memory", "pfs",
-                                                                   "id", "domain"}}
+    set_by_chart = {"manager": {"listen", "state", "cluster_secret"},
+                    "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret"}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
         expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
         assert set(schema[f"{role}Settings"]["properties"]) == expected, role

@@ -105,8 +105,9 @@ def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
     cluster.manager = None
     from memstage.procs import spawn
 
-    cluster.manager = spawn("manager", ["--listen", "127.0.0.1:0", "--state", cluster.state, "--heartbeat-interval",
-                                        "0.5s", "--metrics-port", str(metrics_port), "--log-level", "warning"])
+    cluster.manager = spawn("manager", ["--insecure", "--listen", "127.0.0.1:0", "--state", cluster.state,
+                                        "--heartbeat-interval", "0.5s", "--metrics-port", str(metrics_port),
+                                        "--log-level", "warning"])
     cluster.manager_address = cluster.manager.address
     benefactor_metrics = free_port()
     cluster.add_benefactor(64 * MiB, "--metrics-port", str(benefactor_metrics))

@@ -7,6 +7,52 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TokenGrant(_message.Message):
+    __slots__ = ("namespace", "mode")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    mode: str
+    def __init__(self, namespace: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class TokenRequest(_message.Message):
+    __slots__ = ("grants", "id", "note")
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[TokenGrant]
+    id: str
+    note: str
+    def __init__(self, grants: _Optional[_Iterable[_Union[TokenGrant, _Mapping]]] = ..., id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class TokenReply(_message.Message):
+    __slots__ = ("token", "id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    id: str
+    def __init__(self, token: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "grants", "created_at", "revoked", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    grants: _containers.RepeatedCompositeFieldContainer[TokenGrant]
+    created_at: float
+    revoked: bool
+    note: str
+    def __init__(self, id: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[TokenGrant, _Mapping]]] = ..., created_at: _Optional[float] = ..., revoked: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+
+class TokenList(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
 class BenefactorStats(_message.Message):
     __slots__ = ("memory_capacity", "memory_used", "drain_backlog", "chunk_count", "drain_error", "drained_bytes")
     MEMORY_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -232,12 +278,14 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("session", "lease_seconds")
+    __slots__ = ("session", "lease_seconds", "grant")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     session: int
     lease_seconds: float
-    def __init__(self, session: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    grant: str
+    def __init__(self, session: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class RenewSessionsRequest(_message.Message):
     __slots__ = ("sessions",)
@@ -246,10 +294,12 @@ class RenewSessionsRequest(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RenewSessionsReply(_message.Message):
-    __slots__ = ("open",)
+    __slots__ = ("open", "grants")
     OPEN_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
     open: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, open: _Optional[_Iterable[bool]] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, open: _Optional[_Iterable[bool]] = ..., grants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("session",)
@@ -364,20 +414,22 @@ class LookupRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., stripes: _Optional[bool] = ...) -> None: ...
 
 class VersionMap(_message.Message):
-    __slots__ = ("path", "version", "size", "chunks", "committed_at", "pfs_readers")
+    __slots__ = ("path", "version", "size", "chunks", "committed_at", "pfs_readers", "grant")
     PATH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     PFS_READERS_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     path: str
     version: int
     size: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRef]
     committed_at: float
     pfs_readers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Location]
-    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ...) -> None: ...
+    grant: str
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
     __slots__ = ("namespace", "path", "attrs")
@@ -602,7 +654,7 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -611,6 +663,7 @@ class StatusReply(_message.Message):
     DRAIN_FAILED_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     REPAIR_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
@@ -619,7 +672,8 @@ class StatusReply(_message.Message):
     drain_failed: _containers.RepeatedCompositeFieldContainer[VersionRef]
     lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
     repair: RepairStatus
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., repair: _Optional[_Union[RepairStatus, _Mapping]] = ...) -> None: ...
+    insecure: bool
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., repair: _Optional[_Union[RepairStatus, _Mapping]] = ..., insecure: _Optional[bool] = ...) -> None: ...
 
 class RepairStatus(_message.Message):
     __slots__ = ("chunks_unprotected", "stripes", "members_missing", "in_flight", "copies_made", "members_encoded", "members_rebuilt", "bytes_made", "stripe_cpu_seconds")

@@ -179,6 +179,21 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PolicyRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.PolicyReply.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/memstage.v1.Manager/CreateToken',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.TokenReply.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/memstage.v1.Manager/RevokeToken',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.TokenReply.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/memstage.v1.Manager/ListTokens',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.TokenList.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer:
@@ -381,6 +396,25 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Access tokens (an admin token only): a new one prints once, revoked ones stop working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -528,6 +562,21 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Policy,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PolicyRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.PolicyReply.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.TokenReply.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.TokenReply.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.TokenList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1313,6 +1362,87 @@ class Manager:
             '/memstage.v1.Manager/Policy',
             memstage_dot_proto_dot_manager__pb2.PolicyRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.PolicyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/CreateToken',
+            memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.TokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/RevokeToken',
+            memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.TokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/ListTokens',
+            memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.TokenList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,139 @@
+"""Credentials: namespace tokens for clients, the cluster secret for benefactors, and the short-lived
+grants the manager signs so that benefactors can check a client's access without asking it.
+
+- A **token** is `mst_<id>_<secret>`. The manager keeps only the id, a SHA-256 of the secret and
+  what it grants: `r` (read) or `rw` on named namespaces, or `admin` on `*`.
+- The **cluster secret** (32 random bytes, hex, in a file) is shared by the manager and its
+  benefactors. Benefactors prove they hold it on every call to the manager and to each other.
+- A **grant** is `<namespace>:<mode>:<expiry>:<hmac>` signed with a key derived from the cluster
+  secret. The manager hands one out with a write session (`rw`) and with a version map (`r`);
+  benefactors verify it on Put, Get, Has and ReadDrained, with no round trip.
+
+Without TLS (still to come) these travel in clear on the network: run on a trusted network, or
+with `--insecure` only where nobody else can reach the ports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from memstage.errors import PermissionDenied, SettingError, Unauthenticated
+
+TOKEN_HEADER = "authorization"  # "Bearer <token>"
+CLUSTER_HEADER = "x-memstage-cluster"
+GRANT_HEADER = "x-memstage-grant"
+GRANT_SECONDS = 3600.0
+
+_TOKEN = re.compile(r"^mst_([0-9a-f]{8})_([0-9a-f]{32})$")
+MODES = ("r", "rw", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str
+    secret: str
+
+    @classmethod
+    def new(cls) -> Token:
+        return cls(secrets.token_hex(4), secrets.token_hex(16))
+
+    @classmethod
+    def parse(cls, text: str) -> Token:
+        m = _TOKEN.match(text.strip())
+        if not m:
+            raise Unauthenticated("token is malformed (expected mst_<id>_<secret>, as `memstage token create` prints)")
+        return cls(m.group(1), m.group(2))
+
+    def __str__(self) -> str:
+        return f"mst_{self.id}_{self.secret}"
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.secret.encode()).digest()
+
+
+def check_grants(grants: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for ns, mode in grants.items():
+        if mode not in MODES or (mode == "admin") != (ns == "*"):
+            raise SettingError(f"token: grant {ns!r}: {mode!r} (use r or rw on a namespace, admin on *)")
+        out[ns] = mode
+    return out
+
+
+def allows(grants: Mapping[str, str], namespace: str, write: bool) -> bool:
+    if grants.get("*") == "admin":
+        return True
+    mode = grants.get(namespace)
+    return mode == "rw" or (mode == "r" and not write)
+
+
+def describe(grants: Mapping[str, str]) -> str:
+    if grants.get("*") == "admin":
+        return "admin"
+    parts = [f"{'read-write' if m == 'rw' else 'read'} on namespace {ns}" for ns, m in sorted(grants.items())]
+    return ", ".join(parts) or "nothing"
+
+
+# -- the cluster secret ---------------------------------------------------------------------------
+def new_secret_file(path: Path) -> bytes:
+    """Create the cluster secret file (0600) if it does not exist; return the secret."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return read_secret_file(str(path), "cluster secret")
+
+
+def read_secret_file(path: str, setting: str) -> bytes:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise SettingError(f"{setting}: cannot read {path!r} ({e.strerror})") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise SettingError(f"{setting}: {path!r} does not hold a cluster secret (64 hex digits)")
+    return bytes.fromhex(text)
+
+
+def cluster_proof(secret: bytes) -> str:
+    """What a benefactor presents: a value only holders of the secret can compute."""
+    return hmac.new(secret, b"memstage benefactor", hashlib.sha256).hexdigest()
+
+
+def _grant_key(secret: bytes) -> bytes:
+    return hmac.new(secret, b"memstage grant", hashlib.sha256).digest()
+
+
+def sign_grant(secret: bytes, namespace: str, mode: str, now: float | None = None) -> str:
+    expiry = int((time.time() if now is None else now) + GRANT_SECONDS)
+    body = f"{namespace}:{mode}:{expiry}"
+    return f"{body}:{hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()}"
+
+
+def verify_grant(secret: bytes, grant: str, namespace: str, write: bool, now: float | None = None) -> None:
+    """PermissionDenied unless `grant` is a valid, unexpired grant for this access."""
+    body, _, mac = grant.rpartition(":")
+    ns, mode, expiry = body.rsplit(":", 2) if body.count(":") >= 2 else ("", "", "0")
+    want = hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()
+    if not body or not hmac.compare_digest(mac, want):
+        raise PermissionDenied(f"namespace {namespace}: no valid grant from the manager")
+    if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):
+        raise PermissionDenied(f"namespace {namespace}: the manager's grant expired (look the file up again)")
+    if ns != namespace or (write and mode != "rw"):
+        raise PermissionDenied(f"grant is for {'read-write' if mode == 'rw' else 'read'} on namespace {ns}, "
+                               f"not {'write' if write else 'read'} on {namespace}")
+
+
+def header(metadata: Sequence[tuple[str, str | bytes]] | None, name: str) -> str:
+    for k, v in metadata or ():
+        if k == name:
+            return v.decode() if isinstance(v, bytes) else v
+    return ""

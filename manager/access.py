@@ -1,0 +1,111 @@
+"""Access: who may call which manager RPC. Benefactor calls need the cluster secret; client calls a
+token granting read (or write) on the request's namespace; token management an admin token. A
+manager run with --insecure lets everything through (and says so in status and its log)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memstage import auth
+from memstage.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+BENEFACTOR = frozenset({"Register", "Heartbeat", "Reconcile", "Orders", "Leave", "DrainWork", "DrainDone"})
+READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions"})
+# FindChunks answers whether the namespace holds a chunk: deduplicating into it is writing to it.
+WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Rename", "Mkdir", "Rmdir", "SetAttr",
+                   "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit"})
+ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
+POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    grants: dict[str, str] = field(default_factory=dict)  # a client's token grants ({"*": "admin"} when insecure)
+    benefactor: bool = False
+
+    @property
+    def admin(self) -> bool:
+        return self.grants.get("*") == "admin"
+
+    def sees(self, namespace: str) -> bool:
+        return auth.allows(self.grants, namespace, write=False)
+
+
+EVERYONE = Caller({"*": "admin"}, benefactor=True)
+
+
+class Access:
+    def __init__(self, secret: bytes | None, token_lookup: Callable[[str], tuple[bytes, dict[str, str]] | None]):
+        self.secret = secret  # None: --insecure
+        self._token = token_lookup
+        self._proof = auth.cluster_proof(secret) if secret is not None else ""
+
+    @property
+    def insecure(self) -> bool:
+        return self.secret is None
+
+    def grant(self, namespace: str, write: bool) -> str:
+        """A grant for benefactors ("" when insecure: they check nothing either)."""
+        if self.secret is None:
+            return ""
+        return auth.sign_grant(self.secret, namespace, "rw" if write else "r")
+
+    def caller(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
+        """Who is calling, authenticated (Unauthenticated if the credential is missing or wrong)."""
+        if self.secret is None:
+            return EVERYONE
+        if method in BENEFACTOR:
+            proof = auth.header(metadata, auth.CLUSTER_HEADER)
+            if not proof or not hmac.compare_digest(proof, self._proof):
+                raise Unauthenticated(f"{method}: only benefactors holding this deployment's cluster secret may call "
+                                      "it (benefactor --cluster-secret)")
+            return Caller(benefactor=True)
+        bearer = auth.header(metadata, auth.TOKEN_HEADER)
+        if not bearer.startswith("Bearer "):
+            raise Unauthenticated("no token: this manager requires one (the token setting: MEMSTAGE_TOKEN, --token, "
+                                  "or the client settings file `memstage up` wrote)")
+        token = auth.Token.parse(bearer[len("Bearer "):])
+        known = self._token(token.id)
+        if known is None or not hmac.compare_digest(known[0], token.digest()):
+            raise Unauthenticated(f"token mst_{token.id}_…: unknown or revoked")
+        return Caller(known[1])
+
+    def check(self, method: str, caller: Caller, request: Any,
+              session_namespace: Callable[[int], str | None]) -> None:
+        """PermissionDenied unless the caller may make this call."""
+        if caller is EVERYONE or method in BENEFACTOR:
+            return
+        if method in ADMIN:
+            if not caller.admin:
+                raise PermissionDenied(f"permission denied: {method} needs an admin token; this one grants "
+                                       f"{auth.describe(caller.grants)}")
+            return
+        if method == "Policy":
+            changing = any(request.HasField(f) for f in POLICY_FIELDS)
+            if changing and not caller.admin:
+                raise PermissionDenied(f"permission denied: changing the policy of namespace {request.namespace} "
+                                       f"needs an admin token; this one grants {auth.describe(caller.grants)}")
+            self._need(caller, request.namespace, write=False)
+            return
+        if method in READ:
+            self._need(caller, request.namespace, write=False)
+        elif method in WRITE:
+            self._need(caller, request.namespace, write=True)
+        sessions = list(request.sessions) if method == "RenewSessions" else (
+            [request.session] if method in ("AbortSession", "Commit", "ReleaseChunks") and request.session else [])
+        for sid in sessions:
+            ns = session_namespace(sid)
+            if ns is not None:
+                self._need(caller, ns, write=True)
+
+    @staticmethod
+    def _need(caller: Caller, namespace: str, write: bool) -> None:
+        if not auth.allows(caller.grants, namespace, write):
+            raise PermissionDenied(f"permission denied: token grants {auth.describe(caller.grants)}, not "
+                                   f"{'write' if write else 'read'} on namespace {namespace}")
