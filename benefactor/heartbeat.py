@@ -80,7 +80,14 @@ class Heartbeat:
                     self._outage_logged = False
             except grpc.RpcError as e:
                 self._registered = False
-                if not self._outage_logged:
+                code = e.code() if isinstance(e, grpc.Call) else None
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    if not self._outage_logged:
+                        log.error("manager %s refuses this benefactor: %s; retrying every %.1fs",
+                                  self.settings.manager, e.details() if isinstance(e, grpc.Call) else e,
+                                  self.interval)
+                        self._outage_logged = True
+                elif not self._outage_logged:
                     log.warning("manager %s unreachable (%s); retrying every %.1fs",
                                 self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
                     self._outage_logged = True

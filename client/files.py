@@ -31,7 +31,11 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
         opened_at = time.perf_counter()
         self.chunk_size = fs.settings.chunk_size
         super().__init__(fs, path, mode=mode, block_size=self.chunk_size, cache_type="none", **kwargs)
-        self.writer = fs.new_writer(path, opened_at, known=fs.held_chunks(path))
+        try:
+            self.writer = fs.new_writer(path, opened_at, known=fs.held_chunks(path))
+        except BaseException:
+            self.closed = True  # refused (no write access, no manager): nothing to commit or abort later
+            raise
         self.opened_at = opened_at
         self.result: CommitResult | None = None
 

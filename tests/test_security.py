@@ -1,0 +1,224 @@
+"""Attacks from a user on the same network, against a secure deployment (real processes; the
+manager's tokens and cluster secret, the benefactors' grants). Each attack must fail with
+UNAUTHENTICATED or PERMISSION_DENIED and change nothing: every committed file reads back with the
+same bytes afterwards. A token for one namespace works there and nowhere else."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+from conftest import MiB, random_bytes, wait_for
+
+from memstage import auth
+from memstage.chunks import ChunkKey
+from memstage.errors import PermissionDenied, Unauthenticated
+from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2, manager_pb2_grpc
+
+pytestmark = pytest.mark.timeout(180)
+
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def refused(call, *args, **kwargs) -> grpc.StatusCode:
+    """The status code of a call that must be refused (fails the test if it is not)."""
+    try:
+        reply = call(*args, timeout=10, **kwargs)
+        if hasattr(reply, "__iter__") and not isinstance(reply, bytes | str):
+            list(reply)
+    except grpc.RpcError as e:
+        assert e.code() in REFUSED, (e.code(), e.details())
+        return e.code()
+    raise AssertionError(f"{call} was not refused")
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+def deployment(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=64 * MiB, secure=True)
+    admin = cluster.client()
+    victim_data = {"/v/a.bin": random_bytes(3 * MiB), "/v/b.bin": random_bytes(2 * MiB)}
+    victim = cluster.client(namespace="victim", chunk_size="1MiB")
+    for path, data in victim_data.items():
+        victim.pipe(path, data)
+    mine = admin.connections.call_manager("CreateToken", manager_pb2.TokenRequest(
+        grants=[manager_pb2.TokenGrant(namespace="attacker", mode="rw")]), "token").token
+    return cluster, admin, victim_data, mine
+
+
+def checksums(client, paths) -> dict[str, str]:
+    return {p: hashlib.sha256(client.cat(p)).hexdigest() for p in paths}
+
+
+def test_every_attack_is_refused_and_changes_nothing(deployment):
+    cluster, admin, victim_data, mine = deployment
+    victim = cluster.client(namespace="victim")
+    before = checksums(victim, victim_data)
+    assert before == {p: hashlib.sha256(d).hexdigest() for p, d in victim_data.items()}
+    channel = grpc.insecure_channel(cluster.manager_address)
+    m = manager_pb2_grpc.ManagerStub(channel)
+    vmap = victim.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"),
+                                           "lookup")
+    chunk = vmap.chunks[0]
+    bf_address = chunk.locations[0].address
+    b = benefactor_pb2_grpc.BenefactorStub(grpc.insecure_channel(bf_address))
+    for who in ((), bearer(mine)):  # no credential, then a token for another namespace
+        # Listing and reading another namespace's names, versions and chunk keys.
+        refused(m.List, manager_pb2.PathRequest(namespace="victim", path="/"), metadata=who)
+        refused(m.Lookup, manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"), metadata=who)
+        refused(m.Versions, manager_pb2.PathRequest(namespace="victim", path="/v/a.bin"), metadata=who)
+        refused(m.FindChunks, manager_pb2.NamespacedChunks(namespace="victim", keys=[chunk.key]), metadata=who)
+        # Overwriting and deleting.
+        refused(m.OpenSession, manager_pb2.OpenSessionRequest(namespace="victim", path="/v/a.bin"), metadata=who)
+        refused(m.Delete, manager_pb2.PathRequest(namespace="victim", path="/v/a.bin"), metadata=who)
+        refused(m.Rename, manager_pb2.RenameRequest(namespace="victim", path="/v/a.bin", destination="/x"),
+                metadata=who)
+        refused(m.Commit, manager_pb2.CommitRequest(namespace="victim", path="/v/a.bin", size=0), metadata=who)
+        # Evicting through the policy, minting tokens.
+        refused(m.Policy, manager_pb2.PolicyRequest(namespace="victim", keep_versions=1, persist_every=0),
+                metadata=who)
+        refused(m.CreateToken, manager_pb2.TokenRequest(grants=[manager_pb2.TokenGrant(namespace="*", mode="admin")]),
+                metadata=who)
+        # Posing as a benefactor: hijacking an id, forging drain reports, fetching orders.
+        bf_id = chunk.locations[0].benefactor_id
+        refused(m.Register, manager_pb2.RegisterRequest(benefactor_id=bf_id, address="127.0.0.1:1", incarnation=7),
+                metadata=who)
+        refused(m.DrainWork, manager_pb2.DrainWorkRequest(benefactor_id=bf_id, limit=10), metadata=who)
+        refused(m.DrainDone, manager_pb2.DrainDoneRequest(benefactor_id=bf_id, results=[
+            manager_pb2.DrainResult(task_id=1, drained="victim/v/a.bin/x.chunk")]), metadata=who)
+        refused(m.Orders, manager_pb2.OrdersRequest(benefactor_id=bf_id, incarnation=1), metadata=who)
+        refused(m.Leave, manager_pb2.LeaveRequest(benefactor_id=bf_id, incarnation=1, done=True), metadata=who)
+        # The victim's bytes straight from a benefactor.
+        refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key), metadata=())
+        refused(b.Has, benefactor_pb2.ChunkList(namespace="victim", keys=[chunk.key]), metadata=())
+        refused(b.ReadDrained, benefactor_pb2.ReadDrainedRequest(drained="victim/v/a.bin/x.chunk", key=chunk.key))
+    # The attacker's own grant (a session in its namespace) does not open the victim's chunks.
+    session = m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path="/f"), metadata=bearer(mine))
+    assert session.grant.startswith("attacker:rw:")
+    grant = ((auth.GRANT_HEADER, session.grant),)
+    assert refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
+                   metadata=grant) == grpc.StatusCode.PERMISSION_DENIED
+    ns, mode, expiry, mac = session.grant.split(":")
+    for forged in (f"victim:rw:{expiry}:{mac}", f"victim:rw:{int(expiry) + 10**6}:{'0' * 64}"):
+        refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
+                metadata=((auth.GRANT_HEADER, forged),))
+    # Writing chunks into the victim's namespace with the attacker's grant.
+    from memstage.frames import encode_put_frame
+
+    data = b"evil" * 1024
+    header = benefactor_pb2.PutHeader(namespace="victim", key=ChunkKey.of(data).to_pb(), seq=1,
+                                      session=session.session)
+    put = grpc.insecure_channel(bf_address).stream_stream("/memstage.v1.Benefactor/Put",
+                                                          request_serializer=lambda x: x,
+                                                          response_deserializer=benefactor_pb2.PutAck.FromString)
+    refused(put, iter([encode_put_frame(header, memoryview(data))]), metadata=grant)
+    # Status shows a namespace token its own namespaces only; without a token, nothing.
+    refused(m.Status, manager_pb2.StatusRequest())
+    seen = m.Status(manager_pb2.StatusRequest(), metadata=bearer(mine), timeout=10)
+    assert "victim" not in {n.namespace for n in seen.namespaces} and not seen.insecure
+    # Nothing changed.
+    assert checksums(victim, victim_data) == before
+    assert {b["id"] for b in cluster.status()["benefactors"]} == {bf.id for bf in cluster.benefactors}
+    assert cluster.status()["lost"] == []
+
+
+def test_a_namespace_token_reads_and_writes_its_namespace_and_nothing_else(deployment):
+    cluster, admin, victim_data, mine = deployment
+    own = cluster.client(namespace="attacker", token=mine, chunk_size="1MiB")
+    data = random_bytes(3 * MiB)
+    own.pipe("/mine.bin", data)  # manager and benefactors accept it: its grant is for this namespace
+    assert own.cat("/mine.bin") == data and own.ls("/", detail=False) == ["/mine.bin"]
+    other = cluster.client(namespace="victim", token=mine)
+    for action in (lambda: other.cat("/v/a.bin"), lambda: other.ls("/"), lambda: other.pipe("/v/a.bin", b"x"),
+                   lambda: other.rm("/v/a.bin"), lambda: other.pipe("/new.bin", next(iter(victim_data.values())))):
+        with pytest.raises(PermissionDenied, match="token grants read-write on namespace attacker, not"):
+            action()
+    # Deduplication never crosses namespaces: the same bytes in the attacker's namespace are sent again.
+    same = next(iter(victim_data.values()))
+    own.pipe("/copy.bin", same)
+    assert own.last_commit.stats.bytes_sent == len(same)
+    # A read-only token reads and cannot write; a revoked token stops working at once.
+    ro = admin.connections.call_manager("CreateToken", manager_pb2.TokenRequest(
+        grants=[manager_pb2.TokenGrant(namespace="victim", mode="r")]), "token")
+    reader = cluster.client(namespace="victim", token=ro.token)
+    assert reader.cat("/v/b.bin") == victim_data["/v/b.bin"]
+    with pytest.raises(PermissionDenied, match="read on namespace victim, not write"):
+        reader.pipe("/v/b.bin", b"overwritten")
+    admin.connections.call_manager("RevokeToken", manager_pb2.TokenRequest(id=ro.id), "revoke")
+    with pytest.raises(Unauthenticated, match="unknown or revoked"):
+        cluster.client(namespace="victim", token=ro.token).cat("/v/b.bin")
+    assert cluster.client(namespace="victim").cat("/v/b.bin") == victim_data["/v/b.bin"]
+
+
+def test_token_cli_and_clear_errors(deployment, tmp_path):
+    import subprocess
+    import sys
+
+    cluster, _, _, _ = deployment
+
+    def memstage(*args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "memstage", *args, "--manager", cluster.manager_address,
+                               *(["--token", token] if token else [])], capture_output=True, text=True, timeout=30)
+
+    made = memstage("token", "create", "--namespace", "team", "--read-only", token=cluster.admin_token)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("mst_") and "read on team" in made.stderr
+    listed = memstage("token", "list", token=cluster.admin_token)
+    assert token.split("_")[1] in listed.stdout and "r team" in listed.stdout
+    denied = memstage("token", "create", "--namespace", "x", token=token)
+    assert denied.returncode == 2 and "Traceback" not in denied.stderr
+    assert "needs an admin token; this one grants read on namespace team" in denied.stderr
+    anonymous = memstage("status")
+    assert anonymous.returncode == 2 and "no token" in anonymous.stderr and "Traceback" not in anonymous.stderr
+    wrong = memstage("status", token="mst_deadbeef_" + "0" * 32)
+    assert wrong.returncode == 2 and "unknown or revoked" in wrong.stderr
+    revoked = memstage("token", "revoke", token.split("_")[1], token=cluster.admin_token)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    # A benefactor without the cluster secret is refused before it can register.
+    out = subprocess.run([sys.executable, "-m", "memstage", "benefactor", "--manager", cluster.manager_address,
+                          "--memory", "16MiB", "--pfs", str(tmp_path / "pfs")], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "--cluster-secret FILE is needed" in out.stderr
+    wrong_secret = tmp_path / "wrong.key"
+    wrong_secret.write_text("ab" * 32)
+    rogue = subprocess.Popen([sys.executable, "-m", "memstage", "benefactor", "--manager", cluster.manager_address,
+                              "--memory", "16MiB", "--pfs", str(tmp_path / "pfs"), "--cluster-secret",
+                              str(wrong_secret), "--heartbeat-interval", "0.2s"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # It keeps trying (and logging why it is refused); it never registers.
+        wait_for(lambda: "cluster secret" in _peek(rogue), timeout=20, what="the rogue's refusal")
+        assert len(cluster.status()["benefactors"]) == 2
+    finally:
+        rogue.terminate()
+        rogue.wait(timeout=30)
+
+
+def _peek(proc) -> str:
+    """What the process wrote to stderr so far (without blocking)."""
+    import os
+
+    os.set_blocking(proc.stderr.fileno(), False)
+    try:
+        chunk = os.read(proc.stderr.fileno(), 1 << 16).decode(errors="replace")
+    except BlockingIOError:
+        chunk = ""
+    _peek.seen = getattr(_peek, "seen", "") + chunk  # type: ignore[attr-defined]
+    return _peek.seen  # type: ignore[attr-defined]
+
+
+def test_insecure_is_explicit_and_loud(local_cluster):
+    cluster = local_cluster(benefactors=1)  # the fixtures' default: --insecure
+    assert cluster.status()["benefactors"] and cluster.client().ls("/") == []
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", cluster.manager_address],
+                         capture_output=True, text=True, timeout=30)
+    assert "INSECURE" in out.stdout
+
