@@ -125,9 +125,10 @@ class WriteState:
         self._asking_map = False
         self._excluded: set[str] = set()
         self._full: set[str] = set()
+        self._full_asked: set[str] = set()  # those of them the pending map request asked about again
         self._needed: dict[ChunkKey, int] = {}  # chunks this write sent -> handovers not released
         self._release_on_ack: set[ChunkKey] = set()
-        self._releases: dict[ChunkKey, list[str]] = {}
+        self._releases: dict[ChunkKey, dict[str, bytes]] = {}  # not yet sent: benefactor -> receipt
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -154,6 +155,13 @@ class WriteState:
         if key in self._needed:
             self._needed[key] += 1
             self._release_on_ack.discard(key)
+            self.bytes_deduplicated += key.length
+            return None
+        if key in self._releases:
+            # Handed over again before its release went out: keep the stored copy instead.
+            self.locations[key] = self._releases.pop(key)
+            self.known.add(key)
+            self._needed[key] = 1
             self.bytes_deduplicated += key.length
             return None
         if key in self.known:
@@ -245,9 +253,9 @@ class WriteState:
         """A new map; full_retried: it was asked for after waiting for space, with the benefactors
         that had refused for fullness allowed again."""
         self._asking_map = False
-        if full_retried:
-            self._excluded -= self._full
-            self._full.clear()
+        if full_retried:  # those that were full when the map was asked for: they may have room now
+            self._excluded -= self._full_asked
+            self._full -= self._full_asked
         self._map = [p for p in placements if p.id not in self._excluded]
         waiting, self._unplaced = self._unplaced, []
         return self._place(waiting)
@@ -311,9 +319,9 @@ class WriteState:
 
     def _release_stored(self, key: ChunkKey) -> None:
         holders = self.locations.pop(key, {})
-        self.known.discard(key)  # put again later: sent again
+        self.known.discard(key)  # put again later: sent again (unless the release has not gone out yet)
         if holders:
-            self._releases.setdefault(key, []).extend(holders)
+            self._releases.setdefault(key, {}).update(holders)
 
     def _place(self, seqs: list[int]) -> list[Instruction]:
         out: list[Instruction] = []
@@ -328,5 +336,6 @@ class WriteState:
             out.append(Send(placement, seq, self.finishing))
         if self._unplaced and not self._asking_map and self.error is None:
             self._asking_map = True
+            self._full_asked = set(self._full)
             out.append(NeedMap(tuple(sorted(self._excluded)), tuple(sorted(self._full))))
         return out

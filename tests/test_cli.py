@@ -80,7 +80,7 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "2", "--memory", "16MiB",
                              "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state"), "--pfs",
                              str(tmp_path / "pfs"), "--heartbeat-interval", "1s", "--mount", str(mount)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         first = proc.stdout.readline()
         m = re.search(r"manager on (\S+), 2 benefactors", first)
@@ -116,7 +116,7 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         assert not os.path.ismount(mount)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its manager and benefactors too (its own process group)
             proc.wait()
         if os.path.ismount(mount):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)

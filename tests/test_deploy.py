@@ -168,7 +168,8 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
     }
     job = subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
-                            str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
     try:
         if ending == "time limit":  # Slurm's --signal=B:USR1 before the limit, to the batch shell
             deadline = time.monotonic() + 60
@@ -178,7 +179,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         stdout, stderr = job.communicate(timeout=150)
     finally:
         if job.poll() is None:
-            job.kill()
+            os.killpg(job.pid, signal.SIGKILL)  # the job's manager and benefactors too (its process group)
             job.communicate()
     expected = {"success": 0, "failure": 3, "time limit": 128 + signal.SIGTERM}[ending]
     assert job.returncode == expected, stdout + stderr

@@ -37,12 +37,16 @@ def in_process(tmp_path):
     manager = create_manager(ManagerSettings(listen="127.0.0.1:0", state=str(tmp_path / "state"),
                                              heartbeat_interval=0.3, metrics_port=free_port()))
     manager.start()
+    secrets = tmp_path / "state" / "secrets"  # secure, as a manager is by default
     benefactors = [create_benefactor(BenefactorSettings(manager=manager.address, memory=32 * MiB,
                                                         pfs=str(tmp_path / "pfs"), heartbeat_interval=0.3,
-                                                        metrics_port=free_port())) for _ in range(2)]
+                                                        metrics_port=free_port(),
+                                                        cluster_secret=str(secrets / "cluster.key")))
+                   for _ in range(2)]
     for b in benefactors:
         b.start()
-    client = Client(manager=manager.address, namespace="metrics-test", full_wait="1s")
+    client = Client(manager=manager.address, namespace="metrics-test", full_wait="1s",
+                    token=(secrets / "admin.token").read_text().strip())
     wait_for(lambda: manager.registry.get_sample_value("memstage_benefactors_alive") == 2, what="2 benefactors")
     yield manager, benefactors, client
     client.connections.close()

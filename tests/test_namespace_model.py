@@ -42,6 +42,12 @@ class Context:
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return "model"
+
 
 def outcome(call: Any) -> str:
     """'ok' or the errno name the FUSE layer would return."""
