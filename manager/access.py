@@ -24,6 +24,11 @@ ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
 POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy")
 
 
+def _atime_only(attrs: Any) -> bool:
+    """A read's atime update (relatime), which a read-only token may make: nothing else changes."""
+    return bool(attrs.access) and not any(attrs.HasField(f) for f in ("mode", "uid", "gid", "mtime_ns", "ino"))
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     grants: dict[str, str] = field(default_factory=dict)  # a client's token grants ({"*": "admin"} when insecure)
@@ -93,7 +98,7 @@ class Access:
                                        f"needs an admin token; this one grants {auth.describe(caller.grants)}")
             self._need(caller, request.namespace, write=False)
             return
-        if method in READ:
+        if method in READ or (method == "SetAttr" and _atime_only(request.attrs)):
             self._need(caller, request.namespace, write=False)
         elif method in WRITE:
             self._need(caller, request.namespace, write=True)

@@ -146,6 +146,9 @@ def test_a_namespace_token_reads_and_writes_its_namespace_and_nothing_else(deplo
         grants=[manager_pb2.TokenGrant(namespace="victim", mode="r")]), "token")
     reader = cluster.client(namespace="victim", token=ro.token)
     assert reader.cat("/v/b.bin") == victim_data["/v/b.bin"]
+    reader.setattr("/v/b.bin", atime_ns=1, access=True)  # a read's atime update (relatime) is a read
+    with pytest.raises(PermissionDenied, match="not write"):
+        reader.setattr("/v/b.bin", mode=0o777, access=True)
     with pytest.raises(PermissionDenied, match="read on namespace victim, not write"):
         reader.pipe("/v/b.bin", b"overwritten")
     admin.connections.call_manager("RevokeToken", manager_pb2.TokenRequest(id=ro.id), "revoke")
