@@ -24,7 +24,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from memstage import __version__  # noqa: E402
-from memstage.errors import MemstageError, SettingError  # noqa: E402
+from memstage.errors import MemstageError, PermissionDenied, SettingError, Unauthenticated  # noqa: E402
 from memstage.redundancy import Redundancy
 from memstage.settings import (  # noqa: E402
     BenefactorSettings,
@@ -276,6 +276,8 @@ def _serve_mount(args: argparse.Namespace, settings: ClientSettings, mountpoint:
         try:
             client.connections.call_manager("Stat", manager_pb2.PathRequest(namespace=settings.namespace, path="/"),
                                             f"namespace {settings.namespace}")
+        except (Unauthenticated, PermissionDenied) as e:
+            raise MemstageError(f"--token: refused by {settings.manager}, nothing mounted ({e})") from None
         except MemstageError as e:
             raise MemstageError(f"--manager {settings.manager}: no answer, nothing mounted ({e})") from None
         server = serve_metrics(client.metrics_registry, args.metrics_port or 0, "127.0.0.1")

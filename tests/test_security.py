@@ -225,3 +225,17 @@ def test_insecure_is_explicit_and_loud(local_cluster):
                          capture_output=True, text=True, timeout=30)
     assert "INSECURE" in out.stdout
 
+
+
+def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cluster = deployment[0]
+    point = tmp_path / "mnt"
+    point.mkdir()
+    out = subprocess.run([sys.executable, "-m", "memstage", "mount", str(point), "--manager", cluster.manager_address],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--token: refused by" in out.stderr and "no token" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not os.path.ismount(point)
