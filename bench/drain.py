@@ -40,7 +40,7 @@ def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) 
     from memstage.client import Client
     from memstage.settings import UpSettings
     from memstage.tuning import keep_large_buffers
-    from memstage.up import deployment_token, start_deployment, stop_deployment
+    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     keep_large_buffers()
     memory = (size * 3) // args.benefactors + 32 * 1024 * 1024  # two files and a spare
@@ -53,7 +53,7 @@ def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) 
                                             heartbeat_interval=2.0, keep_versions=1))
         try:
             c = Client(manager=procs[0].address, namespace="bench", chunk_size=chunk,
-                       token=deployment_token(os.path.join(work, "state")))
+                       **deployment_client(os.path.join(work, "state")))
             for rnd in range(args.repeat + 1):  # round 0 warms up
                 progress(f"bench: round {rnd} of {args.repeat} ({format_size(size)}) ...")
                 data = memoryview(os.urandom(size))

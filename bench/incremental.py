@@ -74,7 +74,7 @@ def run_incremental(args: argparse.Namespace, size: int, chunk: int, write_size:
     from memstage.client import Client
     from memstage.settings import UpSettings
     from memstage.tuning import keep_large_buffers
-    from memstage.up import deployment_token, start_deployment, stop_deployment
+    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     keep_large_buffers()
     timesteps, change = args.timesteps, args.change
@@ -88,7 +88,7 @@ def run_incremental(args: argparse.Namespace, size: int, chunk: int, write_size:
                                             heartbeat_interval=2.0))
         try:
             client = Client(manager=procs[0].address, namespace="bench", chunk_size=chunk,
-                            token=deployment_token(os.path.join(work, "state")))
+                            **deployment_client(os.path.join(work, "state")))
             steps: list[Step] = []
             for label, kind, f in scenarios:
                 progress(f"bench: {timesteps} timesteps of {format_size(size)}, {label} ...")

@@ -109,7 +109,7 @@ def _overhead(p: Redundancy) -> float:
 def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: int) -> int:
     from memstage.client import Client
     from memstage.settings import UpSettings
-    from memstage.up import deployment_token, start_deployment, stop_deployment
+    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     asked = [Redundancy.parse(p, "--redundancy") for p in str(args.redundancy).split(",") if p.strip()]
     tolerant = [p for p in asked if p.tolerates]
@@ -140,7 +140,7 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
             for policy in policies:
                 name = str(policy)
                 clients[name] = Client(manager=procs[0].address, namespace=names[name], chunk_size=chunk,
-                                       token=deployment_token(os.path.join(work, "state")))
+                                       **deployment_client(os.path.join(work, "state")))
                 clients[name].policy(persist_every=0, keep_versions=rounds, redundancy=name)
             samples: dict[str, dict[str, list[float]]] = {str(p): {"oab": [], "asb": [], "protect": [], "cpu": []}
                                                           for p in policies}

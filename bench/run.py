@@ -96,7 +96,7 @@ def _measure(kind: str, args: dict[str, Any], index: int, barrier: Any, results:
     if kind == "memstage":
         from memstage.client import Client
 
-        client = Client(manager=args["manager"], namespace="bench", chunk_size=args["chunk_size"], token=args["token"])
+        client = Client(manager=args["manager"], namespace="bench", chunk_size=args["chunk_size"], **args["client"])
     out = []
     for rnd in range(args["rounds"]):
         barrier.wait()
@@ -150,7 +150,7 @@ def _median_rate(total: int, times: list[float]) -> float:
 
 def run_bench(args: argparse.Namespace) -> int:
     from memstage.settings import UpSettings
-    from memstage.up import deployment_token, start_deployment, stop_deployment
+    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     try:
         size = parse_size(args.size)
@@ -196,7 +196,7 @@ def run_bench(args: argparse.Namespace) -> int:
             sink_address = sink.stdout.readline().strip()
             common = {"size": size, "write_size": write_size, "chunk_size": chunk, "rounds": args.repeat + 1,
                       "manager": procs[0].address, "address": sink_address, "dir": work,
-                      "token": deployment_token(os.path.join(work, "state"))}
+                      "client": deployment_client(os.path.join(work, "state"))}
             rows = []
             for c in counts:
                 total = c * size

@@ -23,13 +23,15 @@ if TYPE_CHECKING:
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, control_channel, with_metadata
 from memstage.settings import BenefactorSettings
+from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
-                 incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, str], ...] = ()) -> None:
+                 incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, str], ...] = (),
+                 tls: Tls | None = None) -> None:
         self.settings = settings
         self.store = store
         self.id = benefactor_id
@@ -37,7 +39,7 @@ class Heartbeat:
         self.incarnation = incarnation
         self.receipt_key = receipt_key
         self.interval = settings.heartbeat_interval
-        self._channel = control_channel(settings.manager)
+        self._channel = control_channel(settings.manager, tls)
         # Every call to the manager proves this benefactor holds the cluster secret.
         self.stub = manager_pb2_grpc.ManagerStub(with_metadata(self._channel, credentials))
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats

@@ -23,6 +23,7 @@ from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import GrpcTransport
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
+from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
 
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
-                 stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "") -> None:
+                 stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "",
+                 tls: Tls | None = None) -> None:
         self.store = store
         # Members on the PFS are read through this benefactor's own ReadDrained.
         self._readers = [common_pb2.Location(benefactor_id=benefactor_id, address=address)] if address else []
@@ -61,7 +63,7 @@ class OrderLoop:
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
         self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S,
-                                                    cluster_proof=cluster_proof))
+                                                    cluster_proof=cluster_proof, tls=tls))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 

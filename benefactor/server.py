@@ -26,6 +26,7 @@ from memstage.proto import manager_pb2
 from memstage.receipts import new_key
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
+from memstage.tls import load as load_tls
 from memstage.units import format_size
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,12 @@ class BenefactorServer:
         # One thread per concurrent stream; puts from many clients each hold one.
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((self.service.handler(),))
-        self.address = bind(self._server, settings.listen, "--listen")
+        tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
+        self.address = bind(self._server, settings.listen, "--listen", tls)
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
-                                   self.incarnation, receipt_key, credentials)
-        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof)
+                                   self.incarnation, receipt_key, credentials, tls)
+        self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
+                                tls)
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain

@@ -22,6 +22,7 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 from prometheus_client import CollectorRegistry
 
+from memstage import tls
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, WriteFile
@@ -50,8 +51,9 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.settings = load(ClientSettings, {"manager": manager, "namespace": namespace, **settings},
                              config=config, flag_style=str)
         self.namespace = self.settings.namespace
-        self.connections = Connections(self.settings.manager, self.settings.rpc_timeout, token=self.settings.token,
-                                       namespace=self.settings.namespace)
+        s = self.settings
+        self.connections = Connections(s.manager, s.rpc_timeout, token=s.token, namespace=s.namespace,
+                                       tls=tls.load(s.tls_cert, s.tls_key, s.tls_ca, s.tls_server_name))
         self.transport: ChunkTransport = GrpcTransport(self.connections)
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.

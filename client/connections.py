@@ -17,15 +17,17 @@ from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
 from memstage.proto import benefactor_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import channel, control_channel
+from memstage.tls import Tls
 
 
 class Connections:
     def __init__(self, manager: str, timeout: float, token: str = "", cluster_proof: str = "",
-                 namespace: str = "") -> None:
+                 namespace: str = "", tls: Tls | None = None) -> None:
         """token: a client's (sent to the manager); cluster_proof: a benefactor's (sent to other
         benefactors, which then serve any namespace); namespace: the one whose grant a Put carries."""
         self.manager_address = manager
         self.timeout = timeout
+        self.tls = tls
         self.namespace = namespace
         self._manager_metadata = (("authorization", f"Bearer {token.strip()}"),) if token.strip() else ()
         self._peer_metadata = ((CLUSTER_HEADER, cluster_proof),) if cluster_proof else ()
@@ -39,7 +41,7 @@ class Connections:
         with self._lock:
             ch = self._channels.get(address)
             if ch is None:
-                ch = self._channels[address] = channel(address)
+                ch = self._channels[address] = channel(address, self.tls)
             return ch
 
     def note_grant(self, namespace: str, grant: str, write: bool) -> None:
@@ -60,7 +62,7 @@ class Connections:
         with self._lock:
             if self._manager is None:
                 self._manager = manager_pb2_grpc.ManagerStub(self._channels.setdefault(
-                    self.manager_address, control_channel(self.manager_address)))
+                    self.manager_address, control_channel(self.manager_address, self.tls)))
             stub = self._manager
         try:
             reply = getattr(stub, method)(request, timeout=self.timeout, metadata=self._manager_metadata)

@@ -35,6 +35,7 @@ from memstage.settings import (  # noqa: E402
     flag_name,
     load,
 )
+from memstage.tls import load as load_tls  # noqa: E402
 from memstage.units import format_size  # noqa: E402
 
 log = logging.getLogger("memstage")
@@ -52,6 +53,16 @@ def _add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str
             continue
         parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
                             help=f"{f.metadata['help']} [{env_name(f.name)}; default {default}]")
+
+
+TLS_FLAGS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+
+
+def _client_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The client settings a manager-facing command takes from its flags (`token create` has a
+    --namespace of its own: the namespaces a new token grants)."""
+    names = ("manager", "namespace", "token", *TLS_FLAGS)
+    return {n: getattr(args, n) for n in names if isinstance(getattr(args, n, None), str)}
 
 
 def _settings_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -115,8 +126,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from memstage.client.connections import Connections
     from memstage.proto import manager_pb2
 
-    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
-    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
     try:
         reply = conn.call_manager("Status", manager_pb2.StatusRequest(), "status")
     finally:
@@ -318,8 +330,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
         timeout = parse_duration(args.timeout)
     except ValueError as e:
         raise SettingError(f"--timeout: {e}") from None
-    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
-    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
     deadline = time.monotonic() + timeout
     last_report = 0.0
     last_drained: tuple[float, int] | None = None  # (when, bytes drained in all) at the last report
@@ -372,9 +385,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1)):
         if value is not None and value < least:
             raise SettingError(f"{flag}: must be {least} or more")
-    settings = load(ClientSettings, {"manager": args.manager, "namespace": args.namespace, "token": args.token},
-                    config=args.config)
-    client = Client(manager=settings.manager, namespace=settings.namespace)
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    client = Client(**_client_flags(args), config=args.config)
     if args.redundancy is not None:
         Redundancy.parse(args.redundancy, "--redundancy")
     try:
@@ -456,13 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="benefactors, memory and files of a deployment",
                        description="Show benefactors (alive, memory used/capacity, drain backlog) and namespaces.")
-    _add_settings(p, ClientSettings, only=["manager", "token"])
+    _add_settings(p, ClientSettings, only=["manager", "token", *TLS_FLAGS])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("policy", parents=[common], help="show or set a namespace's persistence policy",
                        description="Show the policy of a namespace; with --persist-every or --keep-versions, set it.")
-    _add_settings(p, ClientSettings, only=["manager", "namespace", "token"])
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
     p.add_argument("--persist-every", type=int, default=None, metavar="N",
                    help="drain every N-th version of a path to the PFS; 0 = never")
     p.add_argument("--keep-versions", type=int, default=None, metavar="K",
@@ -471,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none; replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail); or "
                         "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("certs", parents=[common], help="make a CA and a certificate for a deployment's TLS",
+                       description="Write ca.pem, cert.pem and key.pem (0600) into DIRECTORY, unless they are there "
+                                   "already: one certificate for the name 'memstage' (and 127.0.0.1, localhost, this "
+                                   "host) that every role and client of the deployment presents, with "
+                                   "tls_server_name=memstage. Prints the settings as environment variables.")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_certs)
 
     p = sub.add_parser("token", parents=[common], help="create, revoke or list access tokens (admin token needed)",
                        description="Tokens give clients read or read-write access to named namespaces (or admin "
@@ -483,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true", help="create: read access only")
     p.add_argument("--admin", action="store_true", help="create: an admin token (every namespace, tokens, policy)")
     p.add_argument("--note", default="", help="create: who or what the token is for")
-    _add_settings(p, ClientSettings, only=["manager", "token"])
+    _add_settings(p, ClientSettings, only=["manager", "token", *TLS_FLAGS])
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("mount", parents=[common], help="mount a namespace as a staging directory (FUSE)",
@@ -511,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Wait until N benefactors are alive and/or nothing is left to drain to the PFS "
                                    "(e.g. at the end of a batch job). Exit 0 when done, 2 on timeout, 3 if a version "
                                    "was lost before it could be drained.")
-    _add_settings(p, ClientSettings, only=["manager", "token"])
+    _add_settings(p, ClientSettings, only=["manager", "token", *TLS_FLAGS])
     p.add_argument("--benefactors", type=int, default=None, metavar="N", help="wait until N benefactors are alive")
     p.add_argument("--drained", action="store_true", help="wait until every selected version is on the PFS")
     p.add_argument("--timeout", default="1h", help="give up after this long (default 1h)")
@@ -542,14 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from memstage.tls import make_deployment_certs
+
+    paths = make_deployment_certs(args.directory)
+    for name, value in paths.items():
+        print(f"MEMSTAGE_{name.upper()}={value}")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     import time
 
     from memstage.client.connections import Connections
     from memstage.proto import manager_pb2
 
-    settings = load(ClientSettings, {"manager": args.manager, "token": args.token}, config=args.config)
-    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token)
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
     try:
         if args.action == "create":
             if args.admin == bool(args.namespace):

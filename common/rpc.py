@@ -9,6 +9,7 @@ import grpc
 
 from memstage.chunks import MAX_MESSAGE_BYTES
 from memstage.errors import SettingError
+from memstage.tls import Tls
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -38,21 +39,30 @@ def check_address(address: str, setting: str) -> str:
     return address
 
 
-def channel(address: str) -> grpc.Channel:
-    """A channel to a benefactor (data path: messages of one frame at most)."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def _open(address: str, options: list[tuple[str, Any]], tls: Tls | None) -> grpc.Channel:
+    if tls is not None and tls.enabled:
+        return grpc.secure_channel(address, tls.channel_credentials(), options=[*options, *tls.channel_options()])
+    return grpc.insecure_channel(address, options=options)
 
 
-def control_channel(address: str) -> grpc.Channel:
-    """A channel to the manager."""
-    return grpc.insecure_channel(address, options=CONTROL_CHANNEL_OPTIONS)
+def channel(address: str, tls: Tls | None = None) -> grpc.Channel:
+    """A channel to a benefactor (data path: messages of one frame at most); TLS when configured."""
+    return _open(address, list(CHANNEL_OPTIONS), tls)
 
 
-def bind(server: grpc.Server, address: str, setting: str) -> str:
-    """Bind and return the address actually listened on (resolves port 0)."""
+def control_channel(address: str, tls: Tls | None = None) -> grpc.Channel:
+    """A channel to the manager; TLS when configured."""
+    return _open(address, list(CONTROL_CHANNEL_OPTIONS), tls)
+
+
+def bind(server: grpc.Server, address: str, setting: str, tls: Tls | None = None) -> str:
+    """Bind (TLS when a certificate is configured) and return the address actually listened on."""
     host, _, _ = check_address(address, setting).rpartition(":")
     try:
-        port = server.add_insecure_port(address)
+        if tls is not None and tls.cert:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if port == 0:

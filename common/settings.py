@@ -101,6 +101,12 @@ class ManagerSettings:
                            "token (admin.token), created on the first start (default: <state>/secrets)")
     cluster_secret: str = setting("", _str, "file holding the cluster secret, when it is given (e.g. a Kubernetes "
                                   "Secret) rather than created in --secrets")
+    tls_cert: str = setting("", _str, "PEM certificate this role serves gRPC with (and presents as a client)")
+    tls_key: str = setting("", _str, "PEM private key of tls_cert")
+    tls_ca: str = setting("", _str, "PEM CA that peers' certificates must be signed by (as a server: clients "
+                          "must present one, mutual TLS)")
+    tls_server_name: str = setting("", _str, "name the peers' certificates are checked against (default: the host "
+                                   "dialled)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
@@ -131,6 +137,12 @@ class BenefactorSettings:
                                   "<state>/secrets/cluster.key)")
     insecure: bool = setting(False, _bool, "no authentication: serve chunks to anyone and talk to a manager that "
                              "runs with --insecure")
+    tls_cert: str = setting("", _str, "PEM certificate this role serves gRPC with (and presents as a client)")
+    tls_key: str = setting("", _str, "PEM private key of tls_cert")
+    tls_ca: str = setting("", _str, "PEM CA that peers' certificates must be signed by (as a server: clients "
+                          "must present one, mutual TLS)")
+    tls_server_name: str = setting("", _str, "name the peers' certificates are checked against (default: the host "
+                                   "dialled)")
 
     def validate(self) -> None:
         check_address(self.manager, "manager")
@@ -147,6 +159,11 @@ class ClientSettings:
     namespace: str = setting("default", _str, "namespace: the scope of paths and of deduplication")
     token: str = setting("", _str, "access token (mst_...) from `memstage token create`, or the admin token "
                          "`memstage up` wrote; not needed with a manager run with --insecure")
+    tls_ca: str = setting("", _str, "PEM CA the manager's and benefactors' certificates are signed by (TLS)")
+    tls_cert: str = setting("", _str, "PEM client certificate, for deployments that require one (mutual TLS)")
+    tls_key: str = setting("", _str, "PEM private key of tls_cert")
+    tls_server_name: str = setting("", _str, "name the servers' certificates are checked against (default: the "
+                                   "host dialled)")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")

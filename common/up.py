@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memstage.errors import MemstageError, SettingError
 from memstage.procs import RoleProcess, spawn
-from memstage.settings import UpSettings
+from memstage.settings import UpSettings, flag_name
 from memstage.units import format_size
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,35 @@ def deployment_token(state: str) -> str:
         return ""
 
 
-def write_client_settings(state: str, manager: str) -> str:
-    """<state>/client.toml (0600): the manager's address and the admin token, for Client(), the CLI
-    and `memstage mount` through MEMSTAGE_CONFIG (or --config)."""
+def deployment_client(state: str) -> dict[str, str]:
+    """Client settings for a deployment `memstage up` started on `state`: its admin token and TLS
+    files (none of them for an insecure one)."""
+    out = {"token": deployment_token(state)} if deployment_token(state) else {}
+    if (Path(state) / "tls" / "ca.pem").exists():
+        out.update(deployment_tls(state, insecure=False))
+    return out
+
+
+def deployment_tls(state: str, insecure: bool) -> dict[str, str]:
+    """TLS settings of a deployment `memstage up` secures: its CA and certificate under <state>/tls."""
+    if insecure:
+        return {}
+    from memstage.tls import make_deployment_certs
+
+    return make_deployment_certs(str(Path(state) / "tls"))
+
+
+def tls_flags(tls: dict[str, str]) -> list[str]:
+    return [arg for name, value in tls.items() for arg in (flag_name(name), value)]
+
+
+def write_client_settings(state: str, manager: str, tls: dict[str, str] | None = None) -> str:
+    """<state>/client.toml (0600): the manager's address, the admin token and the TLS files, for
+    Client(), the CLI and `memstage mount` through MEMSTAGE_CONFIG (or --config)."""
     path = Path(state) / "client.toml"
     token = deployment_token(state)
     lines = ["[client]", f'manager = "{manager}"'] + ([f'token = "{token}"'] if token else [])
+    lines += [f'{name} = "{value}"' for name, value in (tls or {}).items()]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -57,12 +80,13 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
     interval = f"{settings.heartbeat_interval}s"
     extra = ["--config", config] if config else []
     procs: list[RoleProcess] = []
+    tls = tls_flags(deployment_tls(state, settings.insecure))
     try:
         port = settings.metrics_port
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
                                        interval, "--persist-every", str(settings.persist_every),
                                        "--keep-versions", str(settings.keep_versions), "--metrics-port", str(port),
-                                       *(["--insecure"] if settings.insecure else []), *extra]))
+                                       *(["--insecure"] if settings.insecure else []), *tls, *extra]))
         manager = procs[0].address
         # The manager wrote the cluster secret and an admin token into its state as it started.
         secret = ["--insecure"] if settings.insecure else ["--cluster-secret", os.path.join(state, "secrets",
@@ -75,10 +99,10 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                               "--drain-bandwidth", str(settings.drain_bandwidth),
                                               "--stop-timeout", f"{settings.stop_timeout}s",
                                               "--metrics-port", str(port + 1 + i if port else 0), *secret,
-                                              *extra]))
+                                              *tls, *extra]))
         if settings.mount:
             token = deployment_token(state)
-            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *extra]))
+            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *tls, *extra]))
     except BaseException:
         stop_deployment(procs)
         raise
@@ -154,13 +178,16 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
           f"{format_size(settings.memory)} each ({format_size(total)} in all)", flush=True)
     if settings.mount:
         print(f"  staging directory: {os.path.abspath(settings.mount)}", flush=True)
-    client_file = write_client_settings(settings.state, manager.address)
+    client_file = write_client_settings(settings.state, manager.address,
+                                        deployment_tls(settings.state, settings.insecure))
     if settings.insecure:
         print("  INSECURE (--insecure): no token or secret is checked; anyone who reaches these ports may read, "
               "write and delete everything", flush=True)
     else:
-        print(f"  secured: clients need a token; the admin token and the cluster secret are in "
-              f"{os.path.join(os.path.abspath(settings.state), 'secrets')} (mode 0600)", flush=True)
+        print(f"  secured: TLS on every port (CA and certificate in "
+              f"{os.path.join(os.path.abspath(settings.state), 'tls')}); clients need a token; the admin token and "
+              f"the cluster secret are in {os.path.join(os.path.abspath(settings.state), 'secrets')} (mode 0600)",
+              flush=True)
     print(f"  client settings (manager address{'' if settings.insecure else ' and admin token'}): {client_file}",
           flush=True)
     print(f"  try:  export MEMSTAGE_CONFIG={os.path.abspath(client_file)}", flush=True)

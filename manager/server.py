@@ -19,6 +19,7 @@ from memstage.metrics import serve_metrics
 from memstage.proto import manager_pb2_grpc
 from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
 from memstage.settings import ManagerSettings
+from memstage.tls import load as load_tls
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class ManagerServer:
         self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=CONTROL_SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
-        self.address = bind(self._server, settings.listen, "--listen")
+        self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
+        self.address = bind(self._server, settings.listen, "--listen", self.tls)
         self._stop = threading.Event()
         self._metrics: Any = None
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
@@ -63,6 +65,8 @@ class ManagerServer:
         self._housekeeper.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
         log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
+        if not self.tls.cert:
+            log.warning("no TLS (tls_cert): tokens and data travel in clear to %s", self.address)
         if self.secret is None:
             log.warning("INSECURE: --insecure is set: no token or cluster secret is checked, anyone who reaches "
                         "%s may read, write and delete every namespace", self.address)

@@ -42,6 +42,7 @@ class Cluster:
     manager_args: tuple[str, ...] = ()
     pfs: Path | None = None  # default: <root>/pfs
     secure: bool = False  # False: --insecure everywhere (today's tests of other things); True: tokens and secret
+    tls: dict[str, str] = field(default_factory=dict)  # TLS settings (as `memstage up` makes them), or none
     _clients: list[Client] = field(default_factory=list)
     _logs: list[object] = field(default_factory=list)
 
@@ -52,7 +53,8 @@ class Cluster:
     def start_manager(self, listen: str = "127.0.0.1:0") -> RoleProcess:
         self.manager = spawn("manager", ["--listen", listen, "--state", self.state,
                                          "--heartbeat-interval", f"{self.heartbeat}s", "--log-level", "warning",
-                                         *([] if self.secure else ["--insecure"]), *self.manager_args])
+                                         *([] if self.secure else ["--insecure"]), *self.tls_flags,
+                                         *self.manager_args])
         self.manager_address = self.manager.address
         return self.manager
 
@@ -63,7 +65,8 @@ class Cluster:
             self._logs.append(out)
         bf = spawn("benefactor", ["--manager", self.manager_address, "--memory", str(memory), "--pfs",
                                   str(self.pfs or self.root / "pfs"), "--heartbeat-interval", f"{self.heartbeat}s",
-                                  "--log-level", "warning", *self.benefactor_credentials, *extra], stderr=out)
+                                  "--log-level", "warning", *self.benefactor_credentials, *self.tls_flags, *extra],
+                   stderr=out)
         self.benefactors.append(bf)
         wait_for(lambda: bf.id in self.alive_ids(), what=f"benefactor {bf.id} to register")
         return bf
@@ -73,6 +76,10 @@ class Cluster:
         """The admin token the manager wrote into its state ("" when insecure)."""
         path = Path(self.state) / "secrets" / "admin.token"
         return path.read_text().strip() if self.secure else ""
+
+    @property
+    def tls_flags(self) -> list[str]:
+        return [arg for name, value in self.tls.items() for arg in (f"--{name.replace('_', '-')}", value)]
 
     @property
     def secret_file(self) -> str:
@@ -90,7 +97,7 @@ class Cluster:
 
     def client(self, **settings: object) -> Client:
         settings = {"rpc_timeout": "10s", "full_wait": "1s", **({"token": self.admin_token} if self.secure else {}),
-                    **settings}
+                    **self.tls, **settings}
         c = Client(manager=self.manager_address, **settings)
         self._clients.append(c)
         return c
@@ -102,7 +109,8 @@ class Cluster:
 
         token = ["--token", self.admin_token] if self.secure else []
         out = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", self.manager_address,
-                              "--json", *token], capture_output=True, text=True, timeout=30, check=True)
+                              "--json", *token, *self.tls_flags], capture_output=True, text=True, timeout=30,
+                             check=True)
         return json.loads(out.stdout)
 
     def alive_ids(self) -> set[str]:
@@ -130,9 +138,13 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
     def make(benefactors: int = 2, memory: int = 64 * MiB, heartbeat: float = HEARTBEAT,
-             manager_args: tuple[str, ...] = (), pfs: Path | None = None, secure: bool = False) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", heartbeat, manager_args=manager_args, pfs=pfs,
-                          secure=secure)
+             manager_args: tuple[str, ...] = (), pfs: Path | None = None, secure: bool = False,
+             tls: bool = False) -> Cluster:
+        from memstage.tls import make_deployment_certs
+
+        root = tmp_path / f"cluster{len(clusters)}"
+        cluster = Cluster(root, heartbeat, manager_args=manager_args, pfs=pfs, secure=secure,
+                          tls=make_deployment_certs(str(root / "tls")) if tls else {})
         clusters.append(cluster)
         cluster.start_manager()
         for _ in range(benefactors):
@@ -165,7 +177,7 @@ def mounted(local_cluster, tmp_path):
         token = ["--token", cluster.admin_token] if cluster.secure else []
         proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
                                  cluster.manager_address, "--full-wait", "1s", "--log-level", "warning", *token,
-                                 *extra])
+                                 *cluster.tls_flags, *extra])
         mounts.append((point, proc))
         wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
         assert proc.poll() is None, "memstage mount exited"

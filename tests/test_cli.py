@@ -94,9 +94,16 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         wait_for(lambda: os.path.exists(config), what="the client settings file")
         token = (tmp_path / "state" / "secrets" / "admin.token").read_text().strip()
         assert f'token = "{token}"' in Path(config).read_text() and os.stat(config).st_mode & 0o077 == 0
+        from memstage.errors import Unavailable
+        from memstage.up import deployment_client
+
+        settings = deployment_client(str(tmp_path / "state"))
+        assert settings["tls_ca"].endswith("ca.pem") and f'tls_ca = "{settings["tls_ca"]}"' in Path(config).read_text()
+        with pytest.raises(Unavailable):  # plaintext to a TLS port
+            Client(manager=address, rpc_timeout="5s", token=token).ls("/")
         with pytest.raises(Unauthenticated, match="no token"):
-            Client(manager=address, rpc_timeout="5s").ls("/")
-        c = Client(manager=address, rpc_timeout="5s", token=token)
+            Client(manager=address, rpc_timeout="5s", **{**settings, "token": ""}).ls("/")
+        c = Client(config=config, rpc_timeout="5s")
         wait_for(lambda: len(memstage_status_alive(address, config)) == 2, what="2 benefactors alive")
         c.pipe("/hello", b"hi")
         assert c.cat("/hello") == b"hi"

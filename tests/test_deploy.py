@@ -74,6 +74,10 @@ def test_default_values():
         assert env(doc)["MEMSTAGE_CLUSTER_SECRET"] == "/etc/memstage/cluster.key"
         volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
         assert volumes["cluster-secret"]["secret"]["secretName"] == "ckpt-memstage-cluster"
+        assert volumes["tls"]["secret"]["secretName"] == "ckpt-memstage-tls"
+        assert env(doc)["MEMSTAGE_TLS_CERT"] == "/etc/memstage-tls/tls.crt" and env(doc)["MEMSTAGE_TLS_SERVER_NAME"]
+    tls = docs[("Secret", "ckpt-memstage-tls")]["data"]
+    assert {"ca.crt", "tls.crt", "tls.key"} <= set(tls) and b"BEGIN CERTIFICATE" in base64.b64decode(tls["ca.crt"])
     # A stop drains first: Kubernetes waits longer than the drain may take, one benefactor at a time.
     assert e["MEMSTAGE_STOP_TIMEOUT"] == "600s"
     assert benefactor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
@@ -217,8 +221,10 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
     from memstage.settings import BenefactorSettings, ManagerSettings
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
-    set_by_chart = {"manager": {"listen", "state", "cluster_secret"},
-                    "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret"}}
+    tls = {"tls_cert", "tls_key", "tls_ca", "tls_server_name"}
+    set_by_chart = {"manager": {"listen", "state", "cluster_secret", *tls},
+                    "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret",
+                                   *tls}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
         expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
         assert set(schema[f"{role}Settings"]["properties"]) == expected, role

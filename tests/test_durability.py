@@ -112,7 +112,7 @@ def _up(tmp_path, address: str, *extra: str) -> subprocess.Popen[str]:
                              "--heartbeat-interval", "0.5s", *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     def serving() -> bool:
-        status = memstage("status", "--manager", address, "--json", "--token", _token(tmp_path))
+        status = memstage("status", "--manager", address, "--json", "--config", str(tmp_path / "state" / "client.toml"))
         return proc.poll() is not None or (status.returncode == 0 and '"alive": true' in status.stdout)
 
     wait_for(serving, timeout=30, what="memstage up to serve with a live benefactor")
@@ -120,10 +120,11 @@ def _up(tmp_path, address: str, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _token(tmp_path) -> str:
-    """The admin token `memstage up` (secure by default) left in its state directory."""
-    path = tmp_path / "state" / "secrets" / "admin.token"
-    return path.read_text().strip() if path.exists() else ""
+def _client(tmp_path) -> dict[str, str]:
+    """The admin token and TLS files `memstage up` (secure by default) left in its state directory."""
+    from memstage.up import deployment_client
+
+    return deployment_client(str(tmp_path / "state"))
 
 
 def _ctrl_c(proc: subprocess.Popen[str]) -> str:
@@ -146,7 +147,7 @@ def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_pa
     address = f"127.0.0.1:{_free_port()}"
     up = _up(tmp_path, address, "--drain-bandwidth", "1MiB", "--stop-timeout", stop_timeout)
     try:
-        c = Client(manager=address, chunk_size=os.environ.get("CK", "16KiB"), token=_token(tmp_path))
+        c = Client(manager=address, chunk_size=os.environ.get("CK", "16KiB"), **_client(tmp_path))
         data = random_bytes(3 * MiB)
         c.pipe("/ckpt", data)  # 192 chunks: 3 drain batches, 1 s apart at 1 MiB/s
         c.connections.close()
@@ -155,7 +156,7 @@ def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_pa
     assert "draining" in out and up.returncode == 0, out
     up = _up(tmp_path, address)  # again on the same state and PFS
     try:
-        c = Client(manager=address, token=_token(tmp_path))  # the same token after the restart
+        c = Client(manager=address, **_client(tmp_path))  # the same token and certificates after the restart
         version = c.versions("/ckpt")[0]
         if stop_timeout == "60s":  # drained before the stop: persisted and readable
             assert version["persisted"] and not version["lost"], (version, out)
@@ -163,8 +164,8 @@ def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_pa
         else:  # not drained in time: said at the stop, and reported lost after it, never silently gone
             assert "could not be drained: reported lost" in out, out
             assert version["lost"] and "stopped" in version["lost_reason"], version
-            waited = memstage("wait", "--manager", address, "--drained", "--timeout", "10s", "--token",
-                              _token(tmp_path))
+            waited = memstage("wait", "--manager", address, "--drained", "--timeout", "10s", "--config",
+                              str(tmp_path / "state" / "client.toml"))
             assert waited.returncode == 3 and "/ckpt" in waited.stderr
         c.connections.close()
     finally:

@@ -239,3 +239,32 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--token: refused by" in out.stderr and "no token" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
+
+
+def test_tls_on_every_port_and_plaintext_refused(local_cluster):
+    """TLS with client certificates (as `memstage up` sets it up): the whole path works over it;
+    plaintext, or TLS without the deployment's client certificate, gets nowhere."""
+    from memstage.errors import Unavailable
+
+    cluster = local_cluster(benefactors=2, secure=True, tls=True)
+    c = cluster.client(chunk_size="1MiB")
+    data = random_bytes(3 * MiB)
+    c.pipe("/tls.bin", data)
+    assert c.cat("/tls.bin") == data and cluster.status()["benefactors"]
+    vmap = c.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="default", path="/tls.bin"), "x")
+    bf_address = vmap.chunks[0].locations[0].address
+    for address in (cluster.manager_address, bf_address):
+        with pytest.raises(grpc.RpcError) as plain:
+            manager_pb2_grpc.ManagerStub(grpc.insecure_channel(address)).Status(manager_pb2.StatusRequest(),
+                                                                                timeout=5)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        # TLS that trusts the CA but shows no client certificate: the handshake is refused.
+        from pathlib import Path
+
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(cluster.tls["tls_ca"]).read_bytes())
+        no_cert = grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "memstage")])
+        with pytest.raises(grpc.RpcError) as refused_tls:
+            manager_pb2_grpc.ManagerStub(no_cert).Status(manager_pb2.StatusRequest(), timeout=5)
+        assert refused_tls.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(Unavailable):  # the library without the TLS settings
+        cluster.client(tls_ca="", tls_cert="", tls_key="", tls_server_name="").ls("/")
