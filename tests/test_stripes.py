@@ -68,9 +68,12 @@ def test_rs_4_2_survives_two_losses_rebuilds_and_survives_two_more(local_cluster
     wait_for(lambda: not set(first) & cluster.alive_ids(), timeout=20, what="the killed benefactors to be dead")
     wait_for(lambda: protected(cluster, 1), timeout=90, what="the rebuild")
     alive = cluster.alive_ids()
-    for s in stripes(c, "/ckpt"):
-        holders = member_holders(s)
-        assert all(len(h & alive) == 1 for h in holders) and len(set.union(*holders)) == 6
+    for s in stripes(c, "/ckpt"):  # every member on a live benefactor of its own (spare copies may remain)
+        taken: set[str] = set()
+        for h in member_holders(s):
+            own = (h & alive) - taken
+            assert own, (member_holders(s), alive)
+            taken.add(min(own))
     second = sorted(set.union(*member_holders(stripes(c, "/ckpt")[8])) & alive)[:2]
     for bf in second:
         by_id[bf].kill()
