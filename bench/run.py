@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redundancy", default=None, metavar="POLICIES",
                    help="compare redundancy policies (e.g. rs:4+2,replicate:2) against none: OAB, ASB, time "
                         "until protected, encoding CPU, degraded reads and rebuild after a SIGKILLed benefactor")
+    p.add_argument("--insecure", action="store_true",
+                   help="measure a deployment without TLS and tokens (the default is secured, as memstage up is)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -188,7 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0))
+                                            heartbeat_interval=2.0, insecure=args.insecure))
         sink = subprocess.Popen([sys.executable, "-m", "memstage.bench.ceiling"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         try:
