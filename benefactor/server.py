@@ -75,7 +75,8 @@ class BenefactorServer:
         self.heartbeat.start()
         self.orders.start()
         self.drain.start()
-        self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0])
+        self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0],
+                                      self.settings.tls_cert, self.settings.tls_key)
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
     def drain_before_stop(self, now: threading.Event | None = None) -> None:

@@ -241,6 +241,23 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
 
 
+def test_metrics_are_served_over_https_with_the_deployment_certificate(local_cluster, tmp_path):
+    import socket
+    import ssl
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = local_cluster(benefactors=1, secure=True, tls=True, manager_args=("--metrics-port", str(port)))
+    context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
+    context.check_hostname = False  # the certificate names the deployment, not this address
+    body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
+    assert b"memstage_benefactors_alive" in body
+    with pytest.raises(Exception):  # noqa: B017 (plain HTTP to a TLS port: any failure will do)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+
+
 def test_tls_on_every_port_and_plaintext_refused(local_cluster):
     """TLS with client certificates (as `memstage up` sets it up): the whole path works over it;
     plaintext, or TLS without the deployment's client certificate, gets nowhere."""
