@@ -107,28 +107,23 @@ class NewStripe:
 
 def group(candidates: Sequence[tuple[IndexKey, Sequence[str]]], k: int, domains: dict[str, str],
           short_ok: bool) -> list[list[IndexKey]]:
-    """Data members for new stripes: K chunks at a time, in the order given, each from a failure
-    domain (of its first holder) no other member of its stripe is in while there is such a chunk.
-    A last stripe with fewer than K members is formed only if `short_ok` (its chunks waited a round)."""
-    left = list(candidates)
+    """Data members for new stripes, K chunks at a time, each from a failure domain (of its first
+    holder) no other member of its stripe is in while there are enough domains: the domains with
+    the most chunks left go first, so the last stripes are not left with one domain only. A last
+    stripe with fewer than K members is formed only if `short_ok` (its chunks waited a round)."""
+    by_domain: dict[str, list[IndexKey]] = {}
+    for ik, holders in candidates:
+        d = domains.get(holders[0], holders[0]) if holders else ""
+        by_domain.setdefault(d, []).append(ik)
+    left = len(candidates)
     out: list[list[IndexKey]] = []
-    while left:
-        if len(left) < k and not short_ok:
-            break
-        members: list[IndexKey] = []
-        used: set[str] = set()
-        rest = []
-        for ik, holders in left:
-            d = domains.get(holders[0], holders[0]) if holders else ""
-            if len(members) < k and d not in used:
-                members.append(ik)
-                used.add(d)
-            else:
-                rest.append((ik, holders))
-        while len(members) < k and rest:  # not enough domains: share one
-            members.append(rest.pop(0)[0])
+    while left and (left >= k or short_ok):
+        order = sorted((d for d in by_domain if by_domain[d]), key=lambda d: -len(by_domain[d]))  # stable
+        members = [by_domain[d].pop(0) for d in order[:k]]
+        while len(members) < k and any(by_domain.values()):  # not enough domains: share one
+            members.append(by_domain[max(by_domain, key=lambda d: len(by_domain[d]))].pop(0))
+        left -= len(members)
         out.append(members)
-        left = rest
     return out
 
 
