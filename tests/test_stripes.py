@@ -210,12 +210,12 @@ def test_grouping_prefers_distinct_domains_and_waits_for_a_short_stripe():
     cands = [(ik(1), ["a1"]), (ik(2), ["a2"]), (ik(3), ["b1"]), (ik(4), ["c1"]), (ik(5), ["a1"])]
     assert group(cands, 3, domains, short_ok=False) == [[ik(1), ik(3), ik(4)]]  # 2 left wait a round
     assert group(cands, 3, domains, short_ok=True) == [[ik(1), ik(3), ik(4)], [ik(2), ik(5)]]
-    # Holders as a round-robin over 2 benefactors per rack leaves them: greedy in order would end
-    # with a stripe inside one rack; the fullest domains go first instead.
+    # Taken greedily in order, these would leave the last stripe inside rack C; the fullest
+    # domains go first instead.
     racks = {f"{r}{i}": r for r in "ABC" for i in (1, 2)}
-    order = ["A1", "A2", "B1", "B2", "C1", "C2"] * 2
-    grouped = group([(ik(n), [bf]) for n, bf in enumerate(order)], 2, racks, short_ok=True)
-    assert len(grouped) == 6 and all(len({racks[order[i[1].hash[0]]] for i in g}) == 2 for g in grouped)
+    order = ["A1", "B1", "A2", "B2", "C1", "C2"]
+    grouped = group([(ik(n + 1), [bf]) for n, bf in enumerate(order)], 2, racks, short_ok=True)
+    assert len(grouped) == 3 and all(len({racks[order[i[1].hash[0] - 1]] for i in g}) == 2 for g in grouped)
     room = {"a1": 100, "a2": 100, "b1": 100, "c1": 5, "d1": 50}
     chosen, shared = targets(2, 10, room, {"a1"}, {"A"}, domains)
     assert chosen == ["b1", "d1"] and shared == 0  # c1 has no room; a2 shares A with a member
