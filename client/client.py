@@ -173,11 +173,12 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                 "versions": info.version_count, "mtime": info.mtime_ns / 1e9 if info.mtime_ns else info.committed_at,
                 **meta}
 
-    def stat(self, path: str) -> manager_pb2.FileInfo:
-        """Everything the manager keeps about a name (hard links show their file)."""
+    def stat(self, path: str, protection: bool = True) -> manager_pb2.FileInfo:
+        """Everything the manager keeps about a name (hard links show their file); `protection`:
+        with `protected` filled in (it costs the manager a look at every chunk)."""
         norm = normalize_path(self._strip_protocol(path))
-        return self.connections.call_manager("Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm),
-                                             norm)
+        return self.connections.call_manager(
+            "Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm, protection=protection), norm)
 
     def setattr(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 atime_ns: int | None = None, mtime_ns: int | None = None, access: bool = False

@@ -220,7 +220,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if self._hidden(path) or path in self._pending or self._is_hidden_name(path):
             raise _fail(errno.ENOENT)
         try:
-            return self.client.stat(path)
+            return self.client.stat(path, protection=False)
         except NotFound:
             raise _fail(errno.ENOENT) from None
 

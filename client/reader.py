@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.stripes import StripeUnavailable, build_member
-from memstage.client.transport import ChunkTransport, ChunkUnavailable
+from memstage.client.transport import ChunkTransport, read_from_memory, read_from_pfs
 from memstage.errors import DataLost, MemstageError
 from memstage.proto import common_pb2, manager_pb2
 
@@ -124,16 +124,11 @@ class VersionReader:
 
     def _fetch_from(self, key: ChunkKey, ref: manager_pb2.ChunkRef, readers: list[common_pb2.Location],
                     failures: list[str]) -> bytes | memoryview | None:
-        """Memory first, then the PFS copy; every result hash-verified. None if nothing had it."""
-        for loc in ref.locations:
-            try:
-                data = self.transport.get(loc.address, self.namespace, key)
-            except ChunkUnavailable as e:
-                failures.append(f"{loc.benefactor_id}: {e}")
-                continue
-            if key.matches(data):
-                return data
-            failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
+        """Memory first, then its stripe, then the PFS copy; every result hash-verified. None if
+        nothing had it."""
+        data = read_from_memory(self.transport, self.namespace, key, ref.locations, failures)
+        if data is not None:
+            return data
         if ref.HasField("stripe"):
             try:
                 data, _ = build_member(self.transport, self.namespace, ref.stripe, readers)
@@ -143,16 +138,4 @@ class VersionReader:
                 if key.matches(data):
                     return data
                 failures.append("rebuilt from its stripe, it does not match the hash")
-        if ref.drained:
-            if not readers:
-                failures.append(f"its PFS copy {ref.drained}: no live benefactor to read it")
-            for reader in readers:
-                try:
-                    data = self.transport.get_drained(reader.address, ref.drained, key)
-                except ChunkUnavailable as e:
-                    failures.append(f"PFS via {reader.benefactor_id}: {e}")
-                    continue
-                if key.matches(data):
-                    return data
-                failures.append(f"PFS via {reader.benefactor_id}: bytes do not match the hash")
-        return None
+        return read_from_pfs(self.transport, key, ref.drained, readers, failures)

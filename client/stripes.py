@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
-from memstage.client.transport import ChunkTransport, ChunkUnavailable
+from memstage.client.transport import ChunkTransport, read_from_memory, read_from_pfs
 from memstage.erasure import ABSENT, Codec
 from memstage.proto import common_pb2, manager_pb2
 
@@ -21,25 +21,8 @@ def read_member(transport: ChunkTransport, namespace: str, ref: manager_pb2.Chun
                 readers: Sequence[common_pb2.Location], failures: list[str]) -> bytes | memoryview | None:
     """A member from memory, then from its PFS copy; None if no place had it intact."""
     key = ChunkKey.from_pb(ref.key)
-    for loc in ref.locations:
-        try:
-            data = transport.get(loc.address, namespace, key)
-        except ChunkUnavailable as e:
-            failures.append(f"{loc.benefactor_id}: {e}")
-            continue
-        if key.matches(data):
-            return data
-        failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
-    if ref.drained:
-        for reader in readers:
-            try:
-                data = transport.get_drained(reader.address, ref.drained, key)
-            except ChunkUnavailable as e:
-                failures.append(f"PFS via {reader.benefactor_id}: {e}")
-                continue
-            if key.matches(data):
-                return data
-    return None
+    data = read_from_memory(transport, namespace, key, ref.locations, failures)
+    return data if data is not None else read_from_pfs(transport, key, ref.drained, readers, failures)
 
 
 def _gather(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeSpec, indices: Sequence[int],

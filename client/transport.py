@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
@@ -19,7 +19,7 @@ from memstage.chunks import MAX_FRAME_DATA, ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.writestate import Placement, StreamEnd
 from memstage.frames import encode_put_frame
-from memstage.proto import benefactor_pb2
+from memstage.proto import benefactor_pb2, common_pb2
 
 OnAck = Callable[[int, bytes], None]  # seq, receipt
 OnEnd = Callable[[StreamEnd, str, list[int]], None]  # reason, detail, unacknowledged seqs
@@ -164,3 +164,38 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise ChunkUnavailable(e.details() if isinstance(e, grpc.Call) else str(e)) from None
         return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
+def read_from_memory(transport: ChunkTransport, namespace: str, key: ChunkKey, locations: Sequence[common_pb2.Location],
+                     failures: list[str]) -> bytes | memoryview | None:
+    """The chunk from the first benefactor listed that has it intact (hash-verified), else None
+    (each failure noted)."""
+    for loc in locations:
+        try:
+            data = transport.get(loc.address, namespace, key)
+        except ChunkUnavailable as e:
+            failures.append(f"{loc.benefactor_id}: {e}")
+            continue
+        if key.matches(data):
+            return data
+        failures.append(f"{loc.benefactor_id}: bytes do not match the hash")
+    return None
+
+
+def read_from_pfs(transport: ChunkTransport, key: ChunkKey, drained: str, readers: Sequence[common_pb2.Location],
+                  failures: list[str]) -> bytes | memoryview | None:
+    """The chunk's PFS copy, read by the first live benefactor that can (hash-verified), else None."""
+    if not drained:
+        return None
+    if not readers:
+        failures.append(f"its PFS copy {drained}: no live benefactor to read it")
+    for reader in readers:
+        try:
+            data = transport.get_drained(reader.address, drained, key)
+        except ChunkUnavailable as e:
+            failures.append(f"PFS via {reader.benefactor_id}: {e}")
+            continue
+        if key.matches(data):
+            return data
+        failures.append(f"PFS via {reader.benefactor_id}: bytes do not match the hash")
+    return None

@@ -336,6 +336,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.StripeSpec(id=stripe.id, k=stripe.k, m=stripe.m, size=stripe.size, members=members,
                                       index=index)
 
+    def _live_view(self) -> tuple[float, set[str], dict[str, int], dict[str, str], dict[str, str]]:
+        """(under self._lock) Now, the live benefactors, the free memory of those that may take new
+        copies, their addresses and failure domains (an unlabelled one is a domain of its own)."""
+        now = self.clock()
+        records = self.registry.alive(now)
+        return (now, {r.id for r in records}, {r.id: r.stats.free for r in records if not r.leaving},
+                {r.id: r.address for r in records}, {r.id: r.domain or r.id for r in records})
+
     def repair_stripes(self) -> None:
         """One round for namespaces keeping Reed-Solomon stripes: drop the stripes nothing needs,
         have benefactors encode parity for chunks no stripe protects yet, and rebuild the members
@@ -346,12 +354,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self.stripe_work.unprotected = self.stripe_work.missing = 0
             return
         with self._lock:
-            now = self.clock()
-            records = self.registry.alive(now)
-            alive = {r.id for r in records}
-            room = {r.id: r.stats.free for r in records if not r.leaving}
-            addresses = {r.id: r.address for r in records}
-            domains = {r.id: r.domain or r.id for r in records}
+            now, alive, room, addresses, domains = self._live_view()
             abandoned = self.stripe_work.expire(now)
             pending = self.stripe_work.pending_data()
             budget = self.stripe_work.max_in_flight - self.stripe_work.in_flight
@@ -448,12 +451,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self.metrics.unprotected.set(self.stripe_work.unprotected)
             return
         with self._lock:
-            now = self.clock()
-            records = self.registry.alive(now)
-            alive = {r.id for r in records}
-            free = {r.id: r.stats.free for r in records if not r.leaving}
-            addresses = {r.id: r.address for r in records}
-            domains = {r.id: r.domain or r.id for r in records}  # unlabelled: a domain of its own
+            now, alive, free, addresses, domains = self._live_view()
         needs = self.catalog.under_protected(copies, alive)
         self.unprotected = len(needs)
         self.metrics.unprotected.set(len(needs) + self.stripe_work.unprotected)
@@ -727,7 +725,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                       grant=self.access.grant(namespace, write=False))
 
     # -- namespace -----------------------------------------------------------------------------
-    def _file_info(self, namespace: str, path: str) -> manager_pb2.FileInfo:
+    def _file_info(self, namespace: str, path: str, protection: bool = False) -> manager_pb2.FileInfo:
         """What stat shows for `path` (a hard link shows what it links: versions, metadata, link count)."""
         kind = self.catalog.kind(namespace, path)
         target = path
@@ -745,9 +743,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if kind == FILE:
             latest = self.catalog.version(namespace, target)  # stat is frequent: the latest only
             node = self.catalog.node(namespace, target) or Node.default(FILE, int(latest.committed_at * 1e9))
-            redundancy = Redundancy.parse(self.catalog.policy(namespace).redundancy)
-            protected = not latest.lost and (not redundancy.tolerates or self.catalog.version_protected(
-                namespace, target, latest.version, redundancy, self._alive_ids()))
+            protected = False
+            if protection:  # not on every stat (a FUSE getattr): it looks at every chunk
+                redundancy = Redundancy.parse(self.catalog.policy(namespace).redundancy)
+                protected = not latest.lost and (not redundancy.tolerates or self.catalog.version_protected(
+                    namespace, target, latest.version, redundancy, self._alive_ids()))
             return self._with_node(manager_pb2.FileInfo(
                 path=path, size=latest.size, version=latest.version, committed_at=latest.committed_at,
                 stored=sum(k.length for k in latest.keys if not k.is_hole), protected=protected,
@@ -802,7 +802,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     @rpc
     def Stat(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
-        return self._file_info(check_namespace(request.namespace), normalize_path(request.path))
+        return self._file_info(check_namespace(request.namespace), normalize_path(request.path), request.protection)
 
     @rpc
     def List(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.ListReply:
