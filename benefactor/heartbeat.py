@@ -2,9 +2,10 @@
 
 Registers as this process's incarnation (with its receipt key, and what it holds, so a restarted
 manager can confirm locations), heartbeats its free memory and the write sessions that have chunks
-here every interval, and re-registers when the manager answers "unknown". Now and then it lists
-chunks whose hold it has not heard about for orphan_grace (a safety net: the manager orders
-freed what no version references). It never frees anything itself: see OrderLoop. An unreachable
+here every interval (at a fixed rate: a slow reply does not push the next beat later), and
+re-registers when the manager answers "unknown". Now and then, on a thread of its own so that it
+never delays a beat, it lists chunks whose hold it has not heard about for orphan_grace (a safety
+net: the manager orders freed what no version references). It never frees anything itself: see OrderLoop. An unreachable
 manager is logged once per outage and retried; the data service keeps running meanwhile.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -47,13 +49,16 @@ class Heartbeat:
         self._registered = False
         self._outage_logged = False
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._reconciler.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._reconciler.join(timeout=5)
         self._channel.close()
 
     def _stats(self) -> manager_pb2.BenefactorStats:
@@ -66,35 +71,44 @@ class Heartbeat:
         )
 
     def _run(self) -> None:
-        beats = 0
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 if not self._registered:
                     self._register()
                 else:
                     self._beat()
-                beats += 1
-                # Reconcile about every orphan_grace/2, at most once per heartbeat.
-                if beats % max(1, int(self.settings.orphan_grace / 2 / self.interval)) == 0:
-                    self._reconcile()
                 if self._outage_logged:
                     log.info("manager %s reachable again", self.settings.manager)
                     self._outage_logged = False
             except grpc.RpcError as e:
                 self._registered = False
-                code = e.code() if isinstance(e, grpc.Call) else None
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    if not self._outage_logged:
-                        log.error("manager %s refuses this benefactor: %s; retrying every %.1fs",
-                                  self.settings.manager, e.details() if isinstance(e, grpc.Call) else e,
-                                  self.interval)
-                        self._outage_logged = True
-                elif not self._outage_logged:
-                    log.warning("manager %s unreachable (%s); retrying every %.1fs",
-                                self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
-                    self._outage_logged = True
+                self._log_refusal(e)
             # Until registered, retry every second: the manager may just be starting alongside us.
-            self._stop.wait(self.interval if self._registered else min(1.0, self.interval))
+            period = self.interval if self._registered else min(1.0, self.interval)
+            self._stop.wait(max(0.0, period - (time.monotonic() - started)))
+
+    def _log_refusal(self, e: grpc.RpcError) -> None:
+        code = e.code() if isinstance(e, grpc.Call) else None
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            if not self._outage_logged:
+                log.error("manager %s refuses this benefactor: %s; retrying every %.1fs",
+                          self.settings.manager, e.details() if isinstance(e, grpc.Call) else e, self.interval)
+                self._outage_logged = True
+        elif not self._outage_logged:
+            log.warning("manager %s unreachable (%s); retrying every %.1fs",
+                        self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
+            self._outage_logged = True
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(max(self.interval, self.settings.orphan_grace / 2)):
+            if not self._registered:
+                continue
+            try:
+                self._reconcile()
+            except grpc.RpcError as e:
+                log.info("reconcile with manager %s failed (%s); next in %.0fs", self.settings.manager,
+                         e.code() if isinstance(e, grpc.Call) else e, self.settings.orphan_grace / 2)
 
     def _register(self) -> None:
         reply = self.stub.Register(

@@ -1,6 +1,9 @@
 """Registry: the manager's soft-state view of benefactors, and striping maps. Pure: no I/O, no clock.
 
-A benefactor is alive while its last register/heartbeat is younger than 3 heartbeat intervals.
+A benefactor is alive while its last register/heartbeat is younger than 3 heartbeat intervals,
+counting from when the heartbeat arrived (not when the manager got round to it), and never from
+before the manager itself last resumed after a stall: a manager that could not run cannot tell
+silence from its own absence.
 Striping maps list alive benefactors by free memory, most first; a client cycles through them.
 Callers pass `now` (monotonic seconds) so tests need neither sockets nor sleeps.
 """
@@ -52,6 +55,7 @@ class Placement:
 class Registry:
     heartbeat_interval: float
     _records: dict[str, BenefactorRecord] = field(default_factory=dict)
+    awake_since: float = float("-inf")  # nobody is judged by silence from before this
 
     @property
     def ttl(self) -> float:
@@ -62,18 +66,37 @@ class Registry:
         self._records[benefactor_id] = BenefactorRecord(benefactor_id, address, stats, now, False, incarnation,
                                                         receipt_key, domain=domain)
 
-    def heartbeat(self, benefactor_id: str, stats: Stats, now: float) -> bool:
-        """Record a heartbeat; False if the benefactor is unknown or was declared dead (it must register)."""
+    def heard(self, benefactor_id: str, incarnation: int, now: float) -> None:
+        """A heartbeat arrived at `now`. Safe without the caller's lock (one attribute store under the
+        GIL), so that liveness is recorded before the heartbeat waits for anything."""
         rec = self._records.get(benefactor_id)
-        if rec is None or not self.is_alive(benefactor_id, now):
+        if rec is not None and rec.incarnation == incarnation and not rec.dead_reported and now > rec.last_seen:
+            rec.last_seen = now
+
+    def heartbeat(self, benefactor_id: str, stats: Stats, now: float) -> bool:
+        """Record a heartbeat that arrived at `now`; False if the benefactor is unknown or was declared
+        dead (it must register)."""
+        rec = self._records.get(benefactor_id)
+        if rec is None or not self._alive(rec, now):
             return False
         rec.stats = stats
-        rec.last_seen = now
+        rec.last_seen = max(rec.last_seen, now)
         return True
+
+    def resumed(self, now: float) -> None:
+        """The manager could not run for a while (paused, swapped out, starved): silence until now
+        says nothing about the benefactors, so each gets a full TTL from now to be heard."""
+        self.awake_since = now
+
+    def _silent(self, rec: BenefactorRecord, now: float) -> float:
+        return now - max(rec.last_seen, self.awake_since)
+
+    def _alive(self, rec: BenefactorRecord, now: float) -> bool:
+        return not rec.dead_reported and self._silent(rec, now) <= self.ttl  # declared dead: until it registers
 
     def is_alive(self, benefactor_id: str, now: float) -> bool:
         rec = self._records.get(benefactor_id)
-        return rec is not None and now - rec.last_seen <= self.ttl
+        return rec is not None and self._alive(rec, now)
 
     def remove(self, benefactor_id: str) -> None:
         self._records.pop(benefactor_id, None)
@@ -85,17 +108,15 @@ class Registry:
         return list(self._records.values())
 
     def alive(self, now: float) -> list[BenefactorRecord]:
-        return [r for r in self._records.values() if now - r.last_seen <= self.ttl]
+        return [r for r in self._records.values() if self._alive(r, now)]
 
     def newly_dead(self, now: float) -> list[BenefactorRecord]:
         """Benefactors that passed their TTL since the last call (for a log line each)."""
         out = []
         for rec in self._records.values():
-            if not rec.dead_reported and now - rec.last_seen > self.ttl:
+            if not rec.dead_reported and self._silent(rec, now) > self.ttl:
                 rec.dead_reported = True
                 out.append(rec)
-            elif rec.dead_reported and now - rec.last_seen <= self.ttl:
-                rec.dead_reported = False
         return out
 
     def striping_map(self, width: int, exclude: set[str], min_free: int, now: float) -> list[Placement]:

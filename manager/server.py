@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,15 @@ class ManagerServer:
         """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""
         period = min(1.0, self.settings.heartbeat_interval, self.settings.session_lease / 4)
         while not self._stop.is_set():
+            before = time.monotonic()
             self.service.wake.wait(period)  # a commit in a replicated namespace wakes it early
             self.service.wake.clear()
             if self._stop.is_set():
                 break
             try:
+                late = time.monotonic() - before - period
+                if late > self.settings.heartbeat_interval:  # this thread did not run: nor did much else
+                    self.service.resumed(late + period)
                 self.service.sweep()
             except Exception:  # a bug must not end housekeeping
                 log.exception("housekeeping failed")

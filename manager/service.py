@@ -217,11 +217,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.HeartbeatReply:
+        arrived = self.clock()
+        self.registry.heard(request.benefactor_id, request.incarnation, arrived)  # before waiting for the lock
         with self._lock:
             rec = self.registry.get(request.benefactor_id)
             if rec is None or rec.incarnation != request.incarnation:
                 return manager_pb2.HeartbeatReply(known=False)
-            known = self.registry.heartbeat(request.benefactor_id, _stats(request.stats), self.clock())
+            known = self.registry.heartbeat(request.benefactor_id, _stats(request.stats), arrived)
             if known:
                 # Chunks of sessions that are over (their end order got lost, or a straggler arrived later).
                 for sid in request.sessions:
@@ -474,6 +476,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 self.replicator.started(ik, target, gen, now)
         if plan:
             log.info("repair: %d chunks short of their copies, %d copies ordered", len(needs), len(plan))
+
+    def resumed(self, away: float) -> None:
+        """The manager could not run for `away` seconds: no benefactor is judged by that silence."""
+        with self._lock:
+            self.registry.resumed(self.clock())
+        log.warning("the manager could not run for %.1fs (paused or starved of CPU): benefactors get %.1fs "
+                    "from now to be heard before any is declared dead", away, self.registry.ttl)
 
     def sweep(self) -> None:
         """Log benefactors that just passed their TTL, and end sessions whose lease ran out."""

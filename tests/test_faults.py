@@ -133,3 +133,26 @@ def test_client_with_no_manager_gets_a_clear_error(tmp_path):
     c = Client(manager="127.0.0.1:1", rpc_timeout="2s")
     with pytest.raises(MemstageError, match="manager 127.0.0.1:1: unreachable"):
         c.ls("/")
+
+
+def test_a_stalled_manager_does_not_declare_live_benefactors_dead(local_cluster):
+    """A manager that could not run for longer than the TTL (paused, swapped out, starved of CPU by a
+    commit storm) judges benefactors by heartbeats that arrived, not by how long it was away itself:
+    the benefactors kept beating all along, so nothing they hold may be voided."""
+    import signal
+
+    cluster = local_cluster(benefactors=3, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=1000, keep_versions=10)  # version 1 stays in memory only: a false death loses it
+    data = random_bytes(6 * MiB)
+    c.pipe("/f", data)
+    alive = cluster.alive_ids()
+    for _ in range(3):
+        cluster.manager.proc.send_signal(signal.SIGSTOP)
+        time.sleep(4 * 3 * HEARTBEAT)  # four TTLs away
+        cluster.manager.proc.send_signal(signal.SIGCONT)
+        time.sleep(2 * HEARTBEAT)
+    assert cluster.alive_ids() == alive
+    assert not cluster.status()["lost"]
+    assert not c.versions("/f")[0]["lost"]
+    assert c.cat("/f") == data
