@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "until protected, encoding CPU, degraded reads and rebuild after a SIGKILLed benefactor")
     p.add_argument("--insecure", action="store_true",
                    help="measure a deployment without TLS and tokens (the default is secured, as memstage up is)")
+    p.add_argument("--security", action="store_true",
+                   help="compare a secured deployment (mutual TLS, tokens) with an --insecure one in alternating "
+                        "rounds: OAB and ASB of each and their ratio")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -176,6 +179,12 @@ def run_bench(args: argparse.Namespace) -> int:
         from memstage.bench.drain import run_drain
 
         return run_drain(args, size, chunk, write_size)
+    if args.security:
+        if args.insecure:
+            raise SettingError("bench: --security measures both ways; leave out --insecure")
+        from memstage.bench.security import run_security
+
+        return run_security(args, size, chunk, write_size)
     if args.redundancy:
         from memstage.bench.redundancy import run_redundancy
 

@@ -34,11 +34,12 @@ MINE_LIMIT = 100_000
 
 class DrainLoop:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str,
-                 stub: manager_pb2_grpc.ManagerStub) -> None:
+                 stub: manager_pb2_grpc.ManagerStub, incarnation: int = 0) -> None:
         self.root = Path(settings.pfs).resolve()
         self.bandwidth = settings.drain_bandwidth
         self.store = store
         self.id = benefactor_id
+        self.incarnation = incarnation
         self._stub = stub
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
@@ -60,7 +61,8 @@ class DrainLoop:
         backoff = IDLE_POLL
         while not self._stop.is_set():
             try:
-                reply = self._stub.DrainWork(manager_pb2.DrainWorkRequest(benefactor_id=self.id, limit=BATCH),
+                reply = self._stub.DrainWork(manager_pb2.DrainWorkRequest(benefactor_id=self.id, limit=BATCH,
+                                                                             incarnation=self.incarnation),
                                              timeout=CONTROL_TIMEOUT_S)
             except grpc.RpcError:
                 self._stop.wait(1.0)  # the heartbeat logs manager outages
@@ -151,7 +153,8 @@ class DrainLoop:
         if not done:
             return
         try:
-            self._stub.DrainDone(manager_pb2.DrainDoneRequest(benefactor_id=self.id, results=done),
+            self._stub.DrainDone(manager_pb2.DrainDoneRequest(benefactor_id=self.id, results=done,
+                                                                 incarnation=self.incarnation),
                                  timeout=CONTROL_TIMEOUT_S)
         except grpc.RpcError as e:
             # Not lost: the tasks stay queued at the manager, and draining a chunk twice is harmless.

@@ -62,7 +62,7 @@ class BenefactorServer:
                                    self.incarnation, receipt_key, credentials, tls)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls)
-        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub)
+        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation)
         self.heartbeat.drain = self.drain
         self.service.drain = self.drain
         self._metrics: Any = None
@@ -75,8 +75,10 @@ class BenefactorServer:
         self.heartbeat.start()
         self.orders.start()
         self.drain.start()
-        self._metrics = serve_metrics(self.registry, self.settings.metrics_port, self.address.rpartition(":")[0],
-                                      self.settings.tls_cert, self.settings.tls_key)
+        self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
+                                      self.settings.metrics_host or self.address.rpartition(":")[0],
+                                      self.settings.tls_cert, self.settings.tls_key,
+                                      "" if self.settings.metrics_without_client_cert else self.settings.tls_ca)
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
     def drain_before_stop(self, now: threading.Event | None = None) -> None:

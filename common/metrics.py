@@ -19,17 +19,19 @@ log = logging.getLogger(__name__)
 BANDWIDTH_BUCKETS = tuple(m * 10**e for e in range(6, 11) for m in (1, 2.5, 5)) + (1e11,)
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str, certfile: str = "", keyfile: str = ""
-                  ) -> Any | None:
+def serve_metrics(registry: CollectorRegistry, port: int, host: str, certfile: str = "", keyfile: str = "",
+                  client_ca: str = "") -> Any | None:
     """Serve /metrics on host:port (port 0 = off), over HTTPS when given the role's TLS certificate
-    (scrapers verify it with the deployment's CA; no client certificate is asked for). Returns the
-    server, to shut down at exit."""
+    (scrapers verify it with the deployment's CA), and with `client_ca` only to scrapers presenting
+    a certificate signed by it (the metrics name namespaces). Returns the server, to shut down at exit."""
     if not port:
         return None
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry, certfile=certfile or None,
-                                            keyfile=keyfile or None)
+                                            keyfile=keyfile or None, client_cafile=client_ca or None,
+                                            client_auth_required=bool(certfile and client_ca))
     except OSError as e:
         raise SettingError(f"--metrics-port: cannot listen on {host}:{port} ({e.strerror})") from None
-    log.info("metrics on %s://%s:%d/metrics", "https" if certfile else "http", host, port)
+    log.info("metrics on %s://%s:%d/metrics%s", "https" if certfile else "http", host, port,
+             " (client certificates required)" if certfile and client_ca else "")
     return server

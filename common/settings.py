@@ -85,7 +85,11 @@ def _redundancy(v: Any) -> str:
 class ManagerSettings:
     listen: str = setting("127.0.0.1:7070", _str, "HOST:PORT the manager serves gRPC on")
     state: str = setting("./memstage-state", _str, "directory of the manager's SQLite state")
-    metrics_port: int = setting(0, _int, "port of /metrics on the --listen host (0 = off)")
+    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
+    metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
+    metrics_without_client_cert: bool = setting(False, _bool, "/metrics asks no client certificate even with "
+                                                "tls_ca set: any scraper that trusts its certificate may read it "
+                                                "(it names namespaces)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
@@ -122,7 +126,11 @@ class BenefactorSettings:
     listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
     advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
-    metrics_port: int = setting(0, _int, "port of /metrics on the --listen host (0 = off)")
+    metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
+    metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
+    metrics_without_client_cert: bool = setting(False, _bool, "/metrics asks no client certificate even with "
+                                                "tls_ca set: any scraper that trusts its certificate may read it "
+                                                "(it names namespaces)")
     pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to")
     drain_bandwidth: int = setting(0, _size, "bytes per second drained at most (0 = unlimited)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")

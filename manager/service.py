@@ -47,7 +47,7 @@ from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
-from memstage.manager.registry import Registry, Stats
+from memstage.manager.registry import MISSED_HEARTBEATS, Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
@@ -154,6 +154,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             raise InvalidArgument("register: benefactor_id, address and incarnation are required")
         with self._lock:
             rec = self.registry.get(bf)
+            if rec is not None and rec.incarnation != request.incarnation and self.registry.is_alive(bf, self.clock()):
+                # Its id belongs to the process that holds it while that one is alive: a second one
+                # (a hijack, or two benefactors given one --id) waits until it stops or is declared dead.
+                heard = self.clock() - rec.last_seen
+                log.warning("registration of benefactor %s from %s refused: the id is alive at %s (heard %.1fs ago)",
+                            bf, context.peer(), rec.address, heard)
+                raise PermissionDenied(f"benefactor id {bf} belongs to a live process at {rec.address} (heard "
+                                       f"{heard:.1f}s ago); another may take it once that one stops or misses "
+                                       f"{MISSED_HEARTBEATS} heartbeats")
         previous = rec.incarnation if rec is not None else self.catalog.incarnation(bf)
         if previous and previous != request.incarnation:
             self._void(bf, f"benefactor {bf} restarted before the version was drained; its memory was lost")
@@ -676,6 +685,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             chunks.append((key, locs))
         return chunks
 
+    def _registered_as(self, bf: str, incarnation: int, what: str) -> None:
+        """Refuse a benefactor call from a process other than the one registered under the id (a
+        second process given the same --id must not take or report the first one's drains)."""
+        with self._lock:
+            rec = self.registry.get(bf)
+            if rec is None or rec.incarnation != incarnation:
+                raise NotFound(f"{what}: benefactor {bf} is not registered as this process (incarnation "
+                               f"{incarnation}); it registers first")
+
     def _is_alive(self, bf: str) -> bool:
         with self._lock:
             return self.registry.is_alive(bf, self.clock())
@@ -1157,6 +1175,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def DrainWork(self, request: manager_pb2.DrainWorkRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainWorkReply:
+        self._registered_as(request.benefactor_id, request.incarnation, "drain work")
         tasks = self.catalog.drain_work(request.benefactor_id, max(1, min(request.limit or 16, 256)))
         return manager_pb2.DrainWorkReply(tasks=[
             manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,
@@ -1167,6 +1186,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     @rpc
     def DrainDone(self, request: manager_pb2.DrainDoneRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainDoneReply:
+        self._registered_as(request.benefactor_id, request.incarnation, "drain report")
         outcome = self.catalog.drain_done(
             request.benefactor_id, [(r.task_id, r.drained, r.missing, r.error, r.written) for r in request.results],
             self._alive_ids())

@@ -6,6 +6,7 @@ same bytes afterwards. A token for one namespace works there and nowhere else.""
 from __future__ import annotations
 
 import hashlib
+import time
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from conftest import MiB, random_bytes, wait_for
 from memstage import auth
 from memstage.chunks import ChunkKey
 from memstage.errors import PermissionDenied, Unauthenticated
+from memstage.procs import spawn
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2, manager_pb2_grpc
 
 pytestmark = pytest.mark.timeout(180)
@@ -202,6 +204,34 @@ def test_token_cli_and_clear_errors(deployment, tmp_path):
         rogue.wait(timeout=30)
 
 
+def test_a_live_benefactor_id_cannot_be_taken_over_even_with_the_secret(deployment, tmp_path):
+    """A second process that has the cluster secret (an insider, or two benefactors given one --id)
+    cannot register a live benefactor's id: refused and logged, the victim's chunks keep going to the
+    real one. Once that one is gone (3 missed heartbeats), the id may be registered again."""
+    cluster, _, victim_data, _ = deployment
+    victim = cluster.client(namespace="victim")
+    before = checksums(victim, victim_data)
+    target = cluster.benefactors[0]
+    addresses = {b["id"]: b["address"] for b in cluster.status()["benefactors"]}  # type: ignore[index]
+    log = tmp_path / "twin.log"
+    out = open(log, "w")  # noqa: SIM115 (closed below)
+    twin = spawn("benefactor", ["--manager", cluster.manager_address, "--memory", "16MiB", "--pfs",
+                                str(tmp_path / "pfs"), "--cluster-secret", cluster.secret_file, "--id", target.id,
+                                "--heartbeat-interval", f"{cluster.heartbeat}s"], stderr=out)
+    try:
+        wait_for(lambda: "belongs to a live process" in log.read_text(), timeout=20, what="the twin's refusal")
+        time.sleep(4 * cluster.heartbeat)  # it keeps trying, and keeps being refused
+        assert {b["id"]: b["address"] for b in cluster.status()["benefactors"]} == addresses  # type: ignore[index]
+        victim.pipe("/v/new.bin", random_bytes(2 * MiB))
+        assert checksums(victim, victim_data) == before and not cluster.status()["lost"]
+        target.kill()  # the real one is gone: after its TTL the id is free again
+        wait_for(lambda: {b["id"]: b["address"] for b in cluster.status()["benefactors"]  # type: ignore[index]
+                          if b["alive"]}.get(target.id) == twin.address, timeout=20, what="the id to be taken over")
+    finally:
+        twin.kill()
+        out.close()
+
+
 def _peek(proc) -> str:
     """What the process wrote to stderr so far (without blocking)."""
     import os
@@ -241,21 +271,50 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
 
 
-def test_metrics_are_served_over_https_with_the_deployment_certificate(local_cluster, tmp_path):
+def _free_port() -> int:
     import socket
-    import ssl
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def test_metrics_are_served_over_mutual_tls_with_the_deployment_certificate(local_cluster, tmp_path):
+    """/metrics names namespaces: with the deployment's CA set, it asks for a client certificate as
+    every other port does. Plain HTTP, or TLS without a client certificate, reads nothing."""
+    import ssl
+    import urllib.request
+
+    port = _free_port()
     cluster = local_cluster(benefactors=1, secure=True, tls=True, manager_args=("--metrics-port", str(port)))
     context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
     context.check_hostname = False  # the certificate names the deployment, not this address
+    with pytest.raises(Exception):  # noqa: B017 (no client certificate: the handshake or the read fails)
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
+    context.load_cert_chain(cluster.tls["tls_cert"], cluster.tls["tls_key"])
     body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
     assert b"memstage_benefactors_alive" in body
     with pytest.raises(Exception):  # noqa: B017 (plain HTTP to a TLS port: any failure will do)
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+
+
+def test_metrics_bind_to_their_own_host_and_may_skip_client_certificates(local_cluster, tmp_path):
+    """metrics_host moves /metrics off the --listen host (here another loopback address);
+    metrics_without_client_cert lets any scraper that trusts the certificate read it (Prometheus
+    annotations in Kubernetes)."""
+    import ssl
+    import urllib.request
+
+    port = _free_port()
+    cluster = local_cluster(benefactors=1, secure=True, tls=True,
+                            manager_args=("--metrics-port", str(port), "--metrics-host", "127.0.0.2",
+                                          "--metrics-without-client-cert"))
+    context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
+    context.check_hostname = False
+    body = urllib.request.urlopen(f"https://127.0.0.2:{port}/metrics", context=context, timeout=10).read()
+    assert b"memstage_benefactors_alive" in body
+    with pytest.raises(OSError):  # not on the --listen host
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
 
 
 def test_tls_on_every_port_and_plaintext_refused(local_cluster):

@@ -724,12 +724,14 @@ class PolicyReply(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ...) -> None: ...
 
 class DrainWorkRequest(_message.Message):
-    __slots__ = ("benefactor_id", "limit")
+    __slots__ = ("benefactor_id", "limit", "incarnation")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     limit: int
-    def __init__(self, benefactor_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., limit: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class DrainTask(_message.Message):
     __slots__ = ("id", "namespace", "path", "version", "index", "count", "offset", "key", "link_from", "deployment", "committed_ms")
@@ -778,12 +780,14 @@ class DrainResult(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., drained: _Optional[str] = ..., missing: _Optional[bool] = ..., error: _Optional[str] = ..., written: _Optional[int] = ...) -> None: ...
 
 class DrainDoneRequest(_message.Message):
-    __slots__ = ("benefactor_id", "results")
+    __slots__ = ("benefactor_id", "results", "incarnation")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     results: _containers.RepeatedCompositeFieldContainer[DrainResult]
-    def __init__(self, benefactor_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[DrainResult, _Mapping]]] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[DrainResult, _Mapping]]] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class DrainDoneReply(_message.Message):
     __slots__ = ()
