@@ -167,6 +167,19 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
 
 
+def test_security_bench_compares_secure_and_insecure_in_one_run(tmp_path):
+    import json
+
+    out = memstage("bench", "--security", "--size", "8MiB", "--clients", "1", "--repeat", "1", "--benefactors", "2",
+                   "--dir", str(tmp_path), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)["rows"][0]
+    assert row["secure"]["asb"] > 0 and row["insecure"]["asb"] > 0
+    assert row["asb_ratio"] == pytest.approx(row["secure"]["asb"] / row["insecure"]["asb"])
+    both = memstage("bench", "--security", "--insecure", timeout=60)
+    assert both.returncode == 2 and "leave out --insecure" in both.stderr
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 def test_fuse_bench_measures_mount_and_passthrough(tmp_path):
     import json
