@@ -17,6 +17,8 @@ from memstage.chunks import ChunkKey
 from memstage.errors import PermissionDenied, Unauthenticated
 from memstage.procs import spawn
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2, manager_pb2_grpc
+from memstage.rpc import channel, control_channel
+from memstage.tls import load as load_tls
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,7 +43,9 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 @pytest.fixture
 def deployment(local_cluster):
-    cluster = local_cluster(benefactors=2, memory=64 * MiB, secure=True)
+    """Tokens, the cluster secret and mutual TLS. The attacker is a user of the cluster who holds the
+    deployment's client certificate (as every client does) and a token for a namespace of its own."""
+    cluster = local_cluster(benefactors=2, memory=64 * MiB, secure=True, tls=True)
     admin = cluster.client()
     victim_data = {"/v/a.bin": random_bytes(3 * MiB), "/v/b.bin": random_bytes(2 * MiB)}
     victim = cluster.client(namespace="victim", chunk_size="1MiB")
@@ -61,13 +65,14 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     victim = cluster.client(namespace="victim")
     before = checksums(victim, victim_data)
     assert before == {p: hashlib.sha256(d).hexdigest() for p, d in victim_data.items()}
-    channel = grpc.insecure_channel(cluster.manager_address)
-    m = manager_pb2_grpc.ManagerStub(channel)
+    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
+                   cluster.tls.get("tls_server_name", ""))
+    m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
     vmap = victim.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"),
                                            "lookup")
     chunk = vmap.chunks[0]
     bf_address = chunk.locations[0].address
-    b = benefactor_pb2_grpc.BenefactorStub(grpc.insecure_channel(bf_address))
+    b = benefactor_pb2_grpc.BenefactorStub(channel(bf_address, tls))
     for who in ((), bearer(mine)):  # no credential, then a token for another namespace
         # Listing and reading another namespace's names, versions and chunk keys.
         refused(m.List, manager_pb2.PathRequest(namespace="victim", path="/"), metadata=who)
@@ -114,7 +119,7 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     data = b"evil" * 1024
     header = benefactor_pb2.PutHeader(namespace="victim", key=ChunkKey.of(data).to_pb(), seq=1,
                                       session=session.session)
-    put = grpc.insecure_channel(bf_address).stream_stream("/memstage.v1.Benefactor/Put",
+    put = channel(bf_address, tls).stream_stream("/memstage.v1.Benefactor/Put",
                                                           request_serializer=lambda x: x,
                                                           response_deserializer=benefactor_pb2.PutAck.FromString)
     refused(put, iter([encode_put_frame(header, memoryview(data))]), metadata=grant)
@@ -167,7 +172,8 @@ def test_token_cli_and_clear_errors(deployment, tmp_path):
 
     def memstage(*args: str, token: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "memstage", *args, "--manager", cluster.manager_address,
-                               *(["--token", token] if token else [])], capture_output=True, text=True, timeout=30)
+                               *cluster.tls_flags, *(["--token", token] if token else [])],
+                              capture_output=True, text=True, timeout=30)
 
     made = memstage("token", "create", "--namespace", "team", "--read-only", token=cluster.admin_token)
     assert made.returncode == 0, made.stderr
@@ -193,7 +199,7 @@ def test_token_cli_and_clear_errors(deployment, tmp_path):
     wrong_secret.write_text("ab" * 32)
     rogue = subprocess.Popen([sys.executable, "-m", "memstage", "benefactor", "--manager", cluster.manager_address,
                               "--memory", "16MiB", "--pfs", str(tmp_path / "pfs"), "--cluster-secret",
-                              str(wrong_secret), "--heartbeat-interval", "0.2s"],
+                              str(wrong_secret), "--heartbeat-interval", "0.2s", *cluster.tls_flags],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # It keeps trying (and logging why it is refused); it never registers.
@@ -217,7 +223,7 @@ def test_a_live_benefactor_id_cannot_be_taken_over_even_with_the_secret(deployme
     out = open(log, "w")  # noqa: SIM115 (closed below)
     twin = spawn("benefactor", ["--manager", cluster.manager_address, "--memory", "16MiB", "--pfs",
                                 str(tmp_path / "pfs"), "--cluster-secret", cluster.secret_file, "--id", target.id,
-                                "--heartbeat-interval", f"{cluster.heartbeat}s"], stderr=out)
+                                "--heartbeat-interval", f"{cluster.heartbeat}s", *cluster.tls_flags], stderr=out)
     try:
         wait_for(lambda: "belongs to a live process" in log.read_text(), timeout=20, what="the twin's refusal")
         time.sleep(4 * cluster.heartbeat)  # it keeps trying, and keeps being refused
@@ -265,8 +271,8 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
     cluster = deployment[0]
     point = tmp_path / "mnt"
     point.mkdir()
-    out = subprocess.run([sys.executable, "-m", "memstage", "mount", str(point), "--manager", cluster.manager_address],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "memstage", "mount", str(point), "--manager", cluster.manager_address,
+                          *cluster.tls_flags], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--token: refused by" in out.stderr and "no token" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
 
