@@ -58,6 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--security", action="store_true",
                    help="compare a secured deployment (mutual TLS, tokens) with an --insecure one in alternating "
                         "rounds: OAB and ASB of each and their ratio")
+    p.add_argument("--manager", action="store_true",
+                   help="a checkpoint storm against a real manager: simulated benefactors heartbeat while writers "
+                        "commit; heartbeats and commits per second, latencies, false deaths, manager CPU and memory")
+    p.add_argument("--sim-benefactors", type=int, default=10000,
+                   help="--manager: simulated benefactors (default 10000)")
+    p.add_argument("--sim-heartbeat", type=float, default=30.0,
+                   help="--manager: their heartbeat period in seconds (default 30)")
+    p.add_argument("--commits", type=int, default=1000, help="--manager: commits to make (default 1000)")
+    p.add_argument("--committers", type=int, default=256, help="--manager: concurrent writers (default 256)")
+    p.add_argument("--chunks", type=int, default=1024, help="--manager: chunks per committed file (default 1024)")
+    p.add_argument("--commit-rate", type=float, default=0.0,
+                   help="--manager: commits per second for --duration instead of --commits as fast as possible")
+    p.add_argument("--duration", type=float, default=60.0, help="--manager: seconds of --commit-rate (default 60)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -157,6 +170,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from memstage.settings import UpSettings
     from memstage.up import deployment_client, start_deployment, stop_deployment
 
+    if args.manager:
+        from memstage.bench.manager import run_manager_bench
+
+        return run_manager_bench(args)
     try:
         size = parse_size(args.size)
         chunk = parse_size(args.chunk_size)

@@ -4,13 +4,18 @@ A benefactor is alive while its last register/heartbeat is younger than 3 heartb
 counting from when the heartbeat arrived (not when the manager got round to it), and never from
 before the manager itself last resumed after a stall: a manager that could not run cannot tell
 silence from its own absence.
-Striping maps list alive benefactors by free memory, most first; a client cycles through them.
-Callers pass `now` (monotonic seconds) so tests need neither sockets nor sleeps.
+Striping maps list alive benefactors by free memory minus what open write sessions have reserved
+there, most first (a client cycles through them): each map reserves room on the benefactors it
+names until its session ends, so concurrent writers spread over the pool instead of all getting the
+same few. Maps come from a heap in O(width log N); the set of live benefactors is kept as deaths
+and registrations happen, not recomputed per call. Callers pass `now` (monotonic seconds) so tests
+need neither sockets nor sleeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from dataclasses import dataclass, field
 
 MISSED_HEARTBEATS = 3
@@ -56,6 +61,15 @@ class Registry:
     heartbeat_interval: float
     _records: dict[str, BenefactorRecord] = field(default_factory=dict)
     awake_since: float = float("-inf")  # nobody is judged by silence from before this
+    # Registered and not declared dead (kept by register, sweep and remove; hot paths read it).
+    _live: set[str] = field(default_factory=set)
+    _live_frozen: frozenset[str] | None = None
+    _live_list: tuple[str, ...] = ()
+    # Placement: (-(free - reserved), id, stamp); an entry whose stamp is not the id's latest is stale.
+    _heap: list[tuple[int, str, int]] = field(default_factory=list)
+    _stamps: dict[str, int] = field(default_factory=dict)
+    _reserved: dict[str, int] = field(default_factory=dict)
+    _stamp: int = 0
 
     @property
     def ttl(self) -> float:
@@ -63,8 +77,22 @@ class Registry:
 
     def register(self, benefactor_id: str, address: str, stats: Stats, now: float, incarnation: int = 0,
                  receipt_key: bytes = b"", domain: str = "") -> None:
-        self._records[benefactor_id] = BenefactorRecord(benefactor_id, address, stats, now, False, incarnation,
-                                                        receipt_key, domain=domain)
+        self._records[benefactor_id] = rec = BenefactorRecord(benefactor_id, address, stats, now, False, incarnation,
+                                                              receipt_key, domain=domain)
+        if benefactor_id not in self._live:
+            self._live.add(benefactor_id)
+            self._live_frozen = None
+        self._place(rec)
+
+    def _place(self, rec: BenefactorRecord) -> None:
+        """(Re)index a benefactor for placement after its free memory or reservations changed."""
+        self._stamp += 1
+        self._stamps[rec.id] = self._stamp
+        heapq.heappush(self._heap, (self._reserved.get(rec.id, 0) - rec.stats.free, rec.id, self._stamp))
+        if len(self._heap) > 2 * len(self._records) + 64:  # mostly stale entries: rebuild
+            self._heap = [(self._reserved.get(r.id, 0) - r.stats.free, r.id, self._stamps[r.id])
+                          for r in self._records.values()]
+            heapq.heapify(self._heap)
 
     def heard(self, benefactor_id: str, incarnation: int, now: float) -> None:
         """A heartbeat arrived at `now`. Safe without the caller's lock (one attribute store under the
@@ -79,8 +107,11 @@ class Registry:
         rec = self._records.get(benefactor_id)
         if rec is None or not self._alive(rec, now):
             return False
+        moved = rec.stats.free != stats.free
         rec.stats = stats
         rec.last_seen = max(rec.last_seen, now)
+        if moved:
+            self._place(rec)
         return True
 
     def resumed(self, now: float) -> None:
@@ -100,6 +131,27 @@ class Registry:
 
     def remove(self, benefactor_id: str) -> None:
         self._records.pop(benefactor_id, None)
+        self._stamps.pop(benefactor_id, None)
+        self._reserved.pop(benefactor_id, None)
+        self._unlive(benefactor_id)
+
+    def _unlive(self, benefactor_id: str) -> None:
+        if benefactor_id in self._live:
+            self._live.discard(benefactor_id)
+            self._live_frozen = None
+
+    def live_ids(self) -> frozenset[str]:
+        """Registered and not declared dead, as of the last sweep (one that just passed its TTL stays
+        until the next): what commits and lookups check against, without a walk over the registry."""
+        if self._live_frozen is None:
+            self._live_frozen = frozenset(self._live)
+            self._live_list = tuple(sorted(self._live))
+        return self._live_frozen
+
+    def live_list(self) -> tuple[str, ...]:
+        """live_ids() in a fixed order (to sample from)."""
+        self.live_ids()
+        return self._live_list
 
     def get(self, benefactor_id: str) -> BenefactorRecord | None:
         return self._records.get(benefactor_id)
@@ -116,21 +168,59 @@ class Registry:
         for rec in self._records.values():
             if not rec.dead_reported and self._silent(rec, now) > self.ttl:
                 rec.dead_reported = True
+                self._unlive(rec.id)
                 out.append(rec)
         return out
 
-    def striping_map(self, width: int, exclude: set[str], min_free: int, now: float) -> list[Placement]:
-        """Up to `width` alive benefactors not in `exclude` with at least `min_free` bytes free."""
-        candidates = [r for r in self.alive(now) if r.id not in exclude and r.stats.free >= min_free
-                      and not r.leaving]
-        candidates.sort(key=lambda r: (-r.stats.free, r.id))
-        return [Placement(r.id, r.address) for r in candidates[:width]]
+    def striping_map(self, width: int, exclude: set[str], min_free: int, now: float, reserve: int = 0
+                     ) -> list[Placement]:
+        """Up to `width` alive benefactors not in `exclude` with at least `min_free` bytes free beyond
+        what is reserved, most room first; `reserve` bytes are then reserved on each one named (give
+        them back with release())."""
+        chosen: list[BenefactorRecord] = []
+        aside: list[tuple[int, str, int]] = []
+        while self._heap and len(chosen) < width:
+            entry = heapq.heappop(self._heap)
+            neg_room, bf, stamp = entry
+            rec = self._records.get(bf)
+            if rec is None or self._stamps.get(bf) != stamp or rec.dead_reported:
+                continue  # stale (a newer entry exists), gone, or dead (registering again indexes it)
+            if -neg_room < min_free:
+                aside.append(entry)
+                break  # every other one has less room
+            if bf in exclude or rec.leaving or not self._alive(rec, now):
+                aside.append(entry)
+                continue
+            chosen.append(rec)
+        for entry in aside:
+            heapq.heappush(self._heap, entry)
+        for rec in chosen:
+            if reserve:
+                self._reserved[rec.id] = self._reserved.get(rec.id, 0) + reserve
+            self._place(rec)  # back in the heap (with less room when it reserved)
+        return [Placement(r.id, r.address) for r in chosen]
+
+    def release(self, reserved: dict[str, int]) -> None:
+        """Give back reservations of a write session that ended."""
+        for bf, nbytes in reserved.items():
+            left = self._reserved.get(bf, 0) - nbytes
+            if left > 0:
+                self._reserved[bf] = left
+            else:
+                self._reserved.pop(bf, None)
+            rec = self._records.get(bf)
+            if rec is not None:
+                self._place(rec)
+
+    def reserved(self, benefactor_id: str) -> int:
+        return self._reserved.get(benefactor_id, 0)
 
     def note_memory(self, benefactor_id: str, used: int) -> None:
         """The benefactor's memory in use as it reports it between heartbeats."""
         rec = self._records.get(benefactor_id)
         if rec is not None:
             rec.stats = dataclasses.replace(rec.stats, memory_used=min(rec.stats.memory_capacity, used))
+            self._place(rec)
 
     def note_used(self, benefactor_id: str, delta: int) -> None:
         """Account for bytes stored (+) or freed (-) since the last heartbeat, so maps see it at once."""
@@ -139,3 +229,4 @@ class Registry:
             s = rec.stats
             used = min(s.memory_capacity, max(0, s.memory_used + delta))
             rec.stats = Stats(s.memory_capacity, used, s.drain_backlog, s.chunk_count, s.drain_error, s.drained_bytes)
+            self._place(rec)

@@ -24,6 +24,8 @@ from memstage.tls import load as load_tls
 
 log = logging.getLogger(__name__)
 
+RPC_THREADS = 256
+
 
 class ManagerServer:
     def __init__(self, settings: ManagerSettings) -> None:
@@ -33,7 +35,9 @@ class ManagerServer:
         self.registry = CollectorRegistry()
         self.secret = None if settings.insecure else self._secrets()
         self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=CONTROL_SERVER_OPTIONS)
+        # Many threads: a storm of commits waiting for the catalog must leave threads free for
+        # heartbeats (a blocked thread costs no CPU).
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS), options=CONTROL_SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", self.tls)
@@ -99,6 +103,7 @@ class ManagerServer:
                 if late > self.settings.heartbeat_interval:  # this thread did not run: nor did much else
                     self.service.resumed(late + period)
                 self.service.sweep()
+                self.catalog.sync()
             except Exception:  # a bug must not end housekeeping
                 log.exception("housekeeping failed")
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import random
 import secrets
 import stat
 import threading
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -60,6 +61,12 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# A striping map reserves room for this many chunks on each benefactor it names, until its session
+# ends: enough that the next writers get other benefactors while this one fills its own.
+RESERVED_CHUNKS = 8
+# A version map names this many live benefactors (a random sample) that may read drained chunks.
+PFS_READERS = 8
+
 
 def rpc(method: F) -> F:
     """Turn domain errors into status codes; anything else is a bug, logged with its traceback."""
@@ -71,7 +78,9 @@ def rpc(method: F) -> F:
             caller = self.access.caller(name, context.invocation_metadata())
             self.access.check(name, caller, request, self._session_namespace)
             self._local.caller = caller
-            return method(self, request, context)
+            reply = method(self, request, context)
+            self.catalog.sync()  # what the reply reports is durable before it is sent
+            return reply
         except (Unauthenticated, PermissionDenied) as e:
             self.metrics.errors.labels(method.__name__, e.code.name).inc()
             log.warning("refused %s from %s: %s", method.__name__, context.peer(), e)
@@ -120,7 +129,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # Namespace changes (rename, unlink, link, ...) check and change several rows: one at a time.
         self._namespace_lock = threading.RLock()
         self._started_ns = time.time_ns()
-        self.sessions = SessionTable(settings.session_lease)
+        self.sessions = SessionTable(settings.session_lease, on_end=lambda s: self.registry.release(s.reserved))
+        self._known_addresses = catalog.benefactor_addresses()  # as last registered (for maps after a restart)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
@@ -172,6 +182,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if previous != request.incarnation:
                 self.orders.reset(bf)
         self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
+        self._known_addresses[bf] = request.address
         held = [((g.namespace, _key(c.key)), c.gen, list(c.sessions)) for g in request.held for c in g.chunks]
         orphans = self._settle_held(bf, held)
         log.info("benefactor %s registered at %s (capacity %d, %d chunks held, %d of them orphans)",
@@ -337,7 +348,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for key, bf, gen in computed:
                 self.orders.push(bf, namespace, free=[(key, gen)])
 
-    def _stripe_spec(self, stripe: Stripe, index: int, addresses: dict[str, str], alive: set[str]
+    def _stripe_spec(self, stripe: Stripe, index: int, addresses: Mapping[str, str], alive: Set[str]
                      ) -> manager_pb2.StripeSpec:
         members = []
         for key, (holders, drained) in zip(stripe.members, self.catalog.stripe_members(stripe), strict=True):
@@ -606,9 +617,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         with self._lock:
             session = self._session(request.session, namespace)
             now = self.clock()
-            placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now)
-            alive = len(self.registry.alive(now))
+            reserve = request.chunk_size * RESERVED_CHUNKS
+            placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now, reserve)
+            alive = len(self.registry.live_ids())
             session.benefactors.update(p.id for p in placements)
+            for p in placements:
+                session.reserved[p.id] = session.reserved.get(p.id, 0) + reserve
         if not placements:
             if alive == 0:
                 raise Unavailable("no live benefactors are registered with the manager")
@@ -634,14 +648,16 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 # until the orders below say what became of them.
                 session = self._session(request.session, namespace)
                 session.committing = True
-            try:
-                chunks = self._confirmed(namespace, request)
-            except MemstageError:
-                self.metrics.commits_refused.labels(namespace).inc()
-                if session is not None:
+            receipt_keys = self._receipt_keys(request)
+        try:
+            chunks = self._confirmed(namespace, request, receipt_keys)
+        except MemstageError:
+            self.metrics.commits_refused.labels(namespace).inc()
+            if session is not None:
+                with self._lock:
                     self.sessions.end(session.id)
                     self._end_orders(session, {})
-                raise
+            raise
         alive = self._alive_ids()
         try:
             version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive,
@@ -666,18 +682,30 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
 
-    def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest
+    def _receipt_keys(self, request: manager_pb2.CommitRequest) -> dict[str, bytes]:
+        """(under self._lock) The receipt keys of the current incarnations of the benefactors a
+        commit names (the receipts themselves are checked outside the lock)."""
+        keys: dict[str, bytes] = {}
+        for c in request.chunks:
+            for loc in c.locations:
+                bf = loc.benefactor_id
+                if bf not in keys:
+                    rec = self.registry.get(bf)
+                    keys[bf] = rec.receipt_key if rec is not None else b""
+        return keys
+
+    def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
                    ) -> list[tuple[ChunkKey, list[str]]]:
-        """(under self._lock) The commit's chunks with the locations their receipts prove; a location
-        without a valid receipt from the benefactor's current incarnation refuses the commit."""
+        """The commit's chunks with the locations their receipts prove; a location without a valid
+        receipt from the benefactor's incarnation current at the commit refuses the commit."""
         chunks = []
         for i, c in enumerate(request.chunks):
             key = _key(c.key)
             locs = []
             for loc in c.locations:
-                rec = self.registry.get(loc.benefactor_id)
-                if not request.session or rec is None or not receipts.verify(
-                        rec.receipt_key, request.session, namespace, key, bytes(loc.receipt)):
+                receipt_key = receipt_keys.get(loc.benefactor_id, b"")
+                if not request.session or not receipt_key or not receipts.verify(
+                        receipt_key, request.session, namespace, key, bytes(loc.receipt)):
                     raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
                                    "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
                                    "nothing was committed, write the file again")
@@ -698,9 +726,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         with self._lock:
             return self.registry.is_alive(bf, self.clock())
 
-    def _alive_ids(self) -> set[str]:
+    def _alive_ids(self) -> frozenset[str]:
         with self._lock:
-            return {r.id for r in self.registry.alive(self.clock())}
+            return self.registry.live_ids()
 
     @rpc
     def FindChunks(self, request: manager_pb2.NamespacedChunks, context: grpc.ServicerContext
@@ -728,12 +756,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     def _chunk_map(self, namespace: str, path: str, version: int, size: int, keys: Sequence[ChunkKey],
                    committed_at: float, stripes: bool = False) -> manager_pb2.VersionMap:
-        addresses = self.catalog.benefactor_addresses()
         with self._lock:
-            now = self.clock()
-            for r in self.registry.records():
-                addresses[r.id] = r.address
-            alive = {r.id for r in self.registry.alive(now)}
+            alive = self.registry.live_ids()
+            sample = self.registry.live_list()
+            readers_ids = random.sample(sample, min(PFS_READERS, len(sample)))
+        addresses = _Addresses(self)
         chunks = []
         for key, (holders, drained) in zip(keys, self.catalog.chunk_refs(namespace, keys), strict=True):
             # Live benefactors first; the others stay listed (a restarted manager has not heard from them yet).
@@ -742,11 +769,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 key=key.to_pb(), drained=drained,
                 locations=[common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in locs]))
         if stripes:
-            live = {bf: a for bf, a in addresses.items() if bf in alive}
             for ref, key, stripe in zip(chunks, keys, self.catalog.stripes_of(namespace, keys), strict=True):
                 if stripe is not None:
-                    ref.stripe.CopyFrom(self._stripe_spec(stripe, stripe.members.index(key), live, alive))
-        readers = [common_pb2.Location(benefactor_id=bf, address=addresses[bf]) for bf in sorted(alive)]
+                    ref.stripe.CopyFrom(self._stripe_spec(stripe, stripe.members.index(key), addresses, alive))
+        readers = [common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in readers_ids]
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
                                       committed_at=committed_at, pfs_readers=readers,
                                       grant=self.access.grant(namespace, write=False))
@@ -1230,3 +1256,24 @@ def _by_namespace(items: Sequence[tuple[IndexKey, int]]) -> dict[str, list[tuple
     for (ns, key), gen in items:
         out[ns].append((key, gen))
     return out
+
+
+class _Addresses(Mapping[str, str]):
+    """Benefactor addresses looked up when a map needs them (not copied from a registry of 100k):
+    the registry's, else the last one registered (a restarted manager has not heard from all yet).
+    Iterating it gives the live ones."""
+
+    def __init__(self, service: ManagerService) -> None:
+        self._service = service
+
+    def __getitem__(self, bf: str) -> str:
+        rec = self._service.registry.get(bf)
+        if rec is not None:
+            return rec.address
+        return self._service._known_addresses[bf]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._service.registry.live_ids())
+
+    def __len__(self) -> int:
+        return len(self._service.registry.live_ids())

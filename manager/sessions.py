@@ -11,6 +11,7 @@ Callers pass `now` (monotonic seconds).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -22,12 +23,14 @@ class Session:
     expires: float
     benefactors: set[str] = field(default_factory=set)  # where it may have stored chunks
     committing: bool = False  # its commit is under way: it neither expires nor gets new maps
+    reserved: dict[str, int] = field(default_factory=dict)  # room its maps reserved, per benefactor
 
 
 class SessionTable:
-    def __init__(self, lease: float) -> None:
+    def __init__(self, lease: float, on_end: Callable[[Session], None] | None = None) -> None:
         self.lease = lease
         self._open: dict[int, Session] = {}
+        self._on_end = on_end  # called with every session that ends (its reservations go back)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -51,13 +54,18 @@ class SessionTable:
 
     def end(self, sid: int) -> Session | None:
         """Close a session (commit or abort); None if it was not open."""
-        return self._open.pop(sid, None)
+        session = self._open.pop(sid, None)
+        if session is not None and self._on_end is not None:
+            self._on_end(session)
+        return session
 
     def expired(self, now: float) -> list[Session]:
         """Sessions whose lease ran out; they are closed."""
         gone = [s for s in self._open.values() if s.expires < now and not s.committing]
         for s in gone:
             del self._open[s.id]
+            if self._on_end is not None:
+                self._on_end(s)
         return gone
 
     def is_open(self, sid: int) -> bool:

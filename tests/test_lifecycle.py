@@ -33,9 +33,12 @@ def test_a_benefactor_restarted_with_the_same_id_voids_its_old_locations(local_c
     old.kill()
     new = cluster.add_benefactor(64 * MiB, "--id", old.id)
     assert new.id == old.id
-    # The version that needed the old process's memory is lost, with the reason, at once.
+    # The version that needed the old process's memory is lost, with the reason: the new process
+    # gets the id once the old one missed its heartbeats (a live id is never taken over), and the
+    # manager says why whichever it noticed first, the silence or the new incarnation.
     wait_for(lambda: c.versions("/f")[0]["lost"], what="version 1 to be marked lost")
-    assert "restarted" in c.versions("/f")[0]["lost_reason"]
+    reason = c.versions("/f")[0]["lost_reason"]
+    assert old.id in reason and ("restarted" in reason or "died" in reason), reason
     assert [v["version"] for v in cluster.status()["lost"]] == [1]
     # Deduplication never matches the void locations: the same bytes are sent again and read back.
     with c.open("/f", "wb") as f:
@@ -205,7 +208,7 @@ def _versioned(rng_bytes: bytes) -> bytes:
 
 
 def test_readers_never_fail_while_versions_leave_memory_under_them(local_cluster):
-    seconds = float(os.environ.get("MEMSTAGE_STRESS_SECONDS", "60"))
+    seconds = float(os.environ.get("MEMSTAGE_STRESS_SECONDS", "30"))
     cluster = local_cluster(benefactors=2, memory=256 * MiB)
     c = cluster.client()
     c.policy(persist_every=1, keep_versions=1)  # each new version evicts the previous (once persisted)

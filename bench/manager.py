@@ -1,0 +1,322 @@
+"""`memstage bench --manager`: a checkpoint storm against a real manager process.
+
+A load generator speaks the manager's gRPC protocol as benefactors and writers do, without moving
+any data: `--sim-benefactors` simulated benefactors register (with the cluster secret) and
+heartbeat every `--sim-heartbeat`, each at its own phase; `--committers` concurrent writers each
+open a write session, ask for a striping map and commit a file of `--chunks` new 1 MiB chunks,
+placed round-robin on the map, each with the receipt the benefactor would have given. With
+`--commit-rate 0` the writers commit `--commits` files as fast as they can; with a rate they
+commit at that rate for `--duration` seconds.
+
+Reported: heartbeats and commits per second asked and done, their latency percentiles, false
+deaths (simulated benefactors the manager stopped knowing, or shows dead at the end, although
+every heartbeat was sent), failed commits, the spread of striping maps, and the manager's CPU
+seconds and resident memory per chunk entry. The generator shares the machine with the manager:
+read the figures as lower bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memstage.bench.report import progress, table
+from memstage.errors import MemstageError, SettingError
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, why: str) -> None:
+        self.failed += 1
+        self.errors[why] = self.errors.get(why, 0) + 1
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _proc_cpu_rss(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and resident bytes of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+class Storm:
+    def __init__(self, args: argparse.Namespace, address: str, secret: bytes, token: str) -> None:
+        import grpc
+
+        from memstage import auth
+        from memstage.proto import manager_pb2_grpc
+        from memstage.rpc import CONTROL_CHANNEL_OPTIONS
+
+        self.args = args
+        self.n = args.sim_benefactors
+        self.interval = args.sim_heartbeat
+        # A few connections, as many benefactor processes would have (one HTTP/2 connection each).
+        options = [*CONTROL_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(4)]
+        self.stubs = [manager_pb2_grpc.ManagerStub(c) for c in self.channels]
+        self.bf_meta = ((auth.CLUSTER_HEADER, auth.cluster_proof(secret)),)
+        self.client_meta = ((auth.TOKEN_HEADER, f"Bearer {token}"),)
+        self.ids = [f"sim-{i:06d}" for i in range(self.n)]
+        self.incarnation = {bf: random.getrandbits(62) + 1 for bf in self.ids}
+        self.keys = {bf: os.urandom(32) for bf in self.ids}
+        self.heartbeats = Tally()
+        self.commits = Tally()
+        self.maps = Tally()
+        self.unknown: set[str] = set()  # told "unknown" (declared dead) by the manager
+        self.placed: dict[str, int] = {}  # chunks placed per benefactor
+        self.beats_sent = 0
+
+    def stub(self, i: int) -> Any:
+        return self.stubs[i % len(self.stubs)]
+
+    async def register_all(self) -> float:
+        from memstage.proto import manager_pb2
+
+        sem = asyncio.Semaphore(256)
+        started = time.perf_counter()
+
+        async def one(i: int, bf: str) -> None:
+            async with sem:
+                await self.stub(i).Register(manager_pb2.RegisterRequest(
+                    benefactor_id=bf, address=f"127.0.0.1:{1 + i % 60000}", incarnation=self.incarnation[bf],
+                    receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
+                    metadata=self.bf_meta, timeout=120)
+
+        await asyncio.gather(*(one(i, bf) for i, bf in enumerate(self.ids)))
+        return self.n / (time.perf_counter() - started)
+
+    async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+        """Every benefactor beats once per interval, at its own phase; late beats are sent at once."""
+        from memstage.proto import manager_pb2
+
+        phase = [random.random() * self.interval for _ in self.ids]
+        started = time.perf_counter()
+        tick = 0.01
+        next_beat = [started + p for p in phase]
+        order = sorted(range(self.n), key=lambda i: next_beat[i])
+        pending: set[asyncio.Task[None]] = set()
+
+        async def beat(i: int) -> None:
+            bf = self.ids[i]
+            t0 = time.perf_counter()
+            try:
+                reply = await self.stub(i).Heartbeat(manager_pb2.HeartbeatRequest(
+                    benefactor_id=bf, incarnation=self.incarnation[bf],
+                    stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40,
+                                                      memory_used=self.placed.get(bf, 0) * MiB)),
+                    metadata=self.bf_meta, timeout=30)
+                self.heartbeats.latencies.append(time.perf_counter() - t0)
+                if not reply.known:
+                    self.unknown.add(bf)
+            except Exception as e:  # noqa: BLE001 (counted, by kind)
+                self.heartbeats.fail(type(e).__name__)
+
+        pos = 0
+        while not stop.is_set():
+            now = time.perf_counter()
+            # The schedule is a rotation: the benefactor due next is always at `pos`.
+            while next_beat[order[pos]] <= now:
+                i = order[pos]
+                next_beat[i] += self.interval
+                task = asyncio.create_task(beat(i))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                self.beats_sent += 1
+                pos = (pos + 1) % self.n
+            await asyncio.sleep(tick)
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+
+    async def commit_one(self, w: int, n: int) -> None:
+        from memstage import receipts
+        from memstage.chunks import ChunkKey
+        from memstage.proto import common_pb2, manager_pb2
+
+        stub = self.stub(w)
+        ns = "storm"
+        t0 = time.perf_counter()
+        try:
+            session = (await stub.OpenSession(manager_pb2.OpenSessionRequest(namespace=ns, path=f"/w{w}/f{n}"),
+                                              metadata=self.client_meta, timeout=60)).session
+            m0 = time.perf_counter()
+            smap = await stub.GetStripingMap(manager_pb2.StripingRequest(namespace=ns, chunk_size=MiB,
+                                                                         session=session),
+                                             metadata=self.client_meta, timeout=60)
+            self.maps.latencies.append(time.perf_counter() - m0)
+            targets = [loc.benefactor_id for loc in smap.benefactors]
+            refs = []
+            for c in range(self.args.chunks):
+                key = ChunkKey(os.urandom(16), MiB)
+                bf = targets[c % len(targets)]
+                self.placed[bf] = self.placed.get(bf, 0) + 1
+                refs.append(manager_pb2.ChunkRef(key=key.to_pb(), locations=[common_pb2.Location(
+                    benefactor_id=bf, receipt=receipts.make(self.keys[bf], session, ns, key))]))
+            c0 = time.perf_counter()
+            await stub.Commit(manager_pb2.CommitRequest(namespace=ns, path=f"/w{w}/f{n}", size=self.args.chunks * MiB,
+                                                        chunks=refs, session=session),
+                              metadata=self.client_meta, timeout=120)
+            self.commits.latencies.append(time.perf_counter() - c0)
+        except Exception as e:  # noqa: BLE001 (counted, by kind)
+            code = getattr(e, "code", None)
+            self.commits.fail(str(code()) if callable(code) else type(e).__name__)
+        del t0
+
+    async def commit_storm(self) -> float:
+        """`--commits` commits by `--committers` writers as fast as they go; returns the seconds taken."""
+        counter = iter(range(self.args.commits))
+
+        async def writer(w: int) -> None:
+            for n in counter:
+                await self.commit_one(w, n)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(self.args.committers)))
+        return time.perf_counter() - started
+
+    async def commit_at_rate(self, seconds: float) -> float:
+        """Commits started at `--commit-rate` per second for `seconds` (each by its own writer)."""
+        rate = self.args.commit_rate
+        started = time.perf_counter()
+        tasks = []
+        n = 0
+        while time.perf_counter() - started < seconds:
+            due = started + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(self.commit_one(n, n)))
+            n += 1
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - started
+
+    async def alive_at_end(self) -> set[str]:
+        from memstage.proto import manager_pb2
+
+        reply = await self.stubs[0].Status(manager_pb2.StatusRequest(), metadata=self.client_meta, timeout=120)
+        return {b.id for b in reply.benefactors if b.alive}
+
+    async def close(self) -> None:
+        for c in self.channels:
+            await c.close(None)
+
+
+async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str, pid: int) -> dict[str, Any]:
+    storm = Storm(args, address, secret, token)
+    try:
+        progress(f"bench: registering {storm.n} simulated benefactors ...")
+        registration_rate = await storm.register_all()
+        cpu0, rss0 = _proc_cpu_rss(pid)
+        stop = asyncio.Event()
+        beats = asyncio.create_task(storm.heartbeat_loop(stop))
+        await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
+        wall0 = time.perf_counter()
+        beats0, done0 = storm.beats_sent, len(storm.heartbeats.latencies)
+        if args.commit_rate:
+            progress(f"bench: {args.commit_rate:g} commits/s of {args.chunks} chunks for {args.duration:g}s, "
+                     f"heartbeats every {args.sim_heartbeat:g}s ...")
+            storm_seconds = await storm.commit_at_rate(args.duration)
+        else:
+            progress(f"bench: {args.commits} commits of {args.chunks} chunks by {args.committers} writers, "
+                     f"heartbeats every {args.sim_heartbeat:g}s ...")
+            storm_seconds = await storm.commit_storm()
+        # Liveness is judged after the storm too: a TTL of heartbeats more.
+        settle = min(3 * args.sim_heartbeat, 10.0)
+        await asyncio.sleep(settle)
+        wall = time.perf_counter() - wall0
+        stop.set()
+        await beats
+        cpu1, rss1 = _proc_cpu_rss(pid)
+        alive = await storm.alive_at_end()
+        false_deaths = storm.unknown | (set(storm.ids) - alive)
+        entries = len(storm.commits.latencies) * args.chunks
+        placed = sorted(storm.placed.values())
+        return {
+            "sim_benefactors": storm.n, "sim_heartbeat": args.sim_heartbeat, "registration_per_s": registration_rate,
+            "heartbeats_asked_per_s": storm.n / args.sim_heartbeat,
+            "heartbeats_done_per_s": (len(storm.heartbeats.latencies) - done0) / wall,
+            "heartbeats_sent": storm.beats_sent - beats0, "heartbeats_failed": storm.heartbeats.failed,
+            "heartbeat_p50_s": _percentile(storm.heartbeats.latencies, 0.5),
+            "heartbeat_p99_s": _percentile(storm.heartbeats.latencies, 0.99),
+            "commits_asked": args.commits if not args.commit_rate else int(args.commit_rate * args.duration),
+            "commits_done": len(storm.commits.latencies), "commits_failed": storm.commits.failed,
+            "commit_errors": storm.commits.errors, "storm_seconds": storm_seconds,
+            "commits_per_s": len(storm.commits.latencies) / storm_seconds,
+            "commit_p50_s": _percentile(storm.commits.latencies, 0.5),
+            "commit_p99_s": _percentile(storm.commits.latencies, 0.99),
+            "map_p99_s": _percentile(storm.maps.latencies, 0.99),
+            "maps_distinct_benefactors": len(placed), "placed_max_over_mean": (
+                placed[-1] / statistics.mean(placed)) if placed else 0.0,
+            "false_deaths": len(false_deaths), "manager_cpu_seconds": cpu1 - cpu0,
+            "manager_rss_bytes": rss1, "chunk_entries": entries,
+            "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
+        }
+    finally:
+        await storm.close()
+
+
+def run_manager_bench(args: argparse.Namespace) -> int:
+    from memstage.procs import spawn
+
+    if args.sim_benefactors <= 0 or args.sim_heartbeat <= 0 or args.chunks <= 0 or args.committers <= 0:
+        raise SettingError("bench --manager: --sim-benefactors, --sim-heartbeat, --chunks and --committers must be "
+                           "positive")
+    if args.commit_rate < 0 or (not args.commit_rate and args.commits <= 0):
+        raise SettingError("bench --manager: give --commits (as fast as possible) or a positive --commit-rate")
+    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
+        state = Path(work) / "state"
+        progress("bench: starting a manager")
+        manager = spawn("manager", ["--listen", "127.0.0.1:0", "--state", str(state), "--heartbeat-interval",
+                                    f"{args.sim_heartbeat}s", "--log-level", "warning"])
+        try:
+            secret = bytes.fromhex((state / "secrets" / "cluster.key").read_text().strip())
+            token = (state / "secrets" / "admin.token").read_text().strip()
+            result = asyncio.run(_run(args, manager.address, secret, token, manager.pid))
+        finally:
+            manager.stop(timeout=30)
+    if result["commits_done"] == 0 and result["commits_failed"]:
+        raise MemstageError(f"bench --manager: every commit failed: {result['commit_errors']}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    r = result
+    print(f"memstage bench --manager: {r['sim_benefactors']} simulated benefactors at {r['sim_heartbeat']:g}s "
+          f"heartbeats, commits of {args.chunks} chunks, {os.cpu_count()} CPUs shared by the manager and the load")
+    table([("measure", "asked", "done", "p50", "p99", "failed"),
+           ("heartbeats/s", f"{r['heartbeats_asked_per_s']:.0f}", f"{r['heartbeats_done_per_s']:.0f}",
+            f"{r['heartbeat_p50_s'] * 1000:.1f} ms", f"{r['heartbeat_p99_s'] * 1000:.1f} ms",
+            str(r["heartbeats_failed"])),
+           ("commits", str(r["commits_asked"]), f"{r['commits_done']} in {r['storm_seconds']:.1f}s "
+            f"({r['commits_per_s']:.1f}/s)", f"{r['commit_p50_s']:.2f} s", f"{r['commit_p99_s']:.2f} s",
+            str(r["commits_failed"]))])
+    print(f"false deaths: {r['false_deaths']}; registration: {r['registration_per_s']:.0f}/s; striping maps: p99 "
+          f"{r['map_p99_s'] * 1000:.1f} ms, {r['maps_distinct_benefactors']} benefactors used, busiest "
+          f"{r['placed_max_over_mean']:.1f}x the mean")
+    print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
+          f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
+    if r["commit_errors"]:
+        print(f"commit errors: {r['commit_errors']}")
+    return 0
