@@ -91,6 +91,7 @@ class Storm:
         self.unknown: set[str] = set()  # told "unknown" (declared dead) by the manager
         self.placed: dict[str, int] = {}  # chunks placed per benefactor
         self.beats_sent = 0
+        self.examples: dict[str, str] = {}  # a message of each kind of failed commit
 
     def stub(self, i: int) -> Any:
         return self.stubs[i % len(self.stubs)]
@@ -182,9 +183,12 @@ class Storm:
                                                         chunks=refs, session=session),
                               metadata=self.client_meta, timeout=120)
             self.commits.latencies.append(time.perf_counter() - c0)
-        except Exception as e:  # noqa: BLE001 (counted, by kind)
+        except Exception as e:  # noqa: BLE001 (counted, by kind, with the first message of each)
             code = getattr(e, "code", None)
-            self.commits.fail(str(code()) if callable(code) else type(e).__name__)
+            kind = str(code()) if callable(code) else type(e).__name__
+            self.commits.fail(kind)
+            details = getattr(e, "details", None)
+            self.examples.setdefault(kind, details() if callable(details) else str(e))
         del t0
 
     async def commit_storm(self) -> float:
@@ -263,7 +267,8 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "heartbeat_p99_s": _percentile(storm.heartbeats.latencies, 0.99),
             "commits_asked": args.commits if not args.commit_rate else int(args.commit_rate * args.duration),
             "commits_done": len(storm.commits.latencies), "commits_failed": storm.commits.failed,
-            "commit_errors": storm.commits.errors, "storm_seconds": storm_seconds,
+            "commit_errors": storm.commits.errors, "commit_error_examples": storm.examples,
+            "storm_seconds": storm_seconds,
             "commits_per_s": len(storm.commits.latencies) / storm_seconds,
             "commit_p50_s": _percentile(storm.commits.latencies, 0.5),
             "commit_p99_s": _percentile(storm.commits.latencies, 0.99),
@@ -298,7 +303,8 @@ def run_manager_bench(args: argparse.Namespace) -> int:
         finally:
             manager.stop(timeout=30)
     if result["commits_done"] == 0 and result["commits_failed"]:
-        raise MemstageError(f"bench --manager: every commit failed: {result['commit_errors']}")
+        raise MemstageError(f"bench --manager: every commit failed: {result['commit_errors']}, for example: "
+                            f"{result['commit_error_examples']}")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -318,5 +324,5 @@ def run_manager_bench(args: argparse.Namespace) -> int:
     print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
     if r["commit_errors"]:
-        print(f"commit errors: {r['commit_errors']}")
+        print(f"commit errors: {r['commit_errors']}, for example: {r['commit_error_examples']}")
     return 0

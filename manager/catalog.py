@@ -620,6 +620,7 @@ class Catalog(NodeTable):
                 if version == 1:
                     self.touch_dirs(namespace, [path], when)  # a new name in its directory
                 touched: set[IndexKey] = set()
+                new_locations = []
                 for key, locs in chunks:
                     ik = (namespace, key)
                     if key.is_hole:
@@ -632,9 +633,9 @@ class Catalog(NodeTable):
                         if gen is None:
                             gen = self._new_gen()
                             self._index.add_location(ik, bf, gen)
-                            self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
-                                             (namespace, key.hash, key.length, bf, gen))
+                            new_locations.append((namespace, key.hash, key.length, bf, gen))
                         holds.setdefault(bf, []).append((key, gen))
+                self._db.executemany("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)", new_locations)
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now)
             return version, holds
@@ -643,13 +644,12 @@ class Catalog(NodeTable):
         """Change a chunk's counts (inside a transaction). Returns the locations it lost (no in-memory
         version needs it any more), to be freed."""
         ns, key = ik
+        # The counts are not stored: a restart derives them from the versions and stripes (one row
+        # per commit instead of one per chunk). The chunks table keeps only drained chunk files.
+        drained = self._index.drained(ik)
         entry, dropped = self._index.bump(ik, refs, mem_refs)
-        if entry is None:
+        if entry is None and drained:
             self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
-        else:
-            self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(ns, hash, length) "
-                             "DO UPDATE SET refs=excluded.refs, mem_refs=excluded.mem_refs",
-                             (ns, key.hash, key.length, entry.refs, entry.mem_refs))
         if dropped:
             self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
         return dropped
@@ -672,9 +672,24 @@ class Catalog(NodeTable):
 
     def _load_index(self) -> ChunkIndex:
         index = ChunkIndex()
-        for ns, h, n, refs, mem_refs, drained in self._db.execute(
-                "SELECT ns, hash, length, refs, mem_refs, drained FROM chunks"):
-            index.load((ns, ChunkKey(h, n)), refs, mem_refs, drained)
+        # refs: the versions whose map holds the chunk; mem_refs: those still in memory, plus the
+        # stripes it is a member of (each pins it).
+        counts: dict[IndexKey, list[int]] = {}
+        for ns, blob, in_memory in self._db.execute("SELECT ns, chunk_map, in_memory FROM versions"):
+            for key in set(unpack_map(blob)):
+                if not key.is_hole:
+                    c = counts.setdefault((ns, key), [0, 0])
+                    c[0] += 1
+                    c[1] += 1 if in_memory else 0
+        for sid, ns, k, m, size, blob in self._db.execute("SELECT id, ns, k, m, size, members FROM stripes"):
+            for _, ik in Stripe(sid, ns, k, m, size, Stripe.unpack_members(blob)).real():
+                c = counts.setdefault(ik, [0, 0])
+                c[0] += 1
+                c[1] += 1
+        drained_files = {(ns, ChunkKey(h, n)): drained for ns, h, n, drained in self._db.execute(
+            "SELECT ns, hash, length, drained FROM chunks WHERE drained IS NOT NULL")}
+        for ik, (refs, mem_refs) in counts.items():
+            index.load(ik, refs, mem_refs, drained_files.get(ik, ""))
         for ns, h, n, bf, gen in self._db.execute("SELECT ns, hash, length, benefactor, gen FROM locations"):
             index.add_location((ns, ChunkKey(h, n)), bf, gen)
         return index
@@ -689,12 +704,13 @@ class Catalog(NodeTable):
                              (namespace, path, version, empty.hash, owner, now))
             return
         offset = 0
+        rows = []
         for i, (key, _) in enumerate(chunks):
-            owner = self._drainer_for((namespace, key), alive)
-            self._db.execute("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
-                             "benefactor, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (namespace, path, version, i, len(chunks), offset, key.hash, key.length, owner, now))
+            rows.append((namespace, path, version, i, len(chunks), offset, key.hash, key.length,
+                         self._drainer_for((namespace, key), alive), now))
             offset += key.length
+        self._db.executemany("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
+                             "benefactor, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _drainer_for(self, ik: IndexKey, alive: set[str]) -> str:
         """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
@@ -980,8 +996,8 @@ class Catalog(NodeTable):
                 self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
                 drained_bytes += written
                 if count and not ik[1].is_hole and self._index.set_drained(ik, drained):
-                    self._db.execute("UPDATE chunks SET drained=? WHERE ns=? AND hash=? AND length=?",
-                                     (drained, ns, h, n))
+                    self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT(ns, hash, length) "
+                                     "DO UPDATE SET drained=excluded.drained", (ns, h, n, drained))
                 touched.add((ns, path, version))
             for ns, path, version in touched:
                 left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",

@@ -174,21 +174,19 @@ class Registry:
 
     def striping_map(self, width: int, exclude: set[str], min_free: int, now: float, reserve: int = 0
                      ) -> list[Placement]:
-        """Up to `width` alive benefactors not in `exclude` with at least `min_free` bytes free beyond
-        what is reserved, most room first; `reserve` bytes are then reserved on each one named (give
-        them back with release())."""
+        """Up to `width` alive benefactors not in `exclude` with at least `min_free` bytes free, most
+        room after reservations first; `reserve` bytes are then reserved on each one named (give them
+        back with release()). Reservations only order the choice: a deployment is full when memory
+        is, not when writers have reserved it."""
         chosen: list[BenefactorRecord] = []
         aside: list[tuple[int, str, int]] = []
         while self._heap and len(chosen) < width:
             entry = heapq.heappop(self._heap)
-            neg_room, bf, stamp = entry
+            _, bf, stamp = entry
             rec = self._records.get(bf)
             if rec is None or self._stamps.get(bf) != stamp or rec.dead_reported:
                 continue  # stale (a newer entry exists), gone, or dead (registering again indexes it)
-            if -neg_room < min_free:
-                aside.append(entry)
-                break  # every other one has less room
-            if bf in exclude or rec.leaving or not self._alive(rec, now):
+            if bf in exclude or rec.leaving or rec.stats.free < min_free or not self._alive(rec, now):
                 aside.append(entry)
                 continue
             chosen.append(rec)

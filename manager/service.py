@@ -64,6 +64,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # A striping map reserves room for this many chunks on each benefactor it names, until its session
 # ends: enough that the next writers get other benefactors while this one fills its own.
 RESERVED_CHUNKS = 8
+# Commits worked on at once (see Commit).
+COMMIT_SLOTS = 2
 # A version map names this many live benefactors (a random sample) that may read drained chunks.
 PFS_READERS = 8
 
@@ -131,6 +133,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._started_ns = time.time_ns()
         self.sessions = SessionTable(settings.session_lease, on_end=lambda s: self.registry.release(s.reserved))
         self._known_addresses = catalog.benefactor_addresses()  # as last registered (for maps after a restart)
+        self._commit_slots = threading.BoundedSemaphore(COMMIT_SLOTS)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
@@ -633,6 +636,25 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     @rpc
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
+        # A few commits are worked on at once, the others wait (blocked, not runnable): a storm of
+        # CPU-bound commits in hundreds of threads would queue every heartbeat behind them for the
+        # GIL, and the catalog takes them one at a time anyway. The fsync they share comes after.
+        if request.session:
+            with self._lock:
+                waiting = self.sessions.get(request.session)
+                if waiting is not None:
+                    waiting.queued = True  # no expiry while it waits for its turn
+        try:
+            with self._commit_slots:
+                return self._commit(request)
+        finally:
+            if request.session:
+                with self._lock:
+                    left = self.sessions.get(request.session)
+                    if left is not None:
+                        left.queued = False  # refused before it was taken up: it may expire again
+
+    def _commit(self, request: manager_pb2.CommitRequest) -> manager_pb2.CommitReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
         with self._namespace_lock:

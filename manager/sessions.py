@@ -23,6 +23,7 @@ class Session:
     expires: float
     benefactors: set[str] = field(default_factory=set)  # where it may have stored chunks
     committing: bool = False  # its commit is under way: it neither expires nor gets new maps
+    queued: bool = False  # its commit waits for its turn: it does not expire meanwhile
     reserved: dict[str, int] = field(default_factory=dict)  # room its maps reserved, per benefactor
 
 
@@ -61,7 +62,7 @@ class SessionTable:
 
     def expired(self, now: float) -> list[Session]:
         """Sessions whose lease ran out; they are closed."""
-        gone = [s for s in self._open.values() if s.expires < now and not s.committing]
+        gone = [s for s in self._open.values() if s.expires < now and not s.committing and not s.queued]
         for s in gone:
             del self._open[s.id]
             if self._on_end is not None:

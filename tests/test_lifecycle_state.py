@@ -157,6 +157,18 @@ def test_sessions_expire_unless_renewed_or_committing():
     assert table.end(c.id) is c and table.end(c.id) is None
 
 
+def test_a_session_whose_commit_waits_for_its_turn_does_not_expire_and_ends_give_back_reservations():
+    ended = []
+    table = SessionTable(lease=10.0, on_end=ended.append)
+    queued = table.open("ns", "/q", now=0.0)
+    queued.queued = True  # its commit waits behind others in a storm
+    other = table.open("ns", "/o", now=0.0)
+    assert [s.id for s in table.expired(now=11.0)] == [other.id]
+    queued.queued = False  # refused before it was taken up: it expires as any other
+    assert [s.id for s in table.expired(now=11.0)] == [queued.id]
+    assert ended == [other, queued]  # each ending session is handed over (its reservations go back)
+
+
 class ChunkIndexModel(RuleBasedStateMachine):
     """Versions committed (with confirmed copies), evicted from memory and deleted, against a model
     that recounts everything from the list of versions."""

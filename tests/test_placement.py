@@ -30,9 +30,8 @@ class Placement(RuleBasedStateMachine):
             rec = self.registry.get(bf)
             if rec is None or bf in exclude or rec.leaving or not self.registry.is_alive(bf, self.now):
                 continue
-            room = rec.stats.free - self.reserved.get(bf, 0)
-            if room >= min_free:
-                out.append((-room, bf))
+            if rec.stats.free >= min_free:  # eligible by memory; reservations only order the choice
+                out.append((self.reserved.get(bf, 0) - rec.stats.free, bf))
         return [bf for _, bf in sorted(out)]
 
     @rule(bf=st.sampled_from(IDS), used=st.integers(0, CAPACITY))
