@@ -2,9 +2,11 @@
 
 A load generator speaks the manager's gRPC protocol as benefactors and writers do, without moving
 any data: `--sim-benefactors` simulated benefactors register (with the cluster secret) and
-heartbeat every `--sim-heartbeat`, each at its own phase; `--committers` concurrent writers each
-open a write session, ask for a striping map and commit a file of `--chunks` new 1 MiB chunks,
-placed round-robin on the map, each with the receipt the benefactor would have given. With
+heartbeat every `--sim-heartbeat`, each at its own phase, or at the longer period the manager's
+replies ask for (it stretches the period of a large deployment to bound its heartbeat load);
+`--committers` concurrent writers each open a write session, ask for a striping map and commit
+a file of `--chunks` new 1 MiB chunks, placed round-robin on the map, each with the receipt the
+benefactor would have given. With
 `--commit-rate 0` the writers commit `--commits` files as fast as they can; with a rate they
 commit at that rate for `--duration` seconds.
 
@@ -91,6 +93,7 @@ class Storm:
         self.unknown: set[str] = set()  # told "unknown" (declared dead) by the manager
         self.placed: dict[str, int] = {}  # chunks placed per benefactor
         self.beats_sent = 0
+        self.told = self.interval  # the period the manager's replies ask for
         self.examples: dict[str, str] = {}  # a message of each kind of failed commit
 
     def stub(self, i: int) -> Any:
@@ -104,23 +107,25 @@ class Storm:
 
         async def one(i: int, bf: str) -> None:
             async with sem:
-                await self.stub(i).Register(manager_pb2.RegisterRequest(
+                reply = await self.stub(i).Register(manager_pb2.RegisterRequest(
                     benefactor_id=bf, address=f"127.0.0.1:{1 + i % 60000}", incarnation=self.incarnation[bf],
                     receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
                     metadata=self.bf_meta, timeout=120)
+                self.told = max(self.told, reply.heartbeat_interval_seconds)
 
         await asyncio.gather(*(one(i, bf) for i, bf in enumerate(self.ids)))
         return self.n / (time.perf_counter() - started)
 
     async def heartbeat_loop(self, stop: asyncio.Event) -> None:
-        """Every benefactor beats once per interval, at its own phase; late beats are sent at once."""
+        """Every benefactor beats once per period, at its own phase, and adopts the period the
+        manager's replies tell (it stretches in a large deployment); late beats go at once."""
+        import heapq
+
         from memstage.proto import manager_pb2
 
-        phase = [random.random() * self.interval for _ in self.ids]
         started = time.perf_counter()
-        tick = 0.01
-        next_beat = [started + p for p in phase]
-        order = sorted(range(self.n), key=lambda i: next_beat[i])
+        due = [(started + random.random() * self.interval, i) for i in range(self.n)]
+        heapq.heapify(due)
         pending: set[asyncio.Task[None]] = set()
 
         async def beat(i: int) -> None:
@@ -135,22 +140,21 @@ class Storm:
                 self.heartbeats.latencies.append(time.perf_counter() - t0)
                 if not reply.known:
                     self.unknown.add(bf)
+                if reply.heartbeat_interval_seconds:
+                    self.told = reply.heartbeat_interval_seconds
             except Exception as e:  # noqa: BLE001 (counted, by kind)
                 self.heartbeats.fail(type(e).__name__)
 
-        pos = 0
         while not stop.is_set():
             now = time.perf_counter()
-            # The schedule is a rotation: the benefactor due next is always at `pos`.
-            while next_beat[order[pos]] <= now:
-                i = order[pos]
-                next_beat[i] += self.interval
+            while due[0][0] <= now:
+                _, i = heapq.heappop(due)
+                heapq.heappush(due, (now + self.told, i))
                 task = asyncio.create_task(beat(i))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 self.beats_sent += 1
-                pos = (pos + 1) % self.n
-            await asyncio.sleep(tick)
+            await asyncio.sleep(0.01)
         if pending:
             await asyncio.wait(pending, timeout=30)
 
@@ -260,7 +264,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         placed = sorted(storm.placed.values())
         return {
             "sim_benefactors": storm.n, "sim_heartbeat": args.sim_heartbeat, "registration_per_s": registration_rate,
-            "heartbeats_asked_per_s": storm.n / args.sim_heartbeat,
+            "heartbeat_period_told": storm.told, "heartbeats_asked_per_s": storm.n / storm.told,
             "heartbeats_done_per_s": (len(storm.heartbeats.latencies) - done0) / wall,
             "heartbeats_sent": storm.beats_sent - beats0, "heartbeats_failed": storm.heartbeats.failed,
             "heartbeat_p50_s": _percentile(storm.heartbeats.latencies, 0.5),
@@ -310,7 +314,8 @@ def run_manager_bench(args: argparse.Namespace) -> int:
         return 0
     r = result
     print(f"memstage bench --manager: {r['sim_benefactors']} simulated benefactors at {r['sim_heartbeat']:g}s "
-          f"heartbeats, commits of {args.chunks} chunks, {os.cpu_count()} CPUs shared by the manager and the load")
+          f"heartbeats (the manager asked for {r['heartbeat_period_told']:g}s), commits of {args.chunks} chunks, "
+          f"{os.cpu_count()} CPUs shared by the manager and the load")
     table([("measure", "asked", "done", "p50", "p99", "failed"),
            ("heartbeats/s", f"{r['heartbeats_asked_per_s']:.0f}", f"{r['heartbeats_done_per_s']:.0f}",
             f"{r['heartbeat_p50_s'] * 1000:.1f} ms", f"{r['heartbeat_p99_s'] * 1000:.1f} ms",

@@ -130,6 +130,8 @@ class Heartbeat:
                                          sessions=self.store.sessions()),
             timeout=CONTROL_TIMEOUT_S,
         )
+        if reply.heartbeat_interval_seconds:
+            self.interval = reply.heartbeat_interval_seconds  # a large deployment stretches it
         if not reply.known:
             log.info("manager does not know this benefactor (it restarted?): registering again")
             self._register()

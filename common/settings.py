@@ -38,6 +38,18 @@ def _int(v: Any) -> int:
     return n
 
 
+def _float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a number")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number") from None
+    if not x >= 0 or x == float("inf"):
+        raise ValueError(f"{v!r} is not a number of 0 or more")
+    return x
+
+
 def _str(v: Any) -> str:
     return str(v)
 
@@ -91,6 +103,12 @@ class ManagerSettings:
                                                 "tls_ca set: any scraper that trusts its certificate may read it "
                                                 "(it names namespaces)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
+    heartbeat_rate: float = setting(1000.0, _float, "heartbeats per second the manager aims at: with more than "
+                                    "heartbeat_interval x this many benefactors, their period (and the time to "
+                                    "declare one dead) stretches to keep the load there (0 = never stretch)")
+    metrics_benefactors: int = setting(256, _int, "per-benefactor /metrics series for at most this many (those with "
+                                       "a stuck drain, the largest backlog, the most memory in use); the others are "
+                                       "summed under benefactor=\"(others)\"")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
     keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")

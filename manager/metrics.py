@@ -19,7 +19,8 @@ from memstage.proto import manager_pb2
 
 
 class ManagerMetrics:
-    def __init__(self, registry: CollectorRegistry, status: Callable[[], manager_pb2.StatusReply]) -> None:
+    def __init__(self, registry: CollectorRegistry, status: Callable[[], manager_pb2.StatusReply],
+                 per_benefactor: int = 256) -> None:
         self.oab = Histogram("memstage_oab_bytes_per_second",
                              "Observed application bandwidth per committed file: size / open..close",
                              ["namespace"], buckets=BANDWIDTH_BUCKETS, registry=registry)
@@ -69,7 +70,7 @@ class ManagerMetrics:
         self.stripe_missing = Gauge("memstage_stripe_members_missing",
                                     "Members of stripes still needed that have no live copy (the rebuild backlog)",
                                     registry=registry)
-        registry.register(_LiveState(status))
+        registry.register(_LiveState(status, per_benefactor))
 
     def committed(self, namespace: str, size: int, stats: manager_pb2.ClientStats) -> None:
         self.commits.labels(namespace).inc()
@@ -82,37 +83,52 @@ class ManagerMetrics:
             self.asb.labels(namespace).observe(size / stats.asb_seconds)
 
 
+OTHERS = "(others)"  # the benefactor label of the series summing those beyond the per-benefactor bound
+
+
 class _LiveState(Collector):
-    def __init__(self, status: Callable[[], manager_pb2.StatusReply]) -> None:
+    """Live state read at scrape time. Per-benefactor series exist for at most `per_benefactor`
+    benefactors, those that need looking at first (drain stuck, largest drain backlog, most memory
+    in use); the others are summed into one series labelled benefactor="(others)" (the age of the
+    oldest undrained chunk: its maximum), so sums over the label stay right at any scale."""
+
+    def __init__(self, status: Callable[[], manager_pb2.StatusReply], per_benefactor: int = 256) -> None:
         self._status = status
+        self._per_benefactor = per_benefactor
 
     def collect(self) -> Iterator[Metric]:
         reply = self._status()
+        live = [b for b in reply.benefactors if b.alive]
         alive = GaugeMetricFamily("memstage_benefactors_alive", "Benefactors heartbeating within 3 intervals")
-        alive.add_metric([], sum(1 for b in reply.benefactors if b.alive))
+        alive.add_metric([], len(live))
         yield alive
-        per_benefactor: list[tuple[str, str, Callable[[Any], float]]] = [
+        live.sort(key=lambda b: (not b.stats.drain_error, -b.drain_backlog_bytes, -b.stats.memory_used, b.id))
+        shown, others = live[:self._per_benefactor], live[self._per_benefactor:]
+        per_benefactor: list[tuple[str, str, Callable[[Any], float], Callable[[list[float]], float]]] = [
             ("memstage_memory_capacity_bytes", "Memory donated by a live benefactor",
-             lambda b: b.stats.memory_capacity),
-            ("memstage_memory_used_bytes", "Donated memory in use on a live benefactor", lambda b: b.stats.memory_used),
+             lambda b: b.stats.memory_capacity, sum),
+            ("memstage_memory_used_bytes", "Donated memory in use on a live benefactor",
+             lambda b: b.stats.memory_used, sum),
             ("memstage_drain_backlog_bytes", "Chunk bytes waiting to be drained to the PFS",
-             lambda b: b.drain_backlog_bytes),
+             lambda b: b.drain_backlog_bytes, sum),
             ("memstage_drain_oldest_undrained_seconds", "Age of the oldest chunk waiting to be drained",
-             lambda b: b.oldest_undrained_age_seconds),
+             lambda b: b.oldest_undrained_age_seconds, max),
             ("memstage_drain_stuck", "1 while a benefactor cannot write to the PFS (full, read-only, ...)",
-             lambda b: 1.0 if b.stats.drain_error else 0.0),
+             lambda b: 1.0 if b.stats.drain_error else 0.0, sum),
         ]
-        for name, help_text, value in per_benefactor:
+        for name, help_text, value, combine in per_benefactor:
             family = GaugeMetricFamily(name, help_text, labels=["benefactor"])
-            for b in reply.benefactors:
-                if b.alive:
-                    family.add_metric([b.id], float(value(b)))
+            for b in shown:
+                family.add_metric([b.id], float(value(b)))
+            if others:
+                family.add_metric([OTHERS], float(combine([value(b) for b in others])))
             yield family
         drained = CounterMetricFamily("memstage_drained_bytes", "Bytes a benefactor wrote to the PFS since it started",
                                       labels=["benefactor"])
-        for b in reply.benefactors:
-            if b.alive:
-                drained.add_metric([b.id], float(b.stats.drained_bytes))
+        for b in shown:
+            drained.add_metric([b.id], float(b.stats.drained_bytes))
+        if others:
+            drained.add_metric([OTHERS], float(sum(b.stats.drained_bytes for b in others)))
         yield drained
         lost = GaugeMetricFamily("memstage_versions_lost", "Versions a benefactor took with it before they drained")
         lost.add_metric([], len(reply.lost))

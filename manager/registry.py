@@ -59,7 +59,12 @@ class Placement:
 @dataclass(slots=True)
 class Registry:
     heartbeat_interval: float
+    # Heartbeats per second the manager aims at (0: the interval is fixed). With more benefactors
+    # than heartbeat_interval x max_rate, the interval told to them stretches, and the TTL with it.
+    max_rate: float = 0.0
     _records: dict[str, BenefactorRecord] = field(default_factory=dict)
+    _told: float = 0.0  # the longest interval told recently (some benefactor may still beat at it)
+    _told_at: float = float("-inf")
     awake_since: float = float("-inf")  # nobody is judged by silence from before this
     # Registered and not declared dead (kept by register, sweep and remove; hot paths read it).
     _live: set[str] = field(default_factory=set)
@@ -71,9 +76,23 @@ class Registry:
     _reserved: dict[str, int] = field(default_factory=dict)
     _stamp: int = 0
 
+    def interval(self) -> float:
+        """The heartbeat period for the current number of benefactors."""
+        if self.max_rate <= 0:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, len(self._records) / self.max_rate)
+
+    def announce(self, now: float) -> float:
+        """The period to tell a benefactor now (in its register or heartbeat reply). A shorter one
+        than before is in force for the TTL only once every benefactor had a beat to hear it."""
+        current = self.interval()
+        if current >= self._told or now - self._told_at > self._told:
+            self._told, self._told_at = current, now
+        return current
+
     @property
     def ttl(self) -> float:
-        return MISSED_HEARTBEATS * self.heartbeat_interval
+        return MISSED_HEARTBEATS * max(self.interval(), self._told)
 
     def register(self, benefactor_id: str, address: str, stats: Stats, now: float, incarnation: int = 0,
                  receipt_key: bytes = b"", domain: str = "") -> None:

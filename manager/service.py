@@ -125,7 +125,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # secret None: --insecure (nothing is checked).
         self.access = Access(secret, catalog.token)
         self._local = threading.local()  # the caller of the RPC this thread serves
-        self.registry = Registry(settings.heartbeat_interval)
+        self.registry = Registry(settings.heartbeat_interval, max_rate=settings.heartbeat_rate)
         self.clock = clock
         self._lock = threading.Lock()  # registry, sessions and order queues
         # Namespace changes (rename, unlink, link, ...) check and change several rows: one at a time.
@@ -145,7 +145,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
         # Order numbers start again with each manager process: acknowledgements of another are void.
         self.epoch = secrets.randbits(63) or 1
-        self.metrics = ManagerMetrics(registry, self._status_reply)
+        self.metrics = ManagerMetrics(registry, self._status_reply, settings.metrics_benefactors)
         # Benefactors known before a restart get one TTL to register again; one that does not is
         # dead, and what only it held is lost (unless its drain finished on the PFS).
         self._started = self.clock()
@@ -190,7 +190,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         orphans = self._settle_held(bf, held)
         log.info("benefactor %s registered at %s (capacity %d, %d chunks held, %d of them orphans)",
                  bf, request.address, request.stats.memory_capacity, len(held), orphans)
-        return manager_pb2.RegisterReply(heartbeat_interval_seconds=self.settings.heartbeat_interval)
+        with self._lock:
+            interval = self.registry.announce(self.clock())
+        return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval)
 
     def _void(self, bf: str, reason: str, check_pfs: bool = True) -> list[tuple[str, str, int]]:
         """A benefactor died, left or came back as a new process: what it held is gone."""
@@ -247,12 +249,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if rec is None or rec.incarnation != request.incarnation:
                 return manager_pb2.HeartbeatReply(known=False)
             known = self.registry.heartbeat(request.benefactor_id, _stats(request.stats), arrived)
+            interval = self.registry.announce(arrived)
             if known:
                 # Chunks of sessions that are over (their end order got lost, or a straggler arrived later).
                 for sid in request.sessions:
                     if not self.sessions.is_open(sid):
                         self.orders.push(request.benefactor_id, "", session=sid, end_session=True)
-        return manager_pb2.HeartbeatReply(known=known)
+        return manager_pb2.HeartbeatReply(known=known, heartbeat_interval_seconds=interval)
 
     @rpc
     def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
@@ -1199,7 +1202,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 bytes_made=w.bytes_made + self.copied_bytes, stripe_cpu_seconds=w.cpu_seconds)
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost, repair=repair,
                                        insecure=self.access.insecure,
-                                       heartbeat_interval_seconds=self.settings.heartbeat_interval,
+                                       heartbeat_interval_seconds=self.registry.interval(),
                                        state_dir=self.settings.state, deployment=self.catalog.deployment_id,
                                        drain_failed=undrainable)
 

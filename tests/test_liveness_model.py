@@ -86,3 +86,22 @@ class Liveness(RuleBasedStateMachine):
 
 TestLiveness = Liveness.TestCase
 TestLiveness.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_the_heartbeat_period_stretches_with_the_deployment_and_the_ttl_follows():
+    """At most max_rate heartbeats per second: 100 benefactors at 10/s beat every 10 s (not 1 s),
+    and are dead after 30 s. When the deployment shrinks, the TTL stays long until every benefactor
+    had a beat to hear the shorter period."""
+    r = Registry(heartbeat_interval=1.0, max_rate=10.0)
+    for i in range(5):
+        r.register(f"b{i}", "h:1", Stats(100, 0), 0.0, incarnation=1)
+    assert r.announce(0.0) == 1.0 and r.ttl == 3.0  # small: the configured period
+    for i in range(5, 100):
+        r.register(f"b{i}", "h:1", Stats(100, 0), 0.0, incarnation=1)
+    assert r.announce(0.0) == 10.0 and r.ttl == 30.0
+    assert r.is_alive("b0", 29.0) and not r.is_alive("b0", 31.0)
+    for i in range(50, 100):
+        r.remove(f"b{i}")
+    assert r.interval() == 5.0
+    assert r.announce(1.0) == 5.0 and r.ttl == 30.0  # some still beat every 10 s
+    assert r.announce(12.0) == 5.0 and r.ttl == 15.0  # 10 s later all have heard 5 s

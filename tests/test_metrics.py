@@ -164,3 +164,27 @@ def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
     finally:
         prom.terminate()
         prom.wait(timeout=30)
+
+
+def test_per_benefactor_series_are_bounded_and_the_rest_summed():
+    """At 100k benefactors one series each would be 600k series: beyond metrics_benefactors they are
+    summed into benefactor="(others)", keeping those that need looking at (stuck, backlog) named."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from memstage.manager.metrics import OTHERS, ManagerMetrics
+    from memstage.proto import manager_pb2
+
+    reply = manager_pb2.StatusReply(benefactors=[
+        manager_pb2.BenefactorStatus(id=f"b{i}", alive=True, drain_backlog_bytes=i, oldest_undrained_age_seconds=i,
+                                     stats=manager_pb2.BenefactorStats(memory_capacity=100, memory_used=i,
+                                                                       drain_error="PFS full" if i == 3 else ""))
+        for i in range(10)])
+    registry = CollectorRegistry()
+    ManagerMetrics(registry, lambda: reply, per_benefactor=3)
+    text = generate_latest(registry).decode()
+    used = {line.split('benefactor="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("memstage_memory_used_bytes{")}
+    assert set(used) == {"b3", "b9", "b8", OTHERS}  # the stuck one, then the largest backlogs
+    assert sum(used.values()) == sum(range(10))
+    ages = [line for line in text.splitlines() if line.startswith("memstage_drain_oldest_undrained_seconds{")]
+    assert f'benefactor="{OTHERS}"}} 7.0' in "\n".join(ages)  # the oldest of the others

@@ -132,10 +132,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., incarnation: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("known",)
+    __slots__ = ("known", "heartbeat_interval_seconds")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    heartbeat_interval_seconds: float
+    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "held")
