@@ -161,15 +161,21 @@ class Registry:
 
     def live_ids(self) -> frozenset[str]:
         """Registered and not declared dead, as of the last sweep (one that just passed its TTL stays
-        until the next): what commits and lookups check against, without a walk over the registry."""
+        until the next): what commits and lookups check against, without a walk over the registry
+        (a copy is made only after the set changed)."""
         if self._live_frozen is None:
             self._live_frozen = frozenset(self._live)
-            self._live_list = tuple(sorted(self._live))
+            self._live_list = ()
         return self._live_frozen
 
+    def live_count(self) -> int:
+        return len(self._live)
+
     def live_list(self) -> tuple[str, ...]:
-        """live_ids() in a fixed order (to sample from)."""
-        self.live_ids()
+        """live_ids() as a sequence (to sample from)."""
+        live = self.live_ids()
+        if len(self._live_list) != len(live):
+            self._live_list = tuple(live)
         return self._live_list
 
     def get(self, benefactor_id: str) -> BenefactorRecord | None:

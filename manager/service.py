@@ -625,7 +625,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             now = self.clock()
             reserve = request.chunk_size * RESERVED_CHUNKS
             placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now, reserve)
-            alive = len(self.registry.live_ids())
+            alive = self.registry.live_count()
             session.benefactors.update(p.id for p in placements)
             for p in placements:
                 session.reserved[p.id] = session.reserved.get(p.id, 0) + reserve

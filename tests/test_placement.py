@@ -94,7 +94,7 @@ class Placement(RuleBasedStateMachine):
     def live_ids_are_the_registered_not_declared_dead(self) -> None:
         expected = {bf for bf in IDS if (r := self.registry.get(bf)) is not None and not r.dead_reported}
         assert self.registry.live_ids() == expected
-        assert list(self.registry.live_list()) == sorted(expected)
+        assert sorted(self.registry.live_list()) == sorted(expected)
 
 
 TestPlacement = Placement.TestCase
