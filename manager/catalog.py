@@ -1078,7 +1078,13 @@ class Catalog(NodeTable):
                     for ik in keys:
                         self._index.remove_location(ik, benefactor_id)
                     self._db.execute("DELETE FROM locations WHERE benefactor=?", (benefactor_id,))
-            gone = {ik for ik in keys if not self._index.locations(ik) and not self._index.drained(ik)
+            # Its chunks, and the members of their stripes: a member lost earlier was recoverable
+            # then, and may not be now that this one (say, a parity holder) is gone too.
+            candidates = set(keys)
+            for ik in keys:
+                for st in self._stripes.of(ik):
+                    candidates.update(m for _, m in st.real())
+            gone = {ik for ik in candidates if not self._index.locations(ik) and not self._index.drained(ik)
                     and not self._recoverable(ik, alive - {benefactor_id})}
             lost = self.reassign_drains(benefactor_id, alive - {benefactor_id}, reason, check_pfs)
             if not gone:

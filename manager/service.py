@@ -1166,12 +1166,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         wall = time.time()
         with self._lock:
             now = self.clock()
+            live = self.registry.live_ids()  # as commits and lookups see it (a death counts once swept)
             rows = []
             for r in sorted(self.registry.records(), key=lambda r: r.id):
                 b = backlog.get(r.id)
                 chunks, nbytes = held.get(r.id, (0, 0))
                 rows.append(manager_pb2.BenefactorStatus(
-                    id=r.id, address=r.address, alive=self.registry.is_alive(r.id, now),
+                    id=r.id, address=r.address, alive=r.id in live,
                     stats=manager_pb2.BenefactorStats(
                         memory_capacity=r.stats.memory_capacity, memory_used=max(r.stats.memory_used, nbytes),
                         drain_backlog=b.bytes if b else 0, chunk_count=chunks,

@@ -101,6 +101,27 @@ def test_three_losses_in_one_stripe_lose_the_version_and_persisted_ones_stay(loc
     assert c.cat("/persisted") == persisted  # from the PFS
 
 
+def test_losses_one_after_the_other_beyond_tolerance_lose_the_version(local_cluster):
+    """rs:2+1 on exactly 3 benefactors (no room to rebuild): losing a data member leaves the stripe
+    recoverable; losing the parity holder later makes it not, although the parity is in no version's
+    map. The version is then lost with the stripe's reason (it was left "not lost" and unreadable)."""
+    cluster = local_cluster(benefactors=3, memory=48 * MiB)
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:2+1", persist_every=0)
+    data = random_bytes(2 * MiB)
+    c.pipe("/f", data)
+    wait_for(lambda: protected(cluster, 1), timeout=60, what="the parity")
+    holders = member_holders(stripes(c, "/f")[0])
+    by_id = {b.id: b for b in cluster.benefactors}
+    first, parity = next(iter(holders[0])), next(iter(holders[2]))
+    by_id[first].kill()
+    wait_for(lambda: first not in cluster.alive_ids(), what="the first loss to be seen")
+    assert c.cat("/f") == data and not namespace_status(cluster).get("versions_lost")  # rebuilt on read
+    by_id[parity].kill()
+    wait_for(lambda: namespace_status(cluster).get("versions_lost") == 1, timeout=30, what="the loss to be seen")
+    assert "its stripe (rs:2+1) has 1 of its 3 members left" in cluster.status()["lost"][0]["reason"]
+
+
 def test_stripe_members_go_to_distinct_failure_domains(local_cluster):
     cluster = local_cluster(benefactors=0)
     rack = {}
