@@ -143,7 +143,8 @@ class Storm:
                 if reply.heartbeat_interval_seconds:
                     self.told = reply.heartbeat_interval_seconds
             except Exception as e:  # noqa: BLE001 (counted, by kind)
-                self.heartbeats.fail(type(e).__name__)
+                code = getattr(e, "code", None)
+                self.heartbeats.fail(str(code()) if callable(code) else type(e).__name__)
 
         while not stop.is_set():
             now = time.perf_counter()
@@ -267,6 +268,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "heartbeat_period_told": storm.told, "heartbeats_asked_per_s": storm.n / storm.told,
             "heartbeats_done_per_s": (len(storm.heartbeats.latencies) - done0) / wall,
             "heartbeats_sent": storm.beats_sent - beats0, "heartbeats_failed": storm.heartbeats.failed,
+            "heartbeat_errors": storm.heartbeats.errors,
             "heartbeat_p50_s": _percentile(storm.heartbeats.latencies, 0.5),
             "heartbeat_p99_s": _percentile(storm.heartbeats.latencies, 0.99),
             "commits_asked": args.commits if not args.commit_rate else int(args.commit_rate * args.duration),
@@ -328,6 +330,8 @@ def run_manager_bench(args: argparse.Namespace) -> int:
           f"{r['placed_max_over_mean']:.1f}x the mean")
     print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
+    if r["heartbeat_errors"]:
+        print(f"heartbeat errors: {r['heartbeat_errors']}")
     if r["commit_errors"]:
         print(f"commit errors: {r['commit_errors']}, for example: {r['commit_error_examples']}")
     return 0
