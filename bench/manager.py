@@ -177,12 +177,14 @@ class Storm:
             self.maps.latencies.append(time.perf_counter() - m0)
             targets = [loc.benefactor_id for loc in smap.benefactors]
             refs = []
+            hashes = os.urandom(16 * self.args.chunks)
             for c in range(self.args.chunks):
-                key = ChunkKey(os.urandom(16), MiB)
+                key = ChunkKey(hashes[16 * c:16 * c + 16], MiB)
                 bf = targets[c % len(targets)]
-                self.placed[bf] = self.placed.get(bf, 0) + 1
-                refs.append(manager_pb2.ChunkRef(key=key.to_pb(), locations=[common_pb2.Location(
-                    benefactor_id=bf, receipt=receipts.make(self.keys[bf], session, ns, key))]))
+                refs.append(manager_pb2.ChunkRef(key=common_pb2.ChunkKey(hash=key.hash, length=MiB), locations=[
+                    common_pb2.Location(benefactor_id=bf, receipt=receipts.make(self.keys[bf], session, ns, key))]))
+            for c, bf in enumerate(targets):
+                self.placed[bf] = self.placed.get(bf, 0) + len(range(c, self.args.chunks, len(targets)))
             c0 = time.perf_counter()
             await stub.Commit(manager_pb2.CommitRequest(namespace=ns, path=f"/w{w}/f{n}", size=self.args.chunks * MiB,
                                                         chunks=refs, session=session),

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import grpc
 
 from memstage.benefactor.store import ChunkStore
-from memstage.chunks import ChunkKey
+from memstage.chunks import HELD_PACKED, ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import GrpcTransport
@@ -36,6 +36,8 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
     ns = order.namespace
     if order.hold:
         store.hold(((ns, ChunkKey.from_pb(h.key)), h.gen) for h in order.hold)
+    if order.hold_packed:
+        store.hold(((ns, ChunkKey(h, n)), gen) for h, n, gen in HELD_PACKED.iter_unpack(order.hold_packed))
     freed = 0
     if order.release:
         freed += store.unpin(order.session, [(ns, ChunkKey.from_pb(k)) for k in order.release])

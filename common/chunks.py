@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from typing import NamedTuple
 
 import xxhash
 
@@ -17,12 +18,15 @@ MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
 # A hole (bytes never written, read as zeros) is a map entry with this hash and any length: it is
 # stored nowhere, so a sparse file costs one entry per hole, whatever its size.
 HOLE_HASH = bytes(HASH_BYTES)
+# A held chunk in an order's hold_packed: hash, length, generation of the hold.
+HELD_PACKED = struct.Struct(">16sQQ")
 # Largest file size (as Linux's MAX_LFS_FILESIZE): truncate or write beyond it is EFBIG.
 MAX_FILE_SIZE = (1 << 63) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkKey:
+class ChunkKey(NamedTuple):
+    """A tuple: the manager keys millions of index entries by it, so hashing and comparing stay in C."""
+
     hash: bytes
     length: int
 

@@ -1,14 +1,17 @@
 """Receipts: a benefactor's proof that it stored a chunk for a write session.
 
 Each benefactor process (incarnation) draws a random key and gives it to the manager when it
-registers. Its acknowledgement of a chunk carries HMAC-SHA256(key, session, namespace, chunk key),
-which the client passes on in its commit: the manager records the location only if the receipt
-verifies under the key of that benefactor's current incarnation. A client cannot invent a
-location, and a receipt from a process that has since restarted no longer verifies.
+registers. Its acknowledgement of a chunk carries a MAC of (session, namespace, chunk key) under
+that key (keyed BLAKE2b, 16 bytes: a third of HMAC-SHA256's cost, and the manager verifies one
+per chunk of every commit), which the client passes on in its commit: the manager records the
+location only if the receipt verifies under the key of that benefactor's current incarnation. A
+client cannot invent a location, and a receipt from a process that has since restarted no longer
+verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
@@ -26,8 +29,21 @@ def new_key() -> bytes:
 
 def make(key: bytes, session: int, namespace: str, chunk: ChunkKey) -> bytes:
     message = _FIXED.pack(session, chunk.length) + chunk.hash + namespace.encode()
-    return hmac.digest(key, message, "sha256")[:RECEIPT_BYTES]
+    return hashlib.blake2b(message, key=key, digest_size=RECEIPT_BYTES).digest()
 
 
 def verify(key: bytes, session: int, namespace: str, chunk: ChunkKey, receipt: bytes) -> bool:
     return bool(key) and hmac.compare_digest(make(key, session, namespace, chunk), receipt)
+
+
+class Verifier:
+    """Checks the receipts of one commit (one session and namespace) with the per-call work hoisted."""
+
+    def __init__(self, session: int, namespace: str) -> None:
+        self._session = session
+        self._suffix = namespace.encode()
+
+    def __call__(self, key: bytes, chunk: ChunkKey, receipt: bytes) -> bool:
+        message = _FIXED.pack(self._session, chunk.length) + chunk.hash + self._suffix
+        return bool(key) and hmac.compare_digest(
+            hashlib.blake2b(message, key=key, digest_size=RECEIPT_BYTES).digest(), receipt)

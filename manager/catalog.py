@@ -29,6 +29,7 @@ from pathlib import Path
 
 from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
+from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
@@ -51,9 +52,7 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS chunks (
     ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, refs INTEGER NOT NULL,
     mem_refs INTEGER NOT NULL, drained TEXT, PRIMARY KEY (ns, hash, length));
-CREATE TABLE IF NOT EXISTS locations (
-    ns TEXT NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL, benefactor TEXT NOT NULL,
-    gen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, hash, length, benefactor));
+CREATE TABLE IF NOT EXISTS location_log (seq INTEGER PRIMARY KEY, ops BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (ns, path));
@@ -74,11 +73,14 @@ CREATE TABLE IF NOT EXISTS stripes (
 _ADDED_COLUMNS = (
     ("benefactors", "incarnation", "INTEGER NOT NULL DEFAULT 0"),
     ("versions", "lost_reason", "TEXT NOT NULL DEFAULT ''"),
-    ("locations", "gen", "INTEGER NOT NULL DEFAULT 0"),
     ("versions", "drain_error", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "ino", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "redundancy", "TEXT NOT NULL DEFAULT ''"),
 )
+
+# The location log is compacted (replaced by a snapshot) once it holds this many operations and
+# more than twice as many as there are locations.
+LOG_COMPACT_AT = 1_000_000
 
 Freed = dict[IndexKey, Holders]  # chunks to free from memory -> the benefactors holding them, at their generation
 
@@ -195,16 +197,33 @@ class Catalog(NodeTable):
         self._synced = 0  # of them, made durable by an fsync of the WAL
         self._sync_lock = threading.Lock()
         self._thread_seq = threading.local()  # the last transaction each thread committed
+        self._batch: locationlog.Batch | None = None  # location changes of the open transaction
+        self._migrate_locations()
         # This deployment's identity on the PFS, drawn once with the state: chunk file names carry it.
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
         self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
+        self._log_ops = 0  # operations in the location log (set by the load)
+        self._top_gen = 0  # the newest generation a loaded location has
         self._index = self._load_index()
         self._stripes = self._load_stripes()
         self._next_stripe = self._db.execute("SELECT MAX(id) FROM stripes").fetchone()[0] or 0
         # Generations of holds grow across restarts too (a free names one): start above the clock.
-        top = self._db.execute("SELECT MAX(gen) FROM locations").fetchone()[0] or 0
-        self._next_gen = max(top, time.time_ns() // 1000) + 1
+        self._next_gen = max(self._top_gen, time.time_ns() // 1000) + 1
+
+    def _migrate_locations(self) -> None:
+        """A state directory of an earlier release keeps one row per location: it becomes a snapshot
+        in the location log."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='locations'").fetchone():
+            return
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(locations)")}
+        gen = "gen" if "gen" in columns else "0"
+        rows = self._db.execute(f"SELECT ns, hash, length, benefactor, {gen} FROM locations").fetchall()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT INTO location_log (ops) VALUES (?)", [(blob,) for blob in locationlog.snapshot(
+            (ns, ChunkKey(h, n), bf, g) for ns, h, n, bf, g in rows)])
+        self._db.execute("DROP TABLE locations")
+        self._db.execute("COMMIT")
 
     def sync(self) -> None:
         """Make durable every transaction this thread committed (and all before it): one fsync of
@@ -387,8 +406,7 @@ class Catalog(NodeTable):
             # generation: the location follows, so that a free names the hold the benefactor has.)
             with self._transaction():
                 self._index.add_location(ik, benefactor, gen)
-                self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
-                                 (ns, key.hash, key.length, benefactor, gen))
+                self._log().add(ns, key, benefactor, gen)
         return True
 
     def version_protected(self, namespace: str, path: str, version: int, redundancy: Redundancy,
@@ -518,8 +536,7 @@ class Catalog(NodeTable):
                     if i in parity:
                         bf, gen = parity[i]
                         self._index.add_location(ik, bf, gen)
-                        self._db.execute("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)",
-                                         (ik[0], ik[1].hash, ik[1].length, bf, gen))
+                        self._log().add(ik[0], ik[1], bf, gen)
         return True
 
     def release_stripes(self) -> Freed:
@@ -601,7 +618,6 @@ class Catalog(NodeTable):
                     where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
                     raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
             policy = self.policy(namespace)
-            holds: dict[str, list[tuple[ChunkKey, int]]] = {}
             with self._transaction():
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
                                        (namespace, path)).fetchone()
@@ -619,23 +635,8 @@ class Catalog(NodeTable):
                                                             when))
                 if version == 1:
                     self.touch_dirs(namespace, [path], when)  # a new name in its directory
-                touched: set[IndexKey] = set()
-                new_locations = []
-                for key, locs in chunks:
-                    ik = (namespace, key)
-                    if key.is_hole:
-                        continue
-                    if ik not in touched:
-                        touched.add(ik)
-                        self._bump(ik, 1, 1)
-                    for bf in locs:
-                        gen = self._index.locations(ik).get(bf)
-                        if gen is None:
-                            gen = self._new_gen()
-                            self._index.add_location(ik, bf, gen)
-                            new_locations.append((namespace, key.hash, key.length, bf, gen))
-                        holds.setdefault(bf, []).append((key, gen))
-                self._db.executemany("INSERT OR REPLACE INTO locations VALUES (?, ?, ?, ?, ?)", new_locations)
+                new_locations, holds = self._index.add_version(namespace, chunks, self._new_gen())
+                self._log().add_many(namespace, new_locations)
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now)
             return version, holds
@@ -651,7 +652,7 @@ class Catalog(NodeTable):
         if entry is None and drained:
             self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
         if dropped:
-            self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
+            self._log().drop(ns, key)
         return dropped
 
     @contextmanager
@@ -659,16 +660,38 @@ class Catalog(NodeTable):
         """One SQLite transaction (callers hold self._lock). On any error it is rolled back and the
         in-memory index, which the body may have changed already, is replaced by a fresh load."""
         self._db.execute("BEGIN IMMEDIATE")
+        self._batch = locationlog.Batch()
         try:
             yield
+            if len(self._batch):
+                self._db.execute("INSERT INTO location_log (ops) VALUES (?)", (self._batch.encode(),))
+                self._log_ops += len(self._batch)
+                if self._log_ops > max(LOG_COMPACT_AT, 2 * self._index.location_count):
+                    self._compact_log()
+            self._batch = None
             self._db.execute("COMMIT")
             self._committed += 1
             self._thread_seq.seq = self._committed
         except BaseException:
+            self._batch = None
             self._db.execute("ROLLBACK")
             self._index = self._load_index()
             self._stripes = self._load_stripes()
             raise
+
+    def _log(self) -> locationlog.Batch:
+        """The location changes of the open transaction (written with it, as one record)."""
+        assert self._batch is not None, "locations change inside a transaction only"
+        return self._batch
+
+    def _compact_log(self) -> None:
+        """(inside a transaction) Replace the location log by a snapshot of the locations as they are."""
+        self._db.execute("DELETE FROM location_log")
+        located = ((ns, key, bf, gen) for (ns, key), entry in self._index.items()
+                   for bf, gen in entry.locations.items())
+        self._db.executemany("INSERT INTO location_log (ops) VALUES (?)",
+                             [(blob,) for blob in locationlog.snapshot(located)])
+        self._log_ops = self._index.location_count
 
     def _load_index(self) -> ChunkIndex:
         index = ChunkIndex()
@@ -690,8 +713,11 @@ class Catalog(NodeTable):
             "SELECT ns, hash, length, drained FROM chunks WHERE drained IS NOT NULL")}
         for ik, (refs, mem_refs) in counts.items():
             index.load(ik, refs, mem_refs, drained_files.get(ik, ""))
-        for ns, h, n, bf, gen in self._db.execute("SELECT ns, hash, length, benefactor, gen FROM locations"):
-            index.add_location((ns, ChunkKey(h, n)), bf, gen)
+        located, self._log_ops = locationlog.replay(
+            blob for (blob,) in self._db.execute("SELECT ops FROM location_log ORDER BY seq"))
+        for ns, key, bf, gen in located:
+            index.add_location((ns, key), bf, gen)
+            self._top_gen = max(self._top_gen, gen)
         return index
 
     def _queue_drain(self, namespace: str, path: str, version: int,
@@ -719,9 +745,9 @@ class Catalog(NodeTable):
         then lost)."""
         if ik[1].is_hole:
             return min(alive) if alive else ""
-        holders = sorted(set(self._index.locations(ik)) & alive)
-        if holders:
-            return holders[0]
+        holder = self._index.first_holder(ik, alive)
+        if holder:
+            return holder
         if self._index.drained(ik) and alive:
             return min(alive)
         return ""
@@ -977,8 +1003,7 @@ class Catalog(NodeTable):
                     # That benefactor does not hold it (whatever the index said): not a location any more.
                     held = self._index.remove_location(ik, benefactor_id)
                     if held:
-                        self._db.execute("DELETE FROM locations WHERE ns=? AND hash=? AND length=? AND benefactor=?",
-                                         (ns, h, n, benefactor_id))
+                        self._log().delete(ns, ik[1], benefactor_id)
                     # Not in its memory, and (it looked) not on the PFS: another holder, or lost.
                     owner = self._drainer_for(ik, alive - {benefactor_id})
                     if owner:
@@ -1077,7 +1102,7 @@ class Catalog(NodeTable):
                 with self._transaction():
                     for ik in keys:
                         self._index.remove_location(ik, benefactor_id)
-                    self._db.execute("DELETE FROM locations WHERE benefactor=?", (benefactor_id,))
+                    self._log().void(benefactor_id)
             # Its chunks, and the members of their stripes: a member lost earlier was recoverable
             # then, and may not be now that this one (say, a parity holder) is gone too.
             candidates = set(keys)

@@ -10,10 +10,10 @@ does. The Catalog persists every change and serializes access.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import HOLE_HASH, ChunkKey
 
 IndexKey = tuple[str, ChunkKey]
 Holders = dict[str, int]  # benefactor id -> generation of its hold
@@ -33,11 +33,13 @@ class ChunkIndex:
         # Per benefactor: [chunks, bytes] of the copies located there, kept as locations change, so
         # status reports what is held as of now rather than as of the last heartbeat.
         self._held: dict[str, list[int]] = {}
+        self.location_count = 0  # copies located, over every benefactor
 
     def _count(self, benefactor: str, key: IndexKey, sign: int) -> None:
         held = self._held.setdefault(benefactor, [0, 0])
         held[0] += sign
         held[1] += sign * key[1].length
+        self.location_count += sign
 
     def held_stats(self) -> dict[str, tuple[int, int]]:
         """(chunks, bytes) of the copies located on each benefactor."""
@@ -99,6 +101,46 @@ class ChunkIndex:
             del self._entries[key]
             return None, dropped
         return e, dropped
+
+    def add_version(self, namespace: str, chunks: Sequence[tuple[ChunkKey, Sequence[str]]], gen: int
+                    ) -> tuple[list[tuple[ChunkKey, str, int]], dict[str, list[tuple[ChunkKey, int]]]]:
+        """A new version: each distinct chunk counts once more in refs and mem_refs, and each copy it
+        confirms is located (copies new to the index at `gen`, one generation per commit: a free
+        names a chunk and a generation). Returns the new locations (chunk, benefactor, generation)
+        and, per benefactor, the holds to order there (chunk, generation). One loop, as a commit
+        of a 1 GiB file passes a thousand chunks through it."""
+        entries, touched = self._entries, set()
+        located: list[tuple[ChunkKey, str, int]] = []
+        holds: dict[str, list[tuple[ChunkKey, int]]] = {}
+        for key, locs in chunks:
+            if key.hash == HOLE_HASH:
+                continue
+            ik = (namespace, key)
+            e = entries.get(ik)
+            if e is None:
+                e = entries[ik] = Entry()
+            if ik not in touched:
+                touched.add(ik)
+                e.refs += 1
+                e.mem_refs += 1
+            for bf in locs:
+                held = e.locations.get(bf)
+                if held is None:
+                    held = e.locations[bf] = gen
+                    self._count(bf, ik, 1)
+                    located.append((key, bf, gen))
+                hold = holds.get(bf)
+                if hold is None:
+                    hold = holds[bf] = []
+                hold.append((key, held))
+        return located, holds
+
+    def first_holder(self, key: IndexKey, alive: Set[str]) -> str:
+        """The live benefactor of lowest id that holds the chunk, or ""."""
+        e = self._entries.get(key)
+        if e is None:
+            return ""
+        return min((bf for bf in e.locations if bf in alive), default="")
 
     def add_location(self, key: IndexKey, benefactor: str, gen: int) -> bool:
         """Record a confirmed copy (only of a chunk some in-memory version needs); False if not recorded."""

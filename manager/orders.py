@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import HELD_PACKED, ChunkKey
 from memstage.proto import manager_pb2
 
 MAX_BATCH = 256  # orders per fetch
@@ -35,7 +35,7 @@ class OrderQueues:
         q = self._queues.setdefault(benefactor, _Queue())
         order = manager_pb2.Order(
             seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
-            hold=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in hold or ()],
+            hold_packed=b"".join([HELD_PACKED.pack(k.hash, k.length, g) for k, g in hold]) if hold else b"",
             release=[k.to_pb() for k in release or ()],
             free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()],
             copy=[manager_pb2.CopyOrder(key=k.to_pb(), gen=g, source_id=sid, source_address=addr)

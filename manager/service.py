@@ -28,7 +28,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import auth, receipts
-from memstage.chunks import HASH_BYTES, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
+from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
 from memstage.errors import (
     DataLost,
     DeploymentFull,
@@ -109,7 +109,10 @@ def _attrs(pb: manager_pb2.FileAttrs) -> Attrs:
 
 
 def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
-    key = ChunkKey.from_pb(pb)
+    h, n = pb.hash, pb.length
+    if len(h) == HASH_BYTES and 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH:
+        return ChunkKey(h, n)  # the common case, checked first: a commit has a thousand of them
+    key = ChunkKey(h, n)
     if key.is_hole and 0 < key.length <= MAX_FILE_SIZE:
         return key  # a run of zeros, stored nowhere
     if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE:
@@ -724,13 +727,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         """The commit's chunks with the locations their receipts prove; a location without a valid
         receipt from the benefactor's incarnation current at the commit refuses the commit."""
         chunks = []
+        verify = receipts.Verifier(request.session, namespace)
         for i, c in enumerate(request.chunks):
             key = _key(c.key)
             locs = []
             for loc in c.locations:
-                receipt_key = receipt_keys.get(loc.benefactor_id, b"")
-                if not request.session or not receipt_key or not receipts.verify(
-                        receipt_key, request.session, namespace, key, bytes(loc.receipt)):
+                if not request.session or not verify(receipt_keys.get(loc.benefactor_id, b""), key, loc.receipt):
                     raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
                                    "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
                                    "nothing was committed, write the file again")

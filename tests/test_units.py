@@ -235,6 +235,9 @@ def test_a_state_directory_of_an_earlier_release_gains_the_new_columns(tmp_path)
             uid INTEGER NOT NULL, gid INTEGER NOT NULL, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
             ctime_ns INTEGER NOT NULL, target TEXT NOT NULL DEFAULT '', PRIMARY KEY (ns, path));
         INSERT INTO versions VALUES ('ns', '/old', 1, 0, 0, x'', 0, 0, 1, 0);
+        INSERT INTO versions VALUES ('ns', '/held', 1, 3, 0,
+                                     x'010101010101010101010101010101010000000000000003', 0, 0, 1, 0);
+        INSERT INTO locations VALUES ('ns', x'01010101010101010101010101010101', 3, 'b1');
         INSERT INTO benefactors VALUES ('b1', 'h:1', 10, 0);
         INSERT INTO nodes VALUES ('ns', '/old', 'file', 416, 7, 8, 1, 2, 3, '');
     """)
@@ -246,4 +249,10 @@ def test_a_state_directory_of_an_earlier_release_gains_the_new_columns(tmp_path)
     assert node is not None and (node.mode, node.uid, node.ino) == (416, 7, 2)
     cat.remember_benefactor("b1", "h:1", 10, 42)
     assert cat.incarnation("b1") == 42
+    # One row per location became the location log, and says the same after a restart.
+    key = ("ns", ChunkKey(bytes([1]) * 16, 3))
+    assert cat.locations(key) == {"b1": 0}
+    cat.close()
+    cat = Catalog(str(tmp_path))
+    assert cat.locations(key) == {"b1": 0}
     cat.close()

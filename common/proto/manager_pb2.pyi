@@ -194,7 +194,7 @@ class OrdersRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ..., copied: _Optional[_Iterable[_Union[CopyResult, _Mapping]]] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy")
+    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy", "hold_packed")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class Order(_message.Message):
     END_SESSION_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
+    HOLD_PACKED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     namespace: str
     session: int
@@ -211,7 +212,8 @@ class Order(_message.Message):
     end_session: bool
     free: _containers.RepeatedCompositeFieldContainer[HeldChunk]
     copy: _containers.RepeatedCompositeFieldContainer[CopyOrder]
-    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ...) -> None: ...
+    hold_packed: bytes
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
     __slots__ = ("key", "gen", "source_id", "source_address", "stripe")

@@ -1,0 +1,150 @@
+"""Where chunk copies are, kept durable as a log of changes. Pure: no SQL, no I/O.
+
+A commit of a 1 GiB file makes 1,024 locations at once; one table row per location put 1,024
+random-key B-tree inserts (and their pages in the WAL) on every commit. Instead, every transaction
+appends one record: a batch of operations encoded in a blob. Loading replays the records in
+order, and a snapshot (the current locations as ADD operations) replaces the log once it has grown
+well past what it describes.
+
+Operations:
+- ADD: a copy of a chunk is held on a benefactor at a generation (a newer ADD replaces it);
+- DEL: that copy is gone;
+- DROP: every copy of the chunk is gone (no in-memory version needs it);
+- VOID: every copy on the benefactor is gone (it died or came back as a new process).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from memstage.chunks import ChunkKey
+
+ADD, DEL, DROP, VOID = 1, 2, 3, 4
+_MAGIC = b"L1"
+_COUNT = struct.Struct(">I")
+_NAME = struct.Struct(">H")
+_ADD = struct.Struct(">BI16sQIQ")  # kind, namespace, hash, length, benefactor, generation
+_DEL = struct.Struct(">BI16sQI")
+_DROP = struct.Struct(">BI16sQ")
+_VOID = struct.Struct(">BI")
+
+Location = tuple[str, ChunkKey, str, int]  # namespace, chunk, benefactor, generation
+
+
+@dataclass
+class Batch:
+    """The operations of one transaction, encoded as they come (names interned per record)."""
+
+    _names: dict[str, int] = field(default_factory=dict)
+    _ops: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _name(self, name: str) -> int:
+        i = self._names.get(name)
+        if i is None:
+            i = self._names[name] = len(self._names)
+        return i
+
+    def add(self, namespace: str, key: ChunkKey, benefactor: str, gen: int) -> None:
+        self._ops.append(_ADD.pack(ADD, self._name(namespace), key.hash, key.length, self._name(benefactor), gen))
+
+    def add_many(self, namespace: str, located: Iterable[tuple[ChunkKey, str, int]]) -> None:
+        ns, name, pack, ops = self._name(namespace), self._name, _ADD.pack, self._ops
+        ops.extend(pack(ADD, ns, k.hash, k.length, name(bf), gen) for k, bf, gen in located)
+
+    def delete(self, namespace: str, key: ChunkKey, benefactor: str) -> None:
+        self._ops.append(_DEL.pack(DEL, self._name(namespace), key.hash, key.length, self._name(benefactor)))
+
+    def drop(self, namespace: str, key: ChunkKey) -> None:
+        self._ops.append(_DROP.pack(DROP, self._name(namespace), key.hash, key.length))
+
+    def void(self, benefactor: str) -> None:
+        self._ops.append(_VOID.pack(VOID, self._name(benefactor)))
+
+    def encode(self) -> bytes:
+        names = [n.encode() for n in self._names]
+        parts = [_MAGIC, _COUNT.pack(len(names))]
+        for n in names:
+            parts += (_NAME.pack(len(n)), n)
+        parts.append(_COUNT.pack(len(self._ops)))
+        parts += self._ops
+        return b"".join(parts)
+
+
+def decode(blob: bytes) -> Iterator[tuple[int, str, ChunkKey | None, str, int]]:
+    """The operations of a record: (kind, namespace, chunk, benefactor, generation), with "" / None
+    / 0 where the kind has no such field."""
+    if blob[:2] != _MAGIC:
+        raise ValueError("not a location log record")
+    pos = 2
+    (count,) = _COUNT.unpack_from(blob, pos)
+    pos += 4
+    names = []
+    for _ in range(count):
+        (n,) = _NAME.unpack_from(blob, pos)
+        names.append(blob[pos + 2:pos + 2 + n].decode())
+        pos += 2 + n
+    (count,) = _COUNT.unpack_from(blob, pos)
+    pos += 4
+    for _ in range(count):
+        kind = blob[pos]
+        if kind == ADD:
+            _, ns, h, length, bf, gen = _ADD.unpack_from(blob, pos)
+            pos += _ADD.size
+            yield ADD, names[ns], ChunkKey(h, length), names[bf], gen
+        elif kind == DEL:
+            _, ns, h, length, bf = _DEL.unpack_from(blob, pos)
+            pos += _DEL.size
+            yield DEL, names[ns], ChunkKey(h, length), names[bf], 0
+        elif kind == DROP:
+            _, ns, h, length = _DROP.unpack_from(blob, pos)
+            pos += _DROP.size
+            yield DROP, names[ns], ChunkKey(h, length), "", 0
+        elif kind == VOID:
+            _, bf = _VOID.unpack_from(blob, pos)
+            pos += _VOID.size
+            yield VOID, "", None, names[bf], 0
+        else:
+            raise ValueError(f"location log record: unknown operation {kind}")
+
+
+def replay(records: Iterable[bytes]) -> tuple[list[Location], int]:
+    """The locations the records (oldest first) leave, and how many operations they hold.
+
+    A VOID is not applied by scanning: each copy remembers the position of its ADD, and a copy
+    added before the last VOID of its benefactor is dropped at the end."""
+    copies: dict[tuple[str, ChunkKey], dict[str, tuple[int, int]]] = {}
+    voided: dict[str, int] = {}
+    pos = 0
+    for blob in records:
+        for kind, ns, key, bf, gen in decode(blob):
+            pos += 1
+            if kind == ADD:
+                copies.setdefault((ns, key), {})[bf] = (gen, pos)  # type: ignore[arg-type]
+            elif kind == DEL:
+                held = copies.get((ns, key))  # type: ignore[arg-type]
+                if held is not None:
+                    held.pop(bf, None)
+            elif kind == DROP:
+                copies.pop((ns, key), None)  # type: ignore[arg-type]
+            else:
+                voided[bf] = pos
+    out = [(ns, key, bf, gen) for (ns, key), held in copies.items() for bf, (gen, at) in held.items()
+           if at > voided.get(bf, 0)]
+    return out, pos
+
+
+def snapshot(locations: Iterable[Location], per_record: int = 65536) -> Iterator[bytes]:
+    """Records that describe `locations` as they are (to replace the whole log)."""
+    batch = Batch()
+    for ns, key, bf, gen in locations:
+        batch.add(ns, key, bf, gen)
+        if len(batch) >= per_record:
+            yield batch.encode()
+            batch = Batch()
+    if len(batch):
+        yield batch.encode()
