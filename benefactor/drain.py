@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from memstage.benefactor.store import ChunkStore
+from memstage.benefactor.waker import Waker
 from memstage.chunks import ChunkKey
 from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
 from memstage.errors import InvalidPath
@@ -34,7 +36,8 @@ MINE_LIMIT = 100_000
 
 class DrainLoop:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str,
-                 stub: manager_pb2_grpc.ManagerStub, incarnation: int = 0) -> None:
+                 stub: manager_pb2_grpc.ManagerStub, incarnation: int = 0,
+                 ceiling: Callable[[], float] = lambda: IDLE_POLL) -> None:
         self.root = Path(settings.pfs).resolve()
         self.bandwidth = settings.drain_bandwidth
         self.store = store
@@ -42,6 +45,8 @@ class DrainLoop:
         self.incarnation = incarnation
         self._stub = stub
         self._stop = threading.Event()
+        # Idle, it waits to be told (heartbeat replies, hold orders) rather than polling the manager.
+        self.waker = Waker(IDLE_POLL, ceiling)
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
         self.error = ""  # the current PFS problem, for heartbeats and status
         self.drained_bytes = 0
@@ -55,6 +60,7 @@ class DrainLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self.waker.wake()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
@@ -68,8 +74,9 @@ class DrainLoop:
                 self._stop.wait(1.0)  # the heartbeat logs manager outages
                 continue
             if not reply.tasks:
-                self._stop.wait(IDLE_POLL)
+                self.waker.idle()
                 continue
+            self.waker.worked()
             try:
                 done = self._drain(list(reply.tasks))
             except Exception as e:  # OSError from the PFS, or anything else: the loop must go on

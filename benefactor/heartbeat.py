@@ -22,6 +22,7 @@ from memstage.benefactor.store import ChunkStore, Held
 
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
+    from memstage.benefactor.orders import OrderLoop
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S, control_channel, with_metadata
 from memstage.settings import BenefactorSettings
@@ -45,6 +46,7 @@ class Heartbeat:
         # Every call to the manager proves this benefactor holds the cluster secret.
         self.stub = manager_pb2_grpc.ManagerStub(with_metadata(self._channel, credentials))
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
+        self.orders: OrderLoop | None = None  # set by the server: woken when orders are waiting
         self._stop = threading.Event()
         self._registered = False
         self._outage_logged = False
@@ -132,6 +134,10 @@ class Heartbeat:
         )
         if reply.heartbeat_interval_seconds:
             self.interval = reply.heartbeat_interval_seconds  # a large deployment stretches it
+        if reply.orders_waiting and self.orders is not None:
+            self.orders.waker.wake()
+        if reply.drain_waiting and self.drain is not None:
+            self.drain.waker.wake()
         if not reply.known:
             log.info("manager does not know this benefactor (it restarted?): registering again")
             self._register()

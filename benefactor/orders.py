@@ -3,20 +3,23 @@ copies of chunks from other benefactors for replicas and rebuild, and Reed-Solom
 computed from other members: new parity, or a member rebuilt after a loss).
 
 The manager is the only one who decides that a chunk may go. Its orders wait in a per-benefactor
-queue at the manager; this loop fetches them (a short poll), applies them in sequence to the
+queue at the manager; this loop fetches them, applies them in sequence to the
 ChunkStore and acknowledges them with the next fetch, so an order whose reply was lost is simply
-fetched again (each is idempotent).
+fetched again (each is idempotent). An idle loop does not poll: heartbeat replies say when orders
+are waiting (see Waker).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import grpc
 
 from memstage.benefactor.store import ChunkStore
+from memstage.benefactor.waker import Waker
 from memstage.chunks import HELD_PACKED, ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.stripes import StripeUnavailable, build_member
@@ -51,8 +54,12 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
                  stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "",
-                 tls: Tls | None = None) -> None:
+                 tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
+                 on_hold: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        # Idle, it waits to be told (heartbeat replies) rather than polling; quick while writes are open here.
+        self.waker = Waker(POLL, ceiling)
+        self._on_hold = on_hold  # chunks held for a committed version: their drain tasks are likely queued
         # Members on the PFS are read through this benefactor's own ReadDrained.
         self._readers = [common_pb2.Location(benefactor_id=benefactor_id, address=address)] if address else []
         self.id = benefactor_id
@@ -74,6 +81,7 @@ class OrderLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self.waker.wake()
         self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -86,11 +94,12 @@ class OrderLoop:
             except Exception:  # a bug must not end the loop: the orders stay queued at the manager
                 log.exception("carrying out the manager's orders failed")
                 got = 0
-            if not got:
-                if self._copying:  # report a finished copy as soon as it is done
-                    wait(self._copying, timeout=POLL, return_when=FIRST_COMPLETED)
-                else:
-                    self._stop.wait(POLL)
+            if got:
+                self.waker.worked()
+            elif self._copying:  # report a finished copy as soon as it is done
+                wait(self._copying, timeout=POLL, return_when=FIRST_COMPLETED)
+            else:
+                self.waker.idle(busy=bool(self.store.sessions()))
 
     def fetch_and_apply(self) -> int:
         """Fetch the next orders (reporting the copies finished since), carry them out; copies and
@@ -111,16 +120,20 @@ class OrderLoop:
         if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
             self._epoch, self._acked = reply.epoch, 0
         freed = 0
+        held = False
         for order in reply.orders:
             if order.seq <= self._acked:
                 continue  # fetched again after a lost acknowledgement: already done
             freed += apply_order(self.store, order)
+            held = held or bool(order.hold_packed or order.hold)
             for copy in order.copy:
                 work = self._build if copy.HasField("stripe") else self._copy
                 self._copying.append(self._pool.submit(work, order.namespace, copy))
             self._acked = order.seq
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
+        if held:
+            self._on_hold()
         return len(reply.orders) + reported
 
     def _copy(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:

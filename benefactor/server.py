@@ -60,10 +60,13 @@ class BenefactorServer:
         self.address = bind(self._server, settings.listen, "--listen", tls)
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
                                    self.incarnation, receipt_key, credentials, tls)
+        # Idle loops are woken by heartbeat replies; they look on their own at most every two periods.
+        ceiling = lambda: 2 * self.heartbeat.interval  # noqa: E731
+        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
-                                tls)
-        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation)
+                                tls, ceiling, on_hold=self.drain.waker.wake)
         self.heartbeat.drain = self.drain
+        self.heartbeat.orders = self.orders
         self.service.drain = self.drain
         self._metrics: Any = None
 

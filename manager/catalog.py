@@ -198,6 +198,10 @@ class Catalog(NodeTable):
         self._sync_lock = threading.Lock()
         self._thread_seq = threading.local()  # the last transaction each thread committed
         self._batch: locationlog.Batch | None = None  # location changes of the open transaction
+        # Benefactors given drain tasks since the service last asked (it tells them in heartbeat
+        # replies); a lock of its own, so that asking never waits for a commit.
+        self._drain_queued: set[str] = set()
+        self._queued_lock = threading.Lock()
         self._migrate_locations()
         # This deployment's identity on the PFS, drawn once with the state: chunk file names carry it.
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
@@ -648,8 +652,8 @@ class Catalog(NodeTable):
         # The counts are not stored: a restart derives them from the versions and stripes (one row
         # per commit instead of one per chunk). The chunks table keeps only drained chunk files.
         drained = self._index.drained(ik)
-        entry, dropped = self._index.bump(ik, refs, mem_refs)
-        if entry is None and drained:
+        kept, dropped = self._index.bump(ik, refs, mem_refs)
+        if not kept and drained:
             self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?", (ns, key.hash, key.length))
         if dropped:
             self._log().drop(ns, key)
@@ -728,6 +732,7 @@ class Catalog(NodeTable):
             self._db.execute("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
                              "benefactor, queued_at) VALUES (?, ?, ?, 0, 0, 0, ?, 0, ?, ?)",
                              (namespace, path, version, empty.hash, owner, now))
+            self._queued({owner})
             return
         offset = 0
         rows = []
@@ -737,6 +742,18 @@ class Catalog(NodeTable):
             offset += key.length
         self._db.executemany("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
                              "benefactor, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._queued({row[8] for row in rows})
+
+    def _queued(self, owners: set[str]) -> None:
+        with self._queued_lock:
+            self._drain_queued |= owners
+
+    def take_drain_queued(self) -> set[str]:
+        """The benefactors given drain tasks since the last call."""
+        with self._queued_lock:
+            queued, self._drain_queued = self._drain_queued, set()
+        queued.discard("")
+        return queued
 
     def _drainer_for(self, ik: IndexKey, alive: set[str]) -> str:
         """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
@@ -1008,6 +1025,7 @@ class Catalog(NodeTable):
                     owner = self._drainer_for(ik, alive - {benefactor_id})
                     if owner:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                        self._queued({owner})
                     elif self._recoverable(ik, alive - {benefactor_id}):
                         # Its stripe rebuilds it in memory; the task waits for a holder.
                         self._db.execute("UPDATE drain_tasks SET benefactor='' WHERE id=?", (task_id,))
@@ -1081,6 +1099,7 @@ class Catalog(NodeTable):
                         owner = min(candidates)
                     if owner:
                         self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                        self._queued({owner})
                     elif (ns, path, version) not in lost:
                         lost.append((ns, path, version))
                         self._mark_lost(ns, path, version, reason)

@@ -6,10 +6,18 @@ generation of the hold: a free names it, so a late free never takes a copy held 
 once drained, its chunk file relative to the PFS root. A chunk leaves benefactor memory when
 mem_refs reaches 0 (its locations are dropped and returned, to be freed) and the index when refs
 does. The Catalog persists every change and serializes access.
+
+Compact, as a deployment holds millions of entries: an entry is a fixed-size key (namespace number,
+hash, length: 28 bytes) mapped to a slot in parallel arrays of counts, the one benefactor (by
+number) holding its copy and the generation of that hold. Only chunks with several copies have a
+small dict of them, and only drained chunks a path. About 150 bytes per entry instead of ~550 for
+an object with a dict per chunk.
 """
 
 from __future__ import annotations
 
+import struct
+from array import array
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
 
@@ -18,9 +26,15 @@ from memstage.chunks import HOLE_HASH, ChunkKey
 IndexKey = tuple[str, ChunkKey]
 Holders = dict[str, int]  # benefactor id -> generation of its hold
 
+_KEY = struct.Struct(">I16sQ")  # namespace number, hash, length
+_NONE = -1  # no copy located
+_MANY = -2  # several copies: the slot's dict in _many has them all
+
 
 @dataclass(slots=True)
 class Entry:
+    """A copy of one entry, as read (changing it changes nothing in the index)."""
+
     refs: int = 0
     mem_refs: int = 0
     drained: str = ""
@@ -29,78 +43,219 @@ class Entry:
 
 class ChunkIndex:
     def __init__(self) -> None:
-        self._entries: dict[IndexKey, Entry] = {}
+        self._ns: dict[str, int] = {}
+        self._ns_names: list[str] = []
+        self._bf: dict[str, int] = {}
+        self._bf_names: list[str] = []
+        self._slots: dict[bytes, int] = {}
+        self._refs = array("i")
+        self._mem = array("i")
+        self._holder = array("i")  # benefactor number, _NONE or _MANY
+        self._gen = array("q")
+        self._many: dict[int, dict[int, int]] = {}  # slot -> {benefactor number: generation}
+        self._drained: dict[int, str] = {}
+        self._free: list[int] = []
         # Per benefactor: [chunks, bytes] of the copies located there, kept as locations change, so
         # status reports what is held as of now rather than as of the last heartbeat.
         self._held: dict[str, list[int]] = {}
         self.location_count = 0  # copies located, over every benefactor
 
-    def _count(self, benefactor: str, key: IndexKey, sign: int) -> None:
-        held = self._held.setdefault(benefactor, [0, 0])
+    # -- keys and numbers ------------------------------------------------------------------------
+    def _packed(self, key: IndexKey) -> bytes | None:
+        ns = self._ns.get(key[0])
+        return None if ns is None else _KEY.pack(ns, key[1].hash, key[1].length)
+
+    def _slot(self, key: IndexKey) -> int | None:
+        packed = self._packed(key)
+        return None if packed is None else self._slots.get(packed)
+
+    def _ns_number(self, namespace: str) -> int:
+        n = self._ns.get(namespace)
+        if n is None:
+            n = self._ns[namespace] = len(self._ns_names)
+            self._ns_names.append(namespace)
+        return n
+
+    def _bf_number(self, benefactor: str) -> int:
+        n = self._bf.get(benefactor)
+        if n is None:
+            n = self._bf[benefactor] = len(self._bf_names)
+            self._bf_names.append(benefactor)
+        return n
+
+    def _key_of(self, packed: bytes) -> IndexKey:
+        ns, h, n = _KEY.unpack(packed)
+        return self._ns_names[ns], ChunkKey(h, n)
+
+    def _new_slot(self, packed: bytes) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._refs[slot] = self._mem[slot] = 0
+            self._holder[slot] = _NONE
+            self._gen[slot] = 0
+        else:
+            slot = len(self._refs)
+            self._refs.append(0)
+            self._mem.append(0)
+            self._holder.append(_NONE)
+            self._gen.append(0)
+        self._slots[packed] = slot
+        return slot
+
+    def _holders(self, slot: int) -> dict[int, int]:
+        """The slot's copies as {benefactor number: generation} (a new dict)."""
+        h = self._holder[slot]
+        if h == _NONE:
+            return {}
+        if h == _MANY:
+            return dict(self._many[slot])
+        return {h: self._gen[slot]}
+
+    def _named(self, slot: int) -> Holders:
+        names = self._bf_names
+        return {names[b]: g for b, g in self._holders(slot).items()}
+
+    def _set_holders(self, slot: int, holders: dict[int, int]) -> None:
+        self._many.pop(slot, None)
+        if not holders:
+            self._holder[slot] = _NONE
+            self._gen[slot] = 0
+        elif len(holders) == 1:
+            ((b, g),) = holders.items()
+            self._holder[slot] = b
+            self._gen[slot] = g
+        else:
+            self._holder[slot] = _MANY
+            self._gen[slot] = 0
+            self._many[slot] = holders
+
+    def _count(self, benefactor: str, length: int, sign: int) -> None:
+        held = self._held.get(benefactor)
+        if held is None:
+            held = self._held[benefactor] = [0, 0]
         held[0] += sign
-        held[1] += sign * key[1].length
+        held[1] += sign * length
         self.location_count += sign
 
+    # -- reading -----------------------------------------------------------------------------------
     def held_stats(self) -> dict[str, tuple[int, int]]:
         """(chunks, bytes) of the copies located on each benefactor."""
         return {bf: (c, n) for bf, (c, n) in self._held.items()}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slots)
 
     def __contains__(self, key: IndexKey) -> bool:
-        return key in self._entries
+        return self._slot(key) is not None
+
+    def _entry(self, slot: int) -> Entry:
+        return Entry(self._refs[slot], self._mem[slot], self._drained.get(slot, ""), self._named(slot))
 
     def items(self) -> Iterator[tuple[IndexKey, Entry]]:
-        return iter(self._entries.items())
+        """Every entry (copies, as read); the index must not change during the iteration."""
+        for packed, slot in self._slots.items():
+            yield self._key_of(packed), self._entry(slot)
 
     def get(self, key: IndexKey) -> Entry | None:
-        return self._entries.get(key)
+        slot = self._slot(key)
+        return None if slot is None else self._entry(slot)
 
     def refs(self, key: IndexKey) -> int:
-        e = self._entries.get(key)
-        return e.refs if e else 0
+        slot = self._slot(key)
+        return 0 if slot is None else self._refs[slot]
 
     def mem_refs(self, key: IndexKey) -> int:
-        e = self._entries.get(key)
-        return e.mem_refs if e else 0
+        slot = self._slot(key)
+        return 0 if slot is None else self._mem[slot]
 
     def drained(self, key: IndexKey) -> str:
-        e = self._entries.get(key)
-        return e.drained if e else ""
+        slot = self._slot(key)
+        return "" if slot is None else self._drained.get(slot, "")
 
     def locations(self, key: IndexKey) -> Holders:
-        e = self._entries.get(key)
-        return dict(e.locations) if e else {}
+        slot = self._slot(key)
+        return {} if slot is None else self._named(slot)
 
-    def readable(self, key: IndexKey, alive: set[str]) -> bool:
+    def readable(self, key: IndexKey, alive: Set[str]) -> bool:
         """The namespace holds this chunk where a reader can get it: a live benefactor, or the PFS."""
-        e = self._entries.get(key)
-        if e is None or e.refs <= 0:
+        slot = self._slot(key)
+        if slot is None or self._refs[slot] <= 0:
             return False
-        return bool(e.drained) or not alive.isdisjoint(e.locations)
+        if slot in self._drained:
+            return True
+        names = self._bf_names
+        return any(names[b] in alive for b in self._holders(slot))
+
+    def first_holder(self, key: IndexKey, alive: Set[str]) -> str:
+        """The live benefactor of lowest id that holds the chunk, or ""."""
+        slot = self._slot(key)
+        if slot is None:
+            return ""
+        h = self._holder[slot]
+        if h >= 0:  # the common case: one copy
+            bf = self._bf_names[h]
+            return bf if bf in alive else ""
+        names = self._bf_names
+        return min((names[b] for b in self._holders(slot) if names[b] in alive), default="")
+
+    def held_by(self, benefactor: str) -> list[IndexKey]:
+        b = self._bf.get(benefactor)
+        if b is None:
+            return []
+        holder, many = self._holder, self._many
+        return [self._key_of(packed) for packed, slot in self._slots.items()
+                if holder[slot] == b or (holder[slot] == _MANY and b in many[slot])]
+
+    def stored_bytes(self) -> dict[str, int]:
+        """Distinct chunk bytes an in-memory version references, per namespace."""
+        per_ns: dict[int, int] = {}
+        mem = self._mem
+        for packed, slot in self._slots.items():
+            if mem[slot] > 0:
+                ns, _, length = _KEY.unpack(packed)
+                per_ns[ns] = per_ns.get(ns, 0) + length
+        return {self._ns_names[ns]: n for ns, n in per_ns.items()}
 
     # -- changes (the caller persists what they return) -----------------------------------------
     def load(self, key: IndexKey, refs: int, mem_refs: int, drained: str) -> None:
-        self._entries[key] = Entry(refs, mem_refs, drained or "")
+        packed = _KEY.pack(self._ns_number(key[0]), key[1].hash, key[1].length)
+        slot = self._slots.get(packed)
+        if slot is None:
+            slot = self._new_slot(packed)
+        else:
+            self._drop_holders(slot, key[1].length)
+        self._refs[slot] = refs
+        self._mem[slot] = mem_refs
+        if drained:
+            self._drained[slot] = drained
+        else:
+            self._drained.pop(slot, None)
 
-    def bump(self, key: IndexKey, refs: int, mem_refs: int) -> tuple[Entry | None, Holders]:
-        """Change a chunk's counts. Returns its entry (None once refs reaches 0 and it left the index)
-        and the locations dropped because no in-memory version needs it any more."""
-        e = self._entries.get(key)
-        if e is None:
-            e = self._entries[key] = Entry()
-        e.refs += refs
-        e.mem_refs += mem_refs
+    def _drop_holders(self, slot: int, length: int) -> Holders:
+        dropped = self._named(slot)
+        for bf in dropped:
+            self._count(bf, length, -1)
+        self._set_holders(slot, {})
+        return dropped
+
+    def bump(self, key: IndexKey, refs: int, mem_refs: int) -> tuple[bool, Holders]:
+        """Change a chunk's counts. Returns whether it is still in the index (refs above 0) and the
+        locations dropped because no in-memory version needs it any more."""
+        packed = _KEY.pack(self._ns_number(key[0]), key[1].hash, key[1].length)
+        slot = self._slots.get(packed)
+        if slot is None:
+            slot = self._new_slot(packed)
+        self._refs[slot] += refs
+        self._mem[slot] += mem_refs
         dropped: Holders = {}
-        if e.mem_refs <= 0 or e.refs <= 0:
-            dropped, e.locations = e.locations, {}
-            for bf in dropped:
-                self._count(bf, key, -1)
-        if e.refs <= 0:
-            del self._entries[key]
-            return None, dropped
-        return e, dropped
+        if self._mem[slot] <= 0 or self._refs[slot] <= 0:
+            dropped = self._drop_holders(slot, key[1].length)
+        if self._refs[slot] <= 0:
+            del self._slots[packed]
+            self._drained.pop(slot, None)
+            self._free.append(slot)
+            return False, dropped
+        return True, dropped
 
     def add_version(self, namespace: str, chunks: Sequence[tuple[ChunkKey, Sequence[str]]], gen: int
                     ) -> tuple[list[tuple[ChunkKey, str, int]], dict[str, list[tuple[ChunkKey, int]]]]:
@@ -109,71 +264,80 @@ class ChunkIndex:
         names a chunk and a generation). Returns the new locations (chunk, benefactor, generation)
         and, per benefactor, the holds to order there (chunk, generation). One loop, as a commit
         of a 1 GiB file passes a thousand chunks through it."""
-        entries, touched = self._entries, set()
+        ns = self._ns_number(namespace)
+        pack, slots, refs, mem, holder, gens = _KEY.pack, self._slots, self._refs, self._mem, self._holder, self._gen
+        touched: set[int] = set()
         located: list[tuple[ChunkKey, str, int]] = []
         holds: dict[str, list[tuple[ChunkKey, int]]] = {}
         for key, locs in chunks:
             if key.hash == HOLE_HASH:
                 continue
-            ik = (namespace, key)
-            e = entries.get(ik)
-            if e is None:
-                e = entries[ik] = Entry()
-            if ik not in touched:
-                touched.add(ik)
-                e.refs += 1
-                e.mem_refs += 1
+            packed = pack(ns, key.hash, key.length)
+            slot = slots.get(packed)
+            if slot is None:
+                slot = self._new_slot(packed)
+            if slot not in touched:
+                touched.add(slot)
+                refs[slot] += 1
+                mem[slot] += 1
             for bf in locs:
-                held = e.locations.get(bf)
-                if held is None:
-                    held = e.locations[bf] = gen
-                    self._count(bf, ik, 1)
+                b = self._bf.get(bf)
+                if b is None:
+                    b = self._bf_number(bf)
+                h = holder[slot]
+                if h == b:
+                    held = gens[slot]
+                elif h == _NONE:
+                    holder[slot], gens[slot], held = b, gen, gen
+                    self._count(bf, key.length, 1)
                     located.append((key, bf, gen))
+                else:
+                    copies = self._holders(slot)
+                    got = copies.get(b)
+                    if got is None:
+                        copies[b] = held = gen
+                        self._set_holders(slot, copies)
+                        self._count(bf, key.length, 1)
+                        located.append((key, bf, gen))
+                    else:
+                        held = got
                 hold = holds.get(bf)
                 if hold is None:
                     hold = holds[bf] = []
                 hold.append((key, held))
         return located, holds
 
-    def first_holder(self, key: IndexKey, alive: Set[str]) -> str:
-        """The live benefactor of lowest id that holds the chunk, or ""."""
-        e = self._entries.get(key)
-        if e is None:
-            return ""
-        return min((bf for bf in e.locations if bf in alive), default="")
-
     def add_location(self, key: IndexKey, benefactor: str, gen: int) -> bool:
         """Record a confirmed copy (only of a chunk some in-memory version needs); False if not recorded."""
-        e = self._entries.get(key)
-        if e is None or e.mem_refs <= 0:
+        slot = self._slot(key)
+        if slot is None or self._mem[slot] <= 0:
             return False
-        if benefactor not in e.locations:
-            self._count(benefactor, key, 1)
-        e.locations[benefactor] = gen
+        b = self._bf_number(benefactor)
+        copies = self._holders(slot)
+        if b not in copies:
+            self._count(benefactor, key[1].length, 1)
+        copies[b] = gen
+        self._set_holders(slot, copies)
         return True
 
     def remove_location(self, key: IndexKey, benefactor: str) -> int:
         """Forget one copy; returns its generation (0 if there was none)."""
-        e = self._entries.get(key)
-        if e is None or benefactor not in e.locations:
+        slot = self._slot(key)
+        b = self._bf.get(benefactor)
+        if slot is None or b is None:
             return 0
-        self._count(benefactor, key, -1)
-        return e.locations.pop(benefactor)
+        copies = self._holders(slot)
+        gen = copies.pop(b, None)
+        if gen is None:
+            return 0
+        self._count(benefactor, key[1].length, -1)
+        self._set_holders(slot, copies)
+        return gen
 
     def set_drained(self, key: IndexKey, path: str) -> bool:
-        e = self._entries.get(key)
-        if e is None or e.drained:
+        slot = self._slot(key)
+        if slot is None or self._drained.get(slot):
             return False
-        e.drained = path
+        if path:
+            self._drained[slot] = path
         return True
-
-    def held_by(self, benefactor: str) -> list[IndexKey]:
-        return [k for k, e in self._entries.items() if benefactor in e.locations]
-
-    def stored_bytes(self) -> dict[str, int]:
-        """Distinct chunk bytes an in-memory version references, per namespace."""
-        out: dict[str, int] = {}
-        for (ns, key), e in self._entries.items():
-            if e.mem_refs > 0:
-                out[ns] = out.get(ns, 0) + key.length
-        return out

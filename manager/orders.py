@@ -52,6 +52,11 @@ class OrderQueues:
             q.orders = [o for o in q.orders if o.seq > acked]
         return q.orders[:MAX_BATCH]
 
+    def waiting(self, benefactor: str) -> int:
+        """Orders queued for the benefactor (fetched or not, until acknowledged)."""
+        q = self._queues.get(benefactor)
+        return len(q.orders) if q is not None else 0
+
     def reset(self, benefactor: str) -> None:
         """A new incarnation: its orders start again from 1, and nothing old is carried out."""
         self._queues.pop(benefactor, None)

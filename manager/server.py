@@ -104,6 +104,7 @@ class ManagerServer:
                     self.service.resumed(late + period)
                 self.service.sweep()
                 self.catalog.sync()
+                self.service.note_drains()
             except Exception:  # a bug must not end housekeeping
                 log.exception("housekeeping failed")
 

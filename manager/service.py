@@ -82,6 +82,7 @@ def rpc(method: F) -> F:
             self._local.caller = caller
             reply = method(self, request, context)
             self.catalog.sync()  # what the reply reports is durable before it is sent
+            self.note_drains()
             return reply
         except (Unauthenticated, PermissionDenied) as e:
             self.metrics.errors.labels(method.__name__, e.code.name).inc()
@@ -138,6 +139,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._known_addresses = catalog.benefactor_addresses()  # as last registered (for maps after a restart)
         self._commit_slots = threading.BoundedSemaphore(COMMIT_SLOTS)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
+        self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
@@ -154,6 +156,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._started = self.clock()
         self._unheard: set[str] = set()
         owners = self.catalog.drain_owners()
+        self._drain_waiting |= owners - {""}  # tasks queued before a restart: their owners are told
         held = self.catalog.held_stats()
         for bf, _, _ in catalog.known_benefactors():
             if held.get(bf, (0, 0))[0] or bf in owners:
@@ -258,7 +261,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 for sid in request.sessions:
                     if not self.sessions.is_open(sid):
                         self.orders.push(request.benefactor_id, "", session=sid, end_session=True)
-        return manager_pb2.HeartbeatReply(known=known, heartbeat_interval_seconds=interval)
+            orders = self.orders.waiting(request.benefactor_id)
+            drains = request.benefactor_id in self._drain_waiting
+        return manager_pb2.HeartbeatReply(known=known, heartbeat_interval_seconds=interval, orders_waiting=orders,
+                                          drain_waiting=drains)
 
     @rpc
     def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
@@ -670,13 +676,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if kind not in (None, FILE):
                 raise FsError(errno.EISDIR if kind == DIR else errno.EEXIST, f"{path}: is a {kind}, not a file")
         session: Session | None = None
+        named = {loc.benefactor_id for c in request.chunks for loc in c.locations}
         with self._lock:
             if request.session:
                 # Committing: no expiry, no new maps, and still open to heartbeats (its chunks stay)
                 # until the orders below say what became of them.
                 session = self._session(request.session, namespace)
                 session.committing = True
-            receipt_keys = self._receipt_keys(request)
+            receipt_keys = self._receipt_keys(named)
         try:
             chunks = self._confirmed(namespace, request, receipt_keys)
         except MemstageError:
@@ -710,16 +717,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  len(chunks))
         return manager_pb2.CommitReply(version=version)
 
-    def _receipt_keys(self, request: manager_pb2.CommitRequest) -> dict[str, bytes]:
+    def _receipt_keys(self, names: Set[str]) -> dict[str, bytes]:
         """(under self._lock) The receipt keys of the current incarnations of the benefactors a
         commit names (the receipts themselves are checked outside the lock)."""
         keys: dict[str, bytes] = {}
-        for c in request.chunks:
-            for loc in c.locations:
-                bf = loc.benefactor_id
-                if bf not in keys:
-                    rec = self.registry.get(bf)
-                    keys[bf] = rec.receipt_key if rec is not None else b""
+        for bf in names:
+            rec = self.registry.get(bf)
+            keys[bf] = rec.receipt_key if rec is not None else b""
         return keys
 
     def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
@@ -732,7 +736,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             key = _key(c.key)
             locs = []
             for loc in c.locations:
-                if not request.session or not verify(receipt_keys.get(loc.benefactor_id, b""), key, loc.receipt):
+                if not request.session or not verify(receipt_keys[loc.benefactor_id], key, loc.receipt):
                     raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {loc.benefactor_id} "
                                    "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
                                    "nothing was committed, write the file again")
@@ -748,6 +752,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if rec is None or rec.incarnation != incarnation:
                 raise NotFound(f"{what}: benefactor {bf} is not registered as this process (incarnation "
                                f"{incarnation}); it registers first")
+
+    def note_drains(self) -> None:
+        """Benefactors just given drain tasks are told so in their next heartbeat reply."""
+        queued = self.catalog.take_drain_queued()
+        if queued:
+            with self._lock:
+                self._drain_waiting |= queued
 
     def _is_alive(self, bf: str) -> bool:
         with self._lock:
@@ -1230,7 +1241,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def DrainWork(self, request: manager_pb2.DrainWorkRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.DrainWorkReply:
         self._registered_as(request.benefactor_id, request.incarnation, "drain work")
-        tasks = self.catalog.drain_work(request.benefactor_id, max(1, min(request.limit or 16, 256)))
+        limit = max(1, min(request.limit or 16, 256))
+        with self._lock:
+            self._drain_waiting.discard(request.benefactor_id)  # before looking: a commit after sets it again
+        tasks = self.catalog.drain_work(request.benefactor_id, limit)
+        if len(tasks) == limit:
+            with self._lock:
+                self._drain_waiting.add(request.benefactor_id)  # more than one batch
         return manager_pb2.DrainWorkReply(tasks=[
             manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,
                                   count=t.count, offset=t.offset, key=t.key.to_pb(), link_from=t.link_from,

@@ -132,12 +132,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., incarnation: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("known", "heartbeat_interval_seconds")
+    __slots__ = ("known", "heartbeat_interval_seconds", "orders_waiting", "drain_waiting")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_WAITING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_WAITING_FIELD_NUMBER: _ClassVar[int]
     known: bool
     heartbeat_interval_seconds: float
-    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    orders_waiting: int
+    drain_waiting: bool
+    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ..., orders_waiting: _Optional[int] = ..., drain_waiting: _Optional[bool] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "held")

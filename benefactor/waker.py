@@ -1,0 +1,39 @@
+"""Waker: when a benefactor's polling loop (orders, drain tasks) asks the manager again.
+
+An idle benefactor must not poll: ten thousand of them polling five times a second would be
+fifty thousand calls a second at the manager. So a loop that found nothing waits until it is
+woken (the manager's heartbeat reply says work is waiting, or a local event makes work likely,
+such as a hold order for the drain loop), polls quickly only while work is likely soon (write
+sessions are open here), and otherwise backs off to a ceiling (twice the heartbeat period, a
+safety net for a lost reply).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class Waker:
+    def __init__(self, fast: float, ceiling: Callable[[], float]) -> None:
+        self.fast = fast
+        self._ceiling = ceiling
+        self._wait = fast
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        """Look again now."""
+        self._event.set()
+
+    def worked(self) -> None:
+        """The last look found work: the next one comes at once, and backing off starts over."""
+        self._wait = self.fast
+
+    def idle(self, busy: bool = False) -> float:
+        """Wait before the next look (the loop found nothing); busy: work is likely soon. Returns
+        the time waited at most."""
+        wait = self.fast if busy else self._wait
+        woken = self._event.wait(wait)
+        self._event.clear()
+        self._wait = self.fast if woken else min(max(self._wait * 2, self.fast), max(self.fast, self._ceiling()))
+        return wait
