@@ -67,6 +67,7 @@ class BenefactorServer:
                                 tls, ceiling, on_hold=self.drain.waker.wake)
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
+        self.service.on_session_data = self.orders.waker.nudge
         self.service.drain = self.drain
         self._metrics: Any = None
 

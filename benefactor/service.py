@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -72,6 +72,8 @@ class BenefactorService:
         self.receipt_key = receipt_key
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
+        # Called for each chunk a write session stores here: its end order will follow soon.
+        self.on_session_data: Callable[[], None] = lambda: None
 
     def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
@@ -120,6 +122,7 @@ class BenefactorService:
                         self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})")
                     self.store.put_reserved(incoming.key, data, incoming.session)
+                    self.on_session_data()
                     self.metrics.received.inc(len(data))
                     receipt = make_receipt(self.receipt_key, incoming.session, ns, key)
                     seq, incoming = incoming.seq, None

@@ -20,10 +20,17 @@ class Waker:
         self._ceiling = ceiling
         self._wait = fast
         self._event = threading.Event()
+        self._long = False  # waiting longer than `fast`
 
     def wake(self) -> None:
         """Look again now."""
         self._event.set()
+
+    def nudge(self) -> None:
+        """Work is likely soon: end a long wait (a quick one ends soon anyway, and calling this for
+        every chunk received must not turn into a look per chunk)."""
+        if self._long:
+            self._event.set()
 
     def worked(self) -> None:
         """The last look found work: the next one comes at once, and backing off starts over."""
@@ -33,7 +40,9 @@ class Waker:
         """Wait before the next look (the loop found nothing); busy: work is likely soon. Returns
         the time waited at most."""
         wait = self.fast if busy else self._wait
+        self._long = wait > self.fast
         woken = self._event.wait(wait)
+        self._long = False
         self._event.clear()
         self._wait = self.fast if woken else min(max(self._wait * 2, self.fast), max(self.fast, self._ceiling()))
         return wait

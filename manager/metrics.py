@@ -37,6 +37,7 @@ class ManagerMetrics:
         self.commits = Counter("memstage_commits", "Versions committed", ["namespace"], registry=registry)
         self.errors = Counter("memstage_rpc_errors", "Manager calls that failed, by method and status code",
                               ["method", "code"], registry=registry)
+        self.calls = Counter("memstage_rpc_calls", "Manager calls served, by method", ["method"], registry=registry)
         self.sessions_expired = Counter("memstage_write_sessions_expired",
                                         "Write sessions whose lease ran out (the writer died or lost the manager)",
                                         registry=registry)

@@ -77,6 +77,7 @@ def rpc(method: F) -> F:
     def wrapper(self: ManagerService, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             name = method.__name__
+            self.metrics.calls.labels(name).inc()
             caller = self.access.caller(name, context.invocation_metadata())
             self.access.check(name, caller, request, self._session_namespace)
             self._local.caller = caller
