@@ -160,9 +160,9 @@ class Storm:
             await asyncio.wait(pending, timeout=30)
 
     async def commit_one(self, w: int, n: int) -> None:
-        from memstage import receipts
+        from memstage import commitpack, receipts
         from memstage.chunks import ChunkKey
-        from memstage.proto import common_pb2, manager_pb2
+        from memstage.proto import manager_pb2
 
         stub = self.stub(w)
         ns = "storm"
@@ -176,18 +176,17 @@ class Storm:
                                              metadata=self.client_meta, timeout=60)
             self.maps.latencies.append(time.perf_counter() - m0)
             targets = [loc.benefactor_id for loc in smap.benefactors]
-            refs = []
             hashes = os.urandom(16 * self.args.chunks)
+            refs = []
             for c in range(self.args.chunks):
                 key = ChunkKey(hashes[16 * c:16 * c + 16], MiB)
                 bf = targets[c % len(targets)]
-                refs.append(manager_pb2.ChunkRef(key=common_pb2.ChunkKey(hash=key.hash, length=MiB), locations=[
-                    common_pb2.Location(benefactor_id=bf, receipt=receipts.make(self.keys[bf], session, ns, key))]))
+                refs.append((key, [(bf, receipts.make(self.keys[bf], session, ns, key))]))
             for c, bf in enumerate(targets):
                 self.placed[bf] = self.placed.get(bf, 0) + len(range(c, self.args.chunks, len(targets)))
             c0 = time.perf_counter()
             await stub.Commit(manager_pb2.CommitRequest(namespace=ns, path=f"/w{w}/f{n}", size=self.args.chunks * MiB,
-                                                        chunks=refs, session=session),
+                                                        packed=commitpack.pack(refs), session=session),
                               metadata=self.client_meta, timeout=120)
             self.commits.latencies.append(time.perf_counter() - c0)
         except Exception as e:  # noqa: BLE001 (counted, by kind, with the first message of each)

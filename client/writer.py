@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from memstage import commitpack
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.transport import ChunkStream, ChunkTransport, GrpcTransport
@@ -376,12 +377,10 @@ class VersionWriter:
                                             bytes_deduplicated=s.bytes_deduplicated, oab_seconds=now - self.opened_at,
                                             asb_seconds=(self._asb_done or now) - self.opened_at)
             size = s.size
-        chunks = [manager_pb2.ChunkRef(key=k.to_pb(), locations=[common_pb2.Location(benefactor_id=b, receipt=r)
-                                                                  for b, r in locs]) for k, locs in refs]
         try:
             reply = self.conn.call_manager(
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=size,
-                                                    chunks=chunks, stats=stats, session=self.session,
+                                                    packed=commitpack.pack(refs), stats=stats, session=self.session,
                                                     attrs=attrs),
                 f"commit of {self.path}")
         finally:

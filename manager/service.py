@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry
 
-from memstage import auth, receipts
+from memstage import auth, commitpack, receipts
 from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
 from memstage.errors import (
     DataLost,
@@ -114,6 +114,10 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     h, n = pb.hash, pb.length
     if len(h) == HASH_BYTES and 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH:
         return ChunkKey(h, n)  # the common case, checked first: a commit has a thousand of them
+    return _key_of(h, n)
+
+
+def _key_of(h: bytes, n: int) -> ChunkKey:
     key = ChunkKey(h, n)
     if key.is_hole and 0 < key.length <= MAX_FILE_SIZE:
         return key  # a run of zeros, stored nowhere
@@ -677,7 +681,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if kind not in (None, FILE):
                 raise FsError(errno.EISDIR if kind == DIR else errno.EEXIST, f"{path}: is a {kind}, not a file")
         session: Session | None = None
-        named = {loc.benefactor_id for c in request.chunks for loc in c.locations}
+        packed = request.HasField("packed")
+        named = set(request.packed.benefactors) if packed else {
+            loc.benefactor_id for c in request.chunks for loc in c.locations}
         with self._lock:
             if request.session:
                 # Committing: no expiry, no new maps, and still open to heartbeats (its chunks stay)
@@ -731,6 +737,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                    ) -> list[tuple[ChunkKey, list[str]]]:
         """The commit's chunks with the locations their receipts prove; a location without a valid
         receipt from the benefactor's incarnation current at the commit refuses the commit."""
+        if request.HasField("packed"):
+            if request.chunks:
+                raise InvalidArgument("commit: chunks are given either packed or not, not both")
+            return self._confirmed_packed(namespace, request, receipt_keys)
         chunks = []
         verify = receipts.Verifier(request.session, namespace)
         for i, c in enumerate(request.chunks):
@@ -742,6 +752,25 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                    "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
                                    "nothing was committed, write the file again")
                 locs.append(loc.benefactor_id)
+            chunks.append((key, locs))
+        return chunks
+
+    def _confirmed_packed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
+                          ) -> list[tuple[ChunkKey, list[str]]]:
+        """_confirmed, for chunks given packed (one loop over byte strings, no message per chunk)."""
+        refs = commitpack.unpack(request.packed)
+        verify = receipts.Verifier(request.session, namespace)
+        chunks: list[tuple[ChunkKey, list[str]]] = []
+        names, blob, at = refs.benefactors, refs.receipts, 0
+        for i, ((h, n), count) in enumerate(zip(refs.keys, refs.counts, strict=True)):
+            key = ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n)
+            locs = names[at:at + count]
+            for j, bf in enumerate(locs, start=at):
+                if not request.session or not verify(receipt_keys[bf], key, blob[16 * j:16 * j + 16]):
+                    raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {bf} "
+                                   "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
+                                   "nothing was committed, write the file again")
+            at += count
             chunks.append((key, locs))
         return chunks
 

@@ -386,7 +386,7 @@ class ClientStats(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs")
+    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs", "packed")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +394,7 @@ class CommitRequest(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     size: int
@@ -401,7 +402,22 @@ class CommitRequest(_message.Message):
     stats: ClientStats
     session: int
     attrs: FileAttrs
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ...) -> None: ...
+    packed: PackedChunks
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., packed: _Optional[_Union[PackedChunks, _Mapping]] = ...) -> None: ...
+
+class PackedChunks(_message.Message):
+    __slots__ = ("keys", "counts", "benefactors", "locations", "receipts")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    keys: bytes
+    counts: bytes
+    benefactors: _containers.RepeatedScalarFieldContainer[str]
+    locations: bytes
+    receipts: bytes
+    def __init__(self, keys: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., benefactors: _Optional[_Iterable[str]] = ..., locations: _Optional[bytes] = ..., receipts: _Optional[bytes] = ...) -> None: ...
 
 class CommitReply(_message.Message):
     __slots__ = ("version",)

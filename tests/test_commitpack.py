@@ -1,0 +1,94 @@
+"""Packed commits: the codec round-trips and refuses inconsistent sizes, and the manager confirms a
+packed commit exactly as the same commit sent a message per chunk. No sockets."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from memstage import commitpack, receipts
+from memstage.chunks import HOLE_HASH, ChunkKey
+from memstage.errors import InvalidArgument
+from memstage.manager.catalog import Catalog
+from memstage.manager.service import ManagerService
+from memstage.proto import common_pb2, manager_pb2
+from memstage.settings import ManagerSettings
+
+key_st = st.builds(ChunkKey, st.binary(min_size=16, max_size=16), st.integers(1, 1 << 26))
+loc_st = st.tuples(st.sampled_from(["b1", "b2", "b3"]), st.binary(min_size=16, max_size=16))
+
+
+@settings(max_examples=200, deadline=None)
+@given(refs=st.lists(st.tuples(key_st, st.lists(loc_st, max_size=3)), max_size=20))
+def test_packed_references_unpack_to_what_was_packed(refs):
+    got = commitpack.unpack(commitpack.pack(refs))
+    assert [ChunkKey(h, n) for h, n in got.keys] == [k for k, _ in refs]
+    assert list(got.counts) == [len(locs) for _, locs in refs]
+    assert got.benefactors == [bf for _, locs in refs for bf, _ in locs]
+    assert got.receipts == b"".join(r for _, locs in refs for _, r in locs)
+
+
+def test_inconsistent_packed_references_are_refused():
+    good = commitpack.pack([(ChunkKey(b"k" * 16, 5), [("b1", b"r" * 16)])])
+    for broken in (manager_pb2.PackedChunks(keys=good.keys[:-1], counts=good.counts),
+                   manager_pb2.PackedChunks(keys=good.keys, counts=b"\x02", benefactors=good.benefactors,
+                                            locations=good.locations, receipts=good.receipts),
+                   manager_pb2.PackedChunks(keys=good.keys, counts=good.counts, benefactors=[],
+                                            locations=good.locations, receipts=good.receipts)):
+        with pytest.raises(InvalidArgument):
+            commitpack.unpack(broken)
+
+
+class _Context:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise RuntimeError(f"{code.name}: {details}")
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return "test"
+
+
+def test_the_manager_takes_a_packed_commit_as_the_same_commit_unpacked(tmp_path):
+    catalog = Catalog(str(tmp_path))
+    svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
+    ctx = _Context()
+    keys = {f"b{i}": os.urandom(32) for i in range(3)}
+    for i, (bf, rk) in enumerate(keys.items()):
+        svc.Register(manager_pb2.RegisterRequest(benefactor_id=bf, address=f"127.0.0.1:{i + 1}", incarnation=i + 1,
+                                                 receipt_key=rk,
+                                                 stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)
+    chunks = [ChunkKey(os.urandom(16), 100 + i) for i in range(6)] + [ChunkKey(HOLE_HASH, 4096)]
+
+    def commit(path: str, packed: bool, forge: bool = False) -> int:
+        session = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path=path), ctx).session
+        refs = []
+        for i, k in enumerate(chunks):
+            bf = f"b{i % 3}"
+            receipt = receipts.make(keys[bf], session, "ns", k) if not forge else b"x" * 16
+            refs.append((k, [] if k.hash == HOLE_HASH else [(bf, receipt)]))
+        size = sum(k.length for k in chunks)
+        if packed:
+            request = manager_pb2.CommitRequest(namespace="ns", path=path, size=size, session=session,
+                                                packed=commitpack.pack(refs))
+        else:
+            request = manager_pb2.CommitRequest(namespace="ns", path=path, size=size, session=session, chunks=[
+                manager_pb2.ChunkRef(key=k.to_pb(), locations=[common_pb2.Location(benefactor_id=b, receipt=r)
+                                                               for b, r in locs]) for k, locs in refs])
+        return int(svc.Commit(request, ctx).version)
+
+    assert commit("/plain", packed=False) == 1
+    assert commit("/packed", packed=True) == 1
+    for path in ("/plain", "/packed"):
+        vmap = svc.Lookup(manager_pb2.LookupRequest(namespace="ns", path=path), ctx)
+        assert [ChunkKey.from_pb(c.key) for c in vmap.chunks] == chunks
+        assert [[loc.benefactor_id for loc in c.locations] for c in vmap.chunks][:3] == [["b0"], ["b1"], ["b2"]]
+    with pytest.raises(RuntimeError, match="DATA_LOSS|not confirmed"):
+        commit("/forged", packed=True, forge=True)
+    catalog.close()
