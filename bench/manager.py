@@ -4,6 +4,8 @@ A load generator speaks the manager's gRPC protocol as benefactors and writers d
 any data: `--sim-benefactors` simulated benefactors register (with the cluster secret) and
 heartbeat every `--sim-heartbeat`, each at its own phase, or at the longer period the manager's
 replies ask for (it stretches the period of a large deployment to bound its heartbeat load);
+the heartbeats go from a process of their own, so that building commits does not delay them
+(their latency is the manager's, not the generator's);
 `--committers` concurrent writers each open a write session, ask for a striping map and commit
 a file of `--chunks` new 1 MiB chunks, placed round-robin on the map, each with the receipt the
 benefactor would have given. With
@@ -95,6 +97,7 @@ class Storm:
         self.beats_sent = 0
         self.told = self.interval  # the period the manager's replies ask for
         self.examples: dict[str, str] = {}  # a message of each kind of failed commit
+        self.placements: Any = None  # a pipe of chunks placed: writers send, heartbeats (another process) read
 
     def stub(self, i: int) -> Any:
         return self.stubs[i % len(self.stubs)]
@@ -116,7 +119,7 @@ class Storm:
         await asyncio.gather(*(one(i, bf) for i, bf in enumerate(self.ids)))
         return self.n / (time.perf_counter() - started)
 
-    async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+    async def heartbeat_loop(self, stop: asyncio.Event, mark: Any = None) -> None:
         """Every benefactor beats once per period, at its own phase, and adopts the period the
         manager's replies tell (it stretches in a large deployment); late beats go at once."""
         import heapq
@@ -147,6 +150,13 @@ class Storm:
                 self.heartbeats.fail(str(code()) if callable(code) else type(e).__name__)
 
         while not stop.is_set():
+            if mark is not None and mark.poll():  # the parent's word: "mark" (the storm starts) or "stop"
+                if mark.recv() == "stop":
+                    break
+                mark.send((self.beats_sent, len(self.heartbeats.latencies)))
+            while self.placements is not None and self.placements.poll():  # chunks placed by the writers
+                for bf, n in self.placements.recv().items():
+                    self.placed[bf] = self.placed.get(bf, 0) + n
             now = time.perf_counter()
             while due[0][0] <= now:
                 _, i = heapq.heappop(due)
@@ -182,8 +192,11 @@ class Storm:
                 key = ChunkKey(hashes[16 * c:16 * c + 16], MiB)
                 bf = targets[c % len(targets)]
                 refs.append((key, [(bf, receipts.make(self.keys[bf], session, ns, key))]))
-            for c, bf in enumerate(targets):
-                self.placed[bf] = self.placed.get(bf, 0) + len(range(c, self.args.chunks, len(targets)))
+            placed = {bf: len(range(c, self.args.chunks, len(targets))) for c, bf in enumerate(targets)}
+            for bf, n in placed.items():
+                self.placed[bf] = self.placed.get(bf, 0) + n
+            if self.placements is not None:  # so that heartbeats report the memory in use
+                self.placements.send(placed)
             c0 = time.perf_counter()
             await stub.Commit(manager_pb2.CommitRequest(namespace=ns, path=f"/w{w}/f{n}", size=self.args.chunks * MiB,
                                                         packed=commitpack.pack(refs), session=session),
@@ -234,17 +247,44 @@ class Storm:
             await c.close(None)
 
 
+def _beat_in_child(conn: Any, placements: Any, args: argparse.Namespace, address: str, secret: bytes,
+                   incarnation: dict[str, int], told: float) -> None:
+    """The simulated benefactors' heartbeats, in a process of their own: the writers' event loop
+    (building commits) must not delay them, or their latency would be the generator's."""
+
+    async def main() -> None:
+        storm = Storm(args, address, secret, "")
+        storm.incarnation, storm.told, storm.placements = incarnation, told, placements
+        try:
+            await storm.heartbeat_loop(asyncio.Event(), mark=conn)
+        finally:
+            await storm.close()
+        h = storm.heartbeats
+        conn.send({"latencies": h.latencies, "failed": h.failed, "errors": h.errors, "unknown": sorted(storm.unknown),
+                   "beats_sent": storm.beats_sent, "told": storm.told})
+
+    asyncio.run(main())
+
+
 async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str, pid: int) -> dict[str, Any]:
+    import multiprocessing
+
     storm = Storm(args, address, secret, token)
+    beater = None
     try:
         progress(f"bench: registering {storm.n} simulated benefactors ...")
         registration_rate = await storm.register_all()
         cpu0, rss0 = _proc_cpu_rss(pid)
-        stop = asyncio.Event()
-        beats = asyncio.create_task(storm.heartbeat_loop(stop))
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        placements_in, storm.placements = ctx.Pipe(duplex=False)
+        beater = ctx.Process(target=_beat_in_child, args=(child_conn, placements_in, args, address, secret,
+                                                          storm.incarnation, storm.told), daemon=True)
+        beater.start()
         await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
         wall0 = time.perf_counter()
-        beats0, done0 = storm.beats_sent, len(storm.heartbeats.latencies)
+        conn.send("mark")
+        beats0, done0 = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         if args.commit_rate:
             progress(f"bench: {args.commit_rate:g} commits/s of {args.chunks} chunks for {args.duration:g}s, "
                      f"heartbeats every {args.sim_heartbeat:g}s ...")
@@ -257,8 +297,11 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         settle = min(3 * args.sim_heartbeat, 10.0)
         await asyncio.sleep(settle)
         wall = time.perf_counter() - wall0
-        stop.set()
-        await beats
+        conn.send("stop")
+        beats = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        beater.join(timeout=30)
+        storm.heartbeats = Tally(beats["latencies"], beats["failed"], beats["errors"])
+        storm.unknown, storm.beats_sent, storm.told = set(beats["unknown"]), beats["beats_sent"], beats["told"]
         cpu1, rss1 = _proc_cpu_rss(pid)
         alive = await storm.alive_at_end()
         false_deaths = storm.unknown | (set(storm.ids) - alive)
@@ -287,6 +330,9 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
         }
     finally:
+        if beater is not None and beater.is_alive():  # stopped by an error: it goes too
+            beater.terminate()
+            beater.join(timeout=10)
         await storm.close()
 
 
