@@ -29,7 +29,7 @@ from memstage.settings import BenefactorSettings
 log = logging.getLogger(__name__)
 
 BATCH = 64  # tasks pulled per call, published with one durability wait
-IDLE_POLL = 0.2  # seconds between polls when there is nothing to drain
+IDLE_POLL = 0.2  # seconds between looks while drain work is likely (Waker backs off from it when idle)
 MAX_BACKOFF = 8.0
 MINE_LIMIT = 100_000
 
