@@ -15,6 +15,7 @@ process voids its old locations (void_benefactor).
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import secrets
@@ -698,6 +699,17 @@ class Catalog(NodeTable):
         self._log_ops = self._index.location_count
 
     def _load_index(self) -> ChunkIndex:
+        # Millions of short-lived tuples and no cycles: the cyclic collector, run every few hundred
+        # allocations over an ever larger heap, took more than half of a large load.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load_index_now()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _load_index_now(self) -> ChunkIndex:
         index = ChunkIndex()
         # refs: the versions whose map holds the chunk; mem_refs: those still in memory, plus the
         # stripes it is a member of (each pins it).
