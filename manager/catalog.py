@@ -446,14 +446,25 @@ class Catalog(NodeTable):
         with self._lock:
             rows = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND in_memory=1",
                                     (namespace,)).fetchall()
-            for blob, is_lost, persisted in rows:
-                if is_lost:
-                    lost += 1
-                    continue
-                if not persisted and self._short(namespace, blob, redundancy, alive):
-                    degraded += 1
-                else:
-                    protected += 1
+        # Status and every /metrics scrape ask: the lock is taken a batch of versions at a time, so
+        # that commits go on meanwhile, and maps without stripes are checked on their bytes.
+        for start in range(0, len(rows), 64):
+            with self._lock:
+                numbers = self._index.numbers(alive)
+                for blob, is_lost, persisted in rows[start:start + 64]:
+                    if is_lost:
+                        lost += 1
+                        continue
+                    if persisted:
+                        short = False
+                    elif redundancy.parity:
+                        short = self._short(namespace, blob, redundancy, alive)
+                    else:
+                        short = self._index.short_of(namespace, blob, redundancy.copies, numbers)
+                    if short:
+                        degraded += 1
+                    else:
+                        protected += 1
         return protected, degraded, lost
 
     # -- Reed-Solomon stripes (manager.stripes) ------------------------------------------------

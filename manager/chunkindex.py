@@ -27,6 +27,8 @@ IndexKey = tuple[str, ChunkKey]
 Holders = dict[str, int]  # benefactor id -> generation of its hold
 
 _KEY = struct.Struct(">I16sQ")  # namespace number, hash, length
+_NS = struct.Struct(">I")
+_ENTRY_BYTES = 24  # a version's map entry: hash, length (the key without its namespace)
 _NONE = -1  # no copy located
 _MANY = -2  # several copies: the slot's dict in _many has them all
 
@@ -197,6 +199,37 @@ class ChunkIndex:
             return bf if bf in alive else ""
         names = self._bf_names
         return min((names[b] for b in self._holders(slot) if names[b] in alive), default="")
+
+    def numbers(self, benefactors: Set[str]) -> set[int]:
+        """The numbers of these benefactors (for short_of)."""
+        return {n for bf in benefactors if (n := self._bf.get(bf)) is not None}
+
+    def short_of(self, namespace: str, chunk_map: bytes, copies: int, alive: set[int]) -> bool:
+        """Some chunk of a version's packed map (16-byte hash, 8-byte length per chunk) is neither
+        drained nor held by `copies` live benefactors (`alive`: their numbers). Walks the map's
+        bytes: the index's keys are the namespace's number followed by those very 24 bytes."""
+        ns = self._ns.get(namespace)
+        prefix = _NS.pack(ns) if ns is not None else b""
+        slots, drained, holder, many = self._slots, self._drained, self._holder, self._many
+        for at in range(0, len(chunk_map), _ENTRY_BYTES):
+            entry = chunk_map[at:at + _ENTRY_BYTES]
+            if entry[:16] == HOLE_HASH:
+                continue
+            slot = slots.get(prefix + entry) if ns is not None else None
+            if slot is None:
+                return True
+            if slot in drained:
+                continue
+            h = holder[slot]
+            if h >= 0:
+                live = 1 if h in alive else 0
+            elif h == _MANY:
+                live = sum(1 for b in many[slot] if b in alive)
+            else:
+                live = 0
+            if live < copies:
+                return True
+        return False
 
     def held_by(self, benefactor: str) -> list[IndexKey]:
         b = self._bf.get(benefactor)

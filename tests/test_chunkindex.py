@@ -53,3 +53,33 @@ def test_first_holder_is_the_live_holder_of_lowest_id():
     assert index.first_holder(("ns", KEYS[0]), {"b2", "b3"}) == "b2"
     assert index.first_holder(("ns", KEYS[0]), set()) == ""
     assert index.first_holder(("ns", KEYS[1]), {"b1"}) == ""
+
+
+def _short_reference(index: ChunkIndex, ns: str, keys: list[ChunkKey], copies: int, alive: set[str]) -> bool:
+    for k in keys:
+        if k.is_hole:
+            continue
+        if (ns, k) not in index:
+            return True
+        if index.drained((ns, k)):
+            continue
+        if sum(1 for bf in index.locations((ns, k)) if bf in alive) < copies:
+            return True
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(commits=st.lists(st.lists(chunk, max_size=6), max_size=5), drained=st.sets(st.integers(0, 5)),
+       version=st.lists(st.sampled_from(KEYS + [ChunkKey(b"\x09" * 16, 3)]), max_size=6),
+       alive=st.sets(st.sampled_from(["b1", "b2", "b3"])), copies=st.integers(1, 2),
+       ns=st.sampled_from(["ns", "other"]))
+def test_short_of_walks_a_packed_map_as_the_index_reads_it(commits, drained, version, alive, copies, ns):
+    from memstage.manager.catalog import pack_map
+
+    index = ChunkIndex()
+    for gen, chunks in enumerate(commits, start=1):
+        index.add_version("ns", chunks, gen)
+    for i in drained:
+        index.set_drained(("ns", KEYS[i]), f"drained/{i}")
+    got = index.short_of(ns, pack_map(version), copies, index.numbers(alive))
+    assert got == _short_reference(index, ns, version, copies, alive)
