@@ -32,10 +32,6 @@ def make(key: bytes, session: int, namespace: str, chunk: ChunkKey) -> bytes:
     return hashlib.blake2b(message, key=key, digest_size=RECEIPT_BYTES).digest()
 
 
-def verify(key: bytes, session: int, namespace: str, chunk: ChunkKey, receipt: bytes) -> bool:
-    return bool(key) and hmac.compare_digest(make(key, session, namespace, chunk), receipt)
-
-
 class Verifier:
     """Checks the receipts of one commit (one session and namespace) with the per-call work hoisted."""
 

@@ -21,6 +21,7 @@ import os
 import secrets
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -385,16 +386,9 @@ class Catalog(NodeTable):
     def under_protected(self, copies: dict[str, int], alive: set[str]) -> list[tuple[IndexKey, list[str], list[str]]]:
         """Chunks still needed in memory and not on the PFS, in a namespace keeping `copies[ns]` copies,
         with fewer live copies than that and at least one: (key, live holders, every holder)."""
-        out = []
         with self._lock:
-            for ik, entry in self._index.items():
-                want = copies.get(ik[0], 1)
-                if want < 2 or entry.mem_refs <= 0 or entry.drained:
-                    continue  # on the PFS: a lost copy is read from there, not rebuilt
-                live = [bf for bf in entry.locations if bf in alive]
-                if 0 < len(live) < want:
-                    out.append((ik, sorted(live), list(entry.locations)))
-        return out
+            # (Drained chunks are left out: a lost copy is read from the PFS, not rebuilt.)
+            return list(self._index.short_held({ns: n for ns, n in copies.items() if n >= 2}, alive))
 
     def add_copy(self, ik: IndexKey, benefactor: str, gen: int) -> bool:
         """A copy made on `benefactor` at `gen` becomes a location (at the newest generation it is
@@ -526,13 +520,8 @@ class Catalog(NodeTable):
         stripe yet, with a live holder: (chunk, live holders), in the index's order (commit order)."""
         out: dict[str, list[tuple[IndexKey, list[str]]]] = {}
         with self._lock:
-            for ik, entry in self._index.items():
-                if ik[0] not in namespaces or entry.drained or ik[1].is_hole or self._stripes.pins(ik):
-                    continue
-                if entry.mem_refs <= 0:
-                    continue
-                live = sorted(bf for bf in entry.locations if bf in alive)
-                if live:
+            for ik, live, _ in self._index.short_held({ns: sys.maxsize for ns in namespaces}, alive):
+                if not ik[1].is_hole and not self._stripes.pins(ik):
                     out.setdefault(ik[0], []).append((ik, live))
         return out
 

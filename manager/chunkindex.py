@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from memstage.chunks import HOLE_HASH, ChunkKey
@@ -71,19 +71,19 @@ class ChunkIndex:
         packed = self._packed(key)
         return None if packed is None else self._slots.get(packed)
 
-    def _ns_number(self, namespace: str) -> int:
-        n = self._ns.get(namespace)
+    @staticmethod
+    def _intern(numbers: dict[str, int], names: list[str], name: str) -> int:
+        n = numbers.get(name)
         if n is None:
-            n = self._ns[namespace] = len(self._ns_names)
-            self._ns_names.append(namespace)
+            n = numbers[name] = len(names)
+            names.append(name)
         return n
 
+    def _ns_number(self, namespace: str) -> int:
+        return self._intern(self._ns, self._ns_names, namespace)
+
     def _bf_number(self, benefactor: str) -> int:
-        n = self._bf.get(benefactor)
-        if n is None:
-            n = self._bf[benefactor] = len(self._bf_names)
-            self._bf_names.append(benefactor)
-        return n
+        return self._intern(self._bf, self._bf_names, benefactor)
 
     def _key_of(self, packed: bytes) -> IndexKey:
         ns, h, n = _KEY.unpack(packed)
@@ -230,6 +230,34 @@ class ChunkIndex:
             if live < copies:
                 return True
         return False
+
+    def short_held(self, want: Mapping[str, int], alive: Set[str]
+                   ) -> Iterator[tuple[IndexKey, list[str], list[str]]]:
+        """Chunks of the namespaces in `want` that an in-memory version needs, not drained, held by
+        at least one live benefactor but by fewer than want[namespace]: (key, live holders sorted,
+        every holder), in commit order. Repair asks every round: the arrays are read first, and a
+        key is built only for what is yielded."""
+        limits = {_NS.pack(n): want[ns] for ns, n in self._ns.items() if ns in want}
+        if not limits:
+            return
+        live_n = self.numbers(alive)
+        names, mem, drained, holder, many = self._bf_names, self._mem, self._drained, self._holder, self._many
+        # Every namespace asked the same (the usual case: one namespace): no lookup per entry.
+        same = len(limits) == len(self._ns) and len(set(limits.values())) == 1
+        uniform = next(iter(limits.values())) if same else None
+        for packed, slot in self._slots.items():
+            limit = uniform or limits.get(packed[:4])
+            if limit is None or mem[slot] <= 0 or slot in drained:
+                continue
+            h = holder[slot]
+            if h >= 0:
+                if h in live_n and limit > 1:
+                    yield self._key_of(packed), [names[h]], [names[h]]
+            elif h == _MANY:
+                copies = many[slot]
+                held_live = copies.keys() & live_n  # (in C: most chunks of a healthy namespace stop here)
+                if 0 < len(held_live) < limit:
+                    yield self._key_of(packed), sorted(names[b] for b in held_live), [names[b] for b in copies]
 
     def held_by(self, benefactor: str) -> list[IndexKey]:
         b = self._bf.get(benefactor)

@@ -83,3 +83,28 @@ def test_short_of_walks_a_packed_map_as_the_index_reads_it(commits, drained, ver
         index.set_drained(("ns", KEYS[i]), f"drained/{i}")
     got = index.short_of(ns, pack_map(version), copies, index.numbers(alive))
     assert got == _short_reference(index, ns, version, copies, alive)
+
+
+@settings(max_examples=200, deadline=None)
+@given(commits=st.lists(st.tuples(st.sampled_from(["ns", "other"]), st.lists(chunk, max_size=6)), max_size=6),
+       drained=st.sets(st.integers(0, 5)), evicted=st.sets(st.integers(0, 5)),
+       alive=st.sets(st.sampled_from(["b1", "b2", "b3"])),
+       want=st.dictionaries(st.sampled_from(["ns", "other", "absent"]), st.integers(1, 4)))
+def test_short_held_reads_the_arrays_as_items_would(commits, drained, evicted, alive, want):
+    index = ChunkIndex()
+    for gen, (ns, chunks) in enumerate(commits, start=1):
+        index.add_version(ns, chunks, gen)
+    for i in drained:
+        index.set_drained(("ns", KEYS[i]), f"drained/{i}")
+    for i in evicted:
+        if ("other", KEYS[i]) in index:
+            index.bump(("other", KEYS[i]), 0, -1)  # out of memory: its copies are dropped
+    expected = []
+    for ik, e in index.items():
+        limit = want.get(ik[0])
+        if limit is None or e.mem_refs <= 0 or e.drained:
+            continue
+        live = sorted(bf for bf in e.locations if bf in alive)
+        if 0 < len(live) < limit:
+            expected.append((ik, live, list(e.locations)))
+    assert list(index.short_held(want, alive)) == expected
