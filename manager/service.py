@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hmac
 import logging
 import random
 import secrets
@@ -115,6 +116,9 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     if len(h) == HASH_BYTES and 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH:
         return ChunkKey(h, n)  # the common case, checked first: a commit has a thousand of them
     return _key_of(h, n)
+
+
+_NO_KEY = b"\0" * receipts.KEY_BYTES  # stands in for a benefactor not registered (its location fails anyway)
 
 
 def _key_of(h: bytes, n: int) -> ChunkKey:
@@ -759,20 +763,37 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                           ) -> list[tuple[ChunkKey, list[str]]]:
         """_confirmed, for chunks given packed (one loop over byte strings, no message per chunk)."""
         refs = commitpack.unpack(request.packed)
-        verify = receipts.Verifier(request.session, namespace)
-        chunks: list[tuple[ChunkKey, list[str]]] = []
-        names, blob, at = refs.benefactors, refs.receipts, 0
-        for i, ((h, n), count) in enumerate(zip(refs.keys, refs.counts, strict=True)):
-            key = ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n)
-            locs = names[at:at + count]
-            for j, bf in enumerate(locs, start=at):
-                if not request.session or not verify(receipt_keys[bf], key, blob[16 * j:16 * j + 16]):
-                    raise DataLost(f"chunk {i} ({key}) is not confirmed by benefactor {bf} "
-                                   "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
-                                   "nothing was committed, write the file again")
-            at += count
-            chunks.append((key, locs))
-        return chunks
+        keys = [ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n) for h, n in refs.keys]
+        names = refs.benefactors
+        if len(names) == len(keys) and refs.counts.count(1) == len(keys):  # one copy each: the usual case
+            located = keys
+            chunks = [(k, [bf]) for k, bf in zip(keys, names, strict=True)]
+        else:
+            located, chunks, at = [], [], 0
+            for key, count in zip(keys, refs.counts, strict=True):
+                located += [key] * count
+                chunks.append((key, names[at:at + count]))
+                at += count
+        if not names:
+            return chunks
+        # The first location without a valid receipt: none at all without a session, else the first
+        # at a benefactor not registered or whose receipt differs (the order the per-chunk check has).
+        unknown = next((j for j, bf in enumerate(names) if not receipt_keys[bf]), None) if request.session else 0
+        if unknown != 0:
+            want = receipts.expected(request.session, namespace, located,
+                                     [receipt_keys[bf] or _NO_KEY for bf in names])
+            if unknown is None and hmac.compare_digest(want, refs.receipts):
+                return chunks
+            given, first = refs.receipts, unknown
+            unknown = next(j for j in range(len(names))
+                           if j == first or want[16 * j:16 * j + 16] != given[16 * j:16 * j + 16])
+        i, at = 0, len(chunks[0][1])
+        while at <= unknown:  # the chunk whose locations include the unconfirmed one
+            i += 1
+            at += len(chunks[i][1])
+        raise DataLost(f"chunk {i} ({chunks[i][0]}) is not confirmed by benefactor {names[unknown]} "
+                       "(no valid receipt: it restarted since it stored the chunk, or never stored it); "
+                       "nothing was committed, write the file again")
 
     def _registered_as(self, bf: str, incarnation: int, what: str) -> None:
         """Refuse a benefactor call from a process other than the one registered under the id (a

@@ -92,3 +92,56 @@ def test_the_manager_takes_a_packed_commit_as_the_same_commit_unpacked(tmp_path)
     with pytest.raises(RuntimeError, match="DATA_LOSS|not confirmed"):
         commit("/forged", packed=True, forge=True)
     catalog.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(layout=st.lists(st.lists(st.sampled_from(["b0", "b1", "b2", "gone"]), max_size=3, unique=True),
+                       min_size=1, max_size=12),
+       forge=st.one_of(st.none(), st.integers(0, 40)))
+def test_a_packed_commit_is_refused_for_the_same_chunk_and_benefactor_as_the_unpacked_one(tmp_path_factory, layout,
+                                                                                           forge):
+    """Receipts of a packed commit are checked in one comparison; a commit with a forged receipt, or a
+    location at a benefactor that is not registered, is refused naming the same chunk and benefactor
+    as the per-chunk check does, and a good one is taken."""
+    state = tmp_path_factory.mktemp("state")
+    catalog = Catalog(str(state))
+    svc = ManagerService(ManagerSettings(state=str(state)), catalog, CollectorRegistry())
+    ctx = _Context()
+    keys = {f"b{i}": os.urandom(32) for i in range(3)}
+    for i, (bf, rk) in enumerate(keys.items()):
+        svc.Register(manager_pb2.RegisterRequest(benefactor_id=bf, address=f"127.0.0.1:{i + 1}", incarnation=i + 1,
+                                                 receipt_key=rk,
+                                                 stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)
+    flat = [bf for names in layout for bf in names]
+    forged = forge % len(flat) if forge is not None and flat else None  # the location given a false receipt
+    outcomes = []
+    for packed in (False, True):
+        path = "/f"  # the same in both, as refusals name it
+        session = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path=path), ctx).session
+        refs, at = [], 0
+        for i, names in enumerate(layout):
+            k = ChunkKey(bytes([i + 1]) * 16, 100)  # not the hole hash (zeros)
+            locs = []
+            for bf in names:
+                good = receipts.make(keys.get(bf, b"k" * 32), session, "ns", k)
+                locs.append((bf, b"x" * 16 if at == forged else good))
+                at += 1
+            refs.append((k, locs))
+        size = 100 * len(layout)
+        if packed:
+            request = manager_pb2.CommitRequest(namespace="ns", path=path, size=size, session=session,
+                                                packed=commitpack.pack(refs))
+        else:
+            request = manager_pb2.CommitRequest(namespace="ns", path=path, size=size, session=session, chunks=[
+                manager_pb2.ChunkRef(key=k.to_pb(), locations=[common_pb2.Location(benefactor_id=b, receipt=r)
+                                                               for b, r in locs]) for k, locs in refs])
+        try:
+            svc.Commit(request, ctx)
+            outcomes.append("committed")
+        except RuntimeError as e:
+            outcomes.append(str(e).split(":", 1)[1])
+    catalog.close()
+    assert outcomes[0] == outcomes[1]
+    unlocated = any(not names for names in layout)  # and not in the index already: refused too
+    should_fail = "gone" in flat or forged is not None or unlocated
+    assert (outcomes[0] != "committed") == should_fail
