@@ -33,6 +33,7 @@ from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
+from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
 from memstage.redundancy import Redundancy
@@ -58,12 +59,6 @@ CREATE TABLE IF NOT EXISTS location_log (seq INTEGER PRIMARY KEY, ops BLOB NOT N
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs (
     ns TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (ns, path));
-CREATE TABLE IF NOT EXISTS drain_tasks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL,
-    idx INTEGER NOT NULL, count INTEGER NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
-    length INTEGER NOT NULL, benefactor TEXT NOT NULL, queued_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS drain_by_benefactor ON drain_tasks (benefactor, id);
-CREATE INDEX IF NOT EXISTS drain_by_version ON drain_tasks (ns, path, version);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, digest BLOB NOT NULL, grants TEXT NOT NULL, created_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
@@ -205,6 +200,7 @@ class Catalog(NodeTable):
         self._drain_queued: set[str] = set()
         self._queued_lock = threading.Lock()
         self._migrate_locations()
+        self._drains = DrainQueue(self._db)
         # This deployment's identity on the PFS, drawn once with the state: chunk file names carry it.
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
         self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
@@ -739,22 +735,15 @@ class Catalog(NodeTable):
     def _queue_drain(self, namespace: str, path: str, version: int,
                      chunks: Sequence[tuple[ChunkKey, Sequence[str]]], alive: set[str], now: float) -> None:
         if not chunks:  # an empty file is one empty chunk file with count 0
-            empty = ChunkKey.of(b"")
             owner = min(alive) if alive else ""
-            self._db.execute("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
-                             "benefactor, queued_at) VALUES (?, ?, ?, 0, 0, 0, ?, 0, ?, ?)",
-                             (namespace, path, version, empty.hash, owner, now))
+            self._drains.add(namespace, path, version, 0, {owner: [Member(0, 0, ChunkKey.of(b""))]}, now)
             self._queued({owner})
             return
-        offset = 0
-        rows = []
-        for i, (key, _) in enumerate(chunks):
-            rows.append((namespace, path, version, i, len(chunks), offset, key.hash, key.length,
-                         self._drainer_for((namespace, key), alive), now))
-            offset += key.length
-        self._db.executemany("INSERT INTO drain_tasks (ns, path, version, idx, count, offset, hash, length, "
-                             "benefactor, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        self._queued({row[8] for row in rows})
+        keys = [k for k, _ in chunks]
+        owners = [holder or self._drainer_for((namespace, key), alive)
+                  for key, holder in zip(keys, self._index.first_holders(namespace, keys, alive), strict=True)]
+        self._drains.queue_version(namespace, path, version, keys, owners, now)
+        self._queued(set(owners))
 
     def _queued(self, owners: set[str]) -> None:
         with self._queued_lock:
@@ -875,9 +864,7 @@ class Catalog(NodeTable):
         where = "ns=? AND (path=? OR (path >= ? AND path < ?))"
         with self._lock, self._transaction():
             moved = self._db.execute(f"SELECT COUNT(DISTINCT path) FROM versions WHERE {where}", span).fetchone()[0]
-            draining = self._db.execute(f"SELECT DISTINCT path, version FROM drain_tasks WHERE {where}",
-                                        span).fetchall()
-            self._db.execute(f"DELETE FROM drain_tasks WHERE {where}", span)
+            draining = self._drains.drop_where(where, span)
             for table in ("versions", "dirs"):
                 self._db.execute(f"UPDATE {table} SET path=? || substr(path, ?) WHERE {where}",
                                  (dst, len(src) + 1, *span))
@@ -946,7 +933,7 @@ class Catalog(NodeTable):
                 for (version,) in rows:
                     freed.update(self._drop_version(namespace, path, version, keep_record=False))
                 # Its queued drains go too (the benefactor reports any it already took as missing).
-                self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=?", (namespace, path))
+                self._drains.drop_where("ns=? AND path=?", (namespace, path))
                 self.drop_node(namespace, path)
             return len(rows), freed
 
@@ -993,12 +980,20 @@ class Catalog(NodeTable):
     def drain_work(self, benefactor_id: str, limit: int) -> list[DrainTask]:
         """The oldest tasks of a benefactor, in commit order; a task stays queued until reported done."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT t.id, t.ns, t.path, t.version, t.idx, t.count, t.offset, t.hash, t.length, v.committed_at "
-                "FROM drain_tasks t JOIN versions v ON v.ns=t.ns AND v.path=t.path AND v.version=t.version "
-                "WHERE t.benefactor=? ORDER BY t.id LIMIT ?", (benefactor_id, limit)).fetchall()
-            return [DrainTask(i, ns, p, v, idx, count, off, ChunkKey(h, n), self._index.drained((ns, ChunkKey(h, n))),
-                              int(at * 1000)) for i, ns, p, v, idx, count, off, h, n, at in rows]
+            tasks = []
+            committed: dict[tuple[str, str, int], float | None] = {}
+            for group, m in list(self._drains.work(benefactor_id, limit)):
+                vk = group.version_key
+                if vk not in committed:
+                    row = self._db.execute("SELECT committed_at FROM versions WHERE ns=? AND path=? AND version=?",
+                                           vk).fetchone()
+                    committed[vk] = row[0] if row else None
+                at = committed[vk]
+                if at is not None:
+                    tasks.append(DrainTask(task_id(group.id, m.index), group.ns, group.path, group.version, m.index,
+                                           group.count, m.offset, m.key, self._index.drained((group.ns, m.key)),
+                                           int(at * 1000)))
+            return tasks
 
     def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str, int]], alive: set[str]
                    ) -> DrainOutcome:
@@ -1011,21 +1006,28 @@ class Catalog(NodeTable):
         failed: list[tuple[str, str, int, str]] = []
         drained_bytes = 0
         with self._lock, self._transaction():
+            groups: dict[int, Group | None] = {}  # read once per report, written back once at the end
+            dropped: set[tuple[str, str, int]] = set()  # versions taken off the queue by this report
+            moved: dict[tuple[int, str], list[Member]] = {}  # (group, new owner): tasks that go elsewhere
             touched: set[tuple[str, str, int]] = set()
-            for task_id, drained, missing, error, written in results:
-                row = self._db.execute("SELECT ns, path, version, hash, length, count FROM drain_tasks "
-                                       "WHERE id=?", (task_id,)).fetchone()
-                if row is None:
+            for task, drained, missing, error, written in results:
+                gid, index = split_task_id(task)
+                if gid not in groups:
+                    groups[gid] = self._drains.group(gid)
+                group = groups[gid]
+                if group is None or group.version_key in dropped or index not in group.members:
                     continue  # reported twice, or the file was deleted meanwhile: harmless
-                ns, path, version, h, n, count = row
-                ik = (ns, ChunkKey(h, n))
+                ns, path, version = vk = group.version_key
+                m = group.members.pop(index)
+                group.changed = True
+                ik = (ns, m.key)
                 if error:
                     # This version cannot go to the PFS: it stays in memory (retention keeps a version
                     # selected for persistence until it is drained), and the tasks behind it go on.
                     self._db.execute("UPDATE versions SET drain_error=? WHERE ns=? AND path=? AND version=?",
                                      (error, ns, path, version))
-                    self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?",
-                                     (ns, path, version))
+                    self._drains.drop_version(ns, path, version)
+                    dropped.add(vk)
                     failed.append((ns, path, version, error))
                     continue
                 if missing:
@@ -1036,28 +1038,35 @@ class Catalog(NodeTable):
                     # Not in its memory, and (it looked) not on the PFS: another holder, or lost.
                     owner = self._drainer_for(ik, alive - {benefactor_id})
                     if owner:
-                        self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
+                        moved.setdefault((gid, owner), []).append(m)
                         self._queued({owner})
                     elif self._recoverable(ik, alive - {benefactor_id}):
                         # Its stripe rebuilds it in memory; the task waits for a holder.
-                        self._db.execute("UPDATE drain_tasks SET benefactor='' WHERE id=?", (task_id,))
+                        moved.setdefault((gid, ""), []).append(m)
                     else:
-                        reason = (f"chunk {ChunkKey(h, n)} was not on benefactor {benefactor_id} when it was drained"
-                                  if held else f"chunk {ChunkKey(h, n)} was held only by benefactors that are gone, "
+                        reason = (f"chunk {m.key} was not on benefactor {benefactor_id} when it was drained"
+                                  if held else f"chunk {m.key} was held only by benefactors that are gone, "
                                   "and its chunk file is not on the PFS")
                         self._mark_lost(ns, path, version, reason)
+                        dropped.add(vk)
                         lost.append((ns, path, version, reason))
                     continue
-                self._db.execute("DELETE FROM drain_tasks WHERE id=?", (task_id,))
                 drained_bytes += written
-                if count and not ik[1].is_hole and self._index.set_drained(ik, drained):
+                if group.count and not m.key.is_hole and self._index.set_drained(ik, drained):
                     self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT(ns, hash, length) "
-                                     "DO UPDATE SET drained=excluded.drained", (ns, h, n, drained))
-                touched.add((ns, path, version))
-            for ns, path, version in touched:
-                left = self._db.execute("SELECT 1 FROM drain_tasks WHERE ns=? AND path=? AND version=? LIMIT 1",
-                                        (ns, path, version)).fetchone()
-                if left is None:
+                                     "DO UPDATE SET drained=excluded.drained", (ns, m.key.hash, m.key.length, drained))
+                touched.add(vk)
+            for group in groups.values():
+                if group is not None and group.changed and group.version_key not in dropped:
+                    self._drains.save(group)
+            for (gid, owner), members in moved.items():
+                group = groups[gid]
+                assert group is not None
+                if group.version_key not in dropped:
+                    self._drains.add(group.ns, group.path, group.version, group.count, {owner: members},
+                                     group.queued_at, group.seq)
+            for ns, path, version in touched - dropped:
+                if not self._drains.has_version(ns, path, version):
                     # Every chunk file is on the PFS: persisted, whatever was feared lost meanwhile.
                     self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
                                      "path=? AND version=?", (ns, path, version))
@@ -1070,7 +1079,7 @@ class Catalog(NodeTable):
         self._db.execute("UPDATE versions SET lost=1, lost_reason=? WHERE ns=? AND path=? AND version=?",
                          (reason, ns, path, version))
         if not keep_tasks:
-            self._db.execute("DELETE FROM drain_tasks WHERE ns=? AND path=? AND version=?", (ns, path, version))
+            self._drains.drop_version(ns, path, version)
 
     def reassign_drains(self, dead: str, alive: set[str], reason: str, check_pfs: bool = True
                         ) -> list[tuple[str, str, int]]:
@@ -1086,8 +1095,7 @@ class Catalog(NodeTable):
             # Nobody can look at the PFS now: lost as far as anyone can tell, until a benefactor
             # is back and finds the chunk files (the tasks stay queued for it).
             with self._lock:
-                rows = self._db.execute("SELECT DISTINCT ns, path, version FROM drain_tasks WHERE benefactor=?",
-                                        (dead,)).fetchall()
+                rows = sorted(self._drains.versions(dead))
                 if rows:
                     with self._transaction():
                         for ns, path, version in rows:
@@ -1095,32 +1103,40 @@ class Catalog(NodeTable):
                             lost.append((ns, path, version))
             return lost
         with self._lock:
-            rows = self._db.execute("SELECT id, ns, path, version, hash, length FROM drain_tasks WHERE benefactor=?",
-                                    (dead,)).fetchall()
-            if not rows:
+            groups = self._drains.groups_of(dead)
+            if not groups:
                 return lost
             with self._transaction():
-                for task_id, ns, path, version, h, n in rows:
-                    ik = (ns, ChunkKey(h, n))
-                    owner = self._drainer_for(ik, candidates)
-                    if not owner and self._recoverable(ik, candidates):
-                        # Its stripe rebuilds it in memory: the task waits (unassigned) for that holder.
-                        self._db.execute("UPDATE drain_tasks SET benefactor='' WHERE id=?", (task_id,))
-                        continue
-                    if not owner and check_pfs:
-                        owner = min(candidates)
-                    if owner:
-                        self._db.execute("UPDATE drain_tasks SET benefactor=? WHERE id=?", (owner, task_id))
-                        self._queued({owner})
-                    elif (ns, path, version) not in lost:
-                        lost.append((ns, path, version))
-                        self._mark_lost(ns, path, version, reason)
+                for group in groups:
+                    if group.version_key in lost:
+                        continue  # its tasks went with it
+                    by_owner: dict[str, list[Member]] = {}
+                    for m in group.members.values():
+                        ik = (group.ns, m.key)
+                        owner = self._drainer_for(ik, candidates)
+                        if not owner and self._recoverable(ik, candidates):
+                            # Its stripe rebuilds it in memory: the task waits (unassigned) for that holder.
+                            by_owner.setdefault("", []).append(m)
+                            continue
+                        if not owner and check_pfs:
+                            owner = min(candidates)
+                        if not owner:
+                            lost.append(group.version_key)
+                            self._mark_lost(group.ns, group.path, group.version, reason)
+                            break
+                        by_owner.setdefault(owner, []).append(m)
+                    else:
+                        # The tasks keep their place in the queue under their new owners.
+                        self._drains.drop(group.id)
+                        self._drains.add(group.ns, group.path, group.version, group.count, by_owner,
+                                         group.queued_at, group.seq)
+                        self._queued(set(by_owner))
         return lost
 
     def drain_owners(self) -> set[str]:
         """Benefactors that have drain tasks queued ("" for tasks nobody could take)."""
         with self._lock:
-            return {bf for (bf,) in self._db.execute("SELECT DISTINCT benefactor FROM drain_tasks")}
+            return self._drains.owners()
 
     def void_benefactor(self, benefactor_id: str, alive: set[str], reason: str, check_pfs: bool = True
                         ) -> list[tuple[str, str, int]]:
@@ -1147,7 +1163,7 @@ class Catalog(NodeTable):
                 return lost
             rows = self._db.execute("SELECT ns, path, version, chunk_map FROM versions WHERE in_memory=1 AND "
                                     "persisted=0 AND lost=0").fetchall()
-            draining = set(self._db.execute("SELECT DISTINCT ns, path, version FROM drain_tasks"))
+            draining = self._drains.versions()
             with self._transaction():
                 for ns, path, version, blob in rows:
                     # A version still being drained is decided by its drain (its files may be on the PFS).
@@ -1160,9 +1176,7 @@ class Catalog(NodeTable):
     def backlog_of(self, benefactor_id: str) -> tuple[int, int]:
         """(bytes, chunks) a benefactor still has to drain."""
         with self._lock:
-            n, count = self._db.execute("SELECT SUM(length), COUNT(*) FROM drain_tasks WHERE benefactor=?",
-                                        (benefactor_id,)).fetchone()
-        return n or 0, count or 0
+            return self._drains.backlog_of(benefactor_id)
 
     def persist_selected(self, ns: str, path: str, version: int) -> bool:
         with self._lock:
@@ -1172,9 +1186,7 @@ class Catalog(NodeTable):
 
     def backlog(self) -> dict[str, Backlog]:
         with self._lock:
-            rows = self._db.execute("SELECT benefactor, SUM(length), MIN(queued_at) FROM drain_tasks "
-                                    "GROUP BY benefactor").fetchall()
-        return {bf: Backlog(n or 0, oldest) for bf, n, oldest in rows}
+            return {bf: Backlog(n, oldest) for bf, (n, oldest) in self._drains.backlog().items()}
 
     def undrainable_versions(self) -> list[tuple[str, str, int, str]]:
         with self._lock:

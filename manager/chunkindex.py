@@ -200,6 +200,26 @@ class ChunkIndex:
         names = self._bf_names
         return min((names[b] for b in self._holders(slot) if names[b] in alive), default="")
 
+    def first_holders(self, namespace: str, keys: Sequence[ChunkKey], alive: Set[str]) -> list[str]:
+        """first_holder of each of a namespace's chunks, in one loop (a persisted commit asks for all)."""
+        ns = self._ns.get(namespace)
+        if ns is None:
+            return [""] * len(keys)
+        pack, slots, holder, names = _KEY.pack, self._slots, self._holder, self._bf_names
+        out = []
+        for key in keys:
+            slot = slots.get(pack(ns, key.hash, key.length))
+            if slot is None:
+                out.append("")
+                continue
+            h = holder[slot]
+            if h >= 0:
+                bf = names[h]
+                out.append(bf if bf in alive else "")
+            else:
+                out.append(min((names[b] for b in self._holders(slot) if names[b] in alive), default=""))
+        return out
+
     def numbers(self, benefactors: Set[str]) -> set[int]:
         """The numbers of these benefactors (for short_of)."""
         return {n for bf in benefactors if (n := self._bf.get(bf)) is not None}
