@@ -32,7 +32,7 @@ class DrainQueueModel(RuleBasedStateMachine):
         vk = ("ns", f"/f{self.versions % 3}", self.versions)
         keys = [ChunkKey(bytes([i + 1]) * 16, size + i) for i in range(len(owners))]
         self.queue.queue_version(*vk, keys, owners, float(self.versions))
-        self.model += [(self.versions, vk, i, k.length, bf) for i, (k, bf) in enumerate(zip(keys, owners))]
+        self.model += [(self.versions, vk, i, k.length, bf) for i, (k, bf) in enumerate(zip(keys, owners, strict=True))]
 
     @rule(bf=st.sampled_from(OWNERS), k=st.integers(1, 5))
     def drain(self, bf: str, k: int) -> None:
