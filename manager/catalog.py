@@ -186,6 +186,7 @@ class Catalog(NodeTable):
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._lock = threading.RLock()
+        self._policies: dict[str, Policy] = {}  # read through: set_policy is the only writer
         self._db.execute("BEGIN IMMEDIATE")  # makes sure the WAL file exists (to fsync it by descriptor)
         self._db.execute("COMMIT")
         self._wal = os.open(f"{self.db_path}-wal", os.O_RDONLY)
@@ -276,11 +277,13 @@ class Catalog(NodeTable):
 
     def policy(self, namespace: str) -> Policy:
         with self._lock:
-            row = self._db.execute("SELECT persist_every, keep_versions, redundancy FROM policies WHERE ns=?",
-                                   (namespace,)).fetchone()
-        if not row:
-            return self.default_policy
-        return Policy(row[0], row[1], row[2] or self.default_policy.redundancy)
+            policy = self._policies.get(namespace)  # asked several times per commit
+            if policy is None:
+                row = self._db.execute("SELECT persist_every, keep_versions, redundancy FROM policies WHERE ns=?",
+                                       (namespace,)).fetchone()
+                policy = self._policies[namespace] = (
+                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy) if row else self.default_policy)
+            return policy
 
     def parity_namespaces(self) -> dict[str, Redundancy]:
         """Namespaces whose policy keeps Reed-Solomon stripes (rs:K+M) -> their policy."""
@@ -312,6 +315,7 @@ class Catalog(NodeTable):
                              "ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
                              "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy",
                              (namespace, policy.persist_every, policy.keep_versions, policy.redundancy))
+            self._policies.pop(namespace, None)
 
     # -- access tokens (memstage.auth) ------------------------------------------------------------
     def add_token(self, token_id: str, digest: bytes, grants: dict[str, str], note: str = "") -> None:

@@ -370,15 +370,13 @@ class ChunkIndex:
                     held = gens[slot]
                 elif h == _NONE:
                     holder[slot], gens[slot], held = b, gen, gen
-                    self._count(bf, key.length, 1)
-                    located.append((key, bf, gen))
+                    located.append((key, bf, gen))  # counted below
                 else:
                     copies = self._holders(slot)
                     got = copies.get(b)
                     if got is None:
                         copies[b] = held = gen
                         self._set_holders(slot, copies)
-                        self._count(bf, key.length, 1)
                         located.append((key, bf, gen))
                     else:
                         held = got
@@ -386,6 +384,20 @@ class ChunkIndex:
                 if hold is None:
                     hold = holds[bf] = []
                 hold.append((key, held))
+        counts: dict[str, list[int]] = {}
+        for key, bf, _ in located:
+            c = counts.get(bf)
+            if c is None:
+                c = counts[bf] = [0, 0]
+            c[0] += 1
+            c[1] += key.length
+        for bf, (n, nbytes) in counts.items():
+            held_now = self._held.get(bf)
+            if held_now is None:
+                held_now = self._held[bf] = [0, 0]
+            held_now[0] += n
+            held_now[1] += nbytes
+        self.location_count += len(located)
         return located, holds
 
     def add_location(self, key: IndexKey, benefactor: str, gen: int) -> bool:

@@ -23,6 +23,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import grpc
@@ -118,6 +119,7 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     return _key_of(h, n)
 
 
+_as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) from (h, n), without a Python call
 _NO_KEY = b"\0" * receipts.KEY_BYTES  # stands in for a benefactor not registered (its location fails anyway)
 
 
@@ -738,14 +740,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return keys
 
     def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
-                   ) -> list[tuple[ChunkKey, list[str]]]:
+                   ) -> list[tuple[ChunkKey, Sequence[str]]]:
         """The commit's chunks with the locations their receipts prove; a location without a valid
         receipt from the benefactor's incarnation current at the commit refuses the commit."""
         if request.HasField("packed"):
             if request.chunks:
                 raise InvalidArgument("commit: chunks are given either packed or not, not both")
             return self._confirmed_packed(namespace, request, receipt_keys)
-        chunks = []
+        chunks: list[tuple[ChunkKey, Sequence[str]]] = []
         verify = receipts.Verifier(request.session, namespace)
         for i, c in enumerate(request.chunks):
             key = _key(c.key)
@@ -760,14 +762,21 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return chunks
 
     def _confirmed_packed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
-                          ) -> list[tuple[ChunkKey, list[str]]]:
+                          ) -> list[tuple[ChunkKey, Sequence[str]]]:
         """_confirmed, for chunks given packed (one loop over byte strings, no message per chunk)."""
         refs = commitpack.unpack(request.packed)
-        keys = [ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n) for h, n in refs.keys]
+        lengths = list(map(itemgetter(1), refs.keys))
+        if lengths and min(lengths) > 0 and max(lengths) <= MAX_CHUNK_SIZE and \
+                HOLE_HASH not in map(itemgetter(0), refs.keys):
+            keys = list(map(_as_key, refs.keys))  # no call in Python per chunk: all are plain chunk keys
+        else:
+            keys = [ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n)
+                    for h, n in refs.keys]
         names = refs.benefactors
+        chunks: list[tuple[ChunkKey, Sequence[str]]]
         if len(names) == len(keys) and refs.counts.count(1) == len(keys):  # one copy each: the usual case
             located = keys
-            chunks = [(k, [bf]) for k, bf in zip(keys, names, strict=True)]
+            chunks = list(zip(keys, zip(names), strict=True))
         else:
             located, chunks, at = [], [], 0
             for key, count in zip(keys, refs.counts, strict=True):

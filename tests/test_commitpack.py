@@ -145,3 +145,14 @@ def test_a_packed_commit_is_refused_for_the_same_chunk_and_benefactor_as_the_unp
     unlocated = any(not names for names in layout)  # and not in the index already: refused too
     should_fail = "gone" in flat or forged is not None or unlocated
     assert (outcomes[0] != "committed") == should_fail
+
+
+@pytest.mark.parametrize("length", [0, (1 << 26) + 1, 1 << 40])
+def test_a_packed_commit_with_a_chunk_length_out_of_range_is_refused(tmp_path, length):
+    catalog = Catalog(str(tmp_path))
+    svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
+    refs = [(ChunkKey(b"a" * 16, 10), []), (ChunkKey(b"b" * 16, length), [])]
+    request = manager_pb2.CommitRequest(namespace="ns", path="/f", size=10 + length, packed=commitpack.pack(refs))
+    with pytest.raises(RuntimeError, match="INVALID_ARGUMENT.*length of 1"):
+        svc.Commit(request, _Context())
+    catalog.close()
