@@ -5,7 +5,8 @@ any data: `--sim-benefactors` simulated benefactors register (with the cluster s
 heartbeat every `--sim-heartbeat`, each at its own phase, or at the longer period the manager's
 replies ask for (it stretches the period of a large deployment to bound its heartbeat load);
 the heartbeats go from a process of their own, so that building commits does not delay them
-(their latency is the manager's, not the generator's);
+(their latency is the manager's, not the generator's), and a benefactor told that orders wait
+fetches and acknowledges them, as a real one does;
 `--committers` concurrent writers each open a write session, ask for a striping map and commit
 a file of `--chunks` new 1 MiB chunks, placed round-robin on the map, each with the receipt the
 benefactor would have given. With
@@ -97,6 +98,8 @@ class Storm:
         self.beats_sent = 0
         self.told = self.interval  # the period the manager's replies ask for
         self.examples: dict[str, str] = {}  # a message of each kind of failed commit
+        self.order_state: dict[str, tuple[int, int]] = {}  # per benefactor: manager epoch, last order acked
+        self.orders_calls = 0
         self.placements: Any = None  # a pipe of chunks placed: writers send, heartbeats (another process) read
 
     def stub(self, i: int) -> Any:
@@ -145,6 +148,8 @@ class Storm:
                     self.unknown.add(bf)
                 if reply.heartbeat_interval_seconds:
                     self.told = reply.heartbeat_interval_seconds
+                if reply.orders_waiting:
+                    await self.take_orders(i)
             except Exception as e:  # noqa: BLE001 (counted, by kind)
                 code = getattr(e, "code", None)
                 self.heartbeats.fail(str(code()) if callable(code) else type(e).__name__)
@@ -242,6 +247,25 @@ class Storm:
         reply = await self.stubs[0].Status(manager_pb2.StatusRequest(), metadata=self.client_meta, timeout=120)
         return {b.id for b in reply.benefactors if b.alive}
 
+    async def take_orders(self, i: int) -> None:
+        """Fetch and acknowledge the orders waiting (the holds of commits), as a benefactor does when
+        told: orders nobody takes would stay queued in the manager's memory."""
+        from memstage.proto import manager_pb2
+
+        bf = self.ids[i]
+        for _ in range(16):
+            epoch, acked = self.order_state.get(bf, (0, 0))
+            reply = await self.stub(i).Orders(manager_pb2.OrdersRequest(
+                benefactor_id=bf, incarnation=self.incarnation[bf], acked=acked, epoch=epoch),
+                metadata=self.bf_meta, timeout=30)
+            self.orders_calls += 1
+            if reply.epoch != epoch:
+                acked = 0
+            if not reply.orders:
+                self.order_state[bf] = (reply.epoch, acked)
+                return
+            self.order_state[bf] = (reply.epoch, max(o.seq for o in reply.orders))
+
     async def close(self) -> None:
         for c in self.channels:
             await c.close(None)
@@ -261,7 +285,7 @@ def _beat_in_child(conn: Any, placements: Any, args: argparse.Namespace, address
             await storm.close()
         h = storm.heartbeats
         conn.send({"latencies": h.latencies, "failed": h.failed, "errors": h.errors, "unknown": sorted(storm.unknown),
-                   "beats_sent": storm.beats_sent, "told": storm.told})
+                   "beats_sent": storm.beats_sent, "told": storm.told, "orders_calls": storm.orders_calls})
 
     asyncio.run(main())
 
@@ -325,7 +349,8 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "map_p99_s": _percentile(storm.maps.latencies, 0.99),
             "maps_distinct_benefactors": len(placed), "placed_max_over_mean": (
                 placed[-1] / statistics.mean(placed)) if placed else 0.0,
-            "false_deaths": len(false_deaths), "manager_cpu_seconds": cpu1 - cpu0,
+            "orders_calls": beats["orders_calls"], "false_deaths": len(false_deaths),
+            "manager_cpu_seconds": cpu1 - cpu0,
             "manager_rss_bytes": rss1, "chunk_entries": entries,
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
         }
