@@ -108,3 +108,24 @@ def test_short_held_reads_the_arrays_as_items_would(commits, drained, evicted, a
         if 0 < len(live) < limit:
             expected.append((ik, live, list(e.locations)))
     assert list(index.short_held(want, alive)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(entries=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from([bytes(16), b"\xff" * 16,
+                                                                                     bytes([1]) + bytes(15)]),
+                                  st.sampled_from([0, 1, 1 << 20, 1 << 26, (1 << 32) + 1, 1 << 70])),
+                        max_size=25))
+def test_keys_that_differ_only_in_namespace_or_length_stay_apart(entries):
+    """The index keys a chunk by one int of length, namespace number and hash: chunks alike but for
+    one of them are distinct entries, and every entry reads back as the key it was given."""
+    index = ChunkIndex()
+    model: dict[tuple[str, ChunkKey], int] = {}
+    for ns, h, n in entries:
+        ik = (ns, ChunkKey(h, n))
+        index.bump(ik, 1, 1)
+        index.add_location(ik, "b1", 5)
+        model[ik] = model.get(ik, 0) + 1
+    assert {ik: e.refs for ik, e in index.items()} == model
+    assert all(index.locations(ik) == {"b1": 5} for ik in model)
+    assert index.stored_bytes() == {ns: sum(k.length for (m, k) in model if m == ns) for ns in {m for m, _ in model}}
+    assert ("a", ChunkKey(b"\x01" * 15, 1)) not in index  # a short hash cannot alias a 16-byte one
