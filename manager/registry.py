@@ -189,12 +189,15 @@ class Registry:
 
     def newly_dead(self, now: float) -> list[BenefactorRecord]:
         """Benefactors that passed their TTL since the last call (for a log line each)."""
-        out = []
-        for rec in self._records.values():
-            if not rec.dead_reported and self._silent(rec, now) > self.ttl:
-                rec.dead_reported = True
-                self._unlive(rec.id)
-                out.append(rec)
+        # Silent for more than the TTL: heard before the cutoff and not since the manager resumed.
+        # The sweep asks every second: one comparison per record (100,000 of them at scale).
+        cutoff = now - self.ttl
+        if self.awake_since >= cutoff:
+            return []
+        out = [rec for rec in self._records.values() if rec.last_seen < cutoff and not rec.dead_reported]
+        for rec in out:
+            rec.dead_reported = True
+            self._unlive(rec.id)
         return out
 
     def striping_map(self, width: int, exclude: set[str], min_free: int, now: float, reserve: int = 0
