@@ -130,7 +130,9 @@ class Storm:
         from memstage.proto import manager_pb2
 
         started = time.perf_counter()
-        due = [(started + random.random() * self.interval, i) for i in range(self.n)]
+        # Phases spread over the period the registration replies told (a benefactor adopts it at once).
+        first = max(self.interval, self.told)
+        due = [(started + random.random() * first, i) for i in range(self.n)]
         heapq.heapify(due)
         pending: set[asyncio.Task[None]] = set()
 
