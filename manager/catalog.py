@@ -986,7 +986,7 @@ class Catalog(NodeTable):
         with self._lock:
             tasks = []
             committed: dict[tuple[str, str, int], float | None] = {}
-            for group, m in list(self._drains.work(benefactor_id, limit)):
+            for group, m in self._drains.work(benefactor_id, limit):
                 vk = group.version_key
                 if vk not in committed:
                     row = self._db.execute("SELECT committed_at FROM versions WHERE ns=? AND path=? AND version=?",

@@ -5,6 +5,9 @@ group: the tasks of one version given to one benefactor, with the chunks packed 
 offset, hash, length). A commit of a 1 GiB file then writes a row per benefactor it striped over
 instead of 1,024 rows with their index entries, which was the largest cost of a persisted commit.
 
+A group holds at most `group_max` chunks (1,024), so that a report of drained chunks rewrites a
+bounded blob even for a file of millions of chunks.
+
 A task id is the group id and the chunk index (group << 32 | index): the benefactor reports it
 back as it was given. Tasks that move to another benefactor (theirs was gone, or did not hold the
 chunk) form a new group that keeps the old one's place in the queue (`seq`), so a benefactor still
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey
 
 _MEMBER = struct.Struct(">IQ16sQ")  # chunk index, offset in the file, hash, length
 INDEX_BITS = 32
+GROUP_MAX = 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS drain_groups (
@@ -79,8 +83,9 @@ _GROUP_COLUMNS = "id, seq, ns, path, version, count, benefactor, queued_at, memb
 
 
 class DrainQueue:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, group_max: int = GROUP_MAX) -> None:
         self._db = db
+        self._group_max = group_max
         db.executescript(SCHEMA)
         self._migrate()
         self._seq = db.execute("SELECT MAX(seq) FROM drain_groups").fetchone()[0] or 0
@@ -96,7 +101,8 @@ class DrainQueue:
             groups.setdefault((ns, path, version, bf), (count, at, []))[2].append(Member(idx, off, ChunkKey(h, n)))
         self._db.execute("BEGIN IMMEDIATE")
         for seq, ((ns, path, version, bf), (count, at, members)) in enumerate(groups.items(), start=1):
-            self._insert(seq, ns, path, version, count, bf, at, members)
+            for i in range(0, len(members), self._group_max):
+                self._insert(seq, ns, path, version, count, bf, at, members[i:i + self._group_max])
         self._db.execute("DROP TABLE drain_tasks")
         self._db.execute("COMMIT")
 
@@ -124,8 +130,8 @@ class DrainQueue:
         the end of the queue, or at the place `seq` of the group they come from."""
         seq = self._place(seq)
         for owner, members in by_owner.items():
-            if members:
-                self._insert(seq, ns, path, version, count, owner, queued_at, members)
+            for i in range(0, len(members), self._group_max):
+                self._insert(seq, ns, path, version, count, owner, queued_at, members[i:i + self._group_max])
 
     def queue_version(self, ns: str, path: str, version: int, keys: Sequence[ChunkKey], owners: Sequence[str],
                       queued_at: float) -> None:
@@ -141,20 +147,23 @@ class DrainQueue:
             group[0].append(member(i, offset, key.hash, key.length))
             group[1].append(key.length)
             offset += key.length
+        step = self._group_max
         for owner, (packed, lengths) in groups.items():
-            self._insert_packed(seq, ns, path, version, len(keys), owner, queued_at, sum(lengths), b"".join(packed))
+            for i in range(0, len(packed), step):
+                self._insert_packed(seq, ns, path, version, len(keys), owner, queued_at, sum(lengths[i:i + step]),
+                                    b"".join(packed[i:i + step]))
 
-    def work(self, benefactor: str, limit: int) -> Iterator[tuple[Group, Member]]:
+    def work(self, benefactor: str, limit: int) -> list[tuple[Group, Member]]:
         """A benefactor's oldest tasks, in queue order (they stay queued until reported)."""
-        given = 0
+        out: list[tuple[Group, Member]] = []
         for row in self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM drain_groups WHERE benefactor=? "
                                     "ORDER BY seq, id", (benefactor,)):
             group = _group(row)
             for member in group.members.values():
-                if given == limit:
-                    return
-                yield group, member
-                given += 1
+                if len(out) == limit:
+                    return out
+                out.append((group, member))
+        return out
 
     def groups_of(self, benefactor: str) -> list[Group]:
         return [_group(row) for row in self._db.execute(

@@ -22,7 +22,7 @@ class DrainQueueModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue = DrainQueue(sqlite3.connect(":memory:", isolation_level=None))
+        self.queue = DrainQueue(sqlite3.connect(":memory:", isolation_level=None), group_max=2)  # groups split
         self.model: list[tuple[int, tuple[str, str, int], int, int, str]] = []
         self.versions = 0
 
@@ -158,4 +158,15 @@ def test_queued_tasks_of_an_earlier_release_become_groups_in_their_order(tmp_pat
     assert not cat._db.execute("SELECT 1 FROM sqlite_master WHERE name='drain_tasks'").fetchone()
     out = cat.drain_done("b1", [(t.id, f"d/{t.index}", False, "", 5) for t in cat.drain_work("b1", 10)], {"b1"})
     assert out.persisted == {("ns", "/f")}
+    cat.close()
+
+
+def test_a_large_version_is_queued_in_bounded_groups(tmp_path):
+    """A report rewrites one group's blob: a file of many chunks is split so that stays small."""
+    cat = _persisted_catalog(tmp_path)
+    keys = [ChunkKey(i.to_bytes(16, "big"), 3) for i in range(1, 2501)]
+    cat.commit("ns", "/huge", 3 * len(keys), [(k, ["b1"]) for k in keys], {"b1"})
+    sizes = [n for (n,) in cat._db.execute("SELECT chunks FROM drain_groups ORDER BY id")]
+    assert sizes == [1024, 1024, 452]
+    assert [t.index for t in cat.drain_work("b1", 3000)] == list(range(2500))
     cat.close()
