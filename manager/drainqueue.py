@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey
@@ -153,12 +153,16 @@ class DrainQueue:
                 self._insert_packed(seq, ns, path, version, len(keys), owner, queued_at, sum(lengths[i:i + step]),
                                     b"".join(packed[i:i + step]))
 
+    def _groups(self, benefactor: str) -> Iterator[Group]:
+        """A benefactor's groups in queue order, read as they are asked for."""
+        for row in self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM drain_groups WHERE benefactor=? "
+                                    "ORDER BY seq, id", (benefactor,)):
+            yield _group(row)
+
     def work(self, benefactor: str, limit: int) -> list[tuple[Group, Member]]:
         """A benefactor's oldest tasks, in queue order (they stay queued until reported)."""
         out: list[tuple[Group, Member]] = []
-        for row in self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM drain_groups WHERE benefactor=? "
-                                    "ORDER BY seq, id", (benefactor,)):
-            group = _group(row)
+        for group in self._groups(benefactor):
             for member in group.members.values():
                 if len(out) == limit:
                     return out
@@ -166,8 +170,7 @@ class DrainQueue:
         return out
 
     def groups_of(self, benefactor: str) -> list[Group]:
-        return [_group(row) for row in self._db.execute(
-            f"SELECT {_GROUP_COLUMNS} FROM drain_groups WHERE benefactor=? ORDER BY seq, id", (benefactor,))]
+        return list(self._groups(benefactor))
 
     def group(self, group_id: int) -> Group | None:
         row = self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM drain_groups WHERE id=?", (group_id,)).fetchone()

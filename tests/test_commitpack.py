@@ -55,15 +55,22 @@ class _Context:
         return "test"
 
 
-def test_the_manager_takes_a_packed_commit_as_the_same_commit_unpacked(tmp_path):
-    catalog = Catalog(str(tmp_path))
-    svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
-    ctx = _Context()
+def _service(state) -> tuple[Catalog, ManagerService, dict[str, bytes]]:  # type: ignore[no-untyped-def]
+    """A manager service without sockets, with benefactors b0..b2 registered (their receipt keys)."""
+    catalog = Catalog(str(state))
+    svc = ManagerService(ManagerSettings(state=str(state)), catalog, CollectorRegistry())
     keys = {f"b{i}": os.urandom(32) for i in range(3)}
     for i, (bf, rk) in enumerate(keys.items()):
         svc.Register(manager_pb2.RegisterRequest(benefactor_id=bf, address=f"127.0.0.1:{i + 1}", incarnation=i + 1,
                                                  receipt_key=rk,
-                                                 stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)
+                                                 stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)),
+                     _Context())
+    return catalog, svc, keys
+
+
+def test_the_manager_takes_a_packed_commit_as_the_same_commit_unpacked(tmp_path):
+    catalog, svc, keys = _service(tmp_path)
+    ctx = _Context()
     chunks = [ChunkKey(os.urandom(16), 100 + i) for i in range(6)] + [ChunkKey(HOLE_HASH, 4096)]
 
     def commit(path: str, packed: bool, forge: bool = False) -> int:
@@ -104,14 +111,8 @@ def test_a_packed_commit_is_refused_for_the_same_chunk_and_benefactor_as_the_unp
     location at a benefactor that is not registered, is refused naming the same chunk and benefactor
     as the per-chunk check does, and a good one is taken."""
     state = tmp_path_factory.mktemp("state")
-    catalog = Catalog(str(state))
-    svc = ManagerService(ManagerSettings(state=str(state)), catalog, CollectorRegistry())
+    catalog, svc, keys = _service(state)
     ctx = _Context()
-    keys = {f"b{i}": os.urandom(32) for i in range(3)}
-    for i, (bf, rk) in enumerate(keys.items()):
-        svc.Register(manager_pb2.RegisterRequest(benefactor_id=bf, address=f"127.0.0.1:{i + 1}", incarnation=i + 1,
-                                                 receipt_key=rk,
-                                                 stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)
     flat = [bf for names in layout for bf in names]
     forged = forge % len(flat) if forge is not None and flat else None  # the location given a false receipt
     outcomes = []
