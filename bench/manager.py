@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -70,6 +71,23 @@ def _proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def _children(pid: int) -> list[int]:
+    """The processes a process started (the manager's heartbeat process)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _helpers_cpu(pid: int) -> float:
+    total = 0.0
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # it exited
+            total += _proc_cpu_rss(child)[0]
+    return total
+
+
 class Storm:
     def __init__(self, args: argparse.Namespace, address: str, secret: bytes, token: str) -> None:
         import grpc
@@ -85,6 +103,9 @@ class Storm:
         options = [*CONTROL_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         self.channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(4)]
         self.stubs = [manager_pb2_grpc.ManagerStub(c) for c in self.channels]
+        self.address, self._options = address, options
+        self.beat_port = 0  # the manager's heartbeat port, as its registration replies tell
+        self.beat_stubs: list[Any] = []
         self.bf_meta = ((auth.CLUSTER_HEADER, auth.cluster_proof(secret)),)
         self.client_meta = ((auth.TOKEN_HEADER, f"Bearer {token}"),)
         self.ids = [f"sim-{i:06d}" for i in range(self.n)]
@@ -100,10 +121,24 @@ class Storm:
         self.examples: dict[str, str] = {}  # a message of each kind of failed commit
         self.order_state: dict[str, tuple[int, int]] = {}  # per benefactor: manager epoch, last order acked
         self.orders_calls = 0
+        self.beat_fallbacks = 0  # heartbeats the heartbeat port sent on to the manager's port
         self.placements: Any = None  # a pipe of chunks placed: writers send, heartbeats (another process) read
 
     def stub(self, i: int) -> Any:
         return self.stubs[i % len(self.stubs)]
+
+    def use_beat_port(self, port: int) -> None:
+        """Heartbeats go to the manager's heartbeat port, as a benefactor's do (own connections)."""
+        import grpc
+
+        from memstage.proto import manager_pb2_grpc
+
+        self.beat_port = port
+        if port:
+            address = f"{self.address.rpartition(':')[0]}:{port}"
+            channels = [grpc.aio.insecure_channel(address, options=self._options) for _ in range(4)]
+            self.channels += channels
+            self.beat_stubs = [manager_pb2_grpc.ManagerStub(c) for c in channels]
 
     async def register_all(self) -> float:
         from memstage.proto import manager_pb2
@@ -118,6 +153,7 @@ class Storm:
                     receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
                     metadata=self.bf_meta, timeout=120)
                 self.told = max(self.told, reply.heartbeat_interval_seconds)
+                self.beat_port = reply.heartbeat_port
 
         await asyncio.gather(*(one(i, bf) for i, bf in enumerate(self.ids)))
         return self.n / (time.perf_counter() - started)
@@ -126,6 +162,8 @@ class Storm:
         """Every benefactor beats once per period, at its own phase, and adopts the period the
         manager's replies tell (it stretches in a large deployment); late beats go at once."""
         import heapq
+
+        import grpc
 
         from memstage.proto import manager_pb2
 
@@ -139,12 +177,21 @@ class Storm:
         async def beat(i: int) -> None:
             bf = self.ids[i]
             t0 = time.perf_counter()
+            request = manager_pb2.HeartbeatRequest(
+                benefactor_id=bf, incarnation=self.incarnation[bf],
+                stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40, memory_used=self.placed.get(bf, 0) * MiB))
             try:
-                reply = await self.stub(i).Heartbeat(manager_pb2.HeartbeatRequest(
-                    benefactor_id=bf, incarnation=self.incarnation[bf],
-                    stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40,
-                                                      memory_used=self.placed.get(bf, 0) * MiB)),
-                    metadata=self.bf_meta, timeout=30)
+                reply = None
+                if self.beat_stubs:
+                    try:
+                        reply = await self.beat_stubs[i % len(self.beat_stubs)].Heartbeat(
+                            request, metadata=self.bf_meta, timeout=30)
+                    except grpc.aio.AioRpcError as e:
+                        if e.code() != grpc.StatusCode.NOT_FOUND:  # not known there: the manager's port decides
+                            raise
+                        self.beat_fallbacks += 1
+                if reply is None:
+                    reply = await self.stub(i).Heartbeat(request, metadata=self.bf_meta, timeout=30)
                 self.heartbeats.latencies.append(time.perf_counter() - t0)
                 if not reply.known:
                     self.unknown.add(bf)
@@ -274,20 +321,22 @@ class Storm:
 
 
 def _beat_in_child(conn: Any, placements: Any, args: argparse.Namespace, address: str, secret: bytes,
-                   incarnation: dict[str, int], told: float) -> None:
+                   incarnation: dict[str, int], told: float, beat_port: int) -> None:
     """The simulated benefactors' heartbeats, in a process of their own: the writers' event loop
     (building commits) must not delay them, or their latency would be the generator's."""
 
     async def main() -> None:
         storm = Storm(args, address, secret, "")
         storm.incarnation, storm.told, storm.placements = incarnation, told, placements
+        storm.use_beat_port(beat_port)
         try:
             await storm.heartbeat_loop(asyncio.Event(), mark=conn)
         finally:
             await storm.close()
         h = storm.heartbeats
         conn.send({"latencies": h.latencies, "failed": h.failed, "errors": h.errors, "unknown": sorted(storm.unknown),
-                   "beats_sent": storm.beats_sent, "told": storm.told, "orders_calls": storm.orders_calls})
+                   "beats_sent": storm.beats_sent, "told": storm.told, "orders_calls": storm.orders_calls,
+                   "beat_fallbacks": storm.beat_fallbacks})
 
     asyncio.run(main())
 
@@ -301,11 +350,13 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         progress(f"bench: registering {storm.n} simulated benefactors ...")
         registration_rate = await storm.register_all()
         cpu0, rss0 = _proc_cpu_rss(pid)
+        helpers0 = _helpers_cpu(pid)
         ctx = multiprocessing.get_context("spawn")
         conn, child_conn = ctx.Pipe()
         placements_in, storm.placements = ctx.Pipe(duplex=False)
         beater = ctx.Process(target=_beat_in_child, args=(child_conn, placements_in, args, address, secret,
-                                                          storm.incarnation, storm.told), daemon=True)
+                                                          storm.incarnation, storm.told, storm.beat_port),
+                             daemon=True)
         beater.start()
         await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
         wall0 = time.perf_counter()
@@ -329,6 +380,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         storm.heartbeats = Tally(beats["latencies"], beats["failed"], beats["errors"])
         storm.unknown, storm.beats_sent, storm.told = set(beats["unknown"]), beats["beats_sent"], beats["told"]
         cpu1, rss1 = _proc_cpu_rss(pid)
+        helpers = _helpers_cpu(pid) - helpers0
         alive = await storm.alive_at_end()
         false_deaths = storm.unknown | (set(storm.ids) - alive)
         entries = len(storm.commits.latencies) * args.chunks
@@ -351,8 +403,9 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "map_p99_s": _percentile(storm.maps.latencies, 0.99),
             "maps_distinct_benefactors": len(placed), "placed_max_over_mean": (
                 placed[-1] / statistics.mean(placed)) if placed else 0.0,
-            "orders_calls": beats["orders_calls"], "false_deaths": len(false_deaths),
-            "manager_cpu_seconds": cpu1 - cpu0,
+            "orders_calls": beats["orders_calls"], "heartbeat_port": storm.beat_port,
+            "heartbeats_to_manager_port": beats["beat_fallbacks"], "false_deaths": len(false_deaths),
+            "manager_cpu_seconds": cpu1 - cpu0 + helpers, "heartbeat_process_cpu_seconds": helpers,
             "manager_rss_bytes": rss1, "chunk_entries": entries,
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
         }
@@ -375,7 +428,8 @@ def run_manager_bench(args: argparse.Namespace) -> int:
         state = Path(work) / "state"
         progress("bench: starting a manager")
         manager = spawn("manager", ["--listen", "127.0.0.1:0", "--state", str(state), "--heartbeat-interval",
-                                    f"{args.sim_heartbeat}s", "--log-level", "warning"])
+                                    f"{args.sim_heartbeat}s", "--log-level", "warning",
+                                    *(["--heartbeat-listen", args.heartbeat_listen] if args.heartbeat_listen else [])])
         try:
             secret = bytes.fromhex((state / "secrets" / "cluster.key").read_text().strip())
             token = (state / "secrets" / "admin.token").read_text().strip()
@@ -402,7 +456,9 @@ def run_manager_bench(args: argparse.Namespace) -> int:
     print(f"false deaths: {r['false_deaths']}; registration: {r['registration_per_s']:.0f}/s; striping maps: p99 "
           f"{r['map_p99_s'] * 1000:.1f} ms, {r['maps_distinct_benefactors']} benefactors used, busiest "
           f"{r['placed_max_over_mean']:.1f}x the mean")
-    print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
+    beats = (f" ({r['heartbeat_process_cpu_seconds']:.1f} s of it in its heartbeat process, port "
+             f"{r['heartbeat_port']})" if r["heartbeat_port"] else " (heartbeats answered by the manager process)")
+    print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s{beats}, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
     if r["heartbeat_errors"]:
         print(f"heartbeat errors: {r['heartbeat_errors']}")

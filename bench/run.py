@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commit-rate", type=float, default=0.0,
                    help="--manager: commits per second for --duration instead of --commits as fast as possible")
     p.add_argument("--duration", type=float, default=60.0, help="--manager: seconds of --commit-rate (default 60)")
+    p.add_argument("--heartbeat-listen", default="",
+                   help="--manager: the manager's heartbeat_listen (default: its own process on a free port; off = "
+                        "heartbeats answered by the manager process, to compare)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

@@ -3,7 +3,9 @@
 Registers as this process's incarnation (with its receipt key, and what it holds, so a restarted
 manager can confirm locations), heartbeats its free memory and the write sessions that have chunks
 here every interval (at a fixed rate: a slow reply does not push the next beat later), and
-re-registers when the manager answers "unknown". Now and then, on a thread of its own so that it
+re-registers when the manager answers "unknown". Heartbeats go to the manager's heartbeat port
+when it told one (there they are answered apart from commits), else, or when that port does not
+answer, to its own port. Now and then, on a thread of its own so that it
 never delays a beat, it lists chunks whose hold it has not heard about for orphan_grace (a safety
 net: the manager orders freed what no version references). It never frees anything itself: see OrderLoop. An unreachable
 manager is logged once per outage and retried; the data service keeps running meanwhile.
@@ -30,6 +32,8 @@ from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
 
+BEAT_PORT_TIMEOUT_S = 5.0  # then the beat goes to the manager's own port
+
 
 class Heartbeat:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
@@ -42,9 +46,15 @@ class Heartbeat:
         self.incarnation = incarnation
         self.receipt_key = receipt_key
         self.interval = settings.heartbeat_interval
+        self._tls = tls
+        self._credentials = credentials
         self._channel = control_channel(settings.manager, tls)
         # Every call to the manager proves this benefactor holds the cluster secret.
         self.stub = manager_pb2_grpc.ManagerStub(with_metadata(self._channel, credentials))
+        self.beat_port = 0  # the manager's heartbeat port (0: none told)
+        self._beat_channel: grpc.Channel | None = None
+        self._beat_stub: manager_pb2_grpc.ManagerStub | None = None
+        self._beat_port_failing = False
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
         self.orders: OrderLoop | None = None  # set by the server: woken when orders are waiting
         self._stop = threading.Event()
@@ -62,6 +72,21 @@ class Heartbeat:
         self._thread.join(timeout=5)
         self._reconciler.join(timeout=5)
         self._channel.close()
+        if self._beat_channel is not None:
+            self._beat_channel.close()
+
+    def _adopt_port(self, port: int) -> None:
+        """Beat to the heartbeat port the manager told (on its host), or to its own port (0)."""
+        if port == self.beat_port:
+            return
+        if self._beat_channel is not None:
+            self._beat_channel.close()
+            self._beat_channel = self._beat_stub = None
+        self.beat_port = port
+        if port:
+            address = f"{self.settings.manager.rpartition(':')[0]}:{port}"
+            self._beat_channel = control_channel(address, self._tls)
+            self._beat_stub = manager_pb2_grpc.ManagerStub(with_metadata(self._beat_channel, self._credentials))
 
     def _stats(self) -> manager_pb2.BenefactorStats:
         return manager_pb2.BenefactorStats(
@@ -122,16 +147,29 @@ class Heartbeat:
             timeout=CONTROL_TIMEOUT_S,
         )
         self.interval = reply.heartbeat_interval_seconds or self.interval
+        self._adopt_port(reply.heartbeat_port)
         self._registered = True
         log.info("registered with manager %s as %s (%s), heartbeat %.1fs",
                  self.settings.manager, self.id, self.address, self.interval)
 
     def _beat(self) -> None:
-        reply = self.stub.Heartbeat(
-            manager_pb2.HeartbeatRequest(benefactor_id=self.id, stats=self._stats(), incarnation=self.incarnation,
-                                         sessions=self.store.sessions()),
-            timeout=CONTROL_TIMEOUT_S,
-        )
+        request = manager_pb2.HeartbeatRequest(benefactor_id=self.id, stats=self._stats(),
+                                               incarnation=self.incarnation, sessions=self.store.sessions())
+        reply = None
+        if self._beat_stub is not None:
+            try:
+                reply = self._beat_stub.Heartbeat(request, timeout=min(BEAT_PORT_TIMEOUT_S, self.interval / 3))
+                self._beat_port_failing = False
+            except grpc.RpcError as e:
+                # NOT_FOUND: not known there yet (or any more); the manager's port decides.
+                code = e.code() if isinstance(e, grpc.Call) else None
+                if code != grpc.StatusCode.NOT_FOUND and not self._beat_port_failing:
+                    log.info("the manager's heartbeat port %d does not answer (%s): beating to its port %s",
+                             self.beat_port, code, self.settings.manager)
+                    self._beat_port_failing = True
+        if reply is None:
+            reply = self.stub.Heartbeat(request, timeout=CONTROL_TIMEOUT_S)
+        self._adopt_port(reply.heartbeat_port)
         if reply.heartbeat_interval_seconds:
             self.interval = reply.heartbeat_interval_seconds  # a large deployment stretches it
         if reply.orders_waiting and self.orders is not None:

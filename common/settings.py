@@ -103,6 +103,10 @@ class ManagerSettings:
                                                 "tls_ca set: any scraper that trusts its certificate may read it "
                                                 "(it names namespaces)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
+    heartbeat_listen: str = setting("", _str, "HOST:PORT of the manager's heartbeat process, which answers "
+                                    "heartbeats apart from everything else the manager does, so that a storm of "
+                                    "commits never delays them (default: the --listen host, any free port; "
+                                    "benefactors are told the port; off = answered by the manager itself)")
     heartbeat_rate: float = setting(1000.0, _float, "heartbeats per second the manager aims at: with more than "
                                     "heartbeat_interval x this many benefactors, their period (and the time to "
                                     "declare one dead) stretches to keep the load there (0 = never stretch)")
@@ -132,6 +136,8 @@ class ManagerSettings:
 
     def validate(self) -> None:
         check_address(self.listen, "listen")
+        if self.heartbeat_listen not in ("", "off"):
+            check_address(self.heartbeat_listen, "heartbeat_listen")
         _positive("heartbeat_interval", self.heartbeat_interval)
         _positive("session_lease", self.session_lease)
         _positive("stripe_width", self.stripe_width)

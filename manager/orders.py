@@ -24,6 +24,9 @@ class _Queue:
 class OrderQueues:
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
+        # Benefactors whose count of orders waiting changed, when the caller asks to follow them
+        # (and takes them): the manager's heartbeat process answers with that count.
+        self.changed: set[str] | None = None
 
     def push(self, benefactor: str, namespace: str, *, session: int = 0,
              hold: list[tuple[ChunkKey, int]] | None = None, release: list[ChunkKey] | None = None,
@@ -42,6 +45,8 @@ class OrderQueues:
                   for k, g, sid, addr in copy or ()] + list(build or ()))
         q.next_seq += 1
         q.orders.append(order)
+        if self.changed is not None:
+            self.changed.add(benefactor)
 
     def take(self, benefactor: str, acked: int) -> list[manager_pb2.Order]:
         """Drop what was acknowledged; the next orders (at most MAX_BATCH), still queued until acked."""
@@ -49,7 +54,10 @@ class OrderQueues:
         if q is None:
             return []
         if acked:
+            before = len(q.orders)
             q.orders = [o for o in q.orders if o.seq > acked]
+            if len(q.orders) != before and self.changed is not None:
+                self.changed.add(benefactor)
         return q.orders[:MAX_BATCH]
 
     def waiting(self, benefactor: str) -> int:
@@ -59,4 +67,5 @@ class OrderQueues:
 
     def reset(self, benefactor: str) -> None:
         """A new incarnation: its orders start again from 1, and nothing old is carried out."""
-        self._queues.pop(benefactor, None)
+        if self._queues.pop(benefactor, None) is not None and self.changed is not None:
+            self.changed.add(benefactor)

@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import auth
+from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
 from memstage.metrics import serve_metrics
@@ -32,6 +33,7 @@ GC_THRESHOLD = 50_000  # container allocations between collections of the younge
 class ManagerServer:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
+        self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
         self.registry = CollectorRegistry()
@@ -41,7 +43,6 @@ class ManagerServer:
         # heartbeats (a blocked thread costs no CPU).
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS), options=CONTROL_SERVER_OPTIONS)
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
-        self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", self.tls)
         self._stop = threading.Event()
         self._metrics: Any = None
@@ -52,6 +53,7 @@ class ManagerServer:
         # the registry held up heartbeats. Cycles are rare here; they are still collected.
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 50, 100)
+        self.beats = self._beat_link()  # last: nothing after it can fail and leave the process behind
 
     def _secrets(self) -> bytes:
         """The cluster secret, and a first admin token, kept in --secrets (<state>/secrets; files 0600):
@@ -73,14 +75,34 @@ class ManagerServer:
             log.info("admin token written to %s", admin)
         return secret
 
+    def _beat_link(self) -> BeatLink | None:
+        """The heartbeat process (launched now: it starts while the rest of the manager does)."""
+        if self.settings.heartbeat_listen == "off":
+            return None
+        listen = self.settings.heartbeat_listen or f"{self.settings.listen.rpartition(':')[0]}:0"
+        proof = auth.cluster_proof(self.secret) if self.secret is not None else ""
+        link = BeatLink(listen, self.tls, proof, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                        self.service.beats_arrived, self.service.beat_flags, self.service.beat_snapshot)
+        link.launch()
+        return link
+
     def start(self) -> None:
+        if self.beats is not None:
+            try:
+                self.beats.wait_ready()
+            except Exception:
+                self.beats.stop()
+                raise
+            self.service.attach_beats(self.beats)
+            self.beats.start()
         self._server.start()
         self._housekeeper.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
                                       "" if self.settings.metrics_without_client_cert else self.settings.tls_ca)
-        log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
+        log.info("manager serving on %s, state in %s%s", self.address, self.catalog.db_path,
+                 f", heartbeats on port {self.beats.port}" if self.beats is not None else "")
         if not self.tls.cert:
             log.warning("no TLS (tls_cert): tokens and data travel in clear to %s", self.address)
         if self.secret is None:
@@ -92,6 +114,8 @@ class ManagerServer:
         self.service.wake.set()
         self._server.stop(grace).wait()
         self._housekeeper.join(timeout=5)
+        if self.beats is not None:
+            self.beats.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
         self.catalog.close()

@@ -45,6 +45,7 @@ from memstage.errors import (
     to_rpc_detail,
 )
 from memstage.manager.access import EVERYONE, Access, Caller
+from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
@@ -68,6 +69,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 RESERVED_CHUNKS = 8
 # Commits worked on at once (see Commit).
 COMMIT_SLOTS = 2
+# Deaths wait while the heartbeat link has not gone round for this long (it may hold beats not applied).
+BEAT_LINK_STALL = 5.0
 # A version map names this many live benefactors (a random sample) that may read drained chunks.
 PFS_READERS = 8
 
@@ -151,6 +154,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._commit_slots = threading.BoundedSemaphore(COMMIT_SLOTS)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
+        self._drain_changed: set[str] = set()  # ... whose entry changed since the heartbeat process was told
+        self.beats: BeatLink | None = None  # the heartbeat process, when the manager runs one (see attach_beats)
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
@@ -201,6 +206,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                    bytes(request.receipt_key), request.domain)
             if previous != request.incarnation:
                 self.orders.reset(bf)
+            if self.beats is not None:
+                self.beats.known(bf, request.incarnation)
+                self._drain_changed.add(bf)  # its flags follow (it starts with none there)
         self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
         self._known_addresses[bf] = request.address
         held = [((g.namespace, _key(c.key)), c.gen, list(c.sessions)) for g in request.held for c in g.chunks]
@@ -209,7 +217,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  bf, request.address, request.stats.memory_capacity, len(held), orphans)
         with self._lock:
             interval = self.registry.announce(self.clock())
-        return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval)
+        return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval, heartbeat_port=self._beat_port(interval))
+
+    def _beat_port(self, interval: float) -> int:
+        """The heartbeat process's port, told to benefactors (0: none; they beat to this port)."""
+        if self.beats is None:
+            return 0
+        self.beats.interval(interval)
+        return self.beats.port
 
     def _void(self, bf: str, reason: str, check_pfs: bool = True) -> list[tuple[str, str, int]]:
         """A benefactor died, left or came back as a new process: what it held is gone."""
@@ -235,6 +250,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         with self._lock:
             self.registry.remove(bf)
             self.orders.reset(bf)
+        if self.beats is not None:
+            self.beats.gone([bf])
         self.catalog.forget_benefactor(bf)
         log.info("benefactor %s left (%d versions lost, %d memory-only versions dropped)", bf,
                  len(lost) - memory_only, memory_only)
@@ -275,7 +292,55 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             orders = self.orders.waiting(request.benefactor_id)
             drains = request.benefactor_id in self._drain_waiting
         return manager_pb2.HeartbeatReply(known=known, heartbeat_interval_seconds=interval, orders_waiting=orders,
-                                          drain_waiting=drains)
+                                          drain_waiting=drains, heartbeat_port=self._beat_port(interval))
+
+    # -- the heartbeat process (see beatlink) --------------------------------------------------
+    def attach_beats(self, link: BeatLink) -> None:
+        """From now on heartbeats may arrive through the heartbeat process, which is told where work waits."""
+        with self._lock:
+            self.orders.changed = set()
+            self.beats = link
+
+    def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:
+        """Heartbeats the heartbeat process answered: as Heartbeat does, from when each arrived."""
+        with self._lock:
+            for bf, incarnation, arrived, stats, sessions in beats:
+                rec = self.registry.get(bf)
+                if rec is None or rec.incarnation != incarnation:
+                    continue
+                self.registry.heard(bf, incarnation, arrived)
+                if self.registry.heartbeat(bf, Stats(*stats), arrived):
+                    for sid in sessions:
+                        if not self.sessions.is_open(sid):
+                            self.orders.push(bf, "", session=sid, end_session=True)
+            interval = self.registry.announce(self.clock())
+        self.metrics.calls.labels("Heartbeat").inc(len(beats))
+        if self.beats is not None:
+            self.beats.interval(interval)
+
+    def beat_flags(self) -> list[tuple[str, int, int, bool]]:
+        """Work waiting, for benefactors whose flags changed since the last call."""
+        with self._lock:
+            changed = (self.orders.changed or set()) | self._drain_changed
+            self.orders.changed, self._drain_changed = set(), set()
+            return self._flags_of(changed)
+
+    def _flags_of(self, benefactors: Iterable[str]) -> list[tuple[str, int, int, bool]]:
+        out = []
+        for bf in benefactors:
+            rec = self.registry.get(bf)
+            if rec is not None:
+                out.append((bf, rec.incarnation, self.orders.waiting(bf), bf in self._drain_waiting))
+        return out
+
+    def beat_snapshot(self) -> tuple[float, list[tuple[str, int]], list[tuple[str, int, int, bool]]]:
+        """Everything a (re)started heartbeat process must know: the period, the live incarnations,
+        and where work waits."""
+        with self._lock:
+            live = self.registry.live_ids()
+            known = [(r.id, r.incarnation) for r in self.registry.records() if r.id in live]
+            waiting = [bf for bf, _ in known if self.orders.waiting(bf) or bf in self._drain_waiting]
+            return self.registry.announce(self.clock()), known, self._flags_of(waiting)
 
     @rpc
     def Reconcile(self, request: manager_pb2.ReconcileRequest, context: grpc.ServicerContext
@@ -534,7 +599,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         """Log benefactors that just passed their TTL, and end sessions whose lease ran out."""
         with self._lock:
             now = self.clock()
-            dead = self.registry.newly_dead(now)
+            # Beats the heartbeat process answered but the link has not applied yet would be missed.
+            stalled = self.beats is not None and time.monotonic() - self.beats.last_pass > BEAT_LINK_STALL
+            dead = [] if stalled else self.registry.newly_dead(now)
             expired = self.sessions.expired(now)
             for session in expired:
                 self._end_orders(session, {})
@@ -542,6 +609,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self.metrics.sessions_expired.inc()
             log.warning("write session of %s:%s expired (not renewed for %.0fs): its chunks are freed",
                         session.namespace, session.path, self.settings.session_lease)
+        if dead and self.beats is not None:
+            self.beats.gone([rec.id for rec in dead])
         for rec in dead:
             log.warning("benefactor %s (%s) missed %d heartbeats: declared dead", rec.id, rec.address, 3)
             self._void(rec.id, f"benefactor {rec.id} died (no heartbeat for {self.registry.ttl:.0f}s) before "
@@ -819,6 +888,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if queued:
             with self._lock:
                 self._drain_waiting |= queued
+                if self.beats is not None:
+                    self._drain_changed |= queued
 
     def _is_alive(self, bf: str) -> bool:
         with self._lock:
@@ -1304,10 +1375,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         limit = max(1, min(request.limit or 16, 256))
         with self._lock:
             self._drain_waiting.discard(request.benefactor_id)  # before looking: a commit after sets it again
+            if self.beats is not None:
+                self._drain_changed.add(request.benefactor_id)
         tasks = self.catalog.drain_work(request.benefactor_id, limit)
         if len(tasks) == limit:
             with self._lock:
                 self._drain_waiting.add(request.benefactor_id)  # more than one batch
+                if self.beats is not None:
+                    self._drain_changed.add(request.benefactor_id)
         return manager_pb2.DrainWorkReply(tasks=[
             manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,
                                   count=t.count, offset=t.offset, key=t.key.to_pb(), link_from=t.link_from,

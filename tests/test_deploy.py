@@ -91,7 +91,11 @@ def test_default_values():
     assert headless["spec"]["clusterIP"] == "None" and manager["spec"]["serviceName"] == headless["metadata"]["name"]
     ident = [e for e in container(benefactor)["env"] if e["name"] == "MEMSTAGE_ID"][0]
     assert ident["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"  # stable across restarts
-    assert ("Service", "ckpt-memstage-manager") in docs
+    # Heartbeats have a port of their own, on the manager's service (benefactors are told it).
+    assert env(manager)["MEMSTAGE_HEARTBEAT_LISTEN"] == "0.0.0.0:7072"
+    assert {"name": "heartbeats", "containerPort": 7072} in container(manager)["ports"]
+    service = docs[("Service", "ckpt-memstage-manager")]
+    assert {"name": "heartbeats", "port": 7072, "targetPort": "heartbeats"} in service["spec"]["ports"]
 
 
 def test_statefulset_benefactors_on_a_pvc_with_settings():
@@ -222,7 +226,7 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
     tls = {"tls_cert", "tls_key", "tls_ca", "tls_server_name"}
-    set_by_chart = {"manager": {"listen", "state", "cluster_secret", *tls},
+    set_by_chart = {"manager": {"listen", "heartbeat_listen", "state", "cluster_secret", *tls},
                     "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret",
                                    *tls}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):

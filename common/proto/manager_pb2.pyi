@@ -114,10 +114,12 @@ class RegisterRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ..., incarnation: _Optional[int] = ..., receipt_key: _Optional[bytes] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds",)
+    __slots__ = ("heartbeat_interval_seconds", "heartbeat_port")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_PORT_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: float
-    def __init__(self, heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    heartbeat_port: int
+    def __init__(self, heartbeat_interval_seconds: _Optional[float] = ..., heartbeat_port: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("benefactor_id", "stats", "incarnation", "sessions")
@@ -132,16 +134,18 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., incarnation: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("known", "heartbeat_interval_seconds", "orders_waiting", "drain_waiting")
+    __slots__ = ("known", "heartbeat_interval_seconds", "orders_waiting", "drain_waiting", "heartbeat_port")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ORDERS_WAITING_FIELD_NUMBER: _ClassVar[int]
     DRAIN_WAITING_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_PORT_FIELD_NUMBER: _ClassVar[int]
     known: bool
     heartbeat_interval_seconds: float
     orders_waiting: int
     drain_waiting: bool
-    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ..., orders_waiting: _Optional[int] = ..., drain_waiting: _Optional[bool] = ...) -> None: ...
+    heartbeat_port: int
+    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ..., orders_waiting: _Optional[int] = ..., drain_waiting: _Optional[bool] = ..., heartbeat_port: _Optional[int] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "held")

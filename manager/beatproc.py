@@ -1,0 +1,125 @@
+"""The manager's heartbeat process: answers benefactors' heartbeats on a port of its own.
+
+Started by the manager (`python -m memstage.manager.beatproc FD`) with one end of a socket pair as
+FD. The manager sends its configuration first (where to listen, TLS, the cluster proof), then what
+the process must know (see BeatDesk); the process sends back ("ready", port) or ("error", why), then
+the beats it answered, every BATCH_SECONDS. It exits when the manager closes its end (or dies), so
+it never outlives the manager. Being a process of its own, its answers never wait for the manager's
+interpreter, whatever a commit storm keeps that busy with.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+
+from memstage import auth
+from memstage.errors import MemstageError
+from memstage.manager.beatdesk import Beat, BeatDesk
+from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
+
+log = logging.getLogger("memstage.manager.heartbeats")
+
+BATCH_SECONDS = 0.02  # beats go to the manager this often (liveness counts from arrival, not from here)
+THREADS = 8
+
+
+class BeatServicer(manager_pb2_grpc.ManagerServicer):
+    """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port."""
+
+    def __init__(self, desk: BeatDesk, lock: threading.Lock, proof: str) -> None:
+        self.desk = desk
+        self.lock = lock
+        self.proof = proof  # "" when the manager runs --insecure
+        self.port = 0
+
+    def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
+                  ) -> manager_pb2.HeartbeatReply:
+        arrived = time.monotonic()
+        if self.proof:
+            given = auth.header(context.invocation_metadata(), auth.CLUSTER_HEADER)
+            if not given or not hmac.compare_digest(given, self.proof):
+                log.warning("heartbeat from %s refused: no valid cluster proof", context.peer())
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "Heartbeat: only benefactors holding this "
+                              "deployment's cluster secret may call it (benefactor --cluster-secret)")
+        s = request.stats
+        beat = Beat(request.benefactor_id, request.incarnation, arrived,
+                    (s.memory_capacity, s.memory_used, s.drain_backlog, s.chunk_count, s.drain_error,
+                     s.drained_bytes), tuple(request.sessions))
+        with self.lock:
+            answer = self.desk.beat(beat)
+        if answer is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"heartbeat port: benefactor {request.benefactor_id} is not "
+                          "known here as this process; send the heartbeat to the manager's port")
+        return manager_pb2.HeartbeatReply(known=True, heartbeat_interval_seconds=answer.interval,
+                                          orders_waiting=answer.orders_waiting, drain_waiting=answer.drain_waiting,
+                                          heartbeat_port=self.port)
+
+
+def serve(conn: Connection, config: dict[str, Any]) -> None:
+    desk = BeatDesk()
+    lock = threading.Lock()
+    servicer = BeatServicer(desk, lock, config["proof"])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
+    manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
+    try:
+        address = bind(server, config["listen"], "heartbeat_listen", config["tls"])
+    except MemstageError as e:
+        conn.send(("error", str(e)))
+        return
+    servicer.port = int(address.rpartition(":")[2])
+    server.start()
+    conn.send(("ready", servicer.port))
+    stop = threading.Event()
+
+    def forward() -> None:
+        while not stop.wait(BATCH_SECONDS):
+            with lock:
+                beats = desk.take()
+            if beats:
+                try:
+                    conn.send(("beats", [tuple(b) for b in beats]))
+                except OSError:
+                    break
+
+    forwarder = threading.Thread(target=forward, name="forward", daemon=True)
+    forwarder.start()
+    try:
+        while True:
+            kind, body = conn.recv()
+            with lock:
+                if kind == "known":
+                    desk.known(body)
+                elif kind == "gone":
+                    desk.gone(body)
+                elif kind == "flags":
+                    desk.flags(body)
+                elif kind == "interval":
+                    desk.interval = body
+    except (EOFError, OSError):
+        pass  # the manager stopped (or died): so does this process
+    stop.set()
+    server.stop(0.5).wait()
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which stops this process
+    conn = Connection(int(argv[0]))
+    config = conn.recv()
+    logging.basicConfig(level=config["log_level"], format="%(asctime)s %(levelname)s heartbeats: %(message)s")
+    serve(conn, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
