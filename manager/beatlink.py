@@ -72,11 +72,12 @@ class BeatLink:
         assert self._conn is not None
         try:
             if not self._conn.poll(READY_TIMEOUT):
-                raise SettingError(f"heartbeat_listen: the heartbeat process did not start within {READY_TIMEOUT:.0f}s")
+                raise SettingError(f"--heartbeat-listen: the heartbeat process did not start within "
+                                   f"{READY_TIMEOUT:.0f}s")
             kind, body = self._conn.recv()
         except (EOFError, OSError):
-            raise SettingError("heartbeat_listen: the heartbeat process exited as it started (see its log above)"
-                               ) from None
+            raise SettingError("--heartbeat-listen: the heartbeat process exited as it started (see its log "
+                               "above)") from None
         if kind != "ready":
             self._reap()
             raise SettingError(body)
@@ -179,6 +180,7 @@ class BeatLink:
         log.error("the heartbeat process exited (%s); benefactors beat to the manager's port until it is back",
                   f"code {code}" if code is not None else "its link broke")
         while not self._stop.wait(RESTART_PAUSE):
+            self.last_pass = time.monotonic()  # nothing waits to be applied: its beats went with it
             try:
                 self.launch()
                 self.wait_ready()

@@ -73,7 +73,7 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
     manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
     try:
-        address = bind(server, config["listen"], "heartbeat_listen", config["tls"])
+        address = bind(server, config["listen"], "--heartbeat-listen", config["tls"])
     except MemstageError as e:
         conn.send(("error", str(e)))
         return

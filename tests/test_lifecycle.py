@@ -158,7 +158,7 @@ def test_random_writes_reads_and_truncates_through_fuse_never_run_out_of_space(m
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     peak = 0
     try:
-        for op in range(int(os.environ.get("MEMSTAGE_FUSE_OPS", "8000"))):  # more with the variable
+        for op in range(int(os.environ.get("MEMSTAGE_FUSE_OPS", "5000"))):  # more with the variable
             kind = rng.random()
             if kind < 0.6:
                 offset = rng.randrange(size_limit)
@@ -208,7 +208,7 @@ def _versioned(rng_bytes: bytes) -> bytes:
 
 
 def test_readers_never_fail_while_versions_leave_memory_under_them(local_cluster):
-    seconds = float(os.environ.get("MEMSTAGE_STRESS_SECONDS", "15"))
+    seconds = float(os.environ.get("MEMSTAGE_STRESS_SECONDS", "8"))
     cluster = local_cluster(benefactors=2, memory=256 * MiB)
     c = cluster.client()
     c.policy(persist_every=1, keep_versions=1)  # each new version evicts the previous (once persisted)
