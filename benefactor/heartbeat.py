@@ -159,13 +159,16 @@ class Heartbeat:
         if self._beat_stub is not None:
             try:
                 reply = self._beat_stub.Heartbeat(request, timeout=min(BEAT_PORT_TIMEOUT_S, self.interval / 3))
-                self._beat_port_failing = False
+                if self._beat_port_failing:
+                    log.info("the manager's heartbeat port %d answers again", self.beat_port)
+                    self._beat_port_failing = False
             except grpc.RpcError as e:
                 # NOT_FOUND: not known there yet (or any more); the manager's port decides.
                 code = e.code() if isinstance(e, grpc.Call) else None
                 if code != grpc.StatusCode.NOT_FOUND and not self._beat_port_failing:
-                    log.info("the manager's heartbeat port %d does not answer (%s): beating to its port %s",
-                             self.beat_port, code, self.settings.manager)
+                    log.warning("the manager's heartbeat port %d does not answer (%s): beating to its port %s "
+                                "instead (if this lasts, open port %d to the benefactors, or set the manager's "
+                                "heartbeat_listen)", self.beat_port, code, self.settings.manager, self.beat_port)
                     self._beat_port_failing = True
         if reply is None:
             reply = self.stub.Heartbeat(request, timeout=CONTROL_TIMEOUT_S)

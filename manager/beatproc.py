@@ -109,7 +109,7 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
     except (EOFError, OSError):
         pass  # the manager stopped (or died): so does this process
     stop.set()
-    server.stop(0.5).wait()
+    server.stop(0).wait()  # at once: a manager started again may want the port
 
 
 def main(argv: list[str]) -> int:

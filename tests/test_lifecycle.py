@@ -188,10 +188,10 @@ def test_random_writes_reads_and_truncates_through_fuse_never_run_out_of_space(m
 def test_deleting_a_file_whose_drain_the_benefactor_already_took_logs_no_error(local_cluster, tmp_path):
     cluster = local_cluster(benefactors=0)
     log = tmp_path / "benefactor.log"
-    cluster.add_benefactor(1100 * MiB, "--drain-bandwidth", "256MiB", log=log)
-    c = cluster.client(chunk_size="8MiB")
-    c.pipe("/a", random_bytes(512 * MiB))  # 64 chunks: one drain batch, about 2 s at 256 MiB/s
-    c.pipe("/b", random_bytes(512 * MiB))  # queued behind it
+    cluster.add_benefactor(600 * MiB, "--drain-bandwidth", "128MiB", log=log)
+    c = cluster.client(chunk_size="4MiB")
+    c.pipe("/a", random_bytes(256 * MiB))  # 64 chunks: one drain batch, about 2 s at 128 MiB/s
+    c.pipe("/b", random_bytes(256 * MiB))  # queued behind it
     # The moment /a is persisted the drain loop takes /b's batch and starts reading its 64 chunks
     # out of memory: delete /b then, under its feet.
     wait_for(lambda: c.versions("/a")[0]["persisted"], timeout=60, what="/a to drain")
