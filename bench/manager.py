@@ -153,7 +153,7 @@ class Storm:
                     receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
                     metadata=self.bf_meta, timeout=120)
                 self.told = max(self.told, reply.heartbeat_interval_seconds)
-                self.beat_port = reply.heartbeat_port
+                self.beat_port = reply.heartbeat_port or self.beat_port  # 0 while it was starting
 
         await asyncio.gather(*(one(i, bf) for i, bf in enumerate(self.ids)))
         return self.n / (time.perf_counter() - started)

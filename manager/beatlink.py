@@ -82,12 +82,15 @@ class BeatLink:
             self._reap()
             raise SettingError(body)
         self.port = body
+        log.info("heartbeat process (pid %s) answering on port %d", self.pid, body)
         if self._listen.rpartition(":")[2] == "0":
             self._listen = f"{self._listen.rpartition(':')[0]}:{body}"  # a restart takes the same port
             self._config["listen"] = self._listen
         self._resend()
 
     def start(self) -> None:
+        """Run the link; if wait_ready was not called, the process is waited for on the link's thread
+        (its port is told to benefactors once it listens; until then they beat to the manager's)."""
         self._thread = threading.Thread(target=self._run, name="heartbeat-link", daemon=True)
         self._thread.start()
 
@@ -138,6 +141,13 @@ class BeatLink:
 
     # -- the link's thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        if not self.port:  # started without waiting (see start): it comes up while the manager serves
+            try:
+                self.wait_ready()
+            except SettingError as e:
+                self._reap()
+                log.error("the heartbeat process did not start (%s); benefactors beat to the manager's port", e)
+                self._relaunch()
         next_tick = 0.0
         while not self._stop.is_set():
             self.last_pass = time.monotonic()
@@ -179,6 +189,9 @@ class BeatLink:
         self._reap()
         log.error("the heartbeat process exited (%s); benefactors beat to the manager's port until it is back",
                   f"code {code}" if code is not None else "its link broke")
+        self._relaunch()
+
+    def _relaunch(self) -> None:
         while not self._stop.wait(RESTART_PAUSE):
             self.last_pass = time.monotonic()  # nothing waits to be applied: its beats went with it
             try:

@@ -88,11 +88,12 @@ class ManagerServer:
 
     def start(self) -> None:
         if self.beats is not None:
-            try:
-                self.beats.wait_ready()
-            except Exception:
-                self.beats.stop()
-                raise
+            if self.settings.heartbeat_listen:  # a port was given: one that cannot be had stops the start
+                try:
+                    self.beats.wait_ready()
+                except Exception:
+                    self.beats.stop()
+                    raise
             self.service.attach_beats(self.beats)
             self.beats.start()
         self._server.start()
@@ -101,8 +102,7 @@ class ManagerServer:
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
                                       "" if self.settings.metrics_without_client_cert else self.settings.tls_ca)
-        log.info("manager serving on %s, state in %s%s", self.address, self.catalog.db_path,
-                 f", heartbeats on port {self.beats.port}" if self.beats is not None else "")
+        log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
         if not self.tls.cert:
             log.warning("no TLS (tls_cert): tokens and data travel in clear to %s", self.address)
         if self.secret is None:

@@ -65,6 +65,10 @@ class FakeBenefactor:
             stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), metadata=self.meta, timeout=10)
         return reply.heartbeat_port
 
+    def told_port(self) -> int:
+        """The heartbeat port, once the manager tells one (its process may still be starting)."""
+        return int(wait_for(self.register, what="the manager to tell its heartbeat port"))  # type: ignore[arg-type]
+
     def beat_stub(self, port: int) -> manager_pb2_grpc.ManagerStub:
         if self.beat_channel is None:
             self.beat_channel = control_channel(f"{self.host}:{port}", self.tls)
@@ -87,7 +91,7 @@ def test_heartbeats_are_answered_while_the_manager_process_cannot_run(local_clus
     cluster = local_cluster(benefactors=0, heartbeat=2.0)
     fake = FakeBenefactor(cluster)
     try:
-        port = fake.register()
+        port = fake.told_port()
         assert port and str(port) != cluster.manager_address.rpartition(":")[2]
         beat = fake.beat_stub(port)
         wait_for(lambda: _answers(beat, fake), what="the heartbeat port to know the benefactor")
@@ -124,7 +128,7 @@ def test_a_killed_heartbeat_process_costs_no_benefactor_and_comes_back_on_its_po
     cluster = local_cluster(benefactors=2)
     fake = FakeBenefactor(cluster)
     try:
-        port = fake.register()
+        port = fake.told_port()
         (child,) = _children(cluster.manager.pid)
         real = {bf.id for bf in cluster.benefactors}
         wait_for(lambda: _connections_to(port) >= 2, what="both benefactors to beat to the heartbeat port")
@@ -139,7 +143,7 @@ def test_a_killed_heartbeat_process_costs_no_benefactor_and_comes_back_on_its_po
             time.sleep(0.1)
         wait_for(lambda: [c for c in _children(cluster.manager.pid) if c != child],
                  what="a new heartbeat process")
-        assert fake.register() == port  # the same port again
+        assert fake.told_port() == port  # the same port again
         wait_for(lambda: _answers(fake.beat_stub(port), fake), what="the heartbeat port to answer again")
     finally:
         fake.close()
@@ -149,7 +153,7 @@ def test_the_heartbeat_port_checks_the_cluster_secret_and_tls(local_cluster):
     cluster = local_cluster(benefactors=1, secure=True, tls=True)
     fake = FakeBenefactor(cluster)
     try:
-        port = fake.register()
+        port = fake.told_port()
         assert port
         wait_for(lambda: _answers(fake.beat_stub(port), fake), what="the heartbeat port to know the benefactor")
         with pytest.raises(grpc.RpcError) as refused:
