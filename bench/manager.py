@@ -71,18 +71,12 @@ def _proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def _children(pid: int) -> list[int]:
-    """The processes a process started (the manager's heartbeat process)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def _helpers_cpu(pid: int) -> float:
+    """CPU seconds of the processes a process started (the manager's heartbeat process)."""
+    from memstage.procs import children
+
     total = 0.0
-    for child in _children(pid):
+    for child in children(pid):
         with contextlib.suppress(OSError):  # it exited
             total += _proc_cpu_rss(child)[0]
     return total

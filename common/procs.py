@@ -6,6 +6,7 @@ serves ("memstage <role> <id> ready on HOST:PORT"); everything else it says goes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -14,11 +15,22 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from memstage.errors import MemstageError
 
 _READY = re.compile(r"^memstage (\w+) (\S+) ready on (\S+)$")
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of the processes a process started (Linux: from /proc), e.g. a manager's heartbeat
+    process."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
 
 def ready_line(role: str, ident: str, address: str) -> str:

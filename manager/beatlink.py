@@ -51,7 +51,6 @@ class BeatLink:
         self._thread: threading.Thread | None = None
         self.port = 0  # 0 until the process listens (and while it is down)
         self.last_pass = time.monotonic()  # when the link's thread last went round (a stalled one defers deaths)
-        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -201,7 +200,6 @@ class BeatLink:
                 self._reap()
                 log.error("the heartbeat process could not start again: %s; retrying", e)
                 continue
-            self.restarts += 1
             log.warning("heartbeat process running again on port %d", self.port)
             return
 

@@ -39,7 +39,7 @@ def _ikey(ns: int, h: bytes, length: int) -> int | None:
     negative length), which must not alias another."""
     if len(h) != 16 or length < 0:
         return None
-    return length << _LENGTH_SHIFT | ns << _NS_SHIFT | _from_bytes(h, "big")
+    return _prefix(ns, length) | _from_bytes(h, "big")
 
 
 def _prefix(ns: int, length: int) -> int:

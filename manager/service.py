@@ -220,7 +220,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval, heartbeat_port=self._beat_port(interval))
 
     def _beat_port(self, interval: float) -> int:
-        """The heartbeat process's port, told to benefactors (0: none; they beat to this port)."""
+        """The heartbeat process's port, for a reply that tells a benefactor `interval` (the process
+        is told that period too). 0: none; benefactors beat to this port."""
         if self.beats is None:
             return 0
         self.beats.interval(interval)

@@ -5,7 +5,6 @@ and it never outlives the manager."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -16,19 +15,12 @@ import pytest
 from conftest import wait_for
 
 from memstage import auth
+from memstage.procs import children as _children
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import control_channel
 from memstage.tls import load as load_tls
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def _connections_to(port: int) -> int:
