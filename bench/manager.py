@@ -218,8 +218,6 @@ class Storm:
             await asyncio.wait(pending, timeout=30)
 
     async def commit_one(self, w: int, n: int) -> None:
-        from memstage import commitpack, receipts
-        from memstage.chunks import ChunkKey
         from memstage.proto import manager_pb2
 
         stub = self.stub(w)
@@ -234,20 +232,14 @@ class Storm:
                                              metadata=self.client_meta, timeout=60)
             self.maps.latencies.append(time.perf_counter() - m0)
             targets = [loc.benefactor_id for loc in smap.benefactors]
-            hashes = os.urandom(16 * self.args.chunks)
-            refs = []
-            for c in range(self.args.chunks):
-                key = ChunkKey(hashes[16 * c:16 * c + 16], MiB)
-                bf = targets[c % len(targets)]
-                refs.append((key, [(bf, receipts.make(self.keys[bf], session, ns, key))]))
-            placed = {bf: len(range(c, self.args.chunks, len(targets))) for c, bf in enumerate(targets)}
+            packed, placed = self.packed_refs(session, ns, targets)
             for bf, n in placed.items():
                 self.placed[bf] = self.placed.get(bf, 0) + n
             if self.placements is not None:  # so that heartbeats report the memory in use
                 self.placements.send(placed)
             c0 = time.perf_counter()
             await stub.Commit(manager_pb2.CommitRequest(namespace=ns, path=f"/w{w}/f{n}", size=self.args.chunks * MiB,
-                                                        packed=commitpack.pack(refs), session=session),
+                                                        packed=packed, session=session),
                               metadata=self.client_meta, timeout=120)
             self.commits.latencies.append(time.perf_counter() - c0)
         except Exception as e:  # noqa: BLE001 (counted, by kind, with the first message of each)
@@ -257,6 +249,29 @@ class Storm:
             details = getattr(e, "details", None)
             self.examples.setdefault(kind, details() if callable(details) else str(e))
         del t0
+
+    def packed_refs(self, session: int, ns: str, targets: list[str]) -> tuple[Any, dict[str, int]]:
+        """A file of `--chunks` new chunks placed round-robin on the map, packed as a client packs
+        them, with the receipts the benefactors would give (computed in one batch: the
+        generator's own CPU would otherwise take the manager's share of this machine)."""
+        import struct
+
+        from memstage import receipts
+        from memstage.chunks import ChunkKey
+        from memstage.proto import manager_pb2
+
+        n = self.args.chunks
+        targets = targets[:n]
+        width = len(targets)
+        hashes = os.urandom(16 * n)
+        keys = [ChunkKey(hashes[16 * c:16 * c + 16], MiB) for c in range(n)]
+        where = [c % width for c in range(n)]
+        signed = receipts.expected(session, ns, keys, [self.keys[targets[i]] for i in where])
+        length = MiB.to_bytes(8, "big")
+        packed = manager_pb2.PackedChunks(
+            keys=b"".join([k.hash + length for k in keys]), counts=b"\x01" * n, benefactors=targets,
+            locations=struct.pack(f">{n}I", *where), receipts=signed)
+        return packed, {bf: len(range(i, n, width)) for i, bf in enumerate(targets)}
 
     async def commit_storm(self) -> float:
         """`--commits` commits by `--committers` writers as fast as they go; returns the seconds taken."""

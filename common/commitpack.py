@@ -56,4 +56,4 @@ def unpack(p: manager_pb2.PackedChunks) -> Unpacked:
     where = struct.unpack(f">{located}I", p.locations)
     if where and max(where) >= len(names):
         raise InvalidArgument(f"packed chunks: a location names benefactor {max(where)} of {len(names)}")
-    return Unpacked(list(_KEY.iter_unpack(p.keys)), p.counts, [names[i] for i in where], p.receipts)
+    return Unpacked(list(_KEY.iter_unpack(p.keys)), p.counts, list(map(names.__getitem__, where)), p.receipts)

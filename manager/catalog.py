@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
@@ -151,6 +152,18 @@ class Backlog:
     oldest_queued_at: float | None
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A commit's chunks when each has one copy: keys[i] on names[i]; chunk_map is pack_map(keys)."""
+
+    keys: Sequence[ChunkKey]
+    names: Sequence[str]
+    chunk_map: bytes
+
+
+_length_of = itemgetter(1)  # of a ChunkKey
+
+
 def pack_map(keys: Sequence[ChunkKey]) -> bytes:
     return b"".join(_ENTRY.pack(k.hash, k.length) for k in keys)
 
@@ -186,6 +199,7 @@ class Catalog(NodeTable):
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._lock = threading.RLock()
+        self._tokens: dict[str, tuple[bytes, dict[str, str]]] = {}  # tokens looked up, not revoked
         self._policies: dict[str, Policy] = {}  # read through: set_policy is the only writer
         self._db.execute("BEGIN IMMEDIATE")  # makes sure the WAL file exists (to fsync it by descriptor)
         self._db.execute("COMMIT")
@@ -324,14 +338,23 @@ class Catalog(NodeTable):
                              (token_id, digest, json.dumps(grants, sort_keys=True), time.time(), note))
 
     def token(self, token_id: str) -> tuple[bytes, dict[str, str]] | None:
-        """(digest of its secret, grants) of a token that is not revoked."""
+        """(digest of its secret, grants) of a token that is not revoked. Every client call asks:
+        tokens in use are kept in memory, so that a call does not wait for the catalog's lock
+        while a commit holds it."""
+        known = self._tokens.get(token_id)
+        if known is not None:
+            return known
         with self._lock:
             row = self._db.execute("SELECT digest, grants FROM tokens WHERE id=? AND revoked=0",
                                    (token_id,)).fetchone()
-        return (bytes(row[0]), json.loads(row[1])) if row else None
+            if not row:
+                return None
+            known = self._tokens[token_id] = (bytes(row[0]), json.loads(row[1]))
+        return known
 
     def revoke_token(self, token_id: str) -> bool:
         with self._lock:
+            self._tokens.pop(token_id, None)  # under the lock: a lookup cannot put it back
             return bool(self._db.execute("UPDATE tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount)
 
     def tokens(self) -> list[tuple[str, dict[str, str], float, bool, str]]:
@@ -601,7 +624,7 @@ class Catalog(NodeTable):
 
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
-               alive: set[str], now: float | None = None, attrs: Attrs | None = None
+               alive: set[str], now: float | None = None, attrs: Attrs | None = None, placed: Placed | None = None
                ) -> tuple[int, dict[str, list[tuple[ChunkKey, int]]]]:
         """Record a new version atomically (queueing its drain if the policy selects it).
 
@@ -609,19 +632,21 @@ class Catalog(NodeTable):
         were checked by the caller), or nothing when the write relied on the namespace already
         holding it. Either way, under the same lock as the write, it must be readable: on a live
         benefactor (`alive` is the registry's view) or on the PFS; else DataLost and no version.
+        `placed`, when given, is the same chunks as one copy each (the usual commit of new data).
         Returns the version number and, per benefactor, the holds to order (key, generation).
         """
-        keys = [k for k, _ in chunks]
-        if sum(k.length for k in keys) != size:
+        keys = placed.keys if placed is not None else [k for k, _ in chunks]
+        if sum(map(_length_of, keys)) != size:
             raise InvalidArgument(f"commit of {path}: size {size} differs from the sum of its chunk lengths")
         now = time.time() if now is None else now
         with self._lock:
-            for i, (key, locs) in enumerate(chunks):
-                if key.is_hole:
-                    continue  # zeros: stored nowhere, always readable
-                if alive.isdisjoint(locs) and not self._index.readable((namespace, key), alive):
-                    where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
-                    raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
+            if placed is None or not alive.issuperset(placed.names):  # else every chunk is on a live benefactor
+                for i, (key, locs) in enumerate(chunks):
+                    if key.is_hole:
+                        continue  # zeros: stored nowhere, always readable
+                    if alive.isdisjoint(locs) and not self._index.readable((namespace, key), alive):
+                        where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
+                        raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
             policy = self.policy(namespace)
             with self._transaction():
                 row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
@@ -630,7 +655,8 @@ class Catalog(NodeTable):
                 persist = policy.persist_every > 0 and version % policy.persist_every == 0
                 self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (namespace, path, version, size, now, pack_map(keys), int(persist)))
+                                 (namespace, path, version, size, now,
+                                  placed.chunk_map if placed is not None else pack_map(keys), int(persist)))
                 # The file's metadata changes with it: new content is a new mtime unless the writer says.
                 when = int(now * 1e9)
                 change = attrs or Attrs()
@@ -640,10 +666,14 @@ class Catalog(NodeTable):
                                                             when))
                 if version == 1:
                     self.touch_dirs(namespace, [path], when)  # a new name in its directory
-                new_locations, holds = self._index.add_version(namespace, chunks, self._new_gen())
+                gen = self._new_gen()
+                added = None if placed is None else self._index.add_placed(namespace, keys, placed.names, gen)
+                # All new: each chunk's one copy, on a live benefactor, is the one to drain it.
+                owners = None if added is None else placed.names  # type: ignore[union-attr]
+                new_locations, holds = added or self._index.add_version(namespace, chunks, gen)
                 self._log().add_many(namespace, new_locations)
                 if persist:
-                    self._queue_drain(namespace, path, version, chunks, alive, now)
+                    self._queue_drain(namespace, path, version, chunks, alive, now, owners)
             return version, holds
 
     def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> Holders:
@@ -736,16 +766,17 @@ class Catalog(NodeTable):
             self._top_gen = max(self._top_gen, gen)
         return index
 
-    def _queue_drain(self, namespace: str, path: str, version: int,
-                     chunks: Sequence[tuple[ChunkKey, Sequence[str]]], alive: set[str], now: float) -> None:
+    def _queue_drain(self, namespace: str, path: str, version: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
+                     alive: set[str], now: float, owners: Sequence[str] | None = None) -> None:
         if not chunks:  # an empty file is one empty chunk file with count 0
             owner = min(alive) if alive else ""
             self._drains.add(namespace, path, version, 0, {owner: [Member(0, 0, ChunkKey.of(b""))]}, now)
             self._queued({owner})
             return
         keys = [k for k, _ in chunks]
-        owners = [holder or self._drainer_for((namespace, key), alive)
-                  for key, holder in zip(keys, self._index.first_holders(namespace, keys, alive), strict=True)]
+        if owners is None:
+            owners = [holder or self._drainer_for((namespace, key), alive)
+                      for key, holder in zip(keys, self._index.first_holders(namespace, keys, alive), strict=True)]
         self._drains.queue_version(namespace, path, version, keys, owners, now)
         self._queued(set(owners))
 

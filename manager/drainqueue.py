@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 
 from memstage.chunks import ChunkKey
 
 _MEMBER = struct.Struct(">IQ16sQ")  # chunk index, offset in the file, hash, length
+_first, _second = itemgetter(0), itemgetter(1)  # a ChunkKey's hash and length
 INDEX_BITS = 32
 GROUP_MAX = 1024
 
@@ -138,20 +142,20 @@ class DrainQueue:
         """Queue every chunk of a version (a commit's drain: built without an object per chunk), at
         the end of the queue; owners[i] drains keys[i]."""
         seq = self._place(0)
-        groups: dict[str, tuple[list[bytes], list[int]]] = {}
-        member, offset = _MEMBER.pack, 0
-        for i, (key, owner) in enumerate(zip(keys, owners, strict=True)):
-            group = groups.get(owner)
-            if group is None:
-                group = groups[owner] = ([], [])
-            group[0].append(member(i, offset, key.hash, key.length))
-            group[1].append(key.length)
-            offset += key.length
+        n = len(keys)
+        hashes, lengths = list(map(_first, keys)), list(map(_second, keys))
+        members = list(map(_MEMBER.pack, range(n), accumulate(lengths, initial=0), hashes, lengths))
+        # Each owner's chunks in file order: a stable sort by owner, then a slice per owner (no
+        # Python loop per chunk).
+        order = sorted(range(n), key=owners.__getitem__)
+        by_owner = list(map(owners.__getitem__, order))
         step = self._group_max
-        for owner, (packed, lengths) in groups.items():
-            for i in range(0, len(packed), step):
-                self._insert_packed(seq, ns, path, version, len(keys), owner, queued_at, sum(lengths[i:i + step]),
-                                    b"".join(packed[i:i + step]))
+        for owner in dict.fromkeys(owners):
+            mine = order[bisect_left(by_owner, owner):bisect_right(by_owner, owner)]
+            for i in range(0, len(mine), step):
+                part = mine[i:i + step]
+                self._insert_packed(seq, ns, path, version, n, owner, queued_at,
+                                    sum(map(lengths.__getitem__, part)), b"".join(map(members.__getitem__, part)))
 
     def _groups(self, benefactor: str) -> Iterator[Group]:
         """A benefactor's groups in queue order, read as they are asked for."""

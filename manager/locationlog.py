@@ -16,8 +16,9 @@ Operations:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from memstage.chunks import ChunkKey
 
@@ -52,9 +53,10 @@ class Batch:
     def add(self, namespace: str, key: ChunkKey, benefactor: str, gen: int) -> None:
         self._ops.append(_ADD.pack(ADD, self._name(namespace), key.hash, key.length, self._name(benefactor), gen))
 
-    def add_many(self, namespace: str, located: Iterable[tuple[ChunkKey, str, int]]) -> None:
-        ns, name, pack, ops = self._name(namespace), self._name, _ADD.pack, self._ops
-        ops.extend(pack(ADD, ns, k.hash, k.length, name(bf), gen) for k, bf, gen in located)
+    def add_many(self, namespace: str, located: Sequence[tuple[ChunkKey, str, int]]) -> None:
+        ns, pack = self._name(namespace), _ADD.pack
+        numbers = {bf: self._name(bf) for bf in dict.fromkeys(map(itemgetter(1), located))}  # a few per commit
+        self._ops += [pack(ADD, ns, k.hash, k.length, numbers[bf], gen) for k, bf, gen in located]
 
     def delete(self, namespace: str, key: ChunkKey, benefactor: str) -> None:
         self._ops.append(_DEL.pack(DEL, self._name(namespace), key.hash, key.length, self._name(benefactor)))

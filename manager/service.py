@@ -46,7 +46,7 @@ from memstage.errors import (
 )
 from memstage.manager.access import EVERYONE, Access, Caller
 from memstage.manager.beatlink import BeatLink
-from memstage.manager.catalog import Catalog, Freed, Policy, VersionRecord
+from memstage.manager.catalog import Catalog, Freed, Placed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
@@ -122,6 +122,7 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     return _key_of(h, n)
 
 
+_length_of = itemgetter(1)  # of a ChunkKey
 _as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) from (h, n), without a Python call
 _NO_KEY = b"\0" * receipts.KEY_BYTES  # stands in for a benefactor not registered (its location fails anyway)
 
@@ -768,7 +769,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 session.committing = True
             receipt_keys = self._receipt_keys(named)
         try:
-            chunks = self._confirmed(namespace, request, receipt_keys)
+            chunks, placed = self._confirmed(namespace, request, receipt_keys)
         except MemstageError:
             self.metrics.commits_refused.labels(namespace).inc()
             if session is not None:
@@ -779,7 +780,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         alive = self._alive_ids()
         try:
             version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive,
-                                                 attrs=_attrs(request.attrs) if request.HasField("attrs") else None)
+                                                 attrs=_attrs(request.attrs) if request.HasField("attrs") else None,
+                                                 placed=placed)
         except BaseException:
             if session is not None:
                 with self._lock:
@@ -791,7 +793,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 self.sessions.end(session.id)
                 self._end_orders(session, holds)
             for bf, held in holds.items():
-                self.registry.note_used(bf, sum(k.length for k, _ in held))
+                self.registry.note_used(bf, sum(map(_length_of, map(itemgetter(0), held))))
         self._free(self.catalog.apply_retention(namespace, path))
         if Redundancy.parse(self.catalog.policy(namespace).redundancy).tolerates:
             self.wake.set()  # its copies are ordered now, not at the next housekeeping round
@@ -810,9 +812,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return keys
 
     def _confirmed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
-                   ) -> list[tuple[ChunkKey, Sequence[str]]]:
-        """The commit's chunks with the locations their receipts prove; a location without a valid
-        receipt from the benefactor's incarnation current at the commit refuses the commit."""
+                   ) -> tuple[list[tuple[ChunkKey, Sequence[str]]], Placed | None]:
+        """The commit's chunks with the locations their receipts prove (and the same as Placed when
+        each is a plain chunk with one copy); a location without a valid receipt from the
+        benefactor's incarnation current at the commit refuses the commit."""
         if request.HasField("packed"):
             if request.chunks:
                 raise InvalidArgument("commit: chunks are given either packed or not, not both")
@@ -829,24 +832,28 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                    "nothing was committed, write the file again")
                 locs.append(loc.benefactor_id)
             chunks.append((key, locs))
-        return chunks
+        return chunks, None
 
     def _confirmed_packed(self, namespace: str, request: manager_pb2.CommitRequest, receipt_keys: dict[str, bytes]
-                          ) -> list[tuple[ChunkKey, Sequence[str]]]:
+                          ) -> tuple[list[tuple[ChunkKey, Sequence[str]]], Placed | None]:
         """_confirmed, for chunks given packed (one loop over byte strings, no message per chunk)."""
         refs = commitpack.unpack(request.packed)
         lengths = list(map(itemgetter(1), refs.keys))
-        if lengths and min(lengths) > 0 and max(lengths) <= MAX_CHUNK_SIZE and \
-                HOLE_HASH not in map(itemgetter(0), refs.keys):
+        plain = bool(lengths) and min(lengths) > 0 and max(lengths) <= MAX_CHUNK_SIZE and \
+            HOLE_HASH not in map(itemgetter(0), refs.keys)
+        if plain:
             keys = list(map(_as_key, refs.keys))  # no call in Python per chunk: all are plain chunk keys
         else:
             keys = [ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n)
                     for h, n in refs.keys]
         names = refs.benefactors
         chunks: list[tuple[ChunkKey, Sequence[str]]]
+        placed = None
         if len(names) == len(keys) and refs.counts.count(1) == len(keys):  # one copy each: the usual case
             located = keys
             chunks = list(zip(keys, zip(names), strict=True))
+            if plain:
+                placed = Placed(keys, names, request.packed.keys)  # the keys as a version's map packs them
         else:
             located, chunks, at = [], [], 0
             for key, count in zip(keys, refs.counts, strict=True):
@@ -854,15 +861,20 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 chunks.append((key, names[at:at + count]))
                 at += count
         if not names:
-            return chunks
+            return chunks, placed
         # The first location without a valid receipt: none at all without a session, else the first
         # at a benefactor not registered or whose receipt differs (the order the per-chunk check has).
-        unknown = next((j for j, bf in enumerate(names) if not receipt_keys[bf]), None) if request.session else 0
+        if not request.session:
+            unknown: int | None = 0
+        elif all(receipt_keys.values()):  # every benefactor named is registered
+            unknown = None
+        else:
+            unknown = next((j for j, bf in enumerate(names) if not receipt_keys[bf]), None)
         if unknown != 0:
             want = receipts.expected(request.session, namespace, located,
-                                     [receipt_keys[bf] or _NO_KEY for bf in names])
+                                     list(map({bf: k or _NO_KEY for bf, k in receipt_keys.items()}.__getitem__, names)))
             if unknown is None and hmac.compare_digest(want, refs.receipts):
-                return chunks
+                return chunks, placed
             given, first = refs.receipts, unknown
             unknown = next(j for j in range(len(names))
                            if j == first or want[16 * j:16 * j + 16] != given[16 * j:16 * j + 16])

@@ -129,3 +129,35 @@ def test_keys_that_differ_only_in_namespace_or_length_stay_apart(entries):
     assert all(index.locations(ik) == {"b1": 5} for ik in model)
     assert index.stored_bytes() == {ns: sum(k.length for (m, k) in model if m == ns) for ns in {m for m, _ in model}}
     assert ("a", ChunkKey(b"\x01" * 15, 1)) not in index  # a short hash cannot alias a 16-byte one
+
+
+PLACED_KEYS = [ChunkKey(bytes([i]) * 16, 4 if i % 3 else 9) for i in range(1, 9)]
+placed_commit = st.lists(st.tuples(st.sampled_from(PLACED_KEYS), st.sampled_from(["b1", "b2", "b3"])), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.one_of(st.tuples(st.just("commit"), placed_commit),
+                                st.tuples(st.just("release"), st.sampled_from(PLACED_KEYS))), max_size=12))
+def test_add_placed_does_what_add_version_does_or_leaves_it_to_add_version(steps):
+    """The commit of new data, in a few passes, against the one-loop path: the same locations,
+    holds, counts and state, slots freed by releases reused; and nothing touched when a key is
+    already indexed or repeated (the caller then takes the one-loop path)."""
+    fast, slow = ChunkIndex(), ChunkIndex()
+    for gen, (what, arg) in enumerate(steps, start=1):
+        if what == "release":
+            ik = ("ns", arg)
+            if ik in slow:
+                assert fast.bump(ik, -1, -1) == slow.bump(ik, -1, -1)
+            continue
+        keys, names = [k for k, _ in arg], [bf for _, bf in arg]
+        chunks = [(k, [bf]) for k, bf in arg]
+        fresh = len(set(keys)) == len(keys) and not any(("ns", k) in slow for k in keys) and bool(keys)
+        before = _state(fast)
+        got = fast.add_placed("ns", keys, names, gen)
+        if not fresh:
+            assert got is None and _state(fast) == before
+            got = fast.add_version("ns", chunks, gen)
+        assert got == _reference(slow, "ns", chunks, gen)
+        assert _state(fast) == _state(slow)
+    for k in PLACED_KEYS:
+        assert fast.first_holder(("ns", k), {"b1", "b2", "b3"}) == slow.first_holder(("ns", k), {"b1", "b2", "b3"})
