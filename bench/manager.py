@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import os
 import random
@@ -69,6 +71,14 @@ def _proc_cpu_rss(pid: int) -> tuple[float, int]:
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def _cpu(pid: int | None) -> float:
+    """CPU seconds of a process (0 once it exited)."""
+    try:
+        return _proc_cpu_rss(pid)[0] if pid else 0.0
+    except OSError:
+        return 0.0
 
 
 def _helpers_cpu(pid: int) -> float:
@@ -264,7 +274,8 @@ class Storm:
         targets = targets[:n]
         width = len(targets)
         hashes = os.urandom(16 * n)
-        keys = [ChunkKey(hashes[16 * c:16 * c + 16], MiB) for c in range(n)]
+        as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) without a Python call per chunk
+        keys = list(map(as_key, zip([hashes[at:at + 16] for at in range(0, 16 * n, 16)], itertools.repeat(MiB))))
         where = [c % width for c in range(n)]
         signed = receipts.expected(session, ns, keys, [self.keys[targets[i]] for i in where])
         length = MiB.to_bytes(8, "big")
@@ -369,6 +380,10 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         beater.start()
         await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
         wall0 = time.perf_counter()
+        # CPU during the storm itself, of the manager (with its heartbeat process) and of this
+        # generator (with its heartbeat process): on a shared machine, what the load takes is
+        # not the manager's.
+        manager_at, load_at = _proc_cpu_rss(pid)[0] + _helpers_cpu(pid), time.process_time() + _cpu(beater.pid)
         conn.send("mark")
         beats0, done0 = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         if args.commit_rate:
@@ -379,6 +394,8 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             progress(f"bench: {args.commits} commits of {args.chunks} chunks by {args.committers} writers, "
                      f"heartbeats every {args.sim_heartbeat:g}s ...")
             storm_seconds = await storm.commit_storm()
+        manager_storm_cpu = _proc_cpu_rss(pid)[0] + _helpers_cpu(pid) - manager_at
+        load_storm_cpu = time.process_time() + _cpu(beater.pid) - load_at
         # Liveness is judged after the storm too: a TTL of heartbeats more.
         settle = min(3 * args.sim_heartbeat, 10.0)
         await asyncio.sleep(settle)
@@ -415,6 +432,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "orders_calls": beats["orders_calls"], "heartbeat_port": storm.beat_port,
             "heartbeats_to_manager_port": beats["beat_fallbacks"], "false_deaths": len(false_deaths),
             "manager_cpu_seconds": cpu1 - cpu0 + helpers, "heartbeat_process_cpu_seconds": helpers,
+            "storm_manager_cpu_seconds": manager_storm_cpu, "storm_generator_cpu_seconds": load_storm_cpu,
             "manager_rss_bytes": rss1, "chunk_entries": entries,
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
         }
@@ -469,6 +487,9 @@ def run_manager_bench(args: argparse.Namespace) -> int:
              f"{r['heartbeat_port']})" if r["heartbeat_port"] else " (heartbeats answered by the manager process)")
     print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s{beats}, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
+    print(f"during the {r['storm_seconds']:.1f}s of commits: manager {r['storm_manager_cpu_seconds']:.1f} CPU s "
+          f"({r['storm_manager_cpu_seconds'] / max(1, r['commits_done']) * 1000:.1f} ms per commit), load generator "
+          f"{r['storm_generator_cpu_seconds']:.1f} CPU s, of {os.cpu_count()} CPUs x {r['storm_seconds']:.1f}s")
     if r["heartbeat_errors"]:
         print(f"heartbeat errors: {r['heartbeat_errors']}")
     if r["commit_errors"]:
