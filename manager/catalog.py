@@ -27,10 +27,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from operator import itemgetter
 from pathlib import Path
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import ChunkKey, second
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
@@ -159,9 +158,6 @@ class Placed:
     keys: Sequence[ChunkKey]
     names: Sequence[str]
     chunk_map: bytes
-
-
-_length_of = itemgetter(1)  # of a ChunkKey
 
 
 def pack_map(keys: Sequence[ChunkKey]) -> bytes:
@@ -636,7 +632,7 @@ class Catalog(NodeTable):
         Returns the version number and, per benefactor, the holds to order (key, generation).
         """
         keys = placed.keys if placed is not None else [k for k, _ in chunks]
-        if sum(map(_length_of, keys)) != size:
+        if sum(map(second, keys)) != size:
             raise InvalidArgument(f"commit of {path}: size {size} differs from the sum of its chunk lengths")
         now = time.time() if now is None else now
         with self._lock:

@@ -20,9 +20,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from operator import itemgetter
 
-from memstage.chunks import HOLE_HASH, ChunkKey
+from memstage.chunks import HOLE_HASH, ChunkKey, first, second
 
 IndexKey = tuple[str, ChunkKey]
 Holders = dict[str, int]  # benefactor id -> generation of its hold
@@ -33,8 +32,6 @@ _LENGTH_SHIFT = _NS_SHIFT + _NS_BITS  # the length goes on top: a longer chunk o
 _NS_MASK = (1 << _NS_BITS) - 1
 _HASH_MASK = (1 << _NS_SHIFT) - 1
 _from_bytes = int.from_bytes
-_hash_of = _first = itemgetter(0)  # of a ChunkKey (hash, length) or a hold (key, generation)
-_length_of = itemgetter(1)
 
 
 def _ikey(ns: int, h: bytes, length: int) -> int | None:
@@ -444,13 +441,13 @@ class ChunkIndex:
         done with a few passes in C when every key is new to the index and appears once (no hole),
         else None (nothing changed: add_version does it). A storm of commits of 1 GiB files goes
         through here, a thousand chunks each."""
-        if not keys or HOLE_HASH in map(_hash_of, keys):
+        if not keys or HOLE_HASH in map(first, keys):
             return None
         ns = self._ns_number(namespace)
-        lengths = set(map(_length_of, keys))
+        lengths = set(map(second, keys))
         if len(lengths) == 1:
             prefix = _prefix(ns, lengths.pop())
-            packed = [prefix | _from_bytes(h, "big") for h in map(_hash_of, keys)]
+            packed = [prefix | _from_bytes(h, "big") for h in map(first, keys)]
         else:
             prefixes = {n: _prefix(ns, n) for n in lengths}
             packed = [prefixes[k.length] | _from_bytes(k.hash, "big") for k in keys]
@@ -480,7 +477,7 @@ class ChunkIndex:
             if counts is None:
                 counts = self._held[bf] = [0, 0]
             counts[0] += len(held)
-            counts[1] += sum(map(_length_of, map(_first, held)))
+            counts[1] += sum(map(second, map(first, held)))
         self.location_count += n
         return list(zip(keys, names, [gen] * n, strict=True)), holds
 

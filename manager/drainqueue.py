@@ -22,12 +22,10 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from operator import itemgetter
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import ChunkKey, first, second
 
 _MEMBER = struct.Struct(">IQ16sQ")  # chunk index, offset in the file, hash, length
-_first, _second = itemgetter(0), itemgetter(1)  # a ChunkKey's hash and length
 INDEX_BITS = 32
 GROUP_MAX = 1024
 
@@ -143,7 +141,7 @@ class DrainQueue:
         the end of the queue; owners[i] drains keys[i]."""
         seq = self._place(0)
         n = len(keys)
-        hashes, lengths = list(map(_first, keys)), list(map(_second, keys))
+        hashes, lengths = list(map(first, keys)), list(map(second, keys))
         members = list(map(_MEMBER.pack, range(n), accumulate(lengths, initial=0), hashes, lengths))
         # Each owner's chunks in file order: a stable sort by owner, then a slice per owner (no
         # Python loop per chunk).

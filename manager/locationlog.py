@@ -18,9 +18,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import ChunkKey, second
 
 ADD, DEL, DROP, VOID = 1, 2, 3, 4
 _MAGIC = b"L1"
@@ -55,7 +54,7 @@ class Batch:
 
     def add_many(self, namespace: str, located: Sequence[tuple[ChunkKey, str, int]]) -> None:
         ns, pack = self._name(namespace), _ADD.pack
-        numbers = {bf: self._name(bf) for bf in dict.fromkeys(map(itemgetter(1), located))}  # a few per commit
+        numbers = {bf: self._name(bf) for bf in dict.fromkeys(map(second, located))}  # a few per commit
         self._ops += [pack(ADD, ns, k.hash, k.length, numbers[bf], gen) for k, bf, gen in located]
 
     def delete(self, namespace: str, key: ChunkKey, benefactor: str) -> None:

@@ -8,13 +8,11 @@ starts with an empty queue: the old process's chunks are gone with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
 
-from memstage.chunks import HELD_PACKED, ChunkKey
+from memstage.chunks import HELD_PACKED, ChunkKey, first, second
 from memstage.proto import manager_pb2
 
 MAX_BATCH = 256  # orders per fetch
-_first, _second = itemgetter(0), itemgetter(1)
 
 
 @dataclass(slots=True)
@@ -25,7 +23,7 @@ class _Queue:
 
 def _pack_holds(hold: list[tuple[ChunkKey, int]]) -> bytes:
     keys, gens = zip(*hold, strict=True)  # a commit holds a thousand chunks: no Python call per chunk
-    return b"".join(map(HELD_PACKED.pack, map(_first, keys), map(_second, keys), gens))
+    return b"".join(map(HELD_PACKED.pack, map(first, keys), map(second, keys), gens))
 
 
 class OrderQueues:

@@ -23,14 +23,13 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
-from operator import itemgetter
 from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import auth, commitpack, receipts
-from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey
+from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, second
 from memstage.errors import (
     DataLost,
     DeploymentFull,
@@ -122,7 +121,6 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     return _key_of(h, n)
 
 
-_length_of = itemgetter(1)  # of a ChunkKey
 _as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) from (h, n), without a Python call
 _NO_KEY = b"\0" * receipts.KEY_BYTES  # stands in for a benefactor not registered (its location fails anyway)
 
@@ -793,7 +791,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 self.sessions.end(session.id)
                 self._end_orders(session, holds)
             for bf, held in holds.items():
-                self.registry.note_used(bf, sum(map(_length_of, map(itemgetter(0), held))))
+                self.registry.note_used(bf, sum(map(second, map(first, held))))
         self._free(self.catalog.apply_retention(namespace, path))
         if Redundancy.parse(self.catalog.policy(namespace).redundancy).tolerates:
             self.wake.set()  # its copies are ordered now, not at the next housekeeping round
@@ -838,9 +836,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                           ) -> tuple[list[tuple[ChunkKey, Sequence[str]]], Placed | None]:
         """_confirmed, for chunks given packed (one loop over byte strings, no message per chunk)."""
         refs = commitpack.unpack(request.packed)
-        lengths = list(map(itemgetter(1), refs.keys))
+        lengths = list(map(second, refs.keys))
         plain = bool(lengths) and min(lengths) > 0 and max(lengths) <= MAX_CHUNK_SIZE and \
-            HOLE_HASH not in map(itemgetter(0), refs.keys)
+            HOLE_HASH not in map(first, refs.keys)
         if plain:
             keys = list(map(_as_key, refs.keys))  # no call in Python per chunk: all are plain chunk keys
         else:
@@ -875,9 +873,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                      list(map({bf: k or _NO_KEY for bf, k in receipt_keys.items()}.__getitem__, names)))
             if unknown is None and hmac.compare_digest(want, refs.receipts):
                 return chunks, placed
-            given, first = refs.receipts, unknown
+            given, earliest = refs.receipts, unknown
             unknown = next(j for j in range(len(names))
-                           if j == first or want[16 * j:16 * j + 16] != given[16 * j:16 * j + 16])
+                           if j == earliest or want[16 * j:16 * j + 16] != given[16 * j:16 * j + 16])
         i, at = 0, len(chunks[0][1])
         while at <= unknown:  # the chunk whose locations include the unconfirmed one
             i += 1
