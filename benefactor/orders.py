@@ -20,7 +20,7 @@ import grpc
 
 from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
-from memstage.chunks import HELD_PACKED, ChunkKey
+from memstage.chunks import HASH_BYTES, HELD_PACKED, ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import GrpcTransport
@@ -41,6 +41,10 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
         store.hold(((ns, ChunkKey.from_pb(h.key)), h.gen) for h in order.hold)
     if order.hold_packed:
         store.hold(((ns, ChunkKey(h, n)), gen) for h, n, gen in HELD_PACKED.iter_unpack(order.hold_packed))
+    if order.hold_hashes:
+        hashes, length, gen = order.hold_hashes, order.hold_length, order.hold_gen
+        store.hold(((ns, ChunkKey(hashes[at:at + HASH_BYTES], length)), gen)
+                   for at in range(0, len(hashes), HASH_BYTES))
     freed = 0
     if order.release:
         freed += store.unpin(order.session, [(ns, ChunkKey.from_pb(k)) for k in order.release])
@@ -125,7 +129,7 @@ class OrderLoop:
             if order.seq <= self._acked:
                 continue  # fetched again after a lost acknowledgement: already done
             freed += apply_order(self.store, order)
-            held = held or bool(order.hold_packed or order.hold)
+            held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
             for copy in order.copy:
                 work = self._build if copy.HasField("stripe") else self._copy
                 self._copying.append(self._pool.submit(work, order.namespace, copy))

@@ -8,6 +8,7 @@ starts with an empty queue: the old process's chunks are gone with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from memstage.chunks import HELD_PACKED, ChunkKey, first, second
 from memstage.proto import manager_pb2
@@ -21,9 +22,14 @@ class _Queue:
     orders: list[manager_pb2.Order] = field(default_factory=list)
 
 
-def _pack_holds(hold: list[tuple[ChunkKey, int]]) -> bytes:
+def _packed_holds(hold: list[tuple[ChunkKey, int]]) -> dict[str, Any]:
+    """An order's holds as the fields of the shortest form that fits: 16 bytes per chunk when all
+    share a length and a generation (a commit's new chunks), else 32."""
     keys, gens = zip(*hold, strict=True)  # a commit holds a thousand chunks: no Python call per chunk
-    return b"".join(map(HELD_PACKED.pack, map(first, keys), map(second, keys), gens))
+    lengths = set(map(second, keys))
+    if len(lengths) == 1 and len(set(gens)) == 1:
+        return {"hold_hashes": b"".join(map(first, keys)), "hold_length": lengths.pop(), "hold_gen": gens[0]}
+    return {"hold_packed": b"".join(map(HELD_PACKED.pack, map(first, keys), map(second, keys), gens))}
 
 
 class OrderQueues:
@@ -43,7 +49,7 @@ class OrderQueues:
         q = self._queues.setdefault(benefactor, _Queue())
         order = manager_pb2.Order(
             seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
-            hold_packed=_pack_holds(hold) if hold else b"",
+            **(_packed_holds(hold) if hold else {}),
             release=[k.to_pb() for k in release or ()],
             free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()],
             copy=[manager_pb2.CopyOrder(key=k.to_pb(), gen=g, source_id=sid, source_address=addr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -239,3 +239,30 @@ class ChunkIndexModel(RuleBasedStateMachine):
 
 TestChunkIndexModel = ChunkIndexModel.TestCase
 TestChunkIndexModel.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+class _HoldLog:
+    """Records what an order asks a store to hold (the order's decoding, without a store)."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[tuple[str, ChunkKey], int]] = []
+
+    def hold(self, items) -> None:  # type: ignore[no-untyped-def]
+        self.held += list(items)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hold=st.lists(st.tuples(st.tuples(st.binary(min_size=16, max_size=16), st.sampled_from([4096, 1 << 20])),
+                               st.sampled_from([7, 8])), min_size=1, max_size=20))
+def test_holds_reach_the_benefactor_as_pushed_in_either_packed_form(hold):
+    """A commit's holds travel as 16 bytes per chunk when they share a length and a generation,
+    else as 32; either way the benefactor holds exactly those chunks at those generations."""
+    hold = [(ChunkKey(h, n), gen) for (h, n), gen in hold]
+    queues = OrderQueues()
+    queues.push("bf", "ns", session=3, hold=hold)
+    (order,) = queues.take("bf", 0)
+    shared = len({k.length for k, _ in hold}) == 1 and len({g for _, g in hold}) == 1
+    assert bool(order.hold_hashes) == shared and bool(order.hold_packed) != shared
+    log = _HoldLog()
+    apply_order(log, order)  # type: ignore[arg-type]
+    assert log.held == [(("ns", k), g) for k, g in hold]

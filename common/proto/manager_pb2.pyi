@@ -202,7 +202,7 @@ class OrdersRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ..., copied: _Optional[_Iterable[_Union[CopyResult, _Mapping]]] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy", "hold_packed")
+    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy", "hold_packed", "hold_hashes", "hold_length", "hold_gen")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,9 @@ class Order(_message.Message):
     FREE_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
     HOLD_PACKED_FIELD_NUMBER: _ClassVar[int]
+    HOLD_HASHES_FIELD_NUMBER: _ClassVar[int]
+    HOLD_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    HOLD_GEN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     namespace: str
     session: int
@@ -221,7 +224,10 @@ class Order(_message.Message):
     free: _containers.RepeatedCompositeFieldContainer[HeldChunk]
     copy: _containers.RepeatedCompositeFieldContainer[CopyOrder]
     hold_packed: bytes
-    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ...) -> None: ...
+    hold_hashes: bytes
+    hold_length: int
+    hold_gen: int
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ..., hold_hashes: _Optional[bytes] = ..., hold_length: _Optional[int] = ..., hold_gen: _Optional[int] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
     __slots__ = ("key", "gen", "source_id", "source_address", "stripe")
