@@ -663,10 +663,12 @@ class Catalog(NodeTable):
                 if version == 1:
                     self.touch_dirs(namespace, [path], when)  # a new name in its directory
                 gen = self._new_gen()
-                added = None if placed is None else self._index.add_placed(namespace, keys, placed.names, gen)
-                # All new: each chunk's one copy, on a live benefactor, is the one to drain it.
-                owners = None if added is None else placed.names  # type: ignore[union-attr]
-                new_locations, holds = added or self._index.add_version(namespace, chunks, gen)
+                owners: Sequence[str] | None = None
+                if placed is not None and (added := self._index.add_placed(namespace, keys, placed.names, gen)):
+                    new_locations, holds = added
+                    owners = placed.names  # all new: each chunk's one copy, on a live benefactor, drains it
+                else:
+                    new_locations, holds = self._index.add_version(namespace, chunks, gen)
                 self._log().add_many(namespace, new_locations)
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now, owners)
