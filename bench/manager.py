@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -267,15 +266,14 @@ class Storm:
         import struct
 
         from memstage import receipts
-        from memstage.chunks import ChunkKey
+        from memstage.chunks import key_of_pair
         from memstage.proto import manager_pb2
 
         n = self.args.chunks
         targets = targets[:n]
         width = len(targets)
         hashes = os.urandom(16 * n)
-        as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) without a Python call per chunk
-        keys = list(map(as_key, zip([hashes[at:at + 16] for at in range(0, 16 * n, 16)], itertools.repeat(MiB))))
+        keys = list(map(key_of_pair, zip([hashes[at:at + 16] for at in range(0, 16 * n, 16)], itertools.repeat(MiB))))
         where = [c % width for c in range(n)]
         signed = receipts.expected(session, ns, keys, [self.keys[targets[i]] for i in where])
         length = MiB.to_bytes(8, "big")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from operator import itemgetter
 from typing import NamedTuple
@@ -64,3 +65,6 @@ class ChunkKey(NamedTuple):
     def __str__(self) -> str:
         return self.hex()
 
+
+# ChunkKey(h, n) from a pair (h, n) without a Python call: a commit makes a thousand at once.
+key_of_pair = functools.partial(tuple.__new__, ChunkKey)

@@ -29,7 +29,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import auth, commitpack, receipts
-from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, second
+from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, key_of_pair, second
 from memstage.errors import (
     DataLost,
     DeploymentFull,
@@ -121,7 +121,6 @@ def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
     return _key_of(h, n)
 
 
-_as_key = functools.partial(tuple.__new__, ChunkKey)  # ChunkKey(h, n) from (h, n), without a Python call
 _NO_KEY = b"\0" * receipts.KEY_BYTES  # stands in for a benefactor not registered (its location fails anyway)
 
 
@@ -840,7 +839,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         plain = bool(lengths) and min(lengths) > 0 and max(lengths) <= MAX_CHUNK_SIZE and \
             HOLE_HASH not in map(first, refs.keys)
         if plain:
-            keys = list(map(_as_key, refs.keys))  # no call in Python per chunk: all are plain chunk keys
+            keys = list(map(key_of_pair, refs.keys))  # no call in Python per chunk: all are plain chunk keys
         else:
             keys = [ChunkKey(h, n) if 0 < n <= MAX_CHUNK_SIZE and h != HOLE_HASH else _key_of(h, n)
                     for h, n in refs.keys]
