@@ -6,7 +6,8 @@ heartbeat every `--sim-heartbeat`, each at its own phase, or at the longer perio
 replies ask for (it stretches the period of a large deployment to bound its heartbeat load);
 the heartbeats go from a process of their own, so that building commits does not delay them
 (their latency is the manager's, not the generator's), and a benefactor told that orders wait
-fetches and acknowledges them, as a real one does;
+(woken by the manager's Wake call, which that process serves for all of them at one address, or
+by a heartbeat reply) fetches and acknowledges them at once, as a real one does;
 `--committers` concurrent writers each open a write session, ask for a striping map and commit
 a file of `--chunks` new 1 MiB chunks, placed round-robin on the map, each with the receipt the
 benefactor would have given. With
@@ -112,6 +113,11 @@ class Storm:
         self.bf_meta = ((auth.CLUSTER_HEADER, auth.cluster_proof(secret)),)
         self.client_meta = ((auth.TOKEN_HEADER, f"Bearer {token}"),)
         self.ids = [f"sim-{i:06d}" for i in range(self.n)]
+        self.index = {bf: i for i, bf in enumerate(self.ids)}
+        self.wake_address = ""  # where every simulated benefactor is woken (the heartbeat process serves it)
+        self.wakes = 0  # received
+        self._taking: dict[str, bool] = {}  # benefactors fetching orders now -> woken again meanwhile
+        self.takes: set[asyncio.Task[None]] = set()
         self.incarnation = {bf: random.getrandbits(62) + 1 for bf in self.ids}
         self.keys = {bf: os.urandom(32) for bf in self.ids}
         self.heartbeats = Tally()
@@ -152,7 +158,7 @@ class Storm:
         async def one(i: int, bf: str) -> None:
             async with sem:
                 reply = await self.stub(i).Register(manager_pb2.RegisterRequest(
-                    benefactor_id=bf, address=f"127.0.0.1:{1 + i % 60000}", incarnation=self.incarnation[bf],
+                    benefactor_id=bf, address=self.wake_address, incarnation=self.incarnation[bf],
                     receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
                     metadata=self.bf_meta, timeout=120)
                 self.told = max(self.told, reply.heartbeat_interval_seconds)
@@ -201,7 +207,7 @@ class Storm:
                 if reply.heartbeat_interval_seconds:
                     self.told = reply.heartbeat_interval_seconds
                 if reply.orders_waiting:
-                    await self.take_orders(i)
+                    self.take_soon(bf)
             except Exception as e:  # noqa: BLE001 (counted, by kind)
                 code = getattr(e, "code", None)
                 self.heartbeats.fail(str(code()) if callable(code) else type(e).__name__)
@@ -314,6 +320,62 @@ class Storm:
         reply = await self.stubs[0].Status(manager_pb2.StatusRequest(), metadata=self.client_meta, timeout=120)
         return {b.id for b in reply.benefactors if b.alive}
 
+    async def serve_wakes(self) -> Any:
+        """The Wake call of every simulated benefactor, at one address; returns the started server."""
+        import hmac
+
+        import grpc
+
+        from memstage import auth
+        from memstage.proto import benefactor_pb2
+
+        proof = dict(self.bf_meta)[auth.CLUSTER_HEADER]
+
+        async def wake(request: Any, context: Any) -> Any:
+            given = dict(context.invocation_metadata()).get(auth.CLUSTER_HEADER, "")
+            if not hmac.compare_digest(given, proof):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no cluster proof")
+            bf = request.benefactor_id
+            if bf not in self.index or request.incarnation != self.incarnation[bf]:
+                return benefactor_pb2.WakeReply(known=False)
+            self.wakes += 1
+            if request.orders:
+                self.take_soon(bf)
+            return benefactor_pb2.WakeReply(known=True)
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("memstage.v1.Benefactor", {
+            "Wake": grpc.unary_unary_rpc_method_handler(
+                wake, request_deserializer=benefactor_pb2.WakeRequest.FromString,
+                response_serializer=benefactor_pb2.WakeReply.SerializeToString)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.wake_address = f"127.0.0.1:{port}"
+        return server
+
+    def take_soon(self, bf: str) -> None:
+        """Fetch the orders waiting for `bf` now (once more after this fetch if it is fetching)."""
+        if bf in self._taking:
+            self._taking[bf] = True
+            return
+        self._taking[bf] = False
+
+        async def take() -> None:
+            try:
+                while True:
+                    await self.take_orders(self.index[bf])
+                    if not self._taking[bf]:
+                        break
+                    self._taking[bf] = False
+            except Exception:  # noqa: BLE001 (a lost fetch: the next wake or heartbeat reply tells again)
+                pass
+            finally:
+                del self._taking[bf]
+
+        task = asyncio.create_task(take())
+        self.takes.add(task)
+        task.add_done_callback(self.takes.discard)
+
     async def take_orders(self, i: int) -> None:
         """Fetch and acknowledge the orders waiting (the holds of commits), as a benefactor does when
         told: orders nobody takes would stay queued in the manager's memory."""
@@ -338,23 +400,30 @@ class Storm:
             await c.close(None)
 
 
-def _beat_in_child(conn: Any, placements: Any, args: argparse.Namespace, address: str, secret: bytes,
-                   incarnation: dict[str, int], told: float, beat_port: int) -> None:
-    """The simulated benefactors' heartbeats, in a process of their own: the writers' event loop
-    (building commits) must not delay them, or their latency would be the generator's."""
+def _beat_in_child(conn: Any, placements: Any, args: argparse.Namespace, address: str, secret: bytes) -> None:
+    """The simulated benefactors' heartbeats and wakes, in a process of their own: the writers'
+    event loop (building commits) must not delay them, or their latency would be the generator's.
+    Sends the address of its Wake server, then takes the benefactors' incarnations, the period
+    told and the heartbeat port once the parent registered them there."""
 
     async def main() -> None:
         storm = Storm(args, address, secret, "")
-        storm.incarnation, storm.told, storm.placements = incarnation, told, placements
+        server = await storm.serve_wakes()
+        conn.send(storm.wake_address)
+        storm.incarnation, storm.told, beat_port = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        storm.placements = placements
         storm.use_beat_port(beat_port)
         try:
             await storm.heartbeat_loop(asyncio.Event(), mark=conn)
+            if storm.takes:
+                await asyncio.wait(storm.takes, timeout=30)
         finally:
+            await server.stop(None)
             await storm.close()
         h = storm.heartbeats
         conn.send({"latencies": h.latencies, "failed": h.failed, "errors": h.errors, "unknown": sorted(storm.unknown),
                    "beats_sent": storm.beats_sent, "told": storm.told, "orders_calls": storm.orders_calls,
-                   "beat_fallbacks": storm.beat_fallbacks})
+                   "beat_fallbacks": storm.beat_fallbacks, "wakes": storm.wakes})
 
     asyncio.run(main())
 
@@ -365,17 +434,20 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
     storm = Storm(args, address, secret, token)
     beater = None
     try:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        placements_in, storm.placements = ctx.Pipe(duplex=False)
+        beater = ctx.Process(target=_beat_in_child, args=(child_conn, placements_in, args, address, secret),
+                             daemon=True)
+        beater.start()
+        if not await asyncio.get_running_loop().run_in_executor(None, conn.poll, 60):
+            raise MemstageError("bench --manager: the simulated benefactors' process did not start")
+        storm.wake_address = conn.recv()
         progress(f"bench: registering {storm.n} simulated benefactors ...")
         registration_rate = await storm.register_all()
         cpu0, rss0 = _proc_cpu_rss(pid)
         helpers0 = _helpers_cpu(pid)
-        ctx = multiprocessing.get_context("spawn")
-        conn, child_conn = ctx.Pipe()
-        placements_in, storm.placements = ctx.Pipe(duplex=False)
-        beater = ctx.Process(target=_beat_in_child, args=(child_conn, placements_in, args, address, secret,
-                                                          storm.incarnation, storm.told, storm.beat_port),
-                             daemon=True)
-        beater.start()
+        conn.send((storm.incarnation, storm.told, storm.beat_port))
         await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
         wall0 = time.perf_counter()
         # CPU during the storm itself, of the manager (with its heartbeat process) and of this
@@ -427,7 +499,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "map_p99_s": _percentile(storm.maps.latencies, 0.99),
             "maps_distinct_benefactors": len(placed), "placed_max_over_mean": (
                 placed[-1] / statistics.mean(placed)) if placed else 0.0,
-            "orders_calls": beats["orders_calls"], "heartbeat_port": storm.beat_port,
+            "orders_calls": beats["orders_calls"], "wakes": beats["wakes"], "heartbeat_port": storm.beat_port,
             "heartbeats_to_manager_port": beats["beat_fallbacks"], "false_deaths": len(false_deaths),
             "manager_cpu_seconds": cpu1 - cpu0 + helpers, "heartbeat_process_cpu_seconds": helpers,
             "storm_manager_cpu_seconds": manager_storm_cpu, "storm_generator_cpu_seconds": load_storm_cpu,
@@ -481,6 +553,7 @@ def run_manager_bench(args: argparse.Namespace) -> int:
     print(f"false deaths: {r['false_deaths']}; registration: {r['registration_per_s']:.0f}/s; striping maps: p99 "
           f"{r['map_p99_s'] * 1000:.1f} ms, {r['maps_distinct_benefactors']} benefactors used, busiest "
           f"{r['placed_max_over_mean']:.1f}x the mean")
+    print(f"orders: {r['wakes']} wakes from the manager, {r['orders_calls']} Orders calls by the benefactors")
     beats = (f" ({r['heartbeat_process_cpu_seconds']:.1f} s of it in its heartbeat process, port "
              f"{r['heartbeat_port']})" if r["heartbeat_port"] else " (heartbeats answered by the manager process)")
     print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s{beats}, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "

@@ -5,8 +5,8 @@ computed from other members: new parity, or a member rebuilt after a loss).
 The manager is the only one who decides that a chunk may go. Its orders wait in a per-benefactor
 queue at the manager; this loop fetches them, applies them in sequence to the
 ChunkStore and acknowledges them with the next fetch, so an order whose reply was lost is simply
-fetched again (each is idempotent). An idle loop does not poll: heartbeat replies say when orders
-are waiting (see Waker).
+fetched again (each is idempotent). An idle loop does not poll: the manager wakes it when orders
+wait (see Waker).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class OrderLoop:
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
                  on_hold: Callable[[], None] = lambda: None) -> None:
         self.store = store
-        # Idle, it waits to be told (heartbeat replies) rather than polling; quick while writes are open here.
+        # Idle, it waits to be told (the manager's Wake, or a heartbeat reply) rather than polling.
         self.waker = Waker(POLL, ceiling)
         self._on_hold = on_hold  # chunks held for a committed version: their drain tasks are likely queued
         # Members on the PFS are read through this benefactor's own ReadDrained.
@@ -103,7 +103,7 @@ class OrderLoop:
             elif self._copying:  # report a finished copy as soon as it is done
                 wait(self._copying, timeout=POLL, return_when=FIRST_COMPLETED)
             else:
-                self.waker.idle(busy=bool(self.store.sessions()))
+                self.waker.idle()
 
     def fetch_and_apply(self) -> int:
         """Fetch the next orders (reporting the copies finished since), carry them out; copies and

@@ -60,16 +60,24 @@ class BenefactorServer:
         self.address = bind(self._server, settings.listen, "--listen", tls)
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
                                    self.incarnation, receipt_key, credentials, tls)
-        # Idle loops are woken by heartbeat replies; they look on their own at most every two periods.
+        # Idle loops are woken by the manager (Wake, and heartbeat replies should a wake be lost); they
+        # look on their own at most every two periods.
         ceiling = lambda: 2 * self.heartbeat.interval  # noqa: E731
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls, ceiling, on_hold=self.drain.waker.wake)
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
-        self.service.on_session_data = self.orders.waker.nudge
+        self.service.incarnation = self.incarnation
+        self.service.on_wake = self._woken
         self.service.drain = self.drain
         self._metrics: Any = None
+
+    def _woken(self, orders: bool, drain: bool) -> None:
+        if orders:
+            self.orders.waker.wake()
+        if drain:
+            self.drain.waker.wake()
 
     def _drain_state(self) -> tuple[int, bool]:
         return self.drain.drained_bytes, bool(self.drain.error)

@@ -72,8 +72,9 @@ class BenefactorService:
         self.receipt_key = receipt_key
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
-        # Called for each chunk a write session stores here: its end order will follow soon.
-        self.on_session_data: Callable[[], None] = lambda: None
+        self.incarnation = 0  # set by the server: wakes for another process at this address are ignored
+        # Set by the server: the manager says orders (first) or drain tasks (second) wait here.
+        self.on_wake: Callable[[bool, bool], None] = lambda orders, drain: None
 
     def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
@@ -122,7 +123,6 @@ class BenefactorService:
                         self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})")
                     self.store.put_reserved(incoming.key, data, incoming.session)
-                    self.on_session_data()
                     self.metrics.received.inc(len(data))
                     receipt = make_receipt(self.receipt_key, incoming.session, ns, key)
                     seq, incoming = incoming.seq, None
@@ -190,6 +190,20 @@ class BenefactorService:
         keys = [(request.namespace, ChunkKey.from_pb(k)) for k in request.keys]
         return benefactor_pb2.HasReply(present=[self.store.has(k) for k in keys])
 
+    # -- Wake ----------------------------------------------------------------------------------
+    def wake(self, request: benefactor_pb2.WakeRequest, context: grpc.ServicerContext) -> benefactor_pb2.WakeReply:
+        """The manager's word that work waits here. A grant does not do: only the manager sends it."""
+        if self.secret is not None:
+            proof = auth.header(context.invocation_metadata(), auth.CLUSTER_HEADER)
+            if not proof or not hmac.compare_digest(proof, self._peer_proof):
+                log.warning("wake from %s refused: no valid cluster proof", context.peer())
+                context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                              f"benefactor {self.id}: Wake is for the manager of this deployment (cluster secret)")
+        if request.benefactor_id != self.id or request.incarnation != self.incarnation:
+            return benefactor_pb2.WakeReply(known=False)
+        self.on_wake(request.orders, request.drain)
+        return benefactor_pb2.WakeReply(known=True)
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -213,6 +227,11 @@ class BenefactorService:
                     self.has,
                     request_deserializer=benefactor_pb2.ChunkList.FromString,
                     response_serializer=benefactor_pb2.HasReply.SerializeToString,
+                ),
+                "Wake": grpc.unary_unary_rpc_method_handler(
+                    self.wake,
+                    request_deserializer=benefactor_pb2.WakeRequest.FromString,
+                    response_serializer=benefactor_pb2.WakeReply.SerializeToString,
                 ),
             },
         )

@@ -2,10 +2,9 @@
 
 An idle benefactor must not poll: ten thousand of them polling five times a second would be
 fifty thousand calls a second at the manager. So a loop that found nothing waits until it is
-woken (the manager's heartbeat reply says work is waiting, or a local event makes work likely,
-such as a hold order for the drain loop), polls quickly only while work is likely soon (write
-sessions are open here), and otherwise backs off to a ceiling (twice the heartbeat period, a
-safety net for a lost reply).
+woken (the manager's Wake call or heartbeat reply says work is waiting, or a local event makes work
+likely, such as a hold order for the drain loop), and otherwise backs off to a ceiling (twice the
+heartbeat period, a safety net for a lost wake and reply).
 """
 
 from __future__ import annotations
@@ -20,29 +19,19 @@ class Waker:
         self._ceiling = ceiling
         self._wait = fast
         self._event = threading.Event()
-        self._long = False  # waiting longer than `fast`
 
     def wake(self) -> None:
         """Look again now."""
         self._event.set()
 
-    def nudge(self) -> None:
-        """Work is likely soon: end a long wait (a quick one ends soon anyway, and calling this for
-        every chunk received must not turn into a look per chunk)."""
-        if self._long:
-            self._event.set()
-
     def worked(self) -> None:
         """The last look found work: the next one comes at once, and backing off starts over."""
         self._wait = self.fast
 
-    def idle(self, busy: bool = False) -> float:
-        """Wait before the next look (the loop found nothing); busy: work is likely soon. Returns
-        the time waited at most."""
-        wait = self.fast if busy else self._wait
-        self._long = wait > self.fast
+    def idle(self) -> float:
+        """Wait before the next look (the loop found nothing). Returns the time waited at most."""
+        wait = self._wait
         woken = self._event.wait(wait)
-        self._long = False
         self._event.clear()
         self._wait = self.fast if woken else min(max(self._wait * 2, self.fast), max(self.fast, self._ceiling()))
         return wait

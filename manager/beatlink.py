@@ -1,9 +1,10 @@
 """BeatLink: the manager's end of its heartbeat process (see beatproc).
 
-Starts the process, tells it what it must know (incarnations registered or gone, the period, and
-flags of work waiting), hands the beats it answered to the manager, and starts it again on the same
-port if it dies (meanwhile benefactors beat to the manager's own port). Callers never block on the
-process: what they tell it is queued and sent by the link's thread, which also applies the beats.
+Starts the process, tells it what it must know (incarnations registered at their addresses or
+gone, the period, and flags of work waiting: it wakes the benefactors they name), hands the beats
+it answered to the manager, and starts it again on the same port if it dies (meanwhile benefactors
+beat to the manager's own port). Callers never block on the process: what they tell it is queued
+and sent by the link's thread, which also applies the beats.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from memstage.errors import SettingError
+from memstage.manager.wakes import Flags
 from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,12 @@ RESTART_PAUSE = 1.0
 # What the manager supplies: beats to apply, then (after them) flags of work waiting changed since
 # the last call, and on a (re)start everything the process must know.
 OnBeats = Callable[[list[tuple[Any, ...]]], None]
-Flags = Callable[[], list[tuple[str, int, int, bool]]]
-Snapshot = Callable[[], tuple[float, list[tuple[str, int]], list[tuple[str, int, int, bool]]]]
+FlagsSource = Callable[[], list[Flags]]
+Snapshot = Callable[[], tuple[float, list[tuple[str, int, str]], list[Flags]]]
 
 
 class BeatLink:
-    def __init__(self, listen: str, tls: Tls, proof: str, log_level: str, on_beats: OnBeats, flags: Flags,
+    def __init__(self, listen: str, tls: Tls, proof: str, log_level: str, on_beats: OnBeats, flags: FlagsSource,
                  snapshot: Snapshot) -> None:
         self._listen = listen
         self._config = {"listen": listen, "tls": tls, "proof": proof, "log_level": log_level.upper()}
@@ -113,9 +115,9 @@ class BeatLink:
         self.port = 0
 
     # -- what the process must know (never blocks the caller) ---------------------------------------
-    def known(self, benefactor: str, incarnation: int) -> None:
+    def known(self, benefactor: str, incarnation: int, address: str) -> None:
         with self._lock:
-            self._pending.append(("known", [(benefactor, incarnation)]))
+            self._pending.append(("known", [(benefactor, incarnation, address)]))
 
     def gone(self, benefactors: list[str]) -> None:
         if benefactors:

@@ -3,9 +3,11 @@
 Started by the manager (`python -m memstage.manager.beatproc FD`) with one end of a socket pair as
 FD. The manager sends its configuration first (where to listen, TLS, the cluster proof), then what
 the process must know (see BeatDesk); the process sends back ("ready", port) or ("error", why), then
-the beats it answered, every BATCH_SECONDS. It exits when the manager closes its end (or dies), so
-it never outlives the manager. Being a process of its own, its answers never wait for the manager's
-interpreter, whatever a commit storm keeps that busy with.
+the beats it answered, every BATCH_SECONDS. It also wakes the benefactors for which the manager
+says work waits (see wakes), so that the manager's interpreter spends nothing on that. It exits
+when the manager closes its end (or dies), so it never outlives the manager. Being a process of
+its own, its answers never wait for the manager's interpreter, whatever a commit storm keeps that
+busy with.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import grpc
 from memstage import auth
 from memstage.errors import MemstageError
 from memstage.manager.beatdesk import Beat, BeatDesk
+from memstage.manager.wakes import WakeSender
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
 
@@ -78,6 +81,7 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
         conn.send(("error", str(e)))
         return
     servicer.port = int(address.rpartition(":")[2])
+    wakes = WakeSender(config["tls"], config["proof"])
     server.start()
     conn.send(("ready", servicer.port))
     stop = threading.Event()
@@ -103,12 +107,13 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
                 elif kind == "gone":
                     desk.gone(body)
                 elif kind == "flags":
-                    desk.flags(body)
+                    wakes.wake(desk.flags(body))
                 elif kind == "interval":
                     desk.interval = body
     except (EOFError, OSError):
         pass  # the manager stopped (or died): so does this process
     stop.set()
+    wakes.stop()
     server.stop(0).wait()  # at once: a manager started again may want the port
 
 

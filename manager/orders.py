@@ -36,8 +36,10 @@ class OrderQueues:
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
         # Benefactors whose count of orders waiting changed, when the caller asks to follow them
-        # (and takes them): the manager's heartbeat process answers with that count.
+        # (and takes them): the manager's heartbeat process answers with that count. And those
+        # given new orders (a subset): they are woken.
         self.changed: set[str] | None = None
+        self.pushed: set[str] = set()
 
     def push(self, benefactor: str, namespace: str, *, session: int = 0,
              hold: list[tuple[ChunkKey, int]] | None = None, release: list[ChunkKey] | None = None,
@@ -58,6 +60,7 @@ class OrderQueues:
         q.orders.append(order)
         if self.changed is not None:
             self.changed.add(benefactor)
+            self.pushed.add(benefactor)
 
     def take(self, benefactor: str, acked: int) -> list[manager_pb2.Order]:
         """Drop what was acknowledged; the next orders (at most MAX_BATCH), still queued until acked."""

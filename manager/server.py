@@ -18,6 +18,7 @@ from memstage import auth
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.service import ManagerService
+from memstage.manager.wakes import WakeSender
 from memstage.metrics import serve_metrics
 from memstage.proto import manager_pb2_grpc
 from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
@@ -27,6 +28,7 @@ from memstage.tls import load as load_tls
 log = logging.getLogger(__name__)
 
 RPC_THREADS = 256
+WAKE_TICK = 0.05  # seconds between looks for benefactors to wake (without a heartbeat process)
 GC_THRESHOLD = 50_000  # container allocations between collections of the youngest generation
 
 
@@ -53,6 +55,8 @@ class ManagerServer:
         # the registry held up heartbeats. Cycles are rare here; they are still collected.
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 50, 100)
+        self._wakes: WakeSender | None = None  # without a heartbeat process, the manager wakes benefactors itself
+        self._waker = threading.Thread(target=self._wake_loop, name="wakes-due", daemon=True)
         self.beats = self._beat_link()  # last: nothing after it can fail and leave the process behind
 
     def _secrets(self) -> bytes:
@@ -96,6 +100,10 @@ class ManagerServer:
                     raise
             self.service.attach_beats(self.beats)
             self.beats.start()
+        else:
+            self.service.follow_flags()
+            self._wakes = WakeSender(self.tls, auth.cluster_proof(self.secret) if self.secret is not None else "")
+            self._waker.start()
         self._server.start()
         self._housekeeper.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
@@ -116,10 +124,22 @@ class ManagerServer:
         self._housekeeper.join(timeout=5)
         if self.beats is not None:
             self.beats.stop()
+        if self._wakes is not None:
+            self._waker.join(timeout=5)
+            self._wakes.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
         self.catalog.close()
         log.info("manager stopped")
+
+    def _wake_loop(self) -> None:
+        """What the heartbeat process does when there is one: wake benefactors whose work waits."""
+        assert self._wakes is not None
+        while not self._stop.wait(WAKE_TICK):
+            try:
+                self._wakes.wake(self.service.wakes_for(self.service.beat_flags()))
+            except Exception:  # a bug must not end it: heartbeat replies still tell
+                log.exception("waking benefactors failed")
 
     def _housekeeping(self) -> None:
         """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""

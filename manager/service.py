@@ -54,6 +54,7 @@ from memstage.manager.registry import MISSED_HEARTBEATS, Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
+from memstage.manager.wakes import Flags, Wake
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.redundancy import Redundancy
@@ -153,7 +154,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
         self._drain_changed: set[str] = set()  # ... whose entry changed since the heartbeat process was told
+        self._drain_new: set[str] = set()  # ... given new tasks since then (a subset: they are woken)
         self.beats: BeatLink | None = None  # the heartbeat process, when the manager runs one (see attach_beats)
+        self._following = False  # changes of flags of work waiting are kept (see beat_flags)
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
@@ -205,7 +208,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if previous != request.incarnation:
                 self.orders.reset(bf)
             if self.beats is not None:
-                self.beats.known(bf, request.incarnation)
+                self.beats.known(bf, request.incarnation, request.address)
+            if self._following:
                 self._drain_changed.add(bf)  # its flags follow (it starts with none there)
         self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
         self._known_addresses[bf] = request.address
@@ -299,6 +303,24 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         with self._lock:
             self.orders.changed = set()
             self.beats = link
+            self._following = True
+
+    def follow_flags(self) -> None:
+        """Without a heartbeat process: flags of work waiting are followed all the same (the manager
+        wakes benefactors itself, see wakes_for)."""
+        with self._lock:
+            self.orders.changed = set()
+            self._following = True
+
+    def wakes_for(self, flags: list[Flags]) -> list[Wake]:
+        """The wakes for flags beat_flags returned: benefactors given work, at their addresses."""
+        with self._lock:
+            out = []
+            for bf, incarnation, orders, drains, new in flags:
+                rec = self.registry.get(bf)
+                if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
+                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains))
+            return out
 
     def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:
         """Heartbeats the heartbeat process answered: as Heartbeat does, from when each arrived."""
@@ -317,28 +339,32 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if self.beats is not None:
             self.beats.interval(interval)
 
-    def beat_flags(self) -> list[tuple[str, int, int, bool]]:
+    def beat_flags(self) -> list[Flags]:
         """Work waiting, for benefactors whose flags changed since the last call."""
         with self._lock:
             changed = (self.orders.changed or set()) | self._drain_changed
+            new = self.orders.pushed | self._drain_new
             self.orders.changed, self._drain_changed = set(), set()
-            return self._flags_of(changed)
+            self.orders.pushed, self._drain_new = set(), set()
+            return self._flags_of(changed, new)
 
-    def _flags_of(self, benefactors: Iterable[str]) -> list[tuple[str, int, int, bool]]:
+    def _flags_of(self, benefactors: Iterable[str], new: set[str] | None = None) -> list[Flags]:
+        """new: benefactors given work since the flags were last told (None: all of them)."""
         out = []
         for bf in benefactors:
             rec = self.registry.get(bf)
             if rec is not None:
-                out.append((bf, rec.incarnation, self.orders.waiting(bf), bf in self._drain_waiting))
+                out.append((bf, rec.incarnation, self.orders.waiting(bf), bf in self._drain_waiting,
+                            new is None or bf in new))
         return out
 
-    def beat_snapshot(self) -> tuple[float, list[tuple[str, int]], list[tuple[str, int, int, bool]]]:
+    def beat_snapshot(self) -> tuple[float, list[tuple[str, int, str]], list[Flags]]:
         """Everything a (re)started heartbeat process must know: the period, the live incarnations,
         and where work waits."""
         with self._lock:
             live = self.registry.live_ids()
-            known = [(r.id, r.incarnation) for r in self.registry.records() if r.id in live]
-            waiting = [bf for bf, _ in known if self.orders.waiting(bf) or bf in self._drain_waiting]
+            known = [(r.id, r.incarnation, r.address) for r in self.registry.records() if r.id in live]
+            waiting = [bf for bf, _, _ in known if self.orders.waiting(bf) or bf in self._drain_waiting]
             return self.registry.announce(self.clock()), known, self._flags_of(waiting)
 
     @rpc
@@ -898,8 +924,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         if queued:
             with self._lock:
                 self._drain_waiting |= queued
-                if self.beats is not None:
+                if self._following:
                     self._drain_changed |= queued
+                    self._drain_new |= queued
 
     def _is_alive(self, bf: str) -> bool:
         with self._lock:
@@ -1385,13 +1412,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         limit = max(1, min(request.limit or 16, 256))
         with self._lock:
             self._drain_waiting.discard(request.benefactor_id)  # before looking: a commit after sets it again
-            if self.beats is not None:
+            if self._following:
                 self._drain_changed.add(request.benefactor_id)
         tasks = self.catalog.drain_work(request.benefactor_id, limit)
         if len(tasks) == limit:
             with self._lock:
                 self._drain_waiting.add(request.benefactor_id)  # more than one batch
-                if self.beats is not None:
+                if self._following:
                     self._drain_changed.add(request.benefactor_id)
         return manager_pb2.DrainWorkReply(tasks=[
             manager_pb2.DrainTask(id=t.id, namespace=t.namespace, path=t.path, version=t.version, index=t.index,

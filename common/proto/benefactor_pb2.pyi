@@ -7,6 +7,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WakeRequest(_message.Message):
+    __slots__ = ("benefactor_id", "incarnation", "orders", "drain")
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    benefactor_id: str
+    incarnation: int
+    orders: bool
+    drain: bool
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ...) -> None: ...
+
+class WakeReply(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
 class ReadDrainedRequest(_message.Message):
     __slots__ = ("drained", "key")
     DRAINED_FIELD_NUMBER: _ClassVar[int]

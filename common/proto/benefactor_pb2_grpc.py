@@ -54,6 +54,11 @@ class BenefactorStub:
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_benefactor__pb2.GetFrame.FromString,
                 _registered_method=True)
+        self.Wake = channel.unary_unary(
+                '/memstage.v1.Benefactor/Wake',
+                request_serializer=memstage_dot_proto_dot_benefactor__pb2.WakeRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_benefactor__pb2.WakeReply.FromString,
+                _registered_method=True)
 
 
 class BenefactorServicer:
@@ -88,6 +93,14 @@ class BenefactorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Wake(self, request, context):
+        """The manager's word that orders or drain tasks wait for this benefactor: it asks for them now
+        instead of at its next heartbeat. Only callers holding the cluster secret may send it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BenefactorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_BenefactorServicer_to_server(servicer, server):
                     servicer.ReadDrained,
                     request_deserializer=memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_benefactor__pb2.GetFrame.SerializeToString,
+            ),
+            'Wake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wake,
+                    request_deserializer=memstage_dot_proto_dot_benefactor__pb2.WakeRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_benefactor__pb2.WakeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Benefactor:
             '/memstage.v1.Benefactor/ReadDrained',
             memstage_dot_proto_dot_benefactor__pb2.ReadDrainedRequest.SerializeToString,
             memstage_dot_proto_dot_benefactor__pb2.GetFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Benefactor/Wake',
+            memstage_dot_proto_dot_benefactor__pb2.WakeRequest.SerializeToString,
+            memstage_dot_proto_dot_benefactor__pb2.WakeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,140 @@
+"""WakeSender: tells benefactors that orders or drain tasks wait for them (their Wake call).
+
+A benefactor asks for its orders when told, not by polling: ten thousand benefactors holding a
+checkpoint's open write sessions would otherwise ask several times a second each. Wakes are sent
+without waiting for their answers (a few hundred at once at most), and a wake for a benefactor
+already waiting to be woken is merged into it. A wake that does not arrive costs time, never
+work: the benefactor's next heartbeat reply says the same. Channels to the benefactors woken
+most recently are kept (a checkpoint wakes the same ones again and again); older ones are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+import grpc
+
+from memstage import auth
+from memstage.proto import benefactor_pb2, benefactor_pb2_grpc
+from memstage.rpc import control_channel, with_metadata
+from memstage.tls import Tls
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = 256
+CHANNELS = 256
+TIMEOUT_S = 5.0
+WARN_EVERY_S = 60.0  # a benefactor that cannot be woken is logged at most this often
+
+
+# What the manager tells of a benefactor whose work waiting changed: id, incarnation, orders
+# waiting, drain tasks waiting, and whether it was given work since it was last told (then it is woken).
+Flags = tuple[str, int, int, bool, bool]
+
+
+class Wake(NamedTuple):
+    benefactor: str
+    incarnation: int
+    address: str
+    orders: bool
+    drain: bool
+
+
+class WakeSender:
+    def __init__(self, tls: Tls | None, proof: str, in_flight: int = IN_FLIGHT, channels: int = CHANNELS) -> None:
+        self._tls = tls
+        self._metadata = ((auth.CLUSTER_HEADER, proof),) if proof else ()
+        self._max_in_flight = in_flight
+        self._max_channels = channels
+        self._pending: dict[str, Wake] = {}
+        self._in_flight = 0
+        self._cv = threading.Condition()
+        self._channels: OrderedDict[str, tuple[grpc.Channel, benefactor_pb2_grpc.BenefactorStub]] = OrderedDict()
+        self._warned: dict[str, float] = {}
+        self.sent = 0
+        self.failed = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="wakes", daemon=True)
+        self._thread.start()
+
+    def wake(self, wakes: list[Wake]) -> None:
+        """Send these wakes soon (never blocks)."""
+        if not wakes:
+            return
+        with self._cv:
+            for w in wakes:
+                had = self._pending.get(w.benefactor)
+                if had is not None and had.incarnation == w.incarnation:
+                    w = w._replace(orders=w.orders or had.orders, drain=w.drain or had.drain)
+                self._pending[w.benefactor] = w
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and (not self._pending or self._in_flight >= self._max_in_flight):
+                    self._cv.wait()
+                if self._stop:
+                    return
+                room = self._max_in_flight - self._in_flight
+                batch = [self._pending.pop(bf) for bf in list(self._pending)[:room]]
+                self._in_flight += len(batch)
+            for w in batch:
+                try:
+                    self._send(w)
+                except Exception:  # a bad address must not end the sender
+                    log.exception("waking benefactor %s at %s", w.benefactor, w.address)
+                    self._done(w, None)
+
+    def _send(self, w: Wake) -> None:
+        stub = self._stub(w.address)
+        future = stub.Wake.future(benefactor_pb2.WakeRequest(benefactor_id=w.benefactor, incarnation=w.incarnation,
+                                                             orders=w.orders, drain=w.drain),
+                                  timeout=TIMEOUT_S)
+        future.add_done_callback(lambda f: self._done(w, f))
+
+    def _stub(self, address: str) -> benefactor_pb2_grpc.BenefactorStub:
+        entry = self._channels.get(address)
+        if entry is not None:
+            self._channels.move_to_end(address)
+            return entry[1]
+        if len(self._channels) >= self._max_channels:
+            _, (old, _) = self._channels.popitem(last=False)
+            old.close()
+        channel = control_channel(address, self._tls)
+        stub = benefactor_pb2_grpc.BenefactorStub(with_metadata(channel, self._metadata))
+        self._channels[address] = (channel, stub)
+        return stub
+
+    def _done(self, w: Wake, future: grpc.Future | None) -> None:
+        # None: a bug; cancelled: its channel was closed meanwhile.
+        error = "not sent" if future is None or future.cancelled() else future.exception()
+        with self._cv:
+            self._in_flight -= 1
+            self._cv.notify()
+            if error is None:
+                self.sent += 1
+                return
+            self.failed += 1
+            now = time.monotonic()
+            if now - self._warned.get(w.benefactor, -WARN_EVERY_S) < WARN_EVERY_S:
+                return
+            self._warned[w.benefactor] = now
+            if len(self._warned) > 4 * self._max_channels:
+                self._warned = {bf: t for bf, t in self._warned.items() if now - t < WARN_EVERY_S}
+        code = error.code() if isinstance(error, grpc.Call) else error
+        log.warning("benefactor %s at %s cannot be woken (%s): its orders and drain tasks wait for its heartbeat "
+                    "(the manager must reach the address the benefactor registered)", w.benefactor, w.address, code)
