@@ -7,7 +7,8 @@ replies ask for (it stretches the period of a large deployment to bound its hear
 the heartbeats go from a process of their own, so that building commits does not delay them
 (their latency is the manager's, not the generator's), and a benefactor told that orders wait
 (woken by the manager's Wake call, which that process serves for all of them at one address, or
-by a heartbeat reply) fetches and acknowledges them at once, as a real one does;
+by a heartbeat reply) takes them at once, as a real one does: it acknowledges the orders a wake
+brings in its reply, and fetches and acknowledges the others;
 `--committers` concurrent writers each open a write session, ask for a striping map and commit
 a file of `--chunks` new 1 MiB chunks, placed round-robin on the map, each with the receipt the
 benefactor would have given. With
@@ -327,7 +328,7 @@ class Storm:
         import grpc
 
         from memstage import auth
-        from memstage.proto import benefactor_pb2
+        from memstage.proto import benefactor_pb2, manager_pb2
 
         proof = dict(self.bf_meta)[auth.CLUSTER_HEADER]
 
@@ -339,6 +340,16 @@ class Storm:
             if bf not in self.index or request.incarnation != self.incarnation[bf]:
                 return benefactor_pb2.WakeReply(known=False)
             self.wakes += 1
+            if request.orders_reply:  # carried out at once (a real benefactor applies them), acknowledged
+                pushed = manager_pb2.OrdersReply.FromString(request.orders_reply)
+                epoch, acked = self.order_state.get(bf, (0, 0))
+                if pushed.epoch != epoch:
+                    acked = 0
+                acked = max([acked, *(o.seq for o in pushed.orders)])
+                self.order_state[bf] = (pushed.epoch, acked)
+                if len(pushed.orders) >= 256:  # more wait
+                    self.take_soon(bf)
+                return benefactor_pb2.WakeReply(known=True, epoch=pushed.epoch, acked=acked)
             if request.orders:
                 self.take_soon(bf)
             return benefactor_pb2.WakeReply(known=True)

@@ -6,7 +6,7 @@ The manager is the only one who decides that a chunk may go. Its orders wait in 
 queue at the manager; this loop fetches them, applies them in sequence to the
 ChunkStore and acknowledges them with the next fetch, so an order whose reply was lost is simply
 fetched again (each is idempotent). An idle loop does not poll: the manager wakes it when orders
-wait (see Waker).
+wait (see Waker), and mostly pushes the orders with the wake, acknowledged in its reply (deliver).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between fetches while the queue is empty
 COPY_WORKERS = 4  # copies and stripe members made at once (each mostly waits on other benefactors)
+MAX_PUSHED = 256  # orders the manager pushes with a wake at most (as many as one fetch gives)
 
 
 def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
@@ -77,6 +78,7 @@ class OrderLoop:
         # Copies are fetched from other benefactors the way clients read them.
         self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S,
                                                     cluster_proof=cluster_proof, tls=tls))
+        self._lock = threading.Lock()  # the sequence of orders carried out (_epoch, _acked, _copying)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 
@@ -86,7 +88,8 @@ class OrderLoop:
     def stop(self) -> None:
         self._stop.set()
         self.waker.wake()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
@@ -108,8 +111,9 @@ class OrderLoop:
     def fetch_and_apply(self) -> int:
         """Fetch the next orders (reporting the copies finished since), carry them out; copies and
         stripe members are made on a few threads meanwhile. Returns how much happened."""
-        finished = [f for f in self._copying if f.done()]
-        self._copying = [f for f in self._copying if not f.done()]
+        with self._lock:
+            finished = [f for f in self._copying if f.done()]
+            self._copying = [f for f in self._copying if not f.done()]
         for f in finished:
             if f.exception() is None:
                 self._copied.append(f.result())
@@ -121,24 +125,41 @@ class OrderLoop:
                                                             memory_used=self.store.used, copied=self._copied),
                                   timeout=CONTROL_TIMEOUT_S)
         self._copied = []  # delivered (kept for the next fetch when the call failed)
-        if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
-            self._epoch, self._acked = reply.epoch, 0
+        return self._carry_out(reply) + reported
+
+    def deliver(self, reply: manager_pb2.OrdersReply) -> tuple[int, int]:
+        """Orders the manager pushed with a wake (a reply to Orders it did not wait for): carried
+        out as fetched ones are. Returns (epoch, last order carried out) to acknowledge them."""
+        self._carry_out(reply)
+        if len(reply.orders) >= MAX_PUSHED or self._copying:
+            self.waker.wake()  # more may wait; a copy's result is reported by the loop
+        with self._lock:
+            return self._epoch, self._acked
+
+    def _carry_out(self, reply: manager_pb2.OrdersReply) -> int:
+        """Carry out the orders of a reply in sequence, skipping those already done; copies and
+        stripe members are made on the pool. Returns the number of orders in the reply."""
         freed = 0
         held = False
-        for order in reply.orders:
-            if order.seq <= self._acked:
-                continue  # fetched again after a lost acknowledgement: already done
-            freed += apply_order(self.store, order)
-            held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
-            for copy in order.copy:
-                work = self._build if copy.HasField("stripe") else self._copy
-                self._copying.append(self._pool.submit(work, order.namespace, copy))
-            self._acked = order.seq
+        with self._lock:  # fetched and pushed orders arrive on two threads: one at a time, in sequence
+            if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
+                self._epoch, self._acked = reply.epoch, 0
+            for order in reply.orders:
+                if order.seq <= self._acked:
+                    continue  # fetched again after a lost acknowledgement (or pushed and fetched): done
+                if order.seq != self._acked + 1 and self._acked:
+                    break  # one before it is missing here: the next fetch brings them in sequence
+                freed += apply_order(self.store, order)
+                held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
+                for copy in order.copy:
+                    work = self._build if copy.HasField("stripe") else self._copy
+                    self._copying.append(self._pool.submit(work, order.namespace, copy))
+                self._acked = order.seq
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
         if held:
             self._on_hold()
-        return len(reply.orders) + reported
+        return len(reply.orders)
 
     def _copy(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
         """Fetch a chunk from another benefactor, verify it, and hold it at the order's generation."""

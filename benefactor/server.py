@@ -11,6 +11,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry
 
 from memstage import auth
@@ -22,7 +23,7 @@ from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
 from memstage.errors import SettingError
 from memstage.metrics import serve_metrics
-from memstage.proto import manager_pb2
+from memstage.proto import benefactor_pb2, manager_pb2
 from memstage.receipts import new_key
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
@@ -73,11 +74,18 @@ class BenefactorServer:
         self.service.drain = self.drain
         self._metrics: Any = None
 
-    def _woken(self, orders: bool, drain: bool) -> None:
-        if orders:
-            self.orders.waker.wake()
-        if drain:
+    def _woken(self, request: benefactor_pb2.WakeRequest) -> tuple[int, int]:
+        """The manager's wake: carry out the orders it brings (or fetch them), look for drain tasks."""
+        if request.drain:
             self.drain.waker.wake()
+        if request.orders_reply:
+            try:
+                return self.orders.deliver(manager_pb2.OrdersReply.FromString(request.orders_reply))
+            except DecodeError:
+                log.warning("a wake brought orders that do not parse: fetching them instead")
+        if request.orders:
+            self.orders.waker.wake()
+        return 0, 0
 
     def _drain_state(self) -> tuple[int, bool]:
         return self.drain.drained_bytes, bool(self.drain.error)

@@ -73,8 +73,8 @@ class BenefactorService:
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
         self.incarnation = 0  # set by the server: wakes for another process at this address are ignored
-        # Set by the server: the manager says orders (first) or drain tasks (second) wait here.
-        self.on_wake: Callable[[bool, bool], None] = lambda orders, drain: None
+        # Set by the server: the manager says work waits here; returns (epoch, last order carried out).
+        self.on_wake: Callable[[benefactor_pb2.WakeRequest], tuple[int, int]] = lambda request: (0, 0)
 
     def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
@@ -201,8 +201,8 @@ class BenefactorService:
                               f"benefactor {self.id}: Wake is for the manager of this deployment (cluster secret)")
         if request.benefactor_id != self.id or request.incarnation != self.incarnation:
             return benefactor_pb2.WakeReply(known=False)
-        self.on_wake(request.orders, request.drain)
-        return benefactor_pb2.WakeReply(known=True)
+        epoch, acked = self.on_wake(request)
+        return benefactor_pb2.WakeReply(known=True, epoch=epoch, acked=acked)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -62,17 +62,16 @@ class BeatDesk:
             self._known.pop(bf, None)
 
     def flags(self, items: list[Flags]) -> list[Wake]:
-        """(benefactor, incarnation, orders waiting, drain waiting, given work since last told) as
-        the manager has them now, for benefactors whose flags changed. Returns the wakes to send: to
-        each known one given work that still waits (not to one whose flags changed because it took
-        some: it is asking already)."""
+        """Flags (see wakes.Flags) as the manager has them now, for benefactors whose flags changed.
+        Returns the wakes to send: to each known one given work that still waits (not to one whose
+        flags changed because it took some: it is asking already), with the orders it was given."""
         wakes = []
-        for bf, incarnation, orders, drains, new in items:
+        for bf, incarnation, orders, drains, new, orders_reply in items:
             entry = self._known.get(bf)
             if entry is not None and entry.incarnation == incarnation:
                 entry.orders, entry.drain = orders, drains
                 if new and (orders or drains):
-                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains))
+                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply))
         return wakes
 
     # -- a heartbeat ---------------------------------------------------------------------------

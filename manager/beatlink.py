@@ -2,9 +2,10 @@
 
 Starts the process, tells it what it must know (incarnations registered at their addresses or
 gone, the period, and flags of work waiting: it wakes the benefactors they name), hands the beats
-it answered to the manager, and starts it again on the same port if it dies (meanwhile benefactors
-beat to the manager's own port). Callers never block on the process: what they tell it is queued
-and sent by the link's thread, which also applies the beats.
+it answered (and the orders acknowledged in replies to its wakes) to the manager, and starts it
+again on the same port if it dies (meanwhile benefactors beat to the manager's own port). Callers
+never block on the process: what they tell it is queued and sent by the link's thread, which also
+applies the beats.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from memstage.errors import SettingError
-from memstage.manager.wakes import Flags
+from memstage.manager.wakes import Ack, Flags
 from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,17 @@ RESTART_PAUSE = 1.0
 # the last call, and on a (re)start everything the process must know.
 OnBeats = Callable[[list[tuple[Any, ...]]], None]
 FlagsSource = Callable[[], list[Flags]]
+OnAcks = Callable[[list[Ack]], None]  # orders benefactors acknowledged in their replies to wakes
 Snapshot = Callable[[], tuple[float, list[tuple[str, int, str]], list[Flags]]]
 
 
 class BeatLink:
     def __init__(self, listen: str, tls: Tls, proof: str, log_level: str, on_beats: OnBeats, flags: FlagsSource,
-                 snapshot: Snapshot) -> None:
+                 snapshot: Snapshot, on_acks: OnAcks = lambda acks: None) -> None:
         self._listen = listen
         self._config = {"listen": listen, "tls": tls, "proof": proof, "log_level": log_level.upper()}
         self._on_beats = on_beats
+        self._on_acks = on_acks
         self._flags = flags
         self._snapshot = snapshot
         self._lock = threading.Lock()
@@ -160,6 +163,8 @@ class BeatLink:
                     kind, body = conn.recv()
                     if kind == "beats":
                         self._on_beats(body)
+                    elif kind == "acks":
+                        self._on_acks(body)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK
                     self._send(conn)

@@ -4,7 +4,8 @@ Started by the manager (`python -m memstage.manager.beatproc FD`) with one end o
 FD. The manager sends its configuration first (where to listen, TLS, the cluster proof), then what
 the process must know (see BeatDesk); the process sends back ("ready", port) or ("error", why), then
 the beats it answered, every BATCH_SECONDS. It also wakes the benefactors for which the manager
-says work waits (see wakes), so that the manager's interpreter spends nothing on that. It exits
+says work waits, with the orders it gives (see wakes), and sends back what they acknowledged, so
+that the manager's interpreter spends nothing on calls to benefactors. It exits
 when the manager closes its end (or dies), so it never outlives the manager. Being a process of
 its own, its answers never wait for the manager's interpreter, whatever a commit storm keeps that
 busy with.
@@ -90,11 +91,14 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
         while not stop.wait(BATCH_SECONDS):
             with lock:
                 beats = desk.take()
-            if beats:
-                try:
+            acks = wakes.take_acks()
+            try:
+                if beats:
                     conn.send(("beats", [tuple(b) for b in beats]))
-                except OSError:
-                    break
+                if acks:
+                    conn.send(("acks", acks))
+            except OSError:
+                break
 
     forwarder = threading.Thread(target=forward, name="forward", daemon=True)
     forwarder.start()

@@ -86,7 +86,8 @@ class ManagerServer:
         listen = self.settings.heartbeat_listen or f"{self.settings.listen.rpartition(':')[0]}:0"
         proof = auth.cluster_proof(self.secret) if self.secret is not None else ""
         link = BeatLink(listen, self.tls, proof, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-                        self.service.beats_arrived, self.service.beat_flags, self.service.beat_snapshot)
+                        self.service.beats_arrived, self.service.beat_flags, self.service.beat_snapshot,
+                        self.service.acks_arrived)
         link.launch()
         return link
 
@@ -137,6 +138,7 @@ class ManagerServer:
         assert self._wakes is not None
         while not self._stop.wait(WAKE_TICK):
             try:
+                self.service.acks_arrived(self._wakes.take_acks())
                 self._wakes.wake(self.service.wakes_for(self.service.beat_flags()))
             except Exception:  # a bug must not end it: heartbeat replies still tell
                 log.exception("waking benefactors failed")

@@ -54,7 +54,7 @@ from memstage.manager.registry import MISSED_HEARTBEATS, Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
-from memstage.manager.wakes import Flags, Wake
+from memstage.manager.wakes import Ack, Flags, Wake
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.redundancy import Redundancy
@@ -316,10 +316,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         """The wakes for flags beat_flags returned: benefactors given work, at their addresses."""
         with self._lock:
             out = []
-            for bf, incarnation, orders, drains, new in flags:
+            for bf, incarnation, orders, drains, new, orders_reply in flags:
                 rec = self.registry.get(bf)
                 if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
-                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains))
+                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply))
             return out
 
     def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:
@@ -340,23 +340,38 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self.beats.interval(interval)
 
     def beat_flags(self) -> list[Flags]:
-        """Work waiting, for benefactors whose flags changed since the last call."""
+        """Work waiting, for benefactors whose flags changed since the last call; with the orders
+        waiting for those given orders since (the wake brings them)."""
         with self._lock:
             changed = (self.orders.changed or set()) | self._drain_changed
-            new = self.orders.pushed | self._drain_new
+            pushed = self.orders.pushed
             self.orders.changed, self._drain_changed = set(), set()
-            self.orders.pushed, self._drain_new = set(), set()
-            return self._flags_of(changed, new)
+            self.orders.pushed, self._drain_new, new = set(), set(), pushed | self._drain_new
+            return self._flags_of(changed, new, pushed)
 
-    def _flags_of(self, benefactors: Iterable[str], new: set[str] | None = None) -> list[Flags]:
-        """new: benefactors given work since the flags were last told (None: all of them)."""
+    def _flags_of(self, benefactors: Iterable[str], new: set[str] | None = None,
+                  pushed: set[str] | None = None) -> list[Flags]:
+        """new: benefactors given work since the flags were last told; pushed: those given orders
+        (None: all of them, both)."""
         out = []
         for bf in benefactors:
             rec = self.registry.get(bf)
             if rec is not None:
-                out.append((bf, rec.incarnation, self.orders.waiting(bf), bf in self._drain_waiting,
-                            new is None or bf in new))
+                waiting = self.orders.waiting(bf)
+                batch = b""
+                if waiting and (pushed is None or bf in pushed):
+                    batch = manager_pb2.OrdersReply(known=True, epoch=self.epoch,
+                                                    orders=self.orders.take(bf, 0)).SerializeToString()
+                out.append((bf, rec.incarnation, waiting, bf in self._drain_waiting, new is None or bf in new, batch))
         return out
+
+    def acks_arrived(self, acks: Sequence[Ack]) -> None:
+        """Orders benefactors carried out when a wake brought them: as the acknowledgement of a fetch."""
+        with self._lock:
+            for bf, incarnation, epoch, acked in acks:
+                rec = self.registry.get(bf)
+                if rec is not None and rec.incarnation == incarnation and epoch == self.epoch:
+                    self.orders.take(bf, acked)
 
     def beat_snapshot(self) -> tuple[float, list[tuple[str, int, str]], list[Flags]]:
         """Everything a (re)started heartbeat process must know: the period, the live incarnations,

@@ -19,7 +19,7 @@ def _beat(bf: str, incarnation: int, arrived: float = 1.0) -> Beat:
 def test_a_known_incarnation_is_answered_and_its_beat_passed_on_in_order_of_arrival():
     desk = BeatDesk(interval=30.0)
     desk.known([("a", 7, "h:1"), ("b", 8, "h:2")])
-    desk.flags([("a", 7, 3, True, True)])
+    desk.flags([("a", 7, 3, True, True, b"")])
     assert desk.beat(_beat("a", 7, 1.0)) == Answer(30.0, 3, True)
     assert desk.beat(_beat("b", 8, 2.0)) == Answer(30.0, 0, False)
     assert [b.benefactor for b in desk.take()] == ["a", "b"]
@@ -45,9 +45,9 @@ def test_no_answer_before_the_manager_told_a_period():
 def test_flags_of_another_incarnation_are_ignored_and_a_new_registration_clears_them():
     desk = BeatDesk(interval=30.0)
     desk.known([("a", 7, "h:1")])
-    desk.flags([("a", 6, 5, True, True)])  # computed for the process before
+    desk.flags([("a", 6, 5, True, True, b"")])  # computed for the process before
     assert desk.beat(_beat("a", 7)) == Answer(30.0, 0, False)
-    desk.flags([("a", 7, 5, True, True)])
+    desk.flags([("a", 7, 5, True, True, b"")])
     desk.known([("a", 9, "h:9")])  # it restarted: the new process has no work waiting yet
     assert desk.beat(_beat("a", 9)) == Answer(30.0, 0, False)
 
@@ -55,12 +55,13 @@ def test_flags_of_another_incarnation_are_ignored_and_a_new_registration_clears_
 def test_work_queued_for_a_known_benefactor_names_it_to_be_woken_at_its_address():
     desk = BeatDesk(interval=30.0)
     desk.known([("a", 7, "h:1"), ("b", 8, "h:2")])
-    assert desk.flags([("a", 7, 2, False, True), ("b", 8, 0, True, True), ("z", 1, 4, True, True)]) == [
-        Wake("a", 7, "h:1", True, False), Wake("b", 8, "h:2", False, True)]  # z: not known here
-    assert desk.flags([("a", 7, 0, False, False)]) == []  # it took its orders: nothing to wake it for
-    assert desk.flags([("a", 7, 1, False, False)]) == []  # took some, not given more: it is asking already
+    assert desk.flags([("a", 7, 2, False, True, b"orders"), ("b", 8, 0, True, True, b""),
+                       ("z", 1, 4, True, True, b"")]) == [  # z: not known here
+        Wake("a", 7, "h:1", True, False, b"orders"), Wake("b", 8, "h:2", False, True)]
+    assert desk.flags([("a", 7, 0, False, False, b"")]) == []  # it took its orders: nothing to wake it for
+    assert desk.flags([("a", 7, 1, False, False, b"")]) == []  # took some, not given more: it is asking already
     assert desk.beat(_beat("a", 7)) == Answer(30.0, 1, False)  # (its heartbeat reply still says so)
-    assert desk.flags([("b", 7, 3, True, True)]) == []  # computed for another process
+    assert desk.flags([("b", 7, 3, True, True, b"")]) == []  # computed for another process
 
 
 IDS = st.sampled_from(["a", "b", "c"])
@@ -89,15 +90,16 @@ class DeskModel(RuleBasedStateMachine):
         for bf in ids:
             self.model.pop(bf, None)
 
-    @rule(items=st.lists(st.tuples(IDS, INCS, st.integers(0, 5), st.booleans(), st.booleans()), max_size=3))
+    @rule(items=st.lists(st.tuples(IDS, INCS, st.integers(0, 5), st.booleans(), st.booleans(),
+                                   st.sampled_from([b"", b"orders"])), max_size=3))
     def flags(self, items):
         wakes = self.desk.flags(items)
         expected = []
-        for bf, inc, orders, drains, new in items:
+        for bf, inc, orders, drains, new, batch in items:
             if bf in self.model and self.model[bf][0] == inc:
                 self.model[bf] = (inc, orders, drains)
                 if new and (orders or drains):
-                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains))
+                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains, batch))
         assert wakes == expected
 
     @rule(seconds=st.sampled_from([0.0, 30.0, 100.0]))
@@ -159,13 +161,16 @@ def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_it
     assert svc.orders.changed is None  # nothing to tell without a heartbeat process
     svc.attach_beats(None)  # type: ignore[arg-type]  # (what the link is does not matter here)
     svc.orders.push("b0", "ns", session=5, end_session=True)
-    assert svc.beat_flags() == [("b0", 7, 1, False, True)]  # given work: it is woken
+    [(*flags, batch)] = svc.beat_flags()
+    assert flags == ["b0", 7, 1, False, True]  # given work: it is woken, and the wake brings the order
+    pushed = manager_pb2.OrdersReply.FromString(batch)
+    assert pushed.epoch == svc.epoch and [(o.seq, o.session, o.end_session) for o in pushed.orders] == [(1, 5, True)]
     assert svc.beat_flags() == []  # told once
     got = svc.Orders(manager_pb2.OrdersRequest(benefactor_id="b0", incarnation=7), ctx)
     assert svc.beat_flags() == []  # fetched is not done: still waiting until acknowledged
     svc.Orders(manager_pb2.OrdersRequest(benefactor_id="b0", incarnation=7, epoch=got.epoch,
                                          acked=got.orders[-1].seq), ctx)
-    assert svc.beat_flags() == [("b0", 7, 0, False, False)]
+    assert svc.beat_flags() == [("b0", 7, 0, False, False, b"")]
 
     arrived = time.monotonic()
     svc.beats_arrived([("b0", 7, arrived, (1 << 30, 4096, 0, 1, "", 0), ()),
@@ -173,7 +178,14 @@ def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_it
     rec = svc.registry.get("b0")
     assert rec is not None and rec.stats.memory_used == 4096 and rec.last_seen == arrived
     svc.beats_arrived([("b0", 7, arrived, (1 << 30, 4096, 0, 1, "", 0), (999,))])  # a session that is not open
-    assert svc.beat_flags() == [("b0", 7, 1, False, True)]  # its end is ordered
+    [(*flags, batch)] = svc.beat_flags()
+    assert flags == ["b0", 7, 1, False, True] and batch  # its end is ordered
+    svc.acks_arrived([("b0", 7, svc.epoch + 1, 2)])  # acknowledged to a manager process before: void
+    assert svc.orders.waiting("b0") == 1
+    svc.acks_arrived([("b0", 7, svc.epoch, 2)])  # carried out when the wake brought it
+    assert svc.orders.waiting("b0") == 0 and svc.beat_flags() == [("b0", 7, 0, False, False, b"")]
+    svc.orders.push("b0", "ns", session=6, end_session=True)
     interval, known, flags = svc.beat_snapshot()
     assert interval == svc.registry.interval() and known == [("b0", 7, "127.0.0.1:1")]
-    assert flags == [("b0", 7, 1, False, True)]  # a restarted heartbeat process wakes it
+    [(*flags, batch)] = flags
+    assert flags == ["b0", 7, 1, False, True] and batch  # a restarted heartbeat process wakes it

@@ -13,6 +13,9 @@ import urllib.request
 
 import pytest
 from conftest import MiB, random_bytes, wait_for
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from memstage.benefactor.waker import Waker
 
@@ -41,11 +44,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _polls(port: int, context: ssl.SSLContext | None) -> int:
-    """Orders and DrainWork calls the manager answered, from its /metrics."""
+def _polls(port: int, context: ssl.SSLContext | None, methods: str = "Orders|DrainWork") -> int:
+    """Calls of these methods the manager answered, from its /metrics."""
     scheme = "https" if context is not None else "http"
     text = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
-    found = re.findall(r'memstage_rpc_calls_total\{method="(?:Orders|DrainWork)"\} (\S+)', text)
+    found = re.findall(r'memstage_rpc_calls_total\{method="(?:' + methods + r')"\} (\S+)', text)
     return int(sum(float(v) for v in found))
 
 
@@ -82,11 +85,16 @@ def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_s
     assert open_calls <= 6, f"a benefactor holding an open write made {open_calls} order and drain calls in 4 s"
 
     started = time.monotonic()
+    fetches = _polls(port, context, "Orders")
     writer.finish()
     writer.commit()
     wait_for(lambda: client.versions("/ckpt")[0]["persisted"], timeout=10, what="the drain of /ckpt")
     took = time.monotonic() - started
     assert took < 1.5, f"drained {took:.1f}s after the commit: it waited for a heartbeat (2 s)"
+    # The wake brought the commit's orders (the hold, the session's end) and the reply acknowledged
+    # them: no fetch, and no acknowledging fetch (one may be the idle loop's look per 4 s).
+    fetches = _polls(port, context, "Orders") - fetches
+    assert fetches <= 1, f"the benefactor fetched its orders {fetches} times for one commit"
 
 
 def test_only_the_manager_may_wake_a_benefactor(local_cluster):
@@ -108,3 +116,82 @@ def test_only_the_manager_may_wake_a_benefactor(local_cluster):
         proof = auth.cluster_proof(auth.read_secret_file(cluster.secret_file, "cluster secret"))
         reply = stub.Wake(request, metadata=((auth.CLUSTER_HEADER, proof),), timeout=10)
         assert not reply.known  # incarnation 1 is not this process (a random 63-bit number)
+
+
+class _ManagerEnd:
+    """The manager's side of Orders for one benefactor, over its real OrderQueues (no sockets)."""
+
+    def __init__(self, queues, epoch: int = 5) -> None:
+        self.queues = queues
+        self.epoch = epoch
+
+    def batch(self):
+        from memstage.proto import manager_pb2
+
+        return manager_pb2.OrdersReply(known=True, epoch=self.epoch, orders=self.queues.take("bf", 0))
+
+    def Orders(self, request, timeout=None):  # noqa: N802 (the stub's method)
+        from memstage.proto import manager_pb2
+
+        acked = request.acked if request.epoch == self.epoch else 0
+        return manager_pb2.OrdersReply(known=True, epoch=self.epoch, orders=self.queues.take("bf", acked))
+
+
+class PushedAndFetchedOrders(RuleBasedStateMachine):
+    """Orders reach a benefactor in wakes (maybe late, maybe their acknowledgement lost) and in
+    fetches, in any interleaving: each is carried out once, in sequence, and a final fetch leaves
+    nothing behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import memstage.benefactor.orders as orders_module
+        from memstage.benefactor.orders import OrderLoop
+        from memstage.benefactor.store import ChunkStore
+        from memstage.manager.orders import OrderQueues
+
+        self.module = orders_module
+        self.real_apply = orders_module.apply_order
+        self.done: list[int] = []
+        orders_module.apply_order = lambda store, order: self.done.append(order.seq) or 0
+        self.manager = _ManagerEnd(OrderQueues())
+        self.loop = OrderLoop(ChunkStore(capacity=1 << 20, prefault=False), "bf", 1, self.manager)  # type: ignore[arg-type]
+        self.queued = 0
+        self.wakes: list[object] = []  # batches on their way, in any order
+
+    def teardown(self) -> None:
+        self.module.apply_order = self.real_apply
+        self.loop.stop()
+
+    @rule()
+    def queue(self):
+        self.queued += 1
+        self.manager.queues.push("bf", "", session=self.queued, end_session=True)
+        self.wakes.append(self.manager.batch())  # the wake for it, with what waits
+
+    @rule(data=st.data(), ack_lost=st.booleans())
+    def a_wake_arrives(self, data, ack_lost):
+        if not self.wakes:
+            return
+        batch = self.wakes.pop(data.draw(st.integers(0, len(self.wakes) - 1)))
+        epoch, acked = self.loop.deliver(batch)
+        if not ack_lost and epoch == self.manager.epoch:
+            self.manager.queues.take("bf", acked)
+
+    @rule()
+    def fetch(self):
+        self.loop.fetch_and_apply()
+
+    @invariant()
+    def each_once_in_sequence(self):
+        assert self.done == list(range(1, len(self.done) + 1))
+
+    @rule()
+    def all_fetched(self):
+        while self.loop.fetch_and_apply():
+            pass
+        assert self.done == list(range(1, self.queued + 1))
+        assert self.manager.queues.waiting("bf") == 0
+
+
+TestPushedAndFetchedOrders = PushedAndFetchedOrders.TestCase
+TestPushedAndFetchedOrders.settings = settings(max_examples=150, stateful_step_count=25, deadline=None)

@@ -8,22 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WakeRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "orders", "drain")
+    __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ORDERS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_REPLY_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     orders: bool
     drain: bool
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ...) -> None: ...
+    orders_reply: bytes
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ..., orders_reply: _Optional[bytes] = ...) -> None: ...
 
 class WakeReply(_message.Message):
-    __slots__ = ("known",)
+    __slots__ = ("known", "acked", "epoch")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    acked: int
+    epoch: int
+    def __init__(self, known: _Optional[bool] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ReadDrainedRequest(_message.Message):
     __slots__ = ("drained", "key")

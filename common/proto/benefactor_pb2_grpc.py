@@ -94,8 +94,10 @@ class BenefactorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Wake(self, request, context):
-        """The manager's word that orders or drain tasks wait for this benefactor: it asks for them now
-        instead of at its next heartbeat. Only callers holding the cluster secret may send it.
+        """The manager's word that orders or drain tasks wait for this benefactor, with the orders
+        themselves when it can: the benefactor carries them out and acknowledges them in the reply
+        (else it asks for them now instead of at its next heartbeat). Only callers holding the cluster
+        secret may send it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
