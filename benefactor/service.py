@@ -34,6 +34,7 @@ from memstage.frames import (
 from memstage.paths import check_namespace
 from memstage.proto import benefactor_pb2
 from memstage.receipts import make as make_receipt
+from memstage.receipts import orders_signed
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ class BenefactorService:
                               f"benefactor {self.id}: Wake is for the manager of this deployment (cluster secret)")
         if request.benefactor_id != self.id or request.incarnation != self.incarnation:
             return benefactor_pb2.WakeReply(known=False)
+        if request.orders_reply and not orders_signed(self.receipt_key, request.orders_reply, request.orders_mac):
+            log.warning("orders in a wake from %s are not signed by the manager: not carried out", context.peer())
+            request = benefactor_pb2.WakeRequest(orders=True, drain=request.drain)  # fetched from the manager
         epoch, acked = self.on_wake(request)
         return benefactor_pb2.WakeReply(known=True, epoch=epoch, acked=acked)
 

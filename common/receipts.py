@@ -28,6 +28,17 @@ def new_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
+def sign_orders(key: bytes, orders_reply: bytes) -> bytes:
+    """The manager's MAC over orders it pushes to a benefactor with a wake, under that benefactor's
+    key: the cluster secret, which every benefactor holds, lets a caller wake a benefactor, but only
+    the manager may give it orders."""
+    return hashlib.blake2b(orders_reply, key=key, digest_size=RECEIPT_BYTES, person=b"memstage-orders").digest()
+
+
+def orders_signed(key: bytes, orders_reply: bytes, mac: bytes) -> bool:
+    return hmac.compare_digest(sign_orders(key, orders_reply), mac)
+
+
 def make(key: bytes, session: int, namespace: str, chunk: ChunkKey) -> bytes:
     message = _FIXED.pack(session, chunk.length) + chunk.hash + namespace.encode()
     return hashlib.blake2b(message, key=key, digest_size=RECEIPT_BYTES).digest()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from memstage.manager.wakes import Flags, Wake
+from memstage.receipts import sign_orders
 
 # Stats as they travel to the manager: capacity, used, backlog, chunk count, drain error, drained bytes.
 StatsTuple = tuple[int, int, int, int, str, int]
@@ -39,6 +40,7 @@ class Answer(NamedTuple):
 class _Entry:
     incarnation: int
     address: str
+    key: bytes  # its receipt key: orders pushed to it carry a MAC under it
     orders: int = 0  # waiting
     drain: bool = False  # tasks waiting
 
@@ -50,11 +52,11 @@ class BeatDesk:
     _out: list[Beat] = field(default_factory=list)
 
     # -- told by the manager -------------------------------------------------------------------
-    def known(self, items: list[tuple[str, int, str]]) -> None:
-        """These incarnations are registered at these addresses (a new one replaces the old: nothing
-        waits for it yet)."""
-        for bf, incarnation, address in items:
-            self._known[bf] = _Entry(incarnation, address)
+    def known(self, items: list[tuple[str, int, str, bytes]]) -> None:
+        """These incarnations are registered at these addresses with these keys (a new one replaces
+        the old: nothing waits for it yet)."""
+        for bf, incarnation, address, key in items:
+            self._known[bf] = _Entry(incarnation, address, key)
 
     def gone(self, ids: list[str]) -> None:
         """Declared dead, left, or removed: their beats go to the manager (which says "register")."""
@@ -71,7 +73,8 @@ class BeatDesk:
             if entry is not None and entry.incarnation == incarnation:
                 entry.orders, entry.drain = orders, drains
                 if new and (orders or drains):
-                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply))
+                    mac = sign_orders(entry.key, orders_reply) if orders_reply else b""
+                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply, mac))
         return wakes
 
     # -- a heartbeat ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ RESTART_PAUSE = 1.0
 OnBeats = Callable[[list[tuple[Any, ...]]], None]
 FlagsSource = Callable[[], list[Flags]]
 OnAcks = Callable[[list[Ack]], None]  # orders benefactors acknowledged in their replies to wakes
-Snapshot = Callable[[], tuple[float, list[tuple[str, int, str]], list[Flags]]]
+Snapshot = Callable[[], tuple[float, list[tuple[str, int, str, bytes]], list[Flags]]]
 
 
 class BeatLink:
@@ -118,9 +118,9 @@ class BeatLink:
         self.port = 0
 
     # -- what the process must know (never blocks the caller) ---------------------------------------
-    def known(self, benefactor: str, incarnation: int, address: str) -> None:
+    def known(self, benefactor: str, incarnation: int, address: str, key: bytes) -> None:
         with self._lock:
-            self._pending.append(("known", [(benefactor, incarnation, address)]))
+            self._pending.append(("known", [(benefactor, incarnation, address, key)]))
 
     def gone(self, benefactors: list[str]) -> None:
         if benefactors:

@@ -208,7 +208,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if previous != request.incarnation:
                 self.orders.reset(bf)
             if self.beats is not None:
-                self.beats.known(bf, request.incarnation, request.address)
+                self.beats.known(bf, request.incarnation, request.address, bytes(request.receipt_key))
             if self._following:
                 self._drain_changed.add(bf)  # its flags follow (it starts with none there)
         self.catalog.remember_benefactor(bf, request.address, request.stats.memory_capacity, request.incarnation)
@@ -319,7 +319,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for bf, incarnation, orders, drains, new, orders_reply in flags:
                 rec = self.registry.get(bf)
                 if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
-                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply))
+                    mac = receipts.sign_orders(rec.receipt_key, orders_reply) if orders_reply else b""
+                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply, mac))
             return out
 
     def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:
@@ -373,13 +374,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 if rec is not None and rec.incarnation == incarnation and epoch == self.epoch:
                     self.orders.take(bf, acked)
 
-    def beat_snapshot(self) -> tuple[float, list[tuple[str, int, str]], list[Flags]]:
+    def beat_snapshot(self) -> tuple[float, list[tuple[str, int, str, bytes]], list[Flags]]:
         """Everything a (re)started heartbeat process must know: the period, the live incarnations,
         and where work waits."""
         with self._lock:
             live = self.registry.live_ids()
-            known = [(r.id, r.incarnation, r.address) for r in self.registry.records() if r.id in live]
-            waiting = [bf for bf, _, _ in known if self.orders.waiting(bf) or bf in self._drain_waiting]
+            known = [(r.id, r.incarnation, r.address, r.receipt_key) for r in self.registry.records() if r.id in live]
+            waiting = [bf for bf, _, _, _ in known if self.orders.waiting(bf) or bf in self._drain_waiting]
             return self.registry.announce(self.clock()), known, self._flags_of(waiting)
 
     @rpc

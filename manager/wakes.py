@@ -51,6 +51,7 @@ class Wake(NamedTuple):
     orders: bool
     drain: bool
     orders_reply: bytes = b""
+    orders_mac: bytes = b""  # receipts.sign_orders under the benefactor's key
 
 
 class WakeSender:
@@ -79,8 +80,9 @@ class WakeSender:
             for w in wakes:
                 had = self._pending.get(w.benefactor)
                 if had is not None and had.incarnation == w.incarnation:
-                    w = w._replace(orders=w.orders or had.orders, drain=w.drain or had.drain,
-                                   orders_reply=w.orders_reply or had.orders_reply)
+                    if not w.orders_reply:
+                        w = w._replace(orders_reply=had.orders_reply, orders_mac=had.orders_mac)
+                    w = w._replace(orders=w.orders or had.orders, drain=w.drain or had.drain)
                 self._pending[w.benefactor] = w
             self._cv.notify()
 
@@ -120,7 +122,7 @@ class WakeSender:
         stub = self._stub(w.address)
         future = stub.Wake.future(benefactor_pb2.WakeRequest(benefactor_id=w.benefactor, incarnation=w.incarnation,
                                                              orders=w.orders, drain=w.drain,
-                                                             orders_reply=w.orders_reply),
+                                                             orders_reply=w.orders_reply, orders_mac=w.orders_mac),
                                   timeout=TIMEOUT_S)
         future.add_done_callback(lambda f: self._done(w, f))
 

@@ -8,8 +8,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from memstage.manager.beatdesk import Answer, Beat, BeatDesk
 from memstage.manager.wakes import Wake
+from memstage.receipts import sign_orders
 
 STATS = (100, 10, 0, 1, "", 0)
+KEY = b"k" * 32
 
 
 def _beat(bf: str, incarnation: int, arrived: float = 1.0) -> Beat:
@@ -18,7 +20,7 @@ def _beat(bf: str, incarnation: int, arrived: float = 1.0) -> Beat:
 
 def test_a_known_incarnation_is_answered_and_its_beat_passed_on_in_order_of_arrival():
     desk = BeatDesk(interval=30.0)
-    desk.known([("a", 7, "h:1"), ("b", 8, "h:2")])
+    desk.known([("a", 7, "h:1", KEY), ("b", 8, "h:2", KEY)])
     desk.flags([("a", 7, 3, True, True, b"")])
     assert desk.beat(_beat("a", 7, 1.0)) == Answer(30.0, 3, True)
     assert desk.beat(_beat("b", 8, 2.0)) == Answer(30.0, 0, False)
@@ -28,7 +30,7 @@ def test_a_known_incarnation_is_answered_and_its_beat_passed_on_in_order_of_arri
 
 def test_what_the_desk_cannot_answer_goes_to_the_manager():
     desk = BeatDesk(interval=30.0)
-    desk.known([("a", 7, "h:1")])
+    desk.known([("a", 7, "h:1", KEY)])
     assert desk.beat(_beat("a", 6)) is None  # an older (or newer) process of the same id
     assert desk.beat(_beat("z", 1)) is None  # never told
     desk.gone(["a"])
@@ -38,26 +40,26 @@ def test_what_the_desk_cannot_answer_goes_to_the_manager():
 
 def test_no_answer_before_the_manager_told_a_period():
     desk = BeatDesk()
-    desk.known([("a", 7, "h:1")])
+    desk.known([("a", 7, "h:1", KEY)])
     assert desk.beat(_beat("a", 7)) is None
 
 
 def test_flags_of_another_incarnation_are_ignored_and_a_new_registration_clears_them():
     desk = BeatDesk(interval=30.0)
-    desk.known([("a", 7, "h:1")])
+    desk.known([("a", 7, "h:1", KEY)])
     desk.flags([("a", 6, 5, True, True, b"")])  # computed for the process before
     assert desk.beat(_beat("a", 7)) == Answer(30.0, 0, False)
     desk.flags([("a", 7, 5, True, True, b"")])
-    desk.known([("a", 9, "h:9")])  # it restarted: the new process has no work waiting yet
+    desk.known([("a", 9, "h:9", KEY)])  # it restarted: the new process has no work waiting yet
     assert desk.beat(_beat("a", 9)) == Answer(30.0, 0, False)
 
 
 def test_work_queued_for_a_known_benefactor_names_it_to_be_woken_at_its_address():
     desk = BeatDesk(interval=30.0)
-    desk.known([("a", 7, "h:1"), ("b", 8, "h:2")])
+    desk.known([("a", 7, "h:1", KEY), ("b", 8, "h:2", KEY)])
     assert desk.flags([("a", 7, 2, False, True, b"orders"), ("b", 8, 0, True, True, b""),
                        ("z", 1, 4, True, True, b"")]) == [  # z: not known here
-        Wake("a", 7, "h:1", True, False, b"orders"), Wake("b", 8, "h:2", False, True)]
+        Wake("a", 7, "h:1", True, False, b"orders", sign_orders(KEY, b"orders")), Wake("b", 8, "h:2", False, True)]
     assert desk.flags([("a", 7, 0, False, False, b"")]) == []  # it took its orders: nothing to wake it for
     assert desk.flags([("a", 7, 1, False, False, b"")]) == []  # took some, not given more: it is asking already
     assert desk.beat(_beat("a", 7)) == Answer(30.0, 1, False)  # (its heartbeat reply still says so)
@@ -80,7 +82,7 @@ class DeskModel(RuleBasedStateMachine):
 
     @rule(items=st.lists(st.tuples(IDS, INCS), max_size=3))
     def known(self, items):
-        self.desk.known([(bf, inc, f"{bf}:{inc}") for bf, inc in items])
+        self.desk.known([(bf, inc, f"{bf}:{inc}", KEY) for bf, inc in items])
         for bf, inc in items:
             self.model[bf] = (inc, 0, False)
 
@@ -99,7 +101,8 @@ class DeskModel(RuleBasedStateMachine):
             if bf in self.model and self.model[bf][0] == inc:
                 self.model[bf] = (inc, orders, drains)
                 if new and (orders or drains):
-                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains, batch))
+                    mac = sign_orders(KEY, batch) if batch else b""
+                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains, batch, mac))
         assert wakes == expected
 
     @rule(seconds=st.sampled_from([0.0, 30.0, 100.0]))
@@ -186,6 +189,6 @@ def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_it
     assert svc.orders.waiting("b0") == 0 and svc.beat_flags() == [("b0", 7, 0, False, False, b"")]
     svc.orders.push("b0", "ns", session=6, end_session=True)
     interval, known, flags = svc.beat_snapshot()
-    assert interval == svc.registry.interval() and known == [("b0", 7, "127.0.0.1:1")]
+    assert interval == svc.registry.interval() and known == [("b0", 7, "127.0.0.1:1", b"k" * 32)]
     [(*flags, batch)] = flags
     assert flags == ["b0", 7, 1, False, True] and batch  # a restarted heartbeat process wakes it

@@ -97,27 +97,43 @@ def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_s
     assert fetches <= 1, f"the benefactor fetched its orders {fetches} times for one commit"
 
 
-def test_only_the_manager_may_wake_a_benefactor(local_cluster):
+def test_only_the_manager_may_wake_a_benefactor_and_only_it_may_give_orders(local_cluster):
     """Wake needs the cluster secret (a client's grant does not do); a wake for another process
-    that had the same id is ignored."""
+    that had the same id is ignored; and orders in a wake are carried out only under the MAC of
+    the key the benefactor gave the manager (the cluster secret, which every benefactor holds,
+    does not let one order another to free its chunks)."""
+    import sqlite3
+
     import grpc
 
     from memstage import auth
-    from memstage.proto import benefactor_pb2, benefactor_pb2_grpc
+    from memstage.chunks import ChunkKey
+    from memstage.proto import benefactor_pb2, benefactor_pb2_grpc, manager_pb2
 
     cluster = local_cluster(benefactors=1, secure=True)
     bf = cluster.benefactors[0]
+    client = cluster.client()
+    data = random_bytes(MiB)
+    client.pipe("/kept", data)
+    with sqlite3.connect(f"file:{cluster.state}/manager.sqlite3?mode=ro", uri=True) as db:
+        (incarnation,) = db.execute("SELECT incarnation FROM benefactors WHERE id = ?", (bf.id,)).fetchone()
+    key = ChunkKey.of(data).to_pb()
+    forged = manager_pb2.OrdersReply(known=True, epoch=1, orders=[
+        manager_pb2.Order(seq=1, namespace="default", free=[manager_pb2.HeldChunk(key=key, gen=g) for g in range(8)])])
     with grpc.insecure_channel(bf.address) as channel:
         stub = benefactor_pb2_grpc.BenefactorStub(channel)
         request = benefactor_pb2.WakeRequest(benefactor_id=bf.id, incarnation=1, orders=True)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Wake(request, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        proof = auth.cluster_proof(auth.read_secret_file(cluster.secret_file, "cluster secret"))
-        reply = stub.Wake(request, metadata=((auth.CLUSTER_HEADER, proof),), timeout=10)
+        proof = ((auth.CLUSTER_HEADER, auth.cluster_proof(auth.read_secret_file(cluster.secret_file, "secret"))),)
+        reply = stub.Wake(request, metadata=proof, timeout=10)
         assert not reply.known  # incarnation 1 is not this process (a random 63-bit number)
-
-
+        reply = stub.Wake(benefactor_pb2.WakeRequest(
+            benefactor_id=bf.id, incarnation=incarnation, orders=True, orders_reply=forged.SerializeToString(),
+            orders_mac=b"\0" * 16), metadata=proof, timeout=10)
+        assert reply.known and reply.acked == 0, "forged orders were carried out"
+    assert client.cat("/kept") == data
 class _ManagerEnd:
     """The manager's side of Orders for one benefactor, over its real OrderQueues (no sockets)."""
 

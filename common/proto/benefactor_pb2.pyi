@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WakeRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply")
+    __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply", "orders_mac")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ORDERS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ORDERS_REPLY_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_MAC_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     orders: bool
     drain: bool
     orders_reply: bytes
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ..., orders_reply: _Optional[bytes] = ...) -> None: ...
+    orders_mac: bytes
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ..., orders_reply: _Optional[bytes] = ..., orders_mac: _Optional[bytes] = ...) -> None: ...
 
 class WakeReply(_message.Message):
     __slots__ = ("known", "acked", "epoch")
