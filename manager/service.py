@@ -53,6 +53,7 @@ from memstage.manager.orders import OrderQueues
 from memstage.manager.registry import MISSED_HEARTBEATS, Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
+from memstage.manager.slots import FairSlots
 from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
 from memstage.manager.wakes import Ack, Flags, Wake
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
@@ -150,7 +151,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._started_ns = time.time_ns()
         self.sessions = SessionTable(settings.session_lease, on_end=lambda s: self.registry.release(s.reserved))
         self._known_addresses = catalog.benefactor_addresses()  # as last registered (for maps after a restart)
-        self._commit_slots = threading.BoundedSemaphore(COMMIT_SLOTS)
+        self._commit_slots = FairSlots(COMMIT_SLOTS)  # in order of arrival: no commit waits much longer than others
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
         self._drain_changed: set[str] = set()  # ... whose entry changed since the heartbeat process was told

@@ -71,3 +71,30 @@ def test_a_manager_killed_during_a_storm_keeps_every_acknowledged_commit(local_c
         assert max(versions) >= version, f"{path}: version {version} was acknowledged, the manager has {versions}"
         if max(versions) == version:
             assert hashlib.sha256(c2.cat(path)).hexdigest() == digest
+
+
+def test_commit_slots_are_handed_out_in_order_of_arrival():
+    """Socket-free: a freed slot goes to the longest waiter, never to a thread that arrives later
+    (Python's Semaphore lets late arrivals take it, which gave a storm's commits a long tail)."""
+    from memstage.manager.slots import FairSlots
+
+    slots = FairSlots(1)
+    slots.acquire()
+    served: list[int] = []
+
+    def commit(i: int) -> None:
+        with slots:
+            served.append(i)
+
+    threads = []
+    for i in range(6):
+        t = threading.Thread(target=commit, args=(i,))
+        t.start()
+        threads.append(t)
+        wait_for(lambda n=i + 1: slots.waiting == n, timeout=5, what=f"waiter {i} in line")
+    slots.release()
+    for t in threads:
+        t.join(timeout=5)
+    assert served == list(range(6))
+    with slots:  # all given back: free again, no waiter
+        assert slots.waiting == 0
