@@ -125,30 +125,39 @@ class OrderLoop:
                                                             memory_used=self.store.used, copied=self._copied),
                                   timeout=CONTROL_TIMEOUT_S)
         self._copied = []  # delivered (kept for the next fetch when the call failed)
-        return self._carry_out(reply) + reported
+        return self._carry_out(reply, pushed=False) + reported
 
     def deliver(self, reply: manager_pb2.OrdersReply) -> tuple[int, int]:
         """Orders the manager pushed with a wake (a reply to Orders it did not wait for): carried
-        out as fetched ones are. Returns (epoch, last order carried out) to acknowledge them."""
-        self._carry_out(reply)
-        if len(reply.orders) >= MAX_PUSHED or self._copying:
-            self.waker.wake()  # more may wait; a copy's result is reported by the loop
+        out as fetched ones are, if they follow on from what was done here. Returns (epoch, last
+        order carried out) to acknowledge them."""
+        self._carry_out(reply, pushed=True)
         with self._lock:
-            return self._epoch, self._acked
+            epoch, acked = self._epoch, self._acked
+            copying = bool(self._copying)
+        # The loop fetches what was not carried out here (an order before these missing, or
+        # another manager process's), what may follow a full batch, and reports a copy's result.
+        if (reply.orders and acked < reply.orders[-1].seq) or len(reply.orders) >= MAX_PUSHED or copying:
+            self.waker.wake()
+        return epoch, acked
 
-    def _carry_out(self, reply: manager_pb2.OrdersReply) -> int:
+    def _carry_out(self, reply: manager_pb2.OrdersReply, pushed: bool) -> int:
         """Carry out the orders of a reply in sequence, skipping those already done; copies and
-        stripe members are made on the pool. Returns the number of orders in the reply."""
+        stripe members are made on the pool. Returns the number of orders in the reply. Pushed
+        orders are carried out only in this loop's epoch (a wake from a manager process that has
+        since stopped must not turn it back) and only where they follow on from the last done."""
         freed = 0
         held = False
         with self._lock:  # fetched and pushed orders arrive on two threads: one at a time, in sequence
-            if reply.epoch != self._epoch:  # a restarted manager numbers its orders from 1 again
-                self._epoch, self._acked = reply.epoch, 0
+            if reply.epoch != self._epoch:
+                if pushed and self._epoch:
+                    return len(reply.orders)  # the loop's next fetch says which manager process is current
+                self._epoch, self._acked = reply.epoch, 0  # a restarted manager numbers its orders from 1 again
             for order in reply.orders:
                 if order.seq <= self._acked:
                     continue  # fetched again after a lost acknowledgement (or pushed and fetched): done
-                if order.seq != self._acked + 1 and self._acked:
-                    break  # one before it is missing here: the next fetch brings them in sequence
+                if pushed and order.seq != self._acked + 1:
+                    break  # one before it is missing here: the loop fetches them in sequence
                 freed += apply_order(self.store, order)
                 held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
                 for copy in order.copy:

@@ -194,6 +194,33 @@ class PushedAndFetchedOrders(RuleBasedStateMachine):
             self.manager.queues.take("bf", acked)
 
     @rule()
+    def a_wake_missing_earlier_orders_arrives(self):
+        """Never sent as such (a wake brings every order waiting), but should one arrive: nothing
+        is carried out out of sequence, and the loop is told to fetch."""
+        batch = self.manager.batch()
+        if not batch.orders or batch.orders[-1].seq <= self.loop._acked + 1:
+            return
+        del batch.orders[:-1]
+        self.loop.waker._event.clear()
+        self.loop.deliver(batch)
+        assert self.loop.waker._event.is_set(), "the loop was not told to fetch what is missing"
+
+    @rule()
+    def a_late_wake_of_a_stopped_manager_process_arrives(self):
+        """It must not turn the loop back to that process's numbering (its orders are void). (A
+        loop that has heard of no manager process yet takes it: those orders were meant for it.)"""
+        from memstage.proto import manager_pb2
+
+        if not self.loop._epoch:
+            return
+
+        stale = manager_pb2.OrdersReply(known=True, epoch=self.manager.epoch + 1, orders=[
+            manager_pb2.Order(seq=s, end_session=True, session=900 + s) for s in range(1, 4)])
+        done = list(self.done)
+        epoch, _ = self.loop.deliver(stale)
+        assert self.done == done and epoch == self.manager.epoch
+
+    @rule()
     def fetch(self):
         self.loop.fetch_and_apply()
 
