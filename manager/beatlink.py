@@ -34,13 +34,14 @@ RESTART_PAUSE = 1.0
 # the last call, and on a (re)start everything the process must know.
 OnBeats = Callable[[list[tuple[Any, ...]]], None]
 FlagsSource = Callable[[], list[Flags]]
-OnAcks = Callable[[list[Ack]], None]  # orders benefactors acknowledged in their replies to wakes
+# Orders benefactors acknowledged in their replies to wakes, with the wakes sent and failed.
+OnAcks = Callable[[list[Ack], int, int], None]
 Snapshot = Callable[[], tuple[float, list[tuple[str, int, str, bytes]], list[Flags]]]
 
 
 class BeatLink:
     def __init__(self, listen: str, tls: Tls, proof: str, log_level: str, on_beats: OnBeats, flags: FlagsSource,
-                 snapshot: Snapshot, on_acks: OnAcks = lambda acks: None) -> None:
+                 snapshot: Snapshot, on_acks: OnAcks = lambda acks, sent, failed: None) -> None:
         self._listen = listen
         self._config = {"listen": listen, "tls": tls, "proof": proof, "log_level": log_level.upper()}
         self._on_beats = on_beats
@@ -164,7 +165,7 @@ class BeatLink:
                     if kind == "beats":
                         self._on_beats(body)
                     elif kind == "acks":
-                        self._on_acks(body)
+                        self._on_acks(*body)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK
                     self._send(conn)

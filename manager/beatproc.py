@@ -95,7 +95,7 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
             try:
                 if beats:
                     conn.send(("beats", [tuple(b) for b in beats]))
-                if acks:
+                if acks[0] or acks[1] or acks[2]:
                     conn.send(("acks", acks))
             except OSError:
                 break

@@ -58,6 +58,10 @@ class ManagerMetrics:
         self.shared_domains = Gauge("memstage_copies_sharing_a_domain",
                                     "Copies ordered in the last repair round onto a failure domain that already "
                                     "holds the chunk, for lack of other domains with room", registry=registry)
+        self.wakes = Counter("memstage_benefactor_wakes",
+                             "Wake calls to benefactors whose orders or drain tasks wait, by result (failed: "
+                             "the benefactor's work waits for its heartbeat instead; see the manager's log)",
+                             ["result"], registry=registry)
         self.copies = Counter("memstage_chunk_copies", "Chunk copies made for replicas and rebuild, by result",
                               ["result"], registry=registry)
         self.stripes = Gauge("memstage_stripes", "Reed-Solomon stripes protecting chunks in memory (rs:K+M)",

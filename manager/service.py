@@ -367,8 +367,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 out.append((bf, rec.incarnation, waiting, bf in self._drain_waiting, new is None or bf in new, batch))
         return out
 
-    def acks_arrived(self, acks: Sequence[Ack]) -> None:
-        """Orders benefactors carried out when a wake brought them: as the acknowledgement of a fetch."""
+    def acks_arrived(self, acks: Sequence[Ack], sent: int = 0, failed: int = 0) -> None:
+        """Orders benefactors carried out when a wake brought them: as the acknowledgement of a fetch.
+        sent, failed: wakes since the last call."""
+        if sent:
+            self.metrics.wakes.labels("sent").inc(sent)
+        if failed:
+            self.metrics.wakes.labels("failed").inc(failed)
         with self._lock:
             for bf, incarnation, epoch, acked in acks:
                 rec = self.registry.get(bf)

@@ -66,7 +66,7 @@ class WakeSender:
         self._channels: OrderedDict[str, tuple[grpc.Channel, benefactor_pb2_grpc.BenefactorStub]] = OrderedDict()
         self._warned: dict[str, float] = {}
         self._acks: list[Ack] = []
-        self.sent = 0
+        self.sent = 0  # since take_acks
         self.failed = 0
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="wakes", daemon=True)
@@ -86,11 +86,13 @@ class WakeSender:
                 self._pending[w.benefactor] = w
             self._cv.notify()
 
-    def take_acks(self) -> list[Ack]:
-        """Orders the benefactors acknowledged in their replies since the last call."""
+    def take_acks(self) -> tuple[list[Ack], int, int]:
+        """Orders the benefactors acknowledged in their replies since the last call, and the wakes
+        that arrived and that failed since then."""
         with self._cv:
             acks, self._acks = self._acks, []
-            return acks
+            sent, failed, self.sent, self.failed = self.sent, self.failed, 0, 0
+            return acks, sent, failed
 
     def stop(self) -> None:
         with self._cv:

@@ -52,6 +52,14 @@ def _polls(port: int, context: ssl.SSLContext | None, methods: str = "Orders|Dra
     return int(sum(float(v) for v in found))
 
 
+def _metric(port: int, context: ssl.SSLContext, name: str) -> float:
+    text = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.mark.parametrize("heartbeat_process", [True, False], ids=["heartbeat-process", "heartbeat-listen-off"])
 def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_still_drains_at_once(
         local_cluster, heartbeat_process):
@@ -95,6 +103,9 @@ def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_s
     # them: no fetch, and no acknowledging fetch (one may be the idle loop's look per 4 s).
     fetches = _polls(port, context, "Orders") - fetches
     assert fetches <= 1, f"the benefactor fetched its orders {fetches} times for one commit"
+    wait_for(lambda: _metric(port, context, 'memstage_benefactor_wakes_total{result="sent"}') >= 1, timeout=10,
+             what="the wakes to show in the manager's /metrics")
+    assert _metric(port, context, 'memstage_benefactor_wakes_total{result="failed"}') == 0
 
 
 def test_only_the_manager_may_wake_a_benefactor_and_only_it_may_give_orders(local_cluster):
