@@ -91,12 +91,12 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
         while not stop.wait(BATCH_SECONDS):
             with lock:
                 beats = desk.take()
-            acks = wakes.take_acks()
+            acks, sent, failed = wakes.take_results()
             try:
                 if beats:
                     conn.send(("beats", [tuple(b) for b in beats]))
-                if acks[0] or acks[1] or acks[2]:
-                    conn.send(("acks", acks))
+                if acks or sent or failed:
+                    conn.send(("acks", (acks, sent, failed)))
             except OSError:
                 break
 

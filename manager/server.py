@@ -138,7 +138,7 @@ class ManagerServer:
         assert self._wakes is not None
         while not self._stop.wait(WAKE_TICK):
             try:
-                self.service.acks_arrived(*self._wakes.take_acks())
+                self.service.acks_arrived(*self._wakes.take_results())
                 self._wakes.wake(self.service.wakes_for(self.service.beat_flags()))
             except Exception:  # a bug must not end it: heartbeat replies still tell
                 log.exception("waking benefactors failed")

@@ -302,13 +302,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def attach_beats(self, link: BeatLink) -> None:
         """From now on heartbeats may arrive through the heartbeat process, which is told where work waits."""
         with self._lock:
-            self.orders.changed = set()
             self.beats = link
-            self._following = True
+        self.follow_flags()
 
     def follow_flags(self) -> None:
-        """Without a heartbeat process: flags of work waiting are followed all the same (the manager
-        wakes benefactors itself, see wakes_for)."""
+        """Flags of work waiting are followed from now on: for the heartbeat process, or, without
+        one, for the manager, which then wakes benefactors itself (see wakes_for)."""
         with self._lock:
             self.orders.changed = set()
             self._following = True

@@ -4,7 +4,7 @@ A benefactor learns of its orders when told, not by polling: ten thousand benefa
 checkpoint's open write sessions would otherwise ask several times a second each. A wake carries
 the orders waiting when the manager gave them (the benefactor carries them out and acknowledges
 them in its reply, which saves the manager two calls per benefactor and commit: the fetch and its
-acknowledgement); the acknowledgements are collected for the manager (take_acks). Wakes are sent
+acknowledgement); the acknowledgements are collected for the manager (take_results). Wakes are sent
 without waiting for their answers (a few hundred at once at most), and a wake for a benefactor
 already waiting to be woken is replaced by the newer one (whose orders include the older ones'). A
 wake that does not arrive costs time, never an order: the orders stay queued at the manager until
@@ -66,8 +66,8 @@ class WakeSender:
         self._channels: OrderedDict[str, tuple[grpc.Channel, benefactor_pb2_grpc.BenefactorStub]] = OrderedDict()
         self._warned: dict[str, float] = {}
         self._acks: list[Ack] = []
-        self.sent = 0  # since take_acks
-        self.failed = 0
+        self._sent = 0  # since take_results
+        self._failed = 0
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="wakes", daemon=True)
         self._thread.start()
@@ -86,12 +86,12 @@ class WakeSender:
                 self._pending[w.benefactor] = w
             self._cv.notify()
 
-    def take_acks(self) -> tuple[list[Ack], int, int]:
+    def take_results(self) -> tuple[list[Ack], int, int]:
         """Orders the benefactors acknowledged in their replies since the last call, and the wakes
         that arrived and that failed since then."""
         with self._cv:
             acks, self._acks = self._acks, []
-            sent, failed, self.sent, self.failed = self.sent, self.failed, 0, 0
+            sent, failed, self._sent, self._failed = self._sent, self._failed, 0, 0
             return acks, sent, failed
 
     def stop(self) -> None:
@@ -148,13 +148,13 @@ class WakeSender:
             self._in_flight -= 1
             self._cv.notify()
             if error is None:
-                self.sent += 1
+                self._sent += 1
                 assert future is not None
                 reply = future.result()
                 if reply.acked:
                     self._acks.append((w.benefactor, w.incarnation, reply.epoch, reply.acked))
                 return
-            self.failed += 1
+            self._failed += 1
             now = time.monotonic()
             if now - self._warned.get(w.benefactor, -WARN_EVERY_S) < WARN_EVERY_S:
                 return
