@@ -665,11 +665,12 @@ class Catalog(NodeTable):
                 gen = self._new_gen()
                 owners: Sequence[str] | None = None
                 if placed is not None and (added := self._index.add_placed(namespace, keys, placed.names, gen)):
-                    new_locations, holds = added
+                    holds = added[1]
                     owners = placed.names  # all new: each chunk's one copy, on a live benefactor, drains it
+                    self._log().add_packed(namespace, placed.chunk_map, placed.names, gen)
                 else:
                     new_locations, holds = self._index.add_version(namespace, chunks, gen)
-                self._log().add_many(namespace, new_locations)
+                    self._log().add_many(namespace, new_locations)
                 if persist:
                     self._queue_drain(namespace, path, version, chunks, alive, now, owners)
             return version, holds

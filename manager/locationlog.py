@@ -10,7 +10,9 @@ Operations:
 - ADD: a copy of a chunk is held on a benefactor at a generation (a newer ADD replaces it);
 - DEL: that copy is gone;
 - DROP: every copy of the chunk is gone (no in-memory version needs it);
-- VOID: every copy on the benefactor is gone (it died or came back as a new process).
+- VOID: every copy on the benefactor is gone (it died or came back as a new process);
+- ADDS: many ADDs of one namespace and generation (a commit's new chunks), as the packed keys the
+  commit brought and a benefactor number per key: no encoding per chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey, second
 
-ADD, DEL, DROP, VOID = 1, 2, 3, 4
+ADD, DEL, DROP, VOID, ADDS = 1, 2, 3, 4, 5
 _MAGIC = b"L1"
 _COUNT = struct.Struct(">I")
 _NAME = struct.Struct(">H")
@@ -29,6 +31,8 @@ _ADD = struct.Struct(">BI16sQIQ")  # kind, namespace, hash, length, benefactor, 
 _DEL = struct.Struct(">BI16sQI")
 _DROP = struct.Struct(">BI16sQ")
 _VOID = struct.Struct(">BI")
+_ADDS = struct.Struct(">BIIQ")  # kind, namespace, count, generation; then the keys, then the benefactors
+_KEY = struct.Struct(">16sQ")  # a packed chunk key: hash, length
 
 Location = tuple[str, ChunkKey, str, int]  # namespace, chunk, benefactor, generation
 
@@ -39,9 +43,10 @@ class Batch:
 
     _names: dict[str, int] = field(default_factory=dict)
     _ops: list[bytes] = field(default_factory=list)
+    _count: int = 0  # operations (an ADDS counts as its ADDs)
 
     def __len__(self) -> int:
-        return len(self._ops)
+        return self._count
 
     def _name(self, name: str) -> int:
         i = self._names.get(name)
@@ -50,20 +55,36 @@ class Batch:
         return i
 
     def add(self, namespace: str, key: ChunkKey, benefactor: str, gen: int) -> None:
+        self._count += 1
         self._ops.append(_ADD.pack(ADD, self._name(namespace), key.hash, key.length, self._name(benefactor), gen))
 
     def add_many(self, namespace: str, located: Sequence[tuple[ChunkKey, str, int]]) -> None:
         ns, pack = self._name(namespace), _ADD.pack
         numbers = {bf: self._name(bf) for bf in dict.fromkeys(map(second, located))}  # a few per commit
         self._ops += [pack(ADD, ns, k.hash, k.length, numbers[bf], gen) for k, bf, gen in located]
+        self._count += len(located)
+
+    def add_packed(self, namespace: str, keys: bytes, benefactors: Sequence[str], gen: int) -> None:
+        """ADD of each packed key (hash, length: 24 bytes each) on benefactors[i], at one generation."""
+        n = len(benefactors)
+        assert len(keys) == n * _KEY.size, "one benefactor per packed key"
+        if not n:
+            return
+        numbers = {bf: self._name(bf) for bf in dict.fromkeys(benefactors)}
+        self._ops += (_ADDS.pack(ADDS, self._name(namespace), n, gen), keys,
+                      struct.pack(f">{n}I", *map(numbers.__getitem__, benefactors)))
+        self._count += n
 
     def delete(self, namespace: str, key: ChunkKey, benefactor: str) -> None:
+        self._count += 1
         self._ops.append(_DEL.pack(DEL, self._name(namespace), key.hash, key.length, self._name(benefactor)))
 
     def drop(self, namespace: str, key: ChunkKey) -> None:
+        self._count += 1
         self._ops.append(_DROP.pack(DROP, self._name(namespace), key.hash, key.length))
 
     def void(self, benefactor: str) -> None:
+        self._count += 1
         self._ops.append(_VOID.pack(VOID, self._name(benefactor)))
 
     def encode(self) -> bytes:
@@ -71,7 +92,7 @@ class Batch:
         parts = [_MAGIC, _COUNT.pack(len(names))]
         for n in names:
             parts += (_NAME.pack(len(n)), n)
-        parts.append(_COUNT.pack(len(self._ops)))
+        parts.append(_COUNT.pack(self._count))
         parts += self._ops
         return b"".join(parts)
 
@@ -91,9 +112,20 @@ def decode(blob: bytes) -> Iterator[tuple[int, str, ChunkKey | None, str, int]]:
         pos += 2 + n
     (count,) = _COUNT.unpack_from(blob, pos)
     pos += 4
-    for _ in range(count):
+    while count > 0:
         kind = blob[pos]
-        if kind == ADD:
+        count -= 1
+        if kind == ADDS:
+            _, ns, n, gen = _ADDS.unpack_from(blob, pos)
+            pos += _ADDS.size
+            keys = _KEY.iter_unpack(blob[pos:pos + n * _KEY.size])
+            pos += n * _KEY.size
+            owners = struct.unpack_from(f">{n}I", blob, pos)
+            pos += 4 * n
+            count -= n - 1
+            for (h, length), bf in zip(keys, owners, strict=True):
+                yield ADD, names[ns], ChunkKey(h, length), names[bf], gen
+        elif kind == ADD:
             _, ns, h, length, bf, gen = _ADD.unpack_from(blob, pos)
             pos += _ADD.size
             yield ADD, names[ns], ChunkKey(h, length), names[bf], gen
