@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from memstage.chunks import ChunkKey, second
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
@@ -158,6 +159,22 @@ class Placed:
     keys: Sequence[ChunkKey]
     names: Sequence[str]
     chunk_map: bytes
+
+
+class NewVersion(NamedTuple):
+    """A version to record (see Catalog.commit)."""
+
+    namespace: str
+    path: str
+    size: int
+    chunks: Sequence[tuple[ChunkKey, Sequence[str]]]
+    alive: set[str]
+    attrs: Attrs | None = None
+    placed: Placed | None = None
+    now: float | None = None
+
+
+Holds = dict[str, list[tuple[ChunkKey, int]]]  # per benefactor: the chunks to hold, with their generation
 
 
 def pack_map(keys: Sequence[ChunkKey]) -> bytes:
@@ -621,7 +638,7 @@ class Catalog(NodeTable):
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
                alive: set[str], now: float | None = None, attrs: Attrs | None = None, placed: Placed | None = None
-               ) -> tuple[int, dict[str, list[tuple[ChunkKey, int]]]]:
+               ) -> tuple[int, Holds]:
         """Record a new version atomically (queueing its drain if the policy selects it).
 
         Each chunk lists the benefactors that confirmed storing it for this write (their receipts
@@ -631,49 +648,83 @@ class Catalog(NodeTable):
         `placed`, when given, is the same chunks as one copy each (the usual commit of new data).
         Returns the version number and, per benefactor, the holds to order (key, generation).
         """
-        keys = placed.keys if placed is not None else [k for k, _ in chunks]
-        if sum(map(second, keys)) != size:
-            raise InvalidArgument(f"commit of {path}: size {size} differs from the sum of its chunk lengths")
-        now = time.time() if now is None else now
+        outcome = self.commit_group([NewVersion(namespace, path, size, chunks, alive, attrs, placed, now)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def commit_group(self, versions: Sequence[NewVersion]) -> list[tuple[int, Holds] | BaseException]:
+        """commit() of each, in order, in one transaction: one outcome each, its result or the
+        error that refused it (nothing of it recorded). An error of the transaction itself fails
+        them all."""
+        outcomes: list[tuple[int, Holds] | BaseException | None] = [None] * len(versions)
+        for i, v in enumerate(versions):
+            keys = v.placed.keys if v.placed is not None else [k for k, _ in v.chunks]
+            if sum(map(second, keys)) != v.size:
+                outcomes[i] = InvalidArgument(f"commit of {v.path}: size {v.size} differs from the sum of its "
+                                              "chunk lengths")
         with self._lock:
-            if placed is None or not alive.issuperset(placed.names):  # else every chunk is on a live benefactor
-                for i, (key, locs) in enumerate(chunks):
-                    if key.is_hole:
-                        continue  # zeros: stored nowhere, always readable
-                    if alive.isdisjoint(locs) and not self._index.readable((namespace, key), alive):
-                        where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
-                        raise DataLost(f"commit of {path}: chunk {i} ({key}) is {where}; write the file again")
-            policy = self.policy(namespace)
-            with self._transaction():
-                row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
-                                       (namespace, path)).fetchone()
-                version = (row[0] or 0) + 1
-                persist = policy.persist_every > 0 and version % policy.persist_every == 0
-                self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (namespace, path, version, size, now,
-                                  placed.chunk_map if placed is not None else pack_map(keys), int(persist)))
-                # The file's metadata changes with it: new content is a new mtime unless the writer says.
-                when = int(now * 1e9)
-                change = attrs or Attrs()
-                if change.mtime_ns is None:
-                    change = replace(change, mtime_ns=when)
-                self.put_node(namespace, path, change.apply(self.node(namespace, path) or Node.default(FILE, when),
-                                                            when))
-                if version == 1:
-                    self.touch_dirs(namespace, [path], when)  # a new name in its directory
-                gen = self._new_gen()
-                owners: Sequence[str] | None = None
-                if placed is not None and (added := self._index.add_placed(namespace, keys, placed.names, gen)):
-                    holds = added[1]
-                    owners = placed.names  # all new: each chunk's one copy, on a live benefactor, drains it
-                    self._log().add_packed(namespace, placed.chunk_map, placed.names, gen)
-                else:
-                    new_locations, holds = self._index.add_version(namespace, chunks, gen)
-                    self._log().add_many(namespace, new_locations)
-                if persist:
-                    self._queue_drain(namespace, path, version, chunks, alive, now, owners)
-            return version, holds
+            try:
+                with self._transaction():
+                    for i, v in enumerate(versions):
+                        if outcomes[i] is None:
+                            try:
+                                self._check_readable(v)
+                            except DataLost as e:
+                                outcomes[i] = e
+                                continue
+                            outcomes[i] = self._record_version(v)
+            except Exception as e:  # rolled back (and the index reloaded): none of them was recorded
+                if len(versions) > 1:  # each on its own, so that only the one that fails fails
+                    return [self.commit_group([v])[0] for v in versions]
+                outcomes = [e]
+        return [o if o is not None else AssertionError("commit: no outcome") for o in outcomes]
+
+    def _check_readable(self, v: NewVersion) -> None:
+        """(under self._lock) DataLost unless every chunk of the version can be read."""
+        if v.placed is not None and v.alive.issuperset(v.placed.names):
+            return  # every chunk is on a live benefactor
+        for i, (key, locs) in enumerate(v.chunks):
+            if key.is_hole:
+                continue  # zeros: stored nowhere, always readable
+            if v.alive.isdisjoint(locs) and not self._index.readable((v.namespace, key), v.alive):
+                where = f"on {', '.join(locs)}, not alive" if locs else "no longer held by the namespace"
+                raise DataLost(f"commit of {v.path}: chunk {i} ({key}) is {where}; write the file again")
+
+    def _record_version(self, v: NewVersion) -> tuple[int, Holds]:
+        """(inside a transaction) The version's rows, index entries, locations and drain tasks."""
+        namespace, path, placed, chunks = v.namespace, v.path, v.placed, v.chunks
+        keys = placed.keys if placed is not None else [k for k, _ in chunks]
+        now = time.time() if v.now is None else v.now
+        policy = self.policy(namespace)
+        row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
+                               (namespace, path)).fetchone()
+        version = (row[0] or 0) + 1
+        persist = policy.persist_every > 0 and version % policy.persist_every == 0
+        self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (namespace, path, version, v.size, now,
+                          placed.chunk_map if placed is not None else pack_map(keys), int(persist)))
+        # The file's metadata changes with it: new content is a new mtime unless the writer says.
+        when = int(now * 1e9)
+        change = v.attrs or Attrs()
+        if change.mtime_ns is None:
+            change = replace(change, mtime_ns=when)
+        self.put_node(namespace, path, change.apply(self.node(namespace, path) or Node.default(FILE, when), when))
+        if version == 1:
+            self.touch_dirs(namespace, [path], when)  # a new name in its directory
+        gen = self._new_gen()
+        owners: Sequence[str] | None = None
+        if placed is not None and (added := self._index.add_placed(namespace, keys, placed.names, gen)):
+            holds = added[1]
+            owners = placed.names  # all new: each chunk's one copy, on a live benefactor, drains it
+            self._log().add_packed(namespace, placed.chunk_map, placed.names, gen)
+        else:
+            new_locations, holds = self._index.add_version(namespace, chunks, gen)
+            self._log().add_many(namespace, new_locations)
+        if persist:
+            self._queue_drain(namespace, path, version, chunks, v.alive, now, owners)
+        return version, holds
 
     def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> Holders:
         """Change a chunk's counts (inside a transaction). Returns the locations it lost (no in-memory

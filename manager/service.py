@@ -45,8 +45,9 @@ from memstage.errors import (
 )
 from memstage.manager.access import EVERYONE, Access, Caller
 from memstage.manager.beatlink import BeatLink
-from memstage.manager.catalog import Catalog, Freed, Placed, Policy, VersionRecord
+from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
+from memstage.manager.groupcommit import GroupCommit
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
@@ -152,6 +153,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.sessions = SessionTable(settings.session_lease, on_end=lambda s: self.registry.release(s.reserved))
         self._known_addresses = catalog.benefactor_addresses()  # as last registered (for maps after a restart)
         self._commit_slots = FairSlots(COMMIT_SLOTS)  # in order of arrival: no commit waits much longer than others
+        # Commits checked meanwhile are recorded together: one transaction and one fsync per group.
+        self._group_commit: GroupCommit[NewVersion, tuple[int, Holds]] = GroupCommit(catalog.commit_group,
+                                                                                     catalog.sync)
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
         self._drain_changed: set[str] = set()  # ... whose entry changed since the heartbeat process was told
@@ -774,9 +778,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     @rpc
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:
-        # A few commits are worked on at once, the others wait (blocked, not runnable): a storm of
+        # A few commits are checked at once, the others wait (blocked, not runnable): a storm of
         # CPU-bound commits in hundreds of threads would queue every heartbeat behind them for the
-        # GIL, and the catalog takes them one at a time anyway. The fsync they share comes after.
+        # GIL. Checked, they are recorded in groups, one transaction and fsync for each group.
         if request.session:
             with self._lock:
                 waiting = self.sessions.get(request.session)
@@ -784,7 +788,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     waiting.queued = True  # no expiry while it waits for its turn
         try:
             with self._commit_slots:
-                return self._commit(request)
+                checked = self._check_commit(request)
+            return self._record_commit(request, *checked)  # with the commits that wait with it
         finally:
             if request.session:
                 with self._lock:
@@ -792,7 +797,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     if left is not None:
                         left.queued = False  # refused before it was taken up: it may expire again
 
-    def _commit(self, request: manager_pb2.CommitRequest) -> manager_pb2.CommitReply:
+    def _check_commit(self, request: manager_pb2.CommitRequest
+                      ) -> tuple[str, str, Session | None, list[tuple[ChunkKey, Sequence[str]]], Placed | None]:
+        """A commit's name, session and chunks, with every location's receipt checked."""
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path)
         with self._namespace_lock:
@@ -821,11 +828,16 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     self.sessions.end(session.id)
                     self._end_orders(session, {})
             raise
+        return namespace, path, session, chunks, placed
+
+    def _record_commit(self, request: manager_pb2.CommitRequest, namespace: str, path: str, session: Session | None,
+                       chunks: list[tuple[ChunkKey, Sequence[str]]], placed: Placed | None
+                       ) -> manager_pb2.CommitReply:
         alive = self._alive_ids()
         try:
-            version, holds = self.catalog.commit(namespace, path, request.size, chunks, alive,
-                                                 attrs=_attrs(request.attrs) if request.HasField("attrs") else None,
-                                                 placed=placed)
+            version, holds = self._group_commit.submit(NewVersion(
+                namespace, path, request.size, chunks, alive,
+                attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed))
         except BaseException:
             if session is not None:
                 with self._lock:

@@ -1,0 +1,137 @@
+"""Group commit: commits that wait together are recorded together, each caller gets its own outcome
+only after the group was made durable, and a refused or failed commit fails no one else. No sockets."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstage.chunks import ChunkKey
+from memstage.errors import DataLost, FsError
+from memstage.manager.catalog import Catalog, NewVersion
+from memstage.manager.groupcommit import GroupCommit
+
+
+class Refused(Exception):
+    pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(callers=st.integers(1, 12), max_group=st.integers(1, 5), refused=st.sets(st.integers(0, 11)),
+       failing_groups=st.sets(st.integers(0, 6)))
+def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, max_group, refused, failing_groups):
+    lock = threading.Lock()
+    recorded: list[list[int]] = []  # the groups, as recorded
+    durable: set[int] = set()  # the groups made durable
+    arrivals: list[int] = []
+
+    def record(items):  # type: ignore[no-untyped-def]
+        time.sleep(0.002)  # others arrive meanwhile
+        with lock:
+            group = len(recorded)
+            recorded.append(list(items))
+        if group in failing_groups:
+            raise OSError(f"disk full in group {group}")
+        return [Refused(i) if i in refused else ("ok", i) for i in items]
+
+    def make_durable() -> None:  # called right after the group it covers was recorded
+        durable.add(len(recorded) - 1)
+
+    gc = GroupCommit(record, make_durable, max_group=max_group)
+    outcomes: dict[int, object] = {}
+
+    def caller(i: int) -> None:
+        with lock:
+            arrivals.append(i)
+        try:
+            got = gc.submit(i)
+            # Answered only after the fsync of its own group (the group that recorded it).
+            group = next(g for g, items in enumerate(recorded) if i in items)
+            assert group in durable
+            outcomes[i] = got
+        except (Refused, OSError) as e:
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a caller was never answered"
+    flat = [i for group in recorded for i in group]
+    assert sorted(flat) == list(range(callers)), "each commit recorded exactly once"
+    assert all(1 <= len(g) <= max_group for g in recorded)
+    group_of = {i: g for g, items in enumerate(recorded) for i in items}
+    for i in range(callers):
+        if group_of[i] in failing_groups:
+            assert isinstance(outcomes[i], OSError) and f"group {group_of[i]}" in str(outcomes[i])
+        elif i in refused:
+            assert isinstance(outcomes[i], Refused) and outcomes[i].args == (i,)
+        else:
+            assert outcomes[i] == ("ok", i)
+    # In order of arrival: each group is a run of callers that queued one after the other.
+    assert flat == sorted(flat, key=arrivals.index)
+
+
+def _keys(n: int) -> list[ChunkKey]:
+    return [ChunkKey(os.urandom(16), 10) for _ in range(n)]
+
+
+def _version(path: str, keys: list[ChunkKey], bf: str, alive: set[str]) -> NewVersion:
+    return NewVersion("ns", path, 10 * len(keys), [(k, [bf]) for k in keys], alive)
+
+
+def test_a_group_in_one_transaction_refuses_only_the_commit_that_cannot_be_read(tmp_path):
+    cat = Catalog(str(tmp_path))
+    alive = {"b1"}
+    a, b, c = _keys(2), _keys(2), _keys(2)
+    before = cat._committed
+    outcomes = cat.commit_group([_version("/a", a, "b1", alive), _version("/b", b, "gone", alive),
+                                 _version("/a", c, "b1", alive)])
+    assert cat._committed == before + 1, "one transaction for the group"
+    assert outcomes[0][0] == 1 and outcomes[2][0] == 2  # type: ignore[index]
+    assert isinstance(outcomes[1], DataLost)
+    assert cat.version_count("ns", "/b") == 0
+    assert [cat.locations(("ns", k)) != {} for k in a + b + c] == [True, True, False, False, True, True]
+    cat.close()
+    cat = Catalog(str(tmp_path))  # recorded durably as it said
+    assert cat.version("ns", "/a").version == 2
+    assert cat.version_count("ns", "/b") == 0
+    cat.close()
+
+
+def test_an_error_while_recording_one_commit_of_a_group_fails_that_one_only(tmp_path, monkeypatch):
+    cat = Catalog(str(tmp_path))
+    alive = {"b1"}
+    real = cat.put_node
+
+    def put_node(ns, path, node):  # type: ignore[no-untyped-def]
+        if path == "/bad":
+            raise FsError(28, "/bad: no space left")  # the transaction fails after changes were made
+        return real(ns, path, node)
+
+    monkeypatch.setattr(cat, "put_node", put_node)
+    a, bad, c = _keys(3), _keys(3), _keys(3)
+    outcomes = cat.commit_group([_version("/a", a, "b1", alive), _version("/bad", bad, "b1", alive),
+                                 _version("/c", c, "b1", alive)])
+    assert isinstance(outcomes[1], FsError)
+    assert [o[0] for o in (outcomes[0], outcomes[2])] == [1, 1]  # type: ignore[index]
+    assert cat.version_count("ns", "/bad") == 0 and not any(cat.locations(("ns", k)) for k in bad)
+    assert all(cat.locations(("ns", k)) for k in a + c)
+    cat.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_commit_is_a_group_of_one(tmp_path, n):
+    cat = Catalog(str(tmp_path))
+    for i in range(n):
+        version, holds = cat.commit("ns", "/f", 20, [(k, ["b1"]) for k in _keys(2)], {"b1"})
+        assert version == i + 1 and set(holds) == {"b1"}
+    with pytest.raises(DataLost):
+        cat.commit("ns", "/f", 20, [(k, ["gone"]) for k in _keys(2)], {"b1"})
+    cat.close()
