@@ -83,7 +83,8 @@ def _cpu(pid: int | None) -> float:
 
 
 def _helpers_cpu(pid: int) -> float:
-    """CPU seconds of the processes a process started (the manager's heartbeat process)."""
+    """CPU seconds of the processes a process started (the manager's heartbeat process and its
+    receipt checkers)."""
     from memstage.procs import children
 
     total = 0.0
@@ -461,7 +462,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         conn.send((storm.incarnation, storm.told, storm.beat_port))
         await asyncio.sleep(min(5.0, args.sim_heartbeat / 2))  # heartbeats under way before the storm
         wall0 = time.perf_counter()
-        # CPU during the storm itself, of the manager (with its heartbeat process) and of this
+        # CPU during the storm itself, of the manager (with its helper processes) and of this
         # generator (with its heartbeat process): on a shared machine, what the load takes is
         # not the manager's.
         manager_at, load_at = _proc_cpu_rss(pid)[0] + _helpers_cpu(pid), time.process_time() + _cpu(beater.pid)
@@ -512,7 +513,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
                 placed[-1] / statistics.mean(placed)) if placed else 0.0,
             "orders_calls": beats["orders_calls"], "wakes": beats["wakes"], "heartbeat_port": storm.beat_port,
             "heartbeats_to_manager_port": beats["beat_fallbacks"], "false_deaths": len(false_deaths),
-            "manager_cpu_seconds": cpu1 - cpu0 + helpers, "heartbeat_process_cpu_seconds": helpers,
+            "manager_cpu_seconds": cpu1 - cpu0 + helpers, "helper_processes_cpu_seconds": helpers,
             "storm_manager_cpu_seconds": manager_storm_cpu, "storm_generator_cpu_seconds": load_storm_cpu,
             "manager_rss_bytes": rss1, "chunk_entries": entries,
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
@@ -565,8 +566,10 @@ def run_manager_bench(args: argparse.Namespace) -> int:
           f"{r['map_p99_s'] * 1000:.1f} ms, {r['maps_distinct_benefactors']} benefactors used, busiest "
           f"{r['placed_max_over_mean']:.1f}x the mean")
     print(f"orders: {r['wakes']} wakes from the manager, {r['orders_calls']} Orders calls by the benefactors")
-    beats = (f" ({r['heartbeat_process_cpu_seconds']:.1f} s of it in its heartbeat process, port "
-             f"{r['heartbeat_port']})" if r["heartbeat_port"] else " (heartbeats answered by the manager process)")
+    beats = (f" ({r['helper_processes_cpu_seconds']:.1f} s of it in its heartbeat process, port "
+             f"{r['heartbeat_port']}, and receipt checkers)" if r["heartbeat_port"] else
+             f" ({r['helper_processes_cpu_seconds']:.1f} s of it in its receipt checkers; heartbeats answered by "
+             "the manager process)")
     print(f"manager: {r['manager_cpu_seconds']:.1f} CPU s{beats}, RSS {r['manager_rss_bytes'] / MiB:.0f} MiB, "
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
     print(f"during the {r['storm_seconds']:.1f}s of commits: manager {r['storm_manager_cpu_seconds']:.1f} CPU s "

@@ -130,6 +130,7 @@ class ManagerServer:
             self._wakes.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
+        self.service.receipt_checkers.close()
         self.catalog.close()
         log.info("manager stopped")
 

@@ -56,6 +56,7 @@ from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.manager.slots import FairSlots
 from memstage.manager.stripes import ABSENT, NewStripe, Stripe, StripeWork, group, targets
+from memstage.manager.verifier import ReceiptCheckers, default_workers
 from memstage.manager.wakes import Ack, Flags, Wake
 from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path, normalize_path, parent_dirs
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
@@ -156,6 +157,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         # Commits checked meanwhile are recorded together: one transaction and one fsync per group.
         self._group_commit: GroupCommit[NewVersion, tuple[int, Holds]] = GroupCommit(catalog.commit_group,
                                                                                      catalog.sync)
+        self.receipt_checkers = ReceiptCheckers(default_workers())  # large commits' receipts, checked on other cores
         self._drained: dict[str, int] = {}  # bytes each benefactor reported on the PFS since this manager started
         self._drain_waiting: set[str] = set()  # benefactors with drain tasks they have not asked for yet
         self._drain_changed: set[str] = set()  # ... whose entry changed since the heartbeat process was told
@@ -926,6 +928,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             unknown = None
         else:
             unknown = next((j for j, bf in enumerate(names) if not receipt_keys[bf]), None)
+        if unknown is None and located is keys:  # one copy each: a helper process may check them all
+            valid = self.receipt_checkers.check(request.session, namespace, request.packed.keys,
+                                                request.packed.locations,
+                                                list(map(receipt_keys.__getitem__, request.packed.benefactors)),
+                                                refs.receipts)
+            if valid:
+                return chunks, placed
+            # Not valid (or no helper): checked here, which also names the first receipt that fails.
         if unknown != 0:
             want = receipts.expected(request.session, namespace, located,
                                      list(map({bf: k or _NO_KEY for bf, k in receipt_keys.items()}.__getitem__, names)))

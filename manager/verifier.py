@@ -1,0 +1,161 @@
+"""Receipt checks of large commits in helper processes.
+
+A commit of a 1 GiB file carries a thousand receipts, and checking them (one keyed hash each) is
+the largest single part of the commit's work in the manager's interpreter: in a storm of commits,
+one core's worth of Python does everything else too. Checked in a helper process, they take the
+manager's interpreter only the time to send them, and run on another core while commits go on.
+
+The helpers (`python -m memstage.manager.verifier FD`) are started when first needed, each
+serving one check at a time over a socket pair, and exit when the manager closes its end (or
+dies). A helper that is gone costs nothing but its speed: the caller is told to check in process
+(`None`), and a new one is started for a later commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+log = logging.getLogger(__name__)
+
+MIN_RECEIPTS = 128  # fewer are checked in the manager (sending them would cost about as much)
+RETRY_AFTER = 30.0  # seconds before starting helpers again after one could not be started
+_KEY_BYTES = 24  # a packed chunk key: 16-byte hash, 8-byte length (big-endian)
+
+
+def default_workers() -> int:
+    """One helper per core beyond the manager's own, up to four; none on a single core."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def receipts_valid(session: int, namespace: str, keys: bytes, where: bytes, table: list[bytes],
+                   given: bytes) -> bool:
+    """Whether `given` holds, for each packed key j (one location each), the receipt of that chunk
+    under table[where[j]]: the same MAC as receipts.make (session and length, then hash and
+    namespace, keyed BLAKE2b of 16 bytes). Works from the packed bytes: no object per chunk."""
+    n = len(keys) // _KEY_BYTES
+    if len(where) != 4 * n or len(given) != 16 * n or not all(table):
+        return False
+    owners = struct.unpack(f">{n}I", where)
+    if owners and max(owners) >= len(table):
+        return False
+    keyed = [hashlib.blake2b(key=k, digest_size=16) for k in table]
+    head = session.to_bytes(8, "big")
+    suffix = namespace.encode()
+    out = []
+    for j, owner in enumerate(owners):
+        at = j * _KEY_BYTES
+        h = keyed[owner].copy()
+        h.update(head + keys[at + 16:at + 24] + keys[at:at + 16] + suffix)
+        out.append(h.digest())
+    return hmac.compare_digest(b"".join(out), given)
+
+
+class _Helper:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-m", "memstage.manager.verifier", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def close(self) -> None:
+        self.conn.close()  # the helper exits when it reads EOF
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ReceiptCheckers:
+    """Up to `workers` helpers, each checking one commit's receipts at a time."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._idle: queue.SimpleQueue[_Helper] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started: list[_Helper] = []
+        self._closed = False
+        self._failed_at = -RETRY_AFTER
+
+    def check(self, session: int, namespace: str, keys: bytes, where: bytes, table: list[bytes],
+              given: bytes) -> bool | None:
+        """receipts_valid, worked out by a helper; None when none can (check in process)."""
+        if len(keys) < MIN_RECEIPTS * _KEY_BYTES:
+            return None
+        helper = self._take()
+        if helper is None:
+            return None
+        try:
+            helper.conn.send((session, namespace, keys, where, table, given))
+            valid = bool(helper.conn.recv())
+        except (EOFError, OSError) as e:
+            log.warning("receipt checker (pid %d) is gone (%s): checking in the manager until another starts",
+                        helper.proc.pid, e)
+            self._drop(helper)
+            return None
+        self._idle.put(helper)
+        return valid
+
+    def _take(self) -> _Helper | None:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                return None
+            if len(self._started) < self._workers and time.monotonic() - self._failed_at >= RETRY_AFTER:
+                try:
+                    helper = _Helper()
+                except OSError as e:
+                    self._failed_at = time.monotonic()
+                    log.warning("could not start a receipt checker (%s): receipts are checked in the manager", e)
+                    return None
+                self._started.append(helper)
+                return helper
+            if not self._started:
+                return None
+        try:
+            return self._idle.get(timeout=1.0)  # all busy: one is free within a check's time
+        except queue.Empty:
+            return None  # (or the busy ones died meanwhile)
+
+    def _drop(self, helper: _Helper) -> None:
+        with self._lock:
+            if helper in self._started:
+                self._started.remove(helper)
+        helper.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            started, self._started = self._started, []
+        for helper in started:
+            helper.close()
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the manager, which closes this helper
+    conn = Connection(int(argv[0]))
+    try:
+        while True:
+            conn.send(receipts_valid(*conn.recv()))
+    except (EOFError, OSError):
+        return 0  # the manager closed its end, or died
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
