@@ -655,8 +655,8 @@ class Catalog(NodeTable):
 
     def commit_group(self, versions: Sequence[NewVersion]) -> list[tuple[int, Holds] | BaseException]:
         """commit() of each, in order, in one transaction: one outcome each, its result or the
-        error that refused it (nothing of it recorded). An error of the transaction itself fails
-        them all."""
+        error that refused it (nothing of it recorded). Should the transaction itself fail, each is
+        tried again in a transaction of its own, so that only the one that fails fails."""
         outcomes: list[tuple[int, Holds] | BaseException | None] = [None] * len(versions)
         for i, v in enumerate(versions):
             keys = v.placed.keys if v.placed is not None else [k for k, _ in v.chunks]
@@ -675,9 +675,9 @@ class Catalog(NodeTable):
                                 continue
                             outcomes[i] = self._record_version(v)
             except Exception as e:  # rolled back (and the index reloaded): none of them was recorded
-                if len(versions) > 1:  # each on its own, so that only the one that fails fails
+                if len(versions) > 1:
                     return [self.commit_group([v])[0] for v in versions]
-                outcomes = [e]
+                outcomes = [o if isinstance(o, (InvalidArgument, DataLost)) else e for o in outcomes]
         return [o if o is not None else AssertionError("commit: no outcome") for o in outcomes]
 
     def _check_readable(self, v: NewVersion) -> None:
