@@ -113,3 +113,34 @@ def test_large_commits_are_checked_by_a_helper_and_still_checked_when_it_is_kill
         svc.receipt_checkers.close()
         catalog.close()
     assert all(h.proc.poll() is not None for h in started), "closing stops the helpers"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(120)
+def test_a_real_managers_receipt_checker_checks_a_large_file_and_dies_with_it(local_cluster):
+    """A manager process on a machine of several cores checks a large commit's receipts in its
+    helper; SIGKILLed, it leaves no helper behind, and what it acknowledged is there after a restart."""
+    from memstage.procs import children
+
+    if verifier.default_workers() == 0:
+        pytest.skip("a single core: the manager checks receipts itself")
+    cluster = local_cluster(benefactors=2, memory=64 * 1024 * 1024)
+    c = cluster.client(chunk_size="4KiB")
+    data = os.urandom(4096 * (verifier.MIN_RECEIPTS + 40))
+    with c.open("/big", "wb") as f:
+        f.write(data)
+    manager = cluster.manager.pid
+    helpers = [p for p in children(manager) if "memstage.manager.verifier" in _cmdline(p)]
+    assert len(helpers) == 1, f"one receipt checker after a commit of {len(data) // 4096} chunks"
+    cluster.manager.kill()
+    wait_for(lambda: not _cmdline(helpers[0]), timeout=15, what="the receipt checker to exit with its manager")
+    cluster.start_manager(cluster.manager_address)
+    wait_for(lambda: len(cluster.alive_ids()) == 2, timeout=30, what="the benefactors to register again")
+    assert cluster.client(chunk_size="4KiB").cat("/big") == data
