@@ -21,6 +21,16 @@ Result = TypeVar("Result")
 MAX_GROUP = 64
 
 
+class NotDurable(Exception):
+    """A commit was recorded, but making it durable failed: its result is here, with the error. The
+    caller must not report it committed, yet what the record changed (holds to order) stands."""
+
+    def __init__(self, result: object, cause: BaseException) -> None:
+        super().__init__(f"recorded but not made durable: {cause}")
+        self.result = result
+        self.cause = cause
+
+
 class _Waiter(Generic[Item, Result]):
     __slots__ = ("item", "outcome", "done", "lead")
 
@@ -63,13 +73,18 @@ class GroupCommit(Generic[Item, Result]):
     def _lead(self) -> None:
         with self._lock:
             group, self._queue = self._queue[:self._max], self._queue[self._max:]
+        outcomes: Sequence[Result | BaseException]
         try:
-            outcomes: Sequence[Result | BaseException] = self._record([w.item for w in group])
+            outcomes = self._record([w.item for w in group])
             if len(outcomes) != len(group):
                 raise AssertionError(f"group commit: {len(outcomes)} outcomes for {len(group)} commits")
-            self._durable()
-        except BaseException as e:  # nothing of the group is known to be durable: all of it fails
+        except BaseException as e:  # nothing of the group was recorded
             outcomes = [e] * len(group)
+        else:
+            try:
+                self._durable()
+            except BaseException as e:  # recorded, but none of it is known to be durable
+                outcomes = [o if isinstance(o, BaseException) else NotDurable(o, e) for o in outcomes]
         self.groups += 1
         with self._lock:
             if self._queue:  # those who came meanwhile: the first of them leads their group

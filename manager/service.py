@@ -47,7 +47,7 @@ from memstage.manager.access import EVERYONE, Access, Caller
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
-from memstage.manager.groupcommit import GroupCommit
+from memstage.manager.groupcommit import GroupCommit, NotDurable
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
@@ -836,10 +836,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                        chunks: list[tuple[ChunkKey, Sequence[str]]], placed: Placed | None
                        ) -> manager_pb2.CommitReply:
         alive = self._alive_ids()
+        not_durable: BaseException | None = None
         try:
-            version, holds = self._group_commit.submit(NewVersion(
-                namespace, path, request.size, chunks, alive,
-                attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed))
+            try:
+                version, holds = self._group_commit.submit(NewVersion(
+                    namespace, path, request.size, chunks, alive,
+                    attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed))
+            except NotDurable as e:  # recorded: its holds are ordered below, but the writer is told it failed
+                (version, holds), not_durable = e.result, e.cause  # type: ignore[misc]
         except BaseException:
             if session is not None:
                 with self._lock:
@@ -855,6 +859,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._free(self.catalog.apply_retention(namespace, path))
         if Redundancy.parse(self.catalog.policy(namespace).redundancy).tolerates:
             self.wake.set()  # its copies are ordered now, not at the next housekeeping round
+        if not_durable is not None:
+            raise not_durable
         self.metrics.committed(namespace, request.size, request.stats)
         log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from memstage.chunks import ChunkKey
 from memstage.errors import DataLost, FsError
 from memstage.manager.catalog import Catalog, NewVersion
-from memstage.manager.groupcommit import GroupCommit
+from memstage.manager.groupcommit import GroupCommit, NotDurable
 
 
 class Refused(Exception):
@@ -23,8 +23,9 @@ class Refused(Exception):
 
 @settings(max_examples=40, deadline=None)
 @given(callers=st.integers(1, 12), max_group=st.integers(1, 5), refused=st.sets(st.integers(0, 11)),
-       failing_groups=st.sets(st.integers(0, 6)))
-def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, max_group, refused, failing_groups):
+       failing_groups=st.sets(st.integers(0, 6)), undurable_groups=st.sets(st.integers(0, 6)))
+def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, max_group, refused, failing_groups,
+                                                                       undurable_groups):
     lock = threading.Lock()
     recorded: list[list[int]] = []  # the groups, as recorded
     durable: set[int] = set()  # the groups made durable
@@ -40,6 +41,8 @@ def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, m
         return [Refused(i) if i in refused else ("ok", i) for i in items]
 
     def make_durable() -> None:  # called right after the group it covers was recorded
+        if len(recorded) - 1 in undurable_groups:
+            raise OSError(f"fsync failed for group {len(recorded) - 1}")
         durable.add(len(recorded) - 1)
 
     gc = GroupCommit(record, make_durable, max_group=max_group)
@@ -54,7 +57,7 @@ def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, m
             group = next(g for g, items in enumerate(recorded) if i in items)
             assert group in durable
             outcomes[i] = got
-        except (Refused, OSError) as e:
+        except (Refused, OSError, NotDurable) as e:
             outcomes[i] = e
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
@@ -72,6 +75,9 @@ def test_every_caller_gets_its_own_outcome_after_its_group_is_durable(callers, m
             assert isinstance(outcomes[i], OSError) and f"group {group_of[i]}" in str(outcomes[i])
         elif i in refused:
             assert isinstance(outcomes[i], Refused) and outcomes[i].args == (i,)
+        elif group_of[i] in undurable_groups:  # recorded, not durable: told so, with what was recorded
+            assert isinstance(outcomes[i], NotDurable) and outcomes[i].result == ("ok", i)
+            assert f"group {group_of[i]}" in str(outcomes[i].cause)
         else:
             assert outcomes[i] == ("ok", i)
     # In order of arrival: each group is a run of callers that queued one after the other.
@@ -135,3 +141,44 @@ def test_commit_is_a_group_of_one(tmp_path, n):
     with pytest.raises(DataLost):
         cat.commit("ns", "/f", 20, [(k, ["gone"]) for k in _keys(2)], {"b1"})
     cat.close()
+
+
+def test_a_commit_recorded_but_not_made_durable_is_refused_and_keeps_its_holds(tmp_path, monkeypatch):
+    """An fsync that fails: the writer is told the commit failed (it was not made durable), and the
+    holds of what was recorded are still ordered, so the version's chunks are not freed under it."""
+    from prometheus_client import CollectorRegistry
+
+    from memstage import commitpack, receipts
+    from memstage.manager.service import ManagerService
+    from memstage.proto import manager_pb2
+    from memstage.settings import ManagerSettings
+
+    class Context:
+        def abort(self, code, details):  # type: ignore[no-untyped-def]
+            raise RuntimeError(f"{code.name}: {details}")
+
+        def invocation_metadata(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def peer(self) -> str:
+            return "test"
+
+    catalog = Catalog(str(tmp_path))
+    svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
+    ctx = Context()
+    key = os.urandom(32)
+    svc.Register(manager_pb2.RegisterRequest(benefactor_id="b0", address="127.0.0.1:1", incarnation=1, receipt_key=key,
+                                             stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)
+    session = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path="/f"), ctx).session
+    chunks = _keys(3)
+    packed = commitpack.pack([(k, [("b0", receipts.make(key, session, "ns", k))]) for k in chunks])
+
+    def failing_sync() -> None:
+        raise OSError(5, "fsync: input/output error")
+
+    monkeypatch.setattr(svc._group_commit, "_durable", failing_sync)  # the group's fsync
+    with pytest.raises(RuntimeError, match="INTERNAL"):
+        svc.Commit(manager_pb2.CommitRequest(namespace="ns", path="/f", size=30, session=session, packed=packed), ctx)
+    held = [o for o in svc.orders.take("b0", 0) if o.hold_hashes or o.hold_packed or o.hold]
+    assert held and held[0].hold_hashes == b"".join(k.hash for k in chunks), "the recorded chunks are held"
+    catalog.close()
