@@ -82,6 +82,13 @@ def _cpu(pid: int | None) -> float:
         return 0.0
 
 
+def _machine_times() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (Linux /proc/stat): iowait counts as idle."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
 def _helpers_cpu(pid: int) -> float:
     """CPU seconds of the processes a process started (the manager's heartbeat process and its
     receipt checkers)."""
@@ -466,6 +473,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
         # generator (with its heartbeat process): on a shared machine, what the load takes is
         # not the manager's.
         manager_at, load_at = _proc_cpu_rss(pid)[0] + _helpers_cpu(pid), time.process_time() + _cpu(beater.pid)
+        machine_at = _machine_times()
         conn.send("mark")
         beats0, done0 = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         if args.commit_rate:
@@ -478,6 +486,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             storm_seconds = await storm.commit_storm()
         manager_storm_cpu = _proc_cpu_rss(pid)[0] + _helpers_cpu(pid) - manager_at
         load_storm_cpu = time.process_time() + _cpu(beater.pid) - load_at
+        busy, total = (now - then for now, then in zip(_machine_times(), machine_at, strict=True))
         # Liveness is judged after the storm too: a TTL of heartbeats more.
         settle = min(3 * args.sim_heartbeat, 10.0)
         await asyncio.sleep(settle)
@@ -515,6 +524,7 @@ async def _run(args: argparse.Namespace, address: str, secret: bytes, token: str
             "heartbeats_to_manager_port": beats["beat_fallbacks"], "false_deaths": len(false_deaths),
             "manager_cpu_seconds": cpu1 - cpu0 + helpers, "helper_processes_cpu_seconds": helpers,
             "storm_manager_cpu_seconds": manager_storm_cpu, "storm_generator_cpu_seconds": load_storm_cpu,
+            "storm_machine_busy": busy / total if total else 0.0,
             "manager_rss_bytes": rss1, "chunk_entries": entries,
             "rss_per_entry_bytes": (rss1 - rss0) / entries if entries else 0.0,
         }
@@ -574,7 +584,8 @@ def run_manager_bench(args: argparse.Namespace) -> int:
           f"{r['rss_per_entry_bytes']:.0f} bytes per chunk entry ({r['chunk_entries']} entries)")
     print(f"during the {r['storm_seconds']:.1f}s of commits: manager {r['storm_manager_cpu_seconds']:.1f} CPU s "
           f"({r['storm_manager_cpu_seconds'] / max(1, r['commits_done']) * 1000:.1f} ms per commit), load generator "
-          f"{r['storm_generator_cpu_seconds']:.1f} CPU s, of {os.cpu_count()} CPUs x {r['storm_seconds']:.1f}s")
+          f"{r['storm_generator_cpu_seconds']:.1f} CPU s, of {os.cpu_count()} CPUs x {r['storm_seconds']:.1f}s "
+          f"({r['storm_machine_busy']:.0%} of the machine busy)")
     if r["heartbeat_errors"]:
         print(f"heartbeat errors: {r['heartbeat_errors']}")
     if r["commit_errors"]:

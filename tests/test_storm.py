@@ -28,6 +28,7 @@ def test_a_commit_storm_does_not_delay_liveness(tmp_path):
     assert r["commits_done"] == 150 and r["commits_failed"] == 0, r["commit_error_examples"]
     assert r["maps_distinct_benefactors"] >= 350  # 150 maps of 4: concurrent writers spread over the pool
     assert r["wakes"] >= 100, r  # the manager woke the benefactors its commits gave orders
+    assert 0 < r["storm_machine_busy"] <= 1, r  # how busy the whole machine was: the figures' bound
 
 
 def test_a_manager_killed_during_a_storm_keeps_every_acknowledged_commit(local_cluster):
