@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import random
@@ -281,20 +280,18 @@ class Storm:
         import struct
 
         from memstage import receipts
-        from memstage.chunks import key_of_pair
         from memstage.proto import manager_pb2
 
         n = self.args.chunks
         targets = targets[:n]
         width = len(targets)
         hashes = os.urandom(16 * n)
-        keys = list(map(key_of_pair, zip([hashes[at:at + 16] for at in range(0, 16 * n, 16)], itertools.repeat(MiB))))
-        where = [c % width for c in range(n)]
-        signed = receipts.expected(session, ns, keys, [self.keys[targets[i]] for i in where])
         length = MiB.to_bytes(8, "big")
-        packed = manager_pb2.PackedChunks(
-            keys=b"".join([k.hash + length for k in keys]), counts=b"\x01" * n, benefactors=targets,
-            locations=struct.pack(f">{n}I", *where), receipts=signed)
+        keys = length.join([hashes[at:at + 16] for at in range(0, 16 * n, 16)]) + length
+        where = [c % width for c in range(n)]
+        signed = receipts.expected_packed(session, ns, keys, where, [self.keys[bf] for bf in targets])
+        packed = manager_pb2.PackedChunks(keys=keys, counts=b"\x01" * n, benefactors=targets,
+                                          locations=struct.pack(f">{n}I", *where), receipts=signed)
         return packed, {bf: len(range(i, n, width)) for i, bf in enumerate(targets)}
 
     async def commit_storm(self) -> float:

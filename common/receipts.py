@@ -70,3 +70,22 @@ def expected(session: int, namespace: str, chunks: Sequence[ChunkKey], keys: Seq
         h.update(prefixes[c.length] + c.hash + suffix)
         out.append(h.digest())
     return b"".join(out)
+
+
+_PACKED_KEY = 24  # a packed chunk key: 16-byte hash, 8-byte big-endian length (as commits carry them)
+
+
+def expected_packed(session: int, namespace: str, keys: bytes, owners: Sequence[int], table: Sequence[bytes]
+                    ) -> bytes:
+    """expected(), from chunk keys packed as a commit carries them, keys[j] under table[owners[j]]:
+    no object per chunk (the receipt keys in table must not be empty)."""
+    keyed = [hashlib.blake2b(key=k, digest_size=RECEIPT_BYTES) for k in table]
+    head = session.to_bytes(8, "big")
+    suffix = namespace.encode()
+    out = []
+    for j, owner in enumerate(owners):
+        at = j * _PACKED_KEY
+        h = keyed[owner].copy()
+        h.update(head + keys[at + 16:at + _PACKED_KEY] + keys[at:at + 16] + suffix)  # as make(): session, length, hash
+        out.append(h.digest())
+    return b"".join(out)

@@ -13,7 +13,6 @@ dies). A helper that is gone costs nothing but its speed: the caller is told to 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
@@ -26,6 +25,8 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+
+from memstage import receipts
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +43,14 @@ def default_workers() -> int:
 def receipts_valid(session: int, namespace: str, keys: bytes, where: bytes, table: list[bytes],
                    given: bytes) -> bool:
     """Whether `given` holds, for each packed key j (one location each), the receipt of that chunk
-    under table[where[j]]: the same MAC as receipts.make (session and length, then hash and
-    namespace, keyed BLAKE2b of 16 bytes). Works from the packed bytes: no object per chunk."""
+    under table[where[j]] (receipts.expected_packed)."""
     n = len(keys) // _KEY_BYTES
     if len(where) != 4 * n or len(given) != 16 * n or not all(table):
         return False
     owners = struct.unpack(f">{n}I", where)
     if owners and max(owners) >= len(table):
         return False
-    keyed = [hashlib.blake2b(key=k, digest_size=16) for k in table]
-    head = session.to_bytes(8, "big")
-    suffix = namespace.encode()
-    out = []
-    for j, owner in enumerate(owners):
-        at = j * _KEY_BYTES
-        h = keyed[owner].copy()
-        h.update(head + keys[at + 16:at + 24] + keys[at:at + 16] + suffix)
-        out.append(h.digest())
-    return hmac.compare_digest(b"".join(out), given)
+    return hmac.compare_digest(receipts.expected_packed(session, namespace, keys, owners, table), given)
 
 
 class _Helper:
