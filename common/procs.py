@@ -11,10 +11,12 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +33,16 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):  # a thread that just ended
             out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def start_helper(module: str) -> tuple[subprocess.Popen[bytes], Connection]:
+    """A helper process (`python -m module FD`) and the manager's end of the socket pair it is
+    given as FD: the helper exits when it reads EOF there, so it never outlives its parent."""
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-m", module, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                            stdin=subprocess.DEVNULL)
+    theirs.close()
+    return proc, Connection(ours.detach())
 
 
 def ready_line(role: str, ident: str, address: str) -> str:

@@ -72,7 +72,7 @@ def expected(session: int, namespace: str, chunks: Sequence[ChunkKey], keys: Seq
     return b"".join(out)
 
 
-_PACKED_KEY = 24  # a packed chunk key: 16-byte hash, 8-byte big-endian length (as commits carry them)
+PACKED_KEY_BYTES = 24  # a packed chunk key: 16-byte hash, 8-byte big-endian length (as commits carry them)
 
 
 def expected_packed(session: int, namespace: str, keys: bytes, owners: Sequence[int], table: Sequence[bytes]
@@ -84,8 +84,9 @@ def expected_packed(session: int, namespace: str, keys: bytes, owners: Sequence[
     suffix = namespace.encode()
     out = []
     for j, owner in enumerate(owners):
-        at = j * _PACKED_KEY
+        at = j * PACKED_KEY_BYTES
         h = keyed[owner].copy()
-        h.update(head + keys[at + 16:at + _PACKED_KEY] + keys[at:at + 16] + suffix)  # as make(): session, length, hash
+        # As make(): session, length, then hash and namespace.
+        h.update(head + keys[at + 16:at + PACKED_KEY_BYTES] + keys[at:at + 16] + suffix)
         out.append(h.digest())
     return b"".join(out)

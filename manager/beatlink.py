@@ -11,9 +11,7 @@ applies the beats.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 
 from memstage.errors import SettingError
 from memstage.manager.wakes import Ack, Flags
+from memstage.procs import start_helper
 from memstage.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,7 @@ class BeatLink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def launch(self) -> None:
         """Start the process (it comes up while the manager opens its state; see wait_ready)."""
-        ours, theirs = socket.socketpair()
-        self._proc = subprocess.Popen([sys.executable, "-m", "memstage.manager.beatproc", str(theirs.fileno())],
-                                      pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._proc, self._conn = start_helper("memstage.manager.beatproc")
         self._conn.send(self._config)
 
     def wait_ready(self) -> None:

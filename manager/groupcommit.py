@@ -52,7 +52,6 @@ class GroupCommit(Generic[Item, Result]):
         self._lock = threading.Lock()
         self._queue: list[_Waiter[Item, Result]] = []
         self._leading = False
-        self.groups = 0  # groups recorded (for tests and curiosity)
 
     def submit(self, item: Item) -> Result:
         """Record `item` with whatever else is waiting; returns its result or raises its exception."""
@@ -85,7 +84,6 @@ class GroupCommit(Generic[Item, Result]):
                 self._durable()
             except BaseException as e:  # recorded, but none of it is known to be durable
                 outcomes = [o if isinstance(o, BaseException) else NotDurable(o, e) for o in outcomes]
-        self.groups += 1
         with self._lock:
             if self._queue:  # those who came meanwhile: the first of them leads their group
                 nxt = self._queue[0]

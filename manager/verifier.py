@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,12 +26,12 @@ import time
 from multiprocessing.connection import Connection
 
 from memstage import receipts
+from memstage.procs import start_helper
 
 log = logging.getLogger(__name__)
 
 MIN_RECEIPTS = 128  # fewer are checked in the manager (sending them would cost about as much)
 RETRY_AFTER = 30.0  # seconds before starting helpers again after one could not be started
-_KEY_BYTES = 24  # a packed chunk key: 16-byte hash, 8-byte length (big-endian)
 
 
 def default_workers() -> int:
@@ -44,7 +43,7 @@ def receipts_valid(session: int, namespace: str, keys: bytes, where: bytes, tabl
                    given: bytes) -> bool:
     """Whether `given` holds, for each packed key j (one location each), the receipt of that chunk
     under table[where[j]] (receipts.expected_packed)."""
-    n = len(keys) // _KEY_BYTES
+    n = len(keys) // receipts.PACKED_KEY_BYTES
     if len(where) != 4 * n or len(given) != 16 * n or not all(table):
         return False
     owners = struct.unpack(f">{n}I", where)
@@ -55,11 +54,7 @@ def receipts_valid(session: int, namespace: str, keys: bytes, where: bytes, tabl
 
 class _Helper:
     def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-m", "memstage.manager.verifier", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        self.proc, self.conn = start_helper("memstage.manager.verifier")
 
     def close(self) -> None:
         self.conn.close()  # the helper exits when it reads EOF
@@ -84,7 +79,7 @@ class ReceiptCheckers:
     def check(self, session: int, namespace: str, keys: bytes, where: bytes, table: list[bytes],
               given: bytes) -> bool | None:
         """receipts_valid, worked out by a helper; None when none can (check in process)."""
-        if len(keys) < MIN_RECEIPTS * _KEY_BYTES:
+        if len(keys) < MIN_RECEIPTS * receipts.PACKED_KEY_BYTES:
             return None
         helper = self._take()
         if helper is None:

@@ -156,6 +156,20 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         c.stop()
 
 
+class ServicerContext:
+    """What a socket-free call of a gRPC servicer needs of its context: an abort raises
+    RuntimeError("CODE: details")."""
+
+    def abort(self, code, details):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"{code.name}: {details}")
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return "test"
+
+
 def random_bytes(size: int) -> bytes:
     """Incompressible, never-repeating test data: a misplaced chunk cannot go unnoticed."""
     return os.urandom(size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import ServicerContext
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -133,16 +134,6 @@ TestDeskModel = DeskModel.TestCase
 TestDeskModel.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 
 
-class _Context:
-    def abort(self, code, details):  # type: ignore[no-untyped-def]
-        raise RuntimeError(f"{code.name}: {details}")
-
-    def invocation_metadata(self):  # type: ignore[no-untyped-def]
-        return ()
-
-    def peer(self) -> str:
-        return "test"
-
 
 def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_its_beats(tmp_path):
     """The manager's side, socket-free: flags of work waiting change with orders queued and
@@ -157,7 +148,7 @@ def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_it
     from memstage.settings import ManagerSettings
 
     svc = ManagerService(ManagerSettings(state=str(tmp_path)), Catalog(str(tmp_path)), CollectorRegistry())
-    ctx = _Context()
+    ctx = ServicerContext()
     svc.Register(manager_pb2.RegisterRequest(benefactor_id="b0", address="127.0.0.1:1", incarnation=7,
                                              receipt_key=b"k" * 32,
                                              stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)

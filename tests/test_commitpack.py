@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-import grpc
 import pytest
+from conftest import ServicerContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -44,16 +44,6 @@ def test_inconsistent_packed_references_are_refused():
             commitpack.unpack(broken)
 
 
-class _Context:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise RuntimeError(f"{code.name}: {details}")
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "test"
-
 
 def _service(state) -> tuple[Catalog, ManagerService, dict[str, bytes]]:  # type: ignore[no-untyped-def]
     """A manager service without sockets, with benefactors b0..b2 registered (their receipt keys)."""
@@ -64,13 +54,13 @@ def _service(state) -> tuple[Catalog, ManagerService, dict[str, bytes]]:  # type
         svc.Register(manager_pb2.RegisterRequest(benefactor_id=bf, address=f"127.0.0.1:{i + 1}", incarnation=i + 1,
                                                  receipt_key=rk,
                                                  stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)),
-                     _Context())
+                     ServicerContext())
     return catalog, svc, keys
 
 
 def test_the_manager_takes_a_packed_commit_as_the_same_commit_unpacked(tmp_path):
     catalog, svc, keys = _service(tmp_path)
-    ctx = _Context()
+    ctx = ServicerContext()
     chunks = [ChunkKey(os.urandom(16), 100 + i) for i in range(6)] + [ChunkKey(HOLE_HASH, 4096)]
 
     def commit(path: str, packed: bool, forge: bool = False) -> int:
@@ -112,7 +102,7 @@ def test_a_packed_commit_is_refused_for_the_same_chunk_and_benefactor_as_the_unp
     as the per-chunk check does, and a good one is taken."""
     state = tmp_path_factory.mktemp("state")
     catalog, svc, keys = _service(state)
-    ctx = _Context()
+    ctx = ServicerContext()
     flat = [bf for names in layout for bf in names]
     forged = forge % len(flat) if forge is not None and flat else None  # the location given a false receipt
     outcomes = []
@@ -155,5 +145,5 @@ def test_a_packed_commit_with_a_chunk_length_out_of_range_is_refused(tmp_path, l
     refs = [(ChunkKey(b"a" * 16, 10), []), (ChunkKey(b"b" * 16, length), [])]
     request = manager_pb2.CommitRequest(namespace="ns", path="/f", size=10 + length, packed=commitpack.pack(refs))
     with pytest.raises(RuntimeError, match="INVALID_ARGUMENT.*length of 1"):
-        svc.Commit(request, _Context())
+        svc.Commit(request, ServicerContext())
     catalog.close()

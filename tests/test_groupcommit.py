@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import ServicerContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,19 +154,9 @@ def test_a_commit_recorded_but_not_made_durable_is_refused_and_keeps_its_holds(t
     from memstage.proto import manager_pb2
     from memstage.settings import ManagerSettings
 
-    class Context:
-        def abort(self, code, details):  # type: ignore[no-untyped-def]
-            raise RuntimeError(f"{code.name}: {details}")
-
-        def invocation_metadata(self):  # type: ignore[no-untyped-def]
-            return ()
-
-        def peer(self) -> str:
-            return "test"
-
     catalog = Catalog(str(tmp_path))
     svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
-    ctx = Context()
+    ctx = ServicerContext()
     key = os.urandom(32)
     svc.Register(manager_pb2.RegisterRequest(benefactor_id="b0", address="127.0.0.1:1", incarnation=1, receipt_key=key,
                                              stats=manager_pb2.BenefactorStats(memory_capacity=1 << 30)), ctx)

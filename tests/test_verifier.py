@@ -9,7 +9,7 @@ import signal
 import struct
 
 import pytest
-from conftest import wait_for
+from conftest import ServicerContext, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -23,17 +23,6 @@ from memstage.manager.service import ManagerService
 from memstage.manager.verifier import receipts_valid
 from memstage.proto import manager_pb2
 from memstage.settings import ManagerSettings
-
-
-class _Context:
-    def abort(self, code, details):  # type: ignore[no-untyped-def]
-        raise RuntimeError(f"{code.name}: {details}")
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    def peer(self) -> str:
-        return "test"
 
 
 def _packed(keys: list[ChunkKey], owners: list[int]) -> tuple[bytes, bytes]:
@@ -73,7 +62,7 @@ def test_large_commits_are_checked_by_a_helper_and_still_checked_when_it_is_kill
     monkeypatch.setattr(service_mod, "default_workers", lambda: 1)  # whatever this machine's core count
     catalog = Catalog(str(tmp_path))
     svc = ManagerService(ManagerSettings(state=str(tmp_path)), catalog, CollectorRegistry())
-    ctx = _Context()
+    ctx = ServicerContext()
     names = ["b0", "b1", "b2"]
     keys = {bf: os.urandom(32) for bf in names}
     for i, bf in enumerate(names):
