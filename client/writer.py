@@ -135,12 +135,18 @@ class VersionWriter:
         self.opened_at = opened_at
         self._transport: ChunkTransport = transport if transport is not None else GrpcTransport(conn)
         self._budget = budget if budget is not None else ByteBudget(settings.buffer_size)
-        reply = conn.call_manager("OpenSession", manager_pb2.OpenSessionRequest(namespace=self.namespace, path=path),
-                                  f"write of {path}")
+        # The first striping map comes with the session (an older manager gives none: it is then
+        # asked for when the first chunk needs one).
+        reply = conn.call_manager("OpenSession", manager_pb2.OpenSessionRequest(
+            namespace=self.namespace, path=path, striping=manager_pb2.StripingRequest(
+                width=settings.stripe_width, chunk_size=settings.chunk_size)), f"write of {path}")
         self.session: int = reply.session
         self.lease: float = reply.lease_seconds
         self._state = WriteState(path, QUERY_BATCH, max(1, self._budget.limit // 2), RELEASE_BATCH,
                                  known=set(known or ()))
+        self._mapped_at_open = bool(reply.map.benefactors)  # then some benefactor had room for a chunk
+        if self._mapped_at_open:
+            self._state.map_received([Placement(b.benefactor_id, b.address) for b in reply.map.benefactors])
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._frames: dict[int, tuple[bytes, ...]] = {}  # seq -> the chunk's only copy while in flight
@@ -363,7 +369,8 @@ class VersionWriter:
     def check_space(self) -> None:
         """Raise DeploymentFull now (after waiting up to full_wait for space) if no benefactor has
         room for a chunk: a FUSE write() reports ENOSPC itself rather than only close()."""
-        self._striping_map(NeedMap((), ()))
+        if not self._mapped_at_open:  # else the session's map has just said there is room
+            self._striping_map(NeedMap((), ()))
 
     def commit(self, attrs: manager_pb2.FileAttrs | None = None) -> int:
         """Commit the layout; the session ends either way (what the version does not reference is freed).

@@ -51,7 +51,7 @@ from memstage.manager.groupcommit import GroupCommit, NotDurable
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
-from memstage.manager.registry import MISSED_HEARTBEATS, Registry, Stats
+from memstage.manager.registry import MISSED_HEARTBEATS, Placement, Registry, Stats
 from memstage.manager.replication import Replicator
 from memstage.manager.sessions import Session, SessionTable
 from memstage.manager.slots import FairSlots
@@ -106,6 +106,11 @@ def rpc(method: F) -> F:
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error (see the manager's log)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _striping_map(placements: Sequence[Placement]) -> manager_pb2.StripingMap:
+    return manager_pb2.StripingMap(
+        benefactors=[common_pb2.Location(benefactor_id=p.id, address=p.address) for p in placements])
 
 
 def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
@@ -695,10 +700,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     ) -> manager_pb2.SessionReply:
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path) if request.path else ""
+        placements: list[Placement] = []
         with self._lock:
             session = self.sessions.open(namespace, path, self.clock())
+            if request.HasField("striping"):  # the first map with the session: a call less per file
+                placements, _ = self._place(session, request.striping)
         return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease,
-                                        grant=self.access.grant(namespace, write=True))
+                                        grant=self.access.grant(namespace, write=True),
+                                        map=_striping_map(placements) if placements else None)
 
     @rpc
     def RenewSessions(self, request: manager_pb2.RenewSessionsRequest, context: grpc.ServicerContext
@@ -760,23 +769,25 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def GetStripingMap(self, request: manager_pb2.StripingRequest, context: grpc.ServicerContext
                        ) -> manager_pb2.StripingMap:
         namespace = check_namespace(request.namespace)
-        width = request.width or self.settings.stripe_width
         with self._lock:
-            session = self._session(request.session, namespace)
-            now = self.clock()
-            reserve = request.chunk_size * RESERVED_CHUNKS
-            placements = self.registry.striping_map(width, set(request.exclude), request.chunk_size, now, reserve)
-            alive = self.registry.live_count()
-            session.benefactors.update(p.id for p in placements)
-            for p in placements:
-                session.reserved[p.id] = session.reserved.get(p.id, 0) + reserve
+            placements, alive = self._place(self._session(request.session, namespace), request)
         if not placements:
             if alive == 0:
                 raise Unavailable("no live benefactors are registered with the manager")
             raise DeploymentFull(f"deployment full: none of the {alive} live benefactors has room "
                                  f"for a {request.chunk_size}-byte chunk (excluded: {len(request.exclude)})")
-        return manager_pb2.StripingMap(
-            benefactors=[common_pb2.Location(benefactor_id=p.id, address=p.address) for p in placements])
+        return _striping_map(placements)
+
+    def _place(self, session: Session, request: manager_pb2.StripingRequest) -> tuple[list[Placement], int]:
+        """(under self._lock) A striping map for the session, with room reserved on its benefactors;
+        and how many benefactors are alive."""
+        reserve = request.chunk_size * RESERVED_CHUNKS
+        placements = self.registry.striping_map(request.width or self.settings.stripe_width, set(request.exclude),
+                                                request.chunk_size, self.clock(), reserve)
+        session.benefactors.update(p.id for p in placements)
+        for p in placements:
+            session.reserved[p.id] = session.reserved.get(p.id, 0) + reserve
+        return placements, self.registry.live_count()
 
     @rpc
     def Commit(self, request: manager_pb2.CommitRequest, context: grpc.ServicerContext) -> manager_pb2.CommitReply:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -168,6 +169,13 @@ class ServicerContext:
 
     def peer(self) -> str:
         return "test"
+
+
+def free_port() -> int:
+    """A loopback port free now (for a process told to listen on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def random_bytes(size: int) -> bytes:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
+import urllib.request
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, wait_for
 
 from memstage.client import DeploymentFull, InvalidArgument, InvalidPath, NotFound
 
@@ -27,6 +29,22 @@ def test_round_trip_300mib_through_4_benefactors(local_cluster):
     # Every benefactor got a share: the stripe spans all four.
     used = [b["memory_used"] for b in cluster.status()["benefactors"]]
     assert len(used) == 4 and all(u > 50 * MiB for u in used), used
+
+
+def test_a_write_gets_its_first_striping_map_with_its_session(local_cluster):
+    """One manager call less per file: the session brings the map, so plain writes make no
+    GetStripingMap call (counted by the manager's /metrics)."""
+    port = free_port()
+    cluster = local_cluster(benefactors=2, manager_args=("--metrics-port", str(port)))
+    c = cluster.client()
+    files = {f"/step{i}/rank0": random_bytes(3 * MiB + i) for i in range(3)}
+    for path, data in files.items():
+        c.pipe(path, data)
+    assert all(c.cat(path) == data for path, data in files.items())
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    calls = {m: float(v) for m, v in re.findall(r'memstage_rpc_calls_total\{method="(\w+)"\} (\S+)', text)}
+    assert calls.get("OpenSession", 0) >= 3 and calls.get("Commit", 0) >= 3, calls
+    assert calls.get("GetStripingMap", 0) == 0, calls
 
 
 def test_random_reads_and_seek(local_cluster):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import MiB, random_bytes
+from conftest import MiB, free_port, random_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -171,7 +171,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         **os.environ,
         "PATH": f"{fake}:{venv_bin}:{os.environ['PATH']}",
         "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path),
-        "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(_free_port()),
+        "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(free_port()),
         "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
         "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
     }
@@ -208,14 +208,6 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_schema_names_every_setting_a_role_takes_from_the_chart():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,14 +98,6 @@ def test_after_a_crash_and_restart_undrained_versions_are_lost_and_drained_ones_
     assert c2.cat("/kept") == kept  # persisted: read from the PFS through the new benefactor
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _up(tmp_path, address: str, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "1", "--memory", "64MiB",
                              "--state", str(tmp_path / "state"), "--pfs", str(tmp_path / "pfs"), "--listen", address,
@@ -144,7 +136,7 @@ def _ctrl_c(proc: subprocess.Popen[str]) -> str:
 def test_ctrl_c_on_up_drains_before_stopping_or_reports_what_it_could_not(tmp_path, stop_timeout):
     from memstage.client import Client
 
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     up = _up(tmp_path, address, "--drain-bandwidth", "1MiB", "--stop-timeout", stop_timeout)
     try:
         c = Client(manager=address, chunk_size=os.environ.get("CK", "16KiB"), **_client(tmp_path))

@@ -1,15 +1,25 @@
 """Placement: striping maps from the registry's heap against a brute-force reference (sort every
 eligible benefactor by room left after reservations), over random sequences of registrations,
 maps with and without reservations, sessions ending, memory changes, heartbeats, deaths,
-departures and removals. Plus the property the heap is for: concurrent writers spread."""
+departures and removals. Plus the property the heap is for: concurrent writers spread, also when
+their sessions bring their first maps."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+from conftest import ServicerContext
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from prometheus_client import CollectorRegistry
 
+from memstage.manager.catalog import Catalog
 from memstage.manager.registry import Registry, Stats
+from memstage.manager.service import ManagerService
+from memstage.proto import manager_pb2
+from memstage.settings import ManagerSettings
 
 MiB = 1024 * 1024
 IDS = [f"b{i}" for i in range(6)]
@@ -113,3 +123,33 @@ def test_concurrent_writers_spread_over_the_pool():
             used[p.id] = used.get(p.id, 0) + 1
     assert len(used) == 256 and set(used.values()) == {1}
 
+
+
+def test_a_session_opened_with_a_striping_request_brings_its_first_map(tmp_path):
+    """OpenSession with `striping` hands out the map GetStripingMap would, with the same
+    reservations (sessions opened at once spread); when nobody has room it gives the session
+    without a map, and GetStripingMap says why. No sockets."""
+    svc = ManagerService(ManagerSettings(state=str(tmp_path)), Catalog(str(tmp_path)), CollectorRegistry())
+    ctx = ServicerContext()
+    for i in range(8):
+        svc.Register(manager_pb2.RegisterRequest(benefactor_id=f"b{i}", address=f"127.0.0.1:{i + 1}", incarnation=1,
+                                                 receipt_key=os.urandom(32),
+                                                 stats=manager_pb2.BenefactorStats(memory_capacity=CAPACITY)), ctx)
+    ask = manager_pb2.StripingRequest(width=4, chunk_size=MiB)
+    first, second = (svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path=f"/{n}", striping=ask), ctx)
+                     for n in "ab")
+    one, two = ([loc.benefactor_id for loc in s.map.benefactors] for s in (first, second))
+    assert len(one) == len(two) == 4 and set(one).isdisjoint(two), "reserved: the second session goes elsewhere"
+    assert all(loc.address for loc in first.map.benefactors)
+    session = svc.sessions.get(first.session)
+    assert session is not None and session.benefactors == set(one) and set(session.reserved) == set(one)
+
+    plain = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path="/c"), ctx)
+    assert plain.session and not plain.HasField("map"), "no map unless asked for"
+
+    huge = manager_pb2.StripingRequest(chunk_size=2 * CAPACITY)  # room on nobody
+    full = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path="/d", striping=huge), ctx)
+    assert full.session and not full.map.benefactors
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED|deployment full"):
+        svc.GetStripingMap(manager_pb2.StripingRequest(namespace="ns", chunk_size=2 * CAPACITY,
+                                                       session=full.session), ctx)

@@ -5,14 +5,13 @@ manager wakes the benefactor, whose hold order wakes its drain loop)."""
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 import threading
 import time
 import urllib.request
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, wait_for
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -38,12 +37,6 @@ def test_an_idle_loop_backs_off_to_its_ceiling_and_a_wake_ends_the_wait():
     assert waker.idle() == 0.01, "woken: the next wait starts over"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _polls(port: int, context: ssl.SSLContext | None, methods: str = "Orders|DrainWork") -> int:
     """Calls of these methods the manager answered, from its /metrics."""
     scheme = "https" if context is not None else "http"
@@ -65,7 +58,7 @@ def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_s
         local_cluster, heartbeat_process):
     """Over TLS with the cluster secret, as deployed; the manager (its heartbeat process, or itself
     with heartbeat_listen off) wakes the benefactor when the commit's orders wait."""
-    port = _free_port()
+    port = free_port()
     cluster = local_cluster(benefactors=1, heartbeat=2.0, secure=True, tls=True, manager_args=(
         "--metrics-port", str(port), *(() if heartbeat_process else ("--heartbeat-listen", "off"))))
     context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])

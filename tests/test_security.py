@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, wait_for
 
 from memstage import auth
 from memstage.chunks import ChunkKey
@@ -277,21 +277,13 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_metrics_are_served_over_mutual_tls_with_the_deployment_certificate(local_cluster, tmp_path):
     """/metrics names namespaces: with the deployment's CA set, it asks for a client certificate as
     every other port does. Plain HTTP, or TLS without a client certificate, reads nothing."""
     import ssl
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     cluster = local_cluster(benefactors=1, secure=True, tls=True, manager_args=("--metrics-port", str(port)))
     context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
     context.check_hostname = False  # the certificate names the deployment, not this address
@@ -311,7 +303,7 @@ def test_metrics_bind_to_their_own_host_and_may_skip_client_certificates(local_c
     import ssl
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     cluster = local_cluster(benefactors=1, secure=True, tls=True,
                             manager_args=("--metrics-port", str(port), "--metrics-host", "127.0.0.2",
                                           "--metrics-without-client-cert"))

@@ -288,22 +288,26 @@ class OrdersReply(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("namespace", "path")
+    __slots__ = ("namespace", "path", "striping")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    STRIPING_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    striping: StripingRequest
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., striping: _Optional[_Union[StripingRequest, _Mapping]] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("session", "lease_seconds", "grant")
+    __slots__ = ("session", "lease_seconds", "grant", "map")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
     session: int
     lease_seconds: float
     grant: str
-    def __init__(self, session: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., grant: _Optional[str] = ...) -> None: ...
+    map: StripingMap
+    def __init__(self, session: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., grant: _Optional[str] = ..., map: _Optional[_Union[StripingMap, _Mapping]] = ...) -> None: ...
 
 class RenewSessionsRequest(_message.Message):
     __slots__ = ("sessions",)
