@@ -20,6 +20,8 @@ MAX_MESSAGE_BYTES = MAX_FRAME_DATA + 64 * 1024
 # A hole (bytes never written, read as zeros) is a map entry with this hash and any length: it is
 # stored nowhere, so a sparse file costs one entry per hole, whatever its size.
 HOLE_HASH = bytes(HASH_BYTES)
+# A chunk key packed as commits, version maps, stripes and the location log carry it: hash, length.
+PACKED_KEY = struct.Struct(">16sQ")
 # A held chunk in an order's hold_packed: hash, length, generation of the hold.
 HELD_PACKED = struct.Struct(">16sQQ")
 # The first and second field of a ChunkKey (its hash and length) or of a pair, as C calls: a

@@ -7,11 +7,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import PACKED_KEY, ChunkKey
 from memstage.errors import InvalidArgument
 from memstage.proto import manager_pb2
 
-_KEY = struct.Struct(">16sQ")
 RECEIPT_BYTES = 16
 
 
@@ -28,7 +27,7 @@ def pack(refs: Sequence[tuple[ChunkKey, Sequence[tuple[str, bytes]]]]) -> manage
             where.append(i)
             receipts.append(receipt)
     return manager_pb2.PackedChunks(
-        keys=b"".join([_KEY.pack(k.hash, k.length) for k, _ in refs]),
+        keys=b"".join([PACKED_KEY.pack(k.hash, k.length) for k, _ in refs]),
         counts=bytes([len(locs) for _, locs in refs]), benefactors=list(names),
         locations=struct.pack(f">{len(where)}I", *where), receipts=b"".join(receipts))
 
@@ -43,9 +42,9 @@ class Unpacked:
 
 def unpack(p: manager_pb2.PackedChunks) -> Unpacked:
     """The references, with their sizes checked against each other (InvalidArgument if they differ)."""
-    if len(p.keys) % _KEY.size:
-        raise InvalidArgument(f"packed chunks: keys take {len(p.keys)} bytes, not a multiple of {_KEY.size}")
-    n = len(p.keys) // _KEY.size
+    if len(p.keys) % PACKED_KEY.size:
+        raise InvalidArgument(f"packed chunks: keys take {len(p.keys)} bytes, not a multiple of {PACKED_KEY.size}")
+    n = len(p.keys) // PACKED_KEY.size
     if len(p.counts) != n:
         raise InvalidArgument(f"packed chunks: {len(p.counts)} location counts for {n} chunks")
     located = sum(p.counts)
@@ -56,4 +55,4 @@ def unpack(p: manager_pb2.PackedChunks) -> Unpacked:
     where = struct.unpack(f">{located}I", p.locations)
     if where and max(where) >= len(names):
         raise InvalidArgument(f"packed chunks: a location names benefactor {max(where)} of {len(names)}")
-    return Unpacked(list(_KEY.iter_unpack(p.keys)), p.counts, list(map(names.__getitem__, where)), p.receipts)
+    return Unpacked(list(PACKED_KEY.iter_unpack(p.keys)), p.counts, list(map(names.__getitem__, where)), p.receipts)

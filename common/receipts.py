@@ -17,7 +17,7 @@ import os
 import struct
 from collections.abc import Sequence
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import PACKED_KEY, ChunkKey
 
 KEY_BYTES = 32
 RECEIPT_BYTES = 16
@@ -72,9 +72,6 @@ def expected(session: int, namespace: str, chunks: Sequence[ChunkKey], keys: Seq
     return b"".join(out)
 
 
-PACKED_KEY_BYTES = 24  # a packed chunk key: 16-byte hash, 8-byte big-endian length (as commits carry them)
-
-
 def expected_packed(session: int, namespace: str, keys: bytes, owners: Sequence[int], table: Sequence[bytes]
                     ) -> bytes:
     """expected(), from chunk keys packed as a commit carries them, keys[j] under table[owners[j]]:
@@ -84,9 +81,9 @@ def expected_packed(session: int, namespace: str, keys: bytes, owners: Sequence[
     suffix = namespace.encode()
     out = []
     for j, owner in enumerate(owners):
-        at = j * PACKED_KEY_BYTES
+        at = j * PACKED_KEY.size
         h = keyed[owner].copy()
         # As make(): session, length, then hash and namespace.
-        h.update(head + keys[at + 16:at + PACKED_KEY_BYTES] + keys[at:at + 16] + suffix)
+        h.update(head + keys[at + 16:at + PACKED_KEY.size] + keys[at:at + 16] + suffix)
         out.append(h.digest())
     return b"".join(out)

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import sqlite3
-import struct
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from memstage.chunks import ChunkKey, second
+from memstage.chunks import PACKED_KEY, ChunkKey, second
 from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
@@ -38,8 +37,6 @@ from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
 from memstage.redundancy import Redundancy
-
-_ENTRY = struct.Struct(">16sQ")  # one chunk of a version's map: hash, length
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS benefactors (
@@ -178,11 +175,11 @@ Holds = dict[str, list[tuple[ChunkKey, int]]]  # per benefactor: the chunks to h
 
 
 def pack_map(keys: Sequence[ChunkKey]) -> bytes:
-    return b"".join(_ENTRY.pack(k.hash, k.length) for k in keys)
+    return b"".join(PACKED_KEY.pack(k.hash, k.length) for k in keys)
 
 
 def unpack_map(blob: bytes) -> tuple[ChunkKey, ...]:
-    return tuple(ChunkKey(h, n) for h, n in _ENTRY.iter_unpack(blob))
+    return tuple(ChunkKey(h, n) for h, n in PACKED_KEY.iter_unpack(blob))
 
 
 _VERSION_COLUMNS = ("version, size, committed_at, chunk_map, persist, persisted, in_memory, lost, lost_reason, "

@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from memstage.chunks import HOLE_HASH, ChunkKey, first, second
+from memstage.chunks import HOLE_HASH, PACKED_KEY, ChunkKey, first, second
 
 IndexKey = tuple[str, ChunkKey]
 Holders = dict[str, int]  # benefactor id -> generation of its hold
@@ -45,7 +45,8 @@ def _ikey(ns: int, h: bytes, length: int) -> int | None:
 def _prefix(ns: int, length: int) -> int:
     """The key bits of a namespace and length (the hash goes below): commits reuse them per length."""
     return length << _LENGTH_SHIFT | ns << _NS_SHIFT
-_ENTRY_BYTES = 24  # a version's map entry: hash, length (the key without its namespace)
+
+
 _NONE = -1  # no copy located
 _MANY = -2  # several copies: the slot's dict in _many has them all
 
@@ -258,14 +259,14 @@ class ChunkIndex:
         bytes: an index key is the namespace's number followed by the entry's length and hash."""
         ns = self._ns.get(namespace)
         if ns is None:
-            return any(chunk_map[at:at + 16] != HOLE_HASH for at in range(0, len(chunk_map), _ENTRY_BYTES))
+            return any(chunk_map[at:at + 16] != HOLE_HASH for at in range(0, len(chunk_map), PACKED_KEY.size))
         prefix = ns << _NS_SHIFT
         slots, drained, holder, many = self._slots, self._drained, self._holder, self._many
-        for at in range(0, len(chunk_map), _ENTRY_BYTES):
+        for at in range(0, len(chunk_map), PACKED_KEY.size):
             digest = chunk_map[at:at + 16]
             if digest == HOLE_HASH:
                 continue
-            length = _from_bytes(chunk_map[at + 16:at + _ENTRY_BYTES], "big")
+            length = _from_bytes(chunk_map[at + 16:at + PACKED_KEY.size], "big")
             slot = slots.get(length << _LENGTH_SHIFT | prefix | _from_bytes(digest, "big"))
             if slot is None:
                 return True

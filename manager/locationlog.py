@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from memstage.chunks import ChunkKey, second
+from memstage.chunks import PACKED_KEY, ChunkKey, second
 
 ADD, DEL, DROP, VOID, ADDS = 1, 2, 3, 4, 5
 _MAGIC = b"L1"
@@ -32,7 +32,6 @@ _DEL = struct.Struct(">BI16sQI")
 _DROP = struct.Struct(">BI16sQ")
 _VOID = struct.Struct(">BI")
 _ADDS = struct.Struct(">BIIQ")  # kind, namespace, count, generation; then the keys, then the benefactors
-_KEY = struct.Struct(">16sQ")  # a packed chunk key: hash, length
 
 Location = tuple[str, ChunkKey, str, int]  # namespace, chunk, benefactor, generation
 
@@ -67,7 +66,7 @@ class Batch:
     def add_packed(self, namespace: str, keys: bytes, benefactors: Sequence[str], gen: int) -> None:
         """ADD of each packed key (hash, length: 24 bytes each) on benefactors[i], at one generation."""
         n = len(benefactors)
-        assert len(keys) == n * _KEY.size, "one benefactor per packed key"
+        assert len(keys) == n * PACKED_KEY.size, "one benefactor per packed key"
         if not n:
             return
         numbers = {bf: self._name(bf) for bf in dict.fromkeys(benefactors)}
@@ -118,8 +117,8 @@ def decode(blob: bytes) -> Iterator[tuple[int, str, ChunkKey | None, str, int]]:
         if kind == ADDS:
             _, ns, n, gen = _ADDS.unpack_from(blob, pos)
             pos += _ADDS.size
-            keys = _KEY.iter_unpack(blob[pos:pos + n * _KEY.size])
-            pos += n * _KEY.size
+            keys = PACKED_KEY.iter_unpack(blob[pos:pos + n * PACKED_KEY.size])
+            pos += n * PACKED_KEY.size
             owners = struct.unpack_from(f">{n}I", blob, pos)
             pos += 4 * n
             count -= n - 1

@@ -13,16 +13,14 @@ stripe never sees a partial update: the update-order problem of erasure-coded wr
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from memstage.chunks import ChunkKey
+from memstage.chunks import PACKED_KEY, ChunkKey
 from memstage.erasure import ABSENT
 from memstage.manager.chunkindex import IndexKey
 
 __all__ = ["ABSENT", "NewStripe", "Stripe", "StripeIndex", "StripeWork", "group", "targets"]
-_MEMBER = struct.Struct(">16sQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +42,11 @@ class Stripe:
         return ((i, ik) for i, ik in self.real() if i < self.k)
 
     def pack(self) -> bytes:
-        return b"".join(_MEMBER.pack(k.hash, k.length) for k in self.members)
+        return b"".join(PACKED_KEY.pack(k.hash, k.length) for k in self.members)
 
     @staticmethod
     def unpack_members(blob: bytes) -> tuple[ChunkKey, ...]:
-        return tuple(ChunkKey(h, n) for h, n in _MEMBER.iter_unpack(blob))
+        return tuple(ChunkKey(h, n) for h, n in PACKED_KEY.iter_unpack(blob))
 
 
 class StripeIndex:

@@ -26,6 +26,7 @@ import time
 from multiprocessing.connection import Connection
 
 from memstage import receipts
+from memstage.chunks import PACKED_KEY
 from memstage.procs import start_helper
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def receipts_valid(session: int, namespace: str, keys: bytes, where: bytes, tabl
                    given: bytes) -> bool:
     """Whether `given` holds, for each packed key j (one location each), the receipt of that chunk
     under table[where[j]] (receipts.expected_packed)."""
-    n = len(keys) // receipts.PACKED_KEY_BYTES
+    n = len(keys) // PACKED_KEY.size
     if len(where) != 4 * n or len(given) != 16 * n or not all(table):
         return False
     owners = struct.unpack(f">{n}I", where)
@@ -79,7 +80,7 @@ class ReceiptCheckers:
     def check(self, session: int, namespace: str, keys: bytes, where: bytes, table: list[bytes],
               given: bytes) -> bool | None:
         """receipts_valid, worked out by a helper; None when none can (check in process)."""
-        if len(keys) < MIN_RECEIPTS * receipts.PACKED_KEY_BYTES:
+        if len(keys) < MIN_RECEIPTS * PACKED_KEY.size:
             return None
         helper = self._take()
         if helper is None:
