@@ -176,7 +176,7 @@ class Heartbeat:
         if reply.heartbeat_interval_seconds:
             self.interval = reply.heartbeat_interval_seconds  # a large deployment stretches it
         if reply.orders_waiting and self.orders is not None:
-            self.orders.waker.wake()
+            self.orders.told(reply.orders_epoch, reply.orders_last)
         if reply.drain_waiting and self.drain is not None:
             self.drain.waker.wake()
         if not reply.known:

@@ -141,6 +141,17 @@ class OrderLoop:
             self.waker.wake()
         return epoch, acked
 
+    def told(self, epoch: int, last: int) -> bool:
+        """A heartbeat reply says orders wait, the last numbered `last` by manager process `epoch`
+        (0: not said): the loop looks now, unless that order was carried out here already (a wake
+        brought it and its acknowledgement is on its way; should that be lost, the idle loop's next
+        look acknowledges it). Returns whether the loop was woken."""
+        with self._lock:
+            done = bool(last) and epoch == self._epoch and last <= self._acked
+        if not done:
+            self.waker.wake()
+        return not done
+
     def _carry_out(self, reply: manager_pb2.OrdersReply, pushed: bool) -> int:
         """Carry out the orders of a reply in sequence, skipping those already done; copies and
         stripe members are made on the pool. Returns the number of orders in the reply. Pushed

@@ -34,6 +34,7 @@ class Answer(NamedTuple):
     interval: float
     orders_waiting: int
     drain_waiting: bool
+    orders_last: int  # the sequence number of the last order waiting
 
 
 @dataclass(slots=True)
@@ -42,6 +43,7 @@ class _Entry:
     address: str
     key: bytes  # its receipt key: orders pushed to it carry a MAC under it
     orders: int = 0  # waiting
+    last: int = 0  # the sequence number of the last of them
     drain: bool = False  # tasks waiting
 
 
@@ -68,10 +70,10 @@ class BeatDesk:
         Returns the wakes to send: to each known one given work that still waits (not to one whose
         flags changed because it took some: it is asking already), with the orders it was given."""
         wakes = []
-        for bf, incarnation, orders, drains, new, orders_reply in items:
+        for bf, incarnation, orders, drains, new, orders_reply, last in items:
             entry = self._known.get(bf)
             if entry is not None and entry.incarnation == incarnation:
-                entry.orders, entry.drain = orders, drains
+                entry.orders, entry.drain, entry.last = orders, drains, last
                 if new and (orders or drains):
                     mac = sign_orders(entry.key, orders_reply) if orders_reply else b""
                     wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply, mac))
@@ -84,7 +86,7 @@ class BeatDesk:
         if entry is None or entry.incarnation != beat.incarnation or not self.interval:
             return None
         self._out.append(beat)
-        return Answer(self.interval, entry.orders, entry.drain)
+        return Answer(self.interval, entry.orders, entry.drain, entry.last)
 
     def take(self) -> list[Beat]:
         """The beats answered since the last call, in order of arrival, for the manager."""

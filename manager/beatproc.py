@@ -41,10 +41,11 @@ THREADS = 8
 class BeatServicer(manager_pb2_grpc.ManagerServicer):
     """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port."""
 
-    def __init__(self, desk: BeatDesk, lock: threading.Lock, proof: str) -> None:
+    def __init__(self, desk: BeatDesk, lock: threading.Lock, proof: str, epoch: int = 0) -> None:
         self.desk = desk
         self.lock = lock
         self.proof = proof  # "" when the manager runs --insecure
+        self.epoch = epoch  # the manager process's (its orders are numbered in it)
         self.port = 0
 
     def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
@@ -67,13 +68,14 @@ class BeatServicer(manager_pb2_grpc.ManagerServicer):
                           "known here as this process; send the heartbeat to the manager's port")
         return manager_pb2.HeartbeatReply(known=True, heartbeat_interval_seconds=answer.interval,
                                           orders_waiting=answer.orders_waiting, drain_waiting=answer.drain_waiting,
-                                          heartbeat_port=self.port)
+                                          heartbeat_port=self.port, orders_last=answer.orders_last,
+                                          orders_epoch=self.epoch)
 
 
 def serve(conn: Connection, config: dict[str, Any]) -> None:
     desk = BeatDesk()
     lock = threading.Lock()
-    servicer = BeatServicer(desk, lock, config["proof"])
+    servicer = BeatServicer(desk, lock, config["proof"], config.get("epoch", 0))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
     manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
     try:

@@ -79,6 +79,11 @@ class OrderQueues:
         q = self._queues.get(benefactor)
         return len(q.orders) if q is not None else 0
 
+    def last(self, benefactor: str) -> int:
+        """The sequence number of the last order queued for the benefactor (0: none waits)."""
+        q = self._queues.get(benefactor)
+        return q.orders[-1].seq if q is not None and q.orders else 0
+
     def reset(self, benefactor: str) -> None:
         """A new incarnation: its orders start again from 1, and nothing old is carried out."""
         if self._queues.pop(benefactor, None) is not None and self.changed is not None:

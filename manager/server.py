@@ -87,7 +87,7 @@ class ManagerServer:
         proof = auth.cluster_proof(self.secret) if self.secret is not None else ""
         link = BeatLink(listen, self.tls, proof, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                         self.service.beats_arrived, self.service.beat_flags, self.service.beat_snapshot,
-                        self.service.acks_arrived)
+                        self.service.acks_arrived, epoch=self.service.epoch)
         link.launch()
         return link
 

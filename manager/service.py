@@ -305,9 +305,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     if not self.sessions.is_open(sid):
                         self.orders.push(request.benefactor_id, "", session=sid, end_session=True)
             orders = self.orders.waiting(request.benefactor_id)
+            last = self.orders.last(request.benefactor_id)
             drains = request.benefactor_id in self._drain_waiting
         return manager_pb2.HeartbeatReply(known=known, heartbeat_interval_seconds=interval, orders_waiting=orders,
-                                          drain_waiting=drains, heartbeat_port=self._beat_port(interval))
+                                          drain_waiting=drains, heartbeat_port=self._beat_port(interval),
+                                          orders_last=last, orders_epoch=self.epoch)
 
     # -- the heartbeat process (see beatlink) --------------------------------------------------
     def attach_beats(self, link: BeatLink) -> None:
@@ -327,7 +329,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         """The wakes for flags beat_flags returned: benefactors given work, at their addresses."""
         with self._lock:
             out = []
-            for bf, incarnation, orders, drains, new, orders_reply in flags:
+            for bf, incarnation, orders, drains, new, orders_reply, _ in flags:
                 rec = self.registry.get(bf)
                 if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
                     mac = receipts.sign_orders(rec.receipt_key, orders_reply) if orders_reply else b""
@@ -374,7 +376,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 if waiting and (pushed is None or bf in pushed):
                     batch = manager_pb2.OrdersReply(known=True, epoch=self.epoch,
                                                     orders=self.orders.take(bf, 0)).SerializeToString()
-                out.append((bf, rec.incarnation, waiting, bf in self._drain_waiting, new is None or bf in new, batch))
+                out.append((bf, rec.incarnation, waiting, bf in self._drain_waiting, new is None or bf in new, batch,
+                            self.orders.last(bf)))
         return out
 
     def acks_arrived(self, acks: Sequence[Ack], sent: int = 0, failed: int = 0) -> None:

@@ -38,8 +38,9 @@ WARN_EVERY_S = 60.0  # a benefactor that cannot be woken is logged at most this 
 
 # What the manager tells of a benefactor whose work waiting changed: id, incarnation, orders
 # waiting, drain tasks waiting, whether it was given work since it was last told (then it is
-# woken), and the orders waiting as a serialized OrdersReply when it was given orders (else b"").
-Flags = tuple[str, int, int, bool, bool, bytes]
+# woken), the orders waiting as a serialized OrdersReply when it was given orders (else b""), and
+# the sequence number of the last order waiting (0: none).
+Flags = tuple[str, int, int, bool, bool, bytes, int]
 # An acknowledgement in a wake's reply: benefactor, incarnation, epoch, last order carried out.
 Ack = tuple[str, int, int, int]
 

@@ -224,6 +224,20 @@ class PushedAndFetchedOrders(RuleBasedStateMachine):
         epoch, _ = self.loop.deliver(stale)
         assert self.done == done and epoch == self.manager.epoch
 
+    @rule(restarted=st.booleans())
+    def a_heartbeat_reply_says_orders_wait(self, restarted):
+        """It names the last order waiting: the loop fetches unless that one was carried out here
+        (a wake brought it, its acknowledgement still on its way), or the orders are another
+        manager process's."""
+        last = self.manager.queues.last("bf")
+        if not last:
+            return
+        self.loop.waker._event.clear()
+        epoch = self.manager.epoch + 1 if restarted else self.manager.epoch
+        woken = self.loop.told(epoch, last)
+        assert woken == (restarted or last > max(self.done, default=0))
+        assert self.loop.waker._event.is_set() == woken
+
     @rule()
     def fetch(self):
         self.loop.fetch_and_apply()

@@ -134,18 +134,22 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., incarnation: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("known", "heartbeat_interval_seconds", "orders_waiting", "drain_waiting", "heartbeat_port")
+    __slots__ = ("known", "heartbeat_interval_seconds", "orders_waiting", "drain_waiting", "heartbeat_port", "orders_last", "orders_epoch")
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ORDERS_WAITING_FIELD_NUMBER: _ClassVar[int]
     DRAIN_WAITING_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_PORT_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_LAST_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_EPOCH_FIELD_NUMBER: _ClassVar[int]
     known: bool
     heartbeat_interval_seconds: float
     orders_waiting: int
     drain_waiting: bool
     heartbeat_port: int
-    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ..., orders_waiting: _Optional[int] = ..., drain_waiting: _Optional[bool] = ..., heartbeat_port: _Optional[int] = ...) -> None: ...
+    orders_last: int
+    orders_epoch: int
+    def __init__(self, known: _Optional[bool] = ..., heartbeat_interval_seconds: _Optional[float] = ..., orders_waiting: _Optional[int] = ..., drain_waiting: _Optional[bool] = ..., heartbeat_port: _Optional[int] = ..., orders_last: _Optional[int] = ..., orders_epoch: _Optional[int] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "held")
