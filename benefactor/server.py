@@ -83,8 +83,8 @@ class BenefactorServer:
                 return self.orders.deliver(manager_pb2.OrdersReply.FromString(request.orders_reply))
             except DecodeError:
                 log.warning("a wake brought orders that do not parse: fetching them instead")
-        if request.orders:
-            self.orders.waker.wake()
+        if request.orders:  # pushed before: fetched unless carried out already
+            self.orders.told(request.orders_epoch, request.orders_last)
         return 0, 0
 
     def _drain_state(self) -> tuple[int, bool]:

@@ -55,6 +55,7 @@ class RoleProcess:
     id: str
     address: str
     proc: subprocess.Popen[str]
+    terminated: bool = False
 
     @property
     def pid(self) -> int:
@@ -69,10 +70,16 @@ class RoleProcess:
             self.proc.kill()
         self.proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting, once (a second one means "stop now" to a role)."""
+        if self.alive() and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

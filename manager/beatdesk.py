@@ -76,7 +76,7 @@ class BeatDesk:
                 entry.orders, entry.drain, entry.last = orders, drains, last
                 if new and (orders or drains):
                     mac = sign_orders(entry.key, orders_reply) if orders_reply else b""
-                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply, mac))
+                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply, mac, last))
         return wakes
 
     # -- a heartbeat ---------------------------------------------------------------------------

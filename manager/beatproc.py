@@ -84,7 +84,7 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
         conn.send(("error", str(e)))
         return
     servicer.port = int(address.rpartition(":")[2])
-    wakes = WakeSender(config["tls"], config["proof"])
+    wakes = WakeSender(config["tls"], config["proof"], epoch=config.get("epoch", 0))
     server.start()
     conn.send(("ready", servicer.port))
     stop = threading.Event()

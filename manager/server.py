@@ -103,7 +103,8 @@ class ManagerServer:
             self.beats.start()
         else:
             self.service.follow_flags()
-            self._wakes = WakeSender(self.tls, auth.cluster_proof(self.secret) if self.secret is not None else "")
+            self._wakes = WakeSender(self.tls, auth.cluster_proof(self.secret) if self.secret is not None else "",
+                                     epoch=self.service.epoch)
             self._waker.start()
         self._server.start()
         self._housekeeper.start()

@@ -329,11 +329,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         """The wakes for flags beat_flags returned: benefactors given work, at their addresses."""
         with self._lock:
             out = []
-            for bf, incarnation, orders, drains, new, orders_reply, _ in flags:
+            for bf, incarnation, orders, drains, new, orders_reply, last in flags:
                 rec = self.registry.get(bf)
                 if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
                     mac = receipts.sign_orders(rec.receipt_key, orders_reply) if orders_reply else b""
-                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply, mac))
+                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply, mac, last))
             return out
 
     def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:

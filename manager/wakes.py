@@ -53,11 +53,14 @@ class Wake(NamedTuple):
     drain: bool
     orders_reply: bytes = b""
     orders_mac: bytes = b""  # receipts.sign_orders under the benefactor's key
+    orders_last: int = 0  # the sequence number of the last order waiting
 
 
 class WakeSender:
-    def __init__(self, tls: Tls | None, proof: str, in_flight: int = IN_FLIGHT, channels: int = CHANNELS) -> None:
+    def __init__(self, tls: Tls | None, proof: str, in_flight: int = IN_FLIGHT, channels: int = CHANNELS,
+                 epoch: int = 0) -> None:
         self._tls = tls
+        self._epoch = epoch  # the manager process's, which numbered the orders
         self._metadata = ((auth.CLUSTER_HEADER, proof),) if proof else ()
         self._max_in_flight = in_flight
         self._max_channels = channels
@@ -125,7 +128,8 @@ class WakeSender:
         stub = self._stub(w.address)
         future = stub.Wake.future(benefactor_pb2.WakeRequest(benefactor_id=w.benefactor, incarnation=w.incarnation,
                                                              orders=w.orders, drain=w.drain,
-                                                             orders_reply=w.orders_reply, orders_mac=w.orders_mac),
+                                                             orders_reply=w.orders_reply, orders_mac=w.orders_mac,
+                                                             orders_last=w.orders_last, orders_epoch=self._epoch),
                                   timeout=TIMEOUT_S)
         future.add_done_callback(lambda f: self._done(w, f))
 

@@ -123,6 +123,9 @@ class Cluster:
     def stop(self) -> None:
         for c in self._clients:
             c.connections.close()
+        # Benefactors stop together (each says goodbye to the manager), then the manager.
+        for p in self.benefactors:
+            p.terminate()
         for p in [*self.benefactors, *([self.manager] if self.manager else [])]:
             p.stop(timeout=5)
         for out in self._logs:

@@ -60,7 +60,7 @@ def test_work_queued_for_a_known_benefactor_names_it_to_be_woken_at_its_address(
     desk.known([("a", 7, "h:1", KEY), ("b", 8, "h:2", KEY)])
     assert desk.flags([("a", 7, 2, False, True, b"orders", 2), ("b", 8, 0, True, True, b"", 0),
                        ("z", 1, 4, True, True, b"", 4)]) == [  # z: not known here
-        Wake("a", 7, "h:1", True, False, b"orders", sign_orders(KEY, b"orders")), Wake("b", 8, "h:2", False, True)]
+        Wake("a", 7, "h:1", True, False, b"orders", sign_orders(KEY, b"orders"), 2), Wake("b", 8, "h:2", False, True)]
     assert desk.flags([("a", 7, 0, False, False, b"", 0)]) == []  # it took its orders: nothing to wake it for
     assert desk.flags([("a", 7, 1, False, False, b"", 2)]) == []  # took some, not given more: it is asking already
     assert desk.beat(_beat("a", 7)) == Answer(30.0, 1, False, 2)  # (its heartbeat reply still says so)
@@ -103,7 +103,7 @@ class DeskModel(RuleBasedStateMachine):
                 self.model[bf] = (inc, orders, drains, last)
                 if new and (orders or drains):
                     mac = sign_orders(KEY, batch) if batch else b""
-                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains, batch, mac))
+                    expected.append(Wake(bf, inc, f"{bf}:{inc}", orders > 0, drains, batch, mac, last))
         assert wakes == expected
 
     @rule(seconds=st.sampled_from([0.0, 30.0, 100.0]))
@@ -186,3 +186,7 @@ def test_the_manager_tells_the_heartbeat_process_where_work_waits_and_applies_it
     assert interval == svc.registry.interval() and known == [("b0", 7, "127.0.0.1:1", b"k" * 32)]
     [(*flags, batch, last)] = flags
     assert flags == ["b0", 7, 1, False, True] and batch  # a restarted heartbeat process wakes it
+    # Woken for drain tasks while orders pushed earlier still wait: the wake names the last of them
+    # (carried out already, they are not fetched again).
+    [wake] = svc.wakes_for([("b0", 7, 1, True, True, b"", last)])
+    assert (wake.orders, wake.drain, wake.orders_reply, wake.orders_last) == (True, True, b"", last)

@@ -158,7 +158,7 @@ def test_random_writes_reads_and_truncates_through_fuse_never_run_out_of_space(m
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     peak = 0
     try:
-        for op in range(int(os.environ.get("MEMSTAGE_FUSE_OPS", "5000"))):  # more with the variable
+        for op in range(int(os.environ.get("MEMSTAGE_FUSE_OPS", "3000"))):  # more with the variable
             kind = rng.random()
             if kind < 0.6:
                 offset = rng.randrange(size_limit)
@@ -176,7 +176,7 @@ def test_random_writes_reads_and_truncates_through_fuse_never_run_out_of_space(m
                 os.ftruncate(fd, length)
                 del model[length:]
                 model.extend(bytes(length - len(model)))
-            if op % 2000 == 1999:
+            if op % 1000 == 999:
                 peak = max(peak, cluster.memory_used())
     finally:
         os.close(fd)

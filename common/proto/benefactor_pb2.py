@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from memstage.proto import common_pb2 as memstage_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemstage/proto/benefactor.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"\x82\x01\n\x0bWakeRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0e\n\x06orders\x18\x03 \x01(\x08\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\x12\x14\n\x0corders_reply\x18\x05 \x01(\x0c\x12\x12\n\norders_mac\x18\x06 \x01(\x0c\"8\n\tWakeReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ked\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"I\n\x12ReadDrainedRequest\x12\x0f\n\x07\x64rained\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"`\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07session\x18\x04 \x01(\x04\"@\n\x08PutFrame\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x06PutAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07receipt\x18\x02 \x01(\x0c\"C\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"\x18\n\x08GetFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"C\n\tChunkList\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\x32\xb5\x02\n\nBenefactor\x12\x35\n\x03Put\x12\x15.memstage.v1.PutFrame\x1a\x13.memstage.v1.PutAck(\x01\x30\x01\x12\x37\n\x03Get\x12\x17.memstage.v1.GetRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x34\n\x03Has\x12\x16.memstage.v1.ChunkList\x1a\x15.memstage.v1.HasReply\x12G\n\x0bReadDrained\x12\x1f.memstage.v1.ReadDrainedRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x38\n\x04Wake\x12\x18.memstage.v1.WakeRequest\x1a\x16.memstage.v1.WakeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemstage/proto/benefactor.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"\xad\x01\n\x0bWakeRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0e\n\x06orders\x18\x03 \x01(\x08\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\x12\x14\n\x0corders_reply\x18\x05 \x01(\x0c\x12\x12\n\norders_mac\x18\x06 \x01(\x0c\x12\x13\n\x0borders_last\x18\x07 \x01(\x04\x12\x14\n\x0corders_epoch\x18\x08 \x01(\x04\"8\n\tWakeReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ked\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"I\n\x12ReadDrainedRequest\x12\x0f\n\x07\x64rained\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"`\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07session\x18\x04 \x01(\x04\"@\n\x08PutFrame\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x06PutAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07receipt\x18\x02 \x01(\x0c\"C\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"\x18\n\x08GetFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"C\n\tChunkList\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\x32\xb5\x02\n\nBenefactor\x12\x35\n\x03Put\x12\x15.memstage.v1.PutFrame\x1a\x13.memstage.v1.PutAck(\x01\x30\x01\x12\x37\n\x03Get\x12\x17.memstage.v1.GetRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x34\n\x03Has\x12\x16.memstage.v1.ChunkList\x1a\x15.memstage.v1.HasReply\x12G\n\x0bReadDrained\x12\x1f.memstage.v1.ReadDrainedRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x38\n\x04Wake\x12\x18.memstage.v1.WakeRequest\x1a\x16.memstage.v1.WakeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memstage.proto.benefactor_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WAKEREQUEST']._serialized_start=78
-  _globals['_WAKEREQUEST']._serialized_end=208
-  _globals['_WAKEREPLY']._serialized_start=210
-  _globals['_WAKEREPLY']._serialized_end=266
-  _globals['_READDRAINEDREQUEST']._serialized_start=268
-  _globals['_READDRAINEDREQUEST']._serialized_end=341
-  _globals['_PUTHEADER']._serialized_start=343
-  _globals['_PUTHEADER']._serialized_end=439
-  _globals['_PUTFRAME']._serialized_start=441
-  _globals['_PUTFRAME']._serialized_end=505
-  _globals['_PUTACK']._serialized_start=507
-  _globals['_PUTACK']._serialized_end=545
-  _globals['_GETREQUEST']._serialized_start=547
-  _globals['_GETREQUEST']._serialized_end=614
-  _globals['_GETFRAME']._serialized_start=616
-  _globals['_GETFRAME']._serialized_end=640
-  _globals['_CHUNKLIST']._serialized_start=642
-  _globals['_CHUNKLIST']._serialized_end=709
-  _globals['_HASREPLY']._serialized_start=711
-  _globals['_HASREPLY']._serialized_end=738
-  _globals['_BENEFACTOR']._serialized_start=741
-  _globals['_BENEFACTOR']._serialized_end=1050
+  _globals['_WAKEREQUEST']._serialized_end=251
+  _globals['_WAKEREPLY']._serialized_start=253
+  _globals['_WAKEREPLY']._serialized_end=309
+  _globals['_READDRAINEDREQUEST']._serialized_start=311
+  _globals['_READDRAINEDREQUEST']._serialized_end=384
+  _globals['_PUTHEADER']._serialized_start=386
+  _globals['_PUTHEADER']._serialized_end=482
+  _globals['_PUTFRAME']._serialized_start=484
+  _globals['_PUTFRAME']._serialized_end=548
+  _globals['_PUTACK']._serialized_start=550
+  _globals['_PUTACK']._serialized_end=588
+  _globals['_GETREQUEST']._serialized_start=590
+  _globals['_GETREQUEST']._serialized_end=657
+  _globals['_GETFRAME']._serialized_start=659
+  _globals['_GETFRAME']._serialized_end=683
+  _globals['_CHUNKLIST']._serialized_start=685
+  _globals['_CHUNKLIST']._serialized_end=752
+  _globals['_HASREPLY']._serialized_start=754
+  _globals['_HASREPLY']._serialized_end=781
+  _globals['_BENEFACTOR']._serialized_start=784
+  _globals['_BENEFACTOR']._serialized_end=1093
 # @@protoc_insertion_point(module_scope)

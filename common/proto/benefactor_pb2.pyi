@@ -8,20 +8,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WakeRequest(_message.Message):
-    __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply", "orders_mac")
+    __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply", "orders_mac", "orders_last", "orders_epoch")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ORDERS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ORDERS_REPLY_FIELD_NUMBER: _ClassVar[int]
     ORDERS_MAC_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_LAST_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_EPOCH_FIELD_NUMBER: _ClassVar[int]
     benefactor_id: str
     incarnation: int
     orders: bool
     drain: bool
     orders_reply: bytes
     orders_mac: bytes
-    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ..., orders_reply: _Optional[bytes] = ..., orders_mac: _Optional[bytes] = ...) -> None: ...
+    orders_last: int
+    orders_epoch: int
+    def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., orders: _Optional[bool] = ..., drain: _Optional[bool] = ..., orders_reply: _Optional[bytes] = ..., orders_mac: _Optional[bytes] = ..., orders_last: _Optional[int] = ..., orders_epoch: _Optional[int] = ...) -> None: ...
 
 class WakeReply(_message.Message):
     __slots__ = ("known", "acked", "epoch")
