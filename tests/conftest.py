@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +182,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def rpc_calls(port: int, context: ssl.SSLContext | None = None) -> dict[str, float]:
+    """Calls the manager answered, per method, from its /metrics on `port` (https with a context)."""
+    scheme = "https" if context is not None else "http"
+    text = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
+    return {m: float(v) for m, v in re.findall(r'memstage_rpc_calls_total\{method="(\w+)"\} (\S+)', text)}
 
 
 def random_bytes(size: int) -> bytes:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
-import urllib.request
 
 import pytest
-from conftest import MiB, free_port, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, rpc_calls, wait_for
 
 from memstage.client import DeploymentFull, InvalidArgument, InvalidPath, NotFound
 
@@ -41,8 +39,7 @@ def test_a_write_gets_its_first_striping_map_with_its_session(local_cluster):
     for path, data in files.items():
         c.pipe(path, data)
     assert all(c.cat(path) == data for path, data in files.items())
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    calls = {m: float(v) for m, v in re.findall(r'memstage_rpc_calls_total\{method="(\w+)"\} (\S+)', text)}
+    calls = rpc_calls(port)
     assert calls.get("OpenSession", 0) >= 3 and calls.get("Commit", 0) >= 3, calls
     assert calls.get("GetStripingMap", 0) == 0, calls
 

@@ -4,14 +4,13 @@ manager wakes the benefactor, whose hold order wakes its drain loop)."""
 
 from __future__ import annotations
 
-import re
 import ssl
 import threading
 import time
 import urllib.request
 
 import pytest
-from conftest import MiB, free_port, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, rpc_calls, wait_for
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -39,10 +38,8 @@ def test_an_idle_loop_backs_off_to_its_ceiling_and_a_wake_ends_the_wait():
 
 def _polls(port: int, context: ssl.SSLContext | None, methods: str = "Orders|DrainWork") -> int:
     """Calls of these methods the manager answered, from its /metrics."""
-    scheme = "https" if context is not None else "http"
-    text = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
-    found = re.findall(r'memstage_rpc_calls_total\{method="(?:' + methods + r')"\} (\S+)', text)
-    return int(sum(float(v) for v in found))
+    calls = rpc_calls(port, context)
+    return int(sum(calls.get(m, 0.0) for m in methods.split("|")))
 
 
 def _metric(port: int, context: ssl.SSLContext, name: str) -> float:
