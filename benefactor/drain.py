@@ -22,6 +22,7 @@ from memstage.benefactor.waker import Waker
 from memstage.chunks import ChunkKey
 from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
 from memstage.errors import InvalidPath
+from memstage.paths import split_drained
 from memstage.proto import manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 from memstage.settings import BenefactorSettings
@@ -179,9 +180,12 @@ class DrainLoop:
 
     def read_drained(self, drained: str, key: ChunkKey) -> bytes:
         """A drained chunk read back from the PFS, verified; ValueError if it is damaged."""
+        namespace, _ = split_drained(drained)
+        # The namespace directory, not just the root: a symlink inside one namespace's tree must not
+        # lead into another's.
         path = (self.root / drained).resolve()
-        if not path.is_relative_to(self.root):
-            raise PermissionError(f"{drained}: outside the PFS root")
+        if not path.is_relative_to((self.root / namespace).resolve()):
+            raise PermissionError(f"{drained}: outside namespace {namespace} of the PFS")
         data = path.read_bytes()
         if not key.matches(data):
             raise ValueError(f"{path}: bytes do not match the hash in its name")

@@ -31,7 +31,7 @@ from memstage.frames import (
     get_frame_prefix,
     identity,
 )
-from memstage.paths import check_namespace
+from memstage.paths import check_namespace, split_drained
 from memstage.proto import benefactor_pb2
 from memstage.receipts import make as make_receipt
 from memstage.receipts import orders_signed
@@ -174,10 +174,19 @@ class BenefactorService:
     def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
                      ) -> Iterator[bytes]:
         assert self.drain is not None
-        self._allow(context, request.drained.split("/", 1)[0], write=False)  # chunk files live under <namespace>/
+        try:
+            # Judged as sent: a name with '..', '.' or an empty component is refused, not resolved, so
+            # the namespace the grant is checked against is the directory the file is read from.
+            namespace, _ = split_drained(request.drained)
+        except InvalidPath as e:
+            self.metrics.refused.labels("invalid_path").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"benefactor {self.id}: {e}")
+        self._allow(context, namespace, write=False)
         key = ChunkKey.from_pb(request.key)
         try:
             data = self.drain.read_drained(request.drained, key)
+        except (PermissionError, InvalidPath) as e:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"benefactor {self.id}: {e}")
         except FileNotFoundError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{request.drained}: not on the PFS")
         except (OSError, ValueError) as e:

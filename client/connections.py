@@ -15,6 +15,7 @@ import grpc
 from memstage.auth import CLUSTER_HEADER, GRANT_HEADER
 from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
+from memstage.paths import split_drained
 from memstage.proto import benefactor_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import channel, control_channel
 from memstage.tls import Tls
@@ -107,7 +108,7 @@ class Connections:
             request_serializer=benefactor_pb2.ReadDrainedRequest.SerializeToString,
             response_deserializer=decode_get_frame,
         )
-        namespace = request.drained.split("/", 1)[0]  # drained chunk files live under <namespace>/
+        namespace, _ = split_drained(request.drained)  # drained chunk files live under <namespace>/
         return list(call(request, timeout=self.timeout, metadata=self._benefactor_metadata(namespace, False)))
 
     def close(self) -> None:

@@ -2,6 +2,9 @@
 
 A path is absolute within its namespace ('/run42/rank0.bin'), made of components that are not
 '.', '..' or empty, contain no NUL or '/', and are at most 255 bytes; 4096 bytes in all.
+A drained name ('<namespace>/<path components>/<chunk file>', relative to the PFS root) is judged
+as it stands, never normalised into shape: one '..', '.' or empty component refuses it, so the
+namespace it names is the directory it resolves under.
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ def check_namespace(namespace: str) -> str:
             "starting with a letter or digit"
         )
     return namespace
+
+
+def split_drained(drained: str) -> tuple[str, str]:
+    """(namespace, rest) of a drained chunk file's name, or InvalidPath. Every component must be a
+    plain name: the namespace a grant is checked against is then the one the name resolves under."""
+    if not isinstance(drained, str) or not drained:
+        raise InvalidPath("drained name is empty")
+    if "\x00" in drained:
+        raise InvalidPath(f"drained name {drained!r} contains a NUL byte")
+    if len(drained.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES + 64:
+        raise NameTooLong(f"drained name is longer than {MAX_PATH_BYTES + 64} bytes")
+    parts = drained.split("/")
+    if len(parts) < 3 or any(p in ("", ".", "..") for p in parts):
+        raise InvalidPath(f"drained name {drained!r} is not <namespace>/<path>/<chunk file> with plain components")
+    return check_namespace(parts[0]), "/".join(parts[1:])
 
 
 def parent_dirs(path: str) -> list[str]:

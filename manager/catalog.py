@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import gc
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -30,13 +31,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from memstage.chunks import PACKED_KEY, ChunkKey, second
-from memstage.errors import DataLost, FsError, InvalidArgument, NotFound, SettingError
+from memstage.errors import DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
+from memstage.paths import split_drained
 from memstage.redundancy import Redundancy
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS benefactors (
@@ -1100,6 +1104,11 @@ class Catalog(NodeTable):
                 if group is None or group.version_key in dropped or index not in group.members:
                     continue  # reported twice, or the file was deleted meanwhile: harmless
                 ns, path, version = vk = group.version_key
+                if drained and not _drained_under(drained, ns):
+                    # Never readable through a grant for this namespace: the task stays queued.
+                    log.warning("drain report from %s names %r for %s:%s: not a chunk file of namespace %s; "
+                                "ignored", benefactor_id, drained, ns, path, ns)
+                    continue
                 m = group.members.pop(index)
                 group.changed = True
                 ik = (ns, m.key)
@@ -1295,3 +1304,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _drained_under(drained: str, namespace: str) -> bool:
+    try:
+        return split_drained(drained)[0] == namespace
+    except InvalidPath:
+        return False

@@ -100,11 +100,11 @@ def test_a_persisted_commit_queues_a_row_per_benefactor_and_drains_in_chunk_orde
     assert [t.index for t in tasks] == list(range(1, 1024, 4))
     assert [t.offset for t in tasks[:2]] == [10, 50] and tasks[0].key == keys[1] and tasks[0].count == 1024
     assert cat.backlog_of("b1") == (2560, 256)
-    out = cat.drain_done("b1", [(t.id, f"d/{t.index}", False, "", 10) for t in tasks[:100]], alive)
+    out = cat.drain_done("b1", [(t.id, f"ns/c/{t.index}", False, "", 10) for t in tasks[:100]], alive)
     assert out.drained_bytes == 1000 and not out.persisted
     assert [t.index for t in cat.drain_work("b1", 2)] == [401, 405]
     for bf in sorted(alive):
-        out = cat.drain_done(bf, [(t.id, f"d/{t.index}", False, "", 10) for t in cat.drain_work(bf, 1000)], alive)
+        out = cat.drain_done(bf, [(t.id, f"ns/c/{t.index}", False, "", 10) for t in cat.drain_work(bf, 1000)], alive)
     assert out.persisted == {("ns", "/big")} and cat.version("ns", "/big").persisted
     cat.close()
 
@@ -117,7 +117,7 @@ def test_a_version_lost_in_a_drain_report_stays_lost_though_other_chunks_of_it_d
     keys = [ChunkKey(bytes([i + 1]) * 16, 5) for i in range(2)]
     cat.commit("ns", "/f", 10, [(k, ["b1"]) for k in keys], alive)
     first, second = cat.drain_work("b1", 10)
-    out = cat.drain_done("b1", [(first.id, "d/0", False, "", 5), (second.id, "", True, "", 0)], alive)
+    out = cat.drain_done("b1", [(first.id, "ns/c/0", False, "", 5), (second.id, "", True, "", 0)], alive)
     assert out.lost and not out.persisted
     rec = cat.version("ns", "/f")
     assert rec.lost and not rec.persisted
@@ -156,7 +156,7 @@ def test_queued_tasks_of_an_earlier_release_become_groups_in_their_order(tmp_pat
     assert [(t.index, t.offset, t.key) for t in cat.drain_work("b1", 10)] == [(2, 10, keys[2]), (1, 5, keys[1]),
                                                                               (0, 0, keys[0])]
     assert not cat._db.execute("SELECT 1 FROM sqlite_master WHERE name='drain_tasks'").fetchone()
-    out = cat.drain_done("b1", [(t.id, f"d/{t.index}", False, "", 5) for t in cat.drain_work("b1", 10)], {"b1"})
+    out = cat.drain_done("b1", [(t.id, f"ns/c/{t.index}", False, "", 5) for t in cat.drain_work("b1", 10)], {"b1"})
     assert out.persisted == {("ns", "/f")}
     cat.close()
 

@@ -133,6 +133,46 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     assert cluster.status()["lost"] == []
 
 
+def test_a_drained_name_that_climbs_out_of_the_grants_namespace_is_refused(deployment):
+    """ReadDrained with the attacker's own grant and a name that starts in its namespace but climbs
+    into the victim's: refused on every benefactor, never the victim's bytes."""
+    cluster, admin, victim_data, mine = deployment
+    victim = cluster.client(namespace="victim")
+    wait_for(lambda: all(v["persisted"] for p in victim_data for v in victim.versions(p)), timeout=30,
+             what="the victim's files to drain")
+    vmap = victim.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"),
+                                           "lookup")
+    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
+                   cluster.tls.get("tls_server_name", ""))
+    m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
+    session = m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path="/mine.bin"),
+                            metadata=bearer(mine), timeout=10)
+    grant = ((auth.GRANT_HEADER, session.grant),)
+    addresses = {loc.address for c in vmap.chunks for loc in c.locations} | {r.address for r in vmap.pfs_readers}
+    assert len(addresses) == 2
+    tries = 0
+    for chunk in vmap.chunks:
+        assert chunk.drained.startswith("victim/")
+        rest = chunk.drained.split("/", 1)[1]
+        for climb in ("attacker/../victim/", "attacker/./../victim/", "attacker//../victim/",
+                      "attacker/mine.bin/../../victim/", "attacker/../attacker/../victim/", "./victim/",
+                      "/victim/", "victim/./", "victim//"):
+            for address in addresses:
+                b = benefactor_pb2_grpc.BenefactorStub(channel(address, tls))
+                try:
+                    got = list(b.ReadDrained(
+                        benefactor_pb2.ReadDrainedRequest(drained=climb + rest, key=chunk.key), metadata=grant,
+                        timeout=10))
+                except grpc.RpcError as e:
+                    assert e.code() in (*REFUSED, grpc.StatusCode.INVALID_ARGUMENT), (climb, e.code(), e.details())
+                    tries += 1
+                    continue
+                raise AssertionError(f"{climb + rest} on {address} returned {len(got)} frames of the victim's chunk")
+    assert tries == len(vmap.chunks) * 9 * 2
+    # The name as the manager gives it still reads, with the victim's grant.
+    assert victim.cat("/v/a.bin") == victim_data["/v/a.bin"]
+
+
 def test_a_namespace_token_reads_and_writes_its_namespace_and_nothing_else(deployment):
     cluster, admin, victim_data, mine = deployment
     own = cluster.client(namespace="attacker", token=mine, chunk_size="1MiB")
