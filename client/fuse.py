@@ -3,7 +3,10 @@
 The data path stays in the client (OpenFile and VersionReader); this module maps calls, open
 handles, metadata and errors (full -> ENOSPC, unknown -> ENOENT, a POSIX refusal -> its errno,
 backend failure -> EIO, logged once per reason). A file opened for writing is committed when it is
-closed (flush) or fsynced; other readers see the last committed version meanwhile.
+closed (flush) or fsynced; other readers see the last committed version meanwhile. All handles
+that write one file here share one OpenFile (as they share one kernel inode): what any of them
+wrote is read back through all, O_APPEND writes land at the true end, and each close commits what
+all of them wrote so far. Writers on other mounts merge at commit (see OpenFile).
 `.versions/<path>/<n>` shows every version, read-only. Modes, owners and times are kept by the
 manager; with --allow-other the kernel checks them (default_permissions). A file unlinked or
 replaced while open here keeps working for its openers: its name moves aside (as NFS does) until
@@ -82,14 +85,18 @@ def _fail(number: int) -> mfusepy.FuseOSError:
 
 
 class Handle:
-    """One open file: its reader or writer, and the metadata it was opened with (for fstat)."""
+    """One open file: its reader or writer (shared by the handles writing one file), the metadata
+    it was opened with (for fstat), and whether it appends."""
 
-    __slots__ = ("obj", "info", "path")
+    __slots__ = ("obj", "info", "path", "append", "reads_only")
 
-    def __init__(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str) -> None:
+    def __init__(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
+                 append: bool = False, reads_only: bool = False) -> None:
         self.obj = obj
         self.info = info
         self.path = path
+        self.append = append
+        self.reads_only = reads_only  # a read-only open of a file written here: its close commits nothing
 
 
 class Aside:
@@ -141,11 +148,12 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             log.error("%s", message, exc_info=exc)
 
     # -- handles -----------------------------------------------------------------------------
-    def _register(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str) -> int:
+    def _register(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
+                  append: bool = False, reads_only: bool = False) -> int:
         with self._lock:
             fh = self._next
             self._next += 1
-            self._handles[fh] = Handle(obj, info, path)
+            self._handles[fh] = Handle(obj, info, path, append, reads_only)
             return fh
 
     def _open_on(self, path: str) -> list[Handle]:
@@ -548,16 +556,21 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     # -- files -------------------------------------------------------------------------------
     @translated
-    def create(self, path: str, mode: int, fi: Any = None) -> int:
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
         self._read_only(path)
         self._settle(path)
+        shared = self._writer_of(path)
+        if shared is not None:  # created by another process meanwhile: one file, one write state
+            if flags & os.O_TRUNC:
+                shared.truncate(0)
+            return self._register(shared, None, path, append=bool(flags & os.O_APPEND))
         uid, gid = self._caller()
         handle = OpenFile(self.client, path, None, truncate=True, buffers=self._buffers)
         now = time.time_ns()
         # Its inode number is chosen now, so fstat before close and stat after agree (tar checks).
         handle.attrs.update(mode=mode & 0o7777, uid=uid, gid=gid, atime_ns=now, mtime_ns=now,
                             ino=(3 << 61) | secrets.randbits(61))
-        return self._register(handle, None, path)
+        return self._register(handle, None, path, append=bool(flags & os.O_APPEND))
 
     @translated
     def open(self, path: str, flags: int) -> int:
@@ -569,14 +582,21 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             if writing or flags & os.O_TRUNC:
                 raise _fail(errno.EROFS)
             return self._register(self.client.reader(*versioned), None, path)
-        info = self._stat(path) if self._writer_of(path) is None else None
+        shared = self._writer_of(path)
+        info = self._stat(path) if shared is None else None
         if writing:
+            if shared is not None:  # another handle writes this file: the same write state
+                if flags & os.O_TRUNC:
+                    shared.truncate(0)
+                return self._register(shared, info, path, append=bool(flags & os.O_APPEND))
             try:
                 base = self.client.reader(path)
             except NotFound:
                 base = None
             handle = OpenFile(self.client, path, base, truncate=bool(flags & os.O_TRUNC), buffers=self._buffers)
-            return self._register(handle, info, path)
+            return self._register(handle, info, path, append=bool(flags & os.O_APPEND))
+        if shared is not None:  # written here: a read sees what the writers wrote (one inode)
+            return self._register(shared, None, path, reads_only=True)
         reader = self.client.reader(path)
         if info is not None:
             self._relatime(path, info)
@@ -601,10 +621,11 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     @translated
     def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:
-        obj = self._handle(fh).obj
-        if not isinstance(obj, OpenFile):
+        handle = self._handle(fh)
+        obj = handle.obj
+        if not isinstance(obj, OpenFile) or handle.reads_only:
             raise _fail(errno.EBADF)
-        return obj.write(data, offset)
+        return obj.write(data, offset, append=handle.append)
 
     @translated
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
@@ -625,7 +646,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     @translated
     def flush(self, path: str, fh: int) -> int:
         handle = self._handles.get(fh)
-        if handle is not None and isinstance(handle.obj, OpenFile):
+        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
             handle.obj.commit()  # close() reports a failed commit (ENOSPC, EIO) to the application
         return 0
 
@@ -645,7 +666,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     def release(self, path: str, fh: int) -> int:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if handle is not None and isinstance(handle.obj, OpenFile):
+        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
             handle.obj.commit()
         return 0
 

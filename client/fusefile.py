@@ -15,6 +15,13 @@ rewritten or cut off is released at once (its memory is freed before the commit)
 (release, flush or fsync) lays the chunks out as one new version; a file that was not changed
 commits nothing.
 
+Several writers of one file merge: all handles of a file in one mount share one OpenFile, and a
+commit carries the version it was built on. If another writer (another mount, a library client)
+committed since, the manager refuses it (Conflict) and this writer replays what it changed (the
+extents it wrote, its truncates: memstage.client.extents) over the newer version and commits
+again, in the same write session: disjoint writes all survive, overlapping bytes are the last
+committer's.
+
 If the writer fails (a benefactor lost chunks it had acknowledged, the deployment stayed full),
 chunks already handed over are gone from this handle: every later call raises the same error and
 nothing is committed; the previous version stays intact.
@@ -31,9 +38,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from memstage.chunks import MAX_FILE_SIZE, ChunkKey
+from memstage.client.extents import Changes, chunk_plan
 from memstage.client.reader import VersionReader
-from memstage.client.writer import CommitResult, VersionWriter
-from memstage.errors import FsError, MemstageError
+from memstage.client.writer import CommitResult, VersionWriter, WriteStats
+from memstage.errors import Conflict, FsError, MemstageError, NotFound
 from memstage.proto import manager_pb2
 
 if TYPE_CHECKING:
@@ -89,6 +97,9 @@ class Slot:
         return memoryview(self.buf)[:length]
 
 
+MERGE_ATTEMPTS = 64  # commits refused because another writer was faster, before giving up
+
+
 class OpenFile:
     def __init__(self, client: Client, path: str, base: VersionReader | None, truncate: bool,
                  buffers: BufferPool | None = None) -> None:
@@ -96,7 +107,11 @@ class OpenFile:
         self.path = path
         self.chunk = client.settings.chunk_size
         self.base = base
+        self.base_version = base.version if base is not None else 0  # what the next commit builds on
         self._set_base(base)
+        self.changes = Changes()  # what this file's writers changed since base_version
+        if truncate and base is not None:
+            self.changes.truncate(0, base.size)
         self.size = 0 if truncate or base is None else base.size
         # Base bytes at or past this offset are gone (a truncate cut them): they read as zeros.
         self._base_end = self.size
@@ -233,12 +248,15 @@ class OpenFile:
             self._hand_over(next(iter(self._slots)))
 
     # -- POSIX -------------------------------------------------------------------------------
-    def write(self, data: bytes | memoryview, offset: int) -> int:
-        """Write `data` at `offset`. `data` may be FUSE's own buffer: nothing of it is kept after return."""
+    def write(self, data: bytes | memoryview, offset: int, append: bool = False) -> int:
+        """Write `data` at `offset` (append: at the end, whatever other handles wrote: atomically
+        per call). `data` may be FUSE's own buffer: nothing of it is kept after return."""
         view = memoryview(data).cast("B")
-        if offset + len(view) > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG, f"{self.path}: a file can be at most {MAX_FILE_SIZE} bytes")
         with self._lock:
+            if append:
+                offset = self.size
+            if offset + len(view) > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG, f"{self.path}: a file can be at most {MAX_FILE_SIZE} bytes")
             self._check()
             if not self._space_checked:
                 # A full deployment is reported by the first write() (ENOSPC), not only by close(),
@@ -265,6 +283,7 @@ class OpenFile:
                     self._slot(index).write(within, piece)
                 pos += n
             self.size = max(self.size, offset + len(view))
+            self.changes.write(offset, offset + len(view))
             self.changed = True
             self.attrs["mtime_ns"] = time.time_ns()
             if self._slots:
@@ -302,6 +321,7 @@ class OpenFile:
             self._check()
             if length == self.size:
                 return
+            self.changes.truncate(length, self.size)
             if length < self.size:
                 count = -(-length // self.chunk)  # chunks that remain
                 for index in [i for i in self._slots if i >= count]:
@@ -324,28 +344,23 @@ class OpenFile:
             if not self.changed:
                 return None
             with self._writing() as writer:
-                # Only chunks with data are laid out one by one; the gaps between them are holes,
-                # one entry each whatever their size.
-                count = -(-self.size // self.chunk)
-                data = sorted({*self._slots, *self._handed, *self._base_data()})
-                pos = 0
-                for index in data:
-                    if index >= count:
+                for attempt in range(MERGE_ATTEMPTS):
+                    stats = self._lay_out_all(writer)
+                    try:
+                        version = writer.commit(manager_pb2.FileAttrs(**self.attrs), base=self.base_version)
                         break
-                    if index * self.chunk > pos:
-                        writer.place(ChunkKey.hole(index * self.chunk - pos))
-                    self._lay_out(writer, index, self._expected(index))
-                    pos = index * self.chunk + self._expected(index)
-                if self.size > pos:
-                    writer.place(ChunkKey.hole(self.size - pos))
-                stats = writer.finish()
-                version = writer.commit(manager_pb2.FileAttrs(**self.attrs))
+                    except Conflict:
+                        if attempt + 1 == MERGE_ATTEMPTS:
+                            raise
+                        self._merge_over_latest(writer)
             result = CommitResult(self.path, version, self.size, stats, time.perf_counter() - self.opened_at)
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
             self.base = self.client.reader(self.path, version)
+            self.base_version = version
             self._set_base(self.base)
             self._base_end = self.size
+            self.changes.clear()
             for slot in self._slots.values():
                 self._buffers.put(slot.buf)
             self._slots.clear()
@@ -355,6 +370,59 @@ class OpenFile:
             self.attrs = {}
             self._space_checked = False
             return result
+
+    def _lay_out_all(self, writer: VersionWriter) -> WriteStats:
+        """Lay the current content out as the writer's version (again, after a merge)."""
+        writer.relayout()
+        # Only chunks with data are laid out one by one; the gaps between them are holes, one
+        # entry each whatever their size.
+        count = -(-self.size // self.chunk)
+        data = sorted({*self._slots, *self._handed, *self._base_data()})
+        pos = 0
+        for index in data:
+            if index >= count:
+                break
+            if index * self.chunk > pos:
+                writer.place(ChunkKey.hole(index * self.chunk - pos))
+            self._lay_out(writer, index, self._expected(index))
+            pos = index * self.chunk + self._expected(index)
+        if self.size > pos:
+            writer.place(ChunkKey.hole(self.size - pos))
+        return writer.finish()
+
+    def _merge_over_latest(self, writer: VersionWriter) -> None:
+        """Another writer committed since base_version: this file's changes are laid over the
+        latest version, which becomes the base. Chunks this writer wrote whole stay as they are;
+        chunks it wrote in part get the latest version's bytes around its own; the rest are the
+        latest version's."""
+        try:
+            latest: VersionReader | None = self.client.reader(self.path)
+        except NotFound:  # removed meanwhile: the changes make the file anew
+            latest = None
+        latest_size = latest.size if latest is not None else 0
+        size = self.changes.merged_size(latest_size, self.size)
+        whole, part = chunk_plan(self.changes, self.chunk, size)
+        mine = {}
+        for index in part:  # this writer's bytes of the chunk, read before the base changes
+            self._slot(index)
+            slot = self._slots[index]
+            mine[index] = [(lo, bytes(memoryview(slot.buf)[lo - index * self.chunk : hi - index * self.chunk]))
+                           for lo, hi in self.changes.written.within(index * self.chunk, (index + 1) * self.chunk)]
+        keep = set(whole) | set(part)
+        for index in [i for i in self._slots if i not in keep]:
+            self._buffers.put(self._slots.pop(index).buf)
+        for index in [i for i in self._handed if i not in keep]:
+            self._drop_handed(index)
+        self.base = latest
+        self.base_version = latest.version if latest is not None else 0
+        self._set_base(latest)
+        self._base_end = self.changes.base_end(latest_size)
+        self.size = size
+        for index in part:
+            self._buffers.put(self._slots.pop(index).buf)
+            slot = self._slot(index)  # the latest version's bytes of the chunk
+            for lo, data in mine[index]:
+                slot.write(lo - index * self.chunk, memoryview(data))
 
     def _lay_out(self, writer: VersionWriter, index: int, length: int) -> None:
         slot = self._slots.get(index)
@@ -372,5 +440,10 @@ class OpenFile:
                 writer.place(key)
                 return
             slot = self._slot(index)  # a hole, or a chunk whose length changed: its bytes, cut or padded
-        writer.add(slot.content(length))
-        self._buffers.put(self._slots.pop(index).buf)  # add() copied it; the commit loop holds one slot at a time
+        key = writer.put(slot.content(length))
+        writer.place(key)
+        # put() copied it; the commit loop holds one slot at a time. Kept as handed over, should a
+        # merge lay the version out again.
+        self._buffers.put(self._slots.pop(index).buf)
+        self._drop_handed(index)
+        self._handed[index] = key

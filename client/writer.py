@@ -46,7 +46,7 @@ from memstage.client.writestate import (
     StreamEnd,
     WriteState,
 )
-from memstage.errors import DataLost, DeploymentFull, MemstageError, Unavailable
+from memstage.errors import Conflict, DataLost, DeploymentFull, MemstageError, Unavailable
 from memstage.proto import common_pb2, manager_pb2
 from memstage.settings import ClientSettings
 
@@ -372,9 +372,17 @@ class VersionWriter:
         if not self._mapped_at_open:  # else the session's map has just said there is room
             self._striping_map(NeedMap((), ()))
 
-    def commit(self, attrs: manager_pb2.FileAttrs | None = None) -> int:
-        """Commit the layout; the session ends either way (what the version does not reference is freed).
-        `attrs`: the file's metadata as the writer set it (mode and owner of a new file, mtime)."""
+    def relayout(self) -> None:
+        """Forget the layout placed so far (chunks handed over stay): it is placed again."""
+        with self._lock:
+            self._state.relayout()
+
+    def commit(self, attrs: manager_pb2.FileAttrs | None = None, base: int | None = None) -> int:
+        """Commit the layout; the session ends either way (what the version does not reference is freed),
+        except on Conflict. `attrs`: the file's metadata as the writer set it (mode and owner of a
+        new file, mtime). `base`: the version this layout was built on, for a writer that merges
+        with others: Conflict if another version was committed since (the session stays open,
+        for a commit of the layout merged over that version)."""
         with self._lock:
             refs = self._state.commit_refs()
             s = self._state
@@ -388,10 +396,14 @@ class VersionWriter:
             reply = self.conn.call_manager(
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=size,
                                                     packed=commitpack.pack(refs), stats=stats, session=self.session,
-                                                    attrs=attrs),
+                                                    attrs=attrs, merge=base is not None, base_version=base or 0),
                 f"commit of {self.path}")
-        finally:
+        except Conflict:
+            raise  # the session is still open
+        except BaseException:
             self._done = True
+            raise
+        self._done = True
         return int(reply.version)
 
     @property

@@ -189,6 +189,14 @@ class WriteState:
         self.layout.append(key)
         self.size += key.length
 
+    def relayout(self) -> None:
+        """The version is laid out anew (a merge over a newer version): what was placed is not,
+        and chunks handed over after this are sent on open streams again."""
+        self._check()
+        self.layout.clear()
+        self.size = 0
+        self.finishing = False
+
     def add_held(self, key: ChunkKey) -> None:
         """Reference a chunk the namespace holds, without its bytes."""
         self.place_in_layout(key)

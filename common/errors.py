@@ -78,6 +78,14 @@ class DataLost(MemstageError):
     errno = errno.EIO
 
 
+class Conflict(MemstageError):
+    """Another writer committed the file since this writer's base version: lay the changes over
+    the newer version and commit again (the write session is still open)."""
+
+    code = grpc.StatusCode.ABORTED
+    errno = errno.EAGAIN
+
+
 class Unavailable(MemstageError, ConnectionError):
     """A manager or benefactor could not be reached."""
 
@@ -105,6 +113,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MemstageError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.RESOURCE_EXHAUSTED: DeploymentFull,
     grpc.StatusCode.FAILED_PRECONDITION: DataLost,
+    grpc.StatusCode.ABORTED: Conflict,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from memstage.chunks import PACKED_KEY, ChunkKey, second
-from memstage.errors import DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
+from memstage.errors import Conflict, DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
@@ -173,6 +173,7 @@ class NewVersion(NamedTuple):
     attrs: Attrs | None = None
     placed: Placed | None = None
     now: float | None = None
+    base: int | None = None  # a merging writer's base version: refused (Conflict) unless still the latest
 
 
 Holds = dict[str, list[tuple[ChunkKey, int]]]  # per benefactor: the chunks to hold, with their generation
@@ -670,16 +671,29 @@ class Catalog(NodeTable):
                     for i, v in enumerate(versions):
                         if outcomes[i] is None:
                             try:
+                                self._check_base(v)
                                 self._check_readable(v)
-                            except DataLost as e:
+                            except (DataLost, Conflict) as e:
                                 outcomes[i] = e
                                 continue
                             outcomes[i] = self._record_version(v)
             except Exception as e:  # rolled back (and the index reloaded): none of them was recorded
                 if len(versions) > 1:
                     return [self.commit_group([v])[0] for v in versions]
-                outcomes = [o if isinstance(o, (InvalidArgument, DataLost)) else e for o in outcomes]
+                outcomes = [o if isinstance(o, (InvalidArgument, DataLost, Conflict)) else e for o in outcomes]
         return [o if o is not None else AssertionError("commit: no outcome") for o in outcomes]
+
+    def _check_base(self, v: NewVersion) -> None:
+        """(under self._lock) Conflict if a merging writer's base is no longer the latest version
+        (checked in the transaction that records it, so two merges never both build on one base)."""
+        if v.base is None:
+            return
+        row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
+                               (v.namespace, v.path)).fetchone()
+        latest = row[0] or 0
+        if latest != v.base:
+            raise Conflict(f"commit of {v.path}: version {latest} was committed since this writer's base "
+                           f"(version {v.base}); merge over it and commit again")
 
     def _check_readable(self, v: NewVersion) -> None:
         """(under self._lock) DataLost unless every chunk of the version can be read."""

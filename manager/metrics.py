@@ -52,6 +52,10 @@ class ManagerMetrics:
         self.commits_refused = Counter("memstage_commits_refused",
                                        "Commits refused: a location without a valid receipt, or an ended session",
                                        ["namespace"], registry=registry)
+        self.commit_conflicts = Counter("memstage_commit_conflicts",
+                                        "Commits of a file by one of several writers that found a newer version "
+                                        "than the one they built on (the writer merges and commits again)",
+                                        ["namespace"], registry=registry)
         self.unprotected = Gauge("memstage_chunks_unprotected",
                                  "Chunks still needed in memory with fewer live copies than their namespace's "
                                  "redundancy asks (being copied or rebuilt)", registry=registry)

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from memstage import auth, commitpack, receipts
 from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, key_of_pair, second
 from memstage.errors import (
+    Conflict,
     DataLost,
     DeploymentFull,
     FsError,
@@ -855,9 +856,19 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             try:
                 version, holds = self._group_commit.submit(NewVersion(
                     namespace, path, request.size, chunks, alive,
-                    attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed))
+                    attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed,
+                    base=request.base_version if request.merge else None))
             except NotDurable as e:  # recorded: its holds are ordered below, but the writer is told it failed
                 (version, holds), not_durable = e.result, e.cause  # type: ignore[misc]
+        except Conflict:
+            # Another writer committed first: this one merges over that version and commits again
+            # in the same session, whose chunks stay its own meanwhile.
+            self.metrics.commit_conflicts.labels(namespace).inc()
+            if session is not None:
+                with self._lock:
+                    session.committing = False
+                    self.sessions.renew(session.id, self.clock())
+            raise
         except BaseException:
             if session is not None:
                 with self._lock:

@@ -1,0 +1,148 @@
+"""Several writers of one file lose nothing (real processes, real mounts): N-1 checkpoints with
+pwrite, O_APPEND logs, two handles of one process, and writers on two mounts of one namespace.
+Every file is read back after the page cache is dropped, so the bytes come from memstage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MiB
+
+pytestmark = pytest.mark.timeout(240)
+
+# A writer process: opens PATH (O_CREAT|O_WRONLY, no O_TRUNC, as MPI-IO does) and pwrites, for each
+# (offset, length, seed) it is given, bytes derived from the seed; closes when done.
+PWRITER = r"""
+import os, random, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+for spec in sys.argv[2:]:
+    offset, length, seed = map(int, spec.split(":"))
+    os.pwrite(fd, random.Random(seed).randbytes(length), offset)
+os.close(fd)
+"""
+
+APPENDER = r"""
+import os, sys
+path, who, lines = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+for i in range(lines):
+    os.write(fd, f"writer {who} line {i:06d} {'x' * 40}\n".encode())
+os.close(fd)
+"""
+
+
+def region(seed: int, length: int) -> bytes:
+    return random.Random(seed).randbytes(length)
+
+
+def drop_caches() -> None:
+    os.sync()
+    # Not root: the mount's attr_timeout 0 still makes reads ask memstage for new content.
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run_writers(jobs: list[list[str]], script: str = PWRITER) -> None:
+    """Start every writer at once, then wait: they really overlap in time."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args]) for args in jobs]
+    try:
+        for p in procs:
+            assert p.wait(timeout=180) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def expected(size: int, specs: list[tuple[int, int, int]]) -> bytes:
+    out = bytearray(size)
+    for offset, length, seed in specs:
+        out[offset : offset + length] = region(seed, length)
+    return bytes(out)
+
+
+def check(path: Path, want: bytes) -> None:
+    drop_caches()
+    got = path.read_bytes()
+    assert len(got) == len(want), f"{path}: {len(got)} bytes, want {len(want)}"
+    if got != want:
+        bad = next(i for i in range(len(want)) if got[i] != want[i])
+        raise AssertionError(f"{path}: first wrong byte at {bad} of {len(want)}")
+
+
+@pytest.mark.parametrize("length", [16 * MiB, 3_000_001], ids=["aligned-16MiB", "shared-chunks-3000001"])
+def test_n_processes_pwrite_disjoint_regions_of_one_file(mounted, length):
+    """MPI-IO N-1: four processes, one file, each its own region (the odd size makes neighbours
+    share a chunk)."""
+    point, cluster, _ = mounted(memory=192 * MiB)
+    specs = [(rank * length, length, 100 + rank) for rank in range(4)]
+    run_writers([[str(point / "n1.bin"), f"{o}:{n}:{s}"] for o, n, s in specs])
+    check(point / "n1.bin", expected(4 * length, specs))
+
+
+def test_o_append_from_several_processes_loses_no_line(mounted):
+    point, cluster, _ = mounted(memory=64 * MiB)
+    run_writers([[str(point / "log.txt"), str(w), "1000"] for w in range(4)], script=APPENDER)
+    drop_caches()
+    lines = (point / "log.txt").read_text().splitlines()
+    assert len(lines) == 4000
+    for w in range(4):
+        mine = [line for line in lines if line.startswith(f"writer {w} ")]
+        assert mine == [f"writer {w} line {i:06d} {'x' * 40}" for i in range(1000)], f"writer {w}: torn or lost"
+
+
+def test_two_handles_of_one_process_closed_in_reverse_order(mounted):
+    point, cluster, _ = mounted(memory=64 * MiB)
+    path = point / "two.bin"
+    first, second = region(1, 2 * MiB), region(2, 2 * MiB)
+    a = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    b = os.open(path, os.O_WRONLY)
+    os.pwrite(a, first, 0)
+    os.pwrite(b, second, 2 * MiB)
+    os.close(b)
+    os.close(a)
+    check(path, first + second)
+
+
+def test_every_handle_of_a_file_reads_what_any_of_them_wrote(mounted):
+    point, cluster, _ = mounted(memory=64 * MiB)
+    path = point / "seen.bin"
+    first, second = region(5, MiB + 17), region(6, 3 * MiB)
+    a = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    b = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(a, first, 0)
+        os.pwrite(b, second, MiB)  # over part of a's bytes
+        r = os.open(path, os.O_RDONLY)  # not committed yet, and readable here all the same
+        try:
+            want = first[:MiB] + second
+            assert os.pread(a, len(want) + 10, 0) == want
+            assert os.pread(r, len(want) + 10, 0) == want
+        finally:
+            os.close(r)
+    finally:
+        os.close(b)
+        os.close(a)
+    check(path, first[:MiB] + second)
+
+
+def test_writers_on_two_mounts_merge_disjoint_regions(mounted):
+    point_a, cluster, _ = mounted(memory=64 * MiB)
+    point_b, _, _ = mounted(cluster=cluster)
+    first, second = region(3, 8 * MiB), region(4, 8 * MiB)
+    a = os.open(point_a / "two-nodes.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    b = os.open(point_b / "two-nodes.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.pwrite(a, first, 0)
+    os.pwrite(b, second, 8 * MiB)
+    os.close(a)
+    os.close(b)  # committed second, over the first mount's version
+    check(point_a / "two-nodes.bin", first + second)
+    check(point_b / "two-nodes.bin", first + second)
