@@ -8,6 +8,12 @@ In one run, with the same --size random file as input (kept in tmpfs):
 - passthrough on libfuse 2 (with big_writes), when libfuse 2 is installed: what fusepy's library
   gives, the reason the mount runs on libfuse 3;
 - tmpfs: the same straight into kernel tmpfs.
+
+With --n1, instead: W writer processes (--writers, default 4) write one file of --size together
+(each its own contiguous region, with pwrite, as MPI-IO N-1 checkpoints do) against the same W
+writers each writing a file of its own of --size / W (N-N), alternating, in one deployment.
+Throughput is all bytes over the time from the first writer's open to the last one's close
+(each close commits).
 """
 
 from __future__ import annotations
@@ -113,6 +119,92 @@ def run_fuse(args: argparse.Namespace, size: int) -> int:
                      *([format_rate(med[f"passthrough_fuse2_{op}"])] if fuse2 else []),
                      format_rate(med[f"tmpfs_{op}"]), f"{med[f'memstage_{op}'] / med[f'passthrough_{op}']:.2f}"))
     table(rows)
+    return 0
+
+
+# One writer: copies its region of the input into `out` at `at` (1 MiB writes), closes (commits),
+# and prints when it opened and when its close returned.
+_WRITER = r"""
+import os, sys, time
+src, out, start, length, at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+data = os.open(src, os.O_RDONLY)
+t0 = time.time()
+fd = os.open(out, os.O_CREAT | os.O_WRONLY, 0o644)
+done = 0
+while done < length:
+    n = min(1 << 20, length - done)
+    os.pwrite(fd, os.pread(data, n, start + done), at + done)
+    done += n
+os.close(fd)
+print(t0, time.time())
+"""
+
+
+def _write_together(src: str, jobs: list[tuple[str, int, int, int]]) -> float:
+    """Bytes per second of writer processes run at once: (output, input offset, length, offset)."""
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, src, out, str(start), str(length), str(at)],
+                              stdout=subprocess.PIPE, text=True) for out, start, length, at in jobs]
+    spans = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        if p.returncode:
+            raise MemstageError(f"bench: a writer failed (exit {p.returncode})")
+        spans.append(tuple(map(float, out.split())))
+    return sum(j[2] for j in jobs) / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+
+def run_n1(args: argparse.Namespace, size: int) -> int:
+    from memstage.settings import UpSettings
+    from memstage.up import start_deployment, stop_deployment
+
+    writers = args.writers
+    if writers <= 0 or size < writers:
+        raise MemstageError("bench --n1: --writers must be positive and at most --size bytes")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    results: dict[str, list[float]] = {"n1": [], "nn": []}
+    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=shm) as fast, \
+            tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
+        src = os.path.join(fast, "input.bin")
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+        memory = size * 3 // args.benefactors + 64 * 1024 * 1024
+        progress(f"bench: a manager, {args.benefactors} benefactors ({format_size(memory)} each) and a mount")
+        mnt = _mkdir(work, "mnt")
+        procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
+                                            state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
+                                            heartbeat_interval=2.0, persist_every=0, keep_versions=1,
+                                            mount=mnt))
+        part = size // writers
+        bounds = [(w * part, size - w * part if w == writers - 1 else part) for w in range(writers)]
+        try:
+            for rnd in range(args.repeat + 1):
+                progress(f"bench: round {rnd} of {args.repeat}: {writers} writers, {format_size(size)} ...")
+                for mode in ("n1", "nn"):
+                    if mode == "n1":
+                        jobs = [(os.path.join(mnt, f"n1-{rnd}.bin"), start, n, start) for start, n in bounds]
+                    else:
+                        jobs = [(os.path.join(mnt, f"nn-{rnd}-{w}.bin"), start, n, 0)
+                                for w, (start, n) in enumerate(bounds)]
+                    rate = _write_together(src, jobs)
+                    for out in {j[0] for j in jobs}:
+                        os.unlink(out)
+                    if rnd:
+                        results[mode].append(rate)
+        finally:
+            stop_deployment(procs)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratio = med["n1"] / med["nn"]
+    if args.json:
+        print(json.dumps({"setup": {"size": size, "writers": writers, "benefactors": args.benefactors,
+                                    "repeat": args.repeat, "cpus": os.cpu_count()},
+                          "median": med, "n1_over_nn": ratio}, indent=2))
+        return 0
+    print(f"memstage bench --fuse --n1: {writers} writers, {format_size(size)} in all, {args.benefactors} "
+          f"benefactors, median of {args.repeat} alternating rounds after a warm-up, {os.cpu_count()} CPUs")
+    table([("", "throughput"),
+           (f"N-1: one file, {writers} writers (pwrite, 1 MiB)", format_rate(med["n1"])),
+           (f"N-N: {writers} files of {format_size(size // writers)}", format_rate(med["nn"])),
+           ("N-1 / N-N", f"{ratio:.2f}")])
     return 0
 
 

@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="incremental mode: seed of which chunks change")
     p.add_argument("--fuse", action="store_true",
                    help="FUSE mode: dd through the mount vs a bare passthrough FUSE filesystem and kernel tmpfs")
+    p.add_argument("--n1", action="store_true",
+                   help="with --fuse: --writers processes write one file of --size together (N-1, pwrite) "
+                        "against each writing a file of its own (N-N), alternating")
+    p.add_argument("--writers", type=int, default=4, help="--fuse --n1: writer processes (default 4)")
     p.add_argument("--drain", action="store_true",
                    help="drain mode: drain throughput vs raw disk, ingest ASB with and without draining")
     p.add_argument("--redundancy", default=None, metavar="POLICIES",
@@ -191,10 +195,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SettingError("bench: --size, --write-size, --clients, --repeat and --benefactors must be positive")
     if args.timesteps < 0 or not 0 <= args.change <= 1:
         raise SettingError("bench: --timesteps must be 0 or more and --change between 0 and 1")
+    if args.n1 and not args.fuse:
+        raise SettingError("bench: --n1 is a mode of --fuse (memstage bench --fuse --n1)")
     if args.fuse:
-        from memstage.bench.fuse import run_fuse
+        from memstage.bench.fuse import run_fuse, run_n1
 
-        return run_fuse(args, size)
+        return run_n1(args, size) if args.n1 else run_fuse(args, size)
     if args.drain:
         from memstage.bench.drain import run_drain
 

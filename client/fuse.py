@@ -646,18 +646,25 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     @translated
     def flush(self, path: str, fh: int) -> int:
         handle = self._handles.get(fh)
-        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
+        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only \
+                and not self._other_writers(fh, handle.obj):
             handle.obj.commit()  # close() reports a failed commit (ENOSPC, EIO) to the application
         return 0
+
+    def _other_writers(self, fh: int, obj: OpenFile) -> bool:
+        """Another handle still writes this file: the last close (or an fsync) makes the version,
+        and it carries this handle's writes too (an N-1 checkpoint commits once, not per writer)."""
+        with self._lock:
+            return any(h.obj is obj and not h.reads_only for f, h in self._handles.items() if f != fh)
 
     @translated
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         """Commit what was written, then wait (up to protect_wait) until the version has the
         redundancy its namespace's policy asks: an fsync that returned means the version survives
         the loss of as many benefactors as the policy tolerates."""
-        self.flush(path, fh)
         handle = self._handles.get(fh)
         if handle is not None and isinstance(handle.obj, OpenFile):
+            handle.obj.commit()  # what every handle of the file wrote, as fsync of an inode does
             with contextlib.suppress(NotFound):  # nothing committed under that name: nothing to protect
                 self.client.wait_protected(handle.obj.path)
         return 0
@@ -666,7 +673,8 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     def release(self, path: str, fh: int) -> int:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
+        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only \
+                and not self._other_writers(fh, handle.obj):
             handle.obj.commit()
         return 0
 
