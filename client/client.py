@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from memstage import tls
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
-from memstage.client.files import ReadFile, WriteFile
+from memstage.client.files import ReadFile, UpdateFile, WriteFile, check_mode
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
 from memstage.client.transport import ChunkTransport, GrpcTransport
@@ -91,12 +91,15 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     # -- files -------------------------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
-              cache_options: Any = None, version: int = 0, **kwargs: Any) -> WriteFile | ReadFile:
+              cache_options: Any = None, version: int = 0, **kwargs: Any) -> WriteFile | ReadFile | UpdateFile:
+        """'wb' replaces the file; 'r+b' and 'ab' keep its content and merge with other writers
+        of it at close (see UpdateFile); 'rb' reads one version."""
+        check_mode(mode)
         if mode == "wb":
             return WriteFile(self, normalize_file_path(path), mode="wb")
         if mode == "rb":
             return ReadFile(self, normalize_file_path(path), self.reader(path, version))
-        raise InvalidArgument(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
+        return UpdateFile(self, normalize_file_path(path), mode)
 
     def reader(self, path: str, version: int = 0) -> VersionReader:
         """A reader of one committed version (0 = the latest)."""

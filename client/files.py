@@ -4,6 +4,9 @@ WriteFile cuts what the application writes into chunk_size chunks and hands them
 VersionWriter; close() commits (close_mode "commit") or leaves the commit to a background thread
 ("buffered"). Leaving a `with` block by an exception aborts: the previous version stays current.
 ReadFile serves ranges of the version committed when it was opened, with fsspec's read-ahead cache.
+UpdateFile ("r+b", "ab") keeps the previous content and is read, written and truncated anywhere,
+as a mounted file is (it is the mount's OpenFile): its close commits, merged with what other
+writers of the file committed meanwhile, so many ranks may write regions of one file.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.spec import AbstractBufferedFile
 
+from memstage.client.fusefile import OpenFile
 from memstage.client.reader import VersionReader
 from memstage.client.writer import CommitResult
+from memstage.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
@@ -118,3 +123,106 @@ class ReadFile(AbstractBufferedFile):  # type: ignore[misc]
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self.reader.read_range(start, end)
+
+
+class UpdateFile(io.RawIOBase):
+    """A file opened to update ("r+b": it must exist) or append ("ab", "a+b": created if missing)."""
+
+    def __init__(self, fs: Client, path: str, mode: str) -> None:
+        super().__init__()
+        self.fs = fs
+        self.path = path
+        self.mode = mode
+        self._append = mode.startswith("a")
+        try:
+            base: VersionReader | None = fs.reader(path)
+        except NotFound:
+            if not self._append:
+                raise
+            base = None
+        self._file = OpenFile(fs, path, base, truncate=False)
+        if base is None:
+            self._file.changed = True  # a new file: committed at close even if nothing is written
+        self._pos = self._file.size if self._append else 0
+        self.result: CommitResult | None = None
+
+    def readable(self) -> bool:
+        return not self._append or "+" in self.mode
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        return self._file.size
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.readable():
+            raise io.UnsupportedOperation(f"{self.path} is open for appending only ({self.mode!r})")
+        data = self._file.read(len(buffer), self._pos)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = self._file.write(data, self._pos, append=self._append)
+        self._pos = self._file.size if self._append else self._pos + n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._file.size}.get(whence)
+        if base is None:
+            raise InvalidArgument(f"seek: whence {whence} is not 0, 1 or 2")
+        if base + offset < 0:
+            raise InvalidArgument(f"seek to {base + offset}: before the start of {self.path}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self._file.truncate(size)
+        return size
+
+    def commit(self) -> CommitResult | None:
+        """Commit what was written so far (as fsync on a mounted file does); the file stays open."""
+        result = self._file.commit()
+        if result is not None:
+            self.result = result
+        return result
+
+    def discard(self) -> None:
+        """Close without committing: what this file wrote since its last commit is dropped."""
+        if not self.closed:
+            self._file.abort()
+            super().close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self._file.abort()
+            raise
+        finally:
+            super().close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("rb", "wb", "r+b", "rb+", "ab", "a+b", "ab+"):
+        raise InvalidArgument(f"mode {mode!r} is not supported (use 'rb', 'wb', 'r+b' or 'ab')")

@@ -229,6 +229,12 @@ class OpenFile:
             self._break(e)
             raise
 
+    def abort(self) -> None:
+        """Drop what was written since the last commit (its chunks are freed now); the handle is closed."""
+        with self._lock:
+            if self._error is None:
+                self._break(MemstageError(f"{self.path}: closed without committing"))
+
     def _break(self, error: MemstageError) -> None:
         self._error = error
         if self._writer is not None:

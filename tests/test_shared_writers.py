@@ -146,3 +146,80 @@ def test_writers_on_two_mounts_merge_disjoint_regions(mounted):
     os.close(b)  # committed second, over the first mount's version
     check(point_a / "two-nodes.bin", first + second)
     check(point_b / "two-nodes.bin", first + second)
+
+
+# A library rank: opens the file "r+b" through the Python client (no mount) and writes its regions.
+LIBRARY_RANK = r"""
+import random, sys
+from memstage.client import Client
+manager, path = sys.argv[1], sys.argv[2]
+c = Client(manager=manager, rpc_timeout="30s")
+with c.open(path, "r+b") as f:
+    for spec in sys.argv[3:]:
+        offset, length, seed = map(int, spec.split(":"))
+        f.seek(offset)
+        f.write(random.Random(seed).randbytes(length))
+"""
+
+
+def test_library_ranks_write_regions_of_one_file_through_r_plus_b(local_cluster):
+    cluster = local_cluster(benefactors=2, memory=64 * MiB)
+    client = cluster.client()
+    client.pipe("/lib/n1.bin", b"")  # rank 0 creates it; then every rank opens it "r+b"
+    length = 2_500_001
+    specs = [(rank * length, length, 200 + rank) for rank in range(4)]
+    run_writers([[cluster.manager_address, "/lib/n1.bin", f"{o}:{n}:{s}"] for o, n, s in specs],
+                script=LIBRARY_RANK)
+    assert client.cat("/lib/n1.bin") == expected(4 * length, specs)
+    with client.open("/lib/n1.bin", "ab") as f:  # appends at the end, whatever the position
+        f.seek(0)
+        f.write(b"tail")
+    assert client.cat("/lib/n1.bin") == expected(4 * length, specs) + b"tail"
+
+
+def regions(size: int, count: int, seed: int) -> list[tuple[int, int, int]]:
+    """`count` regions covering [0, size), cut at random (not chunk-aligned) offsets."""
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, size), count - 1))
+    bounds = [0, *cuts, size]
+    return [(bounds[i], bounds[i + 1] - bounds[i], 1000 + i) for i in range(count)]
+
+
+@pytest.mark.parametrize("redundancy", ["none", "rs:4+2"])
+def test_eight_processes_on_two_mounts_write_one_256mib_file(mounted, local_cluster, tmp_path, redundancy):
+    """64 regions of a 256 MiB file, written by 8 processes on two mounts in random order, read back
+    byte-identical on both mounts; without redundancy it also drains and restores from the PFS."""
+    size = 256 * MiB
+    cluster = local_cluster(benefactors=2 if redundancy == "none" else 6,
+                            memory=(640 if redundancy == "none" else 256) * MiB)
+    client = cluster.client()
+    if redundancy != "none":
+        client.policy(redundancy=redundancy, persist_every=0)
+    point_a, _, _ = mounted(cluster=cluster)
+    point_b, _, _ = mounted(cluster=cluster)
+    specs = regions(size, 64, seed=7)
+    order = list(range(64))
+    random.Random(8).shuffle(order)
+    jobs = []
+    for p in range(8):
+        mine = [specs[i] for i in order[p::8]]
+        point = point_a if p % 2 == 0 else point_b
+        jobs.append([str(point / "big.bin"), *(f"{o}:{n}:{s}" for o, n, s in mine)])
+    run_writers(jobs)
+    want = expected(size, specs)
+    check(point_a / "big.bin", want)
+    check(point_b / "big.bin", want)
+    if redundancy != "none":
+        client.wait_protected("/big.bin", timeout=60)
+        assert client.stat("/big.bin", protection=True).protected
+        return
+    # Drained (persist_every 1: every version) and restored from the PFS alone.
+    latest = client.versions("/big.bin")[-1]
+    from conftest import wait_for
+
+    wait_for(lambda: client.versions("/big.bin")[-1]["persisted"], timeout=120, what="the N-1 file to drain")
+    out = tmp_path / "restored.bin"
+    subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(cluster.root / "pfs"),
+                    "--namespace", "default", "/big.bin", "--version", str(latest["version"]), "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    assert out.read_bytes() == want
