@@ -40,6 +40,9 @@ def test_a_benefactor_restarted_with_the_same_id_voids_its_old_locations(local_c
     reason = c.versions("/f")[0]["lost_reason"]
     assert old.id in reason and ("restarted" in reason or "died" in reason), reason
     assert [v["version"] for v in cluster.status()["lost"]] == [1]
+    # Once the old process is known gone, the id that is alive is the new process's (add_benefactor
+    # may have seen the old one's registration still alive).
+    wait_for(lambda: old.id in cluster.alive_ids(), what="the new process to hold the id")
     # Deduplication never matches the void locations: the same bytes are sent again and read back.
     with c.open("/f", "wb") as f:
         f.write(data)
