@@ -255,6 +255,15 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                  "lost_reason": v.lost_reason, "drain_error": v.drain_error}
                 for v in reply.versions]
 
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The namespace's checkpoints (per-step directories or step-numbered files), oldest first:
+        series, step, seq, started_at, files, bytes, persist (selected by persist_every) and state
+        (in_memory, draining, persisted, lost, dropped)."""
+        reply = self.connections.call_manager(
+            "Checkpoints", manager_pb2.PathRequest(namespace=self.namespace, path="/"), "checkpoints")
+        return [{"series": c.series, "step": c.step, "seq": c.seq, "started_at": c.started_at, "files": c.files,
+                 "bytes": c.bytes, "persist": c.persist, "state": c.state} for c in reply.checkpoints]
+
     def rm_file(self, path: str) -> None:
         norm = normalize_file_path(self._strip_protocol(path))
         self.connections.call_manager("Delete", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)

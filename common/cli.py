@@ -394,9 +394,33 @@ def cmd_policy(args: argparse.Namespace) -> int:
     finally:
         client.connections.close()
     every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
-    print(f"namespace {settings.namespace}: persist {every} version(s) of a path, keep {policy['keep_versions']} "
-          f"in memory, redundancy {policy['redundancy']} (persist_every={policy['persist_every']} "
-          f"keep_versions={policy['keep_versions']} redundancy={policy['redundancy']})")
+    print(f"namespace {settings.namespace}: persist {every} checkpoint(s) and the first, keep "
+          f"{policy['keep_versions']} in memory, redundancy {policy['redundancy']} "
+          f"(persist_every={policy['persist_every']} keep_versions={policy['keep_versions']} "
+          f"redundancy={policy['redundancy']})")
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    client = Client(**_client_flags(args), config=args.config)
+    try:
+        listed = client.checkpoints()
+    finally:
+        client.connections.close()
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    if not listed:
+        print(f"namespace {settings.namespace}: no checkpoints of per-step directories or step-numbered files")
+        return 0
+    rows: list[tuple[str, ...]] = [("SERIES", "STEP", "#", "FILES", "SIZE", "PERSIST", "STATE")]
+    for c in listed:
+        rows.append((str(c["series"]), str(c["step"]), str(c["seq"]), str(c["files"]), format_size(int(c["bytes"])),
+                     "yes" if c["persist"] else "no", str(c["state"])))
+    _table(rows)
     return 0
 
 
@@ -476,13 +500,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show the policy of a namespace; with --persist-every or --keep-versions, set it.")
     _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
     p.add_argument("--persist-every", type=int, default=None, metavar="N",
-                   help="drain every N-th version of a path to the PFS; 0 = never")
-    p.add_argument("--keep-versions", type=int, default=None, metavar="K",
-                   help="versions of a path kept readable in memory (older ones: PFS only, or deleted)")
+                   help="drain the first and every N-th checkpoint to the PFS; 0 = never (a checkpoint: a "
+                        "per-step directory such as step_100/, files named ..._step100..., or a version of "
+                        "any other file)")
+    p.add_argument("--keep-versions", "--keep", type=int, default=None, metavar="K",
+                   help="checkpoints kept readable in memory besides one being written (older ones: PFS only, "
+                        "or deleted)")
     p.add_argument("--redundancy", default=None, metavar="POLICY",
                    help="none; replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail); or "
                         "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("checkpoints", parents=[common], help="list a namespace's checkpoints and their state",
+                       description="List the checkpoints of a namespace (per-step directories and step-numbered "
+                                   "files), oldest first: files, bytes, whether persist_every selects them, and "
+                                   "their state (in_memory, draining, persisted, lost, dropped).")
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=cmd_checkpoints)
 
     p = sub.add_parser("certs", parents=[common], help="make a CA and a certificate for a deployment's TLS",
                        description="Write ca.pem, cert.pem and key.pem (0600) into DIRECTORY, unless they are there "

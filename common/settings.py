@@ -114,8 +114,10 @@ class ManagerSettings:
                                        "a stuck drain, the largest backlog, the most memory in use); the others are "
                                        "summed under benefactor=\"(others)\"")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
-    persist_every: int = setting(1, _int, "default policy: drain every N-th version of a path to the PFS (0 = never)")
-    keep_versions: int = setting(2, _int, "default policy: versions of a path kept readable in memory")
+    persist_every: int = setting(1, _int, "default policy: drain the first and every N-th checkpoint to the PFS "
+                                          "(0 = never)")
+    keep_versions: int = setting(2, _int, "default policy: checkpoints kept readable in memory besides the one "
+                                          "being written")
     redundancy: str = setting("none", _redundancy, "default policy: none, replicate:R (R copies of each chunk "
                               "on distinct benefactors) or rs:K+M (stripes of K chunks and M Reed-Solomon parity "
                               "chunks), made right after each commit")
@@ -230,8 +232,8 @@ class UpSettings:
     mount: str = setting("", _str, "also mount the staging directory (namespace default) on this directory")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period")
     metrics_port: int = setting(0, _int, "/metrics of the manager; benefactors use the next ports (0 = off)")
-    persist_every: int = setting(1, _int, "drain every N-th version of a path to the PFS (0 = never)")
-    keep_versions: int = setting(2, _int, "versions of a path kept readable in memory")
+    persist_every: int = setting(1, _int, "drain the first and every N-th checkpoint to the PFS (0 = never)")
+    keep_versions: int = setting(2, _int, "checkpoints kept readable in memory besides the one being written")
     drain_bandwidth: int = setting(0, _size, "bytes per second each benefactor drains at most (0 = unlimited)")
     stop_timeout: float = setting(600.0, _duration, "on Ctrl-C, how long benefactors drain what is selected for "
                                   "persistence before stopping (press Ctrl-C again to stop at once)")

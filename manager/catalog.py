@@ -33,6 +33,7 @@ from typing import NamedTuple
 from memstage.chunks import PACKED_KEY, ChunkKey, second
 from memstage.errors import Conflict, DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
+from memstage.manager.checkpoints import series_dir, step_of, under
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS dirs (
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, digest BLOB NOT NULL, grants TEXT NOT NULL, created_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS checkpoints (
+    ns TEXT NOT NULL, series TEXT NOT NULL, step INTEGER NOT NULL, seq INTEGER NOT NULL,
+    started_at REAL NOT NULL, PRIMARY KEY (ns, series, step));
 CREATE TABLE IF NOT EXISTS stripes (
     id INTEGER PRIMARY KEY, ns TEXT NOT NULL, k INTEGER NOT NULL, m INTEGER NOT NULL, size INTEGER NOT NULL,
     members BLOB NOT NULL);
@@ -75,6 +79,10 @@ _ADDED_COLUMNS = (
     ("versions", "drain_error", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "ino", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "redundancy", "TEXT NOT NULL DEFAULT ''"),
+    # The checkpoint a version belongs to ("<series>:<step>"; "" = the version is one by itself),
+    # and whether its drain waits for the rest of that checkpoint (a pointer file).
+    ("versions", "checkpoint", "TEXT NOT NULL DEFAULT ''"),
+    ("versions", "deferred", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 # The location log is compacted (replaced by a snapshot) once it holds this many operations and
@@ -213,6 +221,8 @@ class Catalog(NodeTable):
         for table, column, decl in _ADDED_COLUMNS:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS versions_by_checkpoint ON versions (ns, checkpoint) "
+                         "WHERE checkpoint != ''")
         self._lock = threading.RLock()
         self._tokens: dict[str, tuple[bytes, dict[str, str]]] = {}  # tokens looked up, not revoked
         self._policies: dict[str, Policy] = {}  # read through: set_policy is the only writer
@@ -715,11 +725,15 @@ class Catalog(NodeTable):
         row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
                                (namespace, path)).fetchone()
         version = (row[0] or 0) + 1
-        persist = policy.persist_every > 0 and version % policy.persist_every == 0
-        self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        checkpoint, persist, pointer = self._checkpoint_of(namespace, path, version, now, policy.persist_every)
+        # A pointer file (one naming the latest checkpoint) drains only once the rest of its
+        # checkpoint is on the PFS: the PFS copy never names a checkpoint it does not hold.
+        deferred = persist and pointer and not self._checkpoint_persisted(namespace, checkpoint)
+        self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist, "
+                         "checkpoint, deferred) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (namespace, path, version, v.size, now,
-                          placed.chunk_map if placed is not None else pack_map(keys), int(persist)))
+                          placed.chunk_map if placed is not None else pack_map(keys), int(persist), checkpoint,
+                          int(deferred)))
         # The file's metadata changes with it: new content is a new mtime unless the writer says.
         when = int(now * 1e9)
         change = v.attrs or Attrs()
@@ -737,9 +751,75 @@ class Catalog(NodeTable):
         else:
             new_locations, holds = self._index.add_version(namespace, chunks, gen)
             self._log().add_many(namespace, new_locations)
-        if persist:
+        if persist and not deferred:
             self._queue_drain(namespace, path, version, chunks, v.alive, now, owners)
         return version, holds
+
+    # -- checkpoints (memstage.manager.checkpoints) ---------------------------------------------
+    def _checkpoint_of(self, namespace: str, path: str, version: int, now: float, every: int
+                       ) -> tuple[str, bool, bool]:
+        """(inside a transaction) The checkpoint a new version belongs to, whether the policy
+        selects it for the PFS (the first of its series and every `every`-th), and whether the
+        version is a pointer file of a step series. A step seen for the first time starts a new
+        checkpoint of its series."""
+        name = step_of(path)
+        if name is not None:
+            row = self._db.execute("SELECT seq FROM checkpoints WHERE ns=? AND series=? AND step=?",
+                                   (namespace, name.series, name.step)).fetchone()
+            if row is None:
+                last = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
+                                        (namespace, name.series)).fetchone()[0] or 0
+                seq = last + 1
+                self._db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                                 (namespace, name.series, name.step, seq, now))
+            else:
+                seq = row[0]
+            return f"{name.series}:{name.step}", _selected(seq, every), False
+        # A file beside (or under the directory of) a step series is that series' pointer or side
+        # file: it belongs to the series' newest checkpoint.
+        newest = None
+        for series, step, seq, started in self._db.execute(
+                "SELECT series, step, seq, started_at FROM checkpoints c WHERE ns=? AND seq = "
+                "(SELECT MAX(seq) FROM checkpoints WHERE ns=c.ns AND series=c.series)", (namespace,)):
+            if under(path, series_dir(series)) and (newest is None or started > newest[3]):
+                newest = (series, step, seq, started)
+        if newest is not None:
+            return f"{newest[0]}:{newest[1]}", _selected(newest[2], every), True
+        return "", _selected(version, every), False
+
+    def _checkpoint_persisted(self, namespace: str, checkpoint: str) -> bool:
+        """(under self._lock) Every version of the checkpoint but its pointer files is on the PFS."""
+        return self._db.execute("SELECT 1 FROM versions WHERE ns=? AND checkpoint=? AND deferred=0 AND persist=1 "
+                                "AND persisted=0 LIMIT 1", (namespace, checkpoint)).fetchone() is None
+
+    def _release_pointers(self, namespace: str, checkpoint: str, alive: set[str], now: float) -> None:
+        """(inside a transaction) The rest of a checkpoint is on the PFS: its pointer files drain now."""
+        if not checkpoint or not self._checkpoint_persisted(namespace, checkpoint):
+            return
+        for path, version, blob in self._db.execute(
+                "SELECT path, version, chunk_map FROM versions WHERE ns=? AND checkpoint=? AND deferred=1 AND lost=0",
+                (namespace, checkpoint)).fetchall():
+            self._db.execute("UPDATE versions SET deferred=0 WHERE ns=? AND path=? AND version=?",
+                             (namespace, path, version))
+            self._queue_drain(namespace, path, version, [(k, ()) for k in unpack_map(blob)], alive, now)
+
+    def checkpoints(self, namespace: str) -> list[dict[str, object]]:
+        """The namespace's checkpoints of step series, oldest first: series, step, sequence number,
+        files, bytes, and their state (persisted, draining, in_memory, lost)."""
+        with self._lock:
+            rows = self._db.execute("SELECT series, step, seq, started_at FROM checkpoints WHERE ns=? "
+                                    "ORDER BY started_at, seq", (namespace,)).fetchall()
+            out: list[dict[str, object]] = []
+            for series, step, seq, started in rows:
+                files, size, persist, persisted, in_memory, lost = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MIN(persist), 0), "
+                    "COALESCE(MIN(persisted), 0), COALESCE(MAX(in_memory), 0), COALESCE(MAX(lost), 0) "
+                    "FROM versions WHERE ns=? AND checkpoint=?", (namespace, f"{series}:{step}")).fetchone()
+                state = ("lost" if lost else "persisted" if files and persisted else
+                         "draining" if files and persist else "in_memory" if in_memory else "dropped")
+                out.append({"series": series, "step": step, "seq": seq, "started_at": started, "files": files,
+                            "bytes": size, "persist": bool(persist), "state": state})
+            return out
 
     def _bump(self, ik: IndexKey, refs: int, mem_refs: int) -> Holders:
         """Change a chunk's counts (inside a transaction). Returns the locations it lost (no in-memory
@@ -1065,15 +1145,25 @@ class Catalog(NodeTable):
         with self._lock:
             rows = self._db.execute("SELECT version, persist, persisted FROM versions WHERE ns=? AND path=? AND "
                                     "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
-            old = rows[keep:]
+            old = [(path, *row) for row in rows[keep:]]
+            name = step_of(path)
+            if name is not None:
+                # A step series keeps its `keep` newest checkpoints before the one being written.
+                newest = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
+                                          (namespace, name.series)).fetchone()[0] or 0
+                for (step,) in self._db.execute("SELECT step FROM checkpoints WHERE ns=? AND series=? AND seq < ?",
+                                                (namespace, name.series, newest - keep)).fetchall():
+                    old += self._db.execute("SELECT path, version, persist, persisted FROM versions WHERE ns=? AND "
+                                            "checkpoint=? AND in_memory=1",
+                                            (namespace, f"{name.series}:{step}")).fetchall()
             if not old:
                 return freed
             with self._transaction():
-                for version, persist, persisted in old:
+                for old_path, version, persist, persisted in old:
                     if persisted:
-                        freed.update(self._drop_version(namespace, path, version, keep_record=True))
+                        freed.update(self._drop_version(namespace, old_path, version, keep_record=True))
                     elif not persist:
-                        freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                        freed.update(self._drop_version(namespace, old_path, version, keep_record=False))
         return freed
 
     # -- draining ----------------------------------------------------------------------------
@@ -1176,6 +1266,10 @@ class Catalog(NodeTable):
                     self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
                                      "path=? AND version=?", (ns, path, version))
                     persisted.add((ns, path))
+                    row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? AND version=?",
+                                           (ns, path, version)).fetchone()
+                    if row and row[0]:
+                        self._release_pointers(ns, row[0], alive, time.time())
         return DrainOutcome(persisted, lost, failed, drained_bytes)
 
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
@@ -1325,3 +1419,9 @@ def _drained_under(drained: str, namespace: str) -> bool:
         return split_drained(drained)[0] == namespace
     except InvalidPath:
         return False
+
+
+def _selected(seq: int, every: int) -> bool:
+    """persist_every N selects the first checkpoint (so a job that dies early has one on the PFS)
+    and every N-th; 0 selects none."""
+    return every > 0 and (seq == 1 or seq % every == 0)

@@ -1161,6 +1161,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             for v in versions])
 
     @rpc
+    def Checkpoints(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext
+                    ) -> manager_pb2.CheckpointsReply:
+        namespace = check_namespace(request.namespace)
+        return manager_pb2.CheckpointsReply(checkpoints=[
+            manager_pb2.CheckpointInfo(**c) for c in self.catalog.checkpoints(namespace)])  # type: ignore[arg-type]
+
+    @rpc
     def Delete(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext
                ) -> manager_pb2.DeleteFileReply:
         namespace = check_namespace(request.namespace)

@@ -57,22 +57,24 @@ def test_unchanged_chunks_are_hard_links_on_the_pfs(local_cluster):
     assert len(list(version_dir(cluster.root / "pfs", "default", "/ck").iterdir())) == 60
 
 
-def test_persist_every_2_and_retention_of_odd_versions(local_cluster):
+def test_persist_every_2_drains_the_first_and_every_second_version_and_drops_the_rest(local_cluster):
     cluster = local_cluster(benefactors=2, memory=64 * MiB)
     c = cluster.client()
     c.policy(persist_every=2, keep_versions=2)
-    data = [random_bytes(2 * MiB) for _ in range(4)]
-    c.pipe("/f", data[0])
-    c.pipe("/f", data[1])
-    assert c.open("/f", "rb", version=1).read() == data[0]  # odd, not drained, still in memory
-    c.pipe("/f", data[2])  # v1 falls out of keep_versions: never persisted, so it is gone
+    data = [random_bytes(2 * MiB) for _ in range(5)]
+    for d in data[:4]:
+        c.pipe("/f", d)
+    # The first version is always selected (a job that dies early still has one on the PFS).
+    wait_for(lambda: persisted(c, "/f") == [1, 2, 4], what="versions 1, 2 and 4 to be persisted")
+    wait_for(lambda: [(v["version"], v["in_memory"]) for v in c.versions("/f")] == [(1, False), (2, False), (3, True),
+                                                                                  (4, True)],
+             what="retention after persisting")
+    assert c.open("/f", "rb", version=3).read() == data[2]  # not selected, still in memory
+    c.pipe("/f", data[4])  # v3 falls out of keep_versions: never persisted, so it is gone
     with pytest.raises(NotFound):
-        c.open("/f", "rb", version=1)
-    c.pipe("/f", data[3])
-    wait_for(lambda: persisted(c, "/f") == [2, 4], what="versions 2 and 4 to be persisted")
-    wait_for(lambda: [v["version"] for v in c.versions("/f")] == [2, 3, 4], what="retention after persisting")
-    assert sorted(v for _, v in scan(version_dir(cluster.root / "pfs", "default", "/f"))) == [2, 4]  # odd: never
-    assert c.open("/f", "rb", version=3).read() == data[2]
+        c.open("/f", "rb", version=3)
+    assert sorted(v for _, v in scan(version_dir(cluster.root / "pfs", "default", "/f"))) == [1, 2, 4]
+    assert c.open("/f", "rb", version=1).read() == data[0]  # from the PFS
 
 
 def test_keep_versions_1_evicts_and_reads_come_from_the_pfs(local_cluster):

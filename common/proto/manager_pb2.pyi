@@ -619,6 +619,32 @@ class VersionsReply(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
 
+class CheckpointInfo(_message.Message):
+    __slots__ = ("series", "step", "seq", "started_at", "files", "bytes", "persist", "state")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    series: str
+    step: int
+    seq: int
+    started_at: float
+    files: int
+    bytes: int
+    persist: bool
+    state: str
+    def __init__(self, series: _Optional[str] = ..., step: _Optional[int] = ..., seq: _Optional[int] = ..., started_at: _Optional[float] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., persist: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
+
+class CheckpointsReply(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
 class RenameRequest(_message.Message):
     __slots__ = ("namespace", "path", "destination")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

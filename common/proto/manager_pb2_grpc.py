@@ -129,6 +129,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.VersionsReply.FromString,
                 _registered_method=True)
+        self.Checkpoints = channel.unary_unary(
+                '/memstage.v1.Manager/Checkpoints',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointsReply.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/memstage.v1.Manager/Delete',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
@@ -328,6 +333,13 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Checkpoints(self, request, context):
+        """The namespace's checkpoints of per-step series (path ignored), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -512,6 +524,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Versions,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.VersionsReply.SerializeToString,
+            ),
+            'Checkpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoints,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointsReply.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -1092,6 +1109,33 @@ class Manager:
             '/memstage.v1.Manager/Versions',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.VersionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Checkpoints',
+            memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.CheckpointsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,135 @@
+"""Policies count checkpoints, not versions of a path (real processes): with persist_every 3 and
+keep 2, exactly checkpoints 1, 3, 6 of each common layout reach the PFS, memory holds at most the
+2 newest checkpoints before the one being written, and a tracker file on the PFS never names a
+checkpoint that is not there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+
+from memstage.drainer.restore import list_pfs, restore
+from memstage.errors import NotFound
+from memstage.manager.checkpoints import step_of
+
+pytestmark = pytest.mark.timeout(180)
+
+STEPS = range(1, 8)
+PERSISTED = {1, 3, 6}
+
+
+def megatron(step: int) -> dict[str, bytes]:
+    d = f"/run/iter_{step:07d}"
+    return {f"{d}/mp_rank_00/model_optim_rng.pt": random_bytes(MiB + step),
+            f"{d}/mp_rank_01/model_optim_rng.pt": random_bytes(MiB),
+            "/run/latest_checkpointed_iteration.txt": str(step).encode()}
+
+
+def torchtitan(step: int) -> dict[str, bytes]:
+    return {f"/checkpoint/step-{step}/__0_0.distcp": random_bytes(MiB),
+            f"/checkpoint/step-{step}/__1_0.distcp": random_bytes(MiB // 2),
+            f"/checkpoint/step-{step}/.metadata": random_bytes(1000)}
+
+
+def numpy_ranks(step: int) -> dict[str, bytes]:
+    return {f"/ckpt/rank{r}_step{step}.npy": random_bytes(MiB) for r in range(2)}
+
+
+def overwritten(step: int) -> dict[str, bytes]:
+    return {"/state/model.bin": random_bytes(MiB + step)}
+
+
+def step_files(files: dict[str, bytes], step: int) -> dict[str, bytes]:
+    """The files of one checkpoint that carry the step in their path (not the tracker)."""
+    return {p: d for p, d in files.items() if step_of(p) is not None or "/state/" in p}
+
+
+@pytest.mark.parametrize("layout", [megatron, torchtitan, numpy_ranks, overwritten], ids=lambda f: f.__name__)
+def test_persist_every_3_and_keep_2_count_checkpoints(local_cluster, tmp_path, layout):
+    cluster = local_cluster(benefactors=2, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=3, keep_versions=2)
+    written: dict[int, dict[str, bytes]] = {}
+    for step in STEPS:
+        written[step] = layout(step)
+        for path, data in written[step].items():
+            c.pipe(path, data)
+    # The selected checkpoints drain; the others never do.
+    selected = [(p, step) for step in PERSISTED for p in step_files(written[step], step)]
+
+    def version_of(path: str, step: int) -> dict | None:
+        """The version of `path` that checkpoint `step` wrote (None: it is gone)."""
+        try:
+            versions = c.versions(path)
+        except NotFound:
+            return None
+        number = step if layout is overwritten else 1
+        return next((v for v in versions if v["version"] == number), None)
+
+    wait_for(lambda: all((version_of(p, s) or {}).get("persisted") for p, s in selected), timeout=60,
+             what="checkpoints 1, 3 and 6 to drain")
+    pfs = cluster.root / "pfs"
+    on_pfs = {(v.path, v.version) for v in list_pfs(pfs, "default")}
+    for step in STEPS:
+        for path in step_files(written[step], step):
+            version = step if layout is overwritten else 1
+            assert ((path, version) in on_pfs) == (step in PERSISTED), (path, step)
+    # Memory holds 2 checkpoints besides the one being written: steps 5, 6 and 7 (which may still
+    # be written: a step directory gets files until the next one starts), or versions 6 and 7 of an
+    # overwritten file (a committed version is whole). Older ones left it: the persisted ones stay
+    # readable from the PFS, the others are gone.
+    kept = 6 if layout is overwritten else 5
+    for step in STEPS:
+        for path in step_files(written[step], step):
+            version = version_of(path, step)
+            if step >= kept:
+                assert version is not None and version["in_memory"], (path, step, version)
+            elif step in PERSISTED:
+                assert version is not None and not version["in_memory"] and version["persisted"], (path, step)
+                if layout is not overwritten:
+                    assert c.cat(path) == written[step][path]
+            else:
+                assert version is None, (path, step, version)
+    # Megatron's tracker: the PFS copy names a checkpoint whose files are all there.
+    if layout is megatron:
+        wait_for(lambda: any(v.path == "/run/latest_checkpointed_iteration.txt" for v in list_pfs(pfs, "default")),
+                 timeout=30, what="the tracker to drain")
+        out = tmp_path / "tracker"
+        restore(pfs, "default", "/run/latest_checkpointed_iteration.txt", out)
+        named = int(out.read_text())
+        assert named in PERSISTED
+        for path in step_files(written[named], named):
+            restore(pfs, "default", path, tmp_path / "f")
+            assert (tmp_path / "f").read_bytes() == written[named][path]
+    listed = c.checkpoints() if layout is not overwritten else []
+    if layout is megatron:  # the command line shows the same
+        out = subprocess.run([sys.executable, "-m", "memstage", "checkpoints", "--manager", cluster.manager_address,
+                              "--json"], capture_output=True, text=True, timeout=60, check=True).stdout
+        assert [(ck["step"], ck["state"]) for ck in json.loads(out)] == [(ck["step"], ck["state"]) for ck in listed]
+    if listed:
+        assert [ck["step"] for ck in listed] == list(STEPS)
+        assert {ck["step"] for ck in listed if ck["persist"]} == PERSISTED
+        assert {ck["step"] for ck in listed if ck["state"] == "persisted"} == PERSISTED
+
+
+def test_per_step_directories_on_the_mount_do_not_fill_the_deployment(mounted):
+    """DCP's layout written through the mount, 12 checkpoints of 16 MiB into 2 x 48 MiB: older
+    checkpoints leave memory as new ones start (keep 2), the selected ones after draining."""
+    point, cluster, _ = mounted(benefactors=2, memory=48 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=3, keep_versions=2)
+    for step in range(1, 13):
+        d = point / f"step_{step}"
+        d.mkdir()
+        for r in range(2):
+            (d / f"__{r}_0.distcp").write_bytes(random_bytes(8 * MiB))
+        (d / ".metadata").write_bytes(b"m" * 100)
+    steps = {int(p.name.split("_")[1]) for p in Path(point).iterdir() if p.name.startswith("step_")}
+    assert steps == set(range(1, 13))
+    assert os.path.getsize(point / "step_12" / "__1_0.distcp") == 8 * MiB
