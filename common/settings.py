@@ -114,6 +114,9 @@ class ManagerSettings:
                                        "a stuck drain, the largest backlog, the most memory in use); the others are "
                                        "summed under benefactor=\"(others)\"")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
+    pfs: str = setting("", _str, "the PFS directory benefactors drain to, where the manager can read it: a new "
+                       "state lists the versions and checkpoints earlier deployments drained there (read from the "
+                       "PFS until prefetched); default: none")
     persist_every: int = setting(1, _int, "default policy: drain the first and every N-th checkpoint to the PFS "
                                           "(0 = never)")
     keep_versions: int = setting(2, _int, "default policy: checkpoints kept readable in memory besides the one "

@@ -24,7 +24,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from memstage.manager.checkpoints import series_dir, step_of, under
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
+from memstage.manager.pfsimport import FoundVersion
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
 from memstage.paths import split_drained
 from memstage.redundancy import Redundancy
@@ -802,6 +803,64 @@ class Catalog(NodeTable):
             self._db.execute("UPDATE versions SET deferred=0 WHERE ns=? AND path=? AND version=?",
                              (namespace, path, version))
             self._queue_drain(namespace, path, version, [(k, ()) for k in unpack_map(blob)], alive, now)
+
+    def meta(self, key: str) -> str:
+        """A value the state keeps about itself ("" if unset)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else ""
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                             (key, value))
+            self.sync()
+
+    def import_persisted(self, found: Iterable[FoundVersion]) -> int:
+        """Versions found on the PFS (drained by earlier deployments: memstage.manager.pfsimport)
+        become versions of names this catalog does not know yet: persisted, not in memory, read
+        from their chunk files. Their step checkpoints are listed too. Returns how many."""
+        by_name: dict[tuple[str, str], list[FoundVersion]] = {}
+        for f in found:
+            by_name.setdefault((f.namespace, f.path), []).append(f)
+        imported = 0
+        with self._lock, self._transaction():
+            steps: dict[tuple[str, str], dict[int, float]] = {}  # (ns, series) -> step -> first commit
+            for (ns, path), versions in by_name.items():
+                if self.node(ns, path) is not None or self._db.execute(
+                        "SELECT 1 FROM versions WHERE ns=? AND path=? LIMIT 1", (ns, path)).fetchone():
+                    continue  # this deployment's own name: what it knows stands
+                name = step_of(path)
+                for v in versions:
+                    self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist, "
+                                     "persisted, in_memory, checkpoint) VALUES (?, ?, ?, ?, ?, ?, 1, 1, 0, ?)",
+                                     (ns, path, v.version, sum(k.length for k in v.keys), v.committed_at,
+                                      pack_map(v.keys), f"{name.series}:{name.step}" if name else ""))
+                    drained = dict(zip(v.keys, v.drained, strict=True))
+                    for key in set(v.keys):
+                        if key.is_hole:
+                            continue
+                        ik = (ns, key)
+                        self._bump(ik, 1, 0)
+                        if self._index.set_drained(ik, drained[key]):
+                            self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT(ns, hash, "
+                                             "length) DO UPDATE SET drained=excluded.drained",
+                                             (ns, key.hash, key.length, drained[key]))
+                    imported += 1
+                    if name is not None:
+                        first = steps.setdefault((ns, name.series), {})
+                        first[name.step] = min(first.get(name.step, v.committed_at), v.committed_at)
+                when = int(max(v.committed_at for v in versions) * 1e9)
+                self.put_node(ns, path, Node.default(FILE, when))
+                self.touch_dirs(ns, [path], when)
+            for (ns, series), started in steps.items():
+                seq = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
+                                       (ns, series)).fetchone()[0] or 0
+                for step in sorted(started, key=lambda s: (started[s], s)):
+                    seq += 1
+                    self._db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                                     (ns, series, step, seq, started[step]))
+        return imported
 
     def checkpoints(self, namespace: str) -> list[dict[str, object]]:
         """The namespace's checkpoints of step series, oldest first: series, step, sequence number,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from memstage import auth
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
+from memstage.manager.pfsimport import found_versions
 from memstage.manager.service import ManagerService
 from memstage.manager.wakes import WakeSender
 from memstage.metrics import serve_metrics
@@ -38,6 +39,8 @@ class ManagerServer:
         self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
+        if settings.pfs:
+            self._import_pfs(settings.pfs)
         self.registry = CollectorRegistry()
         self.secret = None if settings.insecure else self._secrets()
         self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
@@ -144,6 +147,19 @@ class ManagerServer:
                 self._wakes.wake(self.service.wakes_for(self.service.beat_flags()))
             except Exception:  # a bug must not end it: heartbeat replies still tell
                 log.exception("waking benefactors failed")
+
+    def _import_pfs(self, pfs: str) -> None:
+        """Once per state: what earlier deployments drained to the PFS becomes readable here."""
+        if self.catalog.meta("pfs_imported"):
+            return
+        if not os.path.isdir(pfs):  # nothing drained there yet (the benefactors make it)
+            self.catalog.set_meta("pfs_imported", pfs)
+            return
+        started = time.monotonic()
+        count = self.catalog.import_persisted(found_versions(pfs))
+        self.catalog.set_meta("pfs_imported", pfs)
+        log.info("%d versions drained by earlier deployments found on the PFS %s (%.1fs): readable from there",
+                 count, pfs, time.monotonic() - started)
 
     def _housekeeping(self) -> None:
         """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""

@@ -133,3 +133,39 @@ def test_per_step_directories_on_the_mount_do_not_fill_the_deployment(mounted):
     steps = {int(p.name.split("_")[1]) for p in Path(point).iterdir() if p.name.startswith("step_")}
     assert steps == set(range(1, 13))
     assert os.path.getsize(point / "step_12" / "__1_0.distcp") == 8 * MiB
+
+
+def test_a_new_deployment_on_the_same_pfs_restarts_from_the_last_persisted_checkpoint(local_cluster, mounted,
+                                                                                       tmp_path):
+    """A job chain: the first job's deployment is SIGKILLed whole after checkpoint 7; the next job's
+    new deployment on the same PFS lists the persisted checkpoints, and the application restarts
+    through the mount from the one its tracker file names."""
+    pfs = tmp_path / "shared-pfs"
+    pfs.mkdir()
+    first = local_cluster(benefactors=2, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c = first.client()
+    c.policy(persist_every=3, keep_versions=2)
+    written = {step: megatron(step) for step in STEPS}
+    for step in STEPS:
+        for path, data in written[step].items():
+            c.pipe(path, data)
+    tracker = "/run/latest_checkpointed_iteration.txt"
+    wait_for(lambda: {v.version for v in list_pfs(pfs, "default", tracker)} == PERSISTED, timeout=60,
+             what="the tracker of checkpoints 1, 3 and 6 to drain")
+    for proc in [*first.benefactors, first.manager]:
+        proc.kill()
+    second = local_cluster(benefactors=2, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    point, _, _ = mounted(cluster=second)
+    named = int((point / tracker.lstrip("/")).read_text())
+    assert named == 6
+    for path, data in step_files(written[named], named).items():
+        assert (point / path.lstrip("/")).read_bytes() == data
+    assert sorted(os.listdir(point / "run")) == ["iter_0000001", "iter_0000003", "iter_0000006",
+                                                 "latest_checkpointed_iteration.txt"]
+    listed = second.client().checkpoints()
+    assert [(ck["step"], ck["state"]) for ck in listed] == [(s, "persisted") for s in sorted(PERSISTED)]
+    # The next job's checkpoints go on from there.
+    again = second.client()
+    for path, data in megatron(8).items():
+        again.pipe(path, data)
+    assert int(again.cat(tracker)) == 8
