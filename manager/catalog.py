@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS checkpoints (
     ns TEXT NOT NULL, series TEXT NOT NULL, step INTEGER NOT NULL, seq INTEGER NOT NULL,
-    started_at REAL NOT NULL, PRIMARY KEY (ns, series, step));
+    started_at REAL NOT NULL, left_memory INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, series, step));
 CREATE TABLE IF NOT EXISTS stripes (
     id INTEGER PRIMARY KEY, ns TEXT NOT NULL, k INTEGER NOT NULL, m INTEGER NOT NULL, size INTEGER NOT NULL,
     members BLOB NOT NULL);
@@ -84,6 +84,7 @@ _ADDED_COLUMNS = (
     # and whether its drain waits for the rest of that checkpoint (a pointer file).
     ("versions", "checkpoint", "TEXT NOT NULL DEFAULT ''"),
     ("versions", "deferred", "INTEGER NOT NULL DEFAULT 0"),
+    ("checkpoints", "left_memory", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 # The location log is compacted (replaced by a snapshot) once it holds this many operations and
@@ -222,8 +223,7 @@ class Catalog(NodeTable):
         for table, column, decl in _ADDED_COLUMNS:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        self._db.execute("CREATE INDEX IF NOT EXISTS versions_by_checkpoint ON versions (ns, checkpoint) "
-                         "WHERE checkpoint != ''")
+        self._db.execute("CREATE INDEX IF NOT EXISTS versions_by_checkpoint ON versions (ns, checkpoint)")
         self._lock = threading.RLock()
         self._tokens: dict[str, tuple[bytes, dict[str, str]]] = {}  # tokens looked up, not revoked
         self._policies: dict[str, Policy] = {}  # read through: set_policy is the only writer
@@ -765,16 +765,19 @@ class Catalog(NodeTable):
         checkpoint of its series."""
         name = step_of(path)
         if name is not None:
-            row = self._db.execute("SELECT seq FROM checkpoints WHERE ns=? AND series=? AND step=?",
+            row = self._db.execute("SELECT seq, left_memory FROM checkpoints WHERE ns=? AND series=? AND step=?",
                                    (namespace, name.series, name.step)).fetchone()
             if row is None:
                 last = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
                                         (namespace, name.series)).fetchone()[0] or 0
                 seq = last + 1
-                self._db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                self._db.execute("INSERT INTO checkpoints (ns, series, step, seq, started_at) VALUES (?, ?, ?, ?, ?)",
                                  (namespace, name.series, name.step, seq, now))
             else:
                 seq = row[0]
+                if row[1]:  # a late file of a checkpoint that had left memory: retention looks again
+                    self._db.execute("UPDATE checkpoints SET left_memory=0 WHERE ns=? AND series=? AND step=?",
+                                     (namespace, name.series, name.step))
             return f"{name.series}:{name.step}", _selected(seq, every), False
         # A file beside (or under the directory of) a step series is that series' pointer or side
         # file: it belongs to the series' newest checkpoint.
@@ -858,8 +861,8 @@ class Catalog(NodeTable):
                                        (ns, series)).fetchone()[0] or 0
                 for step in sorted(started, key=lambda s: (started[s], s)):
                     seq += 1
-                    self._db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                                     (ns, series, step, seq, started[step]))
+                    self._db.execute("INSERT OR IGNORE INTO checkpoints (ns, series, step, seq, started_at, "
+                                     "left_memory) VALUES (?, ?, ?, ?, ?, 1)", (ns, series, step, seq, started[step]))
         return imported
 
     def checkpoints(self, namespace: str) -> list[dict[str, object]]:
@@ -1205,19 +1208,29 @@ class Catalog(NodeTable):
             rows = self._db.execute("SELECT version, persist, persisted FROM versions WHERE ns=? AND path=? AND "
                                     "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
             old = [(path, *row) for row in rows[keep:]]
+            gone: list[int] = []  # steps of checkpoints that leave memory whole
             name = step_of(path)
             if name is not None:
                 # A step series keeps its `keep` newest checkpoints before the one being written.
                 newest = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
                                           (namespace, name.series)).fetchone()[0] or 0
-                for (step,) in self._db.execute("SELECT step FROM checkpoints WHERE ns=? AND series=? AND seq < ?",
-                                                (namespace, name.series, newest - keep)).fetchall():
-                    old += self._db.execute("SELECT path, version, persist, persisted FROM versions WHERE ns=? AND "
+                # Only checkpoints with something in memory still are looked at: a long run's
+                # thousands of older ones cost nothing per commit.
+                for (step,) in self._db.execute(
+                        "SELECT step FROM checkpoints WHERE ns=? AND series=? AND seq < ? AND left_memory=0",
+                        (namespace, name.series, newest - keep)).fetchall():
+                    rows = self._db.execute("SELECT path, version, persist, persisted FROM versions WHERE ns=? AND "
                                             "checkpoint=? AND in_memory=1",
                                             (namespace, f"{name.series}:{step}")).fetchall()
-            if not old:
+                    old += rows
+                    if all(persisted or not persist for _, _, persist, persisted in rows):
+                        gone.append(step)  # all of it leaves memory now
+            if not old and not gone:
                 return freed
             with self._transaction():
+                if name is not None:
+                    self._db.executemany("UPDATE checkpoints SET left_memory=1 WHERE ns=? AND series=? AND step=?",
+                                         [(namespace, name.series, step) for step in gone])
                 for old_path, version, persist, persisted in old:
                     if persisted:
                         freed.update(self._drop_version(namespace, old_path, version, keep_record=True))

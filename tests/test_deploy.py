@@ -174,6 +174,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(free_port()),
         "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
         "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
+        "TMPDIR": str(tmp_path),  # the recipe's state goes under it: each run starts with a new one
     }
     job = subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
                             str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
