@@ -29,6 +29,7 @@ import time
 
 from memstage.bench.report import progress, table
 from memstage.errors import MemstageError
+from memstage.procs import RoleProcess
 from memstage.units import format_rate, format_size
 
 
@@ -61,23 +62,32 @@ def _unmount(point: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_fuse(args: argparse.Namespace, size: int) -> int:
+def _start(args: argparse.Namespace, size: int, fast: str, work: str) -> tuple[str, list[RoleProcess], str]:
+    """The random input (in `fast`), and a deployment with a mount (under `work`): (input, its
+    processes, the mount point)."""
     from memstage.settings import UpSettings
-    from memstage.up import start_deployment, stop_deployment
+    from memstage.up import start_deployment
+
+    src = os.path.join(fast, "input.bin")
+    with open(src, "wb") as f:
+        f.write(os.urandom(size))
+    memory = size * 3 // args.benefactors + 64 * 1024 * 1024
+    progress(f"bench: a manager, {args.benefactors} benefactors ({format_size(memory)} each) and a mount")
+    mnt = _mkdir(work, "mnt")
+    procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
+                                        state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
+                                        heartbeat_interval=2.0, persist_every=0, keep_versions=1, mount=mnt))
+    return src, procs, mnt
+
+
+def run_fuse(args: argparse.Namespace, size: int) -> int:
+    from memstage.up import stop_deployment
 
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=shm) as fast, \
             tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
-        src = os.path.join(fast, "input.bin")
-        with open(src, "wb") as f:
-            f.write(os.urandom(size))
-        memory = size * 3 // args.benefactors + 64 * 1024 * 1024
-        progress(f"bench: a manager, {args.benefactors} benefactors ({format_size(memory)} each) and a mount")
-        procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
-                                            state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0, persist_every=0, keep_versions=1,
-                                            mount=_mkdir(work, "mnt")))
+        src, procs, _ = _start(args, size, fast, work)
         passthroughs: list[tuple[str, subprocess.Popen[bytes]]] = []
         targets = {"memstage": os.path.join(work, "mnt")}
         try:
@@ -154,8 +164,7 @@ def _write_together(src: str, jobs: list[tuple[str, int, int, int]]) -> float:
 
 
 def run_n1(args: argparse.Namespace, size: int) -> int:
-    from memstage.settings import UpSettings
-    from memstage.up import start_deployment, stop_deployment
+    from memstage.up import stop_deployment
 
     writers = args.writers
     if writers <= 0 or size < writers:
@@ -164,16 +173,7 @@ def run_n1(args: argparse.Namespace, size: int) -> int:
     results: dict[str, list[float]] = {"n1": [], "nn": []}
     with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=shm) as fast, \
             tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
-        src = os.path.join(fast, "input.bin")
-        with open(src, "wb") as f:
-            f.write(os.urandom(size))
-        memory = size * 3 // args.benefactors + 64 * 1024 * 1024
-        progress(f"bench: a manager, {args.benefactors} benefactors ({format_size(memory)} each) and a mount")
-        mnt = _mkdir(work, "mnt")
-        procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
-                                            state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0, persist_every=0, keep_versions=1,
-                                            mount=mnt))
+        src, procs, mnt = _start(args, size, fast, work)
         part = size // writers
         bounds = [(w * part, size - w * part if w == writers - 1 else part) for w in range(writers)]
         try:

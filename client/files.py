@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fsspec.spec import AbstractBufferedFile
 
@@ -27,7 +27,25 @@ if TYPE_CHECKING:
     from memstage.client.client import Client
 
 
-class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
+class _Closable(Protocol):
+    def discard(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _CommitOnExit:
+    """Leaving a `with` block by an exception commits nothing (discard); else close() commits.
+    (No close or discard here: the file classes' own, and their bases', are the ones called.)"""
+
+    def __exit__(self: _Closable, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+
+class WriteFile(_CommitOnExit, AbstractBufferedFile):  # type: ignore[misc]
     buffer: io.BytesIO
     closed: bool
     forced: bool
@@ -98,13 +116,6 @@ class WriteFile(AbstractBufferedFile):  # type: ignore[misc]
             self.writer.abort()
             self.closed = True
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.discard()
-        else:
-            self.close()
-
     def close(self) -> None:
         try:
             super().close()
@@ -125,7 +136,7 @@ class ReadFile(AbstractBufferedFile):  # type: ignore[misc]
         return self.reader.read_range(start, end)
 
 
-class UpdateFile(io.RawIOBase):
+class UpdateFile(_CommitOnExit, io.RawIOBase):
     """A file opened to update ("r+b": it must exist) or append ("ab", "a+b": created if missing)."""
 
     def __init__(self, fs: Client, path: str, mode: str) -> None:
@@ -214,13 +225,6 @@ class UpdateFile(io.RawIOBase):
             raise
         finally:
             super().close()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.discard()
-        else:
-            self.close()
 
 
 def check_mode(mode: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +160,20 @@ def scan(directory: Path) -> dict[VersionId, list[ChunkFile]]:
     for files in versions.values():
         files.sort(key=lambda f: f.index)
     return versions
+
+
+def walk_versions(base: Path, start: Path | None = None
+                  ) -> Iterator[tuple[tuple[str, ...], dict[VersionId, list[ChunkFile]]]]:
+    """Every directory at or below `start` (default: `base`) that holds chunk files: its path
+    relative to `base`, as parts, and its chunk files by (deployment, version)."""
+    for directory, _, names in os.walk(start or base):
+        groups: dict[VersionId, list[ChunkFile]] = {}
+        for name in names:
+            parsed = parse_name(Path(directory) / name)
+            if parsed is not None:
+                groups.setdefault((parsed.deployment, parsed.version), []).append(parsed)
+        if groups:
+            yield Path(directory).relative_to(base).parts, groups
 
 
 def missing(files: list[ChunkFile]) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import xxhash
 
-from memstage.drainer.layout import ChunkFile, VersionId, missing, parse_name, scan, version_dir
+from memstage.drainer.layout import ChunkFile, VersionId, missing, scan, version_dir, walk_versions
 from memstage.errors import DataLost, InvalidArgument, NotFound
 
 
@@ -59,15 +59,7 @@ def list_pfs(root: str | Path, namespace: str | None = None, path: str | None = 
         raise NotFound(f"--pfs: {root} is not a directory")
     start = version_dir(base, namespace, path) if namespace and path else base / namespace if namespace else base
     found: list[PfsVersion] = []
-    for directory, _, names in os.walk(start):
-        groups: dict[VersionId, list[ChunkFile]] = {}
-        for name in names:
-            parsed = parse_name(Path(directory) / name)
-            if parsed is not None:
-                groups.setdefault((parsed.deployment, parsed.version), []).append(parsed)
-        if not groups:
-            continue
-        rel = Path(directory).relative_to(base).parts
+    for rel, groups in walk_versions(base, start):
         ns, file_path = rel[0], "/" + "/".join(rel[1:])
         for (deployment, version), files in groups.items():
             count = files[0].count

@@ -10,13 +10,12 @@ module only reads the directory; Catalog.import_persisted records what it finds.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
-from memstage.drainer.layout import ChunkFile, VersionId, missing, parse_name
+from memstage.drainer.layout import ChunkFile, missing, walk_versions
 from memstage.errors import InvalidPath
 from memstage.paths import check_namespace, normalize_file_path
 
@@ -37,15 +36,7 @@ def found_versions(root: str | Path) -> Iterator[FoundVersion]:
     base = Path(root).resolve()
     if not base.is_dir():
         return
-    for directory, _, names in os.walk(base):
-        groups: dict[VersionId, list[ChunkFile]] = {}
-        for name in names:
-            parsed = parse_name(Path(directory) / name)
-            if parsed is not None:
-                groups.setdefault((parsed.deployment, parsed.version), []).append(parsed)
-        if not groups:
-            continue
-        parts = Path(directory).relative_to(base).parts
+    for parts, groups in walk_versions(base):
         try:
             namespace = check_namespace(parts[0]) if parts else ""
             path = normalize_file_path("/" + "/".join(parts[1:]))

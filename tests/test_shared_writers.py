@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import MiB
 
+from memstage.errors import NotFound
+
 pytestmark = pytest.mark.timeout(240)
 
 # A writer process: opens PATH (O_CREAT|O_WRONLY, no O_TRUNC, as MPI-IO does) and pwrites, for each
@@ -175,6 +177,12 @@ def test_library_ranks_write_regions_of_one_file_through_r_plus_b(local_cluster)
         f.seek(0)
         f.write(b"tail")
     assert client.cat("/lib/n1.bin") == expected(4 * length, specs) + b"tail"
+    with pytest.raises(RuntimeError), client.open("/lib/n1.bin", "r+b") as f:  # left by an exception
+        f.write(b"never")
+        raise RuntimeError("the rank failed")
+    assert client.cat("/lib/n1.bin") == expected(4 * length, specs) + b"tail"
+    with pytest.raises(NotFound):
+        client.open("/lib/none.bin", "r+b")  # "r+b" keeps a file: it must exist
 
 
 def regions(size: int, count: int, seed: int) -> list[tuple[int, int, int]]:
