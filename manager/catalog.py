@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS dirs (
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, digest BLOB NOT NULL, grants TEXT NOT NULL, created_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS retired (
+    ns TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (ns, path));
 CREATE TABLE IF NOT EXISTS checkpoints (
     ns TEXT NOT NULL, series TEXT NOT NULL, step INTEGER NOT NULL, seq INTEGER NOT NULL,
     started_at REAL NOT NULL, left_memory INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns, series, step));
@@ -723,8 +725,11 @@ class Catalog(NodeTable):
         keys = placed.keys if placed is not None else [k for k, _ in chunks]
         now = time.time() if v.now is None else v.now
         policy = self.policy(namespace)
-        row = self._db.execute("SELECT MAX(version) FROM versions WHERE ns=? AND path=?",
-                               (namespace, path)).fetchone()
+        # Numbers go on from those of a file the name held before (deleted or renamed away): its
+        # chunk files may be on the PFS under this name, and a number names one version there.
+        row = self._db.execute("SELECT MAX(v) FROM (SELECT MAX(version) AS v FROM versions WHERE ns=? AND path=? "
+                               "UNION ALL SELECT version FROM retired WHERE ns=? AND path=?)",
+                               (namespace, path, namespace, path)).fetchone()
         version = (row[0] or 0) + 1
         checkpoint, persist, pointer = self._checkpoint_of(namespace, path, version, now, policy.persist_every)
         # A pointer file (one naming the latest checkpoint) drains only once the rest of its
@@ -1106,6 +1111,7 @@ class Catalog(NodeTable):
         where = "ns=? AND (path=? OR (path >= ? AND path < ?))"
         with self._lock, self._transaction():
             moved = self._db.execute(f"SELECT COUNT(DISTINCT path) FROM versions WHERE {where}", span).fetchone()[0]
+            self._retire(where, span)
             draining = self._drains.drop_where(where, span)
             for table in ("versions", "dirs"):
                 self._db.execute(f"UPDATE {table} SET path=? || substr(path, ?) WHERE {where}",
@@ -1118,6 +1124,12 @@ class Catalog(NodeTable):
                 keys = unpack_map(rec[0])
                 self._queue_drain(namespace, new, version, [(k, ()) for k in keys], alive, rec[1])
         return int(moved)
+
+    def _retire(self, where: str, args: tuple[str, ...]) -> None:
+        """(inside a transaction) The names matching `where` give up their versions: their highest
+        number is kept, so that a new file under such a name goes on from it."""
+        self._db.execute(f"INSERT INTO retired SELECT ns, path, MAX(version) FROM versions WHERE {where} GROUP BY "
+                         "ns, path ON CONFLICT(ns, path) DO UPDATE SET version=MAX(version, excluded.version)", args)
 
     @contextmanager
     def in_transaction(self) -> Iterator[None]:
@@ -1172,6 +1184,7 @@ class Catalog(NodeTable):
                 raise NotFound(f"{path}: no such file in namespace {namespace!r}")
             freed: Freed = {}
             with self._transaction():
+                self._retire("ns=? AND path=?", (namespace, path))
                 for (version,) in rows:
                     freed.update(self._drop_version(namespace, path, version, keep_record=False))
                 # Its queued drains go too (the benefactor reports any it already took as missing).

@@ -178,3 +178,30 @@ def test_full_wait_expires_with_the_typed_error(local_cluster):
         c.pipe("/too-big", random_bytes(8 * MiB))
     assert type(info.value).__name__ == "DeploymentFull"
     assert not isinstance(info.value, DataLost)
+
+
+def test_a_name_deleted_and_written_again_numbers_on_and_restores_from_the_pfs(local_cluster, tmp_path):
+    """Version numbers go on after a delete (or a rename away): the old file's chunk files stay on
+    the PFS under the name, and the new file's must not take their numbers."""
+    cluster = local_cluster(benefactors=2, memory=64 * MiB)
+    c = cluster.client()
+    old, new, moved = random_bytes(2 * MiB), random_bytes(MiB + 3), random_bytes(MiB)
+    c.pipe("/r.bin", old)
+    wait_for(lambda: persisted(c, "/r.bin") == [1], what="the first file to drain")
+    c.rm("/r.bin")
+    c.pipe("/r.bin", new)
+    assert [v["version"] for v in c.versions("/r.bin")] == [2]
+    wait_for(lambda: persisted(c, "/r.bin") == [2], what="the second file to drain")
+    c.mv("/r.bin", "/elsewhere.bin")
+    c.pipe("/r.bin", moved)
+    assert [v["version"] for v in c.versions("/r.bin")] == [3]
+    wait_for(lambda: persisted(c, "/r.bin") == [3], what="the third file to drain")
+    out = tmp_path / "r.bin"
+    latest = subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(cluster.root / "pfs"),
+                             "/r.bin", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert latest.returncode == 0, latest.stderr  # before: two files' version 1 made it ambiguous
+    assert out.read_bytes() == moved
+    for version, data in ((1, old), (2, new), (3, moved)):
+        result = restore(cluster.root / "pfs", "/r.bin", version, out)
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == data
