@@ -4,6 +4,7 @@ schemas, and the Slurm recipe run end to end with stand-ins for srun and scontro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,6 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
     import signal
     import time
 
-    fake = ROOT / "tests" / "fake_slurm"
-    venv_bin = Path(sys.executable).parent
     app = tmp_path / "app.py"
     data_file = tmp_path / "expected.bin"
     data_file.write_bytes(random_bytes(6 * MiB))
@@ -167,18 +166,7 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
         "import sys, time\nfrom memstage.client import Client\n"  # MEMSTAGE_MANAGER comes from the job script
         f"Client(namespace='job').pipe('/step10/rank0.bin', open({str(data_file)!r}, 'rb').read())\n"
         f"open({str(marker)!r}, 'w').close()\n" + then)
-    env_vars = {
-        **os.environ,
-        "PATH": f"{fake}:{venv_bin}:{os.environ['PATH']}",
-        "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path),
-        "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(free_port()),
-        "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
-        "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
-        "TMPDIR": str(tmp_path),  # the recipe's state goes under it: each run starts with a new one
-    }
-    job = subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
-                            str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    job = _start_recipe(tmp_path, app, "4242")
     try:
         if ending == "time limit":  # Slurm's --signal=B:USR1 before the limit, to the batch shell
             deadline = time.monotonic() + 60
@@ -202,6 +190,46 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
     assert out.read_bytes() == data_file.read_bytes()
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).count(str(tmp_path))]
     assert leftovers == [], [_cmdline(p) for p in leftovers]  # the script stopped every step it started
+
+
+def _start_recipe(tmp_path: Path, app: Path, job_id: str, **env: str) -> subprocess.Popen[str]:
+    """The batch script, run by bash with stand-ins for Slurm's commands, on this machine."""
+    fake = ROOT / "tests" / "fake_slurm"
+    env_vars = {
+        **os.environ,
+        "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": job_id, "SLURM_SUBMIT_DIR": str(tmp_path),
+        "MEMSTAGE_HOST": "127.0.0.1", "MEMSTAGE_BIND": "127.0.0.1", "MEMSTAGE_PORT": str(free_port()),
+        "MEMSTAGE_MEMORY": "32MiB", "MEMSTAGE_PFS": str(tmp_path / "pfs"),
+        "MEMSTAGE": f"{sys.executable} -m memstage", "MEMSTAGE_SECRETS": str(tmp_path / "secrets"),
+        "TMPDIR": str(tmp_path),  # the recipe's state goes under it: each job starts with a new one
+        **env,
+    }
+    return subprocess.Popen(["bash", str(ROOT / "examples" / "slurm" / "memstage-job.sbatch"), sys.executable,
+                             str(app)], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_a_slurm_job_chain_restarts_from_the_previous_jobs_checkpoint(tmp_path):
+    """Two jobs of one chain (one namespace, one PFS): the second job's application reads the
+    checkpoint the first one wrote, at the path it wrote it, through its own new deployment."""
+    data = random_bytes(3 * MiB)
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    (tmp_path / "data.bin").write_bytes(data)
+    first.write_text("from memstage.client import Client\n"  # MEMSTAGE_NAMESPACE comes from the job script
+                     f"Client().pipe('/ckpt/step_10/rank0.bin', open({str(tmp_path / 'data.bin')!r}, 'rb').read())\n")
+    second.write_text("from memstage.client import Client\n"
+                      f"assert Client().cat('/ckpt/step_10/rank0.bin') == open({str(tmp_path / 'data.bin')!r}, "
+                      "'rb').read()\n")
+    for app, job_id in ((first, "501"), (second, "502")):
+        job = _start_recipe(tmp_path, app, job_id, MEMSTAGE_NAMESPACE="run42")
+        try:
+            stdout, stderr = job.communicate(timeout=150)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.communicate()
+        assert job.returncode == 0, stdout + stderr
 
 
 def _cmdline(proc: Path) -> str:
