@@ -10,12 +10,14 @@ are implicit: a directory exists while a file below it does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import stat
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -68,6 +70,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
         self._keeper_lock = threading.Lock()
+        self._checkpoint: int | None = None  # the step of Client.checkpoint(step), while inside it
 
     # -- fsspec plumbing ---------------------------------------------------------------------
     @classmethod
@@ -255,6 +258,19 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                  "lost_reason": v.lost_reason, "drain_error": v.drain_error}
                 for v in reply.versions]
 
+    @contextlib.contextmanager
+    def checkpoint(self, step: int) -> Iterator[None]:
+        """Files this client commits inside the block belong to checkpoint `step`, whatever their
+        names: persist_every and keep count it as one checkpoint (for layouts memstage does not
+        recognise by itself; per-step directories and step-numbered files need nothing)."""
+        if not isinstance(step, int) or step < 0:
+            raise InvalidArgument(f"checkpoint step {step!r}: a number, 0 or more")
+        previous, self._checkpoint = self._checkpoint, step
+        try:
+            yield
+        finally:
+            self._checkpoint = previous
+
     def checkpoints(self) -> list[dict[str, Any]]:
         """The namespace's checkpoints (per-step directories or step-numbered files), oldest first:
         series, step, seq, started_at, files, bytes, persist (selected by persist_every) and state
@@ -312,6 +328,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         client while it is open, sharing this client's write buffer."""
         writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget,
                                transport=self.transport, closing=self.closing)
+        writer.checkpoint = lambda: self._checkpoint
         with self._keeper_lock:
             self._writes.add(writer)
             if self._keeper is None:

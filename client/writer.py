@@ -154,6 +154,8 @@ class VersionWriter:
         self._addresses: dict[str, str] = {}  # benefactor id -> address
         self._io: list[Ask | NeedMap | Release] = []  # blocking work for the writing thread
         self._done = False  # committed or aborted: the session is over
+        # The explicit checkpoint (Client.checkpoint) the version belongs to when it is committed.
+        self.checkpoint: Callable[[], int | None] = lambda: None
         self._asb_done: float | None = None
 
     # -- the state machine's instructions ------------------------------------------------------
@@ -396,7 +398,8 @@ class VersionWriter:
             reply = self.conn.call_manager(
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=size,
                                                     packed=commitpack.pack(refs), stats=stats, session=self.session,
-                                                    attrs=attrs, merge=base is not None, base_version=base or 0),
+                                                    attrs=attrs, merge=base is not None, base_version=base or 0,
+                                                    checkpoint=self.checkpoint()),
                 f"commit of {self.path}")
         except Conflict:
             raise  # the session is still open

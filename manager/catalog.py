@@ -33,7 +33,7 @@ from typing import NamedTuple
 from memstage.chunks import PACKED_KEY, ChunkKey, second
 from memstage.errors import Conflict, DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
-from memstage.manager.checkpoints import series_dir, step_of, under
+from memstage.manager.checkpoints import EXPLICIT, StepName, series_dir, step_of, under
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
 from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
@@ -186,6 +186,7 @@ class NewVersion(NamedTuple):
     placed: Placed | None = None
     now: float | None = None
     base: int | None = None  # a merging writer's base version: refused (Conflict) unless still the latest
+    checkpoint: int | None = None  # the step of an explicit checkpoint (the writer said so), else from the path
 
 
 Holds = dict[str, list[tuple[ChunkKey, int]]]  # per benefactor: the chunks to hold, with their generation
@@ -731,7 +732,8 @@ class Catalog(NodeTable):
                                "UNION ALL SELECT version FROM retired WHERE ns=? AND path=?)",
                                (namespace, path, namespace, path)).fetchone()
         version = (row[0] or 0) + 1
-        checkpoint, persist, pointer = self._checkpoint_of(namespace, path, version, now, policy.persist_every)
+        checkpoint, persist, pointer = self._checkpoint_of(namespace, path, version, now, policy.persist_every,
+                                                           v.checkpoint)
         # A pointer file (one naming the latest checkpoint) drains only once the rest of its
         # checkpoint is on the PFS: the PFS copy never names a checkpoint it does not hold.
         deferred = persist and pointer and not self._checkpoint_persisted(namespace, checkpoint)
@@ -762,13 +764,14 @@ class Catalog(NodeTable):
         return version, holds
 
     # -- checkpoints (memstage.manager.checkpoints) ---------------------------------------------
-    def _checkpoint_of(self, namespace: str, path: str, version: int, now: float, every: int
-                       ) -> tuple[str, bool, bool]:
+    def _checkpoint_of(self, namespace: str, path: str, version: int, now: float, every: int,
+                       explicit: int | None = None) -> tuple[str, bool, bool]:
         """(inside a transaction) The checkpoint a new version belongs to, whether the policy
         selects it for the PFS (the first of its series and every `every`-th), and whether the
         version is a pointer file of a step series. A step seen for the first time starts a new
-        checkpoint of its series."""
-        name = step_of(path)
+        checkpoint of its series. An explicit checkpoint (the writer's step) is one of the
+        namespace's series "@", whatever the path."""
+        name = StepName(EXPLICIT, explicit, "") if explicit is not None else step_of(path)
         if name is not None:
             row = self._db.execute("SELECT seq, left_memory FROM checkpoints WHERE ns=? AND series=? AND step=?",
                                    (namespace, name.series, name.step)).fetchone()
@@ -1222,28 +1225,30 @@ class Catalog(NodeTable):
                                     "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
             old = [(path, *row) for row in rows[keep:]]
             gone: list[int] = []  # steps of checkpoints that leave memory whole
-            name = step_of(path)
-            if name is not None:
+            row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? ORDER BY version DESC "
+                                   "LIMIT 1", (namespace, path)).fetchone()
+            series = row[0].rsplit(":", 1)[0] if row and row[0] else None
+            if series is not None:
                 # A step series keeps its `keep` newest checkpoints before the one being written.
                 newest = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
-                                          (namespace, name.series)).fetchone()[0] or 0
+                                          (namespace, series)).fetchone()[0] or 0
                 # Only checkpoints with something in memory still are looked at: a long run's
                 # thousands of older ones cost nothing per commit.
                 for (step,) in self._db.execute(
                         "SELECT step FROM checkpoints WHERE ns=? AND series=? AND seq < ? AND left_memory=0",
-                        (namespace, name.series, newest - keep)).fetchall():
+                        (namespace, series, newest - keep)).fetchall():
                     rows = self._db.execute("SELECT path, version, persist, persisted FROM versions WHERE ns=? AND "
                                             "checkpoint=? AND in_memory=1",
-                                            (namespace, f"{name.series}:{step}")).fetchall()
+                                            (namespace, f"{series}:{step}")).fetchall()
                     old += rows
                     if all(persisted or not persist for _, _, persist, persisted in rows):
                         gone.append(step)  # all of it leaves memory now
             if not old and not gone:
                 return freed
             with self._transaction():
-                if name is not None:
+                if series is not None:
                     self._db.executemany("UPDATE checkpoints SET left_memory=1 WHERE ns=? AND series=? AND step=?",
-                                         [(namespace, name.series, step) for step in gone])
+                                         [(namespace, series, step) for step in gone])
                 for old_path, version, persist, persisted in old:
                     if persisted:
                         freed.update(self._drop_version(namespace, old_path, version, keep_record=True))

@@ -9,6 +9,8 @@ Training and HPC codes write each checkpoint under a new name, so the unit the p
   the directory it sits in plus the step word, so `run/step_1`, `run/step_2`, ... are one series;
 - a step number in a file name (`rank0_step100.npy`, `model_iter_20.pt`): the files of one
   directory with the same step word and number are one checkpoint;
+- a version a writer committed inside `Client.checkpoint(step)` belongs to that step of the
+  namespace's explicit series, whatever its path;
 - any other file is its own series, each version one checkpoint (an overwritten file), unless a
   step series lives in its directory or above it: then it is a pointer or side file of that
   series (Megatron's `latest_checkpointed_iteration.txt`, a `latest` file) and belongs to the
@@ -32,6 +34,9 @@ class StepName:
     series: str  # e.g. "/run42/step" (directory + "/" + word; "#" for a bare number)
     step: int
     directory: str  # the step directory ("/run42/step_100"), or the directory of a file with a step
+
+
+EXPLICIT = "@"  # the series of checkpoints a writer names itself (Client.checkpoint), one per namespace
 
 
 def step_of(path: str) -> StepName | None:

@@ -857,7 +857,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 version, holds = self._group_commit.submit(NewVersion(
                     namespace, path, request.size, chunks, alive,
                     attrs=_attrs(request.attrs) if request.HasField("attrs") else None, placed=placed,
-                    base=request.base_version if request.merge else None))
+                    base=request.base_version if request.merge else None,
+                    checkpoint=request.checkpoint if request.HasField("checkpoint") else None))
             except NotDurable as e:  # recorded: its holds are ordered below, but the writer is told it failed
                 (version, holds), not_durable = e.result, e.cause  # type: ignore[misc]
         except Conflict:

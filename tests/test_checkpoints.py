@@ -15,7 +15,7 @@ import pytest
 from conftest import MiB, random_bytes, wait_for
 
 from memstage.drainer.restore import list_pfs, restore
-from memstage.errors import NotFound
+from memstage.errors import InvalidArgument, NotFound
 from memstage.manager.checkpoints import step_of
 
 pytestmark = pytest.mark.timeout(180)
@@ -169,3 +169,32 @@ def test_a_new_deployment_on_the_same_pfs_restarts_from_the_last_persisted_check
     for path, data in megatron(8).items():
         again.pipe(path, data)
     assert int(again.cat(tracker)) == 8
+
+
+def test_an_explicit_checkpoint_counts_files_of_any_name(local_cluster):
+    """Names memstage cannot read a step from (a directory per run phase, a timestamp): the writer
+    says which checkpoint its files belong to, and the policies count those."""
+    cluster = local_cluster(benefactors=2, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=3, keep_versions=2)
+    names = {step: [f"/snap/{'abcdefg'[step - 1]}/model.bin", f"/snap/{'abcdefg'[step - 1]}/optim.bin"]
+             for step in STEPS}
+    for step in STEPS:
+        with c.checkpoint(step):
+            for path in names[step]:
+                c.pipe(path, random_bytes(MiB // 2))
+    wait_for(lambda: all(c.versions(p)[-1]["persisted"] for s in PERSISTED for p in names[s]), timeout=60,
+             what="explicit checkpoints 1, 3 and 6 to drain")
+    on_pfs = {v.path for v in list_pfs(cluster.root / "pfs", "default")}
+    assert on_pfs == {p for s in PERSISTED for p in names[s]}
+    listed = c.checkpoints()
+    assert [(ck["series"], ck["step"], ck["persist"]) for ck in listed] == [("@", s, s in PERSISTED) for s in STEPS]
+    for step in STEPS:
+        for path in names[step]:
+            if step >= 5:
+                assert c.versions(path)[-1]["in_memory"]
+            elif step not in PERSISTED:
+                with pytest.raises(NotFound):
+                    c.versions(path)
+    with pytest.raises(InvalidArgument), c.checkpoint(-1):
+        pass

@@ -404,7 +404,7 @@ class ClientStats(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs", "packed", "merge", "base_version")
+    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs", "packed", "merge", "base_version", "checkpoint")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +415,7 @@ class CommitRequest(_message.Message):
     PACKED_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     size: int
@@ -425,7 +426,8 @@ class CommitRequest(_message.Message):
     packed: PackedChunks
     merge: bool
     base_version: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., packed: _Optional[_Union[PackedChunks, _Mapping]] = ..., merge: _Optional[bool] = ..., base_version: _Optional[int] = ...) -> None: ...
+    checkpoint: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., packed: _Optional[_Union[PackedChunks, _Mapping]] = ..., merge: _Optional[bool] = ..., base_version: _Optional[int] = ..., checkpoint: _Optional[int] = ...) -> None: ...
 
 class PackedChunks(_message.Message):
     __slots__ = ("keys", "counts", "benefactors", "locations", "receipts")
