@@ -156,11 +156,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\n{len(alive)} of {len(reply.benefactors)} benefactors alive, "
           f"{format_size(sum(b.stats.memory_used for b in alive))} used of "
           f"{format_size(sum(b.stats.memory_capacity for b in alive))}\n")
-    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "REDUNDANCY", "PROTECTED", "DEGRADED",
-             "LOST")]
+    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "ON PFS", "REDUNDANCY", "PROTECTED",
+             "DEGRADED", "LOST")]
     for n in reply.namespaces:
         rows.append((n.namespace, str(n.files), str(n.versions), format_size(n.bytes_committed),
-                     format_size(n.bytes_stored), n.redundancy or "none", str(n.versions_protected),
+                     format_size(n.bytes_stored), format_size(n.bytes_on_pfs), n.redundancy or "none",
+                     str(n.versions_protected),
                      str(n.versions_degraded), str(n.versions_lost)))
     _table(rows)
     if reply.insecure:
@@ -203,7 +204,8 @@ def status_json(reply: Any) -> dict[str, Any]:
                          for v in reply.drain_failed],
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
-             "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored, "redundancy": n.redundancy,
+             "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored, "bytes_on_pfs": n.bytes_on_pfs,
+             "redundancy": n.redundancy,
              "versions_protected": n.versions_protected, "versions_degraded": n.versions_degraded,
              "versions_lost": n.versions_lost}
             for n in reply.namespaces

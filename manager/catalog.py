@@ -135,6 +135,7 @@ class NamespaceSummary:
     versions: int
     bytes_committed: int
     bytes_stored: int
+    bytes_on_pfs: int = 0  # distinct chunk bytes of kept versions on the PFS
 
 
 @dataclass(frozen=True, slots=True)
@@ -1491,8 +1492,8 @@ class Catalog(NodeTable):
         with self._lock:
             rows = self._db.execute(
                 "SELECT ns, COUNT(DISTINCT path), COUNT(*), SUM(size) FROM versions GROUP BY ns").fetchall()
-            stored = self._index.stored_bytes()
-        return [NamespaceSummary(ns, f, v, b or 0, stored.get(ns) or 0) for ns, f, v, b in rows]
+            usage = self._index.usage()
+        return [NamespaceSummary(ns, f, v, b or 0, *usage.get(ns, (0, 0))) for ns, f, v, b in rows]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -321,13 +321,21 @@ class ChunkIndex:
 
     def stored_bytes(self) -> dict[str, int]:
         """Distinct chunk bytes an in-memory version references, per namespace."""
-        per_ns: dict[int, int] = {}
-        mem = self._mem
+        return {ns: stored for ns, (stored, _) in self.usage().items()}
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Per namespace: distinct chunk bytes an in-memory version references, and distinct chunk
+        bytes of kept versions that are on the PFS (their chunk files)."""
+        per_ns: dict[int, list[int]] = {}
+        mem, drained = self._mem, self._drained
         for packed, slot in self._slots.items():
-            if mem[slot] > 0:
-                ns = packed >> _NS_SHIFT & _NS_MASK
-                per_ns[ns] = per_ns.get(ns, 0) + (packed >> _LENGTH_SHIFT)
-        return {self._ns_names[ns]: n for ns, n in per_ns.items()}
+            in_memory, on_pfs = mem[slot] > 0, slot in drained
+            if in_memory or on_pfs:
+                counts = per_ns.setdefault(packed >> _NS_SHIFT & _NS_MASK, [0, 0])
+                length = packed >> _LENGTH_SHIFT
+                counts[0] += length if in_memory else 0
+                counts[1] += length if on_pfs else 0
+        return {self._ns_names[ns]: (stored, pfs) for ns, (stored, pfs) in per_ns.items()}
 
     # -- changes (the caller persists what they return) -----------------------------------------
     def load(self, key: IndexKey, refs: int, mem_refs: int, drained: str) -> None:

@@ -144,11 +144,15 @@ class _LiveState(Collector):
         yield lost
         stored = GaugeMetricFamily("memstage_namespace_stored_bytes", "Distinct chunk bytes held in memory",
                                    labels=["namespace"])
+        on_pfs = GaugeMetricFamily("memstage_namespace_pfs_bytes", "Distinct chunk bytes of kept versions on the PFS",
+                                   labels=["namespace"])
         committed = GaugeMetricFamily("memstage_namespace_versions", "Committed versions", labels=["namespace"])
         for n in reply.namespaces:
             stored.add_metric([n.namespace], float(n.bytes_stored))
+            on_pfs.add_metric([n.namespace], float(n.bytes_on_pfs))
             committed.add_metric([n.namespace], float(n.versions))
         yield stored
+        yield on_pfs
         yield committed
         states = GaugeMetricFamily("memstage_namespace_versions_by_protection",
                                    "Versions in memory by protection: protected (every chunk at its namespace's "

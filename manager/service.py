@@ -1451,7 +1451,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 n.namespace, Redundancy.parse(redundancy), alive_ids)
             namespaces.append(manager_pb2.NamespaceStatus(
                 namespace=n.namespace, files=n.files, versions=n.versions, bytes_committed=n.bytes_committed,
-                bytes_stored=n.bytes_stored, redundancy=redundancy, versions_protected=protected,
+                bytes_stored=n.bytes_stored, bytes_on_pfs=n.bytes_on_pfs, redundancy=redundancy,
+                versions_protected=protected,
                 versions_degraded=degraded, versions_lost=lost_versions))
         lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
                 for ns, p, v, r in self.catalog.lost_versions()]

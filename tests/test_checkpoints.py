@@ -187,6 +187,8 @@ def test_an_explicit_checkpoint_counts_files_of_any_name(local_cluster):
              what="explicit checkpoints 1, 3 and 6 to drain")
     on_pfs = {v.path for v in list_pfs(cluster.root / "pfs", "default")}
     assert on_pfs == {p for s in PERSISTED for p in names[s]}
+    default = next(n for n in cluster.status()["namespaces"] if n["namespace"] == "default")
+    assert default["bytes_on_pfs"] == len(on_pfs) * (MiB // 2)  # status says what is on the PFS
     listed = c.checkpoints()
     assert [(ck["series"], ck["step"], ck["persist"]) for ck in listed] == [("@", s, s in PERSISTED) for s in STEPS]
     for step in STEPS:

@@ -68,6 +68,8 @@ def test_commit_feeds_histograms_and_counters(in_process):
         assert b.registry.get_sample_value("memstage_memory_capacity_bytes") == 32 * MiB
     wait_for(lambda: sum(value("memstage_drained_bytes_total", {"benefactor": b.id}) or 0 for b in benefactors)
              == 4 * MiB, what="the drain to show in the manager's metrics")
+    # /a and /b share their chunks: 4 MiB of chunk files on the PFS.
+    wait_for(lambda: value("memstage_namespace_pfs_bytes", ns) == 4 * MiB, what="the PFS bytes of the namespace")
     labels = {"method": "Lookup", "code": "NOT_FOUND"}
     before = value("memstage_rpc_errors_total", labels) or 0  # a new file's open-time dedup lookup counts too
     with pytest.raises(NotFound):

@@ -708,7 +708,7 @@ class VersionRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
-    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost")
+    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost", "bytes_on_pfs")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -718,6 +718,7 @@ class NamespaceStatus(_message.Message):
     VERSIONS_PROTECTED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_DEGRADED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ON_PFS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     files: int
     versions: int
@@ -727,7 +728,8 @@ class NamespaceStatus(_message.Message):
     versions_protected: int
     versions_degraded: int
     versions_lost: int
-    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ...) -> None: ...
+    bytes_on_pfs: int
+    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure")
