@@ -88,7 +88,7 @@ class Handle:
     """One open file: its reader or writer (shared by the handles writing one file), the metadata
     it was opened with (for fstat), and whether it appends."""
 
-    __slots__ = ("obj", "info", "path", "append", "reads_only")
+    __slots__ = ("obj", "info", "path", "append", "reads_only", "closing")
 
     def __init__(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
                  append: bool = False, reads_only: bool = False) -> None:
@@ -97,6 +97,9 @@ class Handle:
         self.path = path
         self.append = append
         self.reads_only = reads_only  # a read-only open of a file written here: its close commits nothing
+        # Flushed (a close of it) and not written since: its release may come late, but it writes
+        # no more, so it does not hold back the commit of another handle's close.
+        self.closing = False
 
 
 class Aside:
@@ -625,6 +628,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         obj = handle.obj
         if not isinstance(obj, OpenFile) or handle.reads_only:
             raise _fail(errno.EBADF)
+        handle.closing = False  # another descriptor of it still writes (a dup, a forked child)
         return obj.write(data, offset, append=handle.append)
 
     @translated
@@ -646,16 +650,19 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     @translated
     def flush(self, path: str, fh: int) -> int:
         handle = self._handles.get(fh)
-        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only \
-                and not self._other_writers(fh, handle.obj):
-            handle.obj.commit()  # close() reports a failed commit (ENOSPC, EIO) to the application
+        if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
+            handle.closing = True
+            if not self._other_writers(fh, handle.obj):
+                handle.obj.commit()  # close() reports a failed commit (ENOSPC, EIO) to the application
         return 0
 
     def _other_writers(self, fh: int, obj: OpenFile) -> bool:
         """Another handle still writes this file: the last close (or an fsync) makes the version,
-        and it carries this handle's writes too (an N-1 checkpoint commits once, not per writer)."""
+        and it carries this handle's writes too (an N-1 checkpoint commits once, not per writer).
+        A handle being closed does not count: its release can come after the next close returned."""
         with self._lock:
-            return any(h.obj is obj and not h.reads_only for f, h in self._handles.items() if f != fh)
+            return any(h.obj is obj and not h.reads_only and not h.closing
+                       for f, h in self._handles.items() if f != fh)
 
     @translated
     def fsync(self, path: str, datasync: int, fh: int) -> int:

@@ -114,6 +114,30 @@ def test_two_handles_of_one_process_closed_in_reverse_order(mounted):
     check(path, first + second)
 
 
+def test_a_close_commits_though_another_descriptor_is_released_later(mounted):
+    """close() returns once what every handle wrote is committed, even while another handle's
+    release is still to come (a forked child holds it here; the kernel also releases late)."""
+    point, cluster, _ = mounted(memory=64 * MiB)
+    path = point / "late.bin"
+    first, second = region(7, MiB), region(8, MiB)
+    a = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    b = os.open(path, os.O_WRONLY)
+    os.pwrite(a, first, 0)
+    os.pwrite(b, second, MiB)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], pass_fds=[b],
+                             stdin=subprocess.PIPE)
+    try:
+        os.close(b)  # its description lives on in the child: no release yet
+        os.close(a)
+        # Committed: the manager has it (this mount would show what it holds either way).
+        assert cluster.client().cat("/late.bin") == first + second
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+    check(path, first + second)
+
+
 def test_every_handle_of_a_file_reads_what_any_of_them_wrote(mounted):
     point, cluster, _ = mounted(memory=64 * MiB)
     path = point / "seen.bin"
