@@ -5,8 +5,8 @@ handles, metadata and errors (full -> ENOSPC, unknown -> ENOENT, a POSIX refusal
 backend failure -> EIO, logged once per reason). A file opened for writing is committed when it is
 closed (flush) or fsynced; other readers see the last committed version meanwhile. All handles
 that write one file here share one OpenFile (as they share one kernel inode): what any of them
-wrote is read back through all, O_APPEND writes land at the true end, and each close commits what
-all of them wrote so far. Writers on other mounts merge at commit (see OpenFile).
+wrote is read back through all, O_APPEND writes land at the true end, and the last close (or any
+fsync) commits what all of them wrote. Writers on other mounts merge at commit (see OpenFile).
 `.versions/<path>/<n>` shows every version, read-only. Modes, owners and times are kept by the
 manager; with --allow-other the kernel checks them (default_permissions). A file unlinked or
 replaced while open here keeps working for its openers: its name moves aside (as NFS does) until
@@ -564,9 +564,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._settle(path)
         shared = self._writer_of(path)
         if shared is not None:  # created by another process meanwhile: one file, one write state
-            if flags & os.O_TRUNC:
-                shared.truncate(0)
-            return self._register(shared, None, path, append=bool(flags & os.O_APPEND))
+            return self._join(shared, None, path, flags)
         uid, gid = self._caller()
         handle = OpenFile(self.client, path, None, truncate=True, buffers=self._buffers)
         now = time.time_ns()
@@ -574,6 +572,12 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         handle.attrs.update(mode=mode & 0o7777, uid=uid, gid=gid, atime_ns=now, mtime_ns=now,
                             ino=(3 << 61) | secrets.randbits(61))
         return self._register(handle, None, path, append=bool(flags & os.O_APPEND))
+
+    def _join(self, shared: OpenFile, info: manager_pb2.FileInfo | None, path: str, flags: int) -> int:
+        """A new writing handle of a file other handles write here: their write state."""
+        if flags & os.O_TRUNC:
+            shared.truncate(0)
+        return self._register(shared, info, path, append=bool(flags & os.O_APPEND))
 
     @translated
     def open(self, path: str, flags: int) -> int:
@@ -589,9 +593,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         info = self._stat(path) if shared is None else None
         if writing:
             if shared is not None:  # another handle writes this file: the same write state
-                if flags & os.O_TRUNC:
-                    shared.truncate(0)
-                return self._register(shared, info, path, append=bool(flags & os.O_APPEND))
+                return self._join(shared, info, path, flags)
             try:
                 base = self.client.reader(path)
             except NotFound:

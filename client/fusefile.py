@@ -410,8 +410,7 @@ class OpenFile:
         whole, part = chunk_plan(self.changes, self.chunk, size)
         mine = {}
         for index in part:  # this writer's bytes of the chunk, read before the base changes
-            self._slot(index)
-            slot = self._slots[index]
+            slot = self._slot(index)
             mine[index] = [(lo, bytes(memoryview(slot.buf)[lo - index * self.chunk : hi - index * self.chunk]))
                            for lo, hi in self.changes.written.within(index * self.chunk, (index + 1) * self.chunk)]
         keep = set(whole) | set(part)
