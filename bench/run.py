@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--writers", type=int, default=4, help="--fuse --n1: writer processes (default 4)")
     p.add_argument("--drain", action="store_true",
                    help="drain mode: drain throughput vs raw disk, ingest ASB with and without draining")
+    p.add_argument("--restart", action="store_true",
+                   help="restart mode: a new deployment on the same PFS reads a --size checkpoint from the PFS, "
+                        "prefetches it and reads it from memory, against reading it in the deployment that wrote "
+                        "it and from local disk")
     p.add_argument("--redundancy", default=None, metavar="POLICIES",
                    help="compare redundancy policies (e.g. rs:4+2,replicate:2) against none: OAB, ASB, time "
                         "until protected, encoding CPU, degraded reads and rebuild after a SIGKILLed benefactor")
@@ -205,6 +209,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from memstage.bench.drain import run_drain
 
         return run_drain(args, size, chunk, write_size)
+    if args.restart:
+        from memstage.bench.restart import run_restart
+
+        return run_restart(args, size, chunk)
     if args.security:
         if args.insecure:
             raise SettingError("bench: --security measures both ways; leave out --insecure")

@@ -24,6 +24,7 @@ from memstage.chunks import HASH_BYTES, HELD_PACKED, ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.stripes import StripeUnavailable, build_member
 from memstage.client.transport import GrpcTransport
+from memstage.paths import split_drained
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 from memstage.tls import Tls
@@ -56,12 +57,18 @@ def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
     return freed
 
 
+def _no_pfs(drained: str, key: ChunkKey) -> bytes:
+    raise FileNotFoundError("this benefactor has no PFS directory")
+
+
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
                  stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "",
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
-                 on_hold: Callable[[], None] = lambda: None) -> None:
+                 on_hold: Callable[[], None] = lambda: None,
+                 read_drained: Callable[[str, ChunkKey], bytes] | None = None) -> None:
         self.store = store
+        self._read_drained = read_drained or _no_pfs
         # Idle, it waits to be told (the manager's Wake, or a heartbeat reply) rather than polling.
         self.waker = Waker(POLL, ceiling)
         self._on_hold = on_hold  # chunks held for a committed version: their drain tasks are likely queued
@@ -182,20 +189,27 @@ class OrderLoop:
         return len(reply.orders)
 
     def _copy(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
-        """Fetch a chunk from another benefactor, verify it, and hold it at the order's generation."""
+        """Fetch a chunk from another benefactor (or, for a prefetch, read its chunk file on the PFS),
+        verify it, and hold it at the order's generation."""
         key = ChunkKey.from_pb(order.key)
-        result = manager_pb2.CopyResult(namespace=namespace, key=order.key, gen=order.gen)
+        source = f"the PFS ({order.drained})" if order.drained else order.source_id
+        result = manager_pb2.CopyResult(namespace=namespace, key=order.key, gen=order.gen, loaded=bool(order.drained))
         ident = (namespace, key)
         if self.store.has(ident):
             self.store.hold([(ident, order.gen)])
             return result
         try:
-            data = self._transport.get(order.source_address, namespace, key)
+            if order.drained:
+                if split_drained(order.drained)[0] != namespace:
+                    raise PermissionError(f"{order.drained} is not in namespace {namespace}")
+                data = self._read_drained(order.drained, key)
+            else:
+                data = self._transport.get(order.source_address, namespace, key)
         except Exception as e:  # unreachable, gone: the manager plans the copy again elsewhere
-            result.error = f"fetching it from {order.source_id}: {e}"
+            result.error = f"fetching it from {source}: {e}"
             return result
         if not key.matches(data):
-            result.error = f"the copy from {order.source_id} does not match its hash"
+            result.error = f"the copy from {source} does not match its hash"
         elif not self.store.store_copy(ident, data, order.gen):
             result.error = "no room for it here"
         return result

@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -279,6 +279,32 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             "Checkpoints", manager_pb2.PathRequest(namespace=self.namespace, path="/"), "checkpoints")
         return [{"series": c.series, "step": c.step, "seq": c.seq, "started_at": c.started_at, "files": c.files,
                  "bytes": c.bytes, "persist": c.persist, "state": c.state} for c in reply.checkpoints]
+
+    def prefetch(self, path: str = "/", progress: Callable[[int, int], object] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
+        """Load the latest version of every file at or below `path` back into memory from the PFS
+        (a checkpoint drained by an earlier job, or one that left memory), so that the restart
+        reads at memory speed. Benefactors read the chunk files themselves, in parallel.
+        progress(loaded bytes, total bytes) is called as it goes. Returns files, bytes,
+        loaded_bytes, failed_chunks and error (why a chunk could not be loaded: it is read from
+        the PFS instead). TimeoutError if it is not done within `timeout` seconds."""
+        norm = normalize_path(self._strip_protocol(path))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause, start = 0.02, True
+        while True:
+            reply = self.connections.call_manager(
+                "Prefetch", manager_pb2.PathRequest(namespace=self.namespace, path=norm, start=start), norm)
+            start = False
+            if progress is not None:
+                progress(reply.loaded_bytes, reply.bytes)
+            if not reply.pending_chunks:
+                return {"files": reply.files, "bytes": reply.bytes, "loaded_bytes": reply.loaded_bytes,
+                        "failed_chunks": reply.failed_chunks, "error": reply.error}
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"prefetch of {norm}: {reply.loaded_bytes} of {reply.bytes} bytes loaded "
+                                   f"after {timeout}s")
+            time.sleep(pause)  # the loads run on the benefactors; asked again for progress
+            pause = min(pause * 2, 0.25)
 
     def rm_file(self, path: str) -> None:
         norm = normalize_file_path(self._strip_protocol(path))

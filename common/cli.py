@@ -25,6 +25,7 @@ from typing import Any  # noqa: E402
 
 from memstage import __version__  # noqa: E402
 from memstage.errors import MemstageError, PermissionDenied, SettingError, Unauthenticated  # noqa: E402
+from memstage.progress import Progress  # noqa: E402
 from memstage.redundancy import Redundancy
 from memstage.settings import (  # noqa: E402
     BenefactorSettings,
@@ -426,6 +427,26 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+
+    client = Client(**_client_flags(args), config=args.config)
+    shown = Progress("loaded", sys.stderr)
+    try:
+        done = client.prefetch(args.path, progress=lambda loaded, total: shown.bytes(loaded, total),
+                               timeout=args.timeout)
+    finally:
+        shown.end()
+        client.connections.close()
+    print(f"prefetched {args.path}: {done['files']} files, {format_size(int(done['loaded_bytes']))} of "
+          f"{format_size(int(done['bytes']))} in memory")
+    if done["failed_chunks"]:
+        print(f"{done['failed_chunks']} chunks could not be loaded ({done['error']}); they are read from the PFS",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     import time
 
@@ -520,6 +541,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("prefetch", parents=[common], help="load persisted files back into memory from the PFS",
+                       description="Load the latest version of every file at or below PATH (a file, a checkpoint "
+                                   "directory, or / for the whole namespace) back into memory from the PFS, so a "
+                                   "restarted job reads it at memory speed: a checkpoint an earlier job drained, "
+                                   "or one that left memory. The benefactors read the chunk files in parallel; "
+                                   "what cannot be loaded (no room) is still read from the PFS. Exit code 1 then.")
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
+    p.add_argument("path", metavar="PATH", help="a file or directory of the namespace")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up after this long (default: wait until done)")
+    p.set_defaults(func=cmd_prefetch)
 
     p = sub.add_parser("certs", parents=[common], help="make a CA and a certificate for a deployment's TLS",
                        description="Write ca.pem, cert.pem and key.pem (0600) into DIRECTORY, unless they are there "

@@ -166,6 +166,16 @@ class Backlog:
     oldest_queued_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a prefetch wants in memory (Catalog.want_in_memory)."""
+
+    files: int
+    bytes: int
+    loaded: int  # bytes a live benefactor holds
+    load: list[tuple[IndexKey, str]]  # chunks to load, with their drained names
+
+
 @dataclass(frozen=True)
 class Placed:
     """A commit's chunks when each has one copy: keys[i] on names[i]; chunk_map is pack_map(keys)."""
@@ -873,6 +883,41 @@ class Catalog(NodeTable):
                     self._db.execute("INSERT OR IGNORE INTO checkpoints (ns, series, step, seq, started_at, "
                                      "left_memory) VALUES (?, ?, ?, ?, ?, 1)", (ns, series, step, seq, started[step]))
         return imported
+
+    def want_in_memory(self, namespace: str, path: str, alive: set[str]) -> Wanted:
+        """The latest version of each file at or below `path` is wanted in memory again (prefetch): a
+        persisted one that left memory is counted in memory from now on, so its chunks are kept once
+        loaded and evicted as any other's. Returns the files, their bytes, the bytes a live
+        benefactor holds, and the chunks to load from the PFS (no live holder, a drained file)."""
+        with self._lock:
+            if self.kind(namespace, path) == FILE:
+                paths = [path]
+            else:
+                paths = [f.path for f in self.files_under(namespace, path)]
+            rows = [self._db.execute("SELECT version, chunk_map, in_memory, persisted, lost FROM versions WHERE ns=? "
+                                     "AND path=? ORDER BY version DESC LIMIT 1", (namespace, p)).fetchone()
+                    for p in paths]
+            wanted = [(p, *row) for p, row in zip(paths, rows, strict=True) if row is not None and not row[4]]
+            back = [(p, version, blob) for p, version, blob, in_memory, persisted, _ in wanted
+                    if persisted and not in_memory]
+            if back:
+                with self._transaction():
+                    for p, version, blob in back:
+                        self._db.execute("UPDATE versions SET in_memory=1 WHERE ns=? AND path=? AND version=?",
+                                         (namespace, p, version))
+                        for key in set(unpack_map(blob)):
+                            if not key.is_hole:
+                                self._bump((namespace, key), 0, 1)
+            keys = {k for _, _, blob, *_ in wanted for k in unpack_map(blob) if not k.is_hole}
+            loaded = 0
+            load: list[tuple[IndexKey, str]] = []
+            for key in sorted(keys, key=lambda k: k.hash):
+                ik = (namespace, key)
+                if any(bf in alive for bf in self._index.locations(ik)):
+                    loaded += key.length
+                elif drained := self._index.drained(ik):
+                    load.append((ik, drained))
+            return Wanted(len(wanted), sum(k.length for k in keys), loaded, load)
 
     def checkpoints(self, namespace: str) -> list[dict[str, object]]:
         """The namespace's checkpoints of step series, oldest first: series, step, sequence number,

@@ -68,6 +68,9 @@ class ManagerMetrics:
                              ["result"], registry=registry)
         self.copies = Counter("memstage_chunk_copies", "Chunk copies made for replicas and rebuild, by result",
                               ["result"], registry=registry)
+        self.prefetched = Counter("memstage_prefetch_bytes",
+                                  "Bytes of persisted checkpoints loaded back into memory from the PFS (prefetch), "
+                                  "by result", ["result"], registry=registry)
         self.stripes = Gauge("memstage_stripes", "Reed-Solomon stripes protecting chunks in memory (rs:K+M)",
                              registry=registry)
         self.stripe_members = Counter("memstage_stripe_members",

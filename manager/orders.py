@@ -45,9 +45,11 @@ class OrderQueues:
              hold: list[tuple[ChunkKey, int]] | None = None, release: list[ChunkKey] | None = None,
              end_session: bool = False, free: list[tuple[ChunkKey, int]] | None = None,
              copy: list[tuple[ChunkKey, int, str, str]] | None = None,
-             build: list[manager_pb2.CopyOrder] | None = None) -> None:
+             build: list[manager_pb2.CopyOrder] | None = None,
+             load: list[tuple[ChunkKey, int, str]] | None = None) -> None:
         """copy: (key, generation to hold it at, source id, source address). build: stripe members
-        to compute (copy orders with a stripe)."""
+        to compute (copy orders with a stripe). load: (key, generation, drained chunk file) to read
+        from the PFS (prefetch)."""
         q = self._queues.setdefault(benefactor, _Queue())
         order = manager_pb2.Order(
             seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
@@ -55,7 +57,8 @@ class OrderQueues:
             release=[k.to_pb() for k in release or ()],
             free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()],
             copy=[manager_pb2.CopyOrder(key=k.to_pb(), gen=g, source_id=sid, source_address=addr)
-                  for k, g, sid, addr in copy or ()] + list(build or ()))
+                  for k, g, sid, addr in copy or ()] + list(build or ())
+                 + [manager_pb2.CopyOrder(key=k.to_pb(), gen=g, drained=d) for k, g, d in load or ()])
         q.next_seq += 1
         q.orders.append(order)
         if self.changed is not None:

@@ -49,6 +49,7 @@ from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.groupcommit import GroupCommit, NotDurable
+from memstage.manager.loads import Loads
 from memstage.manager.metrics import ManagerMetrics
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.orders import OrderQueues
@@ -172,6 +173,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self._following = False  # changes of flags of work waiting are kept (see beat_flags)
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
+        self.loads = Loads()  # prefetches from the PFS under way; under self._lock
         self.unprotected = 0  # chunks short of their copies at the last repair round
         self.stripe_work = StripeWork()  # under self._lock
         self.copied_bytes = 0  # by replica copies since the manager started
@@ -245,6 +247,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def _void(self, bf: str, reason: str, check_pfs: bool = True) -> list[tuple[str, str, int]]:
         """A benefactor died, left or came back as a new process: what it held is gone."""
         lost = self.catalog.void_benefactor(bf, self._alive_ids(), reason, check_pfs)
+        with self._lock:
+            self.loads.gone(bf)
         log.warning("benefactor %s: what it held is void (%s); %d versions lost", bf, reason, len(lost))
         for ns, path, version in lost:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
@@ -449,6 +453,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if r.stripe:
                 self._stripe_result(bf, r)
                 continue
+            if r.loaded:
+                self._load_result(bf, ik, r)
+                continue
             self.metrics.copies.labels("failed" if r.error else "made").inc()
             if r.error:
                 log.warning("copy of chunk %s to %s failed: %s", ik[1], bf, r.error)
@@ -461,6 +468,17 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                         self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
             with self._lock:
                 self.replicator.finished(ik, bf, not r.error)
+
+    def _load_result(self, bf: str, ik: IndexKey, r: manager_pb2.CopyResult) -> None:
+        """A benefactor loaded a chunk from the PFS for a prefetch (or could not)."""
+        if r.error:
+            log.warning("loading chunk %s from the PFS on %s failed: %s", ik[1], bf, r.error)
+        elif not self.catalog.add_copy(ik, bf, r.gen):  # recorded before it stops being pending
+            with self._lock:
+                self.orders.push(bf, r.namespace, free=[(ik[1], r.gen)])
+        with self._lock:
+            self.loads.finished(ik, bf, r.gen, r.error)
+        self.metrics.prefetched.labels("failed" if r.error else "loaded").inc(ik[1].length)
 
     def _stripe_result(self, bf: str, r: manager_pb2.CopyResult) -> None:
         """A benefactor computed a stripe member (new parity, or a rebuilt one), or could not."""
@@ -1167,6 +1185,37 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         return manager_pb2.CheckpointsReply(checkpoints=[
             manager_pb2.CheckpointInfo(**c) for c in self.catalog.checkpoints(namespace)])  # type: ignore[arg-type]
+
+    @rpc
+    def Prefetch(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.PrefetchReply:
+        namespace = check_namespace(request.namespace)
+        path = normalize_path(request.path)
+        if path != "/":
+            path = self.catalog.canonical(namespace, path)
+        kind = self.catalog.kind(namespace, path)
+        if kind not in (FILE, DIR):
+            raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
+        with self._lock:
+            now, alive, free, addresses, _ = self._live_view()
+        wanted = self.catalog.want_in_memory(namespace, path, alive)
+        with self._lock:
+            self.loads.expire(now)
+            if request.start:  # the first call of a prefetch: what failed before is tried again
+                self.loads.retry([ik for ik, _ in wanted.load])
+            plan = self.loads.plan(wanted.load, free, now)
+            for ik, target, drained in plan:
+                gen = self.catalog.new_gen()
+                self.orders.push(target, namespace, load=[(ik[1], gen, drained)])
+                self.registry.note_used(target, ik[1].length)
+                self.loads.started(ik, target, gen, now)
+            waiting = [ik for ik, _ in wanted.load]
+            failed = [ik for ik in waiting if ik in self.loads.failed]
+            pending = sum(1 for ik in waiting if ik in self.loads.pending)
+            error = self.loads.failed[failed[-1]] if failed else ""
+        if plan:
+            log.info("prefetch %s:%s: %d chunks ordered loaded from the PFS", namespace, path, len(plan))
+        return manager_pb2.PrefetchReply(files=wanted.files, bytes=wanted.bytes, loaded_bytes=wanted.loaded,
+                                         failed_chunks=len(failed), error=error, pending_chunks=pending)
 
     @rpc
     def Delete(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext

@@ -234,18 +234,20 @@ class Order(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ..., hold_hashes: _Optional[bytes] = ..., hold_length: _Optional[int] = ..., hold_gen: _Optional[int] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
-    __slots__ = ("key", "gen", "source_id", "source_address", "stripe")
+    __slots__ = ("key", "gen", "source_id", "source_address", "stripe", "drained")
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STRIPE_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.ChunkKey
     gen: int
     source_id: str
     source_address: str
     stripe: StripeSpec
-    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ...) -> None: ...
+    drained: str
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ..., drained: _Optional[str] = ...) -> None: ...
 
 class StripeSpec(_message.Message):
     __slots__ = ("id", "k", "m", "size", "members", "index")
@@ -264,7 +266,7 @@ class StripeSpec(_message.Message):
     def __init__(self, id: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., size: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CopyResult(_message.Message):
-    __slots__ = ("namespace", "key", "gen", "error", "stripe", "index", "cpu_seconds")
+    __slots__ = ("namespace", "key", "gen", "error", "stripe", "index", "cpu_seconds", "loaded")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +274,7 @@ class CopyResult(_message.Message):
     STRIPE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     key: _common_pb2.ChunkKey
     gen: int
@@ -279,7 +282,8 @@ class CopyResult(_message.Message):
     stripe: int
     index: int
     cpu_seconds: float
-    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ..., stripe: _Optional[int] = ..., index: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
+    loaded: bool
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ..., stripe: _Optional[int] = ..., index: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class OrdersReply(_message.Message):
     __slots__ = ("known", "orders", "epoch")
@@ -480,16 +484,18 @@ class VersionMap(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("namespace", "path", "attrs", "protection")
+    __slots__ = ("namespace", "path", "attrs", "protection", "start")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     PROTECTION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     attrs: FileAttrs
     protection: bool
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ...) -> None: ...
+    start: bool
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class FileAttrs(_message.Message):
     __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ino", "access")
@@ -640,6 +646,22 @@ class CheckpointInfo(_message.Message):
     persist: bool
     state: str
     def __init__(self, series: _Optional[str] = ..., step: _Optional[int] = ..., seq: _Optional[int] = ..., started_at: _Optional[float] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., persist: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
+
+class PrefetchReply(_message.Message):
+    __slots__ = ("files", "bytes", "loaded_bytes", "failed_chunks", "error", "pending_chunks")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    bytes: int
+    loaded_bytes: int
+    failed_chunks: int
+    error: str
+    pending_chunks: int
+    def __init__(self, files: _Optional[int] = ..., bytes: _Optional[int] = ..., loaded_bytes: _Optional[int] = ..., failed_chunks: _Optional[int] = ..., error: _Optional[str] = ..., pending_chunks: _Optional[int] = ...) -> None: ...
 
 class CheckpointsReply(_message.Message):
     __slots__ = ("checkpoints",)

@@ -134,6 +134,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointsReply.FromString,
                 _registered_method=True)
+        self.Prefetch = channel.unary_unary(
+                '/memstage.v1.Manager/Prefetch',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/memstage.v1.Manager/Delete',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
@@ -340,6 +345,14 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prefetch(self, request, context):
+        """Bring persisted versions at or below a path (the latest of each file) back into memory, from
+        the PFS; called again, it says how far that got (and loads what is still missing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -529,6 +542,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Checkpoints,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointsReply.SerializeToString,
+            ),
+            'Prefetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prefetch,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -1136,6 +1154,33 @@ class Manager:
             '/memstage.v1.Manager/Checkpoints',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.CheckpointsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prefetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Prefetch',
+            memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,39 @@
+"""A progress line for long operations (prefetch, restore): shown only on a terminal, redrawn at
+most a few times a second, and ended cleanly so the summary that follows starts on its own line."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from memstage.units import format_size
+
+REDRAW_S = 0.2
+
+
+class Progress:
+    def __init__(self, verb: str, stream: TextIO) -> None:
+        self._verb = verb
+        self._stream = stream
+        self._shown = stream.isatty()
+        self._last = 0.0
+        self._drawn = False
+
+    def bytes(self, done: int, total: int, files: tuple[int, int] | None = None) -> None:
+        if not self._shown:
+            return
+        now = time.monotonic()
+        if now - self._last < REDRAW_S and done < total:
+            return
+        self._last = now
+        share = f" ({100 * done // total}%)" if total else ""
+        counted = f"{files[0]}/{files[1]} files, " if files is not None else ""
+        self._stream.write(f"\r{self._verb} {counted}{format_size(done)} of {format_size(total)}{share}\033[K")
+        self._stream.flush()
+        self._drawn = True
+
+    def end(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False

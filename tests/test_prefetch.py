@@ -1,0 +1,92 @@
+"""Prefetch (real processes): a checkpoint an earlier deployment drained to the PFS is loaded back
+into the memory of a new deployment on the same PFS, by the benefactors, and then read from memory;
+what does not fit is reported and still read from the PFS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MiB, random_bytes, wait_for
+
+from memstage.drainer.restore import list_pfs
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _drained_job(local_cluster, pfs: Path, files: dict[str, bytes]) -> None:
+    """A first job writes `files` with every version persisted, waits until they are on the PFS,
+    and its whole deployment is SIGKILLed."""
+    first = local_cluster(benefactors=2, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c = first.client()
+    c.policy(persist_every=1)
+    for path, data in files.items():
+        c.pipe(path, data)
+    wait_for(lambda: {v.path for v in list_pfs(pfs, "default") if v.complete} == set(files), timeout=60,
+             what="the checkpoint to drain")
+    for proc in [*first.benefactors, first.manager]:
+        proc.kill()
+
+
+def _checkpoint(step: int) -> dict[str, bytes]:
+    return {f"/ckpt/step_{step}/rank{r}.bin": random_bytes(3 * MiB + r * 1000) for r in range(3)}
+
+
+def test_prefetch_loads_a_drained_checkpoint_into_memory(local_cluster, tmp_path):
+    pfs = tmp_path / "pfs"
+    pfs.mkdir()
+    files = {**_checkpoint(1), **_checkpoint(2)}
+    _drained_job(local_cluster, pfs, files)
+    second = local_cluster(benefactors=2, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c = second.client()
+    latest = {p: d for p, d in files.items() if "/step_2/" in p}
+    assert all(not c.versions(p)[-1]["in_memory"] for p in latest)
+    before = second.memory_used()
+    seen: list[tuple[int, int]] = []
+    done = c.prefetch("/ckpt/step_2", progress=lambda loaded, total: seen.append((loaded, total)), timeout=60)
+    total = sum(len(d) for d in latest.values())
+    assert done == {"files": 3, "bytes": total, "loaded_bytes": total, "failed_chunks": 0, "error": ""}
+    assert seen[0][1] == total and seen[-1] == (total, total)
+    assert all(c.versions(p)[-1]["in_memory"] for p in latest)
+    # Held by the benefactors now (their heartbeats report it), and step 1 was left on the PFS.
+    wait_for(lambda: second.memory_used() - before >= total, what="the benefactors to report the loaded chunks")
+    assert all(not c.versions(p)[-1]["in_memory"] for p in files if "/step_1/" in p)
+    # Read from memory: the PFS copy is moved away and the bytes still come back.
+    (pfs / "default" / "ckpt").rename(tmp_path / "moved")
+    for path, data in latest.items():
+        assert c.cat(path) == data
+    # A second prefetch has nothing left to do.
+    assert c.prefetch("/ckpt/step_2", timeout=10)["loaded_bytes"] == total
+
+
+def test_prefetch_reports_what_does_not_fit_and_reads_it_from_the_pfs(local_cluster, tmp_path):
+    pfs = tmp_path / "pfs"
+    pfs.mkdir()
+    files = {f"/big/part{i}.bin": random_bytes(8 * MiB) for i in range(4)}
+    _drained_job(local_cluster, pfs, files)
+    small = local_cluster(benefactors=1, memory=16 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    cli = [sys.executable, "-m", "memstage", "prefetch", "/big", "--manager", small.manager_address,
+           "--timeout", "60"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "could not be loaded" in out.stderr and "read from the PFS" in out.stderr
+    assert out.stdout.startswith("prefetched /big: 4 files")
+    c = small.client()
+    for path, data in files.items():
+        assert c.cat(path) == data  # what is not in memory is read from the PFS
+    listed = json.loads(subprocess.run([sys.executable, "-m", "memstage", "status", "--json", "--manager",
+                                        small.manager_address], capture_output=True, text=True, timeout=30,
+                                       check=True).stdout)
+    assert listed["benefactors"][0]["memory_used"] <= 16 * MiB
+
+
+def test_prefetch_of_a_missing_path_is_a_clear_error(local_cluster):
+    cluster = local_cluster(benefactors=1)
+    out = subprocess.run([sys.executable, "-m", "memstage", "prefetch", "/nothing/here", "--manager",
+                          cluster.manager_address], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "/nothing/here" in out.stderr and "Traceback" not in out.stderr
