@@ -450,10 +450,12 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     import time
 
-    from memstage.drainer.restore import list_pfs, restore
+    from memstage.drainer.restore import is_tree, list_pfs, restore, restore_tree
 
     if args.version is not None and args.version <= 0:
         raise SettingError("--version: must be 1 or more")
+    if args.workers <= 0:
+        raise SettingError("--workers: must be 1 or more")
     if args.list:
         namespace = args.namespace or ("default" if args.path else None)
         rows = [("NAMESPACE", "PATH", "DEPLOYMENT", "VERSION", "COMMITTED", "SIZE", "COMPLETE")]
@@ -466,6 +468,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not args.path or not args.out:
         raise SettingError("restore: PATH and --out are required (or --list to see what the PFS holds)")
     namespace = args.namespace or "default"
+    if is_tree(args.pfs, namespace, args.path):
+        if args.version is not None or args.deployment is not None:
+            raise SettingError(f"--version and --deployment pick a version of one file; {namespace}:{args.path} "
+                               "is a directory, restored as each file's complete version committed last")
+        shown = Progress("restored", sys.stderr)
+        try:
+            tree = restore_tree(args.pfs, namespace, args.path, args.out, args.workers,
+                                lambda done, total, files, of: shown.bytes(done, total, (files, of)))
+        finally:
+            shown.end()
+        for path, why in tree.failures:
+            print(f"memstage restore: not restored: {namespace}:{path}: {why}", file=sys.stderr)
+        print(f"restored {tree.files} of {tree.total_files} files ({format_size(tree.size)}) of "
+              f"{namespace}:{args.path} to {args.out}" + (f", {len(tree.failures)} failed" if tree.failures else ""))
+        return 1 if tree.failures else 0
     result = restore(args.pfs, namespace, args.path, args.out, args.version or 0, args.deployment)
     print(f"restored {namespace}:{args.path} version {result.version}"
           f"{f' of deployment {result.deployment}' if result.deployment else ''} ({format_size(result.size)}, "
@@ -607,19 +624,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", default="1h", help="give up after this long (default 1h)")
     p.set_defaults(func=cmd_wait)
 
-    p = sub.add_parser("restore", parents=[common], help="rebuild a file from the PFS alone",
+    p = sub.add_parser("restore", parents=[common], help="rebuild a file or a directory tree from the PFS alone",
                        description="Rebuild a persisted version of a file from the PFS alone (no manager, no "
-                                   "database), verifying every chunk's hash.")
+                                   "database), verifying every chunk's hash. PATH may be a directory (or /): then "
+                                   "every file below it is restored, each as its complete version committed last, "
+                                   "into OUT with the same tree and the commit time as modification time; exit "
+                                   "code 1 if some file could not be restored.")
     p.add_argument("--pfs", required=True, metavar="DIR", help="the PFS directory benefactors drain to")
     p.add_argument("--namespace", default=None, help="namespace of the file (default: default)")
-    p.add_argument("path", metavar="PATH", nargs="?", help="the file's path in its namespace, e.g. /run42/rank0.bin")
+    p.add_argument("path", metavar="PATH", nargs="?",
+                   help="the file's path in its namespace, e.g. /run42/rank0.bin, or a directory, e.g. /run42 or /")
     p.add_argument("--version", type=int, default=None,
                    help="version to restore (default: the complete version committed last)")
     p.add_argument("--deployment", default=None,
                    help="the deployment that drained it, when several share the PFS directory (see --list)")
     p.add_argument("--list", action="store_true",
                    help="list what the PFS holds (namespaces, files, deployments, versions, complete or not)")
-    p.add_argument("--out", metavar="FILE", help="where to write the file")
+    p.add_argument("--out", metavar="OUT",
+                   help="where to write the file; for a directory, the directory to restore into (created if missing)")
+    p.add_argument("--workers", type=int, default=8, metavar="N",
+                   help="for a directory: files restored in parallel (default 8)")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("bench", parents=[common], help="measure OAB/ASB against disk and bare-gRPC baselines",

@@ -1,4 +1,5 @@
-"""Rebuild a persisted version of a file from the PFS alone: the chunk file names say everything.
+"""Rebuild a persisted version of a file, or every file below a directory, from the PFS alone: the
+chunk file names say everything.
 
 Several deployments may have drained the same path into one PFS directory; each version is named
 by (deployment, version), and "the latest" is the complete version committed last.
@@ -7,13 +8,16 @@ by (deployment, version), and "the latest" is the complete version committed las
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
 from memstage.drainer.layout import ChunkFile, VersionId, missing, scan, version_dir, walk_versions
-from memstage.errors import DataLost, InvalidArgument, NotFound
+from memstage.errors import DataLost, InvalidArgument, InvalidPath, MemstageError, NotFound
+from memstage.paths import check_namespace, normalize_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class Restored:
     size: int
     chunks: int
     deployment: str = ""
+    committed_ms: int = 0  # 0 when the chunk names do not say (earlier releases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,43 +75,58 @@ def list_pfs(root: str | Path, namespace: str | None = None, path: str | None = 
 
 
 def restore(root: str | Path, namespace: str, path: str, out: str | Path, version: int = 0,
-            deployment: str | None = None) -> Restored:
+            deployment: str | None = None, keep_time: bool = False) -> Restored:
     """Write version `version` (0 = the complete version committed last) of `path` to `out`,
-    verifying every chunk. `deployment` picks among deployments that share the PFS directory."""
+    verifying every chunk. `deployment` picks among deployments that share the PFS directory.
+    With `keep_time`, the file's modification time is the version's commit time."""
     directory = version_dir(root, namespace, path)
     versions = scan(directory)
-    if not versions:
-        raise NotFound(f"{namespace}:{path}: no persisted version under {directory}")
-    if deployment is not None:
-        versions = {vid: files for vid, files in versions.items() if vid[0] == deployment}
-        if not versions:
-            raise NotFound(f"{namespace}:{path}: nothing of deployment {deployment!r} under {directory}")
-    complete = sorted((vid for vid, files in versions.items() if not missing(files)),
-                      key=lambda vid: _order(versions[vid]))
-    if version == 0:
-        if not complete:
-            raise DataLost(f"{namespace}:{path}: no complete version on the PFS "
-                           f"(incomplete: {_names(versions)})")
-        chosen = complete[-1]
-    else:
-        matching = [vid for vid in versions if vid[1] == version]
-        if not matching:
-            raise NotFound(f"{namespace}:{path}: version {version} is not on the PFS (persisted: {_names(versions)})")
-        if len(matching) > 1:
-            raise InvalidArgument(f"{namespace}:{path}: version {version} was drained by several deployments "
-                                  f"({', '.join(sorted(d for d, _ in matching))}); pick one with --deployment")
-        chosen = matching[0]
+    chosen = _pick(versions, namespace, path, directory, version, deployment)
     files = versions[chosen]
     gaps = missing(files)
     if gaps:
         shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
         raise DataLost(f"{namespace}:{path}: version {chosen[1]} is incomplete: chunks {shown} of "
                        f"{files[0].count} are missing from {directory}")
-    out = Path(out)
+    committed_ms = max(f.committed_ms for f in files)
+    size = _write(files, Path(out), committed_ms if keep_time else 0)
+    return Restored(chosen[1], size, len(files) if files[0].count else 0, chosen[0], committed_ms)
+
+
+def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str, directory: Path, version: int,
+          deployment: str | None) -> VersionId:
+    """The version `restore` means: `version` of `deployment`, or the complete one committed last."""
+    if not versions:
+        raise NotFound(f"{namespace}:{path}: no persisted version under {directory}")
+    if deployment is not None:
+        versions = {vid: files for vid, files in versions.items() if vid[0] == deployment}
+        if not versions:
+            raise NotFound(f"{namespace}:{path}: nothing of deployment {deployment!r} under {directory}")
+    if version == 0:
+        complete = sorted((vid for vid, files in versions.items() if not missing(files)),
+                          key=lambda vid: _order(versions[vid]))
+        if not complete:
+            raise DataLost(f"{namespace}:{path}: no complete version on the PFS "
+                           f"(incomplete: {_names(versions)})")
+        return complete[-1]
+    matching = [vid for vid in versions if vid[1] == version]
+    if not matching:
+        raise NotFound(f"{namespace}:{path}: version {version} is not on the PFS (persisted: {_names(versions)})")
+    if len(matching) > 1:
+        raise InvalidArgument(f"{namespace}:{path}: version {version} was drained by several deployments "
+                              f"({', '.join(sorted(d for d, _ in matching))}); pick one with --deployment")
+    return matching[0]
+
+
+def _write(files: list[ChunkFile], out: Path, mtime_ms: int) -> int:
+    """Write the verified chunks to a temporary name beside `out`, then rename: a reader never sees a
+    partial file. Returns the size."""
     tmp = out.with_name(f".{out.name}.restoring")
     size = 0
     try:
-        with open(tmp, "wb") as dst:
+        # Never through a link left at the temporary name: it could point anywhere.
+        tmp.unlink(missing_ok=True)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as dst:
             for f in files:
                 if f.offset != size:
                     raise DataLost(f"{f.path}: offset {f.offset} does not follow the previous chunk (ends at {size})")
@@ -118,12 +138,14 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
                 size += f.key.length
             dst.truncate(size)
             dst.flush()
+            if mtime_ms:  # before the rename, so the file appears with its final time
+                os.utime(dst.fileno(), ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
             os.fsync(dst.fileno())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Restored(chosen[1], size, len(files) if files[0].count else 0, chosen[0])
+    return size
 
 
 def _names(versions: dict[VersionId, list[ChunkFile]]) -> str:
@@ -141,3 +163,155 @@ def _verified(f: ChunkFile) -> bytes:
     if xxhash.xxh3_128_digest(data) != f.key.hash:
         raise DataLost(f"{f.path}: bytes do not match the hash in its name (damaged)")
     return data
+
+
+OnProgress = Callable[[int, int, int, int], None]  # (done bytes, total bytes, done files, total files)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRestored:
+    """What restore_tree did: the files and bytes it restored, and each file it could not restore."""
+
+    files: int
+    size: int
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path in the namespace, why), by path
+
+    @property
+    def total_files(self) -> int:
+        return self.files + len(self.failures)
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    path: str  # in the namespace
+    parts: tuple[str, ...]  # relative to the restored directory
+    chosen: VersionId
+    size: int
+
+
+def tree_dir(root: str | Path, namespace: str, directory: str) -> Path:
+    """<root>/<namespace>/<directory> ("/" allowed), or InvalidPath if that would leave the root."""
+    if normalize_path(directory) != "/":
+        return version_dir(root, namespace, directory)
+    check_namespace(namespace)
+    base = Path(root).resolve()
+    target = base / namespace
+    if not target.resolve().is_relative_to(base):  # a namespace directory that is a link elsewhere
+        raise InvalidPath(f"{namespace}:/ would leave the PFS root {base}")
+    return target
+
+
+def is_tree(root: str | Path, namespace: str, path: str) -> bool:
+    """Whether `path` names a directory on the PFS rather than a file: "/", or a directory with no
+    chunk files of its own."""
+    if normalize_path(path) == "/":
+        return True
+    directory = tree_dir(root, namespace, path)
+    return directory.is_dir() and not scan(directory)
+
+
+def restore_tree(root: str | Path, namespace: str, directory: str, out_dir: str | Path, workers: int = 8,
+                 progress: OnProgress | None = None) -> TreeRestored:
+    """Restore the complete version committed last of every file at or below `directory` into
+    `out_dir` (created if missing), keeping the tree below `directory`. Files are restored by
+    `workers` threads, each verified and written atomically as `restore` does, with the version's
+    commit time as modification time. A file that cannot be restored is reported in the result and
+    the others are still restored. `progress` is called once before the first file and then as each
+    file finishes (restored or not); the totals count every file found, and the bytes of the
+    versions to restore."""
+    if workers < 1:
+        raise InvalidArgument(f"workers: must be 1 or more, not {workers}")
+    base = Path(root).resolve()
+    if not base.is_dir():
+        raise NotFound(f"PFS root {root} is not a directory")
+    start = tree_dir(base, namespace, directory)
+    if normalize_path(directory) != "/" and scan(start):
+        raise InvalidArgument(f"{namespace}:{directory} is a file on the PFS, not a directory")
+    found = {rel[1:]: groups for rel, groups in walk_versions(base, start)}
+    if not found:
+        raise NotFound(f"{namespace}:{directory}: no persisted file at or below {start}")
+    out = _out_dir(out_dir)
+    skip = len(start.relative_to(base).parts) - 1  # the parts of `directory` itself
+    plan, failures = _plan(found, namespace, skip)
+
+    def one(item: _Planned) -> Restored:
+        target = _inside(out, item.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _inside(out, item.parts)  # again once the parents exist: none of them may be a link out
+        return restore(base, namespace, item.path, target, item.chosen[1], item.chosen[0], keep_time=True)
+
+    return _run(plan, failures, namespace, workers, one, progress)
+
+
+def _out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidArgument(f"{out}: not a directory, cannot restore a directory into it") from None
+    except OSError as e:
+        raise InvalidArgument(f"{out}: cannot create the directory to restore into ({e.strerror})") from None
+    return out.resolve()
+
+
+def _plan(found: dict[tuple[str, ...], dict[VersionId, list[ChunkFile]]], namespace: str, skip: int
+          ) -> tuple[list[_Planned], list[tuple[str, str]]]:
+    """The version each file restores, and the files that have none to restore."""
+    # A path can be a file for one deployment and a directory for another sharing the PFS: the
+    # files below it are restored, the file itself would collide with them.
+    parents = {parts[:i] for parts in found for i in range(1, len(parts))}
+    plan: list[_Planned] = []
+    failures: list[tuple[str, str]] = []
+    for parts, groups in sorted(found.items()):
+        path = "/" + "/".join(parts)
+        if parts in parents:
+            failures.append((path, "it is also a directory on the PFS (the files below it are restored)"))
+            continue
+        try:
+            chosen = _pick(groups, namespace, path, next(iter(groups.values()))[0].path.parent, 0, None)
+        except MemstageError as e:
+            failures.append((path, _reason(e, namespace, path)))
+            continue
+        plan.append(_Planned(path, parts[skip:], chosen, sum(f.key.length for f in groups[chosen])))
+    return plan, failures
+
+
+def _inside(out: Path, parts: tuple[str, ...]) -> Path:
+    """out/<parts>, or InvalidPath if it would not be a file inside `out` (also through links)."""
+    if not parts or any(p in ("", ".", "..") or "/" in p for p in parts):
+        raise InvalidPath(f"{'/'.join(parts)!r} is not a plain relative path")
+    target = out.joinpath(*parts)
+    if not target.resolve().is_relative_to(out):
+        raise InvalidPath(f"{target} would leave {out}")
+    return target
+
+
+def _run(plan: list[_Planned], failures: list[tuple[str, str]], namespace: str, workers: int,
+         one: Callable[[_Planned], Restored], progress: OnProgress | None) -> TreeRestored:
+    total_files, total_bytes = len(plan) + len(failures), sum(item.size for item in plan)
+    files = size = 0
+    if progress:
+        progress(0, total_bytes, 0, total_files)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
+    try:
+        futures = {pool.submit(one, item): item for item in plan}
+        for future in as_completed(futures):  # progress runs here, in the caller's thread
+            item = futures[future]
+            try:
+                size += future.result().size
+                files += 1
+            except (MemstageError, OSError) as e:
+                failures.append((item.path, _reason(e, namespace, item.path)))
+            if progress:
+                progress(size, total_bytes, files, total_files)
+    except BaseException:
+        # Ctrl-C: files being written finish (or remove their temporary file); none more start.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return TreeRestored(files, size, sorted(failures))
+
+
+def _reason(e: Exception, namespace: str, path: str) -> str:
+    """The error's message without the file's name in front: the caller names the file."""
+    return str(e).removeprefix(f"{namespace}:{path}: ")
