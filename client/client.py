@@ -235,9 +235,10 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         return entries if detail else [e["name"] for e in entries]
 
     def policy(self, persist_every: int | None = None, keep_versions: int | None = None,
-               redundancy: str | None = None) -> dict[str, Any]:
+               redundancy: str | None = None, pfs_keep: int | None = None) -> dict[str, Any]:
         """The namespace's persistence and redundancy policy; arguments that are given change it.
-        redundancy: "none" or "replicate:R"."""
+        redundancy: "none", "replicate:R" or "rs:K+M"; pfs_keep: persisted checkpoints kept on the
+        PFS (0: all)."""
         request = manager_pb2.PolicyRequest(namespace=self.namespace)
         if persist_every is not None:
             request.persist_every = persist_every
@@ -245,9 +246,20 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             request.keep_versions = keep_versions
         if redundancy is not None:
             request.redundancy = redundancy
+        if pfs_keep is not None:
+            request.pfs_keep = pfs_keep
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
         return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions,
-                "redundancy": reply.redundancy}
+                "redundancy": reply.redundancy, "pfs_keep": reply.pfs_keep}
+
+    def gc(self, dry_run: bool = False) -> dict[str, Any]:
+        """Remove the namespace's chunk files on the PFS that no version references (dry_run: only
+        list them). Returns orphans (path, bytes, why), removed_files and removed_bytes."""
+        reply = self.connections.call_manager(
+            "CollectGarbage", manager_pb2.GcRequest(namespace=self.namespace, dry_run=dry_run),
+            f"gc of namespace {self.namespace}")
+        return {"orphans": [{"path": o.path, "bytes": o.bytes, "why": o.why} for o in reply.orphans],
+                "removed_files": reply.removed_files, "removed_bytes": reply.removed_bytes}
 
     def versions(self, path: str) -> list[dict[str, Any]]:
         norm = normalize_file_path(self._strip_protocol(path))

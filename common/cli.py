@@ -385,7 +385,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     from memstage.client import Client
 
-    for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1)):
+    for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1),
+                               ("--pfs-keep", args.pfs_keep, 0)):
         if value is not None and value < least:
             raise SettingError(f"{flag}: must be {least} or more")
     settings = load(ClientSettings, _client_flags(args), config=args.config)
@@ -393,14 +394,36 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.redundancy is not None:
         Redundancy.parse(args.redundancy, "--redundancy")
     try:
-        policy = client.policy(args.persist_every, args.keep_versions, args.redundancy)
+        policy = client.policy(args.persist_every, args.keep_versions, args.redundancy, args.pfs_keep)
     finally:
         client.connections.close()
     every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
     print(f"namespace {settings.namespace}: persist {every} checkpoint(s) and the first, keep "
-          f"{policy['keep_versions']} in memory, redundancy {policy['redundancy']} "
-          f"(persist_every={policy['persist_every']} keep_versions={policy['keep_versions']} "
-          f"redundancy={policy['redundancy']})")
+          f"{policy['keep_versions']} in memory, redundancy {policy['redundancy']}, keep "
+          f"{policy['pfs_keep'] or 'all'} on the PFS (persist_every={policy['persist_every']} "
+          f"keep_versions={policy['keep_versions']} redundancy={policy['redundancy']} pfs_keep={policy['pfs_keep']})")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    client = Client(**_client_flags(args), config=args.config)
+    try:
+        reply = client.gc(dry_run=args.dry_run)
+    finally:
+        client.connections.close()
+    orphans = reply["orphans"]
+    for o in orphans:
+        print(f"{o['path']}  {format_size(o['bytes'])}  ({o['why']})")
+    freed = sum(o["bytes"] for o in orphans)
+    if args.dry_run:
+        print(f"namespace {settings.namespace}: {len(orphans)} orphan files on the PFS ({format_size(freed)} would be "
+              "freed); nothing removed (--dry-run)")
+    else:
+        print(f"namespace {settings.namespace}: removed {reply['removed_files']} orphan files from the PFS "
+              f"({format_size(reply['removed_bytes'])} freed)")
     return 0
 
 
@@ -549,12 +572,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redundancy", default=None, metavar="POLICY",
                    help="none; replicate:R: R copies of each chunk on distinct benefactors (R-1 may fail); or "
                         "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
+    p.add_argument("--pfs-keep", type=int, default=None, metavar="K",
+                   help="persisted checkpoints kept on the PFS (older ones are removed from it); 0 = all")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("gc", parents=[common], help="remove drained files no version references from the PFS",
+                       description="Remove from the PFS the chunk files of a namespace that no version the "
+                                   "manager knows references (left by a crash, by deletes while the manager had "
+                                   "no pfs setting, or by a deployment whose state was lost), and temporary files "
+                                   "of drains that did not finish. Files another deployment is writing into the "
+                                   "same directory now are left alone. Needs the manager's pfs setting.")
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("checkpoints", parents=[common], help="list a namespace's checkpoints and their state",
                        description="List the checkpoints of a namespace (per-step directories and step-numbered "
                                    "files), oldest first: files, bytes, whether persist_every selects them, and "
-                                   "their state (in_memory, draining, persisted, lost, dropped).")
+                                   "their state (in_memory; protected: in memory with the redundancy its policy "
+                                   "asks; draining; persisted; lost).")
     _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_checkpoints)

@@ -19,9 +19,9 @@ BENEFACTOR = frozenset({"Register", "Heartbeat", "Reconcile", "Orders", "Leave",
 READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions", "Checkpoints"})
 # FindChunks answers whether the namespace holds a chunk: deduplicating into it is writing to it.
 WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Rename", "Mkdir", "Rmdir", "SetAttr",
-                   "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch"})
+                   "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage"})
 ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
-POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy")
+POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep")
 
 
 def _atime_only(attrs: Any) -> bool:

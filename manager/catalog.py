@@ -26,11 +26,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
 from memstage.chunks import PACKED_KEY, ChunkKey, second
+from memstage.drainer.prune import PfsCopy
 from memstage.errors import Conflict, DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
 from memstage.manager.checkpoints import EXPLICIT, StepName, series_dir, step_of, under
@@ -87,6 +88,11 @@ _ADDED_COLUMNS = (
     ("versions", "checkpoint", "TEXT NOT NULL DEFAULT ''"),
     ("versions", "deferred", "INTEGER NOT NULL DEFAULT 0"),
     ("checkpoints", "left_memory", "INTEGER NOT NULL DEFAULT 0"),
+    # Where a version's chunk files are on the PFS (relative to its root; "" = <ns>/<path>, as
+    # drained before a rename) and the deployment that drained them ("" = this one).
+    ("versions", "pfs_dir", "TEXT NOT NULL DEFAULT ''"),
+    ("versions", "origin", "TEXT NOT NULL DEFAULT ''"),
+    ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 # The location log is compacted (replaced by a snapshot) once it holds this many operations and
@@ -101,6 +107,7 @@ class Policy:
     persist_every: int
     keep_versions: int
     redundancy: str = "none"  # none | replicate:R | rs:K+M (memstage.redundancy)
+    pfs_keep: int = 0  # persisted checkpoints kept on the PFS (0: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,7 @@ class DrainOutcome:
     lost: list[tuple[str, str, int, str]]  # (namespace, path, version, reason)
     failed: list[tuple[str, str, int, str]]  # versions that cannot be drained, with the reason
     drained_bytes: int  # bytes written to the PFS (hard links cost none)
+    on_pfs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # namespace -> (path, checkpoint) persisted
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +264,13 @@ class Catalog(NodeTable):
         self._queued_lock = threading.Lock()
         self._migrate_locations()
         self._drains = DrainQueue(self._db)
+        # Versions let go whose chunk files are to leave the PFS: (namespace, copy, its chunks).
+        self._trash: list[tuple[str, PfsCopy, tuple[ChunkKey, ...]]] = []
         # This deployment's identity on the PFS, drawn once with the state: chunk file names carry it.
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
         self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+        self.created_at = float(self._db.execute("SELECT value FROM meta WHERE key='created_at'").fetchone()[0])
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
         self._log_ops = 0  # operations in the location log (set by the load)
         self._top_gen = 0  # the newest generation a loaded location has
@@ -333,10 +345,11 @@ class Catalog(NodeTable):
         with self._lock:
             policy = self._policies.get(namespace)  # asked several times per commit
             if policy is None:
-                row = self._db.execute("SELECT persist_every, keep_versions, redundancy FROM policies WHERE ns=?",
-                                       (namespace,)).fetchone()
+                row = self._db.execute("SELECT persist_every, keep_versions, redundancy, pfs_keep FROM policies "
+                                       "WHERE ns=?", (namespace,)).fetchone()
                 policy = self._policies[namespace] = (
-                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy) if row else self.default_policy)
+                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy, row[3]) if row
+                    else self.default_policy)
             return policy
 
     def parity_namespaces(self) -> dict[str, Redundancy]:
@@ -365,10 +378,12 @@ class Catalog(NodeTable):
         if policy.keep_versions < 1:
             raise InvalidArgument("keep_versions must be at least 1 (the latest version stays readable)")
         with self._lock:
-            self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
-                             "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy",
-                             (namespace, policy.persist_every, policy.keep_versions, policy.redundancy))
+            self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy, pfs_keep) VALUES "
+                             "(?, ?, ?, ?, ?) ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
+                             "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy, "
+                             "pfs_keep=excluded.pfs_keep",
+                             (namespace, policy.persist_every, policy.keep_versions, policy.redundancy,
+                              policy.pfs_keep))
             self._policies.pop(namespace, None)
 
     # -- access tokens (memstage.auth) ------------------------------------------------------------
@@ -855,9 +870,10 @@ class Catalog(NodeTable):
                 name = step_of(path)
                 for v in versions:
                     self._db.execute("INSERT INTO versions (ns, path, version, size, committed_at, chunk_map, persist, "
-                                     "persisted, in_memory, checkpoint) VALUES (?, ?, ?, ?, ?, ?, 1, 1, 0, ?)",
+                                     "persisted, in_memory, checkpoint, origin) VALUES "
+                                     "(?, ?, ?, ?, ?, ?, 1, 1, 0, ?, ?)",
                                      (ns, path, v.version, sum(k.length for k in v.keys), v.committed_at,
-                                      pack_map(v.keys), f"{name.series}:{name.step}" if name else ""))
+                                      pack_map(v.keys), f"{name.series}:{name.step}" if name else "", v.deployment))
                     drained = dict(zip(v.keys, v.drained, strict=True))
                     for key in set(v.keys):
                         if key.is_hole:
@@ -919,20 +935,31 @@ class Catalog(NodeTable):
                     load.append((ik, drained))
             return Wanted(len(wanted), sum(k.length for k in keys), loaded, load)
 
-    def checkpoints(self, namespace: str) -> list[dict[str, object]]:
-        """The namespace's checkpoints of step series, oldest first: series, step, sequence number,
-        files, bytes, and their state (persisted, draining, in_memory, lost)."""
+    def checkpoints(self, namespace: str, alive: set[str] | None = None) -> list[dict[str, object]]:
+        """The namespace's checkpoints of step series that still hold files, oldest first: series,
+        step, sequence number, files, bytes, and their state: persisted, draining, protected (in
+        memory with the copies or parity its redundancy asks, when it asks any; needs `alive`),
+        in_memory, lost."""
+        redundancy = Redundancy.parse(self.policy(namespace).redundancy)
         with self._lock:
             rows = self._db.execute("SELECT series, step, seq, started_at FROM checkpoints WHERE ns=? "
                                     "ORDER BY started_at, seq", (namespace,)).fetchall()
             out: list[dict[str, object]] = []
             for series, step, seq, started in rows:
+                checkpoint = f"{series}:{step}"
                 files, size, persist, persisted, in_memory, lost = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MIN(persist), 0), "
                     "COALESCE(MIN(persisted), 0), COALESCE(MAX(in_memory), 0), COALESCE(MAX(lost), 0) "
-                    "FROM versions WHERE ns=? AND checkpoint=?", (namespace, f"{series}:{step}")).fetchone()
-                state = ("lost" if lost else "persisted" if files and persisted else
-                         "draining" if files and persist else "in_memory" if in_memory else "dropped")
+                    "FROM versions WHERE ns=? AND checkpoint=?", (namespace, checkpoint)).fetchone()
+                if not files:
+                    continue  # left memory unpersisted, or left the PFS: nothing of it remains
+                state = ("lost" if lost else "persisted" if persisted else "draining" if persist else
+                         "in_memory" if in_memory else "dropped")
+                if state == "in_memory" and alive is not None and redundancy.tolerates:
+                    maps = self._db.execute("SELECT chunk_map FROM versions WHERE ns=? AND checkpoint=?",
+                                            (namespace, checkpoint)).fetchall()
+                    if not any(self._short(namespace, blob, redundancy, alive) for (blob,) in maps):
+                        state = "protected"
                 out.append({"series": series, "step": step, "seq": seq, "started_at": started, "files": files,
                             "bytes": size, "persist": bool(persist), "state": state})
             return out
@@ -957,6 +984,7 @@ class Catalog(NodeTable):
         in-memory index, which the body may have changed already, is replaced by a fresh load."""
         self._db.execute("BEGIN IMMEDIATE")
         self._batch = locationlog.Batch()
+        trashed = len(self._trash)
         try:
             yield
             if len(self._batch):
@@ -970,6 +998,7 @@ class Catalog(NodeTable):
             self._thread_seq.seq = self._committed
         except BaseException:
             self._batch = None
+            del self._trash[trashed:]  # what the body let go stays: its chunk files too
             self._db.execute("ROLLBACK")
             self._index = self._load_index()
             self._stripes = self._load_stripes()
@@ -1244,8 +1273,11 @@ class Catalog(NodeTable):
     def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> Freed:
         """Take a version out of memory (keep_record: it stays, readable from the PFS) or out of the
         catalog altogether. Returns the chunks no in-memory version needs any more, with their holders."""
-        blob, in_memory = self._db.execute("SELECT chunk_map, in_memory FROM versions WHERE ns=? AND path=? AND "
-                                           "version=?", (namespace, path, version)).fetchone()
+        blob, in_memory, persist, pfs_dir, origin = self._db.execute(
+            "SELECT chunk_map, in_memory, persist, pfs_dir, origin FROM versions WHERE ns=? AND path=? AND version=?",
+            (namespace, path, version)).fetchone()
+        if not keep_record and persist:  # its chunk files (all or some) go from the PFS too
+            self._trash_copy(namespace, path, version, pfs_dir, origin, blob)
         freed: Freed = {}
         for key in set(unpack_map(blob)):
             if key.is_hole:
@@ -1259,6 +1291,92 @@ class Catalog(NodeTable):
                              (namespace, path, version))
         else:
             self._db.execute("DELETE FROM versions WHERE ns=? AND path=? AND version=?", (namespace, path, version))
+        return freed
+
+    # -- the PFS copy (drainer.prune does the file system side) -------------------------------------
+    def _trash_copy(self, namespace: str, path: str, version: int, pfs_dir: str, origin: str, blob: bytes) -> None:
+        """(inside a transaction) A version's chunk files are to be removed from the PFS."""
+        copy = PfsCopy(pfs_dir or f"{namespace}{path}", origin or self.deployment_id, version)
+        self._trash.append((namespace, copy, tuple(k for k in set(unpack_map(blob)) if not k.is_hole)))
+
+    def take_pfs_trash(self) -> tuple[list[PfsCopy], set[str]]:
+        """Chunk files of versions let go since the last call, to remove from the PFS, and the names
+        among them to keep: a chunk another version still needs reads its copy by that name."""
+        with self._lock:
+            trash, self._trash = self._trash, []
+            keep = {d for ns, _, keys in trash for k in keys
+                    if self._index.refs((ns, k)) > 0 and (d := self._index.drained((ns, k)))}
+        return [copy for _, copy, _ in trash], keep
+
+    def pfs_references(self, namespace: str) -> tuple[set[tuple[str, str, int]], set[str]]:
+        """What of a namespace's PFS directory the catalog refers to: (directory, deployment, version)
+        of every version it knows, and every chunk's drained name (memstage gc keeps both)."""
+        with self._lock:
+            versions = {(pfs_dir or f"{namespace}{path}", origin or self.deployment_id, version)
+                        for path, version, pfs_dir, origin in self._db.execute(
+                            "SELECT path, version, pfs_dir, origin FROM versions WHERE ns=?", (namespace,))}
+            names = {d for (d,) in self._db.execute("SELECT drained FROM chunks WHERE ns=? AND drained IS NOT NULL",
+                                                    (namespace,))}
+        return versions, names
+
+    def apply_pfs_keep(self, namespace: str, persisted: Iterable[tuple[str, str]]) -> Freed:
+        """pfs_keep K: versions just persisted ((path, checkpoint)) may push older ones of their
+        step series (or, outside a series, of their path) beyond the K newest persisted: those leave
+        the PFS, and the catalog too unless they are still in memory (then they are dropped by
+        retention as versions never persisted). A chunk file another version needs stays."""
+        keep = self.policy(namespace).pfs_keep
+        freed: Freed = {}
+        if keep <= 0:
+            return freed
+        series = {checkpoint.rsplit(":", 1)[0] for _, checkpoint in persisted if checkpoint}
+        paths = {path for path, checkpoint in persisted if not checkpoint}
+        with self._lock:
+            old: list[tuple[str, int]] = []
+            empty: list[tuple[str, int]] = []  # checkpoints that leave the PFS whole
+            for name in series:
+                done = [step for step, undrained, on_pfs in self._db.execute(
+                    "SELECT c.step, SUM(v.persist=1 AND v.deferred=0 AND v.persisted=0), SUM(v.persisted) "
+                    "FROM checkpoints c JOIN versions v ON v.ns=c.ns AND v.checkpoint=c.series || ':' || c.step "
+                    "WHERE c.ns=? AND c.series=? GROUP BY c.step ORDER BY c.seq DESC", (namespace, name))
+                    if on_pfs and not undrained]
+                for step in done[keep:]:
+                    old += self._db.execute("SELECT path, version FROM versions WHERE ns=? AND checkpoint=? AND "
+                                            "persist=1", (namespace, f"{name}:{step}")).fetchall()
+                    empty.append((name, step))
+            for path in paths:
+                rows = self._db.execute("SELECT version FROM versions WHERE ns=? AND path=? AND persisted=1 AND "
+                                        "checkpoint='' ORDER BY version DESC", (namespace, path)).fetchall()
+                old += [(path, v) for (v,) in rows[keep:]]
+            if not old:
+                return freed
+            with self._transaction():
+                for path, version in old:
+                    in_memory, pfs_dir, origin, blob = self._db.execute(
+                        "SELECT in_memory, pfs_dir, origin, chunk_map FROM versions WHERE ns=? AND path=? AND "
+                        "version=?", (namespace, path, version)).fetchone()
+                    if in_memory:
+                        self._trash_copy(namespace, path, version, pfs_dir, origin, blob)
+                        for key in set(unpack_map(blob)):
+                            ik = (namespace, key)
+                            if not key.is_hole and self._index.refs(ik) == 1 and self._index.drained(ik):
+                                # Only this version has the chunk, and it leaves the PFS: so does its file.
+                                self._index.clear_drained(ik)
+                                self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?",
+                                                 (namespace, key.hash, key.length))
+                        self._db.execute("UPDATE versions SET persist=0, persisted=0, pfs_dir='' WHERE ns=? AND "
+                                         "path=? AND version=?", (namespace, path, version))
+                        continue
+                    freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                    if not self._db.execute("SELECT 1 FROM versions WHERE ns=? AND path=? LIMIT 1",
+                                            (namespace, path)).fetchone():
+                        self._retire("ns=? AND path=?", (namespace, path))
+                        self.drop_node(namespace, path)
+                for name, step in empty:
+                    if not self._db.execute("SELECT 1 FROM versions WHERE ns=? AND checkpoint=? LIMIT 1",
+                                            (namespace, f"{name}:{step}")).fetchone():
+                        self._db.execute("DELETE FROM checkpoints WHERE ns=? AND series=? AND step=?",
+                                         (namespace, name, step))
+            log.info("pfs_keep %d: %d versions of namespace %s leave the PFS", keep, len(old), namespace)
         return freed
 
     def apply_retention(self, namespace: str, path: str) -> Freed:
@@ -1328,6 +1446,7 @@ class Catalog(NodeTable):
         be drained at all (error) takes its version's drain off the queue; a task no longer queued
         (its file was deleted) is ignored."""
         persisted: set[tuple[str, str]] = set()
+        on_pfs: dict[str, list[tuple[str, str]]] = {}
         lost: list[tuple[str, str, int, str]] = []
         failed: list[tuple[str, str, int, str]] = []
         drained_bytes = 0
@@ -1383,6 +1502,9 @@ class Catalog(NodeTable):
                         lost.append((ns, path, version, reason))
                     continue
                 drained_bytes += written
+                if vk not in touched and drained:
+                    self._db.execute("UPDATE versions SET pfs_dir=? WHERE ns=? AND path=? AND version=? AND "
+                                     "pfs_dir=''", (drained.rsplit("/", 1)[0], ns, path, version))
                 if group.count and not m.key.is_hole and self._index.set_drained(ik, drained):
                     self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT(ns, hash, length) "
                                      "DO UPDATE SET drained=excluded.drained", (ns, m.key.hash, m.key.length, drained))
@@ -1404,9 +1526,10 @@ class Catalog(NodeTable):
                     persisted.add((ns, path))
                     row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? AND version=?",
                                            (ns, path, version)).fetchone()
+                    on_pfs.setdefault(ns, []).append((path, row[0] if row else ""))
                     if row and row[0]:
                         self._release_pointers(ns, row[0], alive, time.time())
-        return DrainOutcome(persisted, lost, failed, drained_bytes)
+        return DrainOutcome(persisted, lost, failed, drained_bytes, on_pfs)
 
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
         """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless

@@ -517,10 +517,18 @@ class ChunkIndex:
         self._set_holders(slot, copies)
         return gen
 
-    def set_drained(self, key: IndexKey, path: str) -> bool:
+    def clear_drained(self, key: IndexKey) -> None:
+        """The chunk's file leaves the PFS: it is in memory only from now on."""
         slot = self._slot(key)
-        if slot is None or self._drained.get(slot):
+        if slot is not None:
+            self._drained.pop(slot, None)
+
+    def set_drained(self, key: IndexKey, path: str) -> bool:
+        """The chunk's file on the PFS is `path`: the newest drained copy (a later version's hard
+        link to the same bytes) replaces an older name, so removing old versions from the PFS
+        rarely removes the name readers use. Returns whether the name changed."""
+        slot = self._slot(key)
+        if slot is None or not path or self._drained.get(slot) == path:
             return False
-        if path:
-            self._drained[slot] = path
+        self._drained[slot] = path
         return True

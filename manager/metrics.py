@@ -71,6 +71,9 @@ class ManagerMetrics:
         self.prefetched = Counter("memstage_prefetch_bytes",
                                   "Bytes of persisted checkpoints loaded back into memory from the PFS (prefetch), "
                                   "by result", ["result"], registry=registry)
+        self.pfs_removed = Counter("memstage_pfs_bytes_removed",
+                                   "Bytes freed on the PFS by removing chunk files of deleted versions, of "
+                                   "checkpoints beyond pfs_keep, and of orphans (memstage gc)", registry=registry)
         self.stripes = Gauge("memstage_stripes", "Reed-Solomon stripes protecting chunks in memory (rs:K+M)",
                              registry=registry)
         self.stripe_members = Counter("memstage_stripe_members",

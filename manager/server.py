@@ -177,6 +177,7 @@ class ManagerServer:
                 self.service.sweep()
                 self.catalog.sync()
                 self.service.note_drains()
+                self.service.clear_pfs()
             except Exception:  # a bug must not end housekeeping
                 log.exception("housekeeping failed")
 

@@ -23,6 +23,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +31,8 @@ from prometheus_client import CollectorRegistry
 
 from memstage import auth, commitpack, receipts
 from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, key_of_pair, second
+from memstage.drainer.layout import parse_name
+from memstage.drainer.prune import Removed, find_orphans, remove_copies, remove_orphans
 from memstage.errors import (
     Conflict,
     DataLost,
@@ -64,6 +67,7 @@ from memstage.paths import MAX_PATH_BYTES, check_namespace, normalize_file_path,
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.redundancy import Redundancy
 from memstage.settings import ManagerSettings
+from memstage.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.orders = OrderQueues()
         self.replicator = Replicator()  # under self._lock
         self.loads = Loads()  # prefetches from the PFS under way; under self._lock
+        self._pfs_warned = False  # said once: no pfs setting, drained files of deleted versions stay
         self.unprotected = 0  # chunks short of their copies at the last repair round
         self.stripe_work = StripeWork()  # under self._lock
         self.copied_bytes = 0  # by replica copies since the manager started
@@ -1184,7 +1189,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     ) -> manager_pb2.CheckpointsReply:
         namespace = check_namespace(request.namespace)
         return manager_pb2.CheckpointsReply(checkpoints=[
-            manager_pb2.CheckpointInfo(**c) for c in self.catalog.checkpoints(namespace)])  # type: ignore[arg-type]
+            manager_pb2.CheckpointInfo(**c)  # type: ignore[arg-type]
+            for c in self.catalog.checkpoints(namespace, self._alive_ids())])
 
     @rpc
     def Prefetch(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext) -> manager_pb2.PrefetchReply:
@@ -1576,13 +1582,40 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         for namespace, path in persisted:
             log.info("%s:%s: a version is now persisted on the PFS", namespace, path)
             self._free(self.catalog.apply_retention(namespace, path))
+        for namespace, on_pfs in outcome.on_pfs.items():
+            self._free(self.catalog.apply_pfs_keep(namespace, on_pfs))
         return manager_pb2.DrainDoneReply()
+
+    def clear_pfs(self) -> Removed:
+        """Remove the chunk files of versions let go (deleted, beyond pfs_keep) from the PFS, once the
+        catalog that lets them go is durable (housekeeping calls this). Without the manager's pfs
+        setting they stay, and `memstage gc` on a manager that has it removes them later."""
+        copies, keep = self.catalog.take_pfs_trash()
+        if not copies:
+            return Removed(0, 0)
+        if not self.settings.pfs:
+            if not self._pfs_warned:
+                self._pfs_warned = True
+                log.warning("drained files of deleted versions stay on the PFS: the manager has no pfs setting "
+                            "(set it to the benefactors' PFS directory, then run memstage gc)")
+            return Removed(0, 0)
+        self.catalog.sync()
+        try:
+            removed = remove_copies(self.settings.pfs, copies, keep)
+        except OSError as e:
+            log.warning("removing drained files of %d versions from the PFS failed (memstage gc removes them "
+                        "later): %s", len(copies), e)
+            return Removed(0, 0)
+        self.metrics.pfs_removed.inc(removed.bytes)
+        log.info("removed %d chunk files of %d versions from the PFS (%s freed)", removed.files, len(copies),
+                 format_size(removed.bytes))
+        return removed
 
     @rpc
     def Policy(self, request: manager_pb2.PolicyRequest, context: grpc.ServicerContext) -> manager_pb2.PolicyReply:
         namespace = check_namespace(request.namespace)
         current = self.catalog.policy(namespace)
-        if any(request.HasField(f) for f in ("persist_every", "keep_versions", "redundancy")):
+        if any(request.HasField(f) for f in ("persist_every", "keep_versions", "redundancy", "pfs_keep")):
             redundancy = current.redundancy
             if request.HasField("redundancy"):
                 try:
@@ -1592,12 +1625,41 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             current = Policy(
                 request.persist_every if request.HasField("persist_every") else current.persist_every,
                 request.keep_versions if request.HasField("keep_versions") else current.keep_versions,
-                redundancy)
+                redundancy, request.pfs_keep if request.HasField("pfs_keep") else current.pfs_keep)
             self.catalog.set_policy(namespace, current)
-            log.info("policy of namespace %s: persist_every %d, keep_versions %d, redundancy %s", namespace,
-                     current.persist_every, current.keep_versions, current.redundancy)
+            log.info("policy of namespace %s: persist_every %d, keep_versions %d, redundancy %s, pfs_keep %d",
+                     namespace, current.persist_every, current.keep_versions, current.redundancy, current.pfs_keep)
         return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
-                                       keep_versions=current.keep_versions, redundancy=current.redundancy)
+                                       keep_versions=current.keep_versions, redundancy=current.redundancy,
+                                       pfs_keep=current.pfs_keep)
+
+    @rpc
+    def CollectGarbage(self, request: manager_pb2.GcRequest, context: grpc.ServicerContext) -> manager_pb2.GcReply:
+        namespace = check_namespace(request.namespace)
+        pfs = self.settings.pfs
+        if not pfs:
+            raise InvalidArgument("gc needs the manager's pfs setting (the PFS directory the benefactors drain to)")
+        self.clear_pfs()  # what the catalog let go already, first
+        versions, names = self.catalog.pfs_references(namespace)
+        candidates = find_orphans(pfs, namespace, lambda d, dep, v: (d, dep, v) in versions, names,
+                                  self.catalog.deployment_id, int(self.catalog.created_at * 1000))
+        # Asked again after the walk: a version committed meanwhile is not an orphan.
+        versions, names = self.catalog.pfs_references(namespace)
+        orphans = [o for o in candidates if o.path not in names and not _named_version(o.path, versions)]
+        removed = Removed(0, 0) if request.dry_run else remove_orphans(pfs, orphans)
+        if removed.files:
+            self.metrics.pfs_removed.inc(removed.bytes)
+            log.info("gc of namespace %s: removed %d orphan files from the PFS (%s freed)", namespace,
+                     removed.files, format_size(removed.bytes))
+        return manager_pb2.GcReply(orphans=[manager_pb2.GcOrphan(path=o.path, bytes=o.bytes, why=o.why)
+                                            for o in orphans],
+                                   removed_files=removed.files, removed_bytes=removed.bytes)
+
+
+def _named_version(relative: str, versions: Set[tuple[str, str, int]]) -> bool:
+    """A chunk file (relative to the PFS root) belongs to one of these (directory, deployment, version)."""
+    parsed = parse_name(Path(relative))
+    return parsed is not None and (relative.rsplit("/", 1)[0], parsed.deployment, parsed.version) in versions
 
 
 def _by_namespace(items: Sequence[tuple[IndexKey, int]]) -> dict[str, list[tuple[ChunkKey, int]]]:

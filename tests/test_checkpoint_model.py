@@ -102,6 +102,56 @@ def test_selection_and_retention_follow_checkpoints(tmp_path_factory, every, kee
         if v.persisted:
             assert tracker[v.version] in drained, v
     listed = cat.checkpoints("ns")
-    assert [c["seq"] for c in listed] == list(range(1, newest + 1))
-    assert [c["persist"] for c in listed if c["files"]] == [selected(c["seq"], every) for c in listed if c["files"]]
+    # Listed: the checkpoints that still hold files, in memory or on the PFS.
+    holding = [seq for seq, paths in files.items() if any(cat.versions("ns", p) for p in paths)]
+    assert [c["seq"] for c in listed] == sorted(holding)
+    assert [c["persist"] for c in listed] == [selected(c["seq"], every) for c in listed]
+    cat.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(keep=st.integers(1, 3), pfs_keep=st.integers(1, 3),
+       events=st.lists(st.one_of(st.tuples(st.just("step"), st.integers(1, 2)),
+                                 st.tuples(st.just("drain"), st.integers(0, 20))), min_size=1, max_size=20))
+def test_pfs_keep_keeps_the_newest_persisted_checkpoints(tmp_path_factory, keep, pfs_keep, events):
+    """pfs_keep against a model: the PFS holds the `pfs_keep` newest persisted checkpoints (by their
+    order in the series, whatever order their drains finish in); one pruned while still in memory
+    stays readable there, no longer selected for the PFS; one pruned out of memory is gone."""
+    cat = Catalog(str(tmp_path_factory.mktemp("state")))
+    cat.set_policy("ns", Policy(persist_every=1, keep_versions=keep, pfs_keep=pfs_keep))
+    alive = {"b0"}
+    files: dict[int, list[str]] = {}
+    on_pfs: set[int] = set()  # the model
+    pruned: set[int] = set()
+    n = 0
+    for kind, arg in events:
+        if kind == "step":
+            seq = len(files) + 1
+            files[seq] = [f"/run/iter_{10 * seq:07d}/rank{r}.pt" for r in range(arg)]
+            for path in files[seq]:
+                n += 1
+                cat.commit("ns", path, 10, [(ChunkKey(n.to_bytes(16, "big"), 10), ["b0"])], alive)
+                cat.apply_retention("ns", path)
+        elif kind == "drain" and files:
+            seq = 1 + arg % len(files)
+            work = [t for t in cat.drain_work("b0", 10_000) if t.path in files[seq]]
+            if not work:
+                continue
+            outcome = cat.drain_done("b0", [(t.id, f"ns{t.path}/v1.c{t.index}.chunk", False, "", 10) for t in work],
+                                     alive)
+            for path in files[seq]:
+                cat.apply_retention("ns", path)
+            cat.apply_pfs_keep("ns", outcome.on_pfs.get("ns", []))
+            on_pfs.add(seq)
+            newest = set(sorted(on_pfs)[-pfs_keep:])
+            pruned |= on_pfs - newest
+            on_pfs = newest
+        persisted = {c["seq"] for c in cat.checkpoints("ns") if c["state"] == "persisted"}
+        assert persisted == on_pfs
+        for seq in pruned:
+            for path in files[seq]:
+                versions = cat.versions("ns", path)
+                assert not versions or (versions[-1].in_memory and not versions[-1].persist), (seq, path, versions)
+    copies, _ = cat.take_pfs_trash()
+    assert len(copies) == sum(len(files[seq]) for seq in pruned)
     cat.close()

@@ -798,28 +798,60 @@ class RepairStatus(_message.Message):
     def __init__(self, chunks_unprotected: _Optional[int] = ..., stripes: _Optional[int] = ..., members_missing: _Optional[int] = ..., in_flight: _Optional[int] = ..., copies_made: _Optional[int] = ..., members_encoded: _Optional[int] = ..., members_rebuilt: _Optional[int] = ..., bytes_made: _Optional[int] = ..., stripe_cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
+    PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
     redundancy: str
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ...) -> None: ...
+    pfs_keep: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ...) -> None: ...
 
 class PolicyReply(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
+    PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
     redundancy: str
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ...) -> None: ...
+    pfs_keep: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ...) -> None: ...
+
+class GcRequest(_message.Message):
+    __slots__ = ("namespace", "dry_run")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    dry_run: bool
+    def __init__(self, namespace: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class GcOrphan(_message.Message):
+    __slots__ = ("path", "bytes", "why")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    bytes: int
+    why: str
+    def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ..., why: _Optional[str] = ...) -> None: ...
+
+class GcReply(_message.Message):
+    __slots__ = ("orphans", "removed_files", "removed_bytes")
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FILES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    orphans: _containers.RepeatedCompositeFieldContainer[GcOrphan]
+    removed_files: int
+    removed_bytes: int
+    def __init__(self, orphans: _Optional[_Iterable[_Union[GcOrphan, _Mapping]]] = ..., removed_files: _Optional[int] = ..., removed_bytes: _Optional[int] = ...) -> None: ...
 
 class DrainWorkRequest(_message.Message):
     __slots__ = ("benefactor_id", "limit", "incarnation")

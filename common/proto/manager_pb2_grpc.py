@@ -139,6 +139,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
                 _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/memstage.v1.Manager/CollectGarbage',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.GcRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.GcReply.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/memstage.v1.Manager/Delete',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
@@ -353,6 +358,13 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectGarbage(self, request, context):
+        """Chunk files on the PFS that no version of the catalog references (memstage gc).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -547,6 +559,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Prefetch,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.GcRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.GcReply.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -1181,6 +1198,33 @@ class Manager:
             '/memstage.v1.Manager/Prefetch',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/CollectGarbage',
+            memstage_dot_proto_dot_manager__pb2.GcRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.GcReply.FromString,
             options,
             channel_credentials,
             insecure,
