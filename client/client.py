@@ -267,7 +267,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             "Versions", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
         return [{"version": v.version, "size": v.size, "committed_at": v.committed_at, "chunks": v.chunk_count,
                  "persist": v.persist, "persisted": v.persisted, "in_memory": v.in_memory, "lost": v.lost,
-                 "lost_reason": v.lost_reason, "drain_error": v.drain_error}
+                 "lost_reason": v.lost_reason, "drain_error": v.drain_error, "unavailable": v.unavailable}
                 for v in reply.versions]
 
     @contextlib.contextmanager

@@ -95,6 +95,10 @@ _ADDED_COLUMNS = (
     ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
 )
 
+# Drain tasks that only look for a chunk file on the PFS (its holders died) are placed this far
+# ahead of their group's place in the queue: before any task that writes.
+PFS_CHECK_AHEAD = 1 << 40
+
 # The location log is compacted (replaced by a snapshot) once it holds this many operations and
 # more than twice as many as there are locations.
 LOG_COMPACT_AT = 1_000_000
@@ -485,6 +489,23 @@ class Catalog(NodeTable):
                 self._index.add_location(ik, benefactor, gen)
                 self._log().add(ns, key, benefactor, gen)
         return True
+
+    def availability(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> tuple[bool, bool]:
+        """(every chunk held by a live benefactor, every chunk readable now: held, on the PFS, or
+        rebuildable from its stripe)."""
+        held = readable = True
+        with self._lock:
+            for key in set(keys):
+                if key.is_hole:
+                    continue
+                ik = (namespace, key)
+                if any(bf in alive for bf in self._index.locations(ik)):
+                    continue
+                held = False
+                if not self._index.drained(ik) and not self._recoverable(ik, alive):
+                    readable = False
+                    break
+        return held, readable
 
     def version_protected(self, namespace: str, path: str, version: int, redundancy: Redundancy,
                           alive: set[str]) -> bool:
@@ -1569,6 +1590,7 @@ class Catalog(NodeTable):
                     if group.version_key in lost:
                         continue  # its tasks went with it
                     by_owner: dict[str, list[Member]] = {}
+                    checks: dict[str, list[Member]] = {}
                     for m in group.members.values():
                         ik = (group.ns, m.key)
                         owner = self._drainer_for(ik, candidates)
@@ -1578,17 +1600,25 @@ class Catalog(NodeTable):
                             continue
                         if not owner and check_pfs:
                             owner = min(candidates)
+                            checks.setdefault(owner, []).append(m)  # a look at the PFS: ahead of the queue
+                            continue
                         if not owner:
                             lost.append(group.version_key)
                             self._mark_lost(group.ns, group.path, group.version, reason)
                             break
                         by_owner.setdefault(owner, []).append(m)
                     else:
-                        # The tasks keep their place in the queue under their new owners.
+                        # The tasks keep their place in the queue under their new owners; those
+                        # whose chunk nobody holds go first: until their PFS copy is found their
+                        # version cannot be read, and looking costs the new owner little.
                         self._drains.drop(group.id)
-                        self._drains.add(group.ns, group.path, group.version, group.count, by_owner,
-                                         group.queued_at, group.seq)
-                        self._queued(set(by_owner))
+                        if by_owner:
+                            self._drains.add(group.ns, group.path, group.version, group.count, by_owner,
+                                             group.queued_at, group.seq)
+                        if checks:
+                            self._drains.add(group.ns, group.path, group.version, group.count, checks,
+                                             group.queued_at, group.seq - PFS_CHECK_AHEAD)
+                        self._queued(set(by_owner) | set(checks))
         return lost
 
     def drain_owners(self) -> set[str]:

@@ -1177,12 +1177,18 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         versions = self.catalog.versions(namespace, path)
         if not versions:
             raise NotFound(f"{path}: no such file in namespace {namespace!r}")
-        return manager_pb2.VersionsReply(versions=[
-            manager_pb2.VersionInfo(version=v.version, size=v.size, committed_at=v.committed_at,
-                                    chunk_count=len(v.keys), persist=v.persist, persisted=v.persisted,
-                                    in_memory=v.in_memory, lost=v.lost, lost_reason=v.lost_reason,
-                                    drain_error=v.drain_error)
-            for v in versions])
+        alive = self._alive_ids()
+        infos = []
+        for v in versions:
+            # What the benefactors hold now, not what the catalog last recorded: after a restart or
+            # a death, a version whose holders are gone is neither in memory nor readable until its
+            # PFS copy is found.
+            held, readable = self.catalog.availability(namespace, v.keys, alive) if not v.lost else (False, False)
+            infos.append(manager_pb2.VersionInfo(
+                version=v.version, size=v.size, committed_at=v.committed_at, chunk_count=len(v.keys),
+                persist=v.persist, persisted=v.persisted, in_memory=v.in_memory and held, lost=v.lost,
+                lost_reason=v.lost_reason, drain_error=v.drain_error, unavailable=not v.lost and not readable))
+        return manager_pb2.VersionsReply(versions=infos)
 
     @rpc
     def Checkpoints(self, request: manager_pb2.PathRequest, context: grpc.ServicerContext

@@ -598,7 +598,7 @@ class ListReply(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason", "drain_error")
+    __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason", "drain_error", "unavailable")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -609,6 +609,7 @@ class VersionInfo(_message.Message):
     LOST_FIELD_NUMBER: _ClassVar[int]
     LOST_REASON_FIELD_NUMBER: _ClassVar[int]
     DRAIN_ERROR_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     version: int
     size: int
     committed_at: float
@@ -619,7 +620,8 @@ class VersionInfo(_message.Message):
     lost: bool
     lost_reason: str
     drain_error: str
-    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ..., lost_reason: _Optional[str] = ..., drain_error: _Optional[str] = ...) -> None: ...
+    unavailable: bool
+    def __init__(self, version: _Optional[int] = ..., size: _Optional[int] = ..., committed_at: _Optional[float] = ..., chunk_count: _Optional[int] = ..., persist: _Optional[bool] = ..., persisted: _Optional[bool] = ..., in_memory: _Optional[bool] = ..., lost: _Optional[bool] = ..., lost_reason: _Optional[str] = ..., drain_error: _Optional[str] = ..., unavailable: _Optional[bool] = ...) -> None: ...
 
 class VersionsReply(_message.Message):
     __slots__ = ("versions",)
