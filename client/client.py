@@ -283,6 +283,24 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         finally:
             self._checkpoint = previous
 
+    def begin_checkpoint(self, step: int) -> int | None:
+        """Files any writer commits in this namespace from now on (other clients and mounts too)
+        belong to checkpoint `step`, until end_checkpoint() or the next begin: for a job script
+        around tools that know nothing of memstage. A path that names a step itself keeps it.
+        Returns the step this ends, if one was open."""
+        if not isinstance(step, int) or step < 0:
+            raise InvalidArgument(f"checkpoint step {step!r}: a number, 0 or more")
+        reply = self._mark(manager_pb2.CheckpointMark(namespace=self.namespace, begin=step))
+        return reply.ended if reply.was_open else None
+
+    def end_checkpoint(self) -> int | None:
+        """The namespace's open checkpoint is complete; returns its step (None if none was open)."""
+        reply = self._mark(manager_pb2.CheckpointMark(namespace=self.namespace, end=True))
+        return reply.ended if reply.was_open else None
+
+    def _mark(self, request: manager_pb2.CheckpointMark) -> manager_pb2.CheckpointMarkReply:
+        return self.connections.call_manager("MarkCheckpoint", request, f"checkpoint of namespace {self.namespace}")
+
     def checkpoints(self) -> list[dict[str, Any]]:
         """The namespace's checkpoints (per-step directories or step-numbered files), oldest first:
         series, step, seq, started_at, files, bytes, persist (selected by persist_every) and state

@@ -450,6 +450,31 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from memstage.client import Client
+
+    settings = load(ClientSettings, _client_flags(args), config=args.config)
+    if args.action == "begin":
+        if args.step is None or args.step < 0:
+            raise SettingError("checkpoint begin: STEP (a number, 0 or more) is required")
+    elif args.step is not None:
+        raise SettingError("checkpoint end: takes no STEP (it ends the namespace's open checkpoint)")
+    client = Client(**_client_flags(args), config=args.config)
+    try:
+        ended = client.begin_checkpoint(args.step) if args.action == "begin" else client.end_checkpoint()
+    finally:
+        client.connections.close()
+    ns = settings.namespace
+    if args.action == "begin":
+        print(f"namespace {ns}: checkpoint {args.step} begins" + (f" (checkpoint {ended} ended)" if ended is not None
+                                                                    else ""))
+    elif ended is None:
+        print(f"namespace {ns}: no checkpoint was open")
+    else:
+        print(f"namespace {ns}: checkpoint {ended} ended")
+    return 0
+
+
 def cmd_prefetch(args: argparse.Namespace) -> int:
     from memstage.client import Client
 
@@ -594,6 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("checkpoint", parents=[common], help="begin or end a checkpoint of a namespace",
+                       description="Files any writer commits in the namespace between `begin STEP` and `end` "
+                                   "(through the mount, the library or other processes) form checkpoint STEP, "
+                                   "whatever their names: persist_every, keep and pfs_keep count it as one. For "
+                                   "layouts memstage does not recognise itself (per-step directories such as "
+                                   "step_100/ and step-numbered files need nothing); a path naming a step keeps it. "
+                                   "A begin ends the checkpoint that was open.")
+    _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
+    p.add_argument("action", choices=["begin", "end"], help="begin STEP, or end the open checkpoint")
+    p.add_argument("step", type=int, nargs="?", default=None, metavar="STEP", help="the checkpoint's step (begin)")
+    p.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser("prefetch", parents=[common], help="load persisted files back into memory from the PFS",
                        description="Load the latest version of every file at or below PATH (a file, a checkpoint "

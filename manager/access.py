@@ -19,7 +19,8 @@ BENEFACTOR = frozenset({"Register", "Heartbeat", "Reconcile", "Orders", "Leave",
 READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions", "Checkpoints"})
 # FindChunks answers whether the namespace holds a chunk: deduplicating into it is writing to it.
 WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Rename", "Mkdir", "Rmdir", "SetAttr",
-                   "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage"})
+                   "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage",
+                   "MarkCheckpoint"})
 ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
 POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep")
 

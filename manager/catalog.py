@@ -95,6 +95,8 @@ _ADDED_COLUMNS = (
     ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
 )
 
+OPEN_CHECKPOINT = "open_checkpoint:"  # meta key prefix: a namespace's begun checkpoint
+
 # Drain tasks that only look for a chunk file on the PFS (its holders died) are placed this far
 # ahead of their group's place in the queue: before any task that writes.
 PFS_CHECK_AHEAD = 1 << 40
@@ -274,6 +276,9 @@ class Catalog(NodeTable):
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('deployment', ?)", (secrets.token_hex(6),))
         self.deployment_id: str = self._db.execute("SELECT value FROM meta WHERE key='deployment'").fetchone()[0]
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+        # Checkpoints begun for a whole namespace (memstage checkpoint begin): namespace -> step.
+        self._open_checkpoints = {key.removeprefix(OPEN_CHECKPOINT): int(value) for key, value in self._db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (OPEN_CHECKPOINT + "%",))}
         self.created_at = float(self._db.execute("SELECT value FROM meta WHERE key='created_at'").fetchone()[0])
         # The chunk index is read on every commit, lookup and query: kept in memory, written through.
         self._log_ops = 0  # operations in the location log (set by the load)
@@ -779,8 +784,11 @@ class Catalog(NodeTable):
                                "UNION ALL SELECT version FROM retired WHERE ns=? AND path=?)",
                                (namespace, path, namespace, path)).fetchone()
         version = (row[0] or 0) + 1
+        explicit = v.checkpoint
+        if explicit is None and namespace in self._open_checkpoints and step_of(path) is None:
+            explicit = self._open_checkpoints[namespace]  # memstage checkpoint begin STEP, from any writer
         checkpoint, persist, pointer = self._checkpoint_of(namespace, path, version, now, policy.persist_every,
-                                                           v.checkpoint)
+                                                           explicit)
         # A pointer file (one naming the latest checkpoint) drains only once the rest of its
         # checkpoint is on the PFS: the PFS copy never names a checkpoint it does not hold.
         deferred = persist and pointer and not self._checkpoint_persisted(namespace, checkpoint)
@@ -861,6 +869,30 @@ class Catalog(NodeTable):
             self._db.execute("UPDATE versions SET deferred=0 WHERE ns=? AND path=? AND version=?",
                              (namespace, path, version))
             self._queue_drain(namespace, path, version, [(k, ()) for k in unpack_map(blob)], alive, now)
+
+    def begin_checkpoint(self, namespace: str, step: int) -> int | None:
+        """Files committed in the namespace from now on belong to checkpoint `step` of its explicit
+        series, whoever writes them (a path that names a step itself keeps it), until it ends or
+        another begins. Returns the step this one ends, if one was open."""
+        with self._lock:
+            previous = self._open_checkpoints.get(namespace)
+            self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                             (OPEN_CHECKPOINT + namespace, str(step)))
+            self._open_checkpoints[namespace] = step
+            self.sync()
+        return previous
+
+    def end_checkpoint(self, namespace: str) -> int | None:
+        """The namespace's open checkpoint is complete. Returns its step (None: none was open)."""
+        with self._lock:
+            step = self._open_checkpoints.pop(namespace, None)
+            self._db.execute("DELETE FROM meta WHERE key=?", (OPEN_CHECKPOINT + namespace,))
+            self.sync()
+        return step
+
+    def open_checkpoint(self, namespace: str) -> int | None:
+        with self._lock:
+            return self._open_checkpoints.get(namespace)
 
     def meta(self, key: str) -> str:
         """A value the state keeps about itself ("" if unset)."""

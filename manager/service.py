@@ -1640,6 +1640,22 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                                        pfs_keep=current.pfs_keep)
 
     @rpc
+    def MarkCheckpoint(self, request: manager_pb2.CheckpointMark, context: grpc.ServicerContext
+                       ) -> manager_pb2.CheckpointMarkReply:
+        namespace = check_namespace(request.namespace)
+        if request.HasField("begin") == request.end:
+            raise InvalidArgument("a checkpoint mark either begins a step or ends the open checkpoint")
+        if request.HasField("begin"):
+            previous = self.catalog.begin_checkpoint(namespace, request.begin)
+            log.info("namespace %s: checkpoint %d begins", namespace, request.begin)
+        else:
+            previous = self.catalog.end_checkpoint(namespace)
+            log.info("namespace %s: checkpoint %s ends", namespace, previous)
+        now = self.catalog.open_checkpoint(namespace)
+        return manager_pb2.CheckpointMarkReply(was_open=previous is not None, ended=previous or 0,
+                                               open=now is not None, step=now or 0)
+
+    @rpc
     def CollectGarbage(self, request: manager_pb2.GcRequest, context: grpc.ServicerContext) -> manager_pb2.GcReply:
         namespace = check_namespace(request.namespace)
         pfs = self.settings.pfs

@@ -202,3 +202,33 @@ def test_an_explicit_checkpoint_counts_files_of_any_name(local_cluster):
                     c.versions(path)
     with pytest.raises(InvalidArgument), c.checkpoint(-1):
         pass
+
+
+def test_a_job_script_marks_checkpoints_of_any_name_written_through_the_mount(mounted):
+    """`memstage checkpoint begin STEP` / `end` around tools that know nothing of memstage: files
+    written through the mount in between form one checkpoint, whatever their names."""
+    point, cluster, _ = mounted(benefactors=2, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=3, keep_versions=2)
+    mark = [sys.executable, "-m", "memstage", "checkpoint", "--manager", cluster.manager_address]
+    names = {step: [f"snap/{'abcdefg'[step - 1]}/model.bin", f"snap/{'abcdefg'[step - 1]}/optim.bin"]
+             for step in STEPS}
+    for step in STEPS:
+        out = subprocess.run([*mark, "begin", str(step)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and f"checkpoint {step} begins" in out.stdout, out.stderr
+        for name in names[step]:
+            (point / name).parent.mkdir(parents=True, exist_ok=True)
+            (point / name).write_bytes(random_bytes(MiB // 2))
+        out = subprocess.run([*mark, "end"], capture_output=True, text=True, timeout=30)
+        assert f"checkpoint {step} ended" in out.stdout, out.stderr
+    pfs = cluster.root / "pfs"
+    wanted = {"/" + n for s in PERSISTED for n in names[s]}
+    wait_for(lambda: {v.path for v in list_pfs(pfs, "default") if v.complete} == wanted, timeout=60,
+             what="checkpoints 1, 3 and 6 to drain")
+    listed = c.checkpoints()
+    assert [(ck["series"], ck["step"]) for ck in listed] == [("@", s) for s in STEPS if s in PERSISTED or s >= 5]
+    # After `end`, a file belongs to no checkpoint: it is a version of its own.
+    (point / "notes.txt").write_text("free")
+    assert len(c.checkpoints()) == len(listed)
+    bad = subprocess.run([*mark, "end", "3"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "takes no STEP" in bad.stderr and "Traceback" not in bad.stderr

@@ -827,6 +827,28 @@ class PolicyReply(_message.Message):
     pfs_keep: int
     def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ...) -> None: ...
 
+class CheckpointMark(_message.Message):
+    __slots__ = ("namespace", "begin", "end")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    begin: int
+    end: bool
+    def __init__(self, namespace: _Optional[str] = ..., begin: _Optional[int] = ..., end: _Optional[bool] = ...) -> None: ...
+
+class CheckpointMarkReply(_message.Message):
+    __slots__ = ("was_open", "ended", "open", "step")
+    WAS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    was_open: bool
+    ended: int
+    open: bool
+    step: int
+    def __init__(self, was_open: _Optional[bool] = ..., ended: _Optional[int] = ..., open: _Optional[bool] = ..., step: _Optional[int] = ...) -> None: ...
+
 class GcRequest(_message.Message):
     __slots__ = ("namespace", "dry_run")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

@@ -139,6 +139,11 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
                 _registered_method=True)
+        self.MarkCheckpoint = channel.unary_unary(
+                '/memstage.v1.Manager/MarkCheckpoint',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointMark.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.FromString,
+                _registered_method=True)
         self.CollectGarbage = channel.unary_unary(
                 '/memstage.v1.Manager/CollectGarbage',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.GcRequest.SerializeToString,
@@ -358,6 +363,14 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkCheckpoint(self, request, context):
+        """memstage checkpoint begin|end: files any writer commits in the namespace meanwhile form one
+        checkpoint (of the explicit series), whatever their names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CollectGarbage(self, request, context):
         """Chunk files on the PFS that no version of the catalog references (memstage gc).
         """
@@ -559,6 +572,11 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.Prefetch,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.PathRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.PrefetchReply.SerializeToString,
+            ),
+            'MarkCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkCheckpoint,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointMark.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.SerializeToString,
             ),
             'CollectGarbage': grpc.unary_unary_rpc_method_handler(
                     servicer.CollectGarbage,
@@ -1198,6 +1216,33 @@ class Manager:
             '/memstage.v1.Manager/Prefetch',
             memstage_dot_proto_dot_manager__pb2.PathRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.PrefetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/MarkCheckpoint',
+            memstage_dot_proto_dot_manager__pb2.CheckpointMark.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.FromString,
             options,
             channel_credentials,
             insecure,
