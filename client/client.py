@@ -311,10 +311,11 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                  "bytes": c.bytes, "persist": c.persist, "state": c.state} for c in reply.checkpoints]
 
     def prefetch(self, path: str = "/", progress: Callable[[int, int], object] | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None, latest: bool = False) -> dict[str, Any]:
         """Load the latest version of every file at or below `path` back into memory from the PFS
         (a checkpoint drained by an earlier job, or one that left memory), so that the restart
-        reads at memory speed. Benefactors read the chunk files themselves, in parallel.
+        reads at memory speed; with `latest`, only the newest persisted checkpoint of each step
+        series below `path`. Benefactors read the chunk files themselves, in parallel.
         progress(loaded bytes, total bytes) is called as it goes. Returns files, bytes,
         loaded_bytes, failed_chunks and error (why a chunk could not be loaded: it is read from
         the PFS instead). TimeoutError if it is not done within `timeout` seconds."""
@@ -323,7 +324,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         pause, start = 0.02, True
         while True:
             reply = self.connections.call_manager(
-                "Prefetch", manager_pb2.PathRequest(namespace=self.namespace, path=norm, start=start), norm)
+                "Prefetch", manager_pb2.PathRequest(namespace=self.namespace, path=norm, start=start, latest=latest),
+                norm)
             start = False
             if progress is not None:
                 progress(reply.loaded_bytes, reply.bytes)

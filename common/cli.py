@@ -482,11 +482,12 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     shown = Progress("loaded", sys.stderr)
     try:
         done = client.prefetch(args.path, progress=lambda loaded, total: shown.bytes(loaded, total),
-                               timeout=args.timeout)
+                               timeout=args.timeout, latest=args.latest)
     finally:
         shown.end()
         client.connections.close()
-    print(f"prefetched {args.path}: {done['files']} files, {format_size(int(done['loaded_bytes']))} of "
+    what = f"the latest checkpoint below {args.path}" if args.latest else args.path
+    print(f"prefetched {what}: {done['files']} files, {format_size(int(done['loaded_bytes']))} of "
           f"{format_size(int(done['bytes']))} in memory")
     if done["failed_chunks"]:
         print(f"{done['failed_chunks']} chunks could not be loaded ({done['error']}); they are read from the PFS",
@@ -639,7 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or one that left memory. The benefactors read the chunk files in parallel; "
                                    "what cannot be loaded (no room) is still read from the PFS. Exit code 1 then.")
     _add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
-    p.add_argument("path", metavar="PATH", help="a file or directory of the namespace")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/",
+                   help="a file or directory of the namespace (default: /)")
+    p.add_argument("--latest", action="store_true",
+                   help="only the newest persisted checkpoint of each step series below PATH (what a restart "
+                        "reads), not every file")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up after this long (default: wait until done)")
     p.set_defaults(func=cmd_prefetch)

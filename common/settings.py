@@ -242,6 +242,8 @@ class UpSettings:
                                   "persistence before stopping (press Ctrl-C again to stop at once)")
     insecure: bool = setting(False, _bool, "no authentication anywhere (without it the manager checks tokens and "
                              "the cluster secret it keeps in --state, and a client settings file is written there)")
+    prefetch_latest: bool = setting(False, _bool, "once started, load the newest persisted checkpoint of each step "
+                                    "series of namespace default back into memory from the PFS (a restart)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")

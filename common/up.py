@@ -162,6 +162,25 @@ def stop_deployment(procs: list[RoleProcess], drain_timeout: float = 0.0, again:
         p.stop()
 
 
+def _prefetch_latest(manager: str, settings: UpSettings) -> None:
+    """The restart's checkpoint back in memory before the application reads it; a failure is said,
+    not fatal (the checkpoint is still read from the PFS)."""
+    from memstage.client import Client
+
+    client = Client(manager=manager, namespace="default", **deployment_client(settings.state))
+    try:
+        done = client.prefetch("/", latest=True)
+    except MemstageError as e:
+        print(f"memstage up: prefetch of the latest checkpoint failed ({e}); it is read from the PFS", flush=True)
+        return
+    finally:
+        client.connections.close()
+    print(f"memstage up: prefetched the latest checkpoint: {done['files']} files, "
+          f"{format_size(int(done['loaded_bytes']))} of {format_size(int(done['bytes']))} in memory"
+          + (f" ({done['failed_chunks']} chunks not loaded: {done['error']})" if done["failed_chunks"] else ""),
+          flush=True)
+
+
 def run_up(settings: UpSettings, config: str | None = None) -> int:
     stop, again = threading.Event(), threading.Event()
 
@@ -198,6 +217,8 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
         print("        memstage token create --namespace NS   (a token for one namespace, to give to a job)",
               flush=True)
     print("Ctrl-C stops everything.", flush=True)
+    if settings.prefetch_latest:
+        _prefetch_latest(manager.address, settings)
     code = 0
     try:
         while not stop.wait(0.5):

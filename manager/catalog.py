@@ -953,13 +953,16 @@ class Catalog(NodeTable):
                                      "left_memory) VALUES (?, ?, ?, ?, ?, 1)", (ns, series, step, seq, started[step]))
         return imported
 
-    def want_in_memory(self, namespace: str, path: str, alive: set[str]) -> Wanted:
+    def want_in_memory(self, namespace: str, path: str, alive: set[str], latest: bool = False) -> Wanted:
         """The latest version of each file at or below `path` is wanted in memory again (prefetch): a
         persisted one that left memory is counted in memory from now on, so its chunks are kept once
-        loaded and evicted as any other's. Returns the files, their bytes, the bytes a live
+        loaded and evicted as any other's. With `latest`, only the files of the newest persisted
+        checkpoint of each step series below `path`. Returns the files, their bytes, the bytes a live
         benefactor holds, and the chunks to load from the PFS (no live holder, a drained file)."""
         with self._lock:
-            if self.kind(namespace, path) == FILE:
+            if latest:
+                paths = self.latest_checkpoint_files(namespace, path)
+            elif self.kind(namespace, path) == FILE:
                 paths = [path]
             else:
                 paths = [f.path for f in self.files_under(namespace, path)]
@@ -987,6 +990,28 @@ class Catalog(NodeTable):
                 elif drained := self._index.drained(ik):
                     load.append((ik, drained))
             return Wanted(len(wanted), sum(k.length for k in keys), loaded, load)
+
+    def latest_checkpoint_files(self, namespace: str, directory: str = "/") -> list[str]:
+        """The files of the newest persisted checkpoint of each step series at or below `directory`
+        (what a restart reads), pointer files beside them included."""
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            out: list[str] = []
+            for (series,) in self._db.execute("SELECT DISTINCT series FROM checkpoints WHERE ns=?",
+                                              (namespace,)).fetchall():
+                for (step,) in self._db.execute("SELECT step FROM checkpoints WHERE ns=? AND series=? "
+                                                "ORDER BY seq DESC", (namespace, series)).fetchall():
+                    checkpoint = f"{series}:{step}"
+                    if not self._checkpoint_persisted(namespace, checkpoint) or not self._db.execute(
+                            "SELECT 1 FROM versions WHERE ns=? AND checkpoint=? AND persisted=1 LIMIT 1",
+                            (namespace, checkpoint)).fetchone():
+                        continue
+                    paths = [p for (p,) in self._db.execute(
+                        "SELECT DISTINCT path FROM versions WHERE ns=? AND checkpoint=? AND persisted=1",
+                        (namespace, checkpoint))]
+                    out += [p for p in paths if p.startswith(prefix) or directory == "/"]
+                    break
+            return sorted(set(out))
 
     def checkpoints(self, namespace: str, alive: set[str] | None = None) -> list[dict[str, object]]:
         """The namespace's checkpoints of step series that still hold files, oldest first: series,

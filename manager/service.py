@@ -1209,7 +1209,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             raise NotFound(f"{path}: no such file or directory in namespace {namespace!r}")
         with self._lock:
             now, alive, free, addresses, _ = self._live_view()
-        wanted = self.catalog.want_in_memory(namespace, path, alive)
+        wanted = self.catalog.want_in_memory(namespace, path, alive, request.latest)
         with self._lock:
             self.loads.expire(now)
             if request.start:  # the first call of a prefetch: what failed before is tried again

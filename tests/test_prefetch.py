@@ -13,6 +13,7 @@ import pytest
 from conftest import MiB, random_bytes, wait_for
 
 from memstage.drainer.restore import list_pfs
+from memstage.units import format_size
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +91,48 @@ def test_prefetch_of_a_missing_path_is_a_clear_error(local_cluster):
                           cluster.manager_address], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "/nothing/here" in out.stderr and "Traceback" not in out.stderr
+
+
+def _megatron(step: int) -> dict[str, bytes]:
+    d = f"/run/iter_{step:07d}"
+    return {f"{d}/mp_rank_00/model_optim_rng.pt": random_bytes(2 * MiB + step),
+            f"{d}/mp_rank_01/model_optim_rng.pt": random_bytes(2 * MiB),
+            "/run/latest_checkpointed_iteration.txt": str(step).encode()}
+
+
+def test_prefetch_latest_loads_only_the_newest_persisted_checkpoint(local_cluster, tmp_path):
+    pfs = tmp_path / "pfs"
+    pfs.mkdir()
+    files: dict[str, bytes] = {}
+    for step in range(1, 5):
+        files.update(_megatron(step))
+    _drained_job(local_cluster, pfs, {p: d for p, d in files.items() if "latest_" not in p}
+                 | {"/run/latest_checkpointed_iteration.txt": b"4"})
+    second = local_cluster(benefactors=2, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c = second.client()
+    done = c.prefetch(latest=True, timeout=60)
+    newest = [p for p in files if "iter_0000004" in p]
+    assert done["files"] == len(newest) and done["loaded_bytes"] == done["bytes"] == sum(len(files[p]) for p in newest)
+    assert all(c.versions(p)[-1]["in_memory"] for p in newest)
+    assert not any(c.versions(p)[-1]["in_memory"] for p in files if "iter_0000003" in p)
+
+
+def test_up_prefetches_the_latest_checkpoint_when_asked(local_cluster, tmp_path):
+    pfs = tmp_path / "pfs"
+    pfs.mkdir()
+    step = {p: d for p, d in _megatron(1).items() if "latest_" not in p}
+    _drained_job(local_cluster, pfs, step)
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "1", "--memory", "32MiB",
+                             "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state2"), "--pfs", str(pfs),
+                             "--heartbeat-interval", "1s", "--insecure", "--prefetch-latest"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("prefetched the latest checkpoint" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"memstage up ended: {lines}"
+            lines.append(line)
+        assert f"prefetched the latest checkpoint: 2 files, {format_size(sum(map(len, step.values())))} of" in lines[-1]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

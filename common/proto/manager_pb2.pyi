@@ -484,18 +484,20 @@ class VersionMap(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("namespace", "path", "attrs", "protection", "start")
+    __slots__ = ("namespace", "path", "attrs", "protection", "start", "latest")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     PROTECTION_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     attrs: FileAttrs
     protection: bool
     start: bool
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ...) -> None: ...
+    latest: bool
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ..., latest: _Optional[bool] = ...) -> None: ...
 
 class FileAttrs(_message.Message):
     __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ino", "access")
