@@ -218,11 +218,15 @@ def test_a_slurm_job_chain_restarts_from_the_previous_jobs_checkpoint(tmp_path):
     (tmp_path / "data.bin").write_bytes(data)
     first.write_text("from memstage.client import Client\n"  # MEMSTAGE_NAMESPACE comes from the job script
                      f"Client().pipe('/ckpt/step_10/rank0.bin', open({str(tmp_path / 'data.bin')!r}, 'rb').read())\n")
+    # The restart finds the checkpoint in memory already: the job script prefetched it.
     second.write_text("from memstage.client import Client\n"
-                      f"assert Client().cat('/ckpt/step_10/rank0.bin') == open({str(tmp_path / 'data.bin')!r}, "
+                      "c = Client()\n"
+                      "assert c.versions('/ckpt/step_10/rank0.bin')[-1]['in_memory']\n"
+                      f"assert c.cat('/ckpt/step_10/rank0.bin') == open({str(tmp_path / 'data.bin')!r}, "
                       "'rb').read()\n")
     for app, job_id in ((first, "501"), (second, "502")):
-        job = _start_recipe(tmp_path, app, job_id, MEMSTAGE_NAMESPACE="run42")
+        # No namespace given: jobs of one name share one (the default), as a chain resubmitted does.
+        job = _start_recipe(tmp_path, app, job_id, SLURM_JOB_NAME="train run/42")
         try:
             stdout, stderr = job.communicate(timeout=150)
         finally:
@@ -230,6 +234,8 @@ def test_a_slurm_job_chain_restarts_from_the_previous_jobs_checkpoint(tmp_path):
                 os.killpg(job.pid, signal.SIGKILL)
                 job.communicate()
         assert job.returncode == 0, stdout + stderr
+    assert "prefetched the latest checkpoint below /: 1 files, 3.0 MiB of 3.0 MiB in memory" in stdout, stdout
+    assert (tmp_path / "pfs" / "train_run_42" / "ckpt" / "step_10").is_dir()
 
 
 def _cmdline(proc: Path) -> str:
