@@ -16,6 +16,7 @@ inside the PFS root (also through symlinks), so nothing escapes it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -144,6 +145,46 @@ def write_chunk(directory: Path, name: str, data: Iterable[bytes | memoryview] |
 
 
 VersionId = tuple[str, int]  # (deployment, version)
+
+# Beside a version's chunk files, once it is persisted: what the names do not carry (mode, owner,
+# times, the file's other names), so that a deployment importing the PFS shows it as it was.
+_MANIFEST = re.compile(r"^v(\d+)\.d([0-9a-z]+)\.manifest\.json$")
+
+
+def manifest_name(version: int, deployment: str) -> str:
+    return f"v{version}.d{deployment}.manifest.json"
+
+
+def parse_manifest_name(name: str) -> VersionId | None:
+    m = _MANIFEST.match(name)
+    return (m.group(2), int(m.group(1))) if m else None
+
+
+def write_manifest(directory: Path, version: int, deployment: str, manifest: dict[str, object]) -> Path:
+    """Publish a version's manifest durably (temporary name, fsync, rename, directory fsync)."""
+    final = directory / manifest_name(version, deployment)
+    tmp = directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{final.name}"
+    data = json.dumps(manifest, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    return final
+
+
+def read_manifest(directory: Path, version: int, deployment: str) -> dict[str, object] | None:
+    """A version's manifest, or None (none written, or unreadable: the names alone still rebuild it)."""
+    try:
+        value = json.loads((directory / manifest_name(version, deployment)).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def scan(directory: Path) -> dict[VersionId, list[ChunkFile]]:

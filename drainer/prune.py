@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from memstage.drainer.layout import parse_name, walk_versions
+from memstage.drainer.layout import parse_manifest_name, parse_name, walk_versions
 from memstage.errors import InvalidPath
 from memstage.paths import check_namespace
 
@@ -89,7 +89,8 @@ def remove_copies(root: str | Path, copies: Iterable[PfsCopy], keep: set[str]) -
             continue
         for entry in directory.iterdir():
             parsed = parse_name(entry)
-            if parsed is None or (parsed.deployment, parsed.version) != (copy.deployment, copy.version):
+            vid = (parsed.deployment, parsed.version) if parsed is not None else parse_manifest_name(entry.name)
+            if vid != (copy.deployment, copy.version):
                 continue
             if str(entry.relative_to(base)) in keep:
                 continue
@@ -127,7 +128,19 @@ def find_orphans(root: str | Path, namespace: str, referenced: Callable[[str, st
                                   f"{deployment} is not in the catalog"))
     for directory, _, entries in os.walk(start):
         for name in entries:
-            if name.startswith(TMP_PREFIX):
+            vid = parse_manifest_name(name)
+            if vid is not None:
+                path = Path(directory) / name
+                rel_dir = str(path.parent.relative_to(base))
+                deployment, version = vid
+                if referenced(rel_dir, deployment, version):
+                    continue
+                if deployment != own_deployment and path.lstat().st_mtime * 1000 > newer_than_ms:
+                    continue
+                out.append(Orphan(str(path.relative_to(base)), _freed_by(path),
+                                  f"{rel_dir}: the manifest of version {version} of deployment {deployment}, "
+                                  "which is not in the catalog"))
+            elif name.startswith(TMP_PREFIX):
                 path = Path(directory) / name
                 try:
                     age = now - path.lstat().st_mtime

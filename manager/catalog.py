@@ -37,10 +37,10 @@ from memstage.manager import locationlog
 from memstage.manager.checkpoints import EXPLICIT, StepName, series_dir, step_of, under
 from memstage.manager.chunkindex import ChunkIndex, Holders, IndexKey
 from memstage.manager.drainqueue import DrainQueue, Group, Member, split_task_id, task_id
-from memstage.manager.nodes import DIR, FILE, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
+from memstage.manager.nodes import DIR, FILE, LINK, NODES_SCHEMA, ROW_KINDS, Attrs, Node, NodeTable
 from memstage.manager.pfsimport import FoundVersion
 from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
-from memstage.paths import split_drained
+from memstage.paths import normalize_file_path, split_drained
 from memstage.redundancy import Redundancy
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ class DrainOutcome:
     failed: list[tuple[str, str, int, str]]  # versions that cannot be drained, with the reason
     drained_bytes: int  # bytes written to the PFS (hard links cost none)
     on_pfs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # namespace -> (path, checkpoint) persisted
+    newly: list[tuple[str, str, int]] = field(default_factory=list)  # versions that became persisted
 
 
 @dataclass(frozen=True, slots=True)
@@ -942,8 +943,13 @@ class Catalog(NodeTable):
                         first = steps.setdefault((ns, name.series), {})
                         first[name.step] = min(first.get(name.step, v.committed_at), v.committed_at)
                 when = int(max(v.committed_at for v in versions) * 1e9)
-                self.put_node(ns, path, Node.default(FILE, when))
+                manifest = max(versions, key=lambda v: v.version).manifest or {}
+                self.put_node(ns, path, _with_manifest(Node.default(FILE, when), manifest))
                 self.touch_dirs(ns, [path], when)
+                for alias in _names(manifest.get("links")):
+                    if self.node(ns, alias) is None and not self.has_versions(ns, alias):
+                        self.put_node(ns, alias, replace(Node.default(LINK, when), target=path))
+                        self.touch_dirs(ns, [alias], when)
             for (ns, series), started in steps.items():
                 seq = self._db.execute("SELECT MAX(seq) FROM checkpoints WHERE ns=? AND series=?",
                                        (ns, series)).fetchone()[0] or 0
@@ -990,6 +996,24 @@ class Catalog(NodeTable):
                 elif drained := self._index.drained(ik):
                     load.append((ik, drained))
             return Wanted(len(wanted), sum(k.length for k in keys), loaded, load)
+
+    def manifest(self, namespace: str, path: str, version: int) -> tuple[str, str, dict[str, object]] | None:
+        """What a persisted version's manifest on the PFS says (drainer.layout.write_manifest), with
+        the directory (relative to the PFS root) and deployment of its chunk files; None if the
+        version is gone."""
+        with self._lock:
+            row = self._db.execute("SELECT size, committed_at, pfs_dir, origin FROM versions WHERE ns=? AND path=? "
+                                   "AND version=? AND persisted=1", (namespace, path, version)).fetchone()
+            if row is None:
+                return None
+            size, committed_at, pfs_dir, origin = row
+            node = self.node(namespace, path)
+            manifest: dict[str, object] = {"path": path, "version": version, "size": size,
+                                           "committed_at": committed_at, "links": self.aliases(namespace, path)}
+            if node is not None:
+                manifest.update(mode=node.mode, uid=node.uid, gid=node.gid, atime_ns=node.atime_ns,
+                                mtime_ns=node.mtime_ns, ctime_ns=node.ctime_ns)
+        return pfs_dir or f"{namespace}{path}", origin or self.deployment_id, manifest
 
     def latest_checkpoint_files(self, namespace: str, directory: str = "/") -> list[str]:
         """The files of the newest persisted checkpoint of each step series at or below `directory`
@@ -1525,6 +1549,7 @@ class Catalog(NodeTable):
         (its file was deleted) is ignored."""
         persisted: set[tuple[str, str]] = set()
         on_pfs: dict[str, list[tuple[str, str]]] = {}
+        newly: list[tuple[str, str, int]] = []
         lost: list[tuple[str, str, int, str]] = []
         failed: list[tuple[str, str, int, str]] = []
         drained_bytes = 0
@@ -1605,9 +1630,10 @@ class Catalog(NodeTable):
                     row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? AND version=?",
                                            (ns, path, version)).fetchone()
                     on_pfs.setdefault(ns, []).append((path, row[0] if row else ""))
+                    newly.append((ns, path, version))
                     if row and row[0]:
                         self._release_pointers(ns, row[0], alive, time.time())
-        return DrainOutcome(persisted, lost, failed, drained_bytes, on_pfs)
+        return DrainOutcome(persisted, lost, failed, drained_bytes, on_pfs, newly)
 
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
         """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless
@@ -1749,6 +1775,29 @@ class Catalog(NodeTable):
                 "SELECT ns, COUNT(DISTINCT path), COUNT(*), SUM(size) FROM versions GROUP BY ns").fetchall()
             usage = self._index.usage()
         return [NamespaceSummary(ns, f, v, b or 0, *usage.get(ns, (0, 0))) for ns, f, v, b in rows]
+
+
+def _with_manifest(node: Node, manifest: dict[str, object]) -> Node:
+    """A node with the metadata a version's manifest on the PFS kept (fields of the wrong type are
+    left as they are: the manifest is read from a shared directory)."""
+    fields = {name: value for name in ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
+              if isinstance(value := manifest.get(name), int) and not isinstance(value, bool)}
+    if "mode" in fields:
+        fields["mode"] &= 0o7777
+    return replace(node, **fields)  # type: ignore[arg-type]
+
+
+def _names(value: object) -> list[str]:
+    """The valid file paths in a manifest's list of other names."""
+    if not isinstance(value, list):
+        return []
+    out = []
+    for name in value:
+        try:
+            out.append(normalize_file_path(name))
+        except (InvalidPath, TypeError, AttributeError):
+            continue
+    return out
 
 
 def _fsync_dir(path: Path) -> None:

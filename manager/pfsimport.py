@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
-from memstage.drainer.layout import ChunkFile, missing, walk_versions
+from memstage.drainer.layout import ChunkFile, missing, read_manifest, walk_versions
 from memstage.errors import InvalidPath
 from memstage.paths import check_namespace, normalize_file_path
 
@@ -29,6 +29,7 @@ class FoundVersion:
     deployment: str
     keys: tuple[ChunkKey, ...]  # the version's map (holes included)
     drained: tuple[str, ...]  # per key, its chunk file relative to the PFS root
+    manifest: dict[str, object] | None = None  # mode, owner, times, other names (if one was written)
 
 
 def found_versions(root: str | Path) -> Iterator[FoundVersion]:
@@ -56,8 +57,9 @@ def _version(base: Path, namespace: str, path: str, deployment: str, version: in
     if missing(files):
         return None
     committed = max(f.committed_ms for f in files) / 1000
+    manifest = read_manifest(files[0].path.parent, version, deployment)
     if files[0].count == 0:  # an empty file
-        return FoundVersion(namespace, path, version, committed, deployment, (), ())
+        return FoundVersion(namespace, path, version, committed, deployment, (), (), manifest)
     chosen: list[ChunkFile] = []
     offset = 0
     for f in files:
@@ -68,4 +70,4 @@ def _version(base: Path, namespace: str, path: str, deployment: str, version: in
         chosen.append(f)
         offset += f.key.length
     return FoundVersion(namespace, path, version, committed, deployment, tuple(f.key for f in chosen),
-                        tuple("" if f.key.is_hole else str(f.path.relative_to(base)) for f in chosen))
+                        tuple("" if f.key.is_hole else str(f.path.relative_to(base)) for f in chosen), manifest)

@@ -178,6 +178,7 @@ class ManagerServer:
                 self.catalog.sync()
                 self.service.note_drains()
                 self.service.clear_pfs()
+                self.service.write_manifests()
             except Exception:  # a bug must not end housekeeping
                 log.exception("housekeeping failed")
 

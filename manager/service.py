@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from memstage import auth, commitpack, receipts
 from memstage.chunks import HASH_BYTES, HOLE_HASH, MAX_CHUNK_SIZE, MAX_FILE_SIZE, ChunkKey, first, key_of_pair, second
-from memstage.drainer.layout import parse_name
+from memstage.drainer.layout import parse_manifest_name, parse_name, write_manifest
 from memstage.drainer.prune import Removed, find_orphans, remove_copies, remove_orphans
 from memstage.errors import (
     Conflict,
@@ -179,6 +179,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.replicator = Replicator()  # under self._lock
         self.loads = Loads()  # prefetches from the PFS under way; under self._lock
         self._pfs_warned = False  # said once: no pfs setting, drained files of deleted versions stay
+        self._manifests: list[tuple[str, str, int]] = []  # persisted versions whose manifest is to write
         self.unprotected = 0  # chunks short of their copies at the last repair round
         self.stripe_work = StripeWork()  # under self._lock
         self.copied_bytes = 0  # by replica copies since the manager started
@@ -1383,7 +1384,17 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     since = now if kind == DIR else int(self.catalog.version(namespace, target).committed_at * 1e9)
                     node = Node.default(FILE if kind == LINK else kind, since)
                 self.catalog.put_node(namespace, target, _attrs(request.attrs).apply(node, now))
+            if kind in (FILE, LINK) and not request.attrs.access:
+                self._manifest_changed(namespace, target)
         return self._file_info(namespace, path)
+
+    def _manifest_changed(self, namespace: str, path: str) -> None:
+        """A file's metadata or names changed: the manifest of its latest version, if that is on the
+        PFS, is written again."""
+        if self.settings.pfs:
+            version = self.catalog.version(namespace, path).version
+            with self._lock:
+                self._manifests.append((namespace, path, version))
 
     @rpc
     def Symlink(self, request: manager_pb2.SymlinkRequest, context: grpc.ServicerContext) -> manager_pb2.FileInfo:
@@ -1434,6 +1445,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 self.catalog.put_node(namespace, dst, replace(Node.default(LINK, now), target=canonical))
                 self._touch_file(namespace, canonical, now)
                 self.catalog.touch_dirs(namespace, [dst], now)
+            if self.catalog.has_versions(namespace, canonical):
+                self._manifest_changed(namespace, canonical)
         return self._file_info(namespace, dst)
 
     # -- operators ---------------------------------------------------------------------------
@@ -1590,7 +1603,31 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             self._free(self.catalog.apply_retention(namespace, path))
         for namespace, on_pfs in outcome.on_pfs.items():
             self._free(self.catalog.apply_pfs_keep(namespace, on_pfs))
+        if self.settings.pfs and outcome.newly:
+            with self._lock:
+                self._manifests.extend(outcome.newly)
         return manager_pb2.DrainDoneReply()
+
+    def write_manifests(self) -> int:
+        """Write the manifests of versions persisted since the last call beside their chunk files
+        (housekeeping calls this; the manager needs its pfs setting). Returns how many."""
+        with self._lock:
+            todo, self._manifests = self._manifests, []
+        written = 0
+        for ns, path, version in todo:
+            found = self.catalog.manifest(ns, path, version)
+            if found is None:
+                continue  # deleted meanwhile
+            directory, deployment, manifest = found
+            try:
+                target = Path(self.settings.pfs).resolve() / directory
+                if not target.resolve().is_relative_to(Path(self.settings.pfs).resolve()):
+                    continue
+                write_manifest(target, version, deployment, manifest)
+                written += 1
+            except OSError as e:  # the names alone still rebuild the version
+                log.warning("%s:%s version %d: no manifest on the PFS (%s)", ns, path, version, e)
+        return written
 
     def clear_pfs(self) -> Removed:
         """Remove the chunk files of versions let go (deleted, beyond pfs_keep) from the PFS, once the
@@ -1679,9 +1716,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
 
 def _named_version(relative: str, versions: Set[tuple[str, str, int]]) -> bool:
-    """A chunk file (relative to the PFS root) belongs to one of these (directory, deployment, version)."""
+    """A chunk file or manifest (relative to the PFS root) belongs to one of these (directory,
+    deployment, version)."""
+    directory, name = relative.rsplit("/", 1)
     parsed = parse_name(Path(relative))
-    return parsed is not None and (relative.rsplit("/", 1)[0], parsed.deployment, parsed.version) in versions
+    vid = (parsed.deployment, parsed.version) if parsed is not None else parse_manifest_name(name)
+    return vid is not None and (directory, *vid) in versions
 
 
 def _by_namespace(items: Sequence[tuple[IndexKey, int]]) -> dict[str, list[tuple[ChunkKey, int]]]:

@@ -136,3 +136,33 @@ def test_up_prefetches_the_latest_checkpoint_when_asked(local_cluster, tmp_path)
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_a_new_deployment_shows_mode_owner_times_and_other_names_from_the_manifest(local_cluster, tmp_path):
+    """What chunk file names do not carry comes back from the manifest beside them."""
+    import stat
+
+    pfs = tmp_path / "pfs"
+    pfs.mkdir()
+    first = local_cluster(benefactors=1, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c = first.client()
+    c.policy(persist_every=1)
+    data = random_bytes(MiB + 3)
+    c.pipe("/ckpt/model.bin", data)
+    c.setattr("/ckpt/model.bin", mode=0o640, uid=1234, gid=4321, mtime_ns=1_700_000_000_123_456_789)
+    c.link("/ckpt/model.bin", "/ckpt/model-link.bin")
+    directory = pfs / "default" / "ckpt" / "model.bin"
+    wait_for(lambda: list(directory.glob("*.manifest.json")), timeout=30, what="the manifest")
+    for proc in [*first.benefactors, first.manager]:
+        proc.kill()
+    second = local_cluster(benefactors=1, memory=64 * MiB, pfs=pfs, manager_args=("--pfs", str(pfs)))
+    c2 = second.client()
+    info = c2.stat("/ckpt/model.bin")
+    assert stat.S_IMODE(info.mode) == 0o640 and (info.uid, info.gid) == (1234, 4321)
+    assert info.mtime_ns == 1_700_000_000_123_456_789
+    assert c2.cat("/ckpt/model-link.bin") == data
+    assert c2.stat("/ckpt/model-link.bin").ino == info.ino
+    # Deleting the file removes its manifest with its chunk files.
+    c2.rm("/ckpt/model-link.bin")
+    c2.rm("/ckpt/model.bin")
+    wait_for(lambda: not directory.exists(), timeout=30, what="the chunk files and manifest to leave the PFS")
