@@ -15,7 +15,7 @@ from pathlib import Path
 
 import xxhash
 
-from memstage.drainer.layout import ChunkFile, VersionId, missing, scan, version_dir, walk_versions
+from memstage.drainer.layout import ChunkFile, VersionId, missing, read_manifest, scan, version_dir, walk_versions
 from memstage.errors import DataLost, InvalidArgument, InvalidPath, MemstageError, NotFound
 from memstage.paths import check_namespace, normalize_path
 
@@ -78,7 +78,8 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
             deployment: str | None = None, keep_time: bool = False) -> Restored:
     """Write version `version` (0 = the complete version committed last) of `path` to `out`,
     verifying every chunk. `deployment` picks among deployments that share the PFS directory.
-    With `keep_time`, the file's modification time is the version's commit time."""
+    With `keep_time`, the file keeps the modification time and mode its manifest on the PFS names
+    (else its modification time is the version's commit time)."""
     directory = version_dir(root, namespace, path)
     versions = scan(directory)
     chosen = _pick(versions, namespace, path, directory, version, deployment)
@@ -89,7 +90,14 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
         raise DataLost(f"{namespace}:{path}: version {chosen[1]} is incomplete: chunks {shown} of "
                        f"{files[0].count} are missing from {directory}")
     committed_ms = max(f.committed_ms for f in files)
-    size = _write(files, Path(out), committed_ms if keep_time else 0)
+    mtime_ns, mode = 0, None
+    if keep_time:
+        manifest = read_manifest(directory, chosen[1], chosen[0]) or {}
+        mtime = manifest.get("mtime_ns")
+        mtime_ns = mtime if isinstance(mtime, int) and mtime > 0 else committed_ms * 1_000_000
+        bits = manifest.get("mode")
+        mode = bits & 0o7777 if isinstance(bits, int) and not isinstance(bits, bool) else None
+    size = _write(files, Path(out), mtime_ns, mode)
     return Restored(chosen[1], size, len(files) if files[0].count else 0, chosen[0], committed_ms)
 
 
@@ -118,7 +126,7 @@ def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str,
     return matching[0]
 
 
-def _write(files: list[ChunkFile], out: Path, mtime_ms: int) -> int:
+def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = None) -> int:
     """Write the verified chunks to a temporary name beside `out`, then rename: a reader never sees a
     partial file. Returns the size."""
     tmp = out.with_name(f".{out.name}.restoring")
@@ -138,8 +146,10 @@ def _write(files: list[ChunkFile], out: Path, mtime_ms: int) -> int:
                 size += f.key.length
             dst.truncate(size)
             dst.flush()
-            if mtime_ms:  # before the rename, so the file appears with its final time
-                os.utime(dst.fileno(), ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
+            if mode is not None:
+                os.fchmod(dst.fileno(), mode)
+            if mtime_ns:  # before the rename, so the file appears with its final time
+                os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
             os.fsync(dst.fileno())
         os.replace(tmp, out)
     except BaseException:
