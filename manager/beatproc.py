@@ -29,7 +29,7 @@ from memstage import auth
 from memstage.errors import MemstageError
 from memstage.manager.beatdesk import Beat, BeatDesk
 from memstage.manager.wakes import WakeSender
-from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.proto import manager_pb2
 from memstage.rpc import CONTROL_SERVER_OPTIONS, bind
 
 log = logging.getLogger("memstage.manager.heartbeats")
@@ -38,7 +38,10 @@ BATCH_SECONDS = 0.02  # beats go to the manager this often (liveness counts from
 THREADS = 8
 
 
-class BeatServicer(manager_pb2_grpc.ManagerServicer):
+MANAGER_SERVICE = manager_pb2.DESCRIPTOR.services_by_name["Manager"].full_name
+
+
+class BeatServicer:
     """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port."""
 
     def __init__(self, desk: BeatDesk, lock: threading.Lock, proof: str, epoch: int = 0) -> None:
@@ -77,7 +80,12 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
     lock = threading.Lock()
     servicer = BeatServicer(desk, lock, config["proof"], config.get("epoch", 0))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
-    manager_pb2_grpc.add_ManagerServicer_to_server(servicer, server)
+    # Heartbeat alone is registered: gRPC answers any other method UNIMPLEMENTED by itself, without
+    # calling into a servicer that would log a traceback for each such call.
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(MANAGER_SERVICE, {
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat, request_deserializer=manager_pb2.HeartbeatRequest.FromString,
+            response_serializer=manager_pb2.HeartbeatReply.SerializeToString)}),))
     try:
         address = bind(server, config["listen"], "--heartbeat-listen", config["tls"])
     except MemstageError as e:

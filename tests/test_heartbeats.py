@@ -141,7 +141,7 @@ def test_a_killed_heartbeat_process_costs_no_benefactor_and_comes_back_on_its_po
         fake.close()
 
 
-def test_the_heartbeat_port_checks_the_cluster_secret_and_tls(local_cluster):
+def test_the_heartbeat_port_checks_the_cluster_secret_and_tls(local_cluster, capfd):
     cluster = local_cluster(benefactors=1, secure=True, tls=True)
     fake = FakeBenefactor(cluster)
     try:
@@ -166,6 +166,9 @@ def test_the_heartbeat_port_checks_the_cluster_secret_and_tls(local_cluster):
                                         timeout=5)
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert cluster.benefactors[0].id in cluster.alive_ids()  # a real benefactor, over TLS with its secret
+        # ... without a traceback in the manager's log for each such call.
+        logged = capfd.readouterr().err
+        assert "Traceback" not in logged and "not implemented" not in logged.lower(), logged
     finally:
         fake.close()
 
