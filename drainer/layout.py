@@ -16,6 +16,7 @@ inside the PFS root (also through symlinks), so nothing escapes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -72,6 +73,26 @@ def version_dir(root: str | Path, namespace: str, path: str) -> Path:
     return target
 
 
+# What is drained is the job's data: readable by the user memstage runs as, nobody else on the
+# PFS (directories it creates 0700, chunk files and manifests 0600), as SCR leaves checkpoints.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def make_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents, each DIR_MODE (mkdir's parents=True would give
+    the parents the umask's mode)."""
+    missing: list[Path] = []
+    d = directory
+    while not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another drain made it meanwhile
+            d.mkdir(DIR_MODE)
+        os.chmod(d, DIR_MODE)  # the umask may have taken bits off; it cannot add any
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -106,7 +127,7 @@ def write_batch(items: list[Pending]) -> list[Path]:
             finals.append(final)
             if final.exists() or any(f == final for _, f, _ in staged):
                 continue
-            item.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(item.directory)
             tmp = item.directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{item.name}"
             if item.link_from is not None and item.link_from.exists():
                 os.link(item.link_from, tmp)
@@ -114,7 +135,7 @@ def write_batch(items: list[Pending]) -> list[Path]:
                 continue
             if item.data is None:
                 raise FileNotFoundError(f"{item.link_from}: the drained chunk to link to is gone")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             staged.append((tmp, final, fd))
             view = memoryview(item.data)
             while view:
@@ -165,7 +186,7 @@ def write_manifest(directory: Path, version: int, deployment: str, manifest: dic
     final = directory / manifest_name(version, deployment)
     tmp = directory / f".tmp.{os.getpid()}.{threading.get_ident()}.{final.name}"
     data = json.dumps(manifest, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:

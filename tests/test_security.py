@@ -382,3 +382,20 @@ def test_tls_on_every_port_and_plaintext_refused(local_cluster):
         assert refused_tls.value.code() == grpc.StatusCode.UNAVAILABLE
     with pytest.raises(Unavailable):  # the library without the TLS settings
         cluster.client(tls_ca="", tls_cert="", tls_key="", tls_server_name="").ls("/")
+
+
+def test_the_pfs_copy_is_private_to_the_user_memstage_runs_as(local_cluster):
+    """Namespace directories memstage creates on the PFS are 0700 and chunk files 0600: another user
+    of the PFS cannot read a namespace without memstage."""
+    import stat as st
+
+    cluster = local_cluster(benefactors=1)
+    c = cluster.client()
+    c.policy(persist_every=1)
+    c.pipe("/deep/dir/secret.bin", random_bytes(MiB))
+    pfs = cluster.root / "pfs"
+    wait_for(lambda: list((pfs / "default").rglob("*.chunk")), what="the drain")
+    made = [p for p in (pfs / "default").rglob("*")] + [pfs / "default"]
+    for p in made:
+        mode = st.S_IMODE(p.lstat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
