@@ -137,9 +137,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_json(reply), indent=2))
         return 0
-    print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s, state {reply.state_dir}, "
-          f"deployment {reply.deployment})")
+    told = f", state {reply.state_dir}, deployment {reply.deployment}" if reply.deployment else ""
+    print(f"manager {settings.manager} (heartbeat {reply.heartbeat_interval_seconds:g}s{told})")
     print()
+    if not reply.benefactors:  # a namespace token is told the totals only
+        print(f"{reply.benefactors_alive} benefactors alive, {format_size(reply.memory_used)} used of "
+              f"{format_size(reply.memory_capacity)}\n")
     rows: list[tuple[str, ...]] = [("BENEFACTOR", "ADDRESS", "ALIVE", "MEMORY USED", "CAPACITY", "USE", "CHUNKS",
                                     "DRAIN BACKLOG", "OLDEST UNDRAINED", "DRAINED", "LAST HB")]
     for b in reply.benefactors:
@@ -149,14 +152,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append((b.id, b.address, "yes" if b.alive else "DEAD", format_size(s.memory_used),
                      format_size(s.memory_capacity), use, str(s.chunk_count), format_size(b.drain_backlog_bytes),
                      oldest, format_size(s.drained_bytes), f"{b.last_heartbeat_age_seconds:.0f}s ago"))
-    _table(rows)
+    if reply.benefactors:
+        _table(rows)
     for b in reply.benefactors:
         if b.stats.drain_error:
             print(f"  {b.id}: DRAIN STUCK: {b.stats.drain_error} (chunks stay in memory; retrying)")
-    alive = [b for b in reply.benefactors if b.alive]
-    print(f"\n{len(alive)} of {len(reply.benefactors)} benefactors alive, "
-          f"{format_size(sum(b.stats.memory_used for b in alive))} used of "
-          f"{format_size(sum(b.stats.memory_capacity for b in alive))}\n")
+    if reply.benefactors:
+        print(f"\n{reply.benefactors_alive} of {len(reply.benefactors)} benefactors alive, "
+              f"{format_size(reply.memory_used)} used of {format_size(reply.memory_capacity)}\n")
     rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "ON PFS", "REDUNDANCY", "PROTECTED",
              "DEGRADED", "LOST")]
     for n in reply.namespaces:
@@ -188,6 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def status_json(reply: Any) -> dict[str, Any]:
     return {
         "heartbeat_interval_seconds": reply.heartbeat_interval_seconds,
+        "benefactors_alive": reply.benefactors_alive, "memory_capacity": reply.memory_capacity,
+        "memory_used": reply.memory_used,
         "state_dir": reply.state_dir,
         "deployment": reply.deployment,
         "benefactors": [

@@ -1454,11 +1454,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Status(self, request: manager_pb2.StatusRequest, context: grpc.ServicerContext) -> manager_pb2.StatusReply:
         reply = self._status_reply()
         caller = self._caller
-        if not caller.admin:  # a namespace token sees its own namespaces only
+        if not caller.admin:
+            # A namespace token sees its own namespaces, and of the deployment only the totals it
+            # needs (room left): no benefactor addresses, no paths, no deployment id.
             for name in ("namespaces", "lost", "drain_failed"):
                 kept = [x for x in getattr(reply, name) if caller.sees(x.namespace)]
                 del getattr(reply, name)[:]
                 getattr(reply, name).extend(kept)
+            del reply.benefactors[:]
+            reply.state_dir = reply.deployment = ""
         return reply
 
     # -- access tokens ---------------------------------------------------------------------------
@@ -1539,8 +1543,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 members_missing=w.missing, in_flight=self.replicator.in_flight + w.in_flight,
                 copies_made=self.replicator.copies_made, members_encoded=w.encoded, members_rebuilt=w.rebuilt,
                 bytes_made=w.bytes_made + self.copied_bytes, stripe_cpu_seconds=w.cpu_seconds)
+        alive_rows = [r for r in rows if r.alive]
         return manager_pb2.StatusReply(benefactors=rows, namespaces=namespaces, lost=lost, repair=repair,
-                                       insecure=self.access.insecure,
+                                       insecure=self.access.insecure, benefactors_alive=len(alive_rows),
+                                       memory_capacity=sum(r.stats.memory_capacity for r in alive_rows),
+                                       memory_used=sum(r.stats.memory_used for r in alive_rows),
                                        heartbeat_interval_seconds=self.registry.interval(),
                                        state_dir=self.settings.state, deployment=self.catalog.deployment_id,
                                        drain_failed=undrainable)

@@ -127,6 +127,9 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     refused(m.Status, manager_pb2.StatusRequest())
     seen = m.Status(manager_pb2.StatusRequest(), metadata=bearer(mine), timeout=10)
     assert "victim" not in {n.namespace for n in seen.namespaces} and not seen.insecure
+    # ... and of the deployment only the totals it needs: no benefactor, address, path or id.
+    assert not seen.benefactors and not seen.state_dir and not seen.deployment
+    assert seen.benefactors_alive == len(cluster.benefactors) and seen.memory_capacity > seen.memory_used
     # Nothing changed.
     assert checksums(victim, victim_data) == before
     assert {b["id"] for b in cluster.status()["benefactors"]} == {bf.id for bf in cluster.benefactors}

@@ -758,7 +758,7 @@ class NamespaceStatus(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure")
+    __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure", "benefactors_alive", "memory_capacity", "memory_used")
     BENEFACTORS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -768,6 +768,9 @@ class StatusReply(_message.Message):
     LOST_FIELD_NUMBER: _ClassVar[int]
     REPAIR_FIELD_NUMBER: _ClassVar[int]
     INSECURE_FIELD_NUMBER: _ClassVar[int]
+    BENEFACTORS_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
     benefactors: _containers.RepeatedCompositeFieldContainer[BenefactorStatus]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
     heartbeat_interval_seconds: float
@@ -777,7 +780,10 @@ class StatusReply(_message.Message):
     lost: _containers.RepeatedCompositeFieldContainer[VersionRef]
     repair: RepairStatus
     insecure: bool
-    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., repair: _Optional[_Union[RepairStatus, _Mapping]] = ..., insecure: _Optional[bool] = ...) -> None: ...
+    benefactors_alive: int
+    memory_capacity: int
+    memory_used: int
+    def __init__(self, benefactors: _Optional[_Iterable[_Union[BenefactorStatus, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., state_dir: _Optional[str] = ..., deployment: _Optional[str] = ..., drain_failed: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[VersionRef, _Mapping]]] = ..., repair: _Optional[_Union[RepairStatus, _Mapping]] = ..., insecure: _Optional[bool] = ..., benefactors_alive: _Optional[int] = ..., memory_capacity: _Optional[int] = ..., memory_used: _Optional[int] = ...) -> None: ...
 
 class RepairStatus(_message.Message):
     __slots__ = ("chunks_unprotected", "stripes", "members_missing", "in_flight", "copies_made", "members_encoded", "members_rebuilt", "bytes_made", "stripe_cpu_seconds")
