@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -57,6 +58,8 @@ class Heartbeat:
         self._beat_port_failing = False
         self.drain: DrainLoop | None = None  # set by the server: its state goes into heartbeats
         self.orders: OrderLoop | None = None  # set by the server: woken when orders are waiting
+        # Set by the server: tokens the manager says are revoked (told at each registration).
+        self.on_revoked: Callable[[list[str]], None] = lambda tokens: None
         self._stop = threading.Event()
         self._registered = False
         self._outage_logged = False
@@ -148,6 +151,7 @@ class Heartbeat:
         )
         self.interval = reply.heartbeat_interval_seconds or self.interval
         self._adopt_port(reply.heartbeat_port)
+        self.on_revoked(list(reply.revoked_tokens))
         self._registered = True
         log.info("registered with manager %s as %s (%s), heartbeat %.1fs",
                  self.settings.manager, self.id, self.address, self.interval)

@@ -66,8 +66,10 @@ class OrderLoop:
                  stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "",
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
                  on_hold: Callable[[], None] = lambda: None,
-                 read_drained: Callable[[str, ChunkKey], bytes] | None = None) -> None:
+                 read_drained: Callable[[str, ChunkKey], bytes] | None = None,
+                 on_revoked: Callable[[list[str]], None] = lambda tokens: None) -> None:
         self.store = store
+        self._on_revoked = on_revoked  # the manager revoked tokens: their grants are refused here
         self._read_drained = read_drained or _no_pfs
         # Idle, it waits to be told (the manager's Wake, or a heartbeat reply) rather than polling.
         self.waker = Waker(POLL, ceiling)
@@ -177,6 +179,8 @@ class OrderLoop:
                 if pushed and order.seq != self._acked + 1:
                     break  # one before it is missing here: the loop fetches them in sequence
                 freed += apply_order(self.store, order)
+                if order.revoked_tokens:
+                    self._on_revoked(list(order.revoked_tokens))
                 held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
                 for copy in order.copy:
                     work = self._build if copy.HasField("stripe") else self._copy

@@ -66,7 +66,9 @@ class BenefactorServer:
         ceiling = lambda: 2 * self.heartbeat.interval  # noqa: E731
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
-                                tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained)
+                                tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained,
+                                on_revoked=self.service.revoke)
+        self.heartbeat.on_revoked = self.service.revoke
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
         self.service.incarnation = self.incarnation

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -76,6 +78,20 @@ class BenefactorService:
         self.incarnation = 0  # set by the server: wakes for another process at this address are ignored
         # Set by the server: the manager says work waits here; returns (epoch, last order carried out).
         self.on_wake: Callable[[benefactor_pb2.WakeRequest], tuple[int, int]] = lambda request: (0, 0)
+        # Tokens the manager revoked -> until when their grants could still be valid (then forgotten).
+        self._revoked: dict[str, float] = {}
+        self._revoked_lock = threading.Lock()
+
+    def revoke(self, token_ids: Iterable[str]) -> None:
+        """The manager revoked these tokens: the grants they were given are refused from now on."""
+        ids = list(token_ids)
+        now = time.time()
+        with self._revoked_lock:  # copied, then swapped: calls read it without the lock
+            fresh = {t: u for t, u in self._revoked.items() if u > now}
+            fresh.update((t, now + auth.GRANT_SECONDS + 60) for t in ids)
+            self._revoked = fresh
+        if ids:
+            log.info("tokens revoked: %s", ", ".join(ids))
 
     def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
@@ -93,7 +109,7 @@ class BenefactorService:
                           f"benefactor {self.id}: no grant (clients get one from the manager with each session "
                           "and version map)")
         try:
-            auth.verify_grant(self.secret, grant, namespace, write)
+            auth.verify_grant(self.secret, grant, namespace, write, revoked=self._revoked)
         except PermissionDenied as e:
             self.metrics.refused.labels("permission_denied").inc()
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"benefactor {self.id}: {e}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from memstage.auth import CLUSTER_HEADER, GRANT_HEADER
+from memstage.auth import CLUSTER_HEADER, GRANT_HEADER, grant_namespace
 from memstage.errors import Unavailable, from_rpc_error
 from memstage.frames import decode_get_frame, identity
 from memstage.paths import split_drained
@@ -80,7 +80,7 @@ class Connections:
         if isinstance(reply, manager_pb2.RenewSessionsReply):  # fresh session grants: "<namespace>:rw:..."
             for g in reply.grants:
                 if g:
-                    self.note_grant(g.rsplit(":", 3)[0], g, True)
+                    self.note_grant(grant_namespace(g), g, True)
         return reply
 
     def put_stream(self, address: str, frames: Iterator[bytes]) -> Any:

@@ -5,9 +5,11 @@ grants the manager signs so that benefactors can check a client's access without
   what it grants: `r` (read) or `rw` on named namespaces, or `admin` on `*`.
 - The **cluster secret** (32 random bytes, hex, in a file) is shared by the manager and its
   benefactors. Benefactors prove they hold it on every call to the manager and to each other.
-- A **grant** is `<namespace>:<mode>:<expiry>:<hmac>` signed with a key derived from the cluster
-  secret. The manager hands one out with a write session (`rw`) and with a version map (`r`);
-  benefactors verify it on Put, Get, Has and ReadDrained, with no round trip.
+- A **grant** is `<namespace>:<mode>:<expiry>:<token id>:<hmac>` signed with a key derived from the
+  cluster secret. The manager hands one out with a write session (`rw`) and with a version map
+  (`r`), for a few minutes (clients get fresh ones with every map and session renewal);
+  benefactors verify it on Put, Get, Has and ReadDrained, with no round trip, and refuse the grants
+  of a token the manager told them was revoked.
 
 Without TLS (still to come) these travel in clear on the network: run on a trusted network, or
 with `--insecure` only where nobody else can reach the ports.
@@ -30,7 +32,7 @@ from memstage.errors import PermissionDenied, SettingError, Unauthenticated
 TOKEN_HEADER = "authorization"  # "Bearer <token>"
 CLUSTER_HEADER = "x-memstage-cluster"
 GRANT_HEADER = "x-memstage-grant"
-GRANT_SECONDS = 3600.0
+GRANT_SECONDS = 300.0  # short: a revoked token's grants die within this even where no word of it reached
 
 _TOKEN = re.compile(r"^mst_([0-9a-f]{8})_([0-9a-f]{32})$")
 MODES = ("r", "rw", "admin")
@@ -112,24 +114,36 @@ def _grant_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"memstage grant", hashlib.sha256).digest()
 
 
-def sign_grant(secret: bytes, namespace: str, mode: str, now: float | None = None) -> str:
+def sign_grant(secret: bytes, namespace: str, mode: str, token_id: str = "", now: float | None = None) -> str:
+    """A grant of `mode` on `namespace` for the holder of token `token_id` ("" for the admin of an
+    insecure-less internal call), valid GRANT_SECONDS."""
     expiry = int((time.time() if now is None else now) + GRANT_SECONDS)
-    body = f"{namespace}:{mode}:{expiry}"
+    body = f"{namespace}:{mode}:{expiry}:{token_id}"
     return f"{body}:{hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()}"
 
 
-def verify_grant(secret: bytes, grant: str, namespace: str, write: bool, now: float | None = None) -> None:
-    """PermissionDenied unless `grant` is a valid, unexpired grant for this access."""
+def grant_namespace(grant: str) -> str:
+    return grant.split(":", 1)[0]
+
+
+def verify_grant(secret: bytes, grant: str, namespace: str, write: bool, now: float | None = None,
+                 revoked: Mapping[str, float] | None = None) -> str:
+    """The token id a valid, unexpired grant for this access names; PermissionDenied otherwise, and
+    for a grant of a token in `revoked`."""
     body, _, mac = grant.rpartition(":")
-    ns, mode, expiry = body.rsplit(":", 2) if body.count(":") >= 2 else ("", "", "0")
+    parts = body.split(":")
+    ns, mode, expiry, token_id = parts if len(parts) == 4 else ("", "", "0", "")
     want = hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()
-    if not body or not hmac.compare_digest(mac, want):
+    if not body or len(parts) != 4 or not hmac.compare_digest(mac, want):
         raise PermissionDenied(f"namespace {namespace}: no valid grant from the manager")
     if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):
         raise PermissionDenied(f"namespace {namespace}: the manager's grant expired (look the file up again)")
     if ns != namespace or (write and mode != "rw"):
         raise PermissionDenied(f"grant is for {'read-write' if mode == 'rw' else 'read'} on namespace {ns}, "
                                f"not {'write' if write else 'read'} on {namespace}")
+    if token_id and revoked and token_id in revoked:
+        raise PermissionDenied(f"namespace {namespace}: token {token_id} was revoked")
+    return token_id
 
 
 def header(metadata: Sequence[tuple[str, str | bytes]] | None, name: str) -> str:

@@ -34,6 +34,7 @@ def _atime_only(attrs: Any) -> bool:
 class Caller:
     grants: dict[str, str] = field(default_factory=dict)  # a client's token grants ({"*": "admin"} when insecure)
     benefactor: bool = False
+    token_id: str = ""  # the client's token (named in the grants it is given, so revoking it reaches them)
 
     @property
     def admin(self) -> bool:
@@ -56,11 +57,12 @@ class Access:
     def insecure(self) -> bool:
         return self.secret is None
 
-    def grant(self, namespace: str, write: bool) -> str:
-        """A grant for benefactors ("" when insecure: they check nothing either)."""
+    def grant(self, namespace: str, write: bool, caller: Caller) -> str:
+        """A grant for benefactors, naming the caller's token ("" when insecure: they check nothing
+        either)."""
         if self.secret is None:
             return ""
-        return auth.sign_grant(self.secret, namespace, "rw" if write else "r")
+        return auth.sign_grant(self.secret, namespace, "rw" if write else "r", caller.token_id)
 
     def caller(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
         """Who is calling, authenticated (Unauthenticated if the credential is missing or wrong)."""
@@ -80,7 +82,7 @@ class Access:
         known = self._token(token.id)
         if known is None or not hmac.compare_digest(known[0], token.digest()):
             raise Unauthenticated(f"token mst_{token.id}_…: unknown or revoked")
-        return Caller(known[1])
+        return Caller(known[1], token_id=token.id)
 
     def check(self, method: str, caller: Caller, request: Any,
               session_namespace: Callable[[int], str | None]) -> None:

@@ -422,6 +422,10 @@ class Catalog(NodeTable):
             self._tokens.pop(token_id, None)  # under the lock: a lookup cannot put it back
             return bool(self._db.execute("UPDATE tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount)
 
+    def revoked_tokens(self) -> list[str]:
+        with self._lock:
+            return [t for (t,) in self._db.execute("SELECT id FROM tokens WHERE revoked=1 ORDER BY id")]
+
     def tokens(self) -> list[tuple[str, dict[str, str], float, bool, str]]:
         with self._lock:
             rows = self._db.execute("SELECT id, grants, created_at, revoked, note FROM tokens "

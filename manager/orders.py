@@ -46,13 +46,14 @@ class OrderQueues:
              end_session: bool = False, free: list[tuple[ChunkKey, int]] | None = None,
              copy: list[tuple[ChunkKey, int, str, str]] | None = None,
              build: list[manager_pb2.CopyOrder] | None = None,
-             load: list[tuple[ChunkKey, int, str]] | None = None) -> None:
+             load: list[tuple[ChunkKey, int, str]] | None = None, revoked: list[str] | None = None) -> None:
         """copy: (key, generation to hold it at, source id, source address). build: stripe members
         to compute (copy orders with a stripe). load: (key, generation, drained chunk file) to read
         from the PFS (prefetch)."""
         q = self._queues.setdefault(benefactor, _Queue())
         order = manager_pb2.Order(
             seq=q.next_seq, namespace=namespace, session=session, end_session=end_session,
+            revoked_tokens=revoked or (),
             **(_packed_holds(hold) if hold else {}),
             release=[k.to_pb() for k in release or ()],
             free=[manager_pb2.HeldChunk(key=k.to_pb(), gen=g) for k, g in free or ()],

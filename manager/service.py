@@ -240,7 +240,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                  bf, request.address, request.stats.memory_capacity, len(held), orphans)
         with self._lock:
             interval = self.registry.announce(self.clock())
-        return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval, heartbeat_port=self._beat_port(interval))
+        return manager_pb2.RegisterReply(heartbeat_interval_seconds=interval, heartbeat_port=self._beat_port(interval),
+                                         revoked_tokens=self.catalog.revoked_tokens())
 
     def _beat_port(self, interval: float) -> int:
         """The heartbeat process's port, for a reply that tells a benefactor `interval` (the process
@@ -734,7 +735,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             if request.HasField("striping"):  # the first map with the session: a call less per file
                 placements, _ = self._place(session, request.striping)
         return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease,
-                                        grant=self.access.grant(namespace, write=True),
+                                        grant=self.access.grant(namespace, True, self._caller),
                                         map=_striping_map(placements) if placements else None)
 
     @rpc
@@ -745,7 +746,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             alive = [self.sessions.renew(sid, now) for sid in request.sessions]
             spaces = [s.namespace if (s := self.sessions.get(sid)) is not None else "" for sid in request.sessions]
         return manager_pb2.RenewSessionsReply(open=alive, grants=[
-            self.access.grant(ns, write=True) if ns else "" for ns in spaces])
+            self.access.grant(ns, True, self._caller) if ns else "" for ns in spaces])
 
     @rpc
     def AbortSession(self, request: manager_pb2.SessionRequest, context: grpc.ServicerContext
@@ -1080,7 +1081,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         readers = [common_pb2.Location(benefactor_id=bf, address=addresses.get(bf, "")) for bf in readers_ids]
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
                                       committed_at=committed_at, pfs_readers=readers,
-                                      grant=self.access.grant(namespace, write=False))
+                                      grant=self.access.grant(namespace, False, self._caller))
 
     # -- namespace -----------------------------------------------------------------------------
     def _file_info(self, namespace: str, path: str, protection: bool = False) -> manager_pb2.FileInfo:
@@ -1488,6 +1489,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     ) -> manager_pb2.TokenReply:
         if not self.catalog.revoke_token(request.id):
             raise NotFound(f"token {request.id}: no such token")
+        # The grants it was given are refused by every benefactor as soon as this order reaches it
+        # (pushed with a wake); a benefactor registering later is told at registration.
+        with self._lock:
+            for record in self.registry.records():
+                self.orders.push(record.id, "", revoked=[request.id])
         log.info("token %s revoked", request.id)
         return manager_pb2.TokenReply(id=request.id)
 

@@ -109,8 +109,10 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     grant = ((auth.GRANT_HEADER, session.grant),)
     assert refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
                    metadata=grant) == grpc.StatusCode.PERMISSION_DENIED
-    ns, mode, expiry, mac = session.grant.split(":")
-    for forged in (f"victim:rw:{expiry}:{mac}", f"victim:rw:{int(expiry) + 10**6}:{'0' * 64}"):
+    ns, mode, expiry, token_id, mac = session.grant.split(":")
+    assert mine.startswith(f"mst_{token_id}_")  # a grant names the token it came from
+    for forged in (f"victim:rw:{expiry}:{token_id}:{mac}", f"victim:rw:{int(expiry) + 10**6}:{token_id}:{'0' * 64}",
+                   f"attacker:rw:{expiry}::{mac}"):
         refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
                 metadata=((auth.GRANT_HEADER, forged),))
     # Writing chunks into the victim's namespace with the attacker's grant.
@@ -402,3 +404,46 @@ def test_the_pfs_copy_is_private_to_the_user_memstage_runs_as(local_cluster):
     for p in made:
         mode = st.S_IMODE(p.lstat().st_mode)
         assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def test_revoking_a_token_reaches_the_grants_it_was_given(deployment):
+    """A revoked token's grants (taken before the revocation) stop opening chunks on every
+    benefactor at once, for reads and for Put; other tokens' grants go on working."""
+    from memstage.frames import encode_put_frame
+
+    cluster, admin, _, mine = deployment
+    tenant = cluster.client(namespace="attacker", token=mine)
+    data = random_bytes(MiB)
+    tenant.pipe("/mine.bin", data)
+    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
+                   cluster.tls.get("tls_server_name", ""))
+    m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
+    vmap = m.Lookup(manager_pb2.LookupRequest(namespace="attacker", path="/mine.bin"), metadata=bearer(mine),
+                    timeout=10)
+    session = m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path="/more"), metadata=bearer(mine),
+                            timeout=10)
+    read, write = ((auth.GRANT_HEADER, vmap.grant),), ((auth.GRANT_HEADER, session.grant),)
+    chunk = vmap.chunks[0]
+    b = benefactor_pb2_grpc.BenefactorStub(channel(chunk.locations[0].address, tls))
+    assert list(b.Get(benefactor_pb2.GetRequest(namespace="attacker", key=chunk.key), metadata=read,
+                      timeout=10))  # the grant works before
+    token_id = mine.split("_")[1]
+    admin.connections.call_manager("RevokeToken", manager_pb2.TokenRequest(id=token_id), "revoke")
+
+    def refused_now() -> bool:
+        try:
+            list(b.Get(benefactor_pb2.GetRequest(namespace="attacker", key=chunk.key), metadata=read, timeout=10))
+        except grpc.RpcError as e:
+            return e.code() == grpc.StatusCode.PERMISSION_DENIED and "revoked" in (e.details() or "")
+        return False
+
+    wait_for(refused_now, timeout=3 * 0.5 * 2, what="the revocation to reach the benefactor (within a heartbeat)")
+    for bf in cluster.benefactors:  # every benefactor, for Put too
+        stub = channel(bf.address, tls).stream_stream("/memstage.v1.Benefactor/Put", request_serializer=lambda x: x,
+                                                      response_deserializer=benefactor_pb2.PutAck.FromString)
+        header = benefactor_pb2.PutHeader(namespace="attacker", key=ChunkKey.of(data).to_pb(), seq=1,
+                                          session=session.session)
+        assert refused(stub, iter([encode_put_frame(header, memoryview(data))]),
+                       metadata=write) == grpc.StatusCode.PERMISSION_DENIED
+    # Other tokens' grants are untouched.
+    assert cluster.client(namespace="victim").cat("/v/a.bin")

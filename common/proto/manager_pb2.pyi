@@ -114,12 +114,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[BenefactorStats, _Mapping]] = ..., held: _Optional[_Iterable[_Union[HeldChunks, _Mapping]]] = ..., incarnation: _Optional[int] = ..., receipt_key: _Optional[bytes] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds", "heartbeat_port")
+    __slots__ = ("heartbeat_interval_seconds", "heartbeat_port", "revoked_tokens")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_PORT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: float
     heartbeat_port: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[float] = ..., heartbeat_port: _Optional[int] = ...) -> None: ...
+    revoked_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, heartbeat_interval_seconds: _Optional[float] = ..., heartbeat_port: _Optional[int] = ..., revoked_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("benefactor_id", "stats", "incarnation", "sessions")
@@ -206,7 +208,7 @@ class OrdersRequest(_message.Message):
     def __init__(self, benefactor_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., acked: _Optional[int] = ..., epoch: _Optional[int] = ..., memory_used: _Optional[int] = ..., copied: _Optional[_Iterable[_Union[CopyResult, _Mapping]]] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy", "hold_packed", "hold_hashes", "hold_length", "hold_gen")
+    __slots__ = ("seq", "namespace", "session", "hold", "release", "end_session", "free", "copy", "hold_packed", "hold_hashes", "hold_length", "hold_gen", "revoked_tokens")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +221,7 @@ class Order(_message.Message):
     HOLD_HASHES_FIELD_NUMBER: _ClassVar[int]
     HOLD_LENGTH_FIELD_NUMBER: _ClassVar[int]
     HOLD_GEN_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     namespace: str
     session: int
@@ -231,7 +234,8 @@ class Order(_message.Message):
     hold_hashes: bytes
     hold_length: int
     hold_gen: int
-    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ..., hold_hashes: _Optional[bytes] = ..., hold_length: _Optional[int] = ..., hold_gen: _Optional[int] = ...) -> None: ...
+    revoked_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ..., hold_hashes: _Optional[bytes] = ..., hold_length: _Optional[int] = ..., hold_gen: _Optional[int] = ..., revoked_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
     __slots__ = ("key", "gen", "source_id", "source_address", "stripe", "drained")
