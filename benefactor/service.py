@@ -93,7 +93,7 @@ class BenefactorService:
         if ids:
             log.info("tokens revoked: %s", ", ".join(ids))
 
-    def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool) -> None:
+    def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool, since: float | None = None) -> None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
         this deployment (copies and rebuilds read from each other)."""
         if self.secret is None:
@@ -109,7 +109,9 @@ class BenefactorService:
                           f"benefactor {self.id}: no grant (clients get one from the manager with each session "
                           "and version map)")
         try:
-            auth.verify_grant(self.secret, grant, namespace, write, revoked=self._revoked)
+            # `since`: a Put stream's grant is judged as of the stream's start (a long write outlives
+            # a short grant); its token's revocation ends it at any chunk.
+            auth.verify_grant(self.secret, grant, namespace, write, now=since, revoked=self._revoked)
         except PermissionDenied as e:
             self.metrics.refused.labels("permission_denied").inc()
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"benefactor {self.id}: {e}")
@@ -117,13 +119,14 @@ class BenefactorService:
     # -- Put ---------------------------------------------------------------------------------
     def put(self, frames: Iterator[PutFrameView], context: grpc.ServicerContext) -> Iterator[benefactor_pb2.PutAck]:
         incoming: _Incoming | None = None
+        started = time.time()
         try:
             for frame in frames:
                 if frame.header is not None:
                     if incoming is not None:
                         self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"chunk {incoming.seq} ended after {incoming.received} of {incoming.length} bytes")
-                    incoming = self._begin(frame.header, context)
+                    incoming = self._begin(frame.header, context, started)
                 elif incoming is None:
                     self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "data frame without a chunk header")
                 assert incoming is not None
@@ -151,12 +154,12 @@ class BenefactorService:
             if incoming is not None:
                 self.store.release(incoming.length)
 
-    def _begin(self, header: benefactor_pb2.PutHeader, context: grpc.ServicerContext) -> _Incoming:
+    def _begin(self, header: benefactor_pb2.PutHeader, context: grpc.ServicerContext, started: float) -> _Incoming:
         try:
             check_namespace(header.namespace)
         except InvalidPath as e:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        self._allow(context, header.namespace, write=True)
+        self._allow(context, header.namespace, write=True, since=started)
         if not header.session:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: no write session (open one with the manager first)")
