@@ -93,15 +93,16 @@ class BenefactorService:
         if ids:
             log.info("tokens revoked: %s", ", ".join(ids))
 
-    def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool, since: float | None = None) -> None:
+    def _allow(self, context: grpc.ServicerContext, namespace: str, write: bool, since: float | None = None
+               ) -> auth.Grant | None:
         """Abort unless the caller holds the manager's grant for this access, or is a benefactor of
         this deployment (copies and rebuilds read from each other)."""
         if self.secret is None:
-            return
+            return None
         metadata = context.invocation_metadata()
         proof = auth.header(metadata, auth.CLUSTER_HEADER)
         if proof and hmac.compare_digest(proof, self._peer_proof):
-            return
+            return None
         grant = auth.header(metadata, auth.GRANT_HEADER)
         if not grant:
             self.metrics.refused.labels("unauthenticated").inc()
@@ -111,7 +112,7 @@ class BenefactorService:
         try:
             # `since`: a Put stream's grant is judged as of the stream's start (a long write outlives
             # a short grant); its token's revocation ends it at any chunk.
-            auth.verify_grant(self.secret, grant, namespace, write, now=since, revoked=self._revoked)
+            return auth.verify_grant(self.secret, grant, namespace, write, now=since, revoked=self._revoked)
         except PermissionDenied as e:
             self.metrics.refused.labels("permission_denied").inc()
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"benefactor {self.id}: {e}")
@@ -159,7 +160,7 @@ class BenefactorService:
             check_namespace(header.namespace)
         except InvalidPath as e:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        self._allow(context, header.namespace, write=True, since=started)
+        granted = self._allow(context, header.namespace, write=True, since=started)
         if not header.session:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: no write session (open one with the manager first)")
@@ -167,6 +168,11 @@ class BenefactorService:
         if len(key.hash) != HASH_BYTES or not 0 < key.length <= MAX_CHUNK_SIZE or key.is_hole:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"chunk {header.seq}: needs a {HASH_BYTES}-byte hash and a length of 1..{MAX_CHUNK_SIZE}")
+        if granted is not None and granted.cap and self.store.session_bytes(header.session) + key.length > granted.cap:
+            self.metrics.refused.labels("quota").inc()
+            self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"[EDQUOT] namespace {header.namespace} is at its memory quota: a write session may hold "
+                        f"{granted.cap} bytes uncommitted on benefactor {self.id} (quota_memory)")
         if not self.store.reserve(key.length):
             self.metrics.refused.labels("full").inc()
             self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,

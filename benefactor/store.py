@@ -48,6 +48,7 @@ class ChunkStore:
         self._arena = Arena(capacity, prefault)
         self._chunks: dict[StoreKey, StoredChunk] = {}
         self._by_session: dict[int, set[StoreKey]] = {}
+        self._session_bytes: dict[int, int] = {}  # per session: bytes of the chunks in _by_session
         self._reserved = 0  # blocks
         self._lock = threading.Lock()
 
@@ -88,7 +89,15 @@ class ChunkStore:
             if chunk is None:
                 chunk = self._chunks[key] = StoredChunk(self._arena.store(data))
             chunk.pins[session] = chunk.pins.get(session, 0) + 1
-            self._by_session.setdefault(session, set()).add(key)
+            mine = self._by_session.setdefault(session, set())
+            if key not in mine:
+                mine.add(key)
+                self._session_bytes[session] = self._session_bytes.get(session, 0) + key[1].length
+
+    def session_bytes(self, session: int) -> int:
+        """Bytes of the chunks an open write session keeps here (a grant's cap is checked against it)."""
+        with self._lock:
+            return self._session_bytes.get(session, 0)
 
     def store_copy(self, key: StoreKey, data: memoryview | bytes, gen: int) -> bool:
         """A verified copy of a committed chunk (a replica, a rebuild), held at `gen` with no session.
@@ -145,14 +154,17 @@ class ChunkStore:
                 chunk.pins[session] -= 1
                 if chunk.pins[session] <= 0:
                     mine.discard(key)
+                    self._session_bytes[session] -= key[1].length
                     freed += self._unpin(key, session)
             if not mine:
                 del self._by_session[session]
+                self._session_bytes.pop(session, None)
             return freed
 
     def end_session(self, session: int) -> int:
         """The session is over: chunks only it kept are freed."""
         with self._lock:
+            self._session_bytes.pop(session, None)
             return sum(self._unpin(key, session) for key in self._by_session.pop(session, ()))
 
     def free(self, keys: Iterable[tuple[StoreKey, int]]) -> int:
@@ -206,4 +218,5 @@ class ChunkStore:
         with self._lock:
             self._chunks.clear()
             self._by_session.clear()
+            self._session_bytes.clear()
             self._arena.close()

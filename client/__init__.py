@@ -11,6 +11,7 @@ from memstage.errors import (
     InvalidPath,
     MemstageError,
     NotFound,
+    QuotaExceeded,
     SettingError,
     Unavailable,
 )
@@ -18,5 +19,5 @@ from memstage.errors import (
 __all__ = [
     "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "FsError", "InvalidArgument",
     "InvalidPath",
-    "MemstageError", "NotFound", "SettingError", "Unavailable", "WriteStats",
+    "MemstageError", "NotFound", "QuotaExceeded", "SettingError", "Unavailable", "WriteStats",
 ]

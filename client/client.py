@@ -235,7 +235,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         return entries if detail else [e["name"] for e in entries]
 
     def policy(self, persist_every: int | None = None, keep_versions: int | None = None,
-               redundancy: str | None = None, pfs_keep: int | None = None) -> dict[str, Any]:
+               redundancy: str | None = None, pfs_keep: int | None = None, quota_memory: int | None = None,
+               quota_sessions: int | None = None) -> dict[str, Any]:
         """The namespace's persistence and redundancy policy; arguments that are given change it.
         redundancy: "none", "replicate:R" or "rs:K+M"; pfs_keep: persisted checkpoints kept on the
         PFS (0: all)."""
@@ -248,9 +249,14 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             request.redundancy = redundancy
         if pfs_keep is not None:
             request.pfs_keep = pfs_keep
+        if quota_memory is not None:
+            request.quota_memory = quota_memory
+        if quota_sessions is not None:
+            request.quota_sessions = quota_sessions
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
         return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions,
-                "redundancy": reply.redundancy, "pfs_keep": reply.pfs_keep}
+                "redundancy": reply.redundancy, "pfs_keep": reply.pfs_keep, "quota_memory": reply.quota_memory,
+                "quota_sessions": reply.quota_sessions}
 
     def gc(self, dry_run: bool = False) -> dict[str, Any]:
         """Remove the namespace's chunk files on the PFS that no version references (dry_run: only

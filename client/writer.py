@@ -258,10 +258,10 @@ class VersionWriter:
                                                 session=self.session),
                     f"striping map for {self.path}")
                 return [Placement(b.benefactor_id, b.address) for b in reply.benefactors], retried
-            except DeploymentFull:
+            except DeploymentFull as e:
                 if time.monotonic() + pause > deadline or self._state.error is not None:
                     raise
-                log.info("deployment full: %s waits up to %.0fs for space", self.path, self.settings.full_wait)
+                log.info("%s; %s waits up to %.0fs for space", e, self.path, self.settings.full_wait)
                 if self._closing.wait(pause):
                     raise Unavailable(f"write of {self.path}: the client is shutting down (it was waiting for "
                                       "space)") from None

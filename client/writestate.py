@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey
-from memstage.errors import ChunkRejected, DataLost, MemstageError
+from memstage.errors import ChunkRejected, DataLost, MemstageError, QuotaExceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +298,8 @@ class WriteState:
             return []
         if reason is StreamEnd.REJECTED:
             return self.fail(ChunkRejected(f"write of {self.path}: benefactor {bf} rejected a chunk: {detail}"))
+        if reason is StreamEnd.FULL and "[EDQUOT] " in detail:  # the namespace's quota, not the benefactor
+            return self.fail(QuotaExceeded(f"write of {self.path}: {detail.split('[EDQUOT] ', 1)[1]}"))
         acked = self.acked_by.get(bf, 0)
         if reason is not StreamEnd.FULL and acked:
             return self.fail(DataLost(f"write of {self.path}: benefactor {bf} failed after acknowledging "

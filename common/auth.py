@@ -5,8 +5,9 @@ grants the manager signs so that benefactors can check a client's access without
   what it grants: `r` (read) or `rw` on named namespaces, or `admin` on `*`.
 - The **cluster secret** (32 random bytes, hex, in a file) is shared by the manager and its
   benefactors. Benefactors prove they hold it on every call to the manager and to each other.
-- A **grant** is `<namespace>:<mode>:<expiry>:<token id>:<hmac>` signed with a key derived from the
-  cluster secret. The manager hands one out with a write session (`rw`) and with a version map
+- A **grant** is `<namespace>:<mode>:<expiry>:<token id>:<cap>:<hmac>` signed with a key derived
+  from the cluster secret (cap: the bytes a write session may hold on each benefactor, from its
+  namespace's memory quota; 0 for none). The manager hands one out with a write session (`rw`) and with a version map
   (`r`), for a few minutes (clients get fresh ones with every map and session renewal);
   benefactors verify it on Put, Get, Has and ReadDrained, with no round trip, and refuse the grants
   of a token the manager told them was revoked.
@@ -114,11 +115,18 @@ def _grant_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"memstage grant", hashlib.sha256).digest()
 
 
-def sign_grant(secret: bytes, namespace: str, mode: str, token_id: str = "", now: float | None = None) -> str:
-    """A grant of `mode` on `namespace` for the holder of token `token_id` ("" for the admin of an
-    insecure-less internal call), valid GRANT_SECONDS."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    token_id: str  # the token it was given to ("" for none)
+    cap: int  # bytes a write session may hold on one benefactor (0: no limit)
+
+
+def sign_grant(secret: bytes, namespace: str, mode: str, token_id: str = "", now: float | None = None,
+               cap: int = 0) -> str:
+    """A grant of `mode` on `namespace` for the holder of token `token_id`, valid GRANT_SECONDS;
+    `cap`: what a write session may hold on each benefactor (0: no limit)."""
     expiry = int((time.time() if now is None else now) + GRANT_SECONDS)
-    body = f"{namespace}:{mode}:{expiry}:{token_id}"
+    body = f"{namespace}:{mode}:{expiry}:{token_id}:{cap}"
     return f"{body}:{hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()}"
 
 
@@ -127,14 +135,14 @@ def grant_namespace(grant: str) -> str:
 
 
 def verify_grant(secret: bytes, grant: str, namespace: str, write: bool, now: float | None = None,
-                 revoked: Mapping[str, float] | None = None) -> str:
-    """The token id a valid, unexpired grant for this access names; PermissionDenied otherwise, and
-    for a grant of a token in `revoked`."""
+                 revoked: Mapping[str, float] | None = None) -> Grant:
+    """What a valid, unexpired grant for this access says; PermissionDenied otherwise, and for a
+    grant of a token in `revoked`."""
     body, _, mac = grant.rpartition(":")
     parts = body.split(":")
-    ns, mode, expiry, token_id = parts if len(parts) == 4 else ("", "", "0", "")
+    ns, mode, expiry, token_id, cap = parts if len(parts) == 5 else ("", "", "0", "", "0")
     want = hmac.new(_grant_key(secret), body.encode(), hashlib.sha256).hexdigest()
-    if not body or len(parts) != 4 or not hmac.compare_digest(mac, want):
+    if not body or len(parts) != 5 or not cap.isdigit() or not hmac.compare_digest(mac, want):
         raise PermissionDenied(f"namespace {namespace}: no valid grant from the manager")
     if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):
         raise PermissionDenied(f"namespace {namespace}: the manager's grant expired (look the file up again)")
@@ -143,7 +151,7 @@ def verify_grant(secret: bytes, grant: str, namespace: str, write: bool, now: fl
                                f"not {'write' if write else 'read'} on {namespace}")
     if token_id and revoked and token_id in revoked:
         raise PermissionDenied(f"namespace {namespace}: token {token_id} was revoked")
-    return token_id
+    return Grant(token_id, int(cap))
 
 
 def header(metadata: Sequence[tuple[str, str | bytes]] | None, name: str) -> str:

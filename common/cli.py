@@ -37,7 +37,7 @@ from memstage.settings import (  # noqa: E402
     load,
 )
 from memstage.tls import load as load_tls  # noqa: E402
-from memstage.units import format_size  # noqa: E402
+from memstage.units import format_size, parse_size  # noqa: E402
 
 log = logging.getLogger("memstage")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -160,11 +160,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if reply.benefactors:
         print(f"\n{reply.benefactors_alive} of {len(reply.benefactors)} benefactors alive, "
               f"{format_size(reply.memory_used)} used of {format_size(reply.memory_capacity)}\n")
-    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "ON PFS", "REDUNDANCY", "PROTECTED",
+    rows = [("NAMESPACE", "FILES", "VERSIONS", "COMMITTED", "STORED", "ON PFS", "QUOTA", "REDUNDANCY", "PROTECTED",
              "DEGRADED", "LOST")]
     for n in reply.namespaces:
+        quota = f"{format_size(n.memory_used)} of {format_size(n.quota_memory)}" if n.quota_memory else "-"
         rows.append((n.namespace, str(n.files), str(n.versions), format_size(n.bytes_committed),
-                     format_size(n.bytes_stored), format_size(n.bytes_on_pfs), n.redundancy or "none",
+                     format_size(n.bytes_stored), format_size(n.bytes_on_pfs), quota, n.redundancy or "none",
                      str(n.versions_protected),
                      str(n.versions_degraded), str(n.versions_lost)))
     _table(rows)
@@ -211,6 +212,7 @@ def status_json(reply: Any) -> dict[str, Any]:
         "namespaces": [
             {"namespace": n.namespace, "files": n.files, "versions": n.versions,
              "bytes_committed": n.bytes_committed, "bytes_stored": n.bytes_stored, "bytes_on_pfs": n.bytes_on_pfs,
+             "quota_memory": n.quota_memory, "memory_used": n.memory_used,
              "redundancy": n.redundancy,
              "versions_protected": n.versions_protected, "versions_degraded": n.versions_degraded,
              "versions_lost": n.versions_lost}
@@ -391,7 +393,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from memstage.client import Client
 
     for flag, value, least in (("--persist-every", args.persist_every, 0), ("--keep-versions", args.keep_versions, 1),
-                               ("--pfs-keep", args.pfs_keep, 0)):
+                               ("--pfs-keep", args.pfs_keep, 0), ("--quota-sessions", args.quota_sessions, 0)):
         if value is not None and value < least:
             raise SettingError(f"{flag}: must be {least} or more")
     settings = load(ClientSettings, _client_flags(args), config=args.config)
@@ -399,7 +401,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.redundancy is not None:
         Redundancy.parse(args.redundancy, "--redundancy")
     try:
-        policy = client.policy(args.persist_every, args.keep_versions, args.redundancy, args.pfs_keep)
+        quota = None
+        if args.quota_memory is not None:
+            try:
+                quota = parse_size(args.quota_memory)
+            except ValueError as e:
+                raise SettingError(f"--quota-memory: {e}") from None
+        policy = client.policy(args.persist_every, args.keep_versions, args.redundancy, args.pfs_keep,
+                               quota_memory=quota, quota_sessions=args.quota_sessions)
     finally:
         client.connections.close()
     every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
@@ -407,6 +416,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
           f"{policy['keep_versions']} in memory, redundancy {policy['redundancy']}, keep "
           f"{policy['pfs_keep'] or 'all'} on the PFS (persist_every={policy['persist_every']} "
           f"keep_versions={policy['keep_versions']} redundancy={policy['redundancy']} pfs_keep={policy['pfs_keep']})")
+    if policy["quota_memory"] or policy["quota_sessions"]:
+        print(f"  quotas: memory {format_size(policy['quota_memory']) if policy['quota_memory'] else 'none'}, "
+              f"write sessions {policy['quota_sessions'] or 'no limit'}")
     return 0
 
 
@@ -605,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "rs:K+M: stripes of K chunks and M parity chunks on distinct benefactors (M may fail)")
     p.add_argument("--pfs-keep", type=int, default=None, metavar="K",
                    help="persisted checkpoints kept on the PFS (older ones are removed from it); 0 = all")
+    p.add_argument("--quota-memory", default=None, metavar="SIZE",
+                   help="memory the namespace may use, committed and uncommitted (e.g. 8GiB); 0 = no limit "
+                        "(admin token)")
+    p.add_argument("--quota-sessions", type=int, default=None, metavar="N",
+                   help="write sessions (files being written) it may have open at once; 0 = no limit (admin)")
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("gc", parents=[common], help="remove drained files no version references from the PFS",

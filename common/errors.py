@@ -64,6 +64,13 @@ class DeploymentFull(MemstageError):
     errno = errno.ENOSPC
 
 
+class QuotaExceeded(DeploymentFull):
+    """The namespace is at a quota its policy sets (memory, or open write sessions): EDQUOT on a
+    mount. Other namespaces' writes go on."""
+
+    errno = errno.EDQUOT
+
+
 class ChunkRejected(MemstageError):
     """A benefactor refused a chunk whose bytes do not match its hash."""
 
@@ -136,6 +143,9 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = err.details() if isinstance(err, grpc.Call) else str(err)
     tagged = _TAGGED.match(detail or "")
+    if tagged and tagged.group(1) == "EDQUOT":
+        message = tagged.group(2)
+        return QuotaExceeded(message if message.startswith(what) else f"{what}: {message}")
     if tagged and hasattr(errno, tagged.group(1)):
         message = tagged.group(2)
         return FsError(getattr(errno, tagged.group(1)), message if message.startswith(what) else f"{what}: {message}")

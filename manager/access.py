@@ -22,7 +22,7 @@ WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Ren
                    "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage",
                    "MarkCheckpoint"})
 ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
-POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep")
+POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
 
 
 def _atime_only(attrs: Any) -> bool:
@@ -57,12 +57,12 @@ class Access:
     def insecure(self) -> bool:
         return self.secret is None
 
-    def grant(self, namespace: str, write: bool, caller: Caller) -> str:
+    def grant(self, namespace: str, write: bool, caller: Caller, cap: int = 0) -> str:
         """A grant for benefactors, naming the caller's token ("" when insecure: they check nothing
-        either)."""
+        either); cap: what a write session may hold on each benefactor (0: no limit)."""
         if self.secret is None:
             return ""
-        return auth.sign_grant(self.secret, namespace, "rw" if write else "r", caller.token_id)
+        return auth.sign_grant(self.secret, namespace, "rw" if write else "r", caller.token_id, cap=cap)
 
     def caller(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
         """Who is calling, authenticated (Unauthenticated if the credential is missing or wrong)."""

@@ -93,6 +93,8 @@ _ADDED_COLUMNS = (
     ("versions", "pfs_dir", "TEXT NOT NULL DEFAULT ''"),
     ("versions", "origin", "TEXT NOT NULL DEFAULT ''"),
     ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
+    ("policies", "quota_memory", "INTEGER NOT NULL DEFAULT 0"),
+    ("policies", "quota_sessions", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 OPEN_CHECKPOINT = "open_checkpoint:"  # meta key prefix: a namespace's begun checkpoint
@@ -114,6 +116,8 @@ class Policy:
     keep_versions: int
     redundancy: str = "none"  # none | replicate:R | rs:K+M (memstage.redundancy)
     pfs_keep: int = 0  # persisted checkpoints kept on the PFS (0: all)
+    quota_memory: int = 0  # bytes of memory the namespace may use, committed and uncommitted (0: no limit)
+    quota_sessions: int = 0  # write sessions it may have open at once (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,10 +359,10 @@ class Catalog(NodeTable):
         with self._lock:
             policy = self._policies.get(namespace)  # asked several times per commit
             if policy is None:
-                row = self._db.execute("SELECT persist_every, keep_versions, redundancy, pfs_keep FROM policies "
-                                       "WHERE ns=?", (namespace,)).fetchone()
+                row = self._db.execute("SELECT persist_every, keep_versions, redundancy, pfs_keep, quota_memory, "
+                                       "quota_sessions FROM policies WHERE ns=?", (namespace,)).fetchone()
                 policy = self._policies[namespace] = (
-                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy, row[3]) if row
+                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy, *row[3:]) if row
                     else self.default_policy)
             return policy
 
@@ -388,12 +392,13 @@ class Catalog(NodeTable):
         if policy.keep_versions < 1:
             raise InvalidArgument("keep_versions must be at least 1 (the latest version stays readable)")
         with self._lock:
-            self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy, pfs_keep) VALUES "
-                             "(?, ?, ?, ?, ?) ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
-                             "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy, "
-                             "pfs_keep=excluded.pfs_keep",
+            self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy, pfs_keep, "
+                             "quota_memory, quota_sessions) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ns) DO UPDATE "
+                             "SET persist_every=excluded.persist_every, keep_versions=excluded.keep_versions, "
+                             "redundancy=excluded.redundancy, pfs_keep=excluded.pfs_keep, "
+                             "quota_memory=excluded.quota_memory, quota_sessions=excluded.quota_sessions",
                              (namespace, policy.persist_every, policy.keep_versions, policy.redundancy,
-                              policy.pfs_keep))
+                              policy.pfs_keep, policy.quota_memory, policy.quota_sessions))
             self._policies.pop(namespace, None)
 
     # -- access tokens (memstage.auth) ------------------------------------------------------------
@@ -421,6 +426,17 @@ class Catalog(NodeTable):
         with self._lock:
             self._tokens.pop(token_id, None)  # under the lock: a lookup cannot put it back
             return bool(self._db.execute("UPDATE tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount)
+
+    def memory_bytes(self, namespace: str) -> int:
+        """Distinct bytes of the namespace's chunks that an in-memory version needs."""
+        with self._lock:
+            return self._index.memory_bytes(namespace)
+
+    def memory_added(self, namespace: str, keys: Sequence[ChunkKey]) -> tuple[int, int]:
+        """(the namespace's in-memory bytes, the bytes a version of `keys` would add to them)."""
+        with self._lock:
+            new = {k for k in keys if not k.is_hole and self._index.mem_refs((namespace, k)) <= 0}
+            return self._index.memory_bytes(namespace), sum(k.length for k in new)
 
     def revoked_tokens(self) -> list[str]:
         with self._lock:

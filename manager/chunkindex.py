@@ -75,6 +75,9 @@ class ChunkIndex:
         self._many: dict[int, dict[int, int]] = {}  # slot -> {benefactor number: generation}
         self._drained: dict[int, str] = {}
         self._free: list[int] = []
+        # Per namespace number: distinct bytes of chunks an in-memory version needs, kept as mem_refs
+        # change (the namespace's memory quota is checked against it on every striping map).
+        self._ns_mem: dict[int, int] = {}
         # Per benefactor: [chunks, bytes] of the copies located there, kept as locations change, so
         # status reports what is held as of now rather than as of the last heartbeat.
         self._held: dict[str, list[int]] = {}
@@ -338,6 +341,17 @@ class ChunkIndex:
         return {self._ns_names[ns]: (stored, pfs) for ns, (stored, pfs) in per_ns.items()}
 
     # -- changes (the caller persists what they return) -----------------------------------------
+    def memory_bytes(self, namespace: str) -> int:
+        """Distinct bytes of the namespace's chunks that an in-memory version needs."""
+        ns = self._ns.get(namespace)
+        return 0 if ns is None else self._ns_mem.get(ns, 0)
+
+    def _mem_moved(self, packed: int, length: int, before: int, after: int) -> None:
+        """A chunk's mem_refs went from `before` to `after` (0 once it left the index)."""
+        if (before > 0) != (after > 0):
+            ns = packed >> _NS_SHIFT & _NS_MASK
+            self._ns_mem[ns] = self._ns_mem.get(ns, 0) + (length if after > 0 else -length)
+
     def load(self, key: IndexKey, refs: int, mem_refs: int, drained: str) -> None:
         packed = self._key_for(key)
         slot = self._slots.get(packed)
@@ -345,6 +359,8 @@ class ChunkIndex:
             slot = self._new_slot(packed)
         else:
             self._drop_holders(slot, key[1].length)
+        self._mem_moved(packed, key[1].length, self._mem[slot] if self._refs[slot] > 0 else 0,
+                        mem_refs if refs > 0 else 0)
         self._refs[slot] = refs
         self._mem[slot] = mem_refs
         if drained:
@@ -366,8 +382,10 @@ class ChunkIndex:
         slot = self._slots.get(packed)
         if slot is None:
             slot = self._new_slot(packed)
+        before = self._mem[slot] if self._refs[slot] > 0 else 0
         self._refs[slot] += refs
         self._mem[slot] += mem_refs
+        self._mem_moved(packed, key[1].length, before, self._mem[slot] if self._refs[slot] > 0 else 0)
         dropped: Holders = {}
         if self._mem[slot] <= 0 or self._refs[slot] <= 0:
             dropped = self._drop_holders(slot, key[1].length)
@@ -403,6 +421,8 @@ class ChunkIndex:
                 slot = self._new_slot(packed)
             if slot not in touched:
                 touched.add(slot)
+                if mem[slot] <= 0 or refs[slot] <= 0:
+                    self._mem_moved(packed, key.length, 0, 1)
                 refs[slot] += 1
                 mem[slot] += 1
             for bf in locs:
@@ -478,6 +498,7 @@ class ChunkIndex:
         self._holder.extend(array("i", holder[len(reused):]))
         self._gen.extend(array("q", [gen]) * fresh)
         slots.update(zip(packed, [*reused, *range(start, start + fresh)], strict=True))
+        self._ns_mem[ns] = self._ns_mem.get(ns, 0) + sum(map(second, keys))
         holds: dict[str, list[tuple[ChunkKey, int]]] = {bf: [] for bf in numbers}
         for key, bf in zip(keys, names, strict=True):
             holds[bf].append((key, gen))

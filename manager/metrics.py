@@ -71,6 +71,10 @@ class ManagerMetrics:
         self.prefetched = Counter("memstage_prefetch_bytes",
                                   "Bytes of persisted checkpoints loaded back into memory from the PFS (prefetch), "
                                   "by result", ["result"], registry=registry)
+        self.quota_refused = Counter("memstage_quota_refused",
+                                     "Write sessions and striping maps refused because a namespace is at its "
+                                     "quota, by namespace and quota (memory, sessions)", ["namespace", "quota"],
+                                     registry=registry)
         self.pfs_removed = Counter("memstage_pfs_bytes_removed",
                                    "Bytes freed on the PFS by removing chunk files of deleted versions, of "
                                    "checkpoints beyond pfs_keep, and of orphans (memstage gc)", registry=registry)
@@ -153,13 +157,22 @@ class _LiveState(Collector):
         on_pfs = GaugeMetricFamily("memstage_namespace_pfs_bytes", "Distinct chunk bytes of kept versions on the PFS",
                                    labels=["namespace"])
         committed = GaugeMetricFamily("memstage_namespace_versions", "Committed versions", labels=["namespace"])
+        quota = GaugeMetricFamily("memstage_namespace_quota_memory_bytes", "A namespace's memory quota (namespaces "
+                                  "with one)", labels=["namespace"])
+        used = GaugeMetricFamily("memstage_namespace_quota_used_bytes", "What counts against a namespace's memory "
+                                 "quota: distinct chunk bytes its in-memory versions need", labels=["namespace"])
         for n in reply.namespaces:
             stored.add_metric([n.namespace], float(n.bytes_stored))
             on_pfs.add_metric([n.namespace], float(n.bytes_on_pfs))
             committed.add_metric([n.namespace], float(n.versions))
+            if n.quota_memory:
+                quota.add_metric([n.namespace], float(n.quota_memory))
+                used.add_metric([n.namespace], float(n.memory_used))
         yield stored
         yield on_pfs
         yield committed
+        yield quota
+        yield used
         states = GaugeMetricFamily("memstage_namespace_versions_by_protection",
                                    "Versions in memory by protection: protected (every chunk at its namespace's "
                                    "copies, or on the PFS), degraded (being rebuilt), lost",

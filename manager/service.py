@@ -42,12 +42,13 @@ from memstage.errors import (
     MemstageError,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     SettingError,
     Unauthenticated,
     Unavailable,
     to_rpc_detail,
 )
-from memstage.manager.access import EVERYONE, Access, Caller
+from memstage.manager.access import EVERYONE, POLICY_FIELDS, Access, Caller
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, Policy, VersionRecord
 from memstage.manager.chunkindex import IndexKey
@@ -730,12 +731,21 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         path = normalize_file_path(request.path) if request.path else ""
         placements: list[Placement] = []
+        policy = self.catalog.policy(namespace)
         with self._lock:
+            if policy.quota_sessions and len(self.sessions.of(namespace)) >= policy.quota_sessions:
+                self.metrics.quota_refused.labels(namespace, "sessions").inc()
+                raise QuotaExceeded(f"namespace {namespace} has {policy.quota_sessions} write sessions open, its "
+                                    "quota (quota_sessions): close files before opening more")
             session = self.sessions.open(namespace, path, self.clock())
             if request.HasField("striping"):  # the first map with the session: a call less per file
-                placements, _ = self._place(session, request.striping)
-        return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease,
-                                        grant=self.access.grant(namespace, True, self._caller),
+                try:
+                    placements, _ = self._place(session, request.striping)
+                except QuotaExceeded:
+                    self.sessions.end(session.id)
+                    raise
+        grant = self.access.grant(namespace, True, self._caller, self._session_cap(namespace))
+        return manager_pb2.SessionReply(session=session.id, lease_seconds=self.sessions.lease, grant=grant,
                                         map=_striping_map(placements) if placements else None)
 
     @rpc
@@ -746,7 +756,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             alive = [self.sessions.renew(sid, now) for sid in request.sessions]
             spaces = [s.namespace if (s := self.sessions.get(sid)) is not None else "" for sid in request.sessions]
         return manager_pb2.RenewSessionsReply(open=alive, grants=[
-            self.access.grant(ns, True, self._caller) if ns else "" for ns in spaces])
+            self.access.grant(ns, True, self._caller, self._session_cap(ns)) if ns else "" for ns in spaces])
 
     @rpc
     def AbortSession(self, request: manager_pb2.SessionRequest, context: grpc.ServicerContext
@@ -809,8 +819,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     def _place(self, session: Session, request: manager_pb2.StripingRequest) -> tuple[list[Placement], int]:
         """(under self._lock) A striping map for the session, with room reserved on its benefactors;
-        and how many benefactors are alive."""
+        and how many benefactors are alive. QuotaExceeded if the namespace's memory quota has no room
+        for the reservation: what its in-memory versions need plus what its open sessions reserved."""
         reserve = request.chunk_size * RESERVED_CHUNKS
+        quota = self.catalog.policy(session.namespace).quota_memory
+        if quota and (used := self.catalog.memory_bytes(session.namespace)) >= quota:
+            self.metrics.quota_refused.labels(session.namespace, "memory").inc()
+            raise QuotaExceeded(f"namespace {session.namespace} is at its memory quota: {format_size(used)} of "
+                                f"{format_size(quota)} (quota_memory) in memory; older checkpoints leave memory as "
+                                "they drain (keep_versions)")
         placements = self.registry.striping_map(request.width or self.settings.stripe_width, set(request.exclude),
                                                 request.chunk_size, self.clock(), reserve)
         session.benefactors.update(p.id for p in placements)
@@ -863,6 +880,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             receipt_keys = self._receipt_keys(named)
         try:
             chunks, placed = self._confirmed(namespace, request, receipt_keys)
+            self._check_quota(namespace, [k for k, _ in chunks] if placed is None else placed.keys)
         except MemstageError:
             self.metrics.commits_refused.labels(namespace).inc()
             if session is not None:
@@ -871,6 +889,26 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                     self._end_orders(session, {})
             raise
         return namespace, path, session, chunks, placed
+
+    def _session_cap(self, namespace: str) -> int:
+        """What a write session of the namespace may hold uncommitted on each benefactor: the room
+        its memory quota has left (0: no quota). Benefactors refuse a Put beyond it, so sessions
+        that are renewed and never committed cannot fill the deployment."""
+        quota = self.catalog.policy(namespace).quota_memory
+        return max(quota - self.catalog.memory_bytes(namespace), 1) if quota else 0
+
+    def _check_quota(self, namespace: str, keys: Sequence[ChunkKey]) -> None:
+        """QuotaExceeded if the chunks a commit brings into memory take the namespace past its memory
+        quota (a soft limit: commits checked at once may pass it together by what they bring)."""
+        quota = self.catalog.policy(namespace).quota_memory
+        if not quota:
+            return
+        used, added = self.catalog.memory_added(namespace, keys)
+        if added and used + added > quota:
+            self.metrics.quota_refused.labels(namespace, "memory").inc()
+            raise QuotaExceeded(f"namespace {namespace} is at its memory quota: this version brings "
+                                f"{format_size(added)} more into memory, {format_size(used)} of "
+                                f"{format_size(quota)} (quota_memory) is used; nothing was committed")
 
     def _record_commit(self, request: manager_pb2.CommitRequest, namespace: str, path: str, session: Session | None,
                        chunks: list[tuple[ChunkKey, Sequence[str]]], placed: Placed | None
@@ -1536,6 +1574,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             namespaces.append(manager_pb2.NamespaceStatus(
                 namespace=n.namespace, files=n.files, versions=n.versions, bytes_committed=n.bytes_committed,
                 bytes_stored=n.bytes_stored, bytes_on_pfs=n.bytes_on_pfs, redundancy=redundancy,
+                quota_memory=self.catalog.policy(n.namespace).quota_memory,
+                memory_used=self.catalog.memory_bytes(n.namespace),
                 versions_protected=protected,
                 versions_degraded=degraded, versions_lost=lost_versions))
         lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
@@ -1671,7 +1711,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Policy(self, request: manager_pb2.PolicyRequest, context: grpc.ServicerContext) -> manager_pb2.PolicyReply:
         namespace = check_namespace(request.namespace)
         current = self.catalog.policy(namespace)
-        if any(request.HasField(f) for f in ("persist_every", "keep_versions", "redundancy", "pfs_keep")):
+        if any(request.HasField(f) for f in POLICY_FIELDS):
             redundancy = current.redundancy
             if request.HasField("redundancy"):
                 try:
@@ -1681,13 +1721,15 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             current = Policy(
                 request.persist_every if request.HasField("persist_every") else current.persist_every,
                 request.keep_versions if request.HasField("keep_versions") else current.keep_versions,
-                redundancy, request.pfs_keep if request.HasField("pfs_keep") else current.pfs_keep)
+                redundancy, request.pfs_keep if request.HasField("pfs_keep") else current.pfs_keep,
+                request.quota_memory if request.HasField("quota_memory") else current.quota_memory,
+                request.quota_sessions if request.HasField("quota_sessions") else current.quota_sessions)
             self.catalog.set_policy(namespace, current)
-            log.info("policy of namespace %s: persist_every %d, keep_versions %d, redundancy %s, pfs_keep %d",
-                     namespace, current.persist_every, current.keep_versions, current.redundancy, current.pfs_keep)
+            log.info("policy of namespace %s: %s", namespace, current)
         return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
                                        keep_versions=current.keep_versions, redundancy=current.redundancy,
-                                       pfs_keep=current.pfs_keep)
+                                       pfs_keep=current.pfs_keep, quota_memory=current.quota_memory,
+                                       quota_sessions=current.quota_sessions)
 
     @rpc
     def MarkCheckpoint(self, request: manager_pb2.CheckpointMark, context: grpc.ServicerContext

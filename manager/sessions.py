@@ -43,6 +43,10 @@ class SessionTable:
         session = self._open[sid] = Session(sid, namespace, path, now + self.lease)
         return session
 
+    def of(self, namespace: str) -> list[Session]:
+        """The namespace's open sessions."""
+        return [s for s in self._open.values() if s.namespace == namespace]
+
     def get(self, sid: int) -> Session | None:
         return self._open.get(sid)
 

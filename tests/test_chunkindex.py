@@ -161,3 +161,58 @@ def test_add_placed_does_what_add_version_does_or_leaves_it_to_add_version(steps
         assert _state(fast) == _state(slow)
     for k in PLACED_KEYS:
         assert fast.first_holder(("ns", k), {"b1", "b2", "b3"}) == slow.first_holder(("ns", k), {"b1", "b2", "b3"})
+
+
+NEW = [ChunkKey(bytes([100 + i]) * 16, 1000 + i) for i in range(6)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("commit"), st.sampled_from(["ns", "other"]), st.lists(chunk, max_size=5)),
+    st.tuples(st.just("placed"), st.sampled_from(["ns", "other"]), st.integers(0, 5)),
+    st.tuples(st.just("evict"), st.integers(0, 20)),  # a version leaves memory (kept on the PFS)
+    st.tuples(st.just("delete"), st.integers(0, 20)),  # a version is deleted
+    st.tuples(st.just("reload"),),  # a manager restart: the counts are loaded again
+), max_size=40))
+def test_memory_bytes_per_namespace_follows_every_change(ops):
+    """The per-namespace in-memory byte count (checked against memory quotas on every striping map)
+    equals what a full walk of the index counts, after any sequence of changes."""
+    index = ChunkIndex()
+    versions: list[tuple[str, list[ChunkKey], bool]] = []  # (namespace, distinct keys, in memory)
+    used_new = 0
+    for op in ops:
+        if op[0] == "commit":
+            _, ns, chunks = op
+            index.add_version(ns, chunks, len(versions) + 1)
+            versions.append((ns, list({k for k, _ in chunks if not k.is_hole}), True))
+        elif op[0] == "placed" and used_new < len(NEW):
+            _, ns, n = op
+            keys = NEW[used_new:used_new + max(1, n)]
+            used_new += len(keys)
+            if index.add_placed(ns, keys, ["b1"] * len(keys), len(versions) + 1) is None:
+                index.add_version(ns, [(k, ["b1"]) for k in keys], len(versions) + 1)
+            versions.append((ns, keys, True))
+        elif op[0] in ("evict", "delete") and versions:
+            i = op[1] % len(versions)
+            ns, keys, in_memory = versions[i]
+            if op[0] == "evict" and in_memory:
+                for k in keys:
+                    index.bump((ns, k), 0, -1)
+                versions[i] = (ns, keys, False)
+            elif op[0] == "delete":
+                for k in keys:
+                    index.bump((ns, k), -1, -1 if in_memory else 0)
+                del versions[i]
+        elif op[0] == "reload":
+            counts: dict = {}
+            for ns, keys, in_memory in versions:
+                for k in keys:
+                    c = counts.setdefault((ns, k), [0, 0])
+                    c[0] += 1
+                    c[1] += 1 if in_memory else 0
+            index = ChunkIndex()
+            for ik, (refs, mem) in counts.items():
+                index.load(ik, refs, mem, "")
+        walked = index.usage()
+        for ns in ("ns", "other"):
+            assert index.memory_bytes(ns) == walked.get(ns, (0, 0))[0], (ns, op)

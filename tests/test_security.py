@@ -109,10 +109,11 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     grant = ((auth.GRANT_HEADER, session.grant),)
     assert refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
                    metadata=grant) == grpc.StatusCode.PERMISSION_DENIED
-    ns, mode, expiry, token_id, mac = session.grant.split(":")
+    ns, mode, expiry, token_id, cap, mac = session.grant.split(":")
     assert mine.startswith(f"mst_{token_id}_")  # a grant names the token it came from
-    for forged in (f"victim:rw:{expiry}:{token_id}:{mac}", f"victim:rw:{int(expiry) + 10**6}:{token_id}:{'0' * 64}",
-                   f"attacker:rw:{expiry}::{mac}"):
+    for forged in (f"victim:rw:{expiry}:{token_id}:{cap}:{mac}",
+                   f"victim:rw:{int(expiry) + 10**6}:{token_id}:{cap}:{'0' * 64}",
+                   f"attacker:rw:{expiry}::{cap}:{mac}", f"attacker:rw:{expiry}:{token_id}:{int(cap) + 1}:{mac}"):
         refused(b.Get, benefactor_pb2.GetRequest(namespace="victim", key=chunk.key),
                 metadata=((auth.GRANT_HEADER, forged),))
     # Writing chunks into the victim's namespace with the attacker's grant.
@@ -447,3 +448,61 @@ def test_revoking_a_token_reaches_the_grants_it_was_given(deployment):
                        metadata=write) == grpc.StatusCode.PERMISSION_DENIED
     # Other tokens' grants are untouched.
     assert cluster.client(namespace="victim").cat("/v/a.bin")
+
+
+def test_a_tenant_at_its_quota_never_blocks_another_tenants_writes(deployment):
+    """Quotas (set by the admin): uncommitted chunks Put for sessions that are renewed and never
+    committed stop at the namespace's memory quota on each benefactor, open sessions at their
+    quota, commits at the memory quota; the victim's writes go on, and status shows the quota."""
+    from memstage.errors import QuotaExceeded
+    from memstage.frames import encode_put_frame
+
+    cluster, admin, _, mine = deployment
+    tenant = cluster.client(namespace="attacker", token=mine, full_wait="0s")
+    with pytest.raises(PermissionDenied):  # a tenant cannot raise its own quota
+        tenant.policy(quota_memory=1 << 40)
+    admin_ns = cluster.client(namespace="attacker")
+    admin_ns.policy(quota_memory=6 * MiB, quota_sessions=2, persist_every=0, keep_versions=100)
+    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
+                   cluster.tls.get("tls_server_name", ""))
+    m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
+    # The old attack: sessions kept open, chunks Put and never committed, on every benefactor.
+    sessions = [m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path=f"/hog{i}"),
+                              metadata=bearer(mine), timeout=10) for i in range(2)]
+    with pytest.raises(grpc.RpcError) as third:
+        m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path="/hog3"), metadata=bearer(mine),
+                      timeout=10)
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota" in third.value.details()
+    refused_puts = 0
+    for bf in cluster.benefactors:
+        put = channel(bf.address, tls).stream_stream("/memstage.v1.Benefactor/Put", request_serializer=lambda x: x,
+                                                     response_deserializer=benefactor_pb2.PutAck.FromString)
+        for session in sessions:
+            frames = []
+            for seq in range(1, 9):  # 8 MiB each, beyond the 6 MiB quota
+                data = random_bytes(MiB)
+                header = benefactor_pb2.PutHeader(namespace="attacker", key=ChunkKey.of(data).to_pb(), seq=seq,
+                                                  session=session.session)
+                frames.append(encode_put_frame(header, memoryview(data)))
+            try:
+                acks = list(put(iter(frames), metadata=((auth.GRANT_HEADER, session.grant),), timeout=30))
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "EDQUOT" in e.details(), e.details()
+                refused_puts += 1
+            else:
+                raise AssertionError(f"{len(acks)} chunks accepted beyond the quota")
+    assert refused_puts == 2 * len(cluster.benefactors)
+    # The victim writes on.
+    victim = cluster.client(namespace="victim")
+    payload = random_bytes(4 * MiB)
+    victim.pipe("/v/after.bin", payload)
+    assert victim.cat("/v/after.bin") == payload
+    for session in sessions:
+        m.AbortSession(manager_pb2.SessionRequest(session=session.session), metadata=bearer(mine), timeout=10)
+    # Committed data stops at the quota too, with a clear error; what was committed stays.
+    tenant.pipe("/a.bin", random_bytes(4 * MiB))
+    with pytest.raises(QuotaExceeded, match="quota"):
+        tenant.pipe("/b.bin", random_bytes(4 * MiB))
+    assert len(tenant.cat("/a.bin")) == 4 * MiB
+    row = next(n for n in cluster.status()["namespaces"] if n["namespace"] == "attacker")
+    assert row["quota_memory"] == 6 * MiB and 4 * MiB <= row["memory_used"] <= 6 * MiB

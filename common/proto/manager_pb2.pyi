@@ -738,7 +738,7 @@ class VersionRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
-    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost", "bytes_on_pfs")
+    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost", "bytes_on_pfs", "quota_memory", "memory_used")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -749,6 +749,8 @@ class NamespaceStatus(_message.Message):
     VERSIONS_DEGRADED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
     BYTES_ON_PFS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     files: int
     versions: int
@@ -759,7 +761,9 @@ class NamespaceStatus(_message.Message):
     versions_degraded: int
     versions_lost: int
     bytes_on_pfs: int
-    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ...) -> None: ...
+    quota_memory: int
+    memory_used: int
+    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ..., quota_memory: _Optional[int] = ..., memory_used: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure", "benefactors_alive", "memory_capacity", "memory_used")
@@ -812,32 +816,40 @@ class RepairStatus(_message.Message):
     def __init__(self, chunks_unprotected: _Optional[int] = ..., stripes: _Optional[int] = ..., members_missing: _Optional[int] = ..., in_flight: _Optional[int] = ..., copies_made: _Optional[int] = ..., members_encoded: _Optional[int] = ..., members_rebuilt: _Optional[int] = ..., bytes_made: _Optional[int] = ..., stripe_cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
     PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
     redundancy: str
     pfs_keep: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ...) -> None: ...
+    quota_memory: int
+    quota_sessions: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ...) -> None: ...
 
 class PolicyReply(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
     PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
     redundancy: str
     pfs_keep: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ...) -> None: ...
+    quota_memory: int
+    quota_sessions: int
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ...) -> None: ...
 
 class CheckpointMark(_message.Message):
     __slots__ = ("namespace", "begin", "end")
