@@ -25,9 +25,12 @@ def test_after_a_restart_of_the_whole_deployment_nothing_claims_to_be_in_memory(
     assert not v["in_memory"] and v["unavailable"], v
 
 
-def test_a_dead_holder_makes_its_undrained_versions_unavailable_at_once(local_cluster):
+def test_a_dead_holder_makes_its_undrained_versions_unavailable_at_once(local_cluster, tmp_path):
     cluster = local_cluster(benefactors=0)
-    slow = cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1KiB")  # drains nothing in time
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    # Its PFS cannot be written (the drain retries): the version is in its memory only.
+    slow = cluster.add_benefactor(64 * MiB, "--pfs", str(blocked / "pfs"))
     c = cluster.client()
     c.policy(persist_every=1)
     c.pipe("/ckpt.bin", random_bytes(MiB))
@@ -38,7 +41,7 @@ def test_a_dead_holder_makes_its_undrained_versions_unavailable_at_once(local_cl
     v = c.versions("/ckpt.bin")[-1]
     assert v["unavailable"] or v["lost"], v
     assert not v["in_memory"]
-    wait_for(lambda: c.versions("/ckpt.bin")[-1]["lost"], what="the PFS look to find no copy")
+    wait_for(lambda: c.versions("/ckpt.bin")[-1]["lost"], timeout=30, what="the PFS look to find no copy")
 
 
 def test_looking_for_a_dead_holders_chunks_on_the_pfs_goes_ahead_of_the_queue(tmp_path):
