@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from memstage.chunks import PACKED_KEY, ChunkKey, second
+from memstage.drainer.layout import parse_name
 from memstage.drainer.prune import PfsCopy
 from memstage.errors import Conflict, DataLost, FsError, InvalidArgument, InvalidPath, NotFound, SettingError
 from memstage.manager import locationlog
@@ -92,6 +93,9 @@ _ADDED_COLUMNS = (
     # drained before a rename) and the deployment that drained them ("" = this one).
     ("versions", "pfs_dir", "TEXT NOT NULL DEFAULT ''"),
     ("versions", "origin", "TEXT NOT NULL DEFAULT ''"),
+    # A renamed version's earlier copy on the PFS ("<deployment>:<directory>"), removed once its
+    # drain under the new name is complete.
+    ("versions", "pfs_old", "TEXT NOT NULL DEFAULT ''"),
     ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "quota_memory", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "quota_sessions", "INTEGER NOT NULL DEFAULT 0"),
@@ -1317,12 +1321,28 @@ class Catalog(NodeTable):
                 self._db.execute(f"UPDATE {table} SET path=? || substr(path, ?) WHERE {where}",
                                  (dst, len(src) + 1, *span))
             self.move_nodes(namespace, src, dst)
+            requeued = set()
             for old, version in draining:
                 new = dst + old[len(src):]
                 rec = self._db.execute("SELECT chunk_map, committed_at FROM versions WHERE ns=? AND path=? AND "
                                        "version=?", (namespace, new, version)).fetchone()
                 keys = unpack_map(rec[0])
                 self._queue_drain(namespace, new, version, [(k, ()) for k in keys], alive, rec[1])
+                requeued.add((new, version))
+            # Versions already (or partly) on the PFS are drained again under the new name too, as
+            # hard links to their chunk files: a new deployment importing the PFS finds them under
+            # the name they have now. Their copy under the old name goes once that drain is done.
+            dst_span = (namespace, dst, dst + "/", dst + "/\uffff")
+            for new, version, blob, at, pfs_dir, origin, persisted in self._db.execute(
+                    f"SELECT path, version, chunk_map, committed_at, pfs_dir, origin, persisted FROM versions "
+                    f"WHERE {where} AND persist=1 AND lost=0", dst_span).fetchall():
+                old = src + new[len(dst):]
+                if pfs_dir or persisted:
+                    self._db.execute("UPDATE versions SET pfs_old=?, pfs_dir='', origin='' WHERE ns=? AND path=? "
+                                     "AND version=?", (f"{origin or self.deployment_id}:{pfs_dir or namespace + old}",
+                                                       namespace, new, version))
+                if persisted and (new, version) not in requeued:
+                    self._queue_drain(namespace, new, version, [(k, ()) for k in unpack_map(blob)], alive, at)
         return int(moved)
 
     def _retire(self, where: str, args: tuple[str, ...]) -> None:
@@ -1400,6 +1420,7 @@ class Catalog(NodeTable):
             (namespace, path, version)).fetchone()
         if not keep_record and persist:  # its chunk files (all or some) go from the PFS too
             self._trash_copy(namespace, path, version, pfs_dir, origin, blob)
+            self._trash_renamed(namespace, path, version)
         freed: Freed = {}
         for key in set(unpack_map(blob)):
             if key.is_hole:
@@ -1421,6 +1442,35 @@ class Catalog(NodeTable):
         copy = PfsCopy(pfs_dir or f"{namespace}{path}", origin or self.deployment_id, version)
         self._trash.append((namespace, copy, tuple(k for k in set(unpack_map(blob)) if not k.is_hole)))
 
+    def _trash_renamed(self, namespace: str, path: str, version: int) -> None:
+        """(inside a transaction) A renamed version's copy under its old name goes, if it has one."""
+        row = self._db.execute("SELECT pfs_old, chunk_map FROM versions WHERE ns=? AND path=? AND version=?",
+                               (namespace, path, version)).fetchone()
+        if row and row[0]:
+            origin, _, old_dir = row[0].partition(":")
+            self._trash_copy(namespace, path, version, old_dir, origin, row[1])
+            self._db.execute("UPDATE versions SET pfs_old='' WHERE ns=? AND path=? AND version=?",
+                             (namespace, path, version))
+
+    def _trash_stray(self, drained: str) -> None:
+        """(inside a transaction) A chunk file drained for a task that is no longer queued: removed
+        (with the rest of its version in that directory) unless a version of that name and number
+        still has its copy there."""
+        try:
+            namespace, _ = split_drained(drained)
+        except InvalidPath:
+            return
+        parsed = parse_name(Path(drained))
+        if parsed is None:
+            return
+        directory = drained.rsplit("/", 1)[0]
+        path = directory[len(namespace):]
+        if self._db.execute("SELECT 1 FROM versions WHERE ns=? AND version=? AND (pfs_dir=? OR (pfs_dir='' AND "
+                            "path=?) OR pfs_old LIKE ?) LIMIT 1",
+                            (namespace, parsed.version, directory, path, f"%:{directory}")).fetchone():
+            return
+        self._trash.append((namespace, PfsCopy(directory, parsed.deployment, parsed.version), (parsed.key,)))
+
     def take_pfs_trash(self) -> tuple[list[PfsCopy], set[str]]:
         """Chunk files of versions let go since the last call, to remove from the PFS, and the names
         among them to keep: a chunk another version still needs reads its copy by that name."""
@@ -1434,9 +1484,13 @@ class Catalog(NodeTable):
         """What of a namespace's PFS directory the catalog refers to: (directory, deployment, version)
         of every version it knows, and every chunk's drained name (memstage gc keeps both)."""
         with self._lock:
-            versions = {(pfs_dir or f"{namespace}{path}", origin or self.deployment_id, version)
-                        for path, version, pfs_dir, origin in self._db.execute(
-                            "SELECT path, version, pfs_dir, origin FROM versions WHERE ns=?", (namespace,))}
+            versions: set[tuple[str, str, int]] = set()
+            for path, version, pfs_dir, origin, pfs_old in self._db.execute(
+                    "SELECT path, version, pfs_dir, origin, pfs_old FROM versions WHERE ns=?", (namespace,)):
+                versions.add((pfs_dir or f"{namespace}{path}", origin or self.deployment_id, version))
+                if pfs_old:  # a renamed version's copy under its old name, until its new one is complete
+                    old_origin, _, old_dir = pfs_old.partition(":")
+                    versions.add((old_dir, old_origin, version))
             names = {d for (d,) in self._db.execute("SELECT drained FROM chunks WHERE ns=? AND drained IS NOT NULL",
                                                     (namespace,))}
         return versions, names
@@ -1584,7 +1638,11 @@ class Catalog(NodeTable):
                     groups[gid] = self._drains.group(gid)
                 group = groups[gid]
                 if group is None or group.version_key in dropped or index not in group.members:
-                    continue  # reported twice, or the file was deleted meanwhile: harmless
+                    # Reported twice, or the file was deleted or renamed meanwhile: a chunk file it
+                    # wrote under a name no version has any more is removed.
+                    if drained and group is None:
+                        self._trash_stray(drained)
+                    continue
                 ns, path, version = vk = group.version_key
                 if drained and not _drained_under(drained, ns):
                     # Never readable through a grant for this namespace: the task stays queued.
@@ -1651,6 +1709,7 @@ class Catalog(NodeTable):
                                            (ns, path, version)).fetchone()
                     on_pfs.setdefault(ns, []).append((path, row[0] if row else ""))
                     newly.append((ns, path, version))
+                    self._trash_renamed(ns, path, version)
                     if row and row[0]:
                         self._release_pointers(ns, row[0], alive, time.time())
         return DrainOutcome(persisted, lost, failed, drained_bytes, on_pfs, newly)

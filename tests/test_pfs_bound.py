@@ -137,3 +137,25 @@ def test_gc_dry_run_lists_exactly_the_orphans_and_gc_removes_them(local_cluster,
     assert (tmp_path / "model").read_bytes() == data == c.cat("/model.bin")
     again = subprocess.run([*gc, "--dry-run"], capture_output=True, text=True, timeout=30)
     assert "0 orphan files" in again.stdout
+
+
+def test_a_file_renamed_after_its_drain_is_on_the_pfs_under_its_new_name(local_cluster, tmp_path):
+    """Write to a temporary name, rename into place (DCP's .metadata, most checkpoint writers): the
+    PFS copy follows the name, so the next deployment finds the file where the job left it."""
+    pfs = tmp_path / "pfs"
+    first = _cluster(local_cluster, pfs, benefactors=1, memory=64 * MiB)
+    c = first.client()
+    c.policy(persist_every=1)
+    data = random_bytes(MiB + 7)
+    c.pipe("/ckpt/step_1/.metadata.tmp", data)
+    wait_for(lambda: c.versions("/ckpt/step_1/.metadata.tmp")[-1]["persisted"], what="the drain")
+    c.mv("/ckpt/step_1/.metadata.tmp", "/ckpt/step_1/.metadata")
+    wait_for(lambda: {v.path for v in list_pfs(pfs, "default") if v.complete} == {"/ckpt/step_1/.metadata"},
+             timeout=30, what="the PFS copy to follow the rename")
+    assert c.versions("/ckpt/step_1/.metadata")[-1]["persisted"]
+    for proc in [*first.benefactors, first.manager]:
+        proc.kill()
+    second = _cluster(local_cluster, pfs, benefactors=1, memory=64 * MiB)
+    c2 = second.client()
+    assert c2.ls("/ckpt/step_1", detail=False) == ["/ckpt/step_1/.metadata"]
+    assert c2.cat("/ckpt/step_1/.metadata") == data
