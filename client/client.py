@@ -80,8 +80,11 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         m = _URL.match(path)
         if m:
             return m.group("path") or "/"
+        if path.startswith("memstage:///"):  # no host: the manager and namespace come from settings
+            return "/" + path[len("memstage:///"):].lstrip("/")
         if path.startswith("memstage://"):
-            raise InvalidArgument(f"{path!r}: a memstage URL is memstage://HOST:PORT/NAMESPACE/PATH")
+            raise InvalidArgument(f"{path!r}: a memstage URL is memstage://HOST:PORT/NAMESPACE/PATH, or "
+                                  "memstage:///PATH with the manager and namespace from the settings")
         return "/" + path.lstrip("/")
 
     @staticmethod
