@@ -671,12 +671,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after this long (default: wait until done)")
     p.set_defaults(func=cmd_prefetch)
 
-    p = sub.add_parser("certs", parents=[common], help="make a CA and a certificate for a deployment's TLS",
-                       description="Write ca.pem, cert.pem and key.pem (0600) into DIRECTORY, unless they are there "
-                                   "already: one certificate for the name 'memstage' (and 127.0.0.1, localhost, this "
-                                   "host) that every role and client of the deployment presents, with "
-                                   "tls_server_name=memstage. Prints the settings as environment variables.")
+    p = sub.add_parser("certs", parents=[common], help="make a CA and certificates for a deployment's TLS",
+                       description="Write ca.pem, cert.pem and key.pem (0600), client.pem and client-key.pem (0600) "
+                                   "into DIRECTORY, unless they are there already. cert.pem is the roles' identity "
+                                   "(the manager and benefactors serve with it and dial each other with it): give "
+                                   "it to them only. client.pem is for clients (applications, mounts, the CLI): its "
+                                   "key usage is client authentication only, so a client cannot pose as a server. "
+                                   "Both name 'memstage' (and 127.0.0.1, localhost, this host): "
+                                   "tls_server_name=memstage. Prints the roles' settings as environment variables "
+                                   "(with --client, the clients').")
     p.add_argument("directory")
+    p.add_argument("--client", action="store_true", help="print the client certificate's settings")
     p.set_defaults(func=cmd_certs)
 
     p = sub.add_parser("token", parents=[common], help="create, revoke or list access tokens (admin token needed)",
@@ -757,9 +762,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from memstage.tls import make_deployment_certs
+    from memstage.tls import client_certs, make_deployment_certs
 
     paths = make_deployment_certs(args.directory)
+    if args.client:
+        paths = client_certs(args.directory)
     for name, value in paths.items():
         print(f"MEMSTAGE_{name.upper()}={value}")
     return 0

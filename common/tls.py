@@ -69,9 +69,22 @@ def load(cert: str = "", key: str = "", ca: str = "", server_name: str = "") -> 
     return Tls(_read(cert, "tls_cert"), _read(key, "tls_key"), _read(ca, "tls_ca"), server_name)
 
 
+def client_certs(folder: str) -> dict[str, str]:
+    """The client identity make_deployment_certs wrote in `folder` (client.pem: client use only, it
+    cannot serve), as settings; the role certificate where an earlier release made only that."""
+    out = Path(folder)
+    if (out / "client.pem").exists() and (out / "client-key.pem").exists():
+        return {"tls_ca": str(out / "ca.pem"), "tls_cert": str(out / "client.pem"),
+                "tls_key": str(out / "client-key.pem"), "tls_server_name": DEPLOYMENT_NAME}
+    return make_deployment_certs(folder)
+
+
 def make_deployment_certs(folder: str) -> dict[str, str]:
-    """A CA and one certificate for the deployment in `folder` (kept if already there); returns the
-    paths as settings: tls_ca, tls_cert, tls_key, tls_server_name."""
+    """A CA and two certificates for the deployment in `folder` (kept if already there): cert.pem
+    for its roles (the manager and benefactors serve with it and dial each other with it) and
+    client.pem for clients, whose key usage is client authentication only, so that no client can
+    pose as a server (gRPC refuses a server certificate without server use). Returns the roles'
+    paths as settings: tls_ca, tls_cert, tls_key, tls_server_name (client_certs gives the client's)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,19 +110,27 @@ def make_deployment_certs(folder: str) -> dict[str, str]:
     host = socket.gethostname()
     if host and host != "localhost":
         names.append(x509.DNSName(host))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                                                 DEPLOYMENT_NAME)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    def signed(common_name: str, public: ec.EllipticCurvePublicKey, uses: list[x509.ObjectIdentifier]
+               ) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                     common_name)]))
+                .issuer_name(ca_name).public_key(public).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=825))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(uses), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+
+    cert = signed(DEPLOYMENT_NAME, key.public_key(), [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = signed(f"{DEPLOYMENT_NAME} client", client_key.public_key(), [ExtendedKeyUsageOID.CLIENT_AUTH])
     pem = serialization.Encoding.PEM
+    private = serialization.PrivateFormat.PKCS8
     _write(paths["tls_ca"], ca.public_bytes(pem), 0o644)
+    _write(str(out / "client.pem"), client.public_bytes(pem), 0o644)
+    _write(str(out / "client-key.pem"), client_key.private_bytes(pem, private, serialization.NoEncryption()), 0o600)
     _write(paths["tls_cert"], cert.public_bytes(pem), 0o644)
-    _write(paths["tls_key"], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600)
+    _write(paths["tls_key"], key.private_bytes(pem, private, serialization.NoEncryption()), 0o600)
     return paths
 
 

@@ -39,9 +39,11 @@ def deployment_token(state: str) -> str:
 def deployment_client(state: str) -> dict[str, str]:
     """Client settings for a deployment `memstage up` started on `state`: its admin token and TLS
     files (none of them for an insecure one)."""
+    from memstage.tls import client_certs
+
     out = {"token": deployment_token(state)} if deployment_token(state) else {}
     if (Path(state) / "tls" / "ca.pem").exists():
-        out.update(deployment_tls(state, insecure=False))
+        out.update(client_certs(str(Path(state) / "tls")))
     return out
 
 
@@ -52,6 +54,13 @@ def deployment_tls(state: str, insecure: bool) -> dict[str, str]:
     from memstage.tls import make_deployment_certs
 
     return make_deployment_certs(str(Path(state) / "tls"))
+
+
+def client_tls(state: str) -> dict[str, str]:
+    """The client TLS settings of a deployment `memstage up` secured (client use only)."""
+    from memstage.tls import client_certs
+
+    return client_certs(str(Path(state) / "tls"))
 
 
 def tls_flags(tls: dict[str, str]) -> list[str]:
@@ -103,7 +112,9 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                               *tls, *extra]))
         if settings.mount:
             token = deployment_token(state)
-            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *tls, *extra]))
+            mount_tls = [] if settings.insecure else tls_flags(client_tls(state))
+            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *mount_tls,
+                                                         *extra]))
     except BaseException:
         stop_deployment(procs)
         raise
@@ -199,7 +210,7 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
     if settings.mount:
         print(f"  staging directory: {os.path.abspath(settings.mount)}", flush=True)
     client_file = write_client_settings(settings.state, manager.address,
-                                        deployment_tls(settings.state, settings.insecure))
+                                        {} if settings.insecure else client_tls(settings.state))
     if settings.insecure:
         print("  INSECURE (--insecure): no token or secret is checked; anyone who reaches these ports may read, "
               "write and delete everything", flush=True)

@@ -83,7 +83,19 @@ class Cluster:
 
     @property
     def tls_flags(self) -> list[str]:
+        """The roles' TLS flags (the manager and benefactors: cert.pem)."""
         return [arg for name, value in self.tls.items() for arg in (f"--{name.replace('_', '-')}", value)]
+
+    @property
+    def client_tls(self) -> dict[str, str]:
+        """A client's TLS settings: client.pem, which cannot serve."""
+        from memstage.tls import client_certs
+
+        return client_certs(str(self.root / "tls")) if self.tls else {}
+
+    @property
+    def client_tls_flags(self) -> list[str]:
+        return [arg for name, value in self.client_tls.items() for arg in (f"--{name.replace('_', '-')}", value)]
 
     @property
     def secret_file(self) -> str:
@@ -101,7 +113,7 @@ class Cluster:
 
     def client(self, **settings: object) -> Client:
         settings = {"rpc_timeout": "10s", "full_wait": "1s", **({"token": self.admin_token} if self.secure else {}),
-                    **self.tls, **settings}
+                    **self.client_tls, **settings}
         c = Client(manager=self.manager_address, **settings)
         self._clients.append(c)
         return c
@@ -113,7 +125,7 @@ class Cluster:
 
         token = ["--token", self.admin_token] if self.secure else []
         out = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", self.manager_address,
-                              "--json", *token, *self.tls_flags], capture_output=True, text=True, timeout=30,
+                              "--json", *token, *self.client_tls_flags], capture_output=True, text=True, timeout=30,
                              check=True)
         return json.loads(out.stdout)
 
@@ -212,7 +224,7 @@ def mounted(local_cluster, tmp_path):
         token = ["--token", cluster.admin_token] if cluster.secure else []
         proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
                                  cluster.manager_address, "--full-wait", "1s", "--log-level", "warning", *token,
-                                 *cluster.tls_flags, *extra])
+                                 *cluster.client_tls_flags, *extra])
         mounts.append((point, proc))
         wait_for(lambda: os.path.ismount(point) or proc.poll() is not None, what="the mount")
         assert proc.poll() is None, "memstage mount exited"

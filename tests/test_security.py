@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,6 +38,11 @@ def refused(call, *args, **kwargs) -> grpc.StatusCode:
     raise AssertionError(f"{call} was not refused")
 
 
+def client_tls(cluster):  # type: ignore[no-untyped-def]
+    """What every client of the deployment holds: the client certificate (it cannot serve)."""
+    return load_tls(**{k.removeprefix("tls_"): v for k, v in cluster.client_tls.items()})
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -65,8 +71,7 @@ def test_every_attack_is_refused_and_changes_nothing(deployment):
     victim = cluster.client(namespace="victim")
     before = checksums(victim, victim_data)
     assert before == {p: hashlib.sha256(d).hexdigest() for p, d in victim_data.items()}
-    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
-                   cluster.tls.get("tls_server_name", ""))
+    tls = client_tls(cluster)
     m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
     vmap = victim.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"),
                                            "lookup")
@@ -148,8 +153,7 @@ def test_a_drained_name_that_climbs_out_of_the_grants_namespace_is_refused(deplo
              what="the victim's files to drain")
     vmap = victim.connections.call_manager("Lookup", manager_pb2.LookupRequest(namespace="victim", path="/v/a.bin"),
                                            "lookup")
-    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
-                   cluster.tls.get("tls_server_name", ""))
+    tls = client_tls(cluster)
     m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
     session = m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path="/mine.bin"),
                             metadata=bearer(mine), timeout=10)
@@ -218,7 +222,7 @@ def test_token_cli_and_clear_errors(deployment, tmp_path):
 
     def memstage(*args: str, token: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "memstage", *args, "--manager", cluster.manager_address,
-                               *cluster.tls_flags, *(["--token", token] if token else [])],
+                               *cluster.client_tls_flags, *(["--token", token] if token else [])],
                               capture_output=True, text=True, timeout=30)
 
     made = memstage("token", "create", "--namespace", "team", "--read-only", token=cluster.admin_token)
@@ -318,7 +322,7 @@ def test_a_mount_without_a_token_is_refused_and_mounts_nothing(deployment, tmp_p
     point = tmp_path / "mnt"
     point.mkdir()
     out = subprocess.run([sys.executable, "-m", "memstage", "mount", str(point), "--manager", cluster.manager_address,
-                          *cluster.tls_flags], capture_output=True, text=True, timeout=60)
+                          *cluster.client_tls_flags], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--token: refused by" in out.stderr and "no token" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not os.path.ismount(point)
 
@@ -416,8 +420,7 @@ def test_revoking_a_token_reaches_the_grants_it_was_given(deployment):
     tenant = cluster.client(namespace="attacker", token=mine)
     data = random_bytes(MiB)
     tenant.pipe("/mine.bin", data)
-    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
-                   cluster.tls.get("tls_server_name", ""))
+    tls = client_tls(cluster)
     m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
     vmap = m.Lookup(manager_pb2.LookupRequest(namespace="attacker", path="/mine.bin"), metadata=bearer(mine),
                     timeout=10)
@@ -463,8 +466,7 @@ def test_a_tenant_at_its_quota_never_blocks_another_tenants_writes(deployment):
         tenant.policy(quota_memory=1 << 40)
     admin_ns = cluster.client(namespace="attacker")
     admin_ns.policy(quota_memory=6 * MiB, quota_sessions=2, persist_every=0, keep_versions=100)
-    tls = load_tls(cluster.tls["tls_cert"], cluster.tls["tls_key"], cluster.tls["tls_ca"],
-                   cluster.tls.get("tls_server_name", ""))
+    tls = client_tls(cluster)
     m = manager_pb2_grpc.ManagerStub(control_channel(cluster.manager_address, tls))
     # The old attack: sessions kept open, chunks Put and never committed, on every benefactor.
     sessions = [m.OpenSession(manager_pb2.OpenSessionRequest(namespace="attacker", path=f"/hog{i}"),
@@ -506,3 +508,39 @@ def test_a_tenant_at_its_quota_never_blocks_another_tenants_writes(deployment):
     assert len(tenant.cat("/a.bin")) == 4 * MiB
     row = next(n for n in cluster.status()["namespaces"] if n["namespace"] == "attacker")
     assert row["quota_memory"] == 6 * MiB and 4 * MiB <= row["memory_used"] <= 6 * MiB
+
+
+def test_a_client_certificate_cannot_pose_as_the_manager(deployment, tmp_path):
+    """A tenant holds the client certificate every job holds. A fake manager serving with it is
+    refused by a victim's client at the handshake: the victim's token is never sent to it. Only
+    the roles' certificate can serve, and it is not given to clients."""
+    from concurrent import futures
+
+    cluster, _, _, _ = deployment
+    seen: list[object] = []
+
+    def capture(request, context):  # type: ignore[no-untyped-def]
+        seen.append(context.invocation_metadata())
+        return manager_pb2.ListReply()
+
+    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    fake.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("memstage.v1.Manager", {
+        "List": grpc.unary_unary_rpc_method_handler(capture, request_deserializer=manager_pb2.PathRequest.FromString,
+                                                    response_serializer=manager_pb2.ListReply.SerializeToString)}),))
+    stolen = cluster.client_tls
+    credentials = grpc.ssl_server_credentials([(Path(stolen["tls_key"]).read_bytes(),
+                                                Path(stolen["tls_cert"]).read_bytes())])
+    port = fake.add_secure_port("127.0.0.1:0", credentials)
+    fake.start()
+    try:
+        from memstage.client import Client
+
+        victim = Client(manager=f"127.0.0.1:{port}", namespace="victim", token=cluster.admin_token, rpc_timeout="3s",
+                        **cluster.client_tls)
+        with pytest.raises(Exception):  # noqa: B017 (unreachable, as any failed handshake)
+            victim.ls("/")
+        assert seen == []  # the token never reached the fake manager
+        assert "client.pem" in stolen["tls_cert"] and "client.pem" not in cluster.tls["tls_cert"]
+        victim.connections.close()
+    finally:
+        fake.stop(0)
