@@ -74,9 +74,12 @@ def write_client_settings(state: str, manager: str, tls: dict[str, str] | None =
     token = deployment_token(state)
     lines = ["[client]", f'manager = "{manager}"'] + ([f'token = "{token}"'] if token else [])
     lines += [f'{name} = "{value}"' for name, value in (tls or {}).items()]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written aside and renamed: whoever sees the file (a script waiting for it) sees all of it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
     return str(path)
 
 
