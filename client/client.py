@@ -239,7 +239,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def policy(self, persist_every: int | None = None, keep_versions: int | None = None,
                redundancy: str | None = None, pfs_keep: int | None = None, quota_memory: int | None = None,
-               quota_sessions: int | None = None) -> dict[str, Any]:
+               quota_sessions: int | None = None, keep_deleted: bool | None = None) -> dict[str, Any]:
         """The namespace's persistence and redundancy policy; arguments that are given change it.
         redundancy: "none", "replicate:R" or "rs:K+M"; pfs_keep: persisted checkpoints kept on the
         PFS (0: all)."""
@@ -256,10 +256,12 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             request.quota_memory = quota_memory
         if quota_sessions is not None:
             request.quota_sessions = quota_sessions
+        if keep_deleted is not None:
+            request.keep_deleted = keep_deleted
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
         return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions,
                 "redundancy": reply.redundancy, "pfs_keep": reply.pfs_keep, "quota_memory": reply.quota_memory,
-                "quota_sessions": reply.quota_sessions}
+                "quota_sessions": reply.quota_sessions, "keep_deleted": reply.keep_deleted}
 
     def gc(self, dry_run: bool = False) -> dict[str, Any]:
         """Remove the namespace's chunk files on the PFS that no version references (dry_run: only

@@ -408,7 +408,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise SettingError(f"--quota-memory: {e}") from None
         policy = client.policy(args.persist_every, args.keep_versions, args.redundancy, args.pfs_keep,
-                               quota_memory=quota, quota_sessions=args.quota_sessions)
+                               quota_memory=quota, quota_sessions=args.quota_sessions,
+                               keep_deleted=None if args.keep_deleted is None else args.keep_deleted == "yes")
     finally:
         client.connections.close()
     every = "never" if not policy["persist_every"] else f"every {policy['persist_every']}"
@@ -620,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota-memory", default=None, metavar="SIZE",
                    help="memory the namespace may use, committed and uncommitted (e.g. 8GiB); 0 = no limit "
                         "(admin token)")
+    p.add_argument("--keep-deleted", choices=["yes", "no"], default=None,
+                   help="yes: a deleted file's drained copy stays on the PFS (restore and gc still see it); "
+                        "no (the default): it is removed with the file")
     p.add_argument("--quota-sessions", type=int, default=None, metavar="N",
                    help="write sessions (files being written) it may have open at once; 0 = no limit (admin)")
     p.set_defaults(func=cmd_policy)

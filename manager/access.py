@@ -22,7 +22,8 @@ WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Ren
                    "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage",
                    "MarkCheckpoint"})
 ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
-POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
+POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions",
+                 "keep_deleted")
 
 
 def _atime_only(attrs: Any) -> bool:

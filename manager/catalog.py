@@ -99,6 +99,7 @@ _ADDED_COLUMNS = (
     ("policies", "pfs_keep", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "quota_memory", "INTEGER NOT NULL DEFAULT 0"),
     ("policies", "quota_sessions", "INTEGER NOT NULL DEFAULT 0"),
+    ("policies", "keep_deleted", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 OPEN_CHECKPOINT = "open_checkpoint:"  # meta key prefix: a namespace's begun checkpoint
@@ -122,6 +123,7 @@ class Policy:
     pfs_keep: int = 0  # persisted checkpoints kept on the PFS (0: all)
     quota_memory: int = 0  # bytes of memory the namespace may use, committed and uncommitted (0: no limit)
     quota_sessions: int = 0  # write sessions it may have open at once (0: no limit)
+    keep_deleted: bool = False  # a deleted file's drained copy stays on the PFS (restore and gc still see it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +366,10 @@ class Catalog(NodeTable):
             policy = self._policies.get(namespace)  # asked several times per commit
             if policy is None:
                 row = self._db.execute("SELECT persist_every, keep_versions, redundancy, pfs_keep, quota_memory, "
-                                       "quota_sessions FROM policies WHERE ns=?", (namespace,)).fetchone()
+                                       "quota_sessions, keep_deleted FROM policies WHERE ns=?", (namespace,)).fetchone()
                 policy = self._policies[namespace] = (
-                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy, *row[3:]) if row
-                    else self.default_policy)
+                    Policy(row[0], row[1], row[2] or self.default_policy.redundancy, row[3], row[4], row[5],
+                           bool(row[6])) if row else self.default_policy)
             return policy
 
     def parity_namespaces(self) -> dict[str, Redundancy]:
@@ -397,12 +399,13 @@ class Catalog(NodeTable):
             raise InvalidArgument("keep_versions must be at least 1 (the latest version stays readable)")
         with self._lock:
             self._db.execute("INSERT INTO policies (ns, persist_every, keep_versions, redundancy, pfs_keep, "
-                             "quota_memory, quota_sessions) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ns) DO UPDATE "
-                             "SET persist_every=excluded.persist_every, keep_versions=excluded.keep_versions, "
-                             "redundancy=excluded.redundancy, pfs_keep=excluded.pfs_keep, "
-                             "quota_memory=excluded.quota_memory, quota_sessions=excluded.quota_sessions",
+                             "quota_memory, quota_sessions, keep_deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                             "ON CONFLICT(ns) DO UPDATE SET persist_every=excluded.persist_every, "
+                             "keep_versions=excluded.keep_versions, redundancy=excluded.redundancy, "
+                             "pfs_keep=excluded.pfs_keep, quota_memory=excluded.quota_memory, "
+                             "quota_sessions=excluded.quota_sessions, keep_deleted=excluded.keep_deleted",
                              (namespace, policy.persist_every, policy.keep_versions, policy.redundancy,
-                              policy.pfs_keep, policy.quota_memory, policy.quota_sessions))
+                              policy.pfs_keep, policy.quota_memory, policy.quota_sessions, int(policy.keep_deleted)))
             self._policies.pop(namespace, None)
 
     # -- access tokens (memstage.auth) ------------------------------------------------------------
@@ -1395,8 +1398,10 @@ class Catalog(NodeTable):
                     self._db.execute("INSERT OR IGNORE INTO dirs VALUES (?, ?)", (namespace, moved))
 
     def delete_file(self, namespace: str, path: str) -> tuple[int, Freed]:
-        """Delete every version of a file (its PFS copies stay). Returns (versions deleted,
-        chunks to free from memory -> the benefactors holding them)."""
+        """Delete every version of a file, and its PFS copies unless the policy keeps them
+        (keep_deleted). Returns (versions deleted, chunks to free from memory -> the benefactors
+        holding them)."""
+        keep_on_pfs = self.policy(namespace).keep_deleted
         with self._lock:
             rows = self._db.execute("SELECT version FROM versions WHERE ns=? AND path=?",
                                     (namespace, path)).fetchall()
@@ -1406,19 +1411,21 @@ class Catalog(NodeTable):
             with self._transaction():
                 self._retire("ns=? AND path=?", (namespace, path))
                 for (version,) in rows:
-                    freed.update(self._drop_version(namespace, path, version, keep_record=False))
+                    freed.update(self._drop_version(namespace, path, version, keep_record=False,
+                                                    off_pfs=not keep_on_pfs))
                 # Its queued drains go too (the benefactor reports any it already took as missing).
                 self._drains.drop_where("ns=? AND path=?", (namespace, path))
                 self.drop_node(namespace, path)
             return len(rows), freed
 
-    def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool) -> Freed:
+    def _drop_version(self, namespace: str, path: str, version: int, keep_record: bool, off_pfs: bool = True
+                      ) -> Freed:
         """Take a version out of memory (keep_record: it stays, readable from the PFS) or out of the
         catalog altogether. Returns the chunks no in-memory version needs any more, with their holders."""
         blob, in_memory, persist, pfs_dir, origin = self._db.execute(
             "SELECT chunk_map, in_memory, persist, pfs_dir, origin FROM versions WHERE ns=? AND path=? AND version=?",
             (namespace, path, version)).fetchone()
-        if not keep_record and persist:  # its chunk files (all or some) go from the PFS too
+        if not keep_record and persist and off_pfs:  # its chunk files (all or some) go from the PFS too
             self._trash_copy(namespace, path, version, pfs_dir, origin, blob)
             self._trash_renamed(namespace, path, version)
         freed: Freed = {}

@@ -1723,13 +1723,14 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 request.keep_versions if request.HasField("keep_versions") else current.keep_versions,
                 redundancy, request.pfs_keep if request.HasField("pfs_keep") else current.pfs_keep,
                 request.quota_memory if request.HasField("quota_memory") else current.quota_memory,
-                request.quota_sessions if request.HasField("quota_sessions") else current.quota_sessions)
+                request.quota_sessions if request.HasField("quota_sessions") else current.quota_sessions,
+                request.keep_deleted if request.HasField("keep_deleted") else current.keep_deleted)
             self.catalog.set_policy(namespace, current)
             log.info("policy of namespace %s: %s", namespace, current)
         return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
                                        keep_versions=current.keep_versions, redundancy=current.redundancy,
                                        pfs_keep=current.pfs_keep, quota_memory=current.quota_memory,
-                                       quota_sessions=current.quota_sessions)
+                                       quota_sessions=current.quota_sessions, keep_deleted=current.keep_deleted)
 
     @rpc
     def MarkCheckpoint(self, request: manager_pb2.CheckpointMark, context: grpc.ServicerContext

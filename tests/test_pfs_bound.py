@@ -159,3 +159,20 @@ def test_a_file_renamed_after_its_drain_is_on_the_pfs_under_its_new_name(local_c
     c2 = second.client()
     assert c2.ls("/ckpt/step_1", detail=False) == ["/ckpt/step_1/.metadata"]
     assert c2.cat("/ckpt/step_1/.metadata") == data
+
+
+def test_a_policy_keeps_deleted_files_on_the_pfs(local_cluster, tmp_path):
+    pfs = tmp_path / "pfs"
+    cluster = _cluster(local_cluster, pfs, benefactors=1, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=1, keep_deleted=True)
+    data = random_bytes(MiB)
+    c.pipe("/archive/kept.bin", data)
+    wait_for(lambda: c.versions("/archive/kept.bin")[-1]["persisted"], what="the drain")
+    c.rm("/archive/kept.bin")
+    # The manager removes deleted files and writes manifests in the same housekeeping round: once a
+    # file committed after the delete has its manifest, the delete's turn has come and gone.
+    c.pipe("/marker.bin", b"x")
+    wait_for(lambda: list((pfs / "default" / "marker.bin").glob("*.manifest.json")), what="the marker's manifest")
+    restore(pfs, "default", "/archive/kept.bin", tmp_path / "kept")
+    assert (tmp_path / "kept").read_bytes() == data

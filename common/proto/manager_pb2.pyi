@@ -816,7 +816,7 @@ class RepairStatus(_message.Message):
     def __init__(self, chunks_unprotected: _Optional[int] = ..., stripes: _Optional[int] = ..., members_missing: _Optional[int] = ..., in_flight: _Optional[int] = ..., copies_made: _Optional[int] = ..., members_encoded: _Optional[int] = ..., members_rebuilt: _Optional[int] = ..., bytes_made: _Optional[int] = ..., stripe_cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions", "keep_deleted")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -824,6 +824,7 @@ class PolicyRequest(_message.Message):
     PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
     QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
     QUOTA_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DELETED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
@@ -831,10 +832,11 @@ class PolicyRequest(_message.Message):
     pfs_keep: int
     quota_memory: int
     quota_sessions: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ...) -> None: ...
+    keep_deleted: bool
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ..., keep_deleted: _Optional[bool] = ...) -> None: ...
 
 class PolicyReply(_message.Message):
-    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions")
+    __slots__ = ("namespace", "persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions", "keep_deleted")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -842,6 +844,7 @@ class PolicyReply(_message.Message):
     PFS_KEEP_FIELD_NUMBER: _ClassVar[int]
     QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
     QUOTA_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DELETED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     persist_every: int
     keep_versions: int
@@ -849,7 +852,8 @@ class PolicyReply(_message.Message):
     pfs_keep: int
     quota_memory: int
     quota_sessions: int
-    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ...) -> None: ...
+    keep_deleted: bool
+    def __init__(self, namespace: _Optional[str] = ..., persist_every: _Optional[int] = ..., keep_versions: _Optional[int] = ..., redundancy: _Optional[str] = ..., pfs_keep: _Optional[int] = ..., quota_memory: _Optional[int] = ..., quota_sessions: _Optional[int] = ..., keep_deleted: _Optional[bool] = ...) -> None: ...
 
 class CheckpointMark(_message.Message):
     __slots__ = ("namespace", "begin", "end")
