@@ -100,7 +100,8 @@ class BenefactorServer:
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
-                                      "" if self.settings.metrics_without_client_cert else self.settings.tls_ca)
+                                      self.settings.tls_ca,
+                                      require_client_cert=not self.settings.metrics_without_client_cert)
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
     def drain_before_stop(self, now: threading.Event | None = None) -> None:

@@ -100,8 +100,8 @@ class ManagerSettings:
     metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
     metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
     metrics_without_client_cert: bool = setting(False, _bool, "/metrics asks no client certificate even with "
-                                                "tls_ca set: any scraper that trusts its certificate may read it "
-                                                "(it names namespaces)")
+                                                "tls_ca set: any scraper that trusts its certificate may read the "
+                                                "deployment's series (those that name namespaces need metrics.pem)")
     heartbeat_interval: float = setting(30.0, _duration, "benefactor heartbeat period; dead after 3 missed")
     heartbeat_listen: str = setting("", _str, "HOST:PORT of the manager's heartbeat process, which answers "
                                     "heartbeats apart from everything else the manager does, so that a storm of "
@@ -158,8 +158,8 @@ class BenefactorSettings:
     metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
     metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
     metrics_without_client_cert: bool = setting(False, _bool, "/metrics asks no client certificate even with "
-                                                "tls_ca set: any scraper that trusts its certificate may read it "
-                                                "(it names namespaces)")
+                                                "tls_ca set: any scraper that trusts its certificate may read the "
+                                                "deployment's series (those that name namespaces need metrics.pem)")
     pfs: str = setting("./memstage-pfs", _str, "parallel file system directory to drain to")
     drain_bandwidth: int = setting(0, _size, "bytes per second drained at most (0 = unlimited)")
     heartbeat_interval: float = setting(30.0, _duration, "heartbeat period (the manager's is authoritative)")

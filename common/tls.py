@@ -83,7 +83,8 @@ def make_deployment_certs(folder: str) -> dict[str, str]:
     """A CA and two certificates for the deployment in `folder` (kept if already there): cert.pem
     for its roles (the manager and benefactors serve with it and dial each other with it) and
     client.pem for clients, whose key usage is client authentication only, so that no client can
-    pose as a server (gRPC refuses a server certificate without server use). Returns the roles'
+    pose as a server (gRPC refuses a server certificate without server use), and metrics.pem for
+    scrapers (/metrics shows it, and the roles, the series that name namespaces). Returns the roles'
     paths as settings: tls_ca, tls_cert, tls_key, tls_server_name (client_certs gives the client's)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -124,11 +125,17 @@ def make_deployment_certs(folder: str) -> dict[str, str]:
     cert = signed(DEPLOYMENT_NAME, key.public_key(), [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = signed(f"{DEPLOYMENT_NAME} client", client_key.public_key(), [ExtendedKeyUsageOID.CLIENT_AUTH])
+    # The scrapers' (Prometheus): /metrics shows series that name namespaces to it, not to clients.
+    metrics_key = ec.generate_private_key(ec.SECP256R1())
+    metrics = signed(f"{DEPLOYMENT_NAME} metrics", metrics_key.public_key(), [ExtendedKeyUsageOID.CLIENT_AUTH])
     pem = serialization.Encoding.PEM
     private = serialization.PrivateFormat.PKCS8
     _write(paths["tls_ca"], ca.public_bytes(pem), 0o644)
     _write(str(out / "client.pem"), client.public_bytes(pem), 0o644)
     _write(str(out / "client-key.pem"), client_key.private_bytes(pem, private, serialization.NoEncryption()), 0o600)
+    _write(str(out / "metrics.pem"), metrics.public_bytes(pem), 0o644)
+    _write(str(out / "metrics-key.pem"), metrics_key.private_bytes(pem, private, serialization.NoEncryption()),
+           0o600)
     _write(paths["tls_cert"], cert.public_bytes(pem), 0o644)
     _write(paths["tls_key"], key.private_bytes(pem, private, serialization.NoEncryption()), 0o600)
     return paths

@@ -114,7 +114,8 @@ class ManagerServer:
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
-                                      "" if self.settings.metrics_without_client_cert else self.settings.tls_ca)
+                                      self.settings.tls_ca,
+                                      require_client_cert=not self.settings.metrics_without_client_cert)
         log.info("manager serving on %s, state in %s", self.address, self.catalog.db_path)
         if not self.tls.cert:
             log.warning("no TLS (tls_cert): tokens and data travel in clear to %s", self.address)

@@ -344,6 +344,20 @@ def test_metrics_are_served_over_mutual_tls_with_the_deployment_certificate(loca
     assert b"memstage_benefactors_alive" in body
     with pytest.raises(Exception):  # noqa: B017 (plain HTTP to a TLS port: any failure will do)
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    # Series that name namespaces: for the scrapers' certificate (and the roles'), not for a
+    # tenant's client certificate, which sees the deployment's series only.
+    cluster.client(namespace="tenant-a").pipe("/x", b"x")
+    tls_dir = Path(cluster.tls["tls_ca"]).parent
+
+    def scrape(cert: str, key: str) -> bytes:
+        ctx = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(tls_dir / cert), str(tls_dir / key))
+        return urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=10).read()
+
+    assert b'namespace="tenant-a"' in scrape("metrics.pem", "metrics-key.pem")
+    tenant_view = scrape("client.pem", "client-key.pem")
+    assert b"memstage_benefactors_alive" in tenant_view and b"tenant-a" not in tenant_view
 
 
 def test_metrics_bind_to_their_own_host_and_may_skip_client_certificates(local_cluster, tmp_path):
@@ -359,8 +373,10 @@ def test_metrics_bind_to_their_own_host_and_may_skip_client_certificates(local_c
                                           "--metrics-without-client-cert"))
     context = ssl.create_default_context(cafile=cluster.tls["tls_ca"])
     context.check_hostname = False
+    cluster.client(namespace="tenant-a").pipe("/x", b"x")
     body = urllib.request.urlopen(f"https://127.0.0.2:{port}/metrics", context=context, timeout=10).read()
     assert b"memstage_benefactors_alive" in body
+    assert b"tenant-a" not in body  # no certificate: no series that name namespaces
     with pytest.raises(OSError):  # not on the --listen host
         urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
 
