@@ -118,9 +118,11 @@ class Storm:
         self.address, self._options = address, options
         self.beat_port = 0  # the manager's heartbeat port, as its registration replies tell
         self.beat_stubs: list[Any] = []
-        self.bf_meta = ((auth.CLUSTER_HEADER, auth.cluster_proof(secret)),)
+        self.secret = secret
         self.client_meta = ((auth.TOKEN_HEADER, f"Bearer {token}"),)
         self.ids = [f"sim-{i:06d}" for i in range(self.n)]
+        # Each simulated benefactor proves itself with its own proof, as real ones do.
+        self._proofs = {bf: auth.RoleProof(secret, auth.benefactor_role(bf)) for bf in self.ids}
         self.index = {bf: i for i, bf in enumerate(self.ids)}
         self.wake_address = ""  # where every simulated benefactor is woken (the heartbeat process serves it)
         self.wakes = 0  # received
@@ -157,6 +159,11 @@ class Storm:
             self.channels += channels
             self.beat_stubs = [manager_pb2_grpc.ManagerStub(c) for c in channels]
 
+    def bf_meta(self, bf: str) -> tuple[tuple[str, str], ...]:
+        from memstage.auth import CLUSTER_HEADER
+
+        return ((CLUSTER_HEADER, self._proofs[bf]()),)
+
     async def register_all(self) -> float:
         from memstage.proto import manager_pb2
 
@@ -168,7 +175,7 @@ class Storm:
                 reply = await self.stub(i).Register(manager_pb2.RegisterRequest(
                     benefactor_id=bf, address=self.wake_address, incarnation=self.incarnation[bf],
                     receipt_key=self.keys[bf], stats=manager_pb2.BenefactorStats(memory_capacity=1 << 40)),
-                    metadata=self.bf_meta, timeout=120)
+                    metadata=self.bf_meta(bf), timeout=120)
                 self.told = max(self.told, reply.heartbeat_interval_seconds)
                 self.beat_port = reply.heartbeat_port or self.beat_port  # 0 while it was starting
 
@@ -202,13 +209,13 @@ class Storm:
                 if self.beat_stubs:
                     try:
                         reply = await self.beat_stubs[i % len(self.beat_stubs)].Heartbeat(
-                            request, metadata=self.bf_meta, timeout=30)
+                            request, metadata=self.bf_meta(bf), timeout=30)
                     except grpc.aio.AioRpcError as e:
                         if e.code() != grpc.StatusCode.NOT_FOUND:  # not known there: the manager's port decides
                             raise
                         self.beat_fallbacks += 1
                 if reply is None:
-                    reply = await self.stub(i).Heartbeat(request, metadata=self.bf_meta, timeout=30)
+                    reply = await self.stub(i).Heartbeat(request, metadata=self.bf_meta(bf), timeout=30)
                 self.heartbeats.latencies.append(time.perf_counter() - t0)
                 if not reply.known:
                     self.unknown.add(bf)
@@ -329,18 +336,15 @@ class Storm:
 
     async def serve_wakes(self) -> Any:
         """The Wake call of every simulated benefactor, at one address; returns the started server."""
-        import hmac
 
         import grpc
 
         from memstage import auth
         from memstage.proto import benefactor_pb2, manager_pb2
 
-        proof = dict(self.bf_meta)[auth.CLUSTER_HEADER]
-
         async def wake(request: Any, context: Any) -> Any:
             given = dict(context.invocation_metadata()).get(auth.CLUSTER_HEADER, "")
-            if not hmac.compare_digest(given, proof):
+            if auth.proof_holder(self.secret, given) != auth.MANAGER:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no cluster proof")
             bf = request.benefactor_id
             if bf not in self.index or request.incarnation != self.incarnation[bf]:
@@ -403,7 +407,7 @@ class Storm:
             epoch, acked = self.order_state.get(bf, (0, 0))
             reply = await self.stub(i).Orders(manager_pb2.OrdersRequest(
                 benefactor_id=bf, incarnation=self.incarnation[bf], acked=acked, epoch=epoch),
-                metadata=self.bf_meta, timeout=30)
+                metadata=self.bf_meta(bf), timeout=30)
             self.orders_calls += 1
             if reply.epoch != epoch:
                 acked = 0

@@ -63,7 +63,7 @@ def _no_pfs(drained: str, key: ChunkKey) -> bytes:
 
 class OrderLoop:
     def __init__(self, store: ChunkStore, benefactor_id: str, incarnation: int,
-                 stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str = "",
+                 stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str | Callable[[], str] = "",
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
                  on_hold: Callable[[], None] = lambda: None,
                  read_drained: Callable[[str, ChunkKey], bytes] | None = None,

@@ -48,7 +48,8 @@ class BenefactorServer:
                                "<state>/secrets/cluster.key), or --insecure for a manager run with --insecure")
         else:
             secret = auth.read_secret_file(settings.cluster_secret, "--cluster-secret")
-        proof = auth.cluster_proof(secret) if secret is not None else ""
+        # Its own proof, current at each call: it names this benefactor and holds for a minute or two.
+        proof = auth.RoleProof(secret, auth.benefactor_role(self.id)) if secret is not None else ""
         credentials = ((auth.CLUSTER_HEADER, proof),) if proof else ()
         self.store = ChunkStore(capacity=settings.memory)
         self.registry = CollectorRegistry()

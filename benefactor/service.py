@@ -8,7 +8,6 @@ chunks are freed only on the manager's orders (benefactor.orders).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -70,7 +69,6 @@ class BenefactorService:
                  secret: bytes | None = None) -> None:
         self.store = store
         self.secret = secret  # the cluster secret; None: --insecure, nothing is checked
-        self._peer_proof = auth.cluster_proof(secret) if secret is not None else ""
         self.id = benefactor_id
         self.receipt_key = receipt_key
         self.metrics = metrics
@@ -101,7 +99,7 @@ class BenefactorService:
             return None
         metadata = context.invocation_metadata()
         proof = auth.header(metadata, auth.CLUSTER_HEADER)
-        if proof and hmac.compare_digest(proof, self._peer_proof):
+        if proof and auth.proof_holder(self.secret, proof):  # a benefactor of this deployment, or the manager
             return None
         grant = auth.header(metadata, auth.GRANT_HEADER)
         if not grant:
@@ -230,7 +228,7 @@ class BenefactorService:
         """The manager's word that work waits here. A grant does not do: only the manager sends it."""
         if self.secret is not None:
             proof = auth.header(context.invocation_metadata(), auth.CLUSTER_HEADER)
-            if not proof or not hmac.compare_digest(proof, self._peer_proof):
+            if auth.proof_holder(self.secret, proof) != auth.MANAGER:
                 log.warning("wake from %s refused: no valid cluster proof", context.peer())
                 context.abort(grpc.StatusCode.UNAUTHENTICATED,
                               f"benefactor {self.id}: Wake is for the manager of this deployment (cluster secret)")

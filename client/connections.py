@@ -7,7 +7,7 @@ thread-safe); close() drops them, and the next call opens new ones.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -22,7 +22,7 @@ from memstage.tls import Tls
 
 
 class Connections:
-    def __init__(self, manager: str, timeout: float, token: str = "", cluster_proof: str = "",
+    def __init__(self, manager: str, timeout: float, token: str = "", cluster_proof: str | Callable[[], str] = "",
                  namespace: str = "", tls: Tls | None = None) -> None:
         """token: a client's (sent to the manager); cluster_proof: a benefactor's (sent to other
         benefactors, which then serve any namespace); namespace: the one whose grant a Put carries."""
@@ -31,7 +31,9 @@ class Connections:
         self.tls = tls
         self.namespace = namespace
         self._manager_metadata = (("authorization", f"Bearer {token.strip()}"),) if token.strip() else ()
-        self._peer_metadata = ((CLUSTER_HEADER, cluster_proof),) if cluster_proof else ()
+        # A benefactor's proof to its peers (it changes with time: asked at each call).
+        self._peer_proof: Callable[[], str] | None = (
+            cluster_proof if callable(cluster_proof) else (lambda: cluster_proof)) if cluster_proof else None
         # The manager's grants for benefactor calls, by namespace: read, and read-write.
         self._grants: dict[tuple[str, bool], str] = {}
         self._lock = threading.Lock()
@@ -52,8 +54,8 @@ class Connections:
                 self._grants[(namespace, write)] = grant
 
     def _benefactor_metadata(self, namespace: str, write: bool) -> tuple[tuple[str, str], ...]:
-        if self._peer_metadata:
-            return self._peer_metadata
+        if self._peer_proof is not None:
+            return ((CLUSTER_HEADER, self._peer_proof()),)
         with self._lock:
             grant = self._grants.get((namespace, True)) or ("" if write else self._grants.get((namespace, False), ""))
         return ((GRANT_HEADER, grant),) if grant else ()

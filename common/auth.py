@@ -106,9 +106,54 @@ def read_secret_file(path: str, setting: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def cluster_proof(secret: bytes) -> str:
-    """What a benefactor presents: a value only holders of the secret can compute."""
-    return hmac.new(secret, b"memstage benefactor", hashlib.sha256).hexdigest()
+PROOF_WINDOW_S = 60.0  # a proof is good in its minute and the next (clocks a little apart, calls in flight)
+MANAGER = "m"  # who the manager's proof (on its wakes) names
+
+
+def benefactor_role(benefactor_id: str) -> str:
+    return f"b/{benefactor_id}"
+
+
+def _role_key(secret: bytes, who: str) -> bytes:
+    return hmac.new(secret, b"memstage role " + who.encode(), hashlib.sha256).digest()
+
+
+def role_proof(secret: bytes, who: str, now: float | None = None) -> str:
+    """What a benefactor (who = benefactor_role(id)) or the manager (MANAGER) presents: it names
+    who, holds for a minute or two, and only holders of the cluster secret can compute it. A value
+    seen on the wire speaks for that one benefactor only, and not for long."""
+    window = int((time.time() if now is None else now) // PROOF_WINDOW_S)
+    body = f"{who}:{window}"
+    return f"{body}:{hmac.new(_role_key(secret, who), body.encode(), hashlib.sha256).hexdigest()}"
+
+
+def proof_holder(secret: bytes, proof: str, now: float | None = None) -> str:
+    """Who a valid, current proof names ("" if it is not one)."""
+    parts = proof.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].lstrip("-").isdigit():
+        return ""
+    who, window, mac = parts[0], int(parts[1]), parts[2]
+    current = int((time.time() if now is None else now) // PROOF_WINDOW_S)
+    if not current - 1 <= window <= current + 1:
+        return ""
+    want = hmac.new(_role_key(secret, who), f"{who}:{window}".encode(), hashlib.sha256).hexdigest()
+    return who if hmac.compare_digest(mac, want) else ""
+
+
+class RoleProof:
+    """The current proof of `who`, for metadata sent with every call (recomputed each minute)."""
+
+    def __init__(self, secret: bytes, who: str) -> None:
+        self._secret = secret
+        self._who = who
+        self._window = -1
+        self._value = ""
+
+    def __call__(self) -> str:
+        window = int(time.time() // PROOF_WINDOW_S)
+        if window != self._window:
+            self._value, self._window = role_proof(self._secret, self._who), window
+        return self._value
 
 
 def _grant_key(secret: bytes) -> bytes:

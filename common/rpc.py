@@ -72,13 +72,15 @@ def bind(server: grpc.Server, address: str, setting: str, tls: Tls | None = None
 
 class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds fixed metadata (a credential) to every call on a channel."""
+    """Adds metadata (a credential) to every call on a channel; a value may be a callable, asked at
+    each call (a proof that changes with time)."""
 
-    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, pairs: tuple[tuple[str, Any], ...]) -> None:
         self._pairs = pairs
 
     def _details(self, details: Any) -> Any:
-        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), *self._pairs),
+        pairs = tuple((k, v() if callable(v) else v) for k, v in self._pairs)
+        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), *pairs),
                             details.credentials, getattr(details, "wait_for_ready", None),
                             getattr(details, "compression", None))
 
@@ -101,6 +103,6 @@ class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", 
     pass
 
 
-def with_metadata(ch: grpc.Channel, pairs: tuple[tuple[str, str], ...]) -> grpc.Channel:
+def with_metadata(ch: grpc.Channel, pairs: tuple[tuple[str, Any], ...]) -> grpc.Channel:
     """The channel, sending these metadata pairs with every call (none: the channel as it is)."""
     return grpc.intercept_channel(ch, _Metadata(pairs)) if pairs else ch

@@ -52,7 +52,6 @@ class Access:
     def __init__(self, secret: bytes | None, token_lookup: Callable[[str], tuple[bytes, dict[str, str]] | None]):
         self.secret = secret  # None: --insecure
         self._token = token_lookup
-        self._proof = auth.cluster_proof(secret) if secret is not None else ""
 
     @property
     def insecure(self) -> bool:
@@ -70,11 +69,12 @@ class Access:
         if self.secret is None:
             return EVERYONE
         if method in BENEFACTOR:
-            proof = auth.header(metadata, auth.CLUSTER_HEADER)
-            if not proof or not hmac.compare_digest(proof, self._proof):
+            who = auth.proof_holder(self.secret, auth.header(metadata, auth.CLUSTER_HEADER))
+            if not who.startswith("b/"):
                 raise Unauthenticated(f"{method}: only benefactors holding this deployment's cluster secret may call "
-                                      "it (benefactor --cluster-secret)")
-            return Caller(benefactor=True)
+                                      "it (benefactor --cluster-secret), with a current proof (are the clocks "
+                                      "within a minute?)")
+            return Caller(benefactor=True, token_id=who)
         bearer = auth.header(metadata, auth.TOKEN_HEADER)
         if not bearer.startswith("Bearer "):
             raise Unauthenticated("no token: this manager requires one (the token setting: MEMSTAGE_TOKEN, --token, "
@@ -88,7 +88,13 @@ class Access:
     def check(self, method: str, caller: Caller, request: Any,
               session_namespace: Callable[[int], str | None]) -> None:
         """PermissionDenied unless the caller may make this call."""
-        if caller is EVERYONE or method in BENEFACTOR:
+        if caller is EVERYONE:
+            return
+        if method in BENEFACTOR:
+            # A benefactor's proof speaks for it alone: not for another benefactor's id.
+            if caller.token_id != auth.benefactor_role(request.benefactor_id):
+                raise PermissionDenied(f"{method}: the proof is {caller.token_id!r}'s, the call is for benefactor "
+                                       f"{request.benefactor_id!r}")
             return
         if method in ADMIN:
             if not caller.admin:

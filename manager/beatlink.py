@@ -39,11 +39,12 @@ Snapshot = Callable[[], tuple[float, list[tuple[str, int, str, bytes]], list[Fla
 
 
 class BeatLink:
-    def __init__(self, listen: str, tls: Tls, proof: str, log_level: str, on_beats: OnBeats, flags: FlagsSource,
+    def __init__(self, listen: str, tls: Tls, secret: str, log_level: str, on_beats: OnBeats, flags: FlagsSource,
                  snapshot: Snapshot, on_acks: OnAcks = lambda acks, sent, failed: None, epoch: int = 0) -> None:
         self._listen = listen
         # epoch: the manager process's, by which heartbeat replies name the orders waiting.
-        self._config = {"listen": listen, "tls": tls, "proof": proof, "log_level": log_level.upper(), "epoch": epoch}
+        self._config = {"listen": listen, "tls": tls, "secret": secret, "log_level": log_level.upper(),
+                        "epoch": epoch}
         self._on_beats = on_beats
         self._on_acks = on_acks
         self._flags = flags

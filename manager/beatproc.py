@@ -13,7 +13,6 @@ busy with.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
 import sys
@@ -44,19 +43,19 @@ MANAGER_SERVICE = manager_pb2.DESCRIPTOR.services_by_name["Manager"].full_name
 class BeatServicer:
     """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port."""
 
-    def __init__(self, desk: BeatDesk, lock: threading.Lock, proof: str, epoch: int = 0) -> None:
+    def __init__(self, desk: BeatDesk, lock: threading.Lock, secret: bytes | None, epoch: int = 0) -> None:
         self.desk = desk
         self.lock = lock
-        self.proof = proof  # "" when the manager runs --insecure
+        self.secret = secret  # None when the manager runs --insecure
         self.epoch = epoch  # the manager process's (its orders are numbered in it)
         self.port = 0
 
     def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.HeartbeatReply:
         arrived = time.monotonic()
-        if self.proof:
+        if self.secret is not None:
             given = auth.header(context.invocation_metadata(), auth.CLUSTER_HEADER)
-            if not given or not hmac.compare_digest(given, self.proof):
+            if auth.proof_holder(self.secret, given) != auth.benefactor_role(request.benefactor_id):
                 log.warning("heartbeat from %s refused: no valid cluster proof", context.peer())
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "Heartbeat: only benefactors holding this "
                               "deployment's cluster secret may call it (benefactor --cluster-secret)")
@@ -78,7 +77,8 @@ class BeatServicer:
 def serve(conn: Connection, config: dict[str, Any]) -> None:
     desk = BeatDesk()
     lock = threading.Lock()
-    servicer = BeatServicer(desk, lock, config["proof"], config.get("epoch", 0))
+    secret = bytes.fromhex(config["secret"]) if config["secret"] else None
+    servicer = BeatServicer(desk, lock, secret, config.get("epoch", 0))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
     # Heartbeat alone is registered: gRPC answers any other method UNIMPLEMENTED by itself, without
     # calling into a servicer that would log a traceback for each such call.
@@ -92,7 +92,8 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
         conn.send(("error", str(e)))
         return
     servicer.port = int(address.rpartition(":")[2])
-    wakes = WakeSender(config["tls"], config["proof"], epoch=config.get("epoch", 0))
+    wakes = WakeSender(config["tls"], auth.RoleProof(secret, auth.MANAGER) if secret is not None else "",
+                       epoch=config.get("epoch", 0))
     server.start()
     conn.send(("ready", servicer.port))
     stop = threading.Event()

@@ -87,8 +87,10 @@ class ManagerServer:
         if self.settings.heartbeat_listen == "off":
             return None
         listen = self.settings.heartbeat_listen or f"{self.settings.listen.rpartition(':')[0]}:0"
-        proof = auth.cluster_proof(self.secret) if self.secret is not None else ""
-        link = BeatLink(listen, self.tls, proof, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        # The heartbeat process checks each benefactor's proof and proves itself on its wakes: it
+        # gets the secret (hex; "" when insecure), as the manager process has it.
+        secret = self.secret.hex() if self.secret is not None else ""
+        link = BeatLink(listen, self.tls, secret, logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                         self.service.beats_arrived, self.service.beat_flags, self.service.beat_snapshot,
                         self.service.acks_arrived, epoch=self.service.epoch)
         link.launch()
@@ -106,8 +108,8 @@ class ManagerServer:
             self.beats.start()
         else:
             self.service.follow_flags()
-            self._wakes = WakeSender(self.tls, auth.cluster_proof(self.secret) if self.secret is not None else "",
-                                     epoch=self.service.epoch)
+            self._wakes = WakeSender(self.tls, auth.RoleProof(self.secret, auth.MANAGER)
+                                     if self.secret is not None else "", epoch=self.service.epoch)
             self._waker.start()
         self._server.start()
         self._housekeeper.start()

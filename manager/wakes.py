@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import grpc
@@ -57,8 +58,8 @@ class Wake(NamedTuple):
 
 
 class WakeSender:
-    def __init__(self, tls: Tls | None, proof: str, in_flight: int = IN_FLIGHT, channels: int = CHANNELS,
-                 epoch: int = 0) -> None:
+    def __init__(self, tls: Tls | None, proof: str | Callable[[], str], in_flight: int = IN_FLIGHT,
+                 channels: int = CHANNELS, epoch: int = 0) -> None:
         self._tls = tls
         self._epoch = epoch  # the manager process's, which numbered the orders
         self._metadata = ((auth.CLUSTER_HEADER, proof),) if proof else ()

@@ -43,8 +43,9 @@ class FakeBenefactor:
 
     def __init__(self, cluster, bf: str = "fake-1") -> None:  # type: ignore[no-untyped-def]
         self.tls = load_tls(**{k.removeprefix("tls_"): v for k, v in cluster.tls.items()})
-        self.meta = ((auth.CLUSTER_HEADER, auth.cluster_proof(bytes.fromhex(Path(cluster.secret_file).read_text()
-                                                                               .strip()))),) if cluster.secure else ()
+        secret = bytes.fromhex(Path(cluster.secret_file).read_text().strip()) if cluster.secure else b""
+        proof = auth.role_proof(secret, auth.benefactor_role(bf)) if cluster.secure else ""
+        self.meta = ((auth.CLUSTER_HEADER, proof),) if proof else ()
         self.host = cluster.manager_address.rpartition(":")[0]
         self.channel = control_channel(cluster.manager_address, self.tls)
         self.stub = manager_pb2_grpc.ManagerStub(self.channel)
@@ -189,3 +190,36 @@ def test_heartbeats_off_are_answered_by_the_manager_itself(local_cluster):
         assert _children(cluster.manager.pid) == []
     finally:
         fake.close()
+
+
+def test_a_benefactors_proof_speaks_for_it_alone_and_not_for_long(local_cluster):
+    """Per-benefactor proofs: one seen on the wire does not register, beat or fetch orders for
+    another benefactor id, and one of a past minute is refused (socket-free checks of the windows
+    follow the real-process ones)."""
+    cluster = local_cluster(benefactors=1, secure=True, tls=True)
+    fake = FakeBenefactor(cluster, bf="fake-a")
+    try:
+        assert fake.told_port()  # its own proof registers it
+        secret = bytes.fromhex(Path(cluster.secret_file).read_text().strip())
+        real = cluster.benefactors[0].id
+        for who, code in ((auth.benefactor_role("fake-a"), grpc.StatusCode.PERMISSION_DENIED),  # another's id
+                          ("m", grpc.StatusCode.UNAUTHENTICATED)):  # the manager's proof is not a benefactor's
+            meta = ((auth.CLUSTER_HEADER, auth.role_proof(secret, who)),)
+            with pytest.raises(grpc.RpcError) as refused:
+                fake.stub.Orders(manager_pb2.OrdersRequest(benefactor_id=real, incarnation=1), metadata=meta,
+                                 timeout=5)
+            assert refused.value.code() == code, refused.value.details()
+        stale = ((auth.CLUSTER_HEADER, auth.role_proof(secret, auth.benefactor_role("fake-a"),
+                                                       now=time.time() - 5 * auth.PROOF_WINDOW_S)),)
+        with pytest.raises(grpc.RpcError) as old:
+            fake.stub.Register(manager_pb2.RegisterRequest(benefactor_id="fake-a", address="127.0.0.1:9",
+                                                           incarnation=fake.incarnation), metadata=stale, timeout=5)
+        assert old.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        fake.close()
+    now = 1_000_000.0
+    proof = auth.role_proof(secret, "b/x", now=now)
+    assert auth.proof_holder(secret, proof, now=now + auth.PROOF_WINDOW_S) == "b/x"
+    assert auth.proof_holder(secret, proof, now=now + 3 * auth.PROOF_WINDOW_S) == ""
+    assert auth.proof_holder(b"\0" * 32, proof, now=now) == ""
+    assert auth.proof_holder(secret, proof.replace("b/x", "b/y", 1), now=now) == ""

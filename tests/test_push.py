@@ -132,7 +132,8 @@ def test_only_the_manager_may_wake_a_benefactor_and_only_it_may_give_orders(loca
         with pytest.raises(grpc.RpcError) as refused:
             stub.Wake(request, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        proof = ((auth.CLUSTER_HEADER, auth.cluster_proof(auth.read_secret_file(cluster.secret_file, "secret"))),)
+        secret = auth.read_secret_file(cluster.secret_file, "secret")
+        proof = ((auth.CLUSTER_HEADER, auth.role_proof(secret, auth.MANAGER)),)  # a secret holder's
         reply = stub.Wake(request, metadata=proof, timeout=10)
         assert not reply.known  # incarnation 1 is not this process (a random 63-bit number)
         reply = stub.Wake(benefactor_pb2.WakeRequest(
