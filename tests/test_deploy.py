@@ -79,6 +79,21 @@ def test_default_values():
         assert env(doc)["MEMSTAGE_TLS_CERT"] == "/etc/memstage-tls/tls.crt" and env(doc)["MEMSTAGE_TLS_SERVER_NAME"]
     tls = docs[("Secret", "ckpt-memstage-tls")]["data"]
     assert {"ca.crt", "tls.crt", "tls.key"} <= set(tls) and b"BEGIN CERTIFICATE" in base64.b64decode(tls["ca.crt"])
+    # Clients get a Secret of their own: a certificate that does not name "memstage" (a client
+    # serving with it fails every peer's check of that name) and the scrapers' certificate.
+    from cryptography import x509
+
+    def names(pem: str) -> tuple[str, list[str]]:
+        cert = x509.load_pem_x509_certificate(base64.b64decode(pem))
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        return str(cn), cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+
+    client = docs[("Secret", "ckpt-memstage-client-tls")]["data"]
+    assert names(tls["tls.crt"]) == ("memstage", ["memstage"])
+    assert names(client["client.crt"])[0] == "memstage client" and "memstage" not in names(client["client.crt"])[1]
+    assert names(client["metrics.crt"])[0] == "memstage metrics"
+    assert client["ca.crt"] == tls["ca.crt"] and "tls.key" not in client
     # A stop drains first: Kubernetes waits longer than the drain may take, one benefactor at a time.
     assert e["MEMSTAGE_STOP_TIMEOUT"] == "600s"
     assert benefactor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 660
