@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -123,8 +124,14 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         assert not os.path.ismount(mount)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its manager and benefactors too (its own process group)
+            # Its manager, benefactors and mount run in sessions of their own: stopped by PID, found
+            # before `up` goes (then they would be orphans no one can name).
+            spawned = child_pids(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            for pid in spawned:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         if os.path.ismount(mount):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
