@@ -31,7 +31,8 @@ def render(values: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         if path.endswith(".yaml"):
             for doc in yaml.safe_load_all(text):
                 if doc:
-                    kubernetes_validate.validate(doc, KUBE, strict=True)  # raises on any schema violation
+                    if doc["apiVersion"] != "monitoring.coreos.com/v1":  # the Prometheus Operator's, not Kubernetes'
+                        kubernetes_validate.validate(doc, KUBE, strict=True)  # raises on any schema violation
                     docs[(doc["kind"], doc["metadata"]["name"])] = doc
     return docs
 
@@ -274,3 +275,16 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
         expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
         assert set(schema[f"{role}Settings"]["properties"]) == expected, role
+
+
+def test_the_prometheus_operator_scrapes_with_the_scrapers_certificate():
+    """Pod annotations present no certificate (the deployment's series only); with the Prometheus
+    Operator, a ServiceMonitor and a PodMonitor scrape with metrics.crt, which sees every series."""
+    assert not any(kind in ("ServiceMonitor", "PodMonitor") for kind, _ in render({}))
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    manager = docs[("ServiceMonitor", "ckpt-memstage-manager")]["spec"]["endpoints"][0]
+    benefactor = docs[("PodMonitor", "ckpt-memstage-benefactor")]["spec"]["podMetricsEndpoints"][0]
+    for endpoint in (manager, benefactor):
+        assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["serverName"] == "memstage"
+        assert endpoint["tlsConfig"]["cert"]["secret"] == {"name": "ckpt-memstage-client-tls", "key": "metrics.crt"}
+        assert endpoint["tlsConfig"]["keySecret"] == {"name": "ckpt-memstage-client-tls", "key": "metrics.key"}

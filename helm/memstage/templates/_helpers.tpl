@@ -29,3 +29,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ toString $value | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* How the Prometheus Operator scrapes /metrics: HTTPS, the scrapers' certificate from the clients' TLS Secret (the argument). */}}
+{{- define "memstage.scrapeTls" -}}
+scheme: https
+tlsConfig:
+  serverName: memstage
+  ca:
+    secret:
+      name: {{ . }}
+      key: ca.crt
+  cert:
+    secret:
+      name: {{ . }}
+      key: metrics.crt
+  keySecret:
+    name: {{ . }}
+    key: metrics.key
+{{- end }}
