@@ -124,6 +124,10 @@ class ManagerSettings:
     redundancy: str = setting("none", _redundancy, "default policy: none, replicate:R (R copies of each chunk "
                               "on distinct benefactors) or rs:K+M (stripes of K chunks and M Reed-Solomon parity "
                               "chunks), made right after each commit")
+    policies: str = setting("", _str, "policies of named namespaces, applied at every start, as JSON: "
+                            "{\"NS\": {\"quota_memory\": \"8GiB\", \"quota_sessions\": 16, \"persist_every\": 3, "
+                            "\"keep_versions\": 2, \"pfs_keep\": 5, \"redundancy\": \"rs:4+2\", "
+                            "\"keep_deleted\": false}} (memstage policy changes them until the next start)")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
     insecure: bool = setting(False, _bool, "no authentication: whoever reaches the port may do anything (without "
@@ -147,6 +151,10 @@ class ManagerSettings:
         _positive("session_lease", self.session_lease)
         _positive("stripe_width", self.stripe_width)
         _positive("keep_versions", self.keep_versions)
+        if self.policies:
+            from memstage.manager.policyfile import parse_policies
+
+            parse_policies(self.policies)  # a bad value is said at start, naming the namespace and field
 
 
 @dataclass(frozen=True, slots=True)

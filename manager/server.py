@@ -18,6 +18,7 @@ from memstage import auth
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.pfsimport import found_versions
+from memstage.manager.policyfile import apply_policies, parse_policies
 from memstage.manager.service import ManagerService
 from memstage.manager.wakes import WakeSender
 from memstage.metrics import serve_metrics
@@ -39,6 +40,8 @@ class ManagerServer:
         self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
+        if settings.policies:
+            apply_policies(self.catalog, parse_policies(settings.policies))
         if settings.pfs:
             self._import_pfs(settings.pfs)
         self.registry = CollectorRegistry()

@@ -211,3 +211,17 @@ def test_incremental_bench_sends_the_changed_fraction(tmp_path):
     changed = [s for s in result["steps"] if s["scenario"] == "change 0.25"]
     assert [s["bytes_sent"] for s in changed] == [16 * MiB, 4 * MiB, 4 * MiB]
     assert result["summary"]["shift 1 byte"]["sent_fraction"] == 1.0
+
+
+def test_namespace_policies_given_as_a_setting_apply_at_start(local_cluster):
+    """The manager's `policies` setting (the Helm chart's manager.policies): quotas and persistence
+    per namespace without a command after the install; a bad value is one line naming it."""
+    policies = '{"run42": {"quota_memory": "8GiB", "quota_sessions": 16, "pfs_keep": 3}}'
+    cluster = local_cluster(benefactors=0, manager_args=("--policies", policies))
+    shown = cluster.client(namespace="run42").policy()
+    assert (shown["quota_memory"], shown["quota_sessions"], shown["pfs_keep"]) == (8 << 30, 16, 3)
+    for bad, says in (('{"run42": {"quota_memory": "lots"}}', "policies: run42.quota_memory"),
+                      ('{"run42": {"keep": 2}}', "policies: run42.keep: not a policy field"),
+                      ('{"../x": {}}', "policies: namespace"), ("[1]", "policies: a JSON object")):
+        out = memstage("manager", "--policies", bad, "--state", "/nonexistent/never-made", "--insecure")
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)

@@ -269,7 +269,7 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
     tls = {"tls_cert", "tls_key", "tls_ca", "tls_server_name"}
-    set_by_chart = {"manager": {"listen", "heartbeat_listen", "state", "cluster_secret", *tls},
+    set_by_chart = {"manager": {"listen", "heartbeat_listen", "state", "cluster_secret", "policies", *tls},
                     "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret",
                                    *tls}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
@@ -288,3 +288,12 @@ def test_the_prometheus_operator_scrapes_with_the_scrapers_certificate():
         assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["serverName"] == "memstage"
         assert endpoint["tlsConfig"]["cert"]["secret"] == {"name": "ckpt-memstage-client-tls", "key": "metrics.crt"}
         assert endpoint["tlsConfig"]["keySecret"] == {"name": "ckpt-memstage-client-tls", "key": "metrics.key"}
+
+
+def test_namespace_policies_from_values_reach_the_manager():
+    docs = render({"manager": {"policies": {"run42": {"quota_memory": "8Gi", "quota_sessions": 16}}}})
+    value = env(docs[("StatefulSet", "ckpt-memstage-manager")])["MEMSTAGE_POLICIES"]
+    from memstage.manager.policyfile import parse_policies
+
+    assert parse_policies(value) == {"run42": {"quota_memory": 8 << 30, "quota_sessions": 16}}
+    assert "MEMSTAGE_POLICIES" not in env(render({})[("StatefulSet", "ckpt-memstage-manager")])
