@@ -31,7 +31,7 @@ def render(values: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         if path.endswith(".yaml"):
             for doc in yaml.safe_load_all(text):
                 if doc:
-                    if doc["apiVersion"] != "monitoring.coreos.com/v1":  # the Prometheus Operator's, not Kubernetes'
+                    if doc["apiVersion"] not in ("monitoring.coreos.com/v1", "cert-manager.io/v1"):  # not Kubernetes'
                         kubernetes_validate.validate(doc, KUBE, strict=True)  # raises on any schema violation
                     docs[(doc["kind"], doc["metadata"]["name"])] = doc
     return docs
@@ -297,3 +297,18 @@ def test_namespace_policies_from_values_reach_the_manager():
 
     assert parse_policies(value) == {"run42": {"quota_memory": 8 << 30, "quota_sessions": 16}}
     assert "MEMSTAGE_POLICIES" not in env(render({})[("StatefulSet", "ckpt-memstage-manager")])
+
+
+def test_with_cert_manager_each_side_gets_certificates_of_its_own_use():
+    docs = render({"tls": {"certManager": {"enabled": True}}, "metrics": {"serviceMonitor": {"enabled": True}}})
+    assert ("Secret", "ckpt-memstage-tls") not in docs  # cert-manager issues them instead
+    usages = {name: doc["spec"]["usages"] for (kind, name), doc in docs.items() if kind == "Certificate"
+              and not doc["spec"].get("isCA")}
+    assert usages == {"ckpt-memstage-tls": ["server auth", "client auth"],
+                      "ckpt-memstage-client-tls": ["client auth"], "ckpt-memstage-metrics-tls": ["client auth"]}
+    assert docs[("Certificate", "ckpt-memstage-tls")]["spec"]["dnsNames"] == ["memstage"]
+    endpoint = docs[("ServiceMonitor", "ckpt-memstage-manager")]["spec"]["endpoints"][0]
+    assert endpoint["tlsConfig"]["cert"]["secret"] == {"name": "ckpt-memstage-metrics-tls", "key": "tls.crt"}
+    manager = docs[("StatefulSet", "ckpt-memstage-manager")]
+    volumes = {v["name"]: v for v in manager["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "ckpt-memstage-tls"  # the roles' Certificate's Secret

@@ -30,20 +30,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
-{{/* How the Prometheus Operator scrapes /metrics: HTTPS, the scrapers' certificate from the clients' TLS Secret (the argument). */}}
+{{/* How the Prometheus Operator scrapes /metrics: HTTPS with the scrapers' certificate (the
+argument: the chart's root context). */}}
 {{- define "memstage.scrapeTls" -}}
+{{- $full := include "memstage.fullname" . -}}
+{{- $secret := printf "%s-client-tls" $full -}}
+{{- $cert := "metrics.crt" -}}
+{{- $key := "metrics.key" -}}
+{{- if .Values.tls.certManager.enabled -}}
+{{- $secret = printf "%s-metrics-tls" $full -}}
+{{- $cert = "tls.crt" -}}
+{{- $key = "tls.key" -}}
+{{- end -}}
 scheme: https
 tlsConfig:
   serverName: memstage
   ca:
     secret:
-      name: {{ . }}
+      name: {{ $secret }}
       key: ca.crt
   cert:
     secret:
-      name: {{ . }}
-      key: metrics.crt
+      name: {{ $secret }}
+      key: {{ $cert }}
   keySecret:
-    name: {{ . }}
-    key: metrics.key
+    name: {{ $secret }}
+    key: {{ $key }}
 {{- end }}
