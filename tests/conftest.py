@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,7 @@ class Cluster:
     secure: bool = False  # False: --insecure everywhere (today's tests of other things); True: tokens and secret
     tls: dict[str, str] = field(default_factory=dict)  # TLS settings (as `memstage up` makes them), or none
     _clients: list[Client] = field(default_factory=list)
+    _status: Any = None  # Connections used by status(), made at the first call
     _logs: list[object] = field(default_factory=list)
 
     @property
@@ -119,25 +121,38 @@ class Cluster:
         return c
 
     def status(self) -> dict[str, object]:
-        import json
-        import subprocess
-        import sys
+        """What `memstage status --json` prints, asked in this process (no interpreter per poll)."""
+        from memstage.cli import status_json
+        from memstage.client.connections import Connections
+        from memstage.errors import MemstageError
+        from memstage.proto import manager_pb2
+        from memstage.tls import load as load_tls
 
-        token = ["--token", self.admin_token] if self.secure else []
-        out = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", self.manager_address,
-                              "--json", *token, *self.client_tls_flags], capture_output=True, text=True, timeout=30,
-                             check=True)
-        return json.loads(out.stdout)
+        if self._status is None or self._status.manager_address != self.manager_address:
+            tls = load_tls(**{k.removeprefix("tls_"): v for k, v in self.client_tls.items()})
+            self._status = Connections(self.manager_address, 10.0, token=self.admin_token, tls=tls)
+        try:
+            return status_json(self._status.call_manager("Status", manager_pb2.StatusRequest(), "status"))
+        except MemstageError:
+            # A fresh channel for the next poll: a failed one waits out gRPC's reconnect backoff
+            # (a manager restarting would look down for seconds longer than it is).
+            self._status.close()
+            self._status = None
+            raise
 
     def alive_ids(self) -> set[str]:
+        from memstage.errors import Unavailable
+
         try:
             return {b["id"] for b in self.status()["benefactors"] if b["alive"]}  # type: ignore[index]
-        except Exception:
+        except Unavailable:  # the manager is not up (yet, or again)
             return set()
 
     def stop(self) -> None:
         for c in self._clients:
             c.connections.close()
+        if self._status is not None:
+            self._status.close()
         # Benefactors stop together (each says goodbye to the manager), then the manager.
         for p in self.benefactors:
             p.terminate()
