@@ -11,7 +11,7 @@ DEBS    = libfuse2 libfuse3-3 fuse3
 # Only the tests need these: a real Prometheus server scrapes a real deployment.
 TEST_DEBS = prometheus rsync
 
-# Settings of `make up`, passed to `memstage up` (see README.md for all of them).
+# Settings of `make up`, passed to `memstage up` (see docs/operations.md for all of them).
 MOUNT   ?= memstage-mnt
 UP_ARGS ?= --benefactors 2 --memory 1GiB --mount $(MOUNT)
 
