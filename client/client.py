@@ -243,25 +243,13 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         """The namespace's persistence and redundancy policy; arguments that are given change it.
         redundancy: "none", "replicate:R" or "rs:K+M"; pfs_keep: persisted checkpoints kept on the
         PFS (0: all)."""
-        request = manager_pb2.PolicyRequest(namespace=self.namespace)
-        if persist_every is not None:
-            request.persist_every = persist_every
-        if keep_versions is not None:
-            request.keep_versions = keep_versions
-        if redundancy is not None:
-            request.redundancy = redundancy
-        if pfs_keep is not None:
-            request.pfs_keep = pfs_keep
-        if quota_memory is not None:
-            request.quota_memory = quota_memory
-        if quota_sessions is not None:
-            request.quota_sessions = quota_sessions
-        if keep_deleted is not None:
-            request.keep_deleted = keep_deleted
+        given = {"persist_every": persist_every, "keep_versions": keep_versions, "redundancy": redundancy,
+                 "pfs_keep": pfs_keep, "quota_memory": quota_memory, "quota_sessions": quota_sessions,
+                 "keep_deleted": keep_deleted}
+        request = manager_pb2.PolicyRequest(namespace=self.namespace,
+                                            **{k: v for k, v in given.items() if v is not None})
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")
-        return {"persist_every": reply.persist_every, "keep_versions": reply.keep_versions,
-                "redundancy": reply.redundancy, "pfs_keep": reply.pfs_keep, "quota_memory": reply.quota_memory,
-                "quota_sessions": reply.quota_sessions, "keep_deleted": reply.keep_deleted}
+        return {f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields if f.name != "namespace"}
 
     def gc(self, dry_run: bool = False) -> dict[str, Any]:
         """Remove the namespace's chunk files on the PFS that no version references (dry_run: only

@@ -22,7 +22,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +50,7 @@ from memstage.errors import (
 )
 from memstage.manager.access import EVERYONE, POLICY_FIELDS, Access, Caller
 from memstage.manager.beatlink import BeatLink
-from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, Policy, VersionRecord
+from memstage.manager.catalog import Catalog, Freed, Holds, NewVersion, Placed, VersionRecord
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.groupcommit import GroupCommit, NotDurable
 from memstage.manager.loads import Loads
@@ -1711,26 +1711,17 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Policy(self, request: manager_pb2.PolicyRequest, context: grpc.ServicerContext) -> manager_pb2.PolicyReply:
         namespace = check_namespace(request.namespace)
         current = self.catalog.policy(namespace)
-        if any(request.HasField(f) for f in POLICY_FIELDS):
-            redundancy = current.redundancy
-            if request.HasField("redundancy"):
+        given = {f: getattr(request, f) for f in POLICY_FIELDS if request.HasField(f)}
+        if given:
+            if "redundancy" in given:
                 try:
-                    redundancy = str(Redundancy.parse(request.redundancy))
+                    given["redundancy"] = str(Redundancy.parse(given["redundancy"]))
                 except SettingError as e:
                     raise InvalidArgument(str(e)) from None
-            current = Policy(
-                request.persist_every if request.HasField("persist_every") else current.persist_every,
-                request.keep_versions if request.HasField("keep_versions") else current.keep_versions,
-                redundancy, request.pfs_keep if request.HasField("pfs_keep") else current.pfs_keep,
-                request.quota_memory if request.HasField("quota_memory") else current.quota_memory,
-                request.quota_sessions if request.HasField("quota_sessions") else current.quota_sessions,
-                request.keep_deleted if request.HasField("keep_deleted") else current.keep_deleted)
+            current = replace(current, **given)
             self.catalog.set_policy(namespace, current)
             log.info("policy of namespace %s: %s", namespace, current)
-        return manager_pb2.PolicyReply(namespace=namespace, persist_every=current.persist_every,
-                                       keep_versions=current.keep_versions, redundancy=current.redundancy,
-                                       pfs_keep=current.pfs_keep, quota_memory=current.quota_memory,
-                                       quota_sessions=current.quota_sessions, keep_deleted=current.keep_deleted)
+        return manager_pb2.PolicyReply(namespace=namespace, **asdict(current))
 
     @rpc
     def MarkCheckpoint(self, request: manager_pb2.CheckpointMark, context: grpc.ServicerContext
