@@ -58,12 +58,9 @@ def _inside(root: Path, relative: str, directory: bool = False) -> Path:
 
 def _unlink(path: Path) -> int:
     """Remove one name; the bytes it frees."""
-    try:
-        st = path.lstat()
-        path.unlink()
-    except FileNotFoundError:
-        return 0
-    return st.st_size if st.st_nlink == 1 else 0
+    freed = _freed_by(path)
+    path.unlink(missing_ok=True)
+    return freed
 
 
 def _prune_dirs(root: Path, directories: Iterable[Path]) -> None:
