@@ -4,12 +4,7 @@ FROM python:3.11-slim
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos protos
-COPY common common
-COPY manager manager
-COPY benefactor benefactor
-COPY client client
-COPY drainer drainer
-COPY bench bench
+COPY memstage memstage
 RUN pip install --no-cache-dir . && rm -rf /src
 
 # Manager and benefactors need no privileges; the state and PFS volumes are writable by this uid

@@ -42,7 +42,7 @@ up: setup
 lint: venv
 	$(BIN)/python protos/gen.py --check
 	$(BIN)/ruff check .
-	$(BIN)/mypy common manager benefactor client drainer bench
+	$(BIN)/mypy memstage
 
 test: setup test-debs lint
 	$(BIN)/python -m pytest -q

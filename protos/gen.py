@@ -1,4 +1,4 @@
-"""Generate the Python gRPC stubs from protos/ into common/proto (imported as memstage.proto).
+"""Generate the Python gRPC stubs from protos/ into memstage/proto (imported as memstage.proto).
 
 Run `python protos/gen.py` after editing a .proto; `python protos/gen.py --check` fails when the
 committed stubs are stale (CI runs it).
@@ -16,7 +16,7 @@ from pathlib import Path
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE.parent / "common" / "proto"
+OUT = HERE.parent / "memstage" / "proto"
 
 
 def generate(dest: Path) -> list[Path]:
@@ -35,7 +35,7 @@ def generate(dest: Path) -> list[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if common/proto differs from fresh output")
+    parser.add_argument("--check", action="store_true", help="fail if memstage/proto differs from fresh output")
     args = parser.parse_args()
     if not args.check:
         for f in generate(OUT):
@@ -45,7 +45,7 @@ def main() -> int:
         fresh = generate(Path(tmp))
         stale = [f.name for f in fresh if not (OUT / f.name).exists() or not filecmp.cmp(f, OUT / f.name, False)]
     if stale:
-        print(f"stale generated stubs in common/proto: {', '.join(stale)}; run: python protos/gen.py")
+        print(f"stale generated stubs in memstage/proto: {', '.join(stale)}; run: python protos/gen.py")
         return 1
     print("generated stubs are fresh")
     return 0

@@ -122,7 +122,7 @@ class Cluster:
 
     def status(self) -> dict[str, object]:
         """What `memstage status --json` prints, asked in this process (no interpreter per poll)."""
-        from memstage.cli import status_json
+        from memstage.cli.main import status_json
         from memstage.client.connections import Connections
         from memstage.errors import MemstageError
         from memstage.proto import manager_pb2

@@ -95,8 +95,8 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         wait_for(lambda: os.path.exists(config), what="the client settings file")
         token = (tmp_path / "state" / "secrets" / "admin.token").read_text().strip()
         assert f'token = "{token}"' in Path(config).read_text() and os.stat(config).st_mode & 0o077 == 0
+        from memstage.cli.up import deployment_client
         from memstage.errors import Unavailable
-        from memstage.up import deployment_client
 
         settings = deployment_client(str(tmp_path / "state"))
         assert settings["tls_ca"].endswith("ca.pem") and f'tls_ca = "{settings["tls_ca"]}"' in Path(config).read_text()

@@ -114,7 +114,7 @@ def _up(tmp_path, address: str, *extra: str) -> subprocess.Popen[str]:
 
 def _client(tmp_path) -> dict[str, str]:
     """The admin token and TLS files `memstage up` (secure by default) left in its state directory."""
-    from memstage.up import deployment_client
+    from memstage.cli.up import deployment_client
 
     return deployment_client(str(tmp_path / "state"))
 

@@ -37,10 +37,10 @@ def _wait_persisted(client: Any, path: str, version: int, timeout: float = 600) 
 
 
 def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.client import Client
     from memstage.settings import UpSettings
     from memstage.tuning import keep_large_buffers
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     keep_large_buffers()
     memory = (size * 3) // args.benefactors + 32 * 1024 * 1024  # two files and a spare

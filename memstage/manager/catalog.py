@@ -44,6 +44,9 @@ from memstage.manager.stripes import ABSENT, Stripe, StripeIndex
 from memstage.paths import normalize_file_path, split_drained
 from memstage.redundancy import Redundancy
 
+# A set of benefactor names, as callers hold it (the registry gives frozensets).
+Names = set[str] | frozenset[str]
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -217,7 +220,7 @@ class NewVersion(NamedTuple):
     path: str
     size: int
     chunks: Sequence[tuple[ChunkKey, Sequence[str]]]
-    alive: set[str]
+    alive: Names
     attrs: Attrs | None = None
     placed: Placed | None = None
     now: float | None = None
@@ -473,7 +476,7 @@ class Catalog(NodeTable):
         with self._lock:
             return [(self._index.locations((namespace, k)), self._index.drained((namespace, k))) for k in keys]
 
-    def find(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> list[bool]:
+    def find(self, namespace: str, keys: Sequence[ChunkKey], alive: Names) -> list[bool]:
         with self._lock:
             return [self._index.readable((namespace, k), alive) for k in keys]
 
@@ -498,7 +501,7 @@ class Catalog(NodeTable):
                     hold.append((ik, mine))
         return hold, free
 
-    def under_protected(self, copies: dict[str, int], alive: set[str]) -> list[tuple[IndexKey, list[str], list[str]]]:
+    def under_protected(self, copies: dict[str, int], alive: Names) -> list[tuple[IndexKey, list[str], list[str]]]:
         """Chunks still needed in memory and not on the PFS, in a namespace keeping `copies[ns]` copies,
         with fewer live copies than that and at least one: (key, live holders, every holder)."""
         with self._lock:
@@ -523,7 +526,7 @@ class Catalog(NodeTable):
                 self._log().add(ns, key, benefactor, gen)
         return True
 
-    def availability(self, namespace: str, keys: Sequence[ChunkKey], alive: set[str]) -> tuple[bool, bool]:
+    def availability(self, namespace: str, keys: Sequence[ChunkKey], alive: Names) -> tuple[bool, bool]:
         """(every chunk held by a live benefactor, every chunk readable now: held, on the PFS, or
         rebuildable from its stripe)."""
         held = readable = True
@@ -541,7 +544,7 @@ class Catalog(NodeTable):
         return held, readable
 
     def version_protected(self, namespace: str, path: str, version: int, redundancy: Redundancy,
-                          alive: set[str]) -> bool:
+                          alive: Names) -> bool:
         """The version has what its policy asks (or is on the PFS); lost versions are not."""
         with self._lock:
             row = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND path=? AND "
@@ -550,7 +553,7 @@ class Catalog(NodeTable):
                 return False
             return bool(row[2]) or not self._short(namespace, row[0], redundancy, alive)
 
-    def _short(self, namespace: str, blob: bytes, redundancy: Redundancy, alive: set[str]) -> bool:
+    def _short(self, namespace: str, blob: bytes, redundancy: Redundancy, alive: Names) -> bool:
         """(under the lock) Some chunk of the map lacks the protection the policy asks."""
         for key in set(unpack_map(blob)):
             if key.is_hole:
@@ -565,7 +568,7 @@ class Catalog(NodeTable):
                 return True
         return False
 
-    def protection(self, namespace: str, redundancy: Redundancy, alive: set[str]) -> tuple[int, int, int]:
+    def protection(self, namespace: str, redundancy: Redundancy, alive: Names) -> tuple[int, int, int]:
         """Versions of a namespace still in memory: (protected, degraded, lost). Protected: every
         chunk has `copies` live copies, or is in a stripe with all its members, or is on the PFS."""
         protected = degraded = lost = 0
@@ -605,7 +608,7 @@ class Catalog(NodeTable):
             self._next_stripe += 1
             return self._next_stripe
 
-    def _spread(self, stripe: Stripe, alive: set[str]) -> tuple[int, list[int]]:
+    def _spread(self, stripe: Stripe, alive: Names) -> tuple[int, list[int]]:
         """(members readable, members to rebuild): a member is readable from a live benefactor, or
         from the PFS (a data member); it is to rebuild when it is not readable, or when its only
         benefactors each hold another member already (one loss would cost the stripe two)."""
@@ -626,14 +629,14 @@ class Catalog(NodeTable):
                 rebuild.append(i)
         return readable, rebuild
 
-    def _available(self, stripe: Stripe, alive: set[str]) -> int:
+    def _available(self, stripe: Stripe, alive: Names) -> int:
         return self._spread(stripe, alive)[0]
 
-    def _recoverable(self, ik: IndexKey, alive: set[str]) -> bool:
+    def _recoverable(self, ik: IndexKey, alive: Names) -> bool:
         """(under the lock) Some stripe of the chunk still has K members to rebuild it from."""
         return any(self._available(st, alive) >= st.k for st in self._stripes.of(ik))
 
-    def _beyond(self, ik: IndexKey, alive: set[str]) -> str:
+    def _beyond(self, ik: IndexKey, alive: Names) -> str:
         """Why a chunk in a stripe cannot be rebuilt ("" when it is in none)."""
         stripes = self._stripes.of(ik)
         if not stripes:
@@ -646,7 +649,7 @@ class Catalog(NodeTable):
         """In-memory references of versions (those of stripes not counted)."""
         return self._index.mem_refs(ik) - self._stripes.pins(ik)
 
-    def unstriped(self, namespaces: dict[str, Redundancy], alive: set[str]
+    def unstriped(self, namespaces: dict[str, Redundancy], alive: Names
                   ) -> dict[str, list[tuple[IndexKey, list[str]]]]:
         """Per namespace keeping stripes: chunks a version needs in memory, not on the PFS, in no
         stripe yet, with a live holder: (chunk, live holders), in the index's order (commit order)."""
@@ -695,7 +698,7 @@ class Catalog(NodeTable):
                             freed.setdefault(ik, {}).update(dropped)
         return freed
 
-    def stripe_health(self, alive: set[str]) -> list[tuple[Stripe, list[int], int]]:
+    def stripe_health(self, alive: Names) -> list[tuple[Stripe, list[int], int]]:
         """Stripes with members to rebuild (no live copy, or sharing their benefactor with another
         member; a data member on the PFS counts as readable): (stripe, those members, members
         readable)."""
@@ -717,7 +720,8 @@ class Catalog(NodeTable):
     def stripes_of(self, namespace: str, keys: Sequence[ChunkKey]) -> list[Stripe | None]:
         """The stripe protecting each chunk (the newest one, if several), or None."""
         with self._lock:
-            return [(self._stripes.of((namespace, k)) or [None])[-1] for k in keys]
+            found = [self._stripes.of((namespace, k)) for k in keys]
+            return [s[-1] if s else None for s in found]
 
     def stripe_count(self) -> int:
         with self._lock:
@@ -733,7 +737,7 @@ class Catalog(NodeTable):
 
     # -- versions ----------------------------------------------------------------------------
     def commit(self, namespace: str, path: str, size: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
-               alive: set[str], now: float | None = None, attrs: Attrs | None = None, placed: Placed | None = None
+               alive: Names, now: float | None = None, attrs: Attrs | None = None, placed: Placed | None = None
                ) -> tuple[int, Holds]:
         """Record a new version atomically (queueing its drain if the policy selects it).
 
@@ -887,7 +891,7 @@ class Catalog(NodeTable):
         return self._db.execute("SELECT 1 FROM versions WHERE ns=? AND checkpoint=? AND deferred=0 AND persist=1 "
                                 "AND persisted=0 LIMIT 1", (namespace, checkpoint)).fetchone() is None
 
-    def _release_pointers(self, namespace: str, checkpoint: str, alive: set[str], now: float) -> None:
+    def _release_pointers(self, namespace: str, checkpoint: str, alive: Names, now: float) -> None:
         """(inside a transaction) The rest of a checkpoint is on the PFS: its pointer files drain now."""
         if not checkpoint or not self._checkpoint_persisted(namespace, checkpoint):
             return
@@ -986,7 +990,7 @@ class Catalog(NodeTable):
                                      "left_memory) VALUES (?, ?, ?, ?, ?, 1)", (ns, series, step, seq, started[step]))
         return imported
 
-    def want_in_memory(self, namespace: str, path: str, alive: set[str], latest: bool = False) -> Wanted:
+    def want_in_memory(self, namespace: str, path: str, alive: Names, latest: bool = False) -> Wanted:
         """The latest version of each file at or below `path` is wanted in memory again (prefetch): a
         persisted one that left memory is counted in memory from now on, so its chunks are kept once
         loaded and evicted as any other's. With `latest`, only the files of the newest persisted
@@ -1064,7 +1068,7 @@ class Catalog(NodeTable):
                     break
             return sorted(set(out))
 
-    def checkpoints(self, namespace: str, alive: set[str] | None = None) -> list[dict[str, object]]:
+    def checkpoints(self, namespace: str, alive: Names | None = None) -> list[dict[str, object]]:
         """The namespace's checkpoints of step series that still hold files, oldest first: series,
         step, sequence number, files, bytes, and their state: persisted, draining, protected (in
         memory with the copies or parity its redundancy asks, when it asks any; needs `alive`),
@@ -1186,7 +1190,7 @@ class Catalog(NodeTable):
         return index
 
     def _queue_drain(self, namespace: str, path: str, version: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
-                     alive: set[str], now: float, owners: Sequence[str] | None = None) -> None:
+                     alive: Names, now: float, owners: Sequence[str] | None = None) -> None:
         if not chunks:  # an empty file is one empty chunk file with count 0
             owner = min(alive) if alive else ""
             self._drains.add(namespace, path, version, 0, {owner: [Member(0, 0, ChunkKey.of(b""))]}, now)
@@ -1199,18 +1203,18 @@ class Catalog(NodeTable):
         self._drains.queue_version(namespace, path, version, keys, owners, now)
         self._queued(set(owners))
 
-    def _queued(self, owners: set[str]) -> None:
+    def _queued(self, owners: Names) -> None:
         with self._queued_lock:
             self._drain_queued |= owners
 
-    def take_drain_queued(self) -> set[str]:
+    def take_drain_queued(self) -> Names:
         """The benefactors given drain tasks since the last call."""
         with self._queued_lock:
             queued, self._drain_queued = self._drain_queued, set()
         queued.discard("")
         return queued
 
-    def _drainer_for(self, ik: IndexKey, alive: set[str]) -> str:
+    def _drainer_for(self, ik: IndexKey, alive: Names) -> str:
         """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
         duplicates queue in order behind the first and become links); any live one to link a
         chunk already drained, or to write a hole's empty file; "" when nobody can (the version is
@@ -1308,7 +1312,7 @@ class Catalog(NodeTable):
                 return FILE
             return DIR if self.is_dir(namespace, path) else None
 
-    def move_tree(self, namespace: str, src: str, dst: str, alive: set[str]) -> int:
+    def move_tree(self, namespace: str, src: str, dst: str, alive: Names) -> int:
         """Rename by moving rows: the versions (history included), directories and metadata at and
         below `src` go to `dst`, which holds nothing. A version whose drain is under way is drained
         again under its new name (chunks already on the PFS become hard links), so every version
@@ -1478,7 +1482,7 @@ class Catalog(NodeTable):
             return
         self._trash.append((namespace, PfsCopy(directory, parsed.deployment, parsed.version), (parsed.key,)))
 
-    def take_pfs_trash(self) -> tuple[list[PfsCopy], set[str]]:
+    def take_pfs_trash(self) -> tuple[list[PfsCopy], Names]:
         """Chunk files of versions let go since the last call, to remove from the PFS, and the names
         among them to keep: a chunk another version still needs reads its copy by that name."""
         with self._lock:
@@ -1487,7 +1491,7 @@ class Catalog(NodeTable):
                     if self._index.refs((ns, k)) > 0 and (d := self._index.drained((ns, k)))}
         return [copy for _, copy, _ in trash], keep
 
-    def pfs_references(self, namespace: str) -> tuple[set[tuple[str, str, int]], set[str]]:
+    def pfs_references(self, namespace: str) -> tuple[set[tuple[str, str, int]], Names]:
         """What of a namespace's PFS directory the catalog refers to: (directory, deployment, version)
         of every version it knows, and every chunk's drained name (memstage gc keeps both)."""
         with self._lock:
@@ -1622,7 +1626,7 @@ class Catalog(NodeTable):
                                            int(at * 1000)))
             return tasks
 
-    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str, int]], alive: set[str]
+    def drain_done(self, benefactor_id: str, results: Sequence[tuple[int, str, bool, str, int]], alive: Names
                    ) -> DrainOutcome:
         """Record drained chunk files (task id, drained path, missing, error). A task whose chunk the
         benefactor did not have goes to another holder, or its version is lost; a task that cannot
@@ -1729,7 +1733,7 @@ class Catalog(NodeTable):
         if not keep_tasks:
             self._drains.drop_version(ns, path, version)
 
-    def reassign_drains(self, dead: str, alive: set[str], reason: str, check_pfs: bool = True
+    def reassign_drains(self, dead: str, alive: Names, reason: str, check_pfs: bool = True
                         ) -> list[tuple[str, str, int]]:
         """A benefactor died: give its queued chunks to another holder. A chunk nobody holds any more
         goes to any live benefactor, which looks for its chunk file on the PFS (the dead one may have
@@ -1790,12 +1794,12 @@ class Catalog(NodeTable):
                         self._queued(set(by_owner) | set(checks))
         return lost
 
-    def drain_owners(self) -> set[str]:
+    def drain_owners(self) -> Names:
         """Benefactors that have drain tasks queued ("" for tasks nobody could take)."""
         with self._lock:
             return self._drains.owners()
 
-    def void_benefactor(self, benefactor_id: str, alive: set[str], reason: str, check_pfs: bool = True
+    def void_benefactor(self, benefactor_id: str, alive: Names, reason: str, check_pfs: bool = True
                         ) -> list[tuple[str, str, int]]:
         """A benefactor came back as a new incarnation: every location of the old one is void. Its
         queued drains go to other holders; versions still needed in memory that some chunk is now

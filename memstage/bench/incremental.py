@@ -71,10 +71,10 @@ def run_scenario(client: object, scenario: str, size: int, change: float, timest
 
 
 def run_incremental(args: argparse.Namespace, size: int, chunk: int, write_size: int) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.client import Client
     from memstage.settings import UpSettings
     from memstage.tuning import keep_large_buffers
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     keep_large_buffers()
     timesteps, change = args.timesteps, args.change

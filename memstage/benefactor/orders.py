@@ -202,6 +202,7 @@ class OrderLoop:
         if self.store.has(ident):
             self.store.hold([(ident, order.gen)])
             return result
+        data: bytes | memoryview
         try:
             if order.drained:
                 if split_drained(order.drained)[0] != namespace:

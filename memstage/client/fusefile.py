@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from memstage.chunks import MAX_FILE_SIZE, ChunkKey
 from memstage.client.extents import Changes, chunk_plan
@@ -118,7 +118,7 @@ class OpenFile:
         self.changed = truncate or base is None  # a new or truncated file is a new version at close
         # Metadata this handle set (a new file's mode and owner, mtime of its writes, explicit
         # times): sent with the next commit, so a commit never undoes a chmod or utimens.
-        self.attrs: dict[str, int] = {}
+        self.attrs: dict[str, Any] = {}
         self._space_checked = False
         self.opened_at = time.perf_counter()
         self._buffers = buffers if buffers is not None and buffers.size == self.chunk else BufferPool(self.chunk)

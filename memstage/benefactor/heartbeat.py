@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,7 +38,7 @@ BEAT_PORT_TIMEOUT_S = 5.0  # then the beat goes to the manager's own port
 
 class Heartbeat:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
-                 incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, str], ...] = (),
+                 incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, Any], ...] = (),
                  tls: Tls | None = None) -> None:
         self.settings = settings
         self.store = store

@@ -63,10 +63,10 @@ def _chunk_files(pfs: Path) -> list[Path]:
 
 
 def run_restart(args: argparse.Namespace, size: int, chunk: int) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.client import Client
     from memstage.settings import UpSettings
     from memstage.tuning import keep_large_buffers
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     keep_large_buffers()
     part = size // RANKS

@@ -178,8 +178,8 @@ def _median_rate(total: int, times: list[float]) -> float:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.settings import UpSettings
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     if args.manager:
         from memstage.bench.manager import run_manager_bench

@@ -91,7 +91,7 @@ def decode_put_frame(raw: bytes) -> PutFrameView:
     fields = _fields(memoryview(raw))
     header = None
     if 1 in fields:
-        header = benefactor_pb2.PutHeader.FromString(fields[1])
+        header = benefactor_pb2.PutHeader.FromString(fields[1])  # type: ignore[arg-type]  # takes any buffer
     return PutFrameView(header, fields.get(2, memoryview(b"")))
 
 

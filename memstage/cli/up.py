@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from memstage.errors import MemstageError, SettingError
 from memstage.procs import RoleProcess, spawn
@@ -36,7 +37,7 @@ def deployment_token(state: str) -> str:
         return ""
 
 
-def deployment_client(state: str) -> dict[str, str]:
+def deployment_client(state: str) -> dict[str, Any]:
     """Client settings for a deployment `memstage up` started on `state`: its admin token and TLS
     files (none of them for an insecure one)."""
     from memstage.tls import client_certs

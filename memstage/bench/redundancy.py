@@ -107,9 +107,9 @@ def _overhead(p: Redundancy) -> float:
 
 
 def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: int) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.client import Client
     from memstage.settings import UpSettings
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     asked = [Redundancy.parse(p, "--redundancy") for p in str(args.redundancy).split(",") if p.strip()]
     tolerant = [p for p in asked if p.tolerates]

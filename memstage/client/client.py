@@ -243,9 +243,9 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         """The namespace's persistence and redundancy policy; arguments that are given change it.
         redundancy: "none", "replicate:R" or "rs:K+M"; pfs_keep: persisted checkpoints kept on the
         PFS (0: all)."""
-        given = {"persist_every": persist_every, "keep_versions": keep_versions, "redundancy": redundancy,
-                 "pfs_keep": pfs_keep, "quota_memory": quota_memory, "quota_sessions": quota_sessions,
-                 "keep_deleted": keep_deleted}
+        given: dict[str, Any] = {"persist_every": persist_every, "keep_versions": keep_versions,
+                                 "redundancy": redundancy, "pfs_keep": pfs_keep, "quota_memory": quota_memory,
+                                 "quota_sessions": quota_sessions, "keep_deleted": keep_deleted}
         request = manager_pb2.PolicyRequest(namespace=self.namespace,
                                             **{k: v for k, v in given.items() if v is not None})
         reply = self.connections.call_manager("Policy", request, f"policy of namespace {self.namespace}")

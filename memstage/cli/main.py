@@ -479,7 +479,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         raise SettingError("checkpoint end: takes no STEP (it ends the namespace's open checkpoint)")
     client = Client(**_client_flags(args), config=args.config)
     try:
-        ended = client.begin_checkpoint(args.step) if args.action == "begin" else client.end_checkpoint()
+        ended = client.begin_checkpoint(int(args.step or 0)) if args.action == "begin" else client.end_checkpoint()
     finally:
         client.connections.close()
     ns = settings.namespace
@@ -558,7 +558,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from memstage.up import run_up
+    from memstage.cli.up import run_up
 
     settings = load(UpSettings, _settings_flags(args, UpSettings), config=args.config)
     return run_up(settings, config=args.config)

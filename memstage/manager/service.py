@@ -126,8 +126,11 @@ def _stats(pb: manager_pb2.BenefactorStats) -> Stats:
 
 
 def _attrs(pb: manager_pb2.FileAttrs) -> Attrs:
-    fields = ("mode", "ino", "uid", "gid", "atime_ns", "mtime_ns")
-    return Attrs(*(getattr(pb, f) if pb.HasField(f) else None for f in fields), access=pb.access)
+    def given(field: str) -> int | None:
+        return getattr(pb, field) if pb.HasField(field) else None
+
+    return Attrs(given("mode"), given("ino"), given("uid"), given("gid"), given("atime_ns"), given("mtime_ns"),
+                 access=pb.access)
 
 
 def _key(pb: common_pb2.ChunkKey) -> ChunkKey:
@@ -1191,10 +1194,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
                 if node.kind in ROW_KINDS:
                     entries[p] = manager_pb2.FileInfo(path=p, target=node.target if node.kind == SYMLINK else "")
         for p, info in entries.items():
-            node = rows.get(p)
-            if node is not None and node.kind == LINK:
-                node = self.catalog.node(namespace, node.target)
-            self._with_node(info, node or Node.default(DIR if info.is_dir else FILE, 0))
+            row = rows.get(p)
+            if row is not None and row.kind == LINK:
+                row = self.catalog.node(namespace, row.target)
+            self._with_node(info, row or Node.default(DIR if info.is_dir else FILE, 0))
         return entries
 
     @rpc

@@ -65,8 +65,8 @@ def _unmount(point: str, proc: subprocess.Popen[bytes]) -> None:
 def _start(args: argparse.Namespace, size: int, fast: str, work: str) -> tuple[str, list[RoleProcess], str]:
     """The random input (in `fast`), and a deployment with a mount (under `work`): (input, its
     processes, the mount point)."""
+    from memstage.cli.up import start_deployment
     from memstage.settings import UpSettings
-    from memstage.up import start_deployment
 
     src = os.path.join(fast, "input.bin")
     with open(src, "wb") as f:
@@ -81,7 +81,7 @@ def _start(args: argparse.Namespace, size: int, fast: str, work: str) -> tuple[s
 
 
 def run_fuse(args: argparse.Namespace, size: int) -> int:
-    from memstage.up import stop_deployment
+    from memstage.cli.up import stop_deployment
 
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     results: dict[str, list[float]] = {}
@@ -164,7 +164,7 @@ def _write_together(src: str, jobs: list[tuple[str, int, int, int]]) -> float:
 
 
 def run_n1(args: argparse.Namespace, size: int) -> int:
-    from memstage.up import stop_deployment
+    from memstage.cli.up import stop_deployment
 
     writers = args.writers
     if writers <= 0 or size < writers:

@@ -75,7 +75,7 @@ def _prune_dirs(root: Path, directories: Iterable[Path]) -> None:
             d = d.parent
 
 
-def remove_copies(root: str | Path, copies: Iterable[PfsCopy], keep: set[str]) -> Removed:
+def remove_copies(root: str | Path, copies: Iterable[PfsCopy], keep: set[str] | frozenset[str]) -> Removed:
     """Remove the chunk files of these versions, except names in `keep` (relative to the root)."""
     base = Path(root).resolve()
     files = freed = 0
@@ -98,8 +98,9 @@ def remove_copies(root: str | Path, copies: Iterable[PfsCopy], keep: set[str]) -
     return Removed(files, freed)
 
 
-def find_orphans(root: str | Path, namespace: str, referenced: Callable[[str, str, int], bool], names: set[str],
-                 own_deployment: str, newer_than_ms: int, now: float | None = None) -> list[Orphan]:
+def find_orphans(root: str | Path, namespace: str, referenced: Callable[[str, str, int], bool],
+                 names: set[str] | frozenset[str], own_deployment: str, newer_than_ms: int,
+                 now: float | None = None) -> list[Orphan]:
     """Chunk files of `namespace` that belong to no version the catalog knows (`referenced(directory,
     deployment, version)`) and are no chunk's drained name (`names`); and temporary files older
     than an hour. Left alone: files of another deployment committed after `newer_than_ms` (one

@@ -25,8 +25,8 @@ MiB = 1024 * 1024
 
 def run_security(args: argparse.Namespace, size: int, chunk: int, write_size: int) -> int:
     from memstage.bench.run import _run_parallel
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
     from memstage.settings import UpSettings
-    from memstage.up import deployment_client, start_deployment, stop_deployment
 
     counts = [int(c) for c in str(args.clients).split(",") if c.strip()]
     kinds = ("secure", "insecure")
