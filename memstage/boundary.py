@@ -111,7 +111,7 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
         return call
 
     def _abort(self, name: str, error: Exception, context: grpc.ServicerContext) -> None:
-        if context.code() is not None:  # aborted below us (context.abort raises): the status is set
+        if context.code() is not None:  # type: ignore[attr-defined]  # aborted below us: the status is set
             raise error
         if isinstance(error, MemstageError):
             code, detail = error.code, to_rpc_detail(error)
