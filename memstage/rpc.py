@@ -21,9 +21,16 @@ SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport",
 # The manager's messages grow with file size: a version map lists every chunk (~100 bytes each,
 # ~10 MB for a 100 GiB file of 1 MiB chunks). 256 MiB covers files of a few TiB.
 MAX_CONTROL_MESSAGE_BYTES = 256 * 1024 * 1024
+# A channel's reconnect backoff grows by default to two minutes while its peer is down: benefactors
+# would then come back long after a restarted manager's grace (one TTL) and be declared dead, what
+# only they held lost. Reconnecting within a second costs a restarting manager nothing.
+MAX_RECONNECT_BACKOFF_MS = 1000
 CONTROL_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_CONTROL_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_CONTROL_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS // 4),
+    ("grpc.min_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS // 4),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 CONTROL_SERVER_OPTIONS: list[tuple[str, int]] = [*CONTROL_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 

@@ -155,3 +155,23 @@ def test_a_stalled_manager_does_not_declare_live_benefactors_dead(local_cluster)
     assert not cluster.status()["lost"]
     assert not c.versions("/f")[0]["lost"]
     assert c.cat("/f") == data
+
+
+def test_benefactors_come_back_in_time_after_a_long_manager_outage(local_cluster):
+    """A manager down for many seconds, then restarted: the benefactors must register again within
+    the grace it gives them (one TTL), or what only they hold is declared lost. A channel's default
+    reconnect backoff grows to minutes; the benefactors' stays below a second."""
+    cluster = local_cluster(benefactors=2, memory=64 * MiB)
+    c = cluster.client()
+    c.policy(persist_every=1000, keep_versions=10)  # in memory only: a benefactor voided loses it
+    data = random_bytes(2 * MiB)
+    c.pipe("/f", data)
+    alive = cluster.alive_ids()
+    cluster.manager.kill()
+    time.sleep(12 * HEARTBEAT)  # the outage itself, long enough for a channel's backoff to grow
+    cluster.start_manager(cluster.manager_address)
+    wait_for(lambda: cluster.alive_ids() == alive, timeout=30, what="the benefactors to register again")
+    c = cluster.client()
+    assert not c.versions("/f")[0]["lost"]
+    assert c.cat("/f") == data
+    assert not cluster.status()["lost"]
