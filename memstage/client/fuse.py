@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import itertools
@@ -39,6 +40,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
 
 from memstage.client.client import Client
+from memstage.client.filestat import FileStat
 from memstage.client.fusefile import BufferPool, OpenFile
 from memstage.client.reader import VersionReader
 from memstage.errors import InvalidArgument, MemstageError, NotFound
@@ -90,7 +92,7 @@ class Handle:
 
     __slots__ = ("obj", "info", "path", "append", "reads_only", "closing")
 
-    def __init__(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
+    def __init__(self, obj: OpenFile | VersionReader, info: FileStat | None, path: str,
                  append: bool = False, reads_only: bool = False) -> None:
         self.obj = obj
         self.info = info
@@ -151,7 +153,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             log.error("%s", message, exc_info=exc)
 
     # -- handles -----------------------------------------------------------------------------
-    def _register(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
+    def _register(self, obj: OpenFile | VersionReader, info: FileStat | None, path: str,
                   append: bool = False, reads_only: bool = False) -> int:
         with self._lock:
             fh = self._next
@@ -177,7 +179,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return handle
 
     # -- attributes --------------------------------------------------------------------------
-    def _attrs(self, info: manager_pb2.FileInfo) -> dict[str, Any]:
+    def _attrs(self, info: FileStat) -> dict[str, Any]:
         mode = info.mode or ((stat.S_IFDIR | 0o755) if info.is_dir else (stat.S_IFREG | 0o644))
         default = info.mtime_ns or int(info.committed_at * 1e9) or self._started_ns
         size = info.size
@@ -190,26 +192,19 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _open_attrs(self, handle: Handle) -> dict[str, Any]:
         """A file open here: what the manager knows, with this handle's changes not committed yet."""
-        info = manager_pb2.FileInfo()
-        if handle.info is not None:
-            info.CopyFrom(handle.info)
+        info = handle.info or FileStat(path=handle.path)  # not at the manager yet: no owner set
         obj = handle.obj
-        if isinstance(obj, OpenFile):
-            info.size = info.stored = obj.size
-            a = obj.attrs
-            if "mode" in a:
-                info.mode = stat.S_IFREG | (a["mode"] & 0o7777)
-            if handle.info is None:
-                info.uid = info.gid = -1
-            info.uid, info.gid = a.get("uid", info.uid), a.get("gid", info.gid)
-            for field in ("atime_ns", "mtime_ns", "ino"):
-                if field in a:
-                    setattr(info, field, a[field])
-            if not info.mtime_ns:
-                info.mtime_ns = time.time_ns()
-        else:
-            info.size = obj.size
-        return self._attrs(info)
+        if not isinstance(obj, OpenFile):
+            return self._attrs(dataclasses.replace(info, size=obj.size))
+        a = obj.attrs
+        changed: dict[str, Any] = {"size": obj.size, "stored": obj.size, "uid": a.get("uid", info.uid),
+                                   "gid": a.get("gid", info.gid)}
+        if "mode" in a:
+            changed["mode"] = stat.S_IFREG | (a["mode"] & 0o7777)
+        changed.update((field, a[field]) for field in ("atime_ns", "mtime_ns", "ino") if field in a)
+        if not changed.get("mtime_ns", info.mtime_ns):
+            changed["mtime_ns"] = time.time_ns()
+        return self._attrs(dataclasses.replace(info, **changed))
 
     @staticmethod
     def _version_path(path: str) -> tuple[str, int] | None:
@@ -227,7 +222,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     def _hidden(path: str) -> bool:
         return path == UNLINKED or path.startswith(UNLINKED + "/")
 
-    def _stat(self, path: str) -> manager_pb2.FileInfo:
+    def _stat(self, path: str) -> FileStat:
         if self._hidden(path) or path in self._pending or self._is_hidden_name(path):
             raise _fail(errno.ENOENT)
         try:
@@ -357,7 +352,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return 0
         for h in handles:
             if h.info is not None:
-                h.info.CopyFrom(info)
+                h.info = FileStat.from_pb(info)
         return 0
 
     @translated
@@ -573,7 +568,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                             ino=(3 << 61) | secrets.randbits(61))
         return self._register(handle, None, path, append=bool(flags & os.O_APPEND))
 
-    def _join(self, shared: OpenFile, info: manager_pb2.FileInfo | None, path: str, flags: int) -> int:
+    def _join(self, shared: OpenFile, info: FileStat | None, path: str, flags: int) -> int:
         """A new writing handle of a file other handles write here: their write state."""
         if flags & os.O_TRUNC:
             shared.truncate(0)
@@ -604,18 +599,19 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return self._register(shared, None, path, reads_only=True)
         reader = self.client.reader(path)
         if info is not None:
-            self._relatime(path, info)
+            info = self._relatime(path, info)
         return self._register(reader, info, path)
 
-    def _relatime(self, path: str, info: manager_pb2.FileInfo) -> None:
+    def _relatime(self, path: str, info: FileStat) -> FileStat:
         """atime as relatime keeps it: set on a read open when older than the last change or a day."""
         now = time.time_ns()
         if info.atime_ns > max(info.mtime_ns, info.ctime_ns) and now - info.atime_ns < 86400 * 10**9:
-            return
+            return info
         try:
-            info.CopyFrom(self.client.setattr(path, atime_ns=now, access=True))
+            return FileStat.from_pb(self.client.setattr(path, atime_ns=now, access=True))
         except MemstageError as e:  # only a timestamp: the read goes on
             log.debug("atime of %s not updated: %s", path, e)
+            return info
 
     @translated
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
