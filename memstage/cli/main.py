@@ -284,7 +284,7 @@ def _tell(fd: int | None, message: str) -> None:
 
 def _serve_mount(args: argparse.Namespace, settings: ClientSettings, mountpoint: str, ready: int | None) -> int:
     from memstage.client import Client
-    from memstage.client.fuse import mount
+    from memstage.client.mount import mount
     from memstage.metrics import serve_metrics
     from memstage.proto import manager_pb2
     from memstage.tuning import keep_large_buffers
