@@ -1,4 +1,5 @@
-"""The `memstage` command line: subcommands in main.py, the embedded deployment in up.py."""
+"""The `memstage` command line: main.py runs it, parser.py parses it, roles.py, admin.py and data.py
+hold the subcommands, up.py the embedded deployment."""
 
 from memstage.cli.main import main
 

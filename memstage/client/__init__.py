@@ -1,6 +1,7 @@
 """The memstage client library and fsspec filesystem (`memstage://HOST:PORT/NAMESPACE/PATH`)."""
 
 from memstage.client.client import Client
+from memstage.client.filestat import FileStat
 from memstage.client.writer import CommitResult, WriteStats
 from memstage.errors import (
     ChunkRejected,
@@ -17,7 +18,7 @@ from memstage.errors import (
 )
 
 __all__ = [
-    "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "FsError", "InvalidArgument",
+    "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "FileStat", "FsError", "InvalidArgument",
     "InvalidPath",
     "MemstageError", "NotFound", "QuotaExceeded", "SettingError", "Unavailable", "WriteStats",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import stat
 import threading
 import time
 import weakref
@@ -28,6 +27,7 @@ from memstage import tls
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, UpdateFile, WriteFile, check_mode
+from memstage.client.filestat import FileStat
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
 from memstage.client.transport import ChunkTransport, GrpcTransport
@@ -171,23 +171,23 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     # -- metadata ----------------------------------------------------------------------------
     @staticmethod
-    def _entry(info: manager_pb2.FileInfo) -> dict[str, Any]:
+    def _entry(info: FileStat) -> dict[str, Any]:
         meta = {"mode": info.mode, "uid": info.uid, "gid": info.gid, "nlink": info.nlink, "ino": info.ino,
                 "atime_ns": info.atime_ns, "mtime_ns": info.mtime_ns, "ctime_ns": info.ctime_ns}
-        if info.is_dir:
+        if info.kind == "directory":
             return {"name": info.path, "size": 0, "type": "directory", **meta}
-        if stat.S_ISLNK(info.mode):
+        if info.kind == "symlink":
             return {"name": info.path, "size": info.size, "type": "symlink", "target": info.target, **meta}
         return {"name": info.path, "size": info.size, "type": "file", "version": info.version,
                 "versions": info.version_count, "mtime": info.mtime_ns / 1e9 if info.mtime_ns else info.committed_at,
                 **meta}
 
-    def stat(self, path: str, protection: bool = True) -> manager_pb2.FileInfo:
+    def stat(self, path: str, protection: bool = True) -> FileStat:
         """Everything the manager keeps about a name (hard links show their file); `protection`:
         with `protected` filled in (it costs the manager a look at every chunk)."""
         norm = normalize_path(self._strip_protocol(path))
-        return self.connections.call_manager(
-            "Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm, protection=protection), norm)
+        return FileStat.from_pb(self.connections.call_manager(
+            "Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm, protection=protection), norm))
 
     def setattr(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 atime_ns: int | None = None, mtime_ns: int | None = None, access: bool = False
@@ -221,10 +221,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             "Link", manager_pb2.RenameRequest(namespace=self.namespace, path=src, destination=dst), dst)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        norm = normalize_path(self._strip_protocol(path))
-        reply = self.connections.call_manager(
-            "Stat", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
-        return self._entry(reply)
+        return self._entry(self.stat(path, protection=False))
 
     def ls(self, path: str = "/", detail: bool = True, **kwargs: Any) -> list[Any]:
         norm = normalize_path(self._strip_protocol(path))
@@ -234,7 +231,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             info = self.info(norm)  # a file: ls of a file lists the file itself, as in fsspec
             entries = [info] if info["type"] == "file" else []
         else:
-            entries = [self._entry(e) for e in reply.entries]
+            entries = [self._entry(FileStat.from_pb(e)) for e in reply.entries]
         return entries if detail else [e["name"] for e in entries]
 
     def policy(self, persist_every: int | None = None, keep_versions: int | None = None,

@@ -16,30 +16,35 @@ the last of them closes it. Built on mfusepy (libfuse 3).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
-import itertools
 import logging
 import os
 import secrets
-import signal
 import stat
-import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-# mfusepy picks libfuse 2 when both are installed; libfuse 3 negotiates 1 MiB writes (libfuse 2
-# sends the file system 4 KiB ones here), so ask for it unless the user chose otherwise.
-os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-
-import mfusepy  # noqa: E402
+from typing import Any
 
 from memstage.client.client import Client
+from memstage.client.filestat import FileStat
+from memstage.client.fuseattrs import (
+    VERSIONS,
+    Handle,
+    attrs,
+    in_versions,
+    open_attrs,
+    statfs_attrs,
+    synthetic_ino,
+    version_file_attrs,
+    version_path,
+    versions_dir_attrs,
+)
+from memstage.client.fuseerrors import fail as _fail
+from memstage.client.fuseerrors import translated
 from memstage.client.fusefile import BufferPool, OpenFile
+from memstage.client.libfuse import mfusepy
+from memstage.client.orphans import Action, Move, Orphans, Retarget
 from memstage.client.reader import VersionReader
 from memstage.errors import InvalidArgument, MemstageError, NotFound
 from memstage.paths import normalize_path
@@ -47,73 +52,9 @@ from memstage.proto import manager_pb2
 
 log = logging.getLogger(__name__)
 
-VERSIONS = "/.versions"
 # Where a name unlinked while open here waits for its last close (hidden from listings).
 UNLINKED = "/.memstage-unlinked"
-F = TypeVar("F", bound=Callable[..., Any])
-UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-
-
-def translated(method: F) -> F:
-    """Errors become errno values at this boundary; an unexpected one is logged once and is EIO."""
-
-    @functools.wraps(method)
-    def wrapper(self: MemstageFS, *args: Any) -> Any:
-        try:
-            return method(self, *args)
-        except mfusepy.FuseOSError:
-            raise
-        except MemstageError as e:
-            if e.errno == errno.EIO:
-                self.log_once(f"{method.__name__}: {e}")
-            raise mfusepy.FuseOSError(e.errno) from None
-        except Exception as e:
-            self.log_once(f"{method.__name__}: unexpected {type(e).__name__}: {e}", exc=True)
-            raise mfusepy.FuseOSError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _ino(path: str) -> int:
-    """An inode number for a name the manager does not number (.versions, a new file not committed)."""
-    return (1 << 61) | (zlib.crc32(path.encode()) << 20) | 1
-
-
-def _fail(number: int) -> mfusepy.FuseOSError:
-    return mfusepy.FuseOSError(number)
-
-
-class Handle:
-    """One open file: its reader or writer (shared by the handles writing one file), the metadata
-    it was opened with (for fstat), and whether it appends."""
-
-    __slots__ = ("obj", "info", "path", "append", "reads_only", "closing")
-
-    def __init__(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
-                 append: bool = False, reads_only: bool = False) -> None:
-        self.obj = obj
-        self.info = info
-        self.path = path
-        self.append = append
-        self.reads_only = reads_only  # a read-only open of a file written here: its close commits nothing
-        # Flushed (a close of it) and not written since: its release may come late, but it writes
-        # no more, so it does not hold back the commit of another handle's close.
-        self.closing = False
-
-
-class Aside:
-    """A file unlinked (or replaced) while open here, under libfuse's hidden name."""
-
-    __slots__ = ("name", "target", "handles", "state", "timer", "settled")
-
-    def __init__(self, name: str, target: str, handles: list[Handle]) -> None:
-        self.name = name  # the name it had
-        self.target = target  # where its versions wait at the manager for the last close
-        self.handles = handles
-        self.state = "pending"  # -> moving -> moved | gone; or kept (a rename over the name)
-        self.timer: threading.Timer | None = None
-        self.settled = threading.Event()
 
 
 class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
@@ -134,10 +75,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._logged: set[str] = set()
         self._buffers = BufferPool(client.settings.chunk_size)
         self._started_ns = time.time_ns()
-        self._aside_seq = itertools.count(1)
-        self._asides: dict[str, Aside] = {}  # libfuse's hidden name -> the file behind it
-        self._pending: dict[str, str] = {}  # a name whose hidden file may still move -> hidden name
-        self._tag = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns() % 10**9}"
+        self._settled = threading.Condition(self._lock)  # told when a move of an unlinked open file ends
+        tag = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns() % 10**9}"
+        self._orphans = Orphans(f"{UNLINKED}/{tag}-")
+        self._wake_at: float | None = None  # when the timer that drives the orphans' moves fires
         self.started = False
 
     def init(self, path: str) -> None:
@@ -151,7 +92,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             log.error("%s", message, exc_info=exc)
 
     # -- handles -----------------------------------------------------------------------------
-    def _register(self, obj: OpenFile | VersionReader, info: manager_pb2.FileInfo | None, path: str,
+    def _register(self, obj: OpenFile | VersionReader, info: FileStat | None, path: str,
                   append: bool = False, reads_only: bool = False) -> int:
         with self._lock:
             fh = self._next
@@ -177,58 +118,23 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return handle
 
     # -- attributes --------------------------------------------------------------------------
-    def _attrs(self, info: manager_pb2.FileInfo) -> dict[str, Any]:
-        mode = info.mode or ((stat.S_IFDIR | 0o755) if info.is_dir else (stat.S_IFREG | 0o644))
-        default = info.mtime_ns or int(info.committed_at * 1e9) or self._started_ns
-        size = info.size
-        return {"st_mode": mode, "st_nlink": info.nlink or (2 if info.is_dir else 1), "st_size": size,
-                "st_uid": info.uid if info.uid >= 0 else os.getuid(),
-                "st_gid": info.gid if info.gid >= 0 else os.getgid(),
-                "st_mtime": default, "st_ctime": info.ctime_ns or default, "st_atime": info.atime_ns or default,
-                "st_blksize": self.client.settings.chunk_size, "st_blocks": -(-(info.stored or 0) // 512),
-                "st_ino": info.ino, "st_rdev": info.rdev}
+    def _attrs(self, info: FileStat) -> dict[str, Any]:
+        return attrs(info, self.client.settings.chunk_size, self._started_ns)
 
     def _open_attrs(self, handle: Handle) -> dict[str, Any]:
-        """A file open here: what the manager knows, with this handle's changes not committed yet."""
-        info = manager_pb2.FileInfo()
-        if handle.info is not None:
-            info.CopyFrom(handle.info)
-        obj = handle.obj
-        if isinstance(obj, OpenFile):
-            info.size = info.stored = obj.size
-            a = obj.attrs
-            if "mode" in a:
-                info.mode = stat.S_IFREG | (a["mode"] & 0o7777)
-            if handle.info is None:
-                info.uid = info.gid = -1
-            info.uid, info.gid = a.get("uid", info.uid), a.get("gid", info.gid)
-            for field in ("atime_ns", "mtime_ns", "ino"):
-                if field in a:
-                    setattr(info, field, a[field])
-            if not info.mtime_ns:
-                info.mtime_ns = time.time_ns()
-        else:
-            info.size = obj.size
-        return self._attrs(info)
-
-    @staticmethod
-    def _version_path(path: str) -> tuple[str, int] | None:
-        """'/.versions/a/b/3' -> ('/a/b', 3)."""
-        rest = path[len(VERSIONS):]
-        head, _, last = rest.rpartition("/")
-        return (head, int(last)) if head and last.isdigit() else None
+        return open_attrs(handle, self.client.settings.chunk_size, self._started_ns)
 
     @staticmethod
     def _read_only(path: str | None) -> None:
-        if path is not None and (path == VERSIONS or path.startswith(VERSIONS + "/")):
+        if path is not None and in_versions(path):
             raise _fail(errno.EROFS)
 
     @staticmethod
     def _hidden(path: str) -> bool:
         return path == UNLINKED or path.startswith(UNLINKED + "/")
 
-    def _stat(self, path: str) -> manager_pb2.FileInfo:
-        if self._hidden(path) or path in self._pending or self._is_hidden_name(path):
+    def _stat(self, path: str) -> FileStat:
+        if self._hidden(path) or self._orphans.hiding(path) or self._is_hidden_name(path):
             raise _fail(errno.ENOENT)
         try:
             return self.client.stat(path, protection=False)
@@ -245,27 +151,22 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             # (a closed file's release can come late: the manager's record is the truth by then).
             if h.path == path and ((isinstance(h.obj, OpenFile) and h.obj.changed) or self._is_hidden_name(path)):
                 return self._open_attrs(h)
-        if path == VERSIONS or path.startswith(VERSIONS + "/"):
+        if in_versions(path):
             return self._versions_attrs(path)
         return self._attrs(self._stat(path))
 
     def _versions_attrs(self, path: str) -> dict[str, Any]:
         """.versions: directories r-x, each version a read-only file with its own commit time."""
-        versioned = self._version_path(path)
+        versioned = version_path(path)
         if versioned is not None:
             for v in self._versions(versioned[0]):
                 if v["version"] == versioned[1]:
-                    when = int(v["committed_at"] * 1e9)
-                    info = self._stat(versioned[0])
-                    return {**self._attrs(info), "st_mode": stat.S_IFREG | 0o444, "st_size": v["size"],
-                            "st_nlink": 1, "st_mtime": when, "st_ctime": when, "st_atime": when,
-                            "st_blocks": -(-v["size"] // 512),
-                            "st_ino": _ino(path)}
+                    return version_file_attrs(self._attrs(self._stat(versioned[0])), path, v["size"],
+                                              v["committed_at"])
         info = self._stat(path[len(VERSIONS):] or "/")
         if stat.S_ISLNK(info.mode):
             raise _fail(errno.ENOENT)
-        return {**self._attrs(info), "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0,
-                "st_ino": _ino(path)}
+        return versions_dir_attrs(self._attrs(info), path)
 
     def _versions(self, path: str) -> list[dict[str, Any]]:
         try:
@@ -305,26 +206,26 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if versions and not info.is_dir:
             for v in self._versions(target):
                 name = str(v["version"])
-                entries[name] = (_ino(f"{path}/{name}"), stat.S_IFREG)
+                entries[name] = (synthetic_ino(f"{path}/{name}"), stat.S_IFREG)
         else:
             for e in self.client.ls(target):
-                if self._hidden(e["name"]) or e["name"] in self._pending:
+                if self._hidden(e["name"]) or self._orphans.hiding(e["name"]):
                     continue
                 if versions and e["type"] == "symlink":
                     continue
                 name = e["name"].rsplit("/", 1)[1]
-                entries[name] = (_ino(f"{path}/{name}") if versions else e["ino"], e["mode"])
+                entries[name] = (synthetic_ino(f"{path}/{name}") if versions else e["ino"], e["mode"])
         prefix = path.rstrip("/") + "/"
         with self._lock:
             for h in self._handles.values():
                 rest = h.path[len(prefix):]
                 if (isinstance(h.obj, OpenFile) and h.path.startswith(prefix) and "/" not in rest
                         and not self._is_hidden_name(h.path)):
-                    entries.setdefault(rest, (_ino(h.path), stat.S_IFREG))
+                    entries.setdefault(rest, (synthetic_ino(h.path), stat.S_IFREG))
         if path == "/":
-            entries[VERSIONS[1:]] = (_ino(VERSIONS), stat.S_IFDIR)
-        own = info.ino or _ino(path)
-        listing = [(".", {"st_ino": own, "st_mode": stat.S_IFDIR}, 0), ("..", {"st_ino": _ino(path + "/.."),
+            entries[VERSIONS[1:]] = (synthetic_ino(VERSIONS), stat.S_IFDIR)
+        own = info.ino or synthetic_ino(path)
+        listing = [(".", {"st_ino": own, "st_mode": stat.S_IFDIR}, 0), ("..", {"st_ino": synthetic_ino(path + "/.."),
                                                                                   "st_mode": stat.S_IFDIR}, 0)]
         return listing + [(n, {"st_ino": ino, "st_mode": mode & stat.S_IFMT(mode)}, 0)
                           for n, (ino, mode) in sorted(entries.items())]
@@ -332,14 +233,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     @translated
     def statfs(self, path: str) -> dict[str, int]:
         reply = self.client.connections.call_manager("Status", manager_pb2.StatusRequest(), "statfs")
-        alive = [b for b in reply.benefactors if b.alive]
-        capacity = sum(b.stats.memory_capacity for b in alive)
-        # Free as writers can use it: whole chunks on each benefactor (a chunk is not split).
-        chunk = self.client.settings.chunk_size
-        free = sum(max(0, b.stats.memory_capacity - b.stats.memory_used) // chunk * chunk for b in alive)
-        block = 65536
-        return {"f_bsize": block, "f_frsize": block, "f_blocks": capacity // block, "f_bfree": free // block,
-                "f_bavail": free // block, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_namemax": 255}
+        return statfs_attrs(reply, self.client.settings.chunk_size)
 
     # -- metadata ----------------------------------------------------------------------------
     def _setattr(self, path: str | None, fh: int | None, **attrs: int) -> int:
@@ -357,7 +251,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return 0
         for h in handles:
             if h.info is not None:
-                h.info.CopyFrom(info)
+                h.info = FileStat.from_pb(info)
         return 0
 
     @translated
@@ -430,15 +324,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self.client.link(existing, path)
         return 0
 
-    # -- names unlinked or replaced while open here ------------------------------------------
-    # libfuse keeps such a file usable for its openers by renaming it to a hidden name
-    # (.fuse_hiddenN, in the same directory) and unlinking that at the last close. Here the hidden
-    # name is never shown: the file's versions move to UNLINKED at the manager (so the name is
-    # gone for everyone, and the openers' chunks stay). When the file is only read here, the move
-    # waits a moment: if the hiding is the first half of a rename over the name (libfuse renames
-    # the new file onto the name next, on the same thread), the name keeps its history (the
-    # renamed file becomes its next version; readers keep the version they opened).
-
+    # -- names unlinked or replaced while open here (see memstage.client.orphans) -----------------
     @staticmethod
     def _is_hidden_name(path: str) -> bool:
         return path.rsplit("/", 1)[-1].startswith(".fuse_hidden")
@@ -448,74 +334,78 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         for h in handles:
             if isinstance(h.obj, OpenFile):
                 h.obj.commit()  # what it wrote so far goes with it
-        aside = Aside(name, f"{UNLINKED}/{self._tag}-{next(self._aside_seq)}", handles)
         with self._lock:
-            self._asides[hidden] = aside
-            self._pending[name] = hidden
             for h in handles:
                 h.path = hidden
-        if any(isinstance(h.obj, OpenFile) for h in handles):
-            self._move_aside(hidden)
-        else:
-            aside.timer = threading.Timer(0.2, self._move_aside, (hidden,))
-            aside.timer.daemon = True
-            aside.timer.start()
+            writing = any(isinstance(h.obj, OpenFile) for h in handles)
+            actions = self._orphans.hide(name, hidden, writing, time.monotonic())
+            self._wake()
+        self._run(actions)
 
-    def _move_aside(self, hidden: str) -> None:
-        """The hidden file's versions leave their name (unless a rename over the name came first)."""
+    def _wake(self) -> None:
+        """Called with the lock held: a timer fires when the next pending move is due."""
+        due = self._orphans.next_due()
+        if due is None or (self._wake_at is not None and self._wake_at <= due):
+            return
+        self._wake_at = due
+        timer = threading.Timer(max(0.0, due - time.monotonic()), self._tick)
+        timer.daemon = True
+        timer.start()
+
+    def _tick(self) -> None:
         with self._lock:
-            aside = self._asides.get(hidden)
-            if aside is None or aside.state != "pending":
-                return
-            aside.state = "moving"
-        try:
-            self.client.mv(aside.name, aside.target)
-            aside.state = "moved"
-        except NotFound:
-            aside.state = "gone"  # a new file nobody committed: nothing at the manager
-        except MemstageError as e:
-            aside.state = "gone"
-            self.log_once(f"unlink of open file {aside.name}: {e}")
-        finally:
-            with self._lock:
-                if self._pending.get(aside.name) == hidden:
-                    del self._pending[aside.name]
-                for h in aside.handles:
-                    if isinstance(h.obj, OpenFile):
-                        h.obj.path = aside.target if aside.state == "moved" else hidden
-                aside.settled.set()
+            self._wake_at = None
+            actions = self._orphans.due(time.monotonic())
+            self._wake()
+        self._run(actions)
+
+    def _run(self, actions: list[Action]) -> None:
+        """Carry out what Orphans decided, telling it what came of each move."""
+        for action in actions:
+            if isinstance(action, Move):
+                found = False
+                try:
+                    self.client.mv(action.name, action.target)
+                    found = True
+                except NotFound:
+                    pass  # a new file nobody committed: nothing at the manager
+                except MemstageError as e:
+                    self.log_once(f"unlink of open file {action.name}: {e}")
+                finally:
+                    with self._settled:
+                        more = self._orphans.moved(action.hidden, found)
+                        self._settled.notify_all()
+                self._run(more)
+            elif isinstance(action, Retarget):
+                with self._lock:
+                    for h in self._handles.values():
+                        if h.path == action.hidden and isinstance(h.obj, OpenFile):
+                            h.obj.path = action.path
+            else:
+                with contextlib.suppress(NotFound):
+                    self.client.rm_file(action.target)
+
+    def _wait_settled(self, hidden: str | None) -> None:
+        if hidden is not None:
+            with self._settled:
+                self._settled.wait_for(lambda: self._orphans.settled(hidden), 30)
 
     def _settle(self, name: str, replaced: bool = False) -> None:
         """Before `name` is used again: a pending move of its hidden file is done now, or (replaced:
         the second half of a rename over it) called off."""
         with self._lock:
-            hidden = self._pending.get(name)
-            aside = self._asides.get(hidden or "")
-            if aside is None:
-                return
-            if replaced and aside.state == "pending":
-                aside.state = "kept"
-                del self._pending[name]
-                if aside.timer is not None:
-                    aside.timer.cancel()
-                return
-        if aside.timer is not None:
-            aside.timer.cancel()
-        self._move_aside(hidden or "")
-        aside.settled.wait(30)
+            actions, hidden = self._orphans.settle(name, replaced)
+        self._run(actions)
+        self._wait_settled(hidden)
 
     def _drop_hidden(self, hidden: str) -> None:
         """libfuse unlinks the hidden name at the last close: the file's versions go."""
         with self._lock:
-            aside = self._asides.get(hidden)
-        if aside is None:
-            raise _fail(errno.ENOENT)
-        self._settle(aside.name)
-        with self._lock:
-            self._asides.pop(hidden, None)
-        if aside.state == "moved":
-            with contextlib.suppress(NotFound):
-                self.client.rm_file(aside.target)
+            if not self._orphans.known(hidden):
+                raise _fail(errno.ENOENT)
+            actions = self._orphans.drop(hidden)
+        self._run(actions)
+        self._wait_settled(hidden)
 
     @translated
     def unlink(self, path: str) -> int:
@@ -573,7 +463,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                             ino=(3 << 61) | secrets.randbits(61))
         return self._register(handle, None, path, append=bool(flags & os.O_APPEND))
 
-    def _join(self, shared: OpenFile, info: manager_pb2.FileInfo | None, path: str, flags: int) -> int:
+    def _join(self, shared: OpenFile, info: FileStat | None, path: str, flags: int) -> int:
         """A new writing handle of a file other handles write here: their write state."""
         if flags & os.O_TRUNC:
             shared.truncate(0)
@@ -583,7 +473,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     def open(self, path: str, flags: int) -> int:
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if path.startswith(VERSIONS + "/"):
-            versioned = self._version_path(path)
+            versioned = version_path(path)
             if versioned is None:
                 raise _fail(errno.EISDIR)
             if writing or flags & os.O_TRUNC:
@@ -604,18 +494,19 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return self._register(shared, None, path, reads_only=True)
         reader = self.client.reader(path)
         if info is not None:
-            self._relatime(path, info)
+            info = self._relatime(path, info)
         return self._register(reader, info, path)
 
-    def _relatime(self, path: str, info: manager_pb2.FileInfo) -> None:
+    def _relatime(self, path: str, info: FileStat) -> FileStat:
         """atime as relatime keeps it: set on a read open when older than the last change or a day."""
         now = time.time_ns()
         if info.atime_ns > max(info.mtime_ns, info.ctime_ns) and now - info.atime_ns < 86400 * 10**9:
-            return
+            return info
         try:
-            info.CopyFrom(self.client.setattr(path, atime_ns=now, access=True))
+            return FileStat.from_pb(self.client.setattr(path, atime_ns=now, access=True))
         except MemstageError as e:  # only a timestamp: the read goes on
             log.debug("atime of %s not updated: %s", path, e)
+            return info
 
     @translated
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -686,128 +577,3 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 and not self._other_writers(fh, handle.obj):
             handle.obj.commit()
         return 0
-
-
-class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """Call adapters of mfusepy 3.1, replaced."""
-
-    def _path(self, path: bytes | None) -> str | None:
-        return None if path is None else path.decode(self.encoding, self.errors)
-
-    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-        # mfusepy copies every write into a new bytes object first; hand FUSE's own buffer over
-        # instead (OpenFile.write keeps nothing of it after returning): one copy less per byte.
-        data = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
-        return int(self.operations.write(self._path(path), data, offset, fip.contents.fh))
-
-    # mfusepy drops the file handle of truncate, chmod, chown and utimens under libfuse 3; with
-    # nopath, the f-variants (ftruncate, fchmod, futimens) would then reach us with neither a path
-    # nor a handle. Pass the handle on.
-
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        return int(self.operations.rename(self._path(old), self._path(new), flags))
-
-    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-        fh = fip.contents.fh if fip else None
-        return int(self.operations.truncate(self._path(path), length, fh))
-
-    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
-        return int(self.operations.chmod(self._path(path), mode, fip.contents.fh if fip else None))
-
-    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
-        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
-        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
-        return int(self.operations.chown(self._path(path), uid, gid, fip.contents.fh if fip else None))
-
-    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        # The timespecs as the kernel sent them: UTIME_NOW and UTIME_OMIT are not times.
-        times = None
-        if buf:
-            now = time.time_ns()
-
-            def one(ts: Any) -> int | None:
-                if ts.tv_nsec == UTIME_OMIT:
-                    return None
-                return now if ts.tv_nsec == UTIME_NOW else ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-
-            times = (one(buf.contents.actime), one(buf.contents.modtime))
-        return int(self.operations.utimens(self._path(path), times, fip.contents.fh if fip else None))
-
-
-def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other: bool = False,
-          on_ready: Callable[[], None] | None = None) -> None:
-    """Mount and serve until unmounted (Ctrl-C, SIGTERM, or `memstage umount`). With allow_other,
-    other users may use the mount and the kernel checks the stored modes (default_permissions)."""
-    # max_idle_threads: libfuse 3.14, called through its older API as mfusepy does, warns about its
-    # own unset default ("Ignoring invalid max threads value") unless it is given.
-    fs = MemstageFS(client, on_ready)
-    stop = _StopOnSignal(client, mountpoint)
-    # use_ino: the manager numbers files, so all names of a file show one inode (tar, rsync -H).
-    # attr_timeout 0: the names of a file are separate kernel inodes here (libfuse numbers nodes by
-    # name), so a change through one name shows through the others (nlink, size, data) at once.
-    options: dict[str, Any] = {"max_idle_threads": 16, "use_ino": True, "attr_timeout": 0}
-    if allow_other:
-        options.update(allow_other=True, default_permissions=True)
-    try:
-        _FUSE(fs, mountpoint, foreground=foreground, nothreads=False, fsname="memstage", subtype="memstage",
-              **options)
-    except RuntimeError as e:
-        if stop.signalled:
-            return
-        # libfuse 3 ends its loop with an error code when a signal stops it: after a mount that
-        # started and is gone again, that is the normal end.
-        if not fs.started:
-            raise MemstageError(f"cannot mount {mountpoint} (libfuse code {e}; is /dev/fuse usable?)") from None
-        if os.path.ismount(mountpoint):
-            raise MemstageError(f"FUSE failed on {mountpoint} (libfuse code {e})") from None
-    finally:
-        stop.close()
-
-
-class _StopOnSignal:
-    """SIGTERM, SIGHUP and SIGINT unmount at once, even while calls are blocked (a write waiting for
-    space): waits are cut short and the mount is detached, so libfuse's loop ends. libfuse's own
-    handlers would only set a flag that blocked calls never look at."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-
-    def __init__(self, client: Client, mountpoint: str) -> None:
-        self.client = client
-        self.mountpoint = mountpoint
-        self.signalled = False
-        self._active = threading.current_thread() is threading.main_thread()  # signals reach only that one
-        if not self._active:
-            return
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-        self._old_fd = signal.set_wakeup_fd(self._write)
-        # A Python handler (not SIG_DFL) also keeps libfuse from installing its own.
-        self._old = {sig: signal.signal(sig, lambda *_: None) for sig in self.SIGNALS}
-        self._patched = mfusepy.signal
-        mfusepy.signal = lambda sig, handler: signal.getsignal(sig)  # mfusepy would reset SIGINT to SIG_DFL
-        threading.Thread(target=self._watch, name="memstage-stop", daemon=True).start()
-
-    def _watch(self) -> None:
-        try:
-            data = os.read(self._read, 16)
-        except OSError:
-            return
-        if not data:
-            return  # closed: the mount ended by itself
-        self.signalled = True
-        log.info("signal %d: unmounting %s", data[0], self.mountpoint)
-        self.client.closing.set()
-        result = subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True, text=True)
-        if result.returncode:
-            log.error("unmounting %s: %s", self.mountpoint, result.stderr.strip())
-
-    def close(self) -> None:
-        if not self._active:
-            return
-        mfusepy.signal = self._patched
-        signal.set_wakeup_fd(self._old_fd)
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        os.close(self._write)
-        os.close(self._read)
-

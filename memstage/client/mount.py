@@ -1,0 +1,147 @@
+"""Serving a mount: libfuse's session for MemstageFS, its call adapters, and a clean stop on a
+signal (see memstage.client.fuse for what each call does)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from memstage.client.client import Client
+from memstage.client.fuse import MemstageFS
+from memstage.client.libfuse import mfusepy
+from memstage.errors import MemstageError
+
+log = logging.getLogger(__name__)
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """Call adapters of mfusepy 3.1, replaced."""
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # mfusepy copies every write into a new bytes object first; hand FUSE's own buffer over
+        # instead (OpenFile.write keeps nothing of it after returning): one copy less per byte.
+        data = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        return int(self.operations.write(self._path(path), data, offset, fip.contents.fh))
+
+    # mfusepy drops the file handle of truncate, chmod, chown and utimens under libfuse 3; with
+    # nopath, the f-variants (ftruncate, fchmod, futimens) would then reach us with neither a path
+    # nor a handle. Pass the handle on.
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return int(self.operations.rename(self._path(old), self._path(new), flags))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        return int(self.operations.truncate(self._path(path), length, fh))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return int(self.operations.chmod(self._path(path), mode, fip.contents.fh if fip else None))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
+        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
+        return int(self.operations.chown(self._path(path), uid, gid, fip.contents.fh if fip else None))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # The timespecs as the kernel sent them: UTIME_NOW and UTIME_OMIT are not times.
+        times = None
+        if buf:
+            now = time.time_ns()
+
+            def one(ts: Any) -> int | None:
+                if ts.tv_nsec == UTIME_OMIT:
+                    return None
+                return now if ts.tv_nsec == UTIME_NOW else ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+            times = (one(buf.contents.actime), one(buf.contents.modtime))
+        return int(self.operations.utimens(self._path(path), times, fip.contents.fh if fip else None))
+
+
+def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other: bool = False,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Mount and serve until unmounted (Ctrl-C, SIGTERM, or `memstage umount`). With allow_other,
+    other users may use the mount and the kernel checks the stored modes (default_permissions)."""
+    # max_idle_threads: libfuse 3.14, called through its older API as mfusepy does, warns about its
+    # own unset default ("Ignoring invalid max threads value") unless it is given.
+    fs = MemstageFS(client, on_ready)
+    stop = _StopOnSignal(client, mountpoint)
+    # use_ino: the manager numbers files, so all names of a file show one inode (tar, rsync -H).
+    # attr_timeout 0: the names of a file are separate kernel inodes here (libfuse numbers nodes by
+    # name), so a change through one name shows through the others (nlink, size, data) at once.
+    options: dict[str, Any] = {"max_idle_threads": 16, "use_ino": True, "attr_timeout": 0}
+    if allow_other:
+        options.update(allow_other=True, default_permissions=True)
+    try:
+        _FUSE(fs, mountpoint, foreground=foreground, nothreads=False, fsname="memstage", subtype="memstage",
+              **options)
+    except RuntimeError as e:
+        if stop.signalled:
+            return
+        # libfuse 3 ends its loop with an error code when a signal stops it: after a mount that
+        # started and is gone again, that is the normal end.
+        if not fs.started:
+            raise MemstageError(f"cannot mount {mountpoint} (libfuse code {e}; is /dev/fuse usable?)") from None
+        if os.path.ismount(mountpoint):
+            raise MemstageError(f"FUSE failed on {mountpoint} (libfuse code {e})") from None
+    finally:
+        stop.close()
+
+
+class _StopOnSignal:
+    """SIGTERM, SIGHUP and SIGINT unmount at once, even while calls are blocked (a write waiting for
+    space): waits are cut short and the mount is detached, so libfuse's loop ends. libfuse's own
+    handlers would only set a flag that blocked calls never look at."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self, client: Client, mountpoint: str) -> None:
+        self.client = client
+        self.mountpoint = mountpoint
+        self.signalled = False
+        self._active = threading.current_thread() is threading.main_thread()  # signals reach only that one
+        if not self._active:
+            return
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write)
+        # A Python handler (not SIG_DFL) also keeps libfuse from installing its own.
+        self._old = {sig: signal.signal(sig, lambda *_: None) for sig in self.SIGNALS}
+        self._patched = mfusepy.signal
+        mfusepy.signal = lambda sig, handler: signal.getsignal(sig)  # mfusepy would reset SIGINT to SIG_DFL
+        threading.Thread(target=self._watch, name="memstage-stop", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            data = os.read(self._read, 16)
+        except OSError:
+            return
+        if not data:
+            return  # closed: the mount ended by itself
+        self.signalled = True
+        log.info("signal %d: unmounting %s", data[0], self.mountpoint)
+        self.client.closing.set()
+        result = subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True, text=True)
+        if result.returncode:
+            log.error("unmounting %s: %s", self.mountpoint, result.stderr.strip())
+
+    def close(self) -> None:
+        if not self._active:
+            return
+        mfusepy.signal = self._patched
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self._write)
+        os.close(self._read)
+
