@@ -218,6 +218,19 @@ def rpc_calls(port: int, context: ssl.SSLContext | None = None) -> dict[str, flo
     return {m: float(v) for m, v in re.findall(r'memstage_rpc_calls_total\{method="(\w+)"\} (\S+)', text)}
 
 
+def metric(port: int, name: str, context: ssl.SSLContext | None = None, **labels: str) -> float:
+    """One sample of the manager's /metrics on `port` (0 when it has none yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scheme = "https" if context is not None else "http"
+    text = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 def random_bytes(size: int) -> bytes:
     """Incompressible, never-repeating test data: a misplaced chunk cannot go unnoticed."""
     return os.urandom(size)

@@ -233,16 +233,18 @@ def test_a_write_racing_the_free_of_the_same_chunks_keeps_them(local_cluster):
 
 
 def test_a_write_open_longer_than_its_lease_keeps_its_chunks(local_cluster):
-    import time
-
-    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "3s"))
+    port = free_port()
+    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "1s", "--metrics-port", str(port)))
     c = cluster.client()
     data = random_bytes(4 * MiB)
     with c.open("/slow", "wb") as f:
         f.write(data[: 2 * MiB])
         f.flush()
         f.writer.settle()  # stored on the benefactor, referenced by no version yet
-        time.sleep(7)  # more than two leases: the client renews every third of one
+        renewed = rpc_calls(port).get("RenewSessions", 0)
+        # The client renews every third of a lease: seven renewals outlast two leases.
+        wait_for(lambda: rpc_calls(port).get("RenewSessions", 0) >= renewed + 7, timeout=30,
+                 what="the session to outlive two leases")
         f.write(data[2 * MiB :])
     assert c.cat("/slow") == data
 

@@ -13,7 +13,7 @@ import time
 
 import grpc
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, metric, random_bytes, wait_for
 
 from memstage.chunks import ChunkKey
 from memstage.errors import DataLost
@@ -211,7 +211,7 @@ def _versioned(rng_bytes: bytes) -> bytes:
 
 
 def test_readers_never_fail_while_versions_leave_memory_under_them(local_cluster):
-    seconds = float(os.environ.get("MEMSTAGE_STRESS_SECONDS", "8"))
+    rounds = int(os.environ.get("MEMSTAGE_STRESS_ROUNDS", "16"))
     cluster = local_cluster(benefactors=2, memory=256 * MiB)
     c = cluster.client()
     c.policy(persist_every=1, keep_versions=1)  # each new version evicts the previous (once persisted)
@@ -242,7 +242,9 @@ def test_readers_never_fail_while_versions_leave_memory_under_them(local_cluster
     threads = [threading.Thread(target=writer) for _ in range(4)] + [threading.Thread(target=reader) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    # Each write evicts the version before it: this many of both, with readers caught in between.
+    wait_for(lambda: failures or (reads[0] >= rounds and writes[0] >= rounds), timeout=120,
+             what=f"{rounds} writes and reads")
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -251,12 +253,15 @@ def test_readers_never_fail_while_versions_leave_memory_under_them(local_cluster
 
 
 def test_a_commit_after_the_lease_ended_is_refused_and_frees_nothing_committed(local_cluster):
-    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "1s"))
+    port = free_port()
+    cluster = local_cluster(benefactors=1, manager_args=("--session-lease", "1s", "--metrics-port", str(port)))
     c = cluster.client()
     c.pipe("/v", b"first")
     stub = _manager(cluster)
     session = stub.OpenSession(manager_pb2.OpenSessionRequest(namespace="default", path="/v")).session
-    time.sleep(2.5)  # nobody renews it
+    # Nobody renews it: the manager ends it.
+    wait_for(lambda: metric(port, "memstage_write_sessions_expired_total") >= 1, timeout=15,
+             what="the session's lease to run out")
     with pytest.raises(grpc.RpcError) as e:
         stub.Commit(manager_pb2.CommitRequest(namespace="default", path="/v", size=0, session=session), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "session has ended" in e.value.details()
