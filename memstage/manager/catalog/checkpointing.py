@@ -14,6 +14,7 @@ from memstage.manager.checkpoints import step_of
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.nodes import FILE, LINK, Node
 from memstage.manager.pfsimport import FoundVersion
+from memstage.manager.protection import PROTECTED, checkpoint_state, may_be_protected
 from memstage.paths import normalize_file_path
 from memstage.redundancy import Redundancy
 
@@ -191,13 +192,12 @@ class CheckpointTable(TreeTable):
                     "FROM versions WHERE ns=? AND checkpoint=?", (namespace, checkpoint)).fetchone()
                 if not files:
                     continue  # left memory unpersisted, or left the PFS: nothing of it remains
-                state = ("lost" if lost else "persisted" if persisted else "draining" if persist else
-                         "in_memory" if in_memory else "dropped")
-                if state == "in_memory" and alive is not None and redundancy.tolerates:
+                state = checkpoint_state(bool(lost), bool(persisted), bool(persist), bool(in_memory))
+                if alive is not None and may_be_protected(state, redundancy):
                     maps = self._db.execute("SELECT chunk_map FROM versions WHERE ns=? AND checkpoint=?",
                                             (namespace, checkpoint)).fetchall()
                     if not any(self._short(namespace, blob, redundancy, alive) for (blob,) in maps):
-                        state = "protected"
+                        state = PROTECTED
                 out.append({"series": series, "step": step, "seq": seq, "started_at": started, "files": files,
                             "bytes": size, "persist": bool(persist), "state": state})
             return out

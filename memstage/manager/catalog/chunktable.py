@@ -8,6 +8,7 @@ from memstage.chunks import ChunkKey
 from memstage.manager.catalog.records import Names, unpack_map
 from memstage.manager.catalog.stripetable import StripeTable
 from memstage.manager.chunkindex import Holders, IndexKey
+from memstage.manager.protection import PROTECTED, by_chunks, chunk_short, settled, tally
 from memstage.redundancy import Redundancy
 
 
@@ -113,9 +114,11 @@ class ChunkTable(StripeTable):
         with self._lock:
             row = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND path=? AND "
                                    "version=?", (namespace, path, version)).fetchone()
-            if row is None or row[1]:
+            if row is None:
                 return False
-            return bool(row[2]) or not self._short(namespace, row[0], redundancy, alive)
+            state = settled(bool(row[1]), bool(row[2])) or by_chunks(self._short(namespace, row[0], redundancy,
+                                                                                 alive))
+            return state == PROTECTED
 
     def _short(self, namespace: str, blob: bytes, redundancy: Redundancy, alive: Names) -> bool:
         """(under the lock) Some chunk of the map lacks the protection the policy asks."""
@@ -123,40 +126,30 @@ class ChunkTable(StripeTable):
             if key.is_hole:
                 continue
             ik = (namespace, key)
-            if self._index.drained(ik):
-                continue
-            if redundancy.parity:
-                if not any(not self._spread(st, alive)[1] for st in self._stripes.of(ik)):
-                    return True
-            elif sum(1 for bf in self._index.locations(ik) if bf in alive) < redundancy.copies:
+            if chunk_short(redundancy, bool(self._index.drained(ik)),
+                           sum(1 for bf in self._index.locations(ik) if bf in alive),
+                           (not self._spread(st, alive).rebuild for st in self._stripes.of(ik))):
                 return True
         return False
 
     def protection(self, namespace: str, redundancy: Redundancy, alive: Names) -> tuple[int, int, int]:
         """Versions of a namespace still in memory: (protected, degraded, lost). Protected: every
         chunk has `copies` live copies, or is in a stripe with all its members, or is on the PFS."""
-        protected = degraded = lost = 0
         with self._lock:
             rows = self._db.execute("SELECT chunk_map, lost, persisted FROM versions WHERE ns=? AND in_memory=1",
                                     (namespace,)).fetchall()
+        states: list[str] = []
         # Status and every /metrics scrape ask: the lock is taken a batch of versions at a time, so
         # that commits go on meanwhile, and maps without stripes are checked on their bytes.
         for start in range(0, len(rows), 64):
             with self._lock:
                 numbers = self._index.numbers(alive)
                 for blob, is_lost, persisted in rows[start:start + 64]:
-                    if is_lost:
-                        lost += 1
-                        continue
-                    if persisted:
-                        short = False
-                    elif redundancy.parity:
-                        short = self._short(namespace, blob, redundancy, alive)
-                    else:
-                        short = self._index.short_of(namespace, blob, redundancy.copies, numbers)
-                    if short:
-                        degraded += 1
-                    else:
-                        protected += 1
-        return protected, degraded, lost
+                    state = settled(bool(is_lost), bool(persisted))
+                    if state is None:
+                        short = (self._short(namespace, blob, redundancy, alive) if redundancy.parity else
+                                 self._index.short_of(namespace, blob, redundancy.copies, numbers))
+                        state = by_chunks(short)
+                    states.append(state)
+        return tally(states)
 

@@ -10,7 +10,7 @@ from memstage.chunks import ChunkKey
 from memstage.manager.catalog.records import Freed, Names
 from memstage.manager.catalog.store import CatalogStore
 from memstage.manager.chunkindex import Holders, IndexKey
-from memstage.manager.stripes import ABSENT, Stripe
+from memstage.manager.stripes import ABSENT, Copies, Spread, Stripe, beyond, recoverable, spread
 from memstage.redundancy import Redundancy
 
 
@@ -20,42 +20,23 @@ class StripeTable(CatalogStore):
             self._next_stripe += 1
             return self._next_stripe
 
-    def _spread(self, stripe: Stripe, alive: Names) -> tuple[int, list[int]]:
-        """(members readable, members to rebuild): a member is readable from a live benefactor, or
-        from the PFS (a data member); it is to rebuild when it is not readable, or when its only
-        benefactors each hold another member already (one loss would cost the stripe two)."""
-        readable, rebuild, used = 0, list[int](), set[str]()
-        for i, key in enumerate(stripe.members):
-            ik = (stripe.namespace, key)
-            if key == ABSENT or (i < stripe.k and self._index.drained(ik)):
-                readable += 1
-                continue
-            live = alive.intersection(self._index.locations(ik))
-            if not live:
-                rebuild.append(i)
-                continue
-            readable += 1
-            if live - used:
-                used.add(min(live - used))
-            else:
-                rebuild.append(i)
-        return readable, rebuild
-
-    def _available(self, stripe: Stripe, alive: Names) -> int:
-        return self._spread(stripe, alive)[0]
+    def _spread(self, stripe: Stripe, alive: Names) -> Spread:
+        """(under the lock) How whole the stripe is (manager.stripes.spread)."""
+        iks = [(stripe.namespace, key) for key in stripe.members]
+        return spread(stripe.k, [Copies(True, False, ()) if ik[1] == ABSENT else
+                                 Copies(False, bool(self._index.drained(ik)), self._index.locations(ik))
+                                 for ik in iks], alive)
 
     def _recoverable(self, ik: IndexKey, alive: Names) -> bool:
         """(under the lock) Some stripe of the chunk still has K members to rebuild it from."""
-        return any(self._available(st, alive) >= st.k for st in self._stripes.of(ik))
+        return any(recoverable(st, self._spread(st, alive).readable) for st in self._stripes.of(ik))
 
     def _beyond(self, ik: IndexKey, alive: Names) -> str:
         """Why a chunk in a stripe cannot be rebuilt ("" when it is in none)."""
         stripes = self._stripes.of(ik)
         if not stripes:
             return ""
-        st = stripes[-1]
-        return (f"; chunk {ik[1]} cannot be rebuilt: its stripe (rs:{st.k}+{st.m}) has {self._available(st, alive)} "
-                f"of its {st.k + st.m} members left, {st.k} are needed")
+        return beyond(stripes[-1], ik[1], self._spread(stripes[-1], alive).readable)
 
     def _version_needs(self, ik: IndexKey) -> int:
         """In-memory references of versions (those of stripes not counted)."""
