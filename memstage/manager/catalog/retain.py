@@ -8,8 +8,19 @@ from collections.abc import Iterable
 
 from memstage.manager.catalog.records import Freed, unpack_map
 from memstage.manager.catalog.tree import TreeTable
+from memstage.manager.retention import (
+    EVICT,
+    WAIT,
+    chunk_file_goes,
+    leaves_whole,
+    leaving,
+    past_keep,
+    pfs_expired,
+    series_cutoff,
+)
 
 log = logging.getLogger("memstage.manager.catalog")
+
 
 class RetentionTable(TreeTable):
     def apply_pfs_keep(self, namespace: str, persisted: Iterable[tuple[str, str]]) -> Freed:
@@ -27,19 +38,18 @@ class RetentionTable(TreeTable):
             old: list[tuple[str, int]] = []
             empty: list[tuple[str, int]] = []  # checkpoints that leave the PFS whole
             for name in series:
-                done = [step for step, undrained, on_pfs in self._db.execute(
+                steps = self._db.execute(
                     "SELECT c.step, SUM(v.persist=1 AND v.deferred=0 AND v.persisted=0), SUM(v.persisted) "
                     "FROM checkpoints c JOIN versions v ON v.ns=c.ns AND v.checkpoint=c.series || ':' || c.step "
-                    "WHERE c.ns=? AND c.series=? GROUP BY c.step ORDER BY c.seq DESC", (namespace, name))
-                    if on_pfs and not undrained]
-                for step in done[keep:]:
+                    "WHERE c.ns=? AND c.series=? GROUP BY c.step ORDER BY c.seq DESC", (namespace, name)).fetchall()
+                for step in pfs_expired(steps, keep):
                     old += self._db.execute("SELECT path, version FROM versions WHERE ns=? AND checkpoint=? AND "
                                             "persist=1", (namespace, f"{name}:{step}")).fetchall()
                     empty.append((name, step))
             for path in paths:
                 rows = self._db.execute("SELECT version FROM versions WHERE ns=? AND path=? AND persisted=1 AND "
                                         "checkpoint='' ORDER BY version DESC", (namespace, path)).fetchall()
-                old += [(path, v) for (v,) in rows[keep:]]
+                old += [(path, v) for (v,) in past_keep(rows, keep)]
             if not old:
                 return freed
             with self._transaction():
@@ -51,7 +61,7 @@ class RetentionTable(TreeTable):
                         self._trash_copy(namespace, path, version, pfs_dir, origin, blob)
                         for key in set(unpack_map(blob)):
                             ik = (namespace, key)
-                            if not key.is_hole and self._index.refs(ik) == 1 and self._index.drained(ik):
+                            if not key.is_hole and chunk_file_goes(self._index.refs(ik), bool(self._index.drained(ik))):
                                 # Only this version has the chunk, and it leaves the PFS: so does its file.
                                 self._index.clear_drained(ik)
                                 self._db.execute("DELETE FROM chunks WHERE ns=? AND hash=? AND length=?",
@@ -80,7 +90,7 @@ class RetentionTable(TreeTable):
         with self._lock:
             rows = self._db.execute("SELECT version, persist, persisted FROM versions WHERE ns=? AND path=? AND "
                                     "in_memory=1 ORDER BY version DESC", (namespace, path)).fetchall()
-            old = [(path, *row) for row in rows[keep:]]
+            old = [(path, *row) for row in past_keep(rows, keep)]
             gone: list[int] = []  # steps of checkpoints that leave memory whole
             row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? ORDER BY version DESC "
                                    "LIMIT 1", (namespace, path)).fetchone()
@@ -93,12 +103,12 @@ class RetentionTable(TreeTable):
                 # thousands of older ones cost nothing per commit.
                 for (step,) in self._db.execute(
                         "SELECT step FROM checkpoints WHERE ns=? AND series=? AND seq < ? AND left_memory=0",
-                        (namespace, series, newest - keep)).fetchall():
+                        (namespace, series, series_cutoff(newest, keep))).fetchall():
                     rows = self._db.execute("SELECT path, version, persist, persisted FROM versions WHERE ns=? AND "
                                             "checkpoint=? AND in_memory=1",
                                             (namespace, f"{series}:{step}")).fetchall()
                     old += rows
-                    if all(persisted or not persist for _, _, persist, persisted in rows):
+                    if leaves_whole((bool(persist), bool(persisted)) for _, _, persist, persisted in rows):
                         gone.append(step)  # all of it leaves memory now
             if not old and not gone:
                 return freed
@@ -107,9 +117,8 @@ class RetentionTable(TreeTable):
                     self._db.executemany("UPDATE checkpoints SET left_memory=1 WHERE ns=? AND series=? AND step=?",
                                          [(namespace, series, step) for step in gone])
                 for old_path, version, persist, persisted in old:
-                    if persisted:
-                        freed.update(self._drop_version(namespace, old_path, version, keep_record=True))
-                    elif not persist:
-                        freed.update(self._drop_version(namespace, old_path, version, keep_record=False))
+                    action = leaving(bool(persist), bool(persisted))
+                    if action != WAIT:
+                        freed.update(self._drop_version(namespace, old_path, version, keep_record=action == EVICT))
         return freed
 

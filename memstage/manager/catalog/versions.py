@@ -24,6 +24,7 @@ from memstage.manager.catalog.records import (
 )
 from memstage.manager.checkpoints import EXPLICIT, StepName, series_dir, step_of, under
 from memstage.manager.nodes import FILE, Attrs, Node
+from memstage.manager.retention import selected
 
 
 class VersionTable(DrainTable, Accounts):
@@ -165,7 +166,7 @@ class VersionTable(DrainTable, Accounts):
                 if row[1]:  # a late file of a checkpoint that had left memory: retention looks again
                     self._db.execute("UPDATE checkpoints SET left_memory=0 WHERE ns=? AND series=? AND step=?",
                                      (namespace, name.series, name.step))
-            return f"{name.series}:{name.step}", _selected(seq, every), False
+            return f"{name.series}:{name.step}", selected(seq, every), False
         # A file beside (or under the directory of) a step series is that series' pointer or side
         # file: it belongs to the series' newest checkpoint.
         newest = None
@@ -175,8 +176,8 @@ class VersionTable(DrainTable, Accounts):
             if under(path, series_dir(series)) and (newest is None or started > newest[3]):
                 newest = (series, step, seq, started)
         if newest is not None:
-            return f"{newest[0]}:{newest[1]}", _selected(newest[2], every), True
-        return "", _selected(version, every), False
+            return f"{newest[0]}:{newest[1]}", selected(newest[2], every), True
+        return "", selected(version, every), False
 
     def version(self, namespace: str, path: str, version: int = 0) -> VersionRecord:
         """A committed version (0 = the latest); NotFound if there is none."""
@@ -254,8 +255,3 @@ class VersionTable(DrainTable, Accounts):
         return [NamespaceSummary(ns, f, v, b or 0, *usage.get(ns, (0, 0))) for ns, f, v, b in rows]
 
 
-
-def _selected(seq: int, every: int) -> bool:
-    """persist_every N selects the first checkpoint (so a job that dies early has one on the PFS)
-    and every N-th; 0 selects none."""
-    return every > 0 and (seq == 1 or seq % every == 0)
