@@ -8,16 +8,17 @@ import time
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
-from memstage.errors import InvalidPath
+from memstage.manager import drainrules
 from memstage.manager.catalog.chunktable import ChunkTable
 from memstage.manager.catalog.records import Backlog, DrainOutcome, DrainTask, Names, unpack_map
 from memstage.manager.catalog.store import PFS_CHECK_AHEAD
 from memstage.manager.catalog.trash import PfsCopies
 from memstage.manager.chunkindex import IndexKey
 from memstage.manager.drainqueue import Group, Member, split_task_id, task_id
-from memstage.paths import split_drained
+from memstage.manager.drainrules import CHECK_PFS, LOST, MOVE, WAIT, drained_under, drainer, missing_reason, next_holder
 
 log = logging.getLogger("memstage.manager.catalog")
+
 
 class DrainTable(ChunkTable, PfsCopies):
     def _queue_drain(self, namespace: str, path: str, version: int, chunks: Sequence[tuple[ChunkKey, Sequence[str]]],
@@ -46,18 +47,9 @@ class DrainTable(ChunkTable, PfsCopies):
         return queued
 
     def _drainer_for(self, ik: IndexKey, alive: Names) -> str:
-        """The benefactor to drain a chunk: one that holds it (the same one for every copy, so
-        duplicates queue in order behind the first and become links); any live one to link a
-        chunk already drained, or to write a hole's empty file; "" when nobody can (the version is
-        then lost)."""
-        if ik[1].is_hole:
-            return min(alive) if alive else ""
-        holder = self._index.first_holder(ik, alive)
-        if holder:
-            return holder
-        if self._index.drained(ik) and alive:
-            return min(alive)
-        return ""
+        """(under the lock) The benefactor to drain a chunk (manager.drainrules.drainer)."""
+        return drainer(ik[1].is_hole, "" if ik[1].is_hole else self._index.first_holder(ik, alive),
+                       bool(self._index.drained(ik)), alive)
 
     def _checkpoint_persisted(self, namespace: str, checkpoint: str) -> bool:
         """(under self._lock) Every version of the checkpoint but its pointer files is on the PFS."""
@@ -122,7 +114,7 @@ class DrainTable(ChunkTable, PfsCopies):
                         self._trash_stray(drained)
                     continue
                 ns, path, version = vk = group.version_key
-                if drained and not _drained_under(drained, ns):
+                if drained and not drained_under(drained, ns):
                     # Never readable through a grant for this namespace: the task stays queued.
                     log.warning("drain report from %s names %r for %s:%s: not a chunk file of namespace %s; "
                                 "ignored", benefactor_id, drained, ns, path, ns)
@@ -133,8 +125,7 @@ class DrainTable(ChunkTable, PfsCopies):
                 if error:
                     # This version cannot go to the PFS: it stays in memory (retention keeps a version
                     # selected for persistence until it is drained), and the tasks behind it go on.
-                    self._db.execute("UPDATE versions SET drain_error=? WHERE ns=? AND path=? AND version=?",
-                                     (error, ns, path, version))
+                    self._set_version(ns, path, version, drainrules.failed(error))
                     self._drains.drop_version(ns, path, version)
                     dropped.add(vk)
                     failed.append((ns, path, version, error))
@@ -145,17 +136,17 @@ class DrainTable(ChunkTable, PfsCopies):
                     if held:
                         self._log().delete(ns, ik[1], benefactor_id)
                     # Not in its memory, and (it looked) not on the PFS: another holder, or lost.
-                    owner = self._drainer_for(ik, alive - {benefactor_id})
-                    if owner:
+                    others = alive - {benefactor_id}
+                    owner = self._drainer_for(ik, others)
+                    step = next_holder(owner, not owner and self._recoverable(ik, others), False, others)
+                    if step.kind == MOVE:
                         moved.setdefault((gid, owner), []).append(m)
                         self._queued({owner})
-                    elif self._recoverable(ik, alive - {benefactor_id}):
+                    elif step.kind == WAIT:
                         # Its stripe rebuilds it in memory; the task waits for a holder.
                         moved.setdefault((gid, ""), []).append(m)
                     else:
-                        reason = (f"chunk {m.key} was not on benefactor {benefactor_id} when it was drained"
-                                  if held else f"chunk {m.key} was held only by benefactors that are gone, "
-                                  "and its chunk file is not on the PFS")
+                        reason = missing_reason(m.key, benefactor_id, bool(held))
                         self._mark_lost(ns, path, version, reason)
                         dropped.add(vk)
                         lost.append((ns, path, version, reason))
@@ -180,8 +171,7 @@ class DrainTable(ChunkTable, PfsCopies):
             for ns, path, version in touched - dropped:
                 if not self._drains.has_version(ns, path, version):
                     # Every chunk file is on the PFS: persisted, whatever was feared lost meanwhile.
-                    self._db.execute("UPDATE versions SET persisted=1, lost=0, lost_reason='' WHERE ns=? AND "
-                                     "path=? AND version=?", (ns, path, version))
+                    self._set_version(ns, path, version, drainrules.persisted())
                     persisted.add((ns, path))
                     row = self._db.execute("SELECT checkpoint FROM versions WHERE ns=? AND path=? AND version=?",
                                            (ns, path, version)).fetchone()
@@ -192,11 +182,15 @@ class DrainTable(ChunkTable, PfsCopies):
                         self._release_pointers(ns, row[0], alive, time.time())
         return DrainOutcome(persisted, lost, failed, drained_bytes, on_pfs, newly)
 
+    def _set_version(self, ns: str, path: str, version: int, columns: dict[str, object]) -> None:
+        """(inside a transaction) A drain outcome's changes to a version's row (manager.drainrules)."""
+        self._db.execute(f"UPDATE versions SET {', '.join(f'{c}=?' for c in columns)} WHERE ns=? AND path=? AND "
+                         "version=?", (*columns.values(), ns, path, version))
+
     def _mark_lost(self, ns: str, path: str, version: int, reason: str, keep_tasks: bool = False) -> None:
         """Inside a transaction: the version cannot be read or drained any more (keep_tasks: unless
         its drain, taken up again later, finds its chunk files on the PFS after all)."""
-        self._db.execute("UPDATE versions SET lost=1, lost_reason=? WHERE ns=? AND path=? AND version=?",
-                         (reason, ns, path, version))
+        self._set_version(ns, path, version, drainrules.lost(reason))
         if not keep_tasks:
             self._drains.drop_version(ns, path, version)
 
@@ -234,19 +228,19 @@ class DrainTable(ChunkTable, PfsCopies):
                     for m in group.members.values():
                         ik = (group.ns, m.key)
                         owner = self._drainer_for(ik, candidates)
-                        if not owner and self._recoverable(ik, candidates):
+                        step = next_holder(owner, not owner and self._recoverable(ik, candidates), check_pfs,
+                                           candidates)
+                        if step.kind == WAIT:
                             # Its stripe rebuilds it in memory: the task waits (unassigned) for that holder.
                             by_owner.setdefault("", []).append(m)
-                            continue
-                        if not owner and check_pfs:
-                            owner = min(candidates)
-                            checks.setdefault(owner, []).append(m)  # a look at the PFS: ahead of the queue
-                            continue
-                        if not owner:
+                        elif step.kind == CHECK_PFS:
+                            checks.setdefault(step.owner, []).append(m)  # a look at the PFS: ahead of the queue
+                        elif step.kind == LOST:
                             lost.append(group.version_key)
                             self._mark_lost(group.ns, group.path, group.version, reason)
                             break
-                        by_owner.setdefault(owner, []).append(m)
+                        else:
+                            by_owner.setdefault(step.owner, []).append(m)
                     else:
                         # The tasks keep their place in the queue under their new owners; those
                         # whose chunk nobody holds go first: until their PFS copy is found their
@@ -309,12 +303,3 @@ class DrainTable(ChunkTable, PfsCopies):
     def backlog(self) -> dict[str, Backlog]:
         with self._lock:
             return {bf: Backlog(n, oldest) for bf, (n, oldest) in self._drains.backlog().items()}
-
-
-
-def _drained_under(drained: str, namespace: str) -> bool:
-    try:
-        return split_drained(drained)[0] == namespace
-    except InvalidPath:
-        return False
-
