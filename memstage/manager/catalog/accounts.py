@@ -52,27 +52,19 @@ class Accounts(CatalogStore):
                            bool(row[6])) if row else self.default_policy)
             return policy
 
-    def parity_namespaces(self) -> dict[str, Redundancy]:
-        """Namespaces whose policy keeps Reed-Solomon stripes (rs:K+M) -> their policy."""
+    def _redundancies(self) -> dict[str, Redundancy]:
+        """The redundancy of every namespace holding versions."""
         with self._lock:
             namespaces = {ns for (ns,) in self._db.execute("SELECT DISTINCT ns FROM versions")}
-        out = {}
-        for ns in namespaces:
-            r = Redundancy.parse(self.policy(ns).redundancy)
-            if r.parity:
-                out[ns] = r
-        return out
+        return {ns: Redundancy.parse(self.policy(ns).redundancy) for ns in namespaces}
+
+    def parity_namespaces(self) -> dict[str, Redundancy]:
+        """Namespaces whose policy keeps Reed-Solomon stripes (rs:K+M) -> their policy."""
+        return {ns: r for ns, r in self._redundancies().items() if r.parity}
 
     def replicated_namespaces(self) -> dict[str, int]:
         """Namespaces whose policy keeps more than one copy of each chunk -> copies."""
-        with self._lock:
-            namespaces = {ns for (ns,) in self._db.execute("SELECT DISTINCT ns FROM versions")}
-        out = {}
-        for ns in namespaces:
-            copies = Redundancy.parse(self.policy(ns).redundancy).copies
-            if copies > 1:
-                out[ns] = copies
-        return out
+        return {ns: r.copies for ns, r in self._redundancies().items() if r.copies > 1}
 
     def set_policy(self, namespace: str, policy: Policy) -> None:
         if policy.keep_versions < 1:
@@ -124,4 +116,3 @@ class Accounts(CatalogStore):
             rows = self._db.execute("SELECT id, grants, created_at, revoked, note FROM tokens "
                                     "ORDER BY created_at").fetchall()
         return [(i, json.loads(g), at, bool(r), note) for i, g, at, r, note in rows]
-

@@ -224,4 +224,3 @@ def _names(value: object) -> list[str]:
         except (InvalidPath, TypeError, AttributeError):
             continue
     return out
-

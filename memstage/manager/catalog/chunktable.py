@@ -152,4 +152,3 @@ class ChunkTable(StripeTable):
                         state = by_chunks(short)
                     states.append(state)
         return tally(states)
-

@@ -142,4 +142,3 @@ def unpack_map(blob: bytes) -> tuple[ChunkKey, ...]:
 
 _VERSION_COLUMNS = ("version, size, committed_at, chunk_map, persist, persisted, in_memory, lost, lost_reason, "
                     "drain_error")
-

@@ -121,4 +121,3 @@ class RetentionTable(TreeTable):
                     if action != WAIT:
                         freed.update(self._drop_version(namespace, old_path, version, keep_record=action == EVICT))
         return freed
-

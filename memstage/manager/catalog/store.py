@@ -249,4 +249,3 @@ class CatalogStore(NodeTable):
         """Several metadata changes made atomically (not around calls that open their own)."""
         with self._lock, self._transaction():
             yield
-

@@ -119,4 +119,3 @@ class StripeTable(CatalogStore):
     def stripe_count(self) -> int:
         with self._lock:
             return len(self._stripes)
-

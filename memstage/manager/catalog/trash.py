@@ -102,4 +102,3 @@ class PfsCopies(CatalogStore):
             names = {d for (d,) in self._db.execute("SELECT drained FROM chunks WHERE ns=? AND drained IS NOT NULL",
                                                     (namespace,))}
         return versions, names
-

@@ -140,4 +140,3 @@ class TreeTable(VersionTable):
                 self._drains.drop_where("ns=? AND path=?", (namespace, path))
                 self.drop_node(namespace, path)
             return len(rows), freed
-

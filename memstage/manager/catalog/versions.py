@@ -253,5 +253,3 @@ class VersionTable(DrainTable, Accounts):
                 "SELECT ns, COUNT(DISTINCT path), COUNT(*), SUM(size) FROM versions GROUP BY ns").fetchall()
             usage = self._index.usage()
         return [NamespaceSummary(ns, f, v, b or 0, *usage.get(ns, (0, 0))) for ns, f, v, b in rows]
-
-
