@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstage.chunks import ChunkKey
-from memstage.manager import catalog as catalog_mod
 from memstage.manager import locationlog
-from memstage.manager.catalog import Catalog, Placed
+from memstage.manager.catalog import Catalog, Placed, pack_map, store
 
 KEYS = [ChunkKey(bytes([i]) * 16, 100 + i) for i in range(1, 5)]
 NAMESPACES = ["a", "b"]
@@ -88,13 +87,13 @@ def test_a_copy_added_again_after_its_benefactor_was_voided_stays():
 
 def _commit(cat: Catalog, path: str, keys: list[ChunkKey], bf: str, packed: bool = False) -> None:
     # packed: as a client's commit of new chunks arrives (logged as one ADDS of the packed keys)
-    placed = Placed(keys, [bf] * len(keys), catalog_mod.pack_map(keys)) if packed else None
+    placed = Placed(keys, [bf] * len(keys), pack_map(keys)) if packed else None
     cat.commit("ns", path, sum(k.length for k in keys), [(k, [bf]) for k in keys], {bf}, placed=placed)
 
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_the_catalog_keeps_its_locations_across_compactions_and_restarts(tmp_path, monkeypatch, packed):
-    monkeypatch.setattr(catalog_mod, "LOG_COMPACT_AT", 10)
+    monkeypatch.setattr(store, "LOG_COMPACT_AT", 10)
     cat = Catalog(str(tmp_path))
     keys = [ChunkKey(i.to_bytes(16, "big"), 10) for i in range(1, 41)]
     for n in range(4):

@@ -13,14 +13,16 @@ stripe never sees a partial update: the update-order problem of erasure-coded wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from memstage.chunks import PACKED_KEY, ChunkKey
 from memstage.erasure import ABSENT
 from memstage.manager.chunkindex import IndexKey
 
-__all__ = ["ABSENT", "NewStripe", "Stripe", "StripeIndex", "StripeWork", "group", "targets"]
+__all__ = ["ABSENT", "Copies", "NewStripe", "Spread", "Stripe", "StripeIndex", "StripeWork", "beyond", "group",
+           "recoverable", "spread", "targets"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,54 @@ class StripeIndex:
     def pins(self, ik: IndexKey) -> int:
         """In-memory references the stripes hold on this chunk (one per stripe it is a member of)."""
         return len(self._of.get(ik, ()))
+
+
+class Spread(NamedTuple):
+    """How whole a stripe is: its members readable, and those to rebuild."""
+
+    readable: int
+    rebuild: list[int]
+
+
+class Copies(NamedTuple):
+    """Where a stripe member can be read from, as the catalog knows it."""
+
+    absent: bool  # a zero member: stored nowhere, always readable
+    drained: bool  # its chunk file is on the PFS
+    holders: Collection[str]  # benefactors holding it, live or not
+
+
+def spread(k: int, members: Sequence[Copies], alive: Collection[str]) -> Spread:
+    """How whole a stripe of K data members is. A member is readable if absent, from the PFS (a
+    data member: parity is never drained) or from a live holder; it is to rebuild when it is not
+    readable, or when its live holders each hold another member already (one loss would cost the
+    stripe two)."""
+    readable, rebuild, used = 0, list[int](), set[str]()
+    for i, member in enumerate(members):
+        if member.absent or (i < k and member.drained):
+            readable += 1
+            continue
+        live = {bf for bf in member.holders if bf in alive}
+        if not live:
+            rebuild.append(i)
+            continue
+        readable += 1
+        if live - used:
+            used.add(min(live - used))
+        else:
+            rebuild.append(i)
+    return Spread(readable, rebuild)
+
+
+def recoverable(stripe: Stripe, readable: int) -> bool:
+    """A stripe with this many members readable can still rebuild any of the others."""
+    return readable >= stripe.k
+
+
+def beyond(stripe: Stripe, key: ChunkKey, readable: int) -> str:
+    """Why a member of a stripe with `readable` members left cannot be rebuilt (a lost reason's tail)."""
+    return (f"; chunk {key} cannot be rebuilt: its stripe (rs:{stripe.k}+{stripe.m}) has {readable} "
+            f"of its {stripe.k + stripe.m} members left, {stripe.k} are needed")
 
 
 @dataclass(slots=True)
