@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +138,21 @@ def proof_holder(secret: bytes, proof: str, now: float | None = None) -> str:
         return ""
     want = hmac.new(_role_key(secret, who), f"{who}:{window}".encode(), hashlib.sha256).hexdigest()
     return who if hmac.compare_digest(mac, want) else ""
+
+
+def is_benefactor(who: str) -> bool:
+    return who.startswith("b/")
+
+
+def require_proof(secret: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
+                  accept: Callable[[str], bool] = bool,
+                  refusal: str = "only holders of this deployment's cluster secret may call it") -> str:
+    """Who the call's cluster proof names, if it is valid, current and `accept`ed; Unauthenticated
+    (with `refusal`) otherwise. The one check of the cluster secret every role's boundary makes."""
+    who = proof_holder(secret, header(metadata, CLUSTER_HEADER))
+    if not who or not accept(who):
+        raise Unauthenticated(refusal)
+    return who
 
 
 class RoleProof:

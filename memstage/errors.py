@@ -85,6 +85,13 @@ class DataLost(MemstageError):
     errno = errno.EIO
 
 
+class DataDamaged(MemstageError):
+    """Stored bytes that cannot be read back as they were written (a damaged or unreadable PFS copy)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    errno = errno.EIO
+
+
 class Conflict(MemstageError):
     """Another writer committed the file since this writer's base version: lay the changes over
     the newer version and commit again (the write session is still open)."""

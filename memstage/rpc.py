@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -77,31 +78,35 @@ def bind(server: grpc.Server, address: str, setting: str, tls: Tls | None = None
     return f"{host}:{port}"
 
 
+Pairs = tuple[tuple[str, Any], ...]
+# What to send with a call, from its method's name and its request (None for a stream of them).
+Credentials = Callable[[str, Any], Pairs]
+
+
 class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds metadata (a credential) to every call on a channel; a value may be a callable, asked at
-    each call (a proof that changes with time)."""
+    """Adds metadata (a credential) to every call on a channel, as `credentials` says for the call."""
 
-    def __init__(self, pairs: tuple[tuple[str, Any], ...]) -> None:
-        self._pairs = pairs
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
 
-    def _details(self, details: Any) -> Any:
-        pairs = tuple((k, v() if callable(v) else v) for k, v in self._pairs)
+    def _details(self, details: Any, request: Any) -> Any:
+        pairs = self._credentials(details.method.rsplit("/", 1)[-1], request)
         return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), *pairs),
                             details.credentials, getattr(details, "wait_for_ready", None),
                             getattr(details, "compression", None))
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+        return continuation(self._details(details, request), request)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+        return continuation(self._details(details, request), request)
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
+        return continuation(self._details(details, None), requests)
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
+        return continuation(self._details(details, None), requests)
 
 
 class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
@@ -110,6 +115,15 @@ class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", 
     pass
 
 
-def with_metadata(ch: grpc.Channel, pairs: tuple[tuple[str, Any], ...]) -> grpc.Channel:
-    """The channel, sending these metadata pairs with every call (none: the channel as it is)."""
-    return grpc.intercept_channel(ch, _Metadata(pairs)) if pairs else ch
+def with_metadata(ch: grpc.Channel, pairs: Pairs) -> grpc.Channel:
+    """The channel, sending these metadata pairs with every call (none: the channel as it is); a
+    value may be a callable, asked at each call (a proof that changes with time)."""
+    if not pairs:
+        return ch
+    return with_credentials(ch, lambda method, request: tuple((k, v() if callable(v) else v) for k, v in pairs))
+
+
+def with_credentials(ch: grpc.Channel, credentials: Credentials) -> grpc.Channel:
+    """The channel, sending with each call what `credentials` gives for it (a grant that depends
+    on the namespace the request names, say): the one place a client attaches credentials."""
+    return grpc.intercept_channel(ch, _Metadata(credentials))

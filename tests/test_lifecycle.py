@@ -314,8 +314,8 @@ def test_one_write_buffer_per_client_bounds_all_its_files_together(local_cluster
 
 
 def test_a_stream_takes_nothing_after_its_end(local_cluster):
-    from memstage.client.transport import GrpcTransport, encode_chunk
-    from memstage.client.writestate import Placement
+    from memstage.placement import Placement
+    from memstage.transport import GrpcTransport, encode_chunk
 
     cluster = local_cluster(benefactors=1)
     bf = cluster.benefactors[0]

@@ -209,7 +209,7 @@ def test_paths():
 
 
 def test_big_chunks_span_several_frames():
-    from memstage.client.transport import encode_chunk
+    from memstage.transport import encode_chunk
 
     data = memoryview(os.urandom(MAX_FRAME_DATA * 2 + 5))
     frames = encode_chunk("ns", 1, 3, ChunkKey.of(data), data)

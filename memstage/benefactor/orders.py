@@ -21,13 +21,13 @@ import grpc
 from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
 from memstage.chunks import HASH_BYTES, HELD_PACKED, ChunkKey
-from memstage.client.connections import Connections
-from memstage.client.stripes import StripeUnavailable, build_member
-from memstage.client.transport import GrpcTransport
 from memstage.paths import split_drained
+from memstage.peers import Peers, proof_credentials
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
+from memstage.stripes import StripeUnavailable, build_member
 from memstage.tls import Tls
+from memstage.transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class OrderLoop:
         self._copying: list[Future[manager_pb2.CopyResult]] = []
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
-        self._transport = GrpcTransport(Connections(manager="", timeout=CONTROL_TIMEOUT_S,
-                                                    cluster_proof=cluster_proof, tls=tls))
+        self._transport = GrpcTransport(Peers(CONTROL_TIMEOUT_S, tls, proof_credentials(cluster_proof)))
         self._lock = threading.Lock()  # the sequence of orders carried out (_epoch, _acked, _copying)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)

@@ -15,12 +15,14 @@ from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry
 
 from memstage import auth
+from memstage.benefactor.access import BenefactorAccess
 from memstage.benefactor.drain import DrainLoop
 from memstage.benefactor.heartbeat import Heartbeat
 from memstage.benefactor.metrics import BenefactorMetrics
 from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
+from memstage.boundary import Boundary
 from memstage.errors import SettingError
 from memstage.metrics import serve_metrics
 from memstage.proto import benefactor_pb2, manager_pb2
@@ -54,9 +56,14 @@ class BenefactorServer:
         self.store = ChunkStore(capacity=settings.memory)
         self.registry = CollectorRegistry()
         metrics = BenefactorMetrics(self.registry, self.store, self._drain_state)
-        self.service = BenefactorService(self.store, self.id, metrics, receipt_key, secret)
+        self.service = BenefactorService(self.store, self.id, metrics, receipt_key)
+        # Who may call (None: --insecure, nothing is checked); the manager's revocations reach it.
+        self.access = (BenefactorAccess(secret, self.id, lambda reason: metrics.refused.labels(reason).inc())
+                       if secret is not None else None)
+        boundary = Boundary(f"benefactor {self.id}", self.access)
         # One thread per concurrent stream; puts from many clients each hold one.
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS,
+                                   interceptors=[boundary])
         self._server.add_generic_rpc_handlers((self.service.handler(),))
         tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", tls)
@@ -68,8 +75,8 @@ class BenefactorServer:
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained,
-                                on_revoked=self.service.revoke)
-        self.heartbeat.on_revoked = self.service.revoke
+                                on_revoked=self._revoke)
+        self.heartbeat.on_revoked = self._revoke
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
         self.service.incarnation = self.incarnation
@@ -89,6 +96,10 @@ class BenefactorServer:
         if request.orders:  # pushed before: fetched unless carried out already
             self.orders.told(request.orders_epoch, request.orders_last)
         return 0, 0
+
+    def _revoke(self, token_ids: list[str]) -> None:
+        if self.access is not None:
+            self.access.revoke(token_ids)
 
     def _drain_state(self) -> tuple[int, bool]:
         return self.drain.drained_bytes, bool(self.drain.error)

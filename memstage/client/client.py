@@ -30,12 +30,12 @@ from memstage.client.files import ReadFile, UpdateFile, WriteFile, check_mode
 from memstage.client.filestat import FileStat
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
-from memstage.client.transport import ChunkTransport, GrpcTransport
 from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
 from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound, Unavailable
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
+from memstage.transport import ChunkTransport, GrpcTransport
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
-from memstage.client.stripes import StripeUnavailable, build_member
-from memstage.client.transport import ChunkTransport, read_from_memory, read_from_pfs
 from memstage.errors import DataLost, MemstageError
 from memstage.proto import common_pb2, manager_pb2
+from memstage.stripes import StripeUnavailable, build_member
+from memstage.transport import ChunkTransport, read_from_memory, read_from_pfs
 
 
 class VersionReader:

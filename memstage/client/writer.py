@@ -32,23 +32,22 @@ from dataclasses import dataclass
 from memstage import commitpack
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
-from memstage.client.transport import ChunkStream, ChunkTransport, GrpcTransport
 from memstage.client.writestate import (
     Ask,
     CloseStreams,
     Failed,
     Instruction,
     NeedMap,
-    Placement,
     Release,
     Resolved,
     Send,
-    StreamEnd,
     WriteState,
 )
 from memstage.errors import Conflict, DataLost, DeploymentFull, MemstageError, Unavailable
+from memstage.placement import Placement, StreamEnd
 from memstage.proto import common_pb2, manager_pb2
 from memstage.settings import ClientSettings
+from memstage.transport import ChunkStream, ChunkTransport, GrpcTransport
 
 log = logging.getLogger(__name__)
 

@@ -11,29 +11,12 @@ so the thread that posts an event never waits inside it.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from memstage.chunks import ChunkKey
 from memstage.errors import ChunkRejected, DataLost, MemstageError, QuotaExceeded
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """One entry of a striping map."""
-
-    id: str
-    address: str
-
-
-class StreamEnd(enum.Enum):
-    """Why a benefactor's stream ended, in the transport's words."""
-
-    DONE = "done"  # closed after everything was acknowledged
-    FULL = "full"  # the benefactor refused for lack of space
-    REJECTED = "rejected"  # the benefactor refused a chunk's bytes (hash mismatch)
-    FAILED = "failed"  # unreachable, crashed, cancelled
+from memstage.placement import Placement, StreamEnd
 
 
 # -- instructions ----------------------------------------------------------------------------------

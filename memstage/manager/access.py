@@ -69,11 +69,10 @@ class Access:
         if self.secret is None:
             return EVERYONE
         if method in BENEFACTOR:
-            who = auth.proof_holder(self.secret, auth.header(metadata, auth.CLUSTER_HEADER))
-            if not who.startswith("b/"):
-                raise Unauthenticated(f"{method}: only benefactors holding this deployment's cluster secret may call "
-                                      "it (benefactor --cluster-secret), with a current proof (are the clocks "
-                                      "within a minute?)")
+            who = auth.require_proof(self.secret, metadata, auth.is_benefactor,
+                                     f"{method}: only benefactors holding this deployment's cluster secret may "
+                                     "call it (benefactor --cluster-secret), with a current proof (are the clocks "
+                                     "within a minute?)")
             return Caller(benefactor=True, token_id=who)
         bearer = auth.header(metadata, auth.TOKEN_HEADER)
         if not bearer.startswith("Bearer "):

@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 
 from memstage import auth
-from memstage.errors import MemstageError
+from memstage.boundary import Authenticator, Boundary, Metadata
+from memstage.errors import MemstageError, NotFound
 from memstage.manager.beatdesk import Beat, BeatDesk
 from memstage.manager.wakes import WakeSender
 from memstage.proto import manager_pb2
@@ -40,25 +41,31 @@ THREADS = 8
 MANAGER_SERVICE = manager_pb2.DESCRIPTOR.services_by_name["Manager"].full_name
 
 
-class BeatServicer:
-    """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port."""
+def authenticator(secret: bytes) -> Authenticator:
+    """The heartbeat port's check: a benefactor's own current cluster proof, for its id alone."""
 
-    def __init__(self, desk: BeatDesk, lock: threading.Lock, secret: bytes | None, epoch: int = 0) -> None:
+    def authenticate(method: str, metadata: Metadata, request: Any) -> str:
+        return auth.require_proof(
+            secret, metadata, lambda who: who == auth.benefactor_role(request.benefactor_id),
+            "Heartbeat: only benefactors holding this deployment's cluster secret may call it "
+            "(benefactor --cluster-secret)")
+
+    return authenticate
+
+
+class BeatServicer:
+    """Heartbeat only: every other method of the Manager service is UNIMPLEMENTED on this port.
+    The boundary has checked the caller's cluster proof."""
+
+    def __init__(self, desk: BeatDesk, lock: threading.Lock, epoch: int = 0) -> None:
         self.desk = desk
         self.lock = lock
-        self.secret = secret  # None when the manager runs --insecure
         self.epoch = epoch  # the manager process's (its orders are numbered in it)
         self.port = 0
 
     def Heartbeat(self, request: manager_pb2.HeartbeatRequest, context: grpc.ServicerContext
                   ) -> manager_pb2.HeartbeatReply:
         arrived = time.monotonic()
-        if self.secret is not None:
-            given = auth.header(context.invocation_metadata(), auth.CLUSTER_HEADER)
-            if auth.proof_holder(self.secret, given) != auth.benefactor_role(request.benefactor_id):
-                log.warning("heartbeat from %s refused: no valid cluster proof", context.peer())
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "Heartbeat: only benefactors holding this "
-                              "deployment's cluster secret may call it (benefactor --cluster-secret)")
         s = request.stats
         beat = Beat(request.benefactor_id, request.incarnation, arrived,
                     (s.memory_capacity, s.memory_used, s.drain_backlog, s.chunk_count, s.drain_error,
@@ -66,8 +73,8 @@ class BeatServicer:
         with self.lock:
             answer = self.desk.beat(beat)
         if answer is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"heartbeat port: benefactor {request.benefactor_id} is not "
-                          "known here as this process; send the heartbeat to the manager's port")
+            raise NotFound(f"heartbeat port: benefactor {request.benefactor_id} is not known here as this process; "
+                           "send the heartbeat to the manager's port")
         return manager_pb2.HeartbeatReply(known=True, heartbeat_interval_seconds=answer.interval,
                                           orders_waiting=answer.orders_waiting, drain_waiting=answer.drain_waiting,
                                           heartbeat_port=self.port, orders_last=answer.orders_last,
@@ -78,8 +85,10 @@ def serve(conn: Connection, config: dict[str, Any]) -> None:
     desk = BeatDesk()
     lock = threading.Lock()
     secret = bytes.fromhex(config["secret"]) if config["secret"] else None
-    servicer = BeatServicer(desk, lock, secret, config.get("epoch", 0))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS)
+    servicer = BeatServicer(desk, lock, config.get("epoch", 0))
+    boundary = Boundary("heartbeat process", authenticator(secret) if secret is not None else None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=THREADS), options=CONTROL_SERVER_OPTIONS,
+                         interceptors=[boundary])
     # Heartbeat alone is registered: gRPC answers any other method UNIMPLEMENTED by itself, without
     # calling into a servicer that would log a traceback for each such call.
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(MANAGER_SERVICE, {

@@ -1,4 +1,5 @@
-"""ChunkTransport: how chunks move between a client and benefactors, behind one small interface.
+"""ChunkTransport: how chunks move between a client (or a benefactor copying from its peers) and
+benefactors, behind one small interface.
 
 The writer's state machine and the reader speak only of placements, sequence numbers, receipts,
 StreamEnd reasons and ChunkUnavailable; GrpcTransport maps them to the Benefactor service (Put
@@ -16,9 +17,9 @@ from typing import Protocol
 import grpc
 
 from memstage.chunks import MAX_FRAME_DATA, ChunkKey
-from memstage.client.connections import Connections
-from memstage.client.writestate import Placement, StreamEnd
 from memstage.frames import encode_put_frame
+from memstage.peers import BenefactorCalls
+from memstage.placement import Placement, StreamEnd
 from memstage.proto import benefactor_pb2, common_pb2
 
 OnAck = Callable[[int, bytes], None]  # seq, receipt
@@ -80,7 +81,7 @@ _END_BY_CODE = {
 class GrpcChunkStream:
     """One Put call to one benefactor; chunks queue up and are acknowledged one by one."""
 
-    def __init__(self, conn: Connections, placement: Placement, on_ack: OnAck, on_end: OnEnd) -> None:
+    def __init__(self, conn: BenefactorCalls, placement: Placement, on_ack: OnAck, on_end: OnEnd) -> None:
         self.placement = placement
         self._closed = False
         self._on_ack = on_ack
@@ -141,7 +142,7 @@ class GrpcChunkStream:
 
 
 class GrpcTransport:
-    def __init__(self, conn: Connections) -> None:
+    def __init__(self, conn: BenefactorCalls) -> None:
         self.conn = conn
 
     def encode(self, namespace: str, session: int, seq: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:

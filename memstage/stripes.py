@@ -8,9 +8,9 @@ import time
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
-from memstage.client.transport import ChunkTransport, read_from_memory, read_from_pfs
 from memstage.erasure import ABSENT, Codec
 from memstage.proto import common_pb2, manager_pb2
+from memstage.transport import ChunkTransport, read_from_memory, read_from_pfs
 
 
 class StripeUnavailable(Exception):
