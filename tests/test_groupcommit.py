@@ -167,8 +167,8 @@ def test_a_commit_recorded_but_not_made_durable_is_refused_and_keeps_its_holds(t
     def failing_sync() -> None:
         raise OSError(5, "fsync: input/output error")
 
-    monkeypatch.setattr(svc._group_commit, "_durable", failing_sync)  # the group's fsync
-    with pytest.raises(RuntimeError, match="INTERNAL"):
+    monkeypatch.setattr(svc.commits.group_commit, "_durable", failing_sync)  # the group's fsync
+    with pytest.raises(OSError, match="input/output error"):  # INTERNAL, across the boundary
         svc.Commit(manager_pb2.CommitRequest(namespace="ns", path="/f", size=30, session=session, packed=packed), ctx)
     held = [o for o in svc.orders.take("b0", 0) if o.hold_hashes or o.hold_packed or o.hold]
     assert held and held[0].hold_hashes == b"".join(k.hash for k in chunks), "the recorded chunks are held"

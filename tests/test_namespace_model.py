@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from prometheus_client import CollectorRegistry
 
 from memstage.chunks import ChunkKey
-from memstage.errors import FsError, MemstageError, from_rpc_error
+from memstage.errors import MemstageError, from_rpc_error
 from memstage.manager.catalog import Catalog
 from memstage.manager.service import ManagerService
 from memstage.proto import manager_pb2
@@ -56,7 +56,7 @@ def outcome(call: Any) -> str:
     except Aborted as e:
         err: MemstageError = from_rpc_error(e, "call")
         return errno.errorcode[err.errno]
-    except FsError as e:
+    except MemstageError as e:  # raised by the servicer called without its boundary
         return errno.errorcode[e.errno]
     return "ok"
 
@@ -214,7 +214,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         m = self.model
         for path in PATHS:
             try:
-                info = self.svc._file_info(NS, path)
+                info = self.svc.reads.file_info(NS, path)
             except MemstageError:
                 info = None
             kind = m.kind(path)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from prometheus_client import CollectorRegistry
 
+from memstage.errors import DeploymentFull
 from memstage.manager.catalog import Catalog
 from memstage.manager.registry import Registry, Stats
 from memstage.manager.service import ManagerService
@@ -150,6 +151,6 @@ def test_a_session_opened_with_a_striping_request_brings_its_first_map(tmp_path)
     huge = manager_pb2.StripingRequest(chunk_size=2 * CAPACITY)  # room on nobody
     full = svc.OpenSession(manager_pb2.OpenSessionRequest(namespace="ns", path="/d", striping=huge), ctx)
     assert full.session and not full.map.benefactors
-    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED|deployment full"):
+    with pytest.raises(DeploymentFull, match="deployment full"):
         svc.GetStripingMap(manager_pb2.StripingRequest(namespace="ns", chunk_size=2 * CAPACITY,
                                                        session=full.session), ctx)

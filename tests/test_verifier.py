@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from memstage import commitpack, receipts
 from memstage.chunks import ChunkKey
-from memstage.manager import service as service_mod
+from memstage.errors import DataLost
+from memstage.manager import commits as service_mod
 from memstage.manager import verifier
 from memstage.manager.catalog import Catalog
 from memstage.manager.service import ManagerService
@@ -85,13 +86,13 @@ def test_large_commits_are_checked_by_a_helper_and_still_checked_when_it_is_kill
         commit("/a")
         helpers = list(svc.receipt_checkers._started)
         assert len(helpers) == 1, "a large commit's receipts went to a helper process"
-        with pytest.raises(RuntimeError, match=f"chunk {n - 5} .* not confirmed by benefactor {names[(n - 5) % 3]}"):
+        with pytest.raises(DataLost, match=f"chunk {n - 5} .* not confirmed by benefactor {names[(n - 5) % 3]}"):
             commit("/forged", forge=n - 5)
         pid = helpers[0].proc.pid
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: helpers[0].proc.poll() is not None, timeout=10, what="the killed helper to exit")
         commit("/b")  # checked in the manager, a new helper started for the next one
-        with pytest.raises(RuntimeError, match=f"chunk 3 .* not confirmed by benefactor {names[0]}"):
+        with pytest.raises(DataLost, match=f"chunk 3 .* not confirmed by benefactor {names[0]}"):
             commit("/forged", forge=3)
         commit("/c")
         assert [p.proc.pid for p in svc.receipt_checkers._started] != [pid]

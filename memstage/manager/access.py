@@ -123,3 +123,16 @@ class Access:
         if not auth.allows(caller.grants, namespace, write):
             raise PermissionDenied(f"permission denied: token grants {auth.describe(caller.grants)}, not "
                                    f"{'write' if write else 'read'} on namespace {namespace}")
+
+
+def authenticator(access: Access, session_namespace: Callable[[int], str | None]
+                  ) -> Callable[[str, Sequence[tuple[str, Any]], Any], Caller]:
+    """The manager's authenticator for its server boundary: who calls, and whether they may make
+    this call (session_namespace: the namespace of an open write session, from the session table)."""
+
+    def authenticate(method: str, metadata: Sequence[tuple[str, Any]], request: Any) -> Caller:
+        caller = access.caller(method, metadata)
+        access.check(method, caller, request, session_namespace)
+        return caller
+
+    return authenticate

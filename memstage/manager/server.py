@@ -15,6 +15,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from memstage import auth
+from memstage.boundary import Boundary, CallMetrics
+from memstage.manager.access import authenticator
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
 from memstage.manager.pfsimport import found_versions
@@ -49,7 +51,10 @@ class ManagerServer:
         self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
         # Many threads: a storm of commits waiting for the catalog must leave threads free for
         # heartbeats (a blocked thread costs no CPU).
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS), options=CONTROL_SERVER_OPTIONS)
+        boundary = Boundary("manager", authenticator(self.service.access, self.service.state.session_namespace),
+                            CallMetrics(self.service.metrics.calls, self.service.metrics.errors))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS), options=CONTROL_SERVER_OPTIONS,
+                                   interceptors=[boundary])
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.address = bind(self._server, settings.listen, "--listen", self.tls)
         self._stop = threading.Event()
