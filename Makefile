@@ -44,8 +44,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy memstage
 
+# Most tests wait on real servers and mounts, not on the CPU: four workers keep two cores busy.
+TEST_WORKERS ?= 4
+
 test: setup test-debs lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: setup
 	$(BIN)/memstage bench
