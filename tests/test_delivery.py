@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from memstage.benefactor.inbox import Inbox
 from memstage.manager.delivery import Delivery, Hint, Notice
@@ -146,6 +146,10 @@ class OrderDelivery(RuleBasedStateMachine):
         self.wakes: list[tuple[int, list[Order]]] = []  # (incarnation, batch), in flight
         self.replies: list[tuple[int, int, int]] = []  # wake replies: (incarnation, epoch, acked)
         self.hints: list[tuple[int, Hint]] = []  # heartbeat replies: (incarnation, hint)
+        # The loop's one fetch under way: its request (incarnation, epoch, acked), then its reply
+        # (incarnation, epoch, orders); wakes arrive meanwhile (on another thread).
+        self.request: tuple[int, int, int] | None = None
+        self.reply: tuple[int, int, list[Order]] | None = None
 
     # -- the manager ---------------------------------------------------------------------------
     @rule(n=st.integers(1, 4))
@@ -179,14 +183,14 @@ class OrderDelivery(RuleBasedStateMachine):
     def benefactor_restarts(self) -> None:
         self.incarnation += 1
         self.inbox, self.look = Inbox(max_pushed=BATCH), False
+        self.reply = None  # the old process is gone (its request may still reach the manager)
         self.manager.reset(BF)  # it registers as a new process
         self.live, self.heard_live = [], False
 
     # -- the network ---------------------------------------------------------------------------
+    @precondition(lambda self: self.wakes)
     @rule(data=st.data(), reply_lost=st.booleans())
     def a_wake_arrives(self, data: st.DataObject, reply_lost: bool) -> None:
-        if not self.wakes:
-            return
         incarnation, batch = self.wakes.pop(data.draw(st.integers(0, len(self.wakes) - 1)))
         if incarnation != self.incarnation:
             return  # another process had the id: ignored
@@ -195,37 +199,55 @@ class OrderDelivery(RuleBasedStateMachine):
         if not reply_lost:
             self.replies.append((incarnation, *self.inbox.ack()))
 
+    @precondition(lambda self: self.wakes)
     @rule(data=st.data())
     def a_wake_is_lost(self, data: st.DataObject) -> None:
-        if self.wakes:
-            self.wakes.pop(data.draw(st.integers(0, len(self.wakes) - 1)))
+        self.wakes.pop(data.draw(st.integers(0, len(self.wakes) - 1)))
 
+    @precondition(lambda self: self.replies)
     @rule(data=st.data(), lost=st.booleans())
     def a_wake_reply_arrives(self, data: st.DataObject, lost: bool) -> None:
-        if not self.replies:
-            return
         incarnation, epoch, acked = self.replies.pop(data.draw(st.integers(0, len(self.replies) - 1)))
         if not lost and incarnation == self.incarnation:
             self.manager.ack(BF, epoch, acked)
 
+    @precondition(lambda self: self.hints)
     @rule(data=st.data(), lost=st.booleans())
     def a_heartbeat_reply_arrives(self, data: st.DataObject, lost: bool) -> None:
-        if not self.hints:
-            return
         incarnation, hint = self.hints.pop(data.draw(st.integers(0, len(self.hints) - 1)))
         if not lost and incarnation == self.incarnation and hint.waiting:
             self.look |= self.inbox.fetch_when_told(hint.epoch, hint.last)
 
-    @rule(outcome=st.sampled_from(["request lost", "reply lost", "delivered"]))
-    def fetch(self, outcome: str) -> None:
-        epoch, acked = self.inbox.ack()
-        if outcome == "request lost":
-            return
-        orders = self.manager.fetch(BF, epoch, acked)
-        if outcome == "reply lost":
-            return
-        self._carry_out(self.epoch, orders, pushed=False)
-        self.look = bool(orders)  # a look that found orders looks again at once
+    @precondition(lambda self: self.reply is None)
+    @rule()
+    def fetch(self) -> None:
+        """The loop asks (a request still on its way when its call timed out may yet arrive)."""
+        self.request = (self.incarnation, *self.inbox.ack())
+
+    @precondition(lambda self: self.request is not None)
+    @rule(lost=st.booleans())
+    def a_fetch_arrives(self, lost: bool) -> None:
+        assert self.request is not None
+        incarnation, epoch, acked = self.request
+        self.request = None
+        if not lost and incarnation == self.incarnation:  # else: not registered as this process
+            self.reply = (incarnation, self.epoch, self.manager.fetch(BF, epoch, acked))
+
+    @precondition(lambda self: self.reply is not None)
+    @rule(lost=st.booleans())
+    def a_fetch_reply_arrives(self, lost: bool) -> None:
+        assert self.reply is not None
+        incarnation, epoch, orders = self.reply
+        self.reply = None
+        if not lost and incarnation == self.incarnation:
+            self._carry_out(epoch, orders, pushed=False)
+            self.look = bool(orders)  # a look that found orders looks again at once
+
+    def _fetched(self) -> None:
+        self.fetch()
+        self.a_fetch_arrives(lost=False)
+        if self.reply is not None:
+            self.a_fetch_reply_arrives(lost=False)
 
     def _carry_out(self, epoch: int, orders: list[Order], pushed: bool) -> None:
         for at in self.inbox.plan(epoch, [o.seq for o in orders], pushed):
@@ -242,6 +264,10 @@ class OrderDelivery(RuleBasedStateMachine):
         """Every message on its way arrives, a heartbeat reply tells what waits, and the loop looks
         while told to: every live order is carried out. Its idle look (the safety net for a lost
         acknowledgement) then empties the manager's queue."""
+        if self.request is not None:
+            self.a_fetch_arrives(lost=False)
+        if self.reply is not None:
+            self.a_fetch_reply_arrives(lost=False)
         while self.wakes or self.replies:
             if self.wakes:
                 incarnation, batch = self.wakes.pop(0)
@@ -260,10 +286,10 @@ class OrderDelivery(RuleBasedStateMachine):
         for _ in range(len(self.live) + 2):
             if not self.look:
                 break
-            self.fetch("delivered")
+            self._fetched()
         assert self._live_done() == self.live, "an order was lost"
-        self.fetch("delivered")  # the idle loop's look
-        self.fetch("delivered")
+        self._fetched()  # the idle loop's look
+        self._fetched()
         assert self.manager.waiting(BF) == 0
 
     def _live_done(self) -> list[int]:
@@ -284,4 +310,4 @@ class OrderDelivery(RuleBasedStateMachine):
 
 
 TestOrderDelivery = OrderDelivery.TestCase
-TestOrderDelivery.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestOrderDelivery.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
