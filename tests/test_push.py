@@ -205,7 +205,7 @@ class PushedAndFetchedOrders(RuleBasedStateMachine):
         """Never sent as such (a wake brings every order waiting), but should one arrive: nothing
         is carried out out of sequence, and the loop is told to fetch."""
         batch = self.manager.batch()
-        if not batch.orders or batch.orders[-1].seq <= self.loop._acked + 1:
+        if not batch.orders or batch.orders[-1].seq <= self.loop.inbox.acked + 1:
             return
         del batch.orders[:-1]
         self.loop.waker._event.clear()
@@ -218,7 +218,7 @@ class PushedAndFetchedOrders(RuleBasedStateMachine):
         loop that has heard of no manager process yet takes it: those orders were meant for it.)"""
         from memstage.proto import manager_pb2
 
-        if not self.loop._epoch:
+        if not self.loop.inbox.epoch:
             return
 
         stale = manager_pb2.OrdersReply(known=True, epoch=self.manager.epoch + 1, orders=[

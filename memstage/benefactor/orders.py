@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import grpc
 
+from memstage.benefactor.inbox import Inbox
 from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
 from memstage.chunks import HASH_BYTES, HELD_PACKED, ChunkKey
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between fetches while the queue is empty
 COPY_WORKERS = 4  # copies and stripe members made at once (each mostly waits on other benefactors)
-MAX_PUSHED = 256  # orders the manager pushes with a wake at most (as many as one fetch gives)
 
 
 def apply_order(store: ChunkStore, order: manager_pb2.Order) -> int:
@@ -79,14 +79,13 @@ class OrderLoop:
         self.id = benefactor_id
         self.incarnation = incarnation
         self._stub = stub
-        self._acked = 0
-        self._epoch = 0  # of the manager process whose orders were acknowledged
+        self.inbox = Inbox()  # the manager process's epoch and the last order carried out
         self._copied: list[manager_pb2.CopyResult] = []  # copy orders done, reported with the next fetch
         self._copying: list[Future[manager_pb2.CopyResult]] = []
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
         self._transport = GrpcTransport(Peers(CONTROL_TIMEOUT_S, tls, proof_credentials(cluster_proof)))
-        self._lock = threading.Lock()  # the sequence of orders carried out (_epoch, _acked, _copying)
+        self._lock = threading.Lock()  # the sequence of orders carried out (inbox, _copying)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
 
@@ -128,8 +127,10 @@ class OrderLoop:
             else:  # a bug: the manager's deadline plans the work again
                 log.error("a copy failed: %r", f.exception())
         reported = len(self._copied)
+        with self._lock:
+            epoch, acked = self.inbox.ack()
         reply = self._stub.Orders(manager_pb2.OrdersRequest(benefactor_id=self.id, incarnation=self.incarnation,
-                                                            acked=self._acked, epoch=self._epoch,
+                                                            acked=acked, epoch=epoch,
                                                             memory_used=self.store.used, copied=self._copied),
                                   timeout=CONTROL_TIMEOUT_S)
         self._copied = []  # delivered (kept for the next fetch when the call failed)
@@ -141,11 +142,9 @@ class OrderLoop:
         order carried out) to acknowledge them."""
         self._carry_out(reply, pushed=True)
         with self._lock:
-            epoch, acked = self._epoch, self._acked
-            copying = bool(self._copying)
-        # The loop fetches what was not carried out here (an order before these missing, or
-        # another manager process's), what may follow a full batch, and reports a copy's result.
-        if (reply.orders and acked < reply.orders[-1].seq) or len(reply.orders) >= MAX_PUSHED or copying:
+            epoch, acked = self.inbox.ack()
+            fetch = self.inbox.fetch_after_push([o.seq for o in reply.orders], bool(self._copying))
+        if fetch:
             self.waker.wake()
         return epoch, acked
 
@@ -155,10 +154,10 @@ class OrderLoop:
         brought it and its acknowledgement is on its way; should that be lost, the idle loop's next
         look acknowledges it). Returns whether the loop was woken."""
         with self._lock:
-            done = bool(last) and epoch == self._epoch and last <= self._acked
-        if not done:
+            fetch = self.inbox.fetch_when_told(epoch, last)
+        if fetch:
             self.waker.wake()
-        return not done
+        return fetch
 
     def _carry_out(self, reply: manager_pb2.OrdersReply, pushed: bool) -> int:
         """Carry out the orders of a reply in sequence, skipping those already done; copies and
@@ -168,15 +167,8 @@ class OrderLoop:
         freed = 0
         held = False
         with self._lock:  # fetched and pushed orders arrive on two threads: one at a time, in sequence
-            if reply.epoch != self._epoch:
-                if pushed and self._epoch:
-                    return len(reply.orders)  # the loop's next fetch says which manager process is current
-                self._epoch, self._acked = reply.epoch, 0  # a restarted manager numbers its orders from 1 again
-            for order in reply.orders:
-                if order.seq <= self._acked:
-                    continue  # fetched again after a lost acknowledgement (or pushed and fetched): done
-                if pushed and order.seq != self._acked + 1:
-                    break  # one before it is missing here: the loop fetches them in sequence
+            for at in self.inbox.plan(reply.epoch, [o.seq for o in reply.orders], pushed):
+                order = reply.orders[at]
                 freed += apply_order(self.store, order)
                 if order.revoked_tokens:
                     self._on_revoked(list(order.revoked_tokens))
@@ -184,7 +176,7 @@ class OrderLoop:
                 for copy in order.copy:
                     work = self._build if copy.HasField("stripe") else self._copy
                     self._copying.append(self._pool.submit(work, order.namespace, copy))
-                self._acked = order.seq
+                self.inbox.applied(order.seq)
         if freed:
             log.debug("freed %d bytes on the manager's orders", freed)
         if held:

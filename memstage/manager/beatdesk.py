@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from memstage.manager.wakes import Flags, Wake
-from memstage.receipts import sign_orders
+from memstage.manager.wakes import Flags, Wake, wake_of
 
 # Stats as they travel to the manager: capacity, used, backlog, chunk count, drain error, drained bytes.
 StatsTuple = tuple[int, int, int, int, str, int]
@@ -70,13 +69,14 @@ class BeatDesk:
         Returns the wakes to send: to each known one given work that still waits (not to one whose
         flags changed because it took some: it is asking already), with the orders it was given."""
         wakes = []
-        for bf, incarnation, orders, drains, new, orders_reply, last in items:
+        for flag in items:
+            bf, incarnation, orders, drains, _, _, last = flag
             entry = self._known.get(bf)
             if entry is not None and entry.incarnation == incarnation:
                 entry.orders, entry.drain, entry.last = orders, drains, last
-                if new and (orders or drains):
-                    mac = sign_orders(entry.key, orders_reply) if orders_reply else b""
-                    wakes.append(Wake(bf, incarnation, entry.address, orders > 0, drains, orders_reply, mac, last))
+                wake = wake_of(flag, entry.incarnation, entry.address, entry.key)
+                if wake is not None:
+                    wakes.append(wake)
         return wakes
 
     # -- a heartbeat ---------------------------------------------------------------------------

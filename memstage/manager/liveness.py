@@ -10,7 +10,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from memstage import receipts
 from memstage.chunks import ChunkKey
 from memstage.errors import InvalidArgument, NotFound, PermissionDenied
 from memstage.manager.beatlink import BeatLink
@@ -18,7 +17,7 @@ from memstage.manager.chunkindex import IndexKey
 from memstage.manager.codec import Held
 from memstage.manager.registry import MISSED_HEARTBEATS, Stats
 from memstage.manager.state import State
-from memstage.manager.wakes import Ack, Flags, Wake
+from memstage.manager.wakes import Ack, Flags, Wake, wake_of
 from memstage.proto import manager_pb2
 
 log = logging.getLogger(__name__)
@@ -179,10 +178,9 @@ class Liveness:
             interval = self.s.registry.announce(arrived)
             if known:
                 self._end_sessions_over(bf, sessions)
-            orders = self.s.orders.waiting(bf)
-            last = self.s.orders.last(bf)
+            hint = self.s.orders.hint(bf)
             drains = bf in self.s.drain_waiting
-        return Beat(known, interval, orders, drains, self._beat_port(interval), last)
+        return Beat(known, interval, hint.waiting, drains, self._beat_port(interval), hint.last)
 
     # -- the heartbeat process (see beatlink) --------------------------------------------------
     def attach_beats(self, link: BeatLink) -> None:
@@ -194,18 +192,18 @@ class Liveness:
         """Flags of work waiting are followed from now on: for the heartbeat process, or, without
         one, for the manager, which then wakes benefactors itself (see wakes_for)."""
         with self.s.lock:
-            self.s.orders.changed = set()
+            self.s.orders.follow()
             self.s.following = True
 
     def wakes_for(self, flags: list[Flags]) -> list[Wake]:
         """The wakes for flags beat_flags returned: benefactors given work, at their addresses."""
         with self.s.lock:
             out = []
-            for bf, incarnation, orders, drains, new, orders_reply, last in flags:
-                rec = self.s.registry.get(bf)
-                if new and (orders or drains) and rec is not None and rec.incarnation == incarnation:
-                    mac = receipts.sign_orders(rec.receipt_key, orders_reply) if orders_reply else b""
-                    out.append(Wake(bf, incarnation, rec.address, orders > 0, drains, orders_reply, mac, last))
+            for flag in flags:
+                rec = self.s.registry.get(flag[0])
+                wake = wake_of(flag, rec.incarnation, rec.address, rec.receipt_key) if rec is not None else None
+                if wake is not None:
+                    out.append(wake)
             return out
 
     def beats_arrived(self, beats: Sequence[tuple[Any, ...]]) -> None:
@@ -227,10 +225,9 @@ class Liveness:
         """Work waiting, for benefactors whose flags changed since the last call; with the orders
         waiting for those given orders since (the wake brings them)."""
         with self.s.lock:
-            changed = (self.s.orders.changed or set()) | self.s.drain_changed
-            pushed = self.s.orders.pushed
-            self.s.orders.changed, self.s.drain_changed = set(), set()
-            self.s.orders.pushed, self.s.drain_new, new = set(), set(), pushed | self.s.drain_new
+            changed, pushed = self.s.orders.take_changes()
+            changed |= self.s.drain_changed
+            self.s.drain_changed, self.s.drain_new, new = set(), set(), pushed | self.s.drain_new
             return self._flags_of(changed, new, pushed)
 
     def _flags_of(self, benefactors: Iterable[str], new: set[str] | None = None,
@@ -241,13 +238,11 @@ class Liveness:
         for bf in benefactors:
             rec = self.s.registry.get(bf)
             if rec is not None:
-                waiting = self.s.orders.waiting(bf)
-                batch = b""
-                if waiting and (pushed is None or bf in pushed):
-                    batch = manager_pb2.OrdersReply(known=True, epoch=self.s.epoch,
-                                                    orders=self.s.orders.take(bf, 0)).SerializeToString()
-                out.append((bf, rec.incarnation, waiting, bf in self.s.drain_waiting, new is None or bf in new, batch,
-                            self.s.orders.last(bf)))
+                notice = self.s.orders.notice(bf, pushed is None or bf in pushed)
+                batch = b"" if notice.batch is None else manager_pb2.OrdersReply(
+                    known=True, epoch=self.s.orders.epoch, orders=notice.batch).SerializeToString()
+                out.append((bf, rec.incarnation, notice.waiting, bf in self.s.drain_waiting, new is None or bf in new,
+                            batch, notice.last))
         return out
 
     def acks_arrived(self, acks: Sequence[Ack], sent: int = 0, failed: int = 0) -> None:
@@ -260,8 +255,8 @@ class Liveness:
         with self.s.lock:
             for bf, incarnation, epoch, acked in acks:
                 rec = self.s.registry.get(bf)
-                if rec is not None and rec.incarnation == incarnation and epoch == self.s.epoch:
-                    self.s.orders.take(bf, acked)
+                if rec is not None and rec.incarnation == incarnation:
+                    self.s.orders.ack(bf, epoch, acked)  # void unless numbered by this manager process
 
     def beat_snapshot(self) -> tuple[float, list[tuple[str, int, str, bytes]], list[Flags]]:
         """Everything a (re)started heartbeat process must know: the period, the live incarnations,
@@ -295,7 +290,7 @@ class Liveness:
                 return None
             if memory_used is not None:
                 self.s.registry.note_memory(bf, memory_used)
-            return list(self.s.orders.take(bf, acked if epoch == self.s.epoch else 0))
+            return self.s.orders.fetch(bf, epoch, acked)
 
     def resumed(self, away: float) -> None:
         """The manager could not run for `away` seconds: no benefactor is judged by that silence."""

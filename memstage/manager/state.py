@@ -53,7 +53,9 @@ class State:
         self.drain_new: set[str] = set()  # ... given new tasks since then (a subset: they are woken)
         self.beats: BeatLink | None = None  # the heartbeat process, when the manager runs one (see attach_beats)
         self.following = False  # changes of flags of work waiting are kept (see Liveness.beat_flags)
-        self.orders = OrderQueues()
+        # Order numbers start again with each manager process: acknowledgements of another are void.
+        self.epoch = secrets.randbits(63) or 1
+        self.orders = OrderQueues(self.epoch)
         self.replicator = Replicator()  # under self.lock
         self.loads = Loads()  # prefetches from the PFS under way; under self.lock
         self.manifests: list[tuple[str, str, int]] = []  # persisted versions whose manifest is to write
@@ -61,8 +63,6 @@ class State:
         self.stripe_work = StripeWork()  # under self.lock
         self.copied_bytes = 0  # by replica copies since the manager started
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
-        # Order numbers start again with each manager process: acknowledgements of another are void.
-        self.epoch = secrets.randbits(63) or 1
         self.metrics = ManagerMetrics(registry, status, settings.metrics_benefactors)
 
     def durable(self) -> None:

@@ -26,6 +26,7 @@ import grpc
 
 from memstage import auth
 from memstage.proto import benefactor_pb2, benefactor_pb2_grpc
+from memstage.receipts import sign_orders
 from memstage.rpc import control_channel, with_metadata
 from memstage.tls import Tls
 
@@ -57,6 +58,26 @@ class Wake(NamedTuple):
     orders_last: int = 0  # the sequence number of the last order waiting
 
 
+def wake_of(flag: Flags, incarnation: int, address: str, key: bytes) -> Wake | None:
+    """The wake for a benefactor's flags, when it runs as `incarnation` at `address` under receipt
+    key `key`: only one given work that still waits is woken, with the orders it was given (signed)."""
+    bf, flagged, orders, drains, new, orders_reply, last = flag
+    if not new or not (orders or drains) or flagged != incarnation:
+        return None
+    mac = sign_orders(key, orders_reply) if orders_reply else b""
+    return Wake(bf, incarnation, address, orders > 0, drains, orders_reply, mac, last)
+
+
+def merge(had: Wake | None, w: Wake) -> Wake:
+    """A wake replacing one still waiting to be sent to the same benefactor: of the same process,
+    it tells all the older one told (its pushed orders, when it brings none of its own)."""
+    if had is None or had.incarnation != w.incarnation:
+        return w
+    if not w.orders_reply:
+        w = w._replace(orders_reply=had.orders_reply, orders_mac=had.orders_mac)
+    return w._replace(orders=w.orders or had.orders, drain=w.drain or had.drain)
+
+
 class WakeSender:
     def __init__(self, tls: Tls | None, proof: str | Callable[[], str], in_flight: int = IN_FLIGHT,
                  channels: int = CHANNELS, epoch: int = 0) -> None:
@@ -83,12 +104,7 @@ class WakeSender:
             return
         with self._cv:
             for w in wakes:
-                had = self._pending.get(w.benefactor)
-                if had is not None and had.incarnation == w.incarnation:
-                    if not w.orders_reply:
-                        w = w._replace(orders_reply=had.orders_reply, orders_mac=had.orders_mac)
-                    w = w._replace(orders=w.orders or had.orders, drain=w.drain or had.drain)
-                self._pending[w.benefactor] = w
+                self._pending[w.benefactor] = merge(self._pending.get(w.benefactor), w)
             self._cv.notify()
 
     def take_results(self) -> tuple[list[Ack], int, int]:
