@@ -410,20 +410,23 @@ def test_sigterm_unmounts_even_with_a_call_blocked(local_cluster, tmp_path):
             break
     point = tmp_path / "m"
     point.mkdir()
+    log = tmp_path / "mount.log"
+    out = open(log, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", str(point), "--manager",
-                             cluster.manager_address, "--full-wait", "120s", "--log-level", "warning"],
-                            stderr=subprocess.PIPE, text=True)
+                             cluster.manager_address, "--full-wait", "120s", "--log-level", "info"],
+                            stderr=out, text=True)
     writer = None
     try:
         wait_for(lambda: os.path.ismount(point), what="the mount")
         # This write waits for space (up to 120 s): the mount must still stop at once.
         writer = subprocess.Popen(["dd", "if=/dev/urandom", f"of={point / 'blocked'}", "bs=1M", "count=4"],
                                   stderr=subprocess.PIPE)
-        time.sleep(2)
+        wait_for(lambda: "waits up to 120s for space" in log.read_text(), timeout=30, what="the write to wait")
         assert writer.poll() is None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)  # was: ignored until SIGKILL, leaving ENOTCONN
+        proc.wait(timeout=20)  # was: ignored until SIGKILL, leaving ENOTCONN
+        err = log.read_text()
         assert time.monotonic() - started < 15 and proc.returncode == 0
         assert not os.path.ismount(point)
         assert "Ignoring invalid max threads" not in err and "Traceback" not in err  # was: on every mount
@@ -437,3 +440,4 @@ def test_sigterm_unmounts_even_with_a_call_blocked(local_cluster, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        out.close()
