@@ -72,6 +72,9 @@ def test_a_silent_benefactor_is_declared_dead_after_its_ttl_and_not_before(inpro
     data = random_bytes(6 * MiB)
     c.pipe("/after", data)
     assert c.cat("/after") == data
+    status = {b.id: b for b in cluster.manager.service.status.reply().benefactors}
+    assert not status[victim.id].alive
+    assert all(status[b.id].stats.memory_used > 0 for b in others), "a live benefactor got no new chunks"
 
 
 def test_a_benefactor_idle_or_holding_an_open_write_does_not_poll_and_a_commit_still_drains_at_once(
