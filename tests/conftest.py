@@ -268,3 +268,21 @@ def mounted(local_cluster, tmp_path):
             subprocess.run(["fusermount3", "-uz", str(point)], check=False)
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def inproc_cluster(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """inproc_cluster(benefactors=N, heartbeat=S, session_lease=S): a manager and N benefactors as
+    servers in this process, timed by one ManualClock (see tests/inproc.py); stopped at the end."""
+    from inproc import InprocCluster
+
+    clusters: list[InprocCluster] = []
+
+    def make(**kwargs: Any) -> InprocCluster:
+        cluster = InprocCluster(tmp_path / f"inproc{len(clusters)}", **kwargs)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for c in clusters:
+        c.stop()

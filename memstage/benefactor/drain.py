@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import grpc
 from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
 from memstage.chunks import ChunkKey
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
 from memstage.errors import InvalidPath
 from memstage.paths import split_drained
@@ -38,7 +38,8 @@ MINE_LIMIT = 100_000
 class DrainLoop:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str,
                  stub: manager_pb2_grpc.ManagerStub, incarnation: int = 0,
-                 ceiling: Callable[[], float] = lambda: IDLE_POLL) -> None:
+                 ceiling: Callable[[], float] = lambda: IDLE_POLL, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.root = Path(settings.pfs).resolve()
         self.bandwidth = settings.drain_bandwidth
         self.store = store
@@ -47,7 +48,7 @@ class DrainLoop:
         self._stub = stub
         self._stop = threading.Event()
         # Idle, it waits to be told (heartbeat replies, hold orders) rather than polling the manager.
-        self.waker = Waker(IDLE_POLL, ceiling)
+        self.waker = Waker(IDLE_POLL, ceiling, clock)
         self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
         self.error = ""  # the current PFS problem, for heartbeats and status
         self.drained_bytes = 0
@@ -72,7 +73,7 @@ class DrainLoop:
                                                                              incarnation=self.incarnation),
                                              timeout=CONTROL_TIMEOUT_S)
             except grpc.RpcError:
-                self._stop.wait(1.0)  # the heartbeat logs manager outages
+                self.clock.wait(self._stop, 1.0)  # the heartbeat logs manager outages
                 continue
             if not reply.tasks:
                 self.waker.idle()
@@ -82,7 +83,7 @@ class DrainLoop:
                 done = self._drain(list(reply.tasks))
             except Exception as e:  # OSError from the PFS, or anything else: the loop must go on
                 self._failed(e)
-                self._stop.wait(backoff)
+                self.clock.wait(self._stop, backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
             self._report(done)  # before the throttle's pause: a stop during it loses no report
@@ -94,7 +95,7 @@ class DrainLoop:
 
     def _drain(self, tasks: list[manager_pb2.DrainTask]) -> list[manager_pb2.DrainResult]:
         """Write a batch of chunk files (links to what is already drained); returns them for the manager."""
-        started = time.monotonic()
+        started = self.clock.now()
         items: list[Pending] = []
         planned: dict[tuple[str, ChunkKey], Path] = {}  # first copy of a chunk in this batch
         unwritten: list[manager_pb2.DrainResult] = []  # missing chunks, refused paths
@@ -155,7 +156,7 @@ class DrainLoop:
 
     def _throttle(self, nbytes: int, started: float) -> None:
         if self.bandwidth:
-            self._stop.wait(max(0.0, nbytes / self.bandwidth - (time.monotonic() - started)))
+            self.clock.wait(self._stop, max(0.0, nbytes / self.bandwidth - (self.clock.now() - started)))
 
     def _report(self, done: list[manager_pb2.DrainResult]) -> None:
         if not done:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from memstage.benefactor.store import ChunkStore, Held
+from memstage.clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
@@ -39,8 +39,9 @@ BEAT_PORT_TIMEOUT_S = 5.0  # then the beat goes to the manager's own port
 class Heartbeat:
     def __init__(self, settings: BenefactorSettings, store: ChunkStore, benefactor_id: str, address: str,
                  incarnation: int, receipt_key: bytes, credentials: tuple[tuple[str, Any], ...] = (),
-                 tls: Tls | None = None) -> None:
+                 tls: Tls | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         self.id = benefactor_id
         self.address = address
@@ -102,7 +103,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.monotonic()
+            started = self.clock.now()
             try:
                 if not self._registered:
                     self._register()
@@ -116,7 +117,7 @@ class Heartbeat:
                 self._log_refusal(e)
             # Until registered, retry every second: the manager may just be starting alongside us.
             period = self.interval if self._registered else min(1.0, self.interval)
-            self._stop.wait(max(0.0, period - (time.monotonic() - started)))
+            self.clock.wait(self._stop, max(0.0, period - (self.clock.now() - started)))
 
     def _log_refusal(self, e: grpc.RpcError) -> None:
         code = e.code() if isinstance(e, grpc.Call) else None
@@ -131,7 +132,7 @@ class Heartbeat:
             self._outage_logged = True
 
     def _reconcile_loop(self) -> None:
-        while not self._stop.wait(max(self.interval, self.settings.orphan_grace / 2)):
+        while not self.clock.wait(self._stop, max(self.interval, self.settings.orphan_grace / 2)):
             if not self._registered:
                 continue
             try:

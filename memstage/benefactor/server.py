@@ -23,6 +23,7 @@ from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
 from memstage.boundary import Boundary
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.errors import SettingError
 from memstage.metrics import serve_metrics
 from memstage.proto import benefactor_pb2, manager_pb2
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class BenefactorServer:
-    def __init__(self, settings: BenefactorSettings) -> None:
+    def __init__(self, settings: BenefactorSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.id = settings.id or "bf-" + uuid.uuid4().hex[:12]
         # This process start: locations the manager knows from an earlier one (same id) are void.
@@ -68,14 +69,15 @@ class BenefactorServer:
         tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", tls)
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
-                                   self.incarnation, receipt_key, credentials, tls)
+                                   self.incarnation, receipt_key, credentials, tls, clock)
         # Idle loops are woken by the manager (Wake, and heartbeat replies should a wake be lost); they
         # look on their own at most every two periods.
         ceiling = lambda: 2 * self.heartbeat.interval  # noqa: E731
-        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling)
+        self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling, clock)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained,
                                 on_revoked=self._revoke)
+        self.orders.waker.clock = clock  # the order loop makes its Waker; its idle waits read this clock
         self.heartbeat.on_revoked = self._revoke
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders

@@ -12,10 +12,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from memstage.clock import SYSTEM_CLOCK, Clock
+
 
 class Waker:
-    def __init__(self, fast: float, ceiling: Callable[[], float]) -> None:
+    def __init__(self, fast: float, ceiling: Callable[[], float], clock: Clock = SYSTEM_CLOCK) -> None:
         self.fast = fast
+        self.clock = clock
         self._ceiling = ceiling
         self._wait = fast
         self._event = threading.Event()
@@ -31,7 +34,7 @@ class Waker:
     def idle(self) -> float:
         """Wait before the next look (the loop found nothing). Returns the time waited at most."""
         wait = self._wait
-        woken = self._event.wait(wait)
+        woken = self.clock.wait(self._event, wait)
         self._event.clear()
         self._wait = self.fast if woken else min(max(self._wait * 2, self.fast), max(self.fast, self._ceiling()))
         return wait

@@ -31,6 +31,7 @@ from memstage.client.filestat import FileStat
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
 from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound, Unavailable
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
@@ -69,6 +70,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self._writes: weakref.WeakSet[VersionWriter] = weakref.WeakSet()
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
+        self._lease_clock: Clock = SYSTEM_CLOCK  # what renewals are timed by (tests set a manual one)
         self._keeper_lock = threading.Lock()
         self._checkpoint: int | None = None  # the step of Client.checkpoint(step), while inside it
 
@@ -402,7 +404,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def _renew(self, period: float) -> None:
         """Renew the leases of open writes; a write whose session ended anyway fails with DataLost."""
-        while not self._keeper_stop.wait(period):
+        while not self._lease_clock.wait(self._keeper_stop, period):
             writes = self._open_writers()
             if not writes:
                 continue

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from memstage import auth
 from memstage.boundary import Boundary, CallMetrics
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.manager.access import authenticator
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
@@ -37,8 +38,9 @@ GC_THRESHOLD = 50_000  # container allocations between collections of the younge
 
 
 class ManagerServer:
-    def __init__(self, settings: ManagerSettings) -> None:
+    def __init__(self, settings: ManagerSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.clock = clock
         self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
@@ -48,7 +50,7 @@ class ManagerServer:
             self._import_pfs(settings.pfs)
         self.registry = CollectorRegistry()
         self.secret = None if settings.insecure else self._secrets()
-        self.service = ManagerService(settings, self.catalog, self.registry, secret=self.secret)
+        self.service = ManagerService(settings, self.catalog, self.registry, clock, secret=self.secret)
         # Many threads: a storm of commits waiting for the catalog must leave threads free for
         # heartbeats (a blocked thread costs no CPU).
         boundary = Boundary("manager", authenticator(self.service.access, self.service.state.session_namespace),
@@ -176,13 +178,13 @@ class ManagerServer:
         """Log deaths and end write sessions whose lease ran out (their chunks are freed)."""
         period = min(1.0, self.settings.heartbeat_interval, self.settings.session_lease / 4)
         while not self._stop.is_set():
-            before = time.monotonic()
-            self.service.wake.wait(period)  # a commit in a replicated namespace wakes it early
+            before = self.clock.now()
+            self.clock.wait(self.service.wake, period)  # a commit in a replicated namespace wakes it early
             self.service.wake.clear()
             if self._stop.is_set():
                 break
             try:
-                late = time.monotonic() - before - period
+                late = self.clock.now() - before - period
                 if late > self.settings.heartbeat_interval:  # this thread did not run: nor did much else
                     self.service.resumed(late + period)
                 self.service.sweep()

@@ -13,9 +13,7 @@ frees, each naming the generation of the hold it ends.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict
 
 import grpc
@@ -23,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from memstage.boundary import current_caller
 from memstage.chunks import ChunkKey
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.manager import codec
 from memstage.manager.access import EVERYONE, POLICY_FIELDS, Caller
 from memstage.manager.admin import Admin
@@ -60,8 +59,8 @@ def _file(request: manager_pb2.PathRequest | manager_pb2.SymlinkRequest | manage
 
 class ManagerService(manager_pb2_grpc.ManagerServicer):
     def __init__(self, settings: ManagerSettings, catalog: Catalog, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.monotonic, secret: bytes | None = None):
-        self.state = state = State(settings, catalog, registry, lambda: self.status.reply(), clock, secret)
+                 clock: Clock = SYSTEM_CLOCK, secret: bytes | None = None):
+        self.state = state = State(settings, catalog, registry, lambda: self.status.reply(), clock.now, secret)
         self.status = Status(state)
         self.repair = Repair(state)
         self.liveness = Liveness(state, self.repair.repair)
