@@ -22,6 +22,7 @@ from memstage.benefactor.inbox import Inbox
 from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
 from memstage.chunks import HASH_BYTES, HELD_PACKED, ChunkKey
+from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.paths import split_drained
 from memstage.peers import Peers, proof_credentials
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
@@ -67,12 +68,12 @@ class OrderLoop:
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
                  on_hold: Callable[[], None] = lambda: None,
                  read_drained: Callable[[str, ChunkKey], bytes] | None = None,
-                 on_revoked: Callable[[list[str]], None] = lambda tokens: None) -> None:
+                 on_revoked: Callable[[list[str]], None] = lambda tokens: None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self._on_revoked = on_revoked  # the manager revoked tokens: their grants are refused here
         self._read_drained = read_drained or _no_pfs
         # Idle, it waits to be told (the manager's Wake, or a heartbeat reply) rather than polling.
-        self.waker = Waker(POLL, ceiling)
+        self.waker = Waker(POLL, ceiling, clock)
         self._on_hold = on_hold  # chunks held for a committed version: their drain tasks are likely queued
         # Members on the PFS are read through this benefactor's own ReadDrained.
         self._readers = [common_pb2.Location(benefactor_id=benefactor_id, address=address)] if address else []

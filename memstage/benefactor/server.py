@@ -76,8 +76,7 @@ class BenefactorServer:
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling, clock)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained,
-                                on_revoked=self._revoke)
-        self.orders.waker.clock = clock  # the order loop makes its Waker; its idle waits read this clock
+                                on_revoked=self._revoke, clock=clock)
         self.heartbeat.on_revoked = self._revoke
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
