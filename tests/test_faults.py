@@ -134,8 +134,12 @@ def test_a_stalled_manager_does_not_declare_live_benefactors_dead(local_cluster)
     alive = cluster.alive_ids()
     cluster.manager.proc.send_signal(signal.SIGSTOP)
     time.sleep(3 * 3 * HEARTBEAT)  # three TTLs away
+    resumed = time.monotonic()
     cluster.manager.proc.send_signal(signal.SIGCONT)
-    time.sleep(2 * HEARTBEAT)
+    # Its first sweeps after resuming come before any new beat: the danger is over once every
+    # benefactor has beaten again since.
+    wait_for(lambda: all(b["last_heartbeat_age_seconds"] < time.monotonic() - resumed
+                         for b in cluster.status()["benefactors"]), timeout=15, what="a beat from each since")
     assert cluster.alive_ids() == alive
     assert not cluster.status()["lost"]
     assert not c.versions("/f")[0]["lost"]
