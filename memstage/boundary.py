@@ -56,12 +56,22 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
         self._metrics = metrics or CallMetrics()
         # Work done after every successful unary reply, before it is sent (e.g. making it durable).
         self._after = after
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (its handler, that handler wrapped)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        name = details.method.rsplit("/", 1)[-1]
+        # A method's handler is the same object at every call: wrap it once (metadata calls are
+        # the manager's hot path).
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(details.method.rsplit("/", 1)[-1], handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, name: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(name, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
