@@ -73,7 +73,7 @@ class DrainLoop:
                                                                              incarnation=self.incarnation),
                                              timeout=CONTROL_TIMEOUT_S)
             except grpc.RpcError:
-                self.clock.wait(self._stop, 1.0)  # the heartbeat logs manager outages
+                self.waker.pause(1.0)  # the heartbeat logs manager outages
                 continue
             if not reply.tasks:
                 self.waker.idle()

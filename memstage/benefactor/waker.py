@@ -31,6 +31,12 @@ class Waker:
         """The last look found work: the next one comes at once, and backing off starts over."""
         self._wait = self.fast
 
+    def pause(self, seconds: float) -> None:
+        """Wait up to `seconds` after a failed look (the manager unreachable, or not knowing this
+        benefactor yet), or less if woken: a wake means the manager answers again."""
+        self.clock.wait(self._event, seconds)
+        self._event.clear()
+
     def idle(self) -> float:
         """Wait before the next look (the loop found nothing). Returns the time waited at most."""
         wait = self._wait
