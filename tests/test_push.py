@@ -54,6 +54,20 @@ def test_the_heartbeat_process_wakes_a_benefactor_over_tls_with_the_cluster_secr
     context.check_hostname = False  # the certificate names the deployment, not this address
     context.load_cert_chain(cluster.tls["tls_cert"], cluster.tls["tls_key"])
     client = cluster.client()
+    client.pipe("/warm", random_bytes(MiB))
+    wait_for(lambda: client.versions("/warm")[0]["persisted"], timeout=10, what="the first drain")
+    # While its loops still look every few tenths of a second they may find the work before a wake
+    # comes: wait until they have backed off (no look for 1.5 s), so that the wake brings the drain.
+    looks = [-1, time.monotonic()]
+
+    def backed_off() -> bool:
+        now = _metric(port, context, 'memstage_rpc_calls_total{method="DrainWork"}') + _metric(
+            port, context, 'memstage_rpc_calls_total{method="Orders"}')
+        if now != looks[0]:
+            looks[:] = [now, time.monotonic()]
+        return time.monotonic() - looks[1] > 1.5
+
+    wait_for(backed_off, timeout=30, what="the benefactor's loops to back off")
     client.pipe("/ckpt", random_bytes(2 * MiB))
     wait_for(lambda: client.versions("/ckpt")[0]["persisted"], timeout=10, what="the drain of /ckpt")
     wait_for(lambda: _metric(port, context, 'memstage_benefactor_wakes_total{result="sent"}') >= 1, timeout=10,
