@@ -213,7 +213,8 @@ class ClientSettings:
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")
     close_mode: str = setting("commit", _choice("commit", "buffered"), "commit: close() waits for the commit")
-    read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader")
+    read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader (a mount run as "
+                              "root also lets the kernel read that far ahead)")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
     full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
     protect_wait: float = setting(60.0, _duration, "how long fsync (and Client.wait_protected) waits for a version "

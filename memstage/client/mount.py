@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from memstage.client.bdi import raise_read_ahead
 from memstage.client.client import Client
 from memstage.client.fuse import MemstageFS
 from memstage.client.libfuse import mfusepy
@@ -24,6 +25,17 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     """Call adapters of mfusepy 3.1, replaced."""
+
+    def __init__(self, operations: MemstageFS, mountpoint: str, read_ahead: int = 0, **options: Any) -> None:
+        self._read_ahead = read_ahead
+        super().__init__(operations, mountpoint, **options)  # serves until unmounted
+
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        # libfuse 3.14 takes no max_readahead mount option: it goes in the INIT answer, where the
+        # kernel keeps the lower of it and the mount's read-ahead (see memstage.client.bdi).
+        if self._read_ahead and conn:
+            conn.contents.max_readahead = self._read_ahead
+        super().init_fuse_3(conn, config)
 
     def _path(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
@@ -72,10 +84,20 @@ def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other:
           on_ready: Callable[[], None] | None = None) -> None:
     """Mount and serve until unmounted (Ctrl-C, SIGTERM, or `memstage umount`). With allow_other,
     other users may use the mount and the kernel checks the stored modes (default_permissions)."""
+    target = os.path.realpath(mountpoint)  # resolved now: once mounted, a look at it waits for the mount
+    read_ahead = client.settings.read_ahead
+
+    def ready() -> None:
+        # Called before libfuse answers the kernel's INIT: the kernel keeps the lower of the two.
+        if read_ahead:
+            raise_read_ahead(target, read_ahead)
+        if on_ready is not None:
+            on_ready()
+
+    fs = MemstageFS(client, ready)
+    stop = _StopOnSignal(client, mountpoint)
     # max_idle_threads: libfuse 3.14, called through its older API as mfusepy does, warns about its
     # own unset default ("Ignoring invalid max threads value") unless it is given.
-    fs = MemstageFS(client, on_ready)
-    stop = _StopOnSignal(client, mountpoint)
     # use_ino: the manager numbers files, so all names of a file show one inode (tar, rsync -H).
     # attr_timeout 0: the names of a file are separate kernel inodes here (libfuse numbers nodes by
     # name), so a change through one name shows through the others (nlink, size, data) at once.
@@ -83,8 +105,8 @@ def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other:
     if allow_other:
         options.update(allow_other=True, default_permissions=True)
     try:
-        _FUSE(fs, mountpoint, foreground=foreground, nothreads=False, fsname="memstage", subtype="memstage",
-              **options)
+        _FUSE(fs, mountpoint, read_ahead, foreground=foreground, nothreads=False, fsname="memstage",
+              subtype="memstage", **options)
     except RuntimeError as e:
         if stop.signalled:
             return
