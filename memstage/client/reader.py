@@ -1,11 +1,12 @@
 """VersionReader: byte ranges of one committed version, fetched chunk by chunk from benefactors.
 
 The version map is taken once at open, so a reader keeps seeing the version it opened even while
-a newer one is committed. Chunks of a range are fetched in parallel; each is verified against its
-hash, and a failing location falls back to the next one the map lists, then (rs:K+M) to rebuilding
-it from K other members of its stripe, then to the PFS copy (read by any live benefactor, so the
-client need not mount the PFS). A version that left memory
-while being read (retention) is looked up again once: its chunks are on the PFS by then.
+a newer one is committed. Chunks of a range are fetched in parallel, and a sequential reader's
+next ones before it asks (memstage.client.stream says which). Each is verified against its hash,
+and a failing location falls back to the next one the map lists, then (rs:K+M) to rebuilding it
+from K other members of its stripe, then to the PFS copy (read by any live benefactor, so the
+client need not mount the PFS). A version that left memory while being read (retention) is looked
+up again once: its chunks are on the PFS by then.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.stream import ReadAhead
 from memstage.errors import DataLost, MemstageError
 from memstage.proto import common_pb2, manager_pb2
 from memstage.stripes import StripeUnavailable, build_member
@@ -41,12 +43,14 @@ class VersionReader:
         self.keys = [ChunkKey.from_pb(c.key) for c in self._chunks]
         self._starts = [0, *itertools.accumulate(k.length for k in self.keys)][:-1]
         self._pool = pool
-        # Recent and read-ahead chunk fetches: callers that read in pieces smaller than a chunk (FUSE
-        # sends 128 KiB reads) fetch each chunk once, and the next ones are already on their way.
+        # Recent and read-ahead chunk fetches: callers that read in pieces smaller than a chunk
+        # fetch each chunk once, and a sequential reader finds the next ones already on their way.
         chunk = next((k.length for k in self.keys if not k.is_hole), 1)
         self._ahead = max(1, read_ahead // chunk) if read_ahead else 0
+        self._stream = ReadAhead(self._ahead, len(self.keys))
         self._cache: OrderedDict[int, Future[bytes | memoryview]] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._delivered: dict[int, int] = {}  # bytes of a cached chunk read so far
+        self._cache_lock = threading.Lock()  # also guards _stream and _delivered
         self._fresh: manager_pb2.VersionMap | None = None  # the map asked again after a failure
         self._fresh_at = 0.0
         self._fresh_lock = threading.Lock()
@@ -59,10 +63,15 @@ class VersionReader:
         last = bisect.bisect_right(self._starts, end - 1) - 1
         indices = [i for i in range(first, last + 1) if not self.keys[i].is_hole]  # holes are zeros, not fetched
         if self._ahead:
-            parts = [self._cached(i) for i in indices]
-            for i in range(last + 1, min(last + 1 + self._ahead, len(self.keys))):
-                if not self.keys[i].is_hole:
-                    self._cached(i, wait=False)
+            # What this read needs is asked for first, then what the stream will need next.
+            with self._cache_lock:
+                futures = [self._cached(i) for i in indices]
+                for i in indices:
+                    self._deliver(i, max(start, self._starts[i]), min(end, self._starts[i] + self.keys[i].length))
+                for i in self._stream.read(first, last):
+                    if not self.keys[i].is_hole:
+                        self._cached(i)
+            parts = [f.result() for f in futures]
         else:
             # One chunk is fetched inline; several are fetched in parallel.
             parts = [self.fetch(indices[0])] if len(indices) == 1 else list(self._pool.map(self.fetch, indices))
@@ -75,16 +84,32 @@ class VersionReader:
             views.append(bytes(hi - lo) if data is None else memoryview(data)[lo:hi])
         return b"".join(views)
 
-    def _cached(self, index: int, wait: bool = True) -> bytes | memoryview:
+    def _cached(self, index: int) -> Future[bytes | memoryview]:
+        """The fetch of chunk `index`, started unless it is under way or done (call with _cache_lock)."""
+        future = self._cache.get(index)
+        if future is None:
+            future = self._cache[index] = self._pool.submit(self.fetch, index)
+            while len(self._cache) > 2 * self._ahead + 2:
+                self._delivered.pop(self._cache.popitem(last=False)[0], None)  # the least recently asked for
+        else:
+            self._cache.move_to_end(index)
+        return future
+
+    def _deliver(self, index: int, start: int, end: int) -> None:
+        """Bytes start..end of chunk `index` are being read (call with _cache_lock). Once all of it
+        has been, it leaves the cache: room for the chunks still to come, which out-of-order readers
+        (the kernel's) ask for late. Read again, it is fetched again."""
+        done = self._delivered.get(index, 0) + end - start
+        if done < self.keys[index].length:
+            self._delivered[index] = done
+        else:
+            self._delivered.pop(index, None)
+            self._cache.pop(index, None)
+
+    def fetched_ahead(self) -> list[int]:
+        """Chunks fetched, or on their way, past the furthest one read: the stream's read-ahead."""
         with self._cache_lock:
-            future = self._cache.get(index)
-            if future is None:
-                future = self._cache[index] = self._pool.submit(self.fetch, index)
-                while len(self._cache) > 2 * self._ahead + 2:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(index)
-        return future.result() if wait else b""
+            return sorted(i for i in self._cache if i > self._stream.pos)
 
     def fetch(self, index: int) -> bytes | memoryview:
         key = self.keys[index]
