@@ -89,10 +89,10 @@ def test_a_sequential_read_through_the_mount_keeps_several_chunks_on_their_way(l
     fh = fs.open("/seq.bin", os.O_RDONLY)
     reader = fs._handles[fh].obj
     assert isinstance(reader, VersionReader)
-    got = b"".join(fs.read("/seq.bin", CHUNK, i * CHUNK, fh) for i in range(4))
+    got = b"".join(b"".join(fs.read("/seq.bin", CHUNK, i * CHUNK, fh)) for i in range(4))
     assert got == data[: 4 * CHUNK]
     assert reader.fetched_ahead() == list(range(4, 12)), "the 8 chunks after the last one read"
-    assert fs.read("/seq.bin", 3 * CHUNK + 5, 4 * CHUNK - 2, fh) == data[4 * CHUNK - 2 : 7 * CHUNK + 3]
+    assert b"".join(fs.read("/seq.bin", 3 * CHUNK + 5, 4 * CHUNK - 2, fh)) == data[4 * CHUNK - 2 : 7 * CHUNK + 3]
     assert len(reader.fetched_ahead()) == 8
     fs.release("/seq.bin", fh)
 
@@ -100,7 +100,7 @@ def test_a_sequential_read_through_the_mount_keeps_several_chunks_on_their_way(l
     reader = fs._handles[fh].obj
     assert isinstance(reader, VersionReader)
     for i in (60, 3, 40):  # each more than twice the read-ahead away from the one before
-        assert fs.read("/seq.bin", 100, i * CHUNK + 7, fh) == data[i * CHUNK + 7 : i * CHUNK + 107]
+        assert b"".join(fs.read("/seq.bin", 100, i * CHUNK + 7, fh)) == data[i * CHUNK + 7 : i * CHUNK + 107]
     assert set(reader.fetched_ahead()) <= {60, 40}, "random reads fetch only what they ask for"
     fs.release("/seq.bin", fh)
 

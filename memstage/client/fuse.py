@@ -509,11 +509,12 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return info
 
     @translated
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fh: int) -> list[bytes | memoryview]:
+        """The bytes read, in pieces (the mount copies them into the kernel's buffer one by one)."""
         obj = self._handle(fh).obj
         if isinstance(obj, OpenFile):
-            return obj.read(size, offset)
-        return obj.read_range(offset, offset + size)
+            return [obj.read(size, offset)]
+        return obj.read_parts(offset, offset + size)
 
     @translated
     def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:

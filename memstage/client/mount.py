@@ -40,6 +40,16 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
     def _path(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
 
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # The pieces go straight into FUSE's buffer: mfusepy wants one bytes object, a copy more.
+        parts = self.operations.read(self._path(path), size, offset, fip.contents.fh)
+        out = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        pos = 0
+        for part in parts:
+            out[pos : pos + len(part)] = part
+            pos += len(part)
+        return pos
+
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # mfusepy copies every write into a new bytes object first; hand FUSE's own buffer over
         # instead (OpenFile.write keeps nothing of it after returning): one copy less per byte.

@@ -56,9 +56,14 @@ class VersionReader:
         self._fresh_lock = threading.Lock()
 
     def read_range(self, start: int, end: int) -> bytes:
+        return b"".join(self.read_parts(start, end))
+
+    def read_parts(self, start: int, end: int) -> list[bytes | memoryview]:
+        """The bytes of [start, end) as pieces of the chunks fetched, for a caller that copies them
+        on anyway (the mount, into the kernel's buffer): joining them would copy every byte once more."""
         end = min(end, self.size)
         if start >= end:
-            return b""
+            return []
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
         indices = [i for i in range(first, last + 1) if not self.keys[i].is_hole]  # holes are zeros, not fetched
@@ -82,7 +87,7 @@ class VersionReader:
             hi = min(end - self._starts[i], self.keys[i].length)
             data = fetched.get(i)
             views.append(bytes(hi - lo) if data is None else memoryview(data)[lo:hi])
-        return b"".join(views)
+        return views
 
     def _cached(self, index: int) -> Future[bytes | memoryview]:
         """The fetch of chunk `index`, started unless it is under way or done (call with _cache_lock)."""
