@@ -308,7 +308,7 @@ class OpenFile:
                 slot = self._slots.get(index)
                 if slot is None and index in self._handed:
                     slot = self._slot(index)  # read back once, then served from memory
-                # Only the piece asked for is copied (FUSE reads 128 KiB at a time).
+                # Only the piece asked for is copied (FUSE reads at most 1 MiB at a time).
                 if slot is not None:
                     piece = bytes(memoryview(slot.buf)[within : min(within + n, slot.length)])
                 else:
