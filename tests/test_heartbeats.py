@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -90,9 +91,13 @@ def test_heartbeats_are_answered_while_the_manager_process_cannot_run(local_clus
         wait_for(lambda: _answers(beat, fake), what="the heartbeat port to know the benefactor")
         os.kill(cluster.manager.pid, signal.SIGSTOP)
         try:
-            with pytest.raises(grpc.RpcError) as refused:
-                fake.stub.Heartbeat(fake.request(), metadata=fake.meta, timeout=1.0)
-            assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            try:
+                reply = fake.stub.Heartbeat(fake.request(), metadata=fake.meta, timeout=1.0)
+            except grpc.RpcError as refused:
+                assert refused.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            else:  # seldom seen under load; say who answered, to find out why
+                pytest.fail(f"the stopped manager's port {cluster.manager_address} answered {reply!r}; "
+                            f"{_who_listens(cluster.manager_address, cluster.manager.pid)}")
             started = time.monotonic()
             reply = beat.Heartbeat(fake.request(used=12345 << 10), metadata=fake.meta, timeout=5)
             assert reply.known and reply.heartbeat_port == port
@@ -107,6 +112,13 @@ def test_heartbeats_are_answered_while_the_manager_process_cannot_run(local_clus
         wait_for(reported, what="the manager to apply the beat its heartbeat process answered")
     finally:
         fake.close()
+
+
+def _who_listens(address: str, pid: int) -> str:
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "gone"
+    port = address.rpartition(":")[2]
+    listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return f"manager pid {pid} is in state {state}; listening on port {port}: {listeners.strip() or 'nobody'}"
 
 
 def _answers(stub: manager_pb2_grpc.ManagerStub, fake: FakeBenefactor) -> bool:
