@@ -49,13 +49,10 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
     """One role's boundary (see the module's doc). `role` names the process in messages;
     `authenticate` None lets every call through with caller None (an insecure deployment)."""
 
-    def __init__(self, role: str, authenticate: Authenticator | None, metrics: CallMetrics | None = None,
-                 after: Callable[[str], None] | None = None) -> None:
+    def __init__(self, role: str, authenticate: Authenticator | None, metrics: CallMetrics | None = None) -> None:
         self.role = role
         self._authenticate = authenticate
         self._metrics = metrics or CallMetrics()
-        # Work done after every successful unary reply, before it is sent (e.g. making it durable).
-        self._after = after
         self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (its handler, that handler wrapped)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
@@ -100,10 +97,7 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 self._enter(name, None if streamed else request, context)
-                reply = behaviour(request, context)
-                if self._after is not None:
-                    self._after(name)
-                return reply
+                return behaviour(request, context)
             except Exception as e:  # noqa: BLE001 - the one place errors become status codes
                 self._abort(name, e, context)
 
