@@ -61,6 +61,15 @@ class ChunkKey(NamedTuple):
             return len(data) == self.length and not any(data)
         return len(data) == self.length and xxhash.xxh3_128_digest(data) == self.hash
 
+    def matches_parts(self, parts: list[memoryview]) -> bool:
+        """matches() for bytes held in several pieces (arena runs), hashed where they lie."""
+        if len(parts) == 1:
+            return self.matches(parts[0])
+        h = xxhash.xxh3_128()
+        for part in parts:
+            h.update(part)
+        return sum(len(p) for p in parts) == self.length and h.digest() == self.hash
+
     def hex(self) -> str:
         return f"{self.hash.hex()}-{self.length}"
 

@@ -142,3 +142,6 @@ class MemoryTransport:
         if data is None:
             raise ChunkUnavailable(f"{drained}: not on the PFS")
         return data
+
+    def close(self) -> None:
+        pass

@@ -50,7 +50,7 @@ class Peers:
     def __init__(self, timeout: float, tls: Tls | None = None, credentials: Credentials = no_credentials) -> None:
         self.timeout = timeout
         self.tls = tls
-        self._credentials = credentials
+        self.credentials = credentials
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -58,7 +58,7 @@ class Peers:
         with self._lock:
             ch = self._channels.get(address)
             if ch is None:
-                ch = self._channels[address] = with_credentials(channel(address, self.tls), self._credentials)
+                ch = self._channels[address] = with_credentials(channel(address, self.tls), self.credentials)
             return ch
 
     def put_stream(self, address: str, frames: Iterator[bytes]) -> Any:
@@ -86,6 +86,17 @@ class Peers:
             response_deserializer=decode_get_frame,
         )
         return list(call(request, timeout=self.timeout))
+
+    def data_ports(self, address: str, namespace: str) -> benefactor_pb2.DataPortsReply:
+        """Where the benefactor at `address` serves its stream data port."""
+        call = self._channel(address).unary_unary(
+            "/memstage.v1.Benefactor/DataPorts",
+            request_serializer=benefactor_pb2.DataPortsRequest.SerializeToString,
+            response_deserializer=benefactor_pb2.DataPortsReply.FromString,
+        )
+        reply: benefactor_pb2.DataPortsReply = call(benefactor_pb2.DataPortsRequest(namespace=namespace),
+                                                    timeout=self.timeout)
+        return reply
 
     def close(self) -> None:
         with self._lock:

@@ -162,6 +162,14 @@ class BenefactorSettings:
     manager: str = setting("127.0.0.1:7070", _str, "HOST:PORT of the manager")
     listen: str = setting("127.0.0.1:0", _str, "HOST:PORT to serve chunks on (port 0 = any free port)")
     advertise: str = setting("", _str, "HOST:PORT clients use to reach this benefactor (default: the bound address)")
+    data_listen: str = setting("", _str, "HOST:PORT of the stream data port, which carries chunk bytes on plain "
+                               "sockets (TLS when the gRPC port has it) for clients with transport = stream "
+                               "(default: the --listen host, any free port; off = none)")
+    socket_dir: str = setting("", _str, "directory (mode 700, this user's) for a Unix socket of the stream data port: "
+                              "clients on this machine use it instead of TCP, with no encryption cost; only "
+                              "processes of this user may connect (default: none)")
+    transport: str = setting("grpc", _choice("grpc", "stream"), "how copies and rebuilds fetch chunks from other "
+                             "benefactors: grpc, or stream (their stream data ports)")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
     metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
     metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
@@ -194,6 +202,8 @@ class BenefactorSettings:
         check_address(self.listen, "listen")
         if self.advertise:
             check_address(self.advertise, "advertise")
+        if self.data_listen not in ("", "off"):
+            check_address(self.data_listen, "data_listen")
         _positive("memory", self.memory)
         _positive("heartbeat_interval", self.heartbeat_interval)
 
@@ -209,6 +219,9 @@ class ClientSettings:
     tls_key: str = setting("", _str, "PEM private key of tls_cert")
     tls_server_name: str = setting("", _str, "name the servers' certificates are checked against (default: the "
                                    "host dialled)")
+    transport: str = setting("grpc", _choice("grpc", "stream"), "how chunk bytes travel: grpc, or stream (the "
+                             "benefactors' stream data ports: a Unix socket on the same machine, else TCP, with TLS "
+                             "when the deployment has it; gRPC where a benefactor has no such port)")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")
@@ -253,6 +266,9 @@ class UpSettings:
                              "the cluster secret it keeps in --state, and a client settings file is written there)")
     prefetch_latest: bool = setting(False, _bool, "once started, load the newest persisted checkpoint of each step "
                                     "series of namespace default back into memory from the PFS (a restart)")
+    transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes travel between the deployment's "
+                             "clients and benefactors: stream (Unix sockets in <state>/sockets that only this user "
+                             "can open: no encryption cost) or grpc (TLS)")
 
     def validate(self) -> None:
         check_address(self.listen, "listen")

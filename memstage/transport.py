@@ -63,6 +63,10 @@ class ChunkTransport(Protocol):
         """A drained chunk read from the PFS by the benefactor at `address`."""
         ...
 
+    def close(self) -> None:
+        """Drop kept connections (new ones open on next use)."""
+        ...
+
 
 def encode_chunk(namespace: str, session: int, seq: int, key: ChunkKey, data: memoryview) -> tuple[bytes, ...]:
     header = benefactor_pb2.PutHeader(namespace=namespace, key=key.to_pb(), seq=seq, session=session)
@@ -165,6 +169,9 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise ChunkUnavailable(e.details() if isinstance(e, grpc.Call) else str(e)) from None
         return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def close(self) -> None:
+        pass  # the channels belong to the caller's connections
 
 
 def read_from_memory(transport: ChunkTransport, namespace: str, key: ChunkKey, locations: Sequence[common_pb2.Location],

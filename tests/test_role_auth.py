@@ -70,6 +70,8 @@ BENEFACTOR: dict[str, Row] = {
                reading(), FORGED, OK),
     "ReadDrained": Row(lambda: benefactor_pb2.ReadDrainedRequest(
         drained="ns/f/x.chunk", key=ChunkKey.of(DATA).to_pb()).SerializeToString(), reading(), FORGED, NOT_FOUND),
+    "DataPorts": Row(lambda: benefactor_pb2.DataPortsRequest(namespace="ns").SerializeToString(), reading(),
+                     lambda secret, bf: grant(secret, "other", "rw"), OK),
     # The manager's alone: neither a client's grant nor another benefactor's proof.
     "Wake": Row(lambda: benefactor_pb2.WakeRequest(benefactor_id="someone-else").SerializeToString(),
                 lambda secret, bf: [proof(secret, auth.MANAGER)],

@@ -15,8 +15,9 @@ from conftest import MiB, free_port
 
 from memstage.chunks import ChunkKey
 from memstage.memtransport import MemoryBenefactor, MemoryTransport
-from memstage.peers import Peers
+from memstage.peers import Peers, no_credentials
 from memstage.placement import Placement, StreamEnd
+from memstage.streamtransport import StreamTransport
 from memstage.transport import ChunkTransport, ChunkUnavailable, GrpcTransport
 
 CAPACITY = 8 * MiB
@@ -162,3 +163,48 @@ class TestMemoryTransport(TransportContract):
     def env(self) -> Iterator[Env]:
         transport = MemoryTransport({"mem:1": MemoryBenefactor(CAPACITY)})
         yield Env(transport, Placement("bf-1", "mem:1"), Placement("nobody", "mem:2"))
+
+
+def _stream_env(cluster: Any, secure: bool = False) -> Iterator[Env]:
+    from memstage import auth
+    from memstage.peers import proof_credentials
+    from memstage.tls import load as load_tls
+
+    bf = cluster.benefactors[0]
+    credentials = no_credentials
+    if secure:  # a holder of the cluster secret, as a benefactor copying from its peers is
+        secret = auth.read_secret_file(cluster.secret_file, "--cluster-secret")
+        credentials = proof_credentials(auth.RoleProof(secret, auth.benefactor_role("bf-contract")))
+    tls = load_tls(**{k.removeprefix("tls_"): v for k, v in cluster.client_tls.items()}) if cluster.tls else None
+    peers = Peers(timeout=10, tls=tls, credentials=credentials)
+    transport = StreamTransport(peers)
+    try:
+        yield Env(transport, Placement(bf.id, bf.address), Placement("nobody", f"127.0.0.1:{free_port()}"))
+    finally:
+        transport.close()
+        peers.close()
+
+
+class TestStreamTransportTcp(TransportContract):
+    @pytest.fixture
+    def env(self, local_cluster: Any) -> Iterator[Env]:
+        cluster = local_cluster(benefactors=1, memory=CAPACITY)
+        yield from _stream_env(cluster)
+
+
+class TestStreamTransportTls(TransportContract):
+    """Over TCP with mutual TLS and the cluster secret, as a secured deployment runs."""
+
+    @pytest.fixture
+    def env(self, local_cluster: Any) -> Iterator[Env]:
+        cluster = local_cluster(benefactors=0, secure=True, tls=True)
+        cluster.add_benefactor(CAPACITY)
+        yield from _stream_env(cluster, secure=True)
+
+
+class TestStreamTransportUnix(TransportContract):
+    @pytest.fixture
+    def env(self, local_cluster: Any, tmp_path: Any) -> Iterator[Env]:
+        cluster = local_cluster(benefactors=0)
+        cluster.add_benefactor(CAPACITY, "--socket-dir", str(tmp_path / "sockets"), "--data-listen", "off")
+        yield from _stream_env(cluster)

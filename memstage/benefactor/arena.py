@@ -55,12 +55,15 @@ class Arena:
     def free_blocks(self) -> int:
         return len(self._free)
 
-    def store(self, data: memoryview | bytes) -> tuple[Run, ...]:
-        need = blocks_for(len(data))
+    def take(self, nbytes: int) -> tuple[Run, ...]:
+        """Free blocks for nbytes, to be filled by the caller (a chunk received straight into them)."""
+        need = blocks_for(nbytes)
         if need > len(self._free):
             raise ArenaFull(f"{need} blocks needed, {len(self._free)} free")
-        taken = [self._free.pop() for _ in range(need)]
-        runs = _runs(taken)
+        return _runs([self._free.pop() for _ in range(need)])
+
+    def store(self, data: memoryview | bytes) -> tuple[Run, ...]:
+        runs = self.take(len(data))
         pos = 0
         for first, count in runs:
             n = min(count * BLOCK_SIZE, len(data) - pos)

@@ -27,9 +27,9 @@ from memstage.paths import split_drained
 from memstage.peers import Peers, proof_credentials
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
+from memstage.streamtransport import transport_for
 from memstage.stripes import StripeUnavailable, build_member
 from memstage.tls import Tls
-from memstage.transport import GrpcTransport
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class OrderLoop:
                  stub: manager_pb2_grpc.ManagerStub, address: str = "", cluster_proof: str | Callable[[], str] = "",
                  tls: Tls | None = None, ceiling: Callable[[], float] = lambda: POLL,
                  on_hold: Callable[[], None] = lambda: None,
-                 read_drained: Callable[[str, ChunkKey], bytes] | None = None,
+                 read_drained: Callable[[str, ChunkKey], bytes] | None = None, transport: str = "grpc",
                  on_revoked: Callable[[list[str]], None] = lambda tokens: None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self._on_revoked = on_revoked  # the manager revoked tokens: their grants are refused here
@@ -85,7 +85,7 @@ class OrderLoop:
         self._copying: list[Future[manager_pb2.CopyResult]] = []
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
-        self._transport = GrpcTransport(Peers(CONTROL_TIMEOUT_S, tls, proof_credentials(cluster_proof)))
+        self._transport = transport_for(transport, Peers(CONTROL_TIMEOUT_S, tls, proof_credentials(cluster_proof)))
         self._lock = threading.Lock()  # the sequence of orders carried out (inbox, _copying)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orders", daemon=True)
@@ -99,6 +99,7 @@ class OrderLoop:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._transport.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -22,6 +22,7 @@ from memstage.benefactor.metrics import BenefactorMetrics
 from memstage.benefactor.orders import OrderLoop
 from memstage.benefactor.service import BenefactorService
 from memstage.benefactor.store import ChunkStore
+from memstage.benefactor.streamport import StreamPort
 from memstage.boundary import Boundary
 from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.errors import SettingError
@@ -68,6 +69,11 @@ class BenefactorServer:
         self._server.add_generic_rpc_handlers((self.service.handler(),))
         tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", tls)
+        data_listen = settings.data_listen or self.address.rpartition(":")[0] + ":0"
+        self.stream_port = StreamPort(self.service, self.access, data_listen,
+                                      tls.server_context() if tls.enabled else None, settings.socket_dir,
+                                      lambda reason: metrics.refused.labels(reason).inc())
+        self.service.ports = self.stream_port.reply
         self.heartbeat = Heartbeat(settings, self.store, self.id, settings.advertise or self.address,
                                    self.incarnation, receipt_key, credentials, tls, clock)
         # Idle loops are woken by the manager (Wake, and heartbeat replies should a wake be lost); they
@@ -76,7 +82,7 @@ class BenefactorServer:
         self.drain = DrainLoop(settings, self.store, self.id, self.heartbeat.stub, self.incarnation, ceiling, clock)
         self.orders = OrderLoop(self.store, self.id, self.incarnation, self.heartbeat.stub, self.address, proof,
                                 tls, ceiling, on_hold=self.drain.waker.wake, read_drained=self.drain.read_drained,
-                                on_revoked=self._revoke, clock=clock)
+                                on_revoked=self._revoke, clock=clock, transport=settings.transport)
         self.heartbeat.on_revoked = self._revoke
         self.heartbeat.drain = self.drain
         self.heartbeat.orders = self.orders
@@ -107,6 +113,7 @@ class BenefactorServer:
 
     def start(self) -> None:
         self._server.start()
+        self.stream_port.start()
         self.heartbeat.start()
         self.orders.start()
         self.drain.start()
@@ -160,6 +167,7 @@ class BenefactorServer:
         self.orders.stop()
         self.heartbeat.stop()
         self._server.stop(grace).wait()
+        self.stream_port.stop()
         self.store.close()
         log.info("benefactor %s stopped", self.id)
 

@@ -84,6 +84,7 @@ class BenefactorService:
         self.receipt_key = receipt_key
         self.metrics = metrics
         self.drain: DrainLoop | None = None  # set by the server
+        self.ports = benefactor_pb2.DataPortsReply()  # set by the server: its stream data port
         self.incarnation = 0  # set by the server: wakes for another process at this address are ignored
         # Set by the server: the manager says work waits here; returns (epoch, last order carried out).
         self.on_wake: Callable[[benefactor_pb2.WakeRequest], tuple[int, int]] = lambda request: (0, 0)
@@ -98,7 +99,7 @@ class BenefactorService:
                     if incoming is not None:
                         raise _refused(InvalidArgument(
                             f"chunk {incoming.seq} ended after {incoming.received} of {incoming.length} bytes"))
-                    incoming = self._begin(frame.header, caller)
+                    incoming = self.admit(frame.header, caller)
                 elif incoming is None:
                     raise _refused(InvalidArgument("data frame without a chunk header"))
                 incoming.parts.append(frame.data)
@@ -107,15 +108,7 @@ class BenefactorService:
                     raise _refused(InvalidArgument(
                         f"chunk {incoming.seq}: more bytes than its length {incoming.length}"))
                 if incoming.received == incoming.length:
-                    data = incoming.data()
-                    ns, key = incoming.key
-                    if not key.matches(data):
-                        self.metrics.refused.labels("hash_mismatch").inc()
-                        raise _refused(InvalidArgument(
-                            f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})"))
-                    self.store.put_reserved(incoming.key, data, incoming.session)
-                    self.metrics.received.inc(len(data))
-                    receipt = make_receipt(self.receipt_key, incoming.session, ns, key)
+                    receipt = self.store_received(incoming, incoming.data())
                     seq, incoming = incoming.seq, None
                     yield benefactor_pb2.PutAck(seq=seq, receipt=receipt)
             if incoming is not None:
@@ -125,7 +118,26 @@ class BenefactorService:
             if incoming is not None:
                 self.store.release(incoming.length)
 
-    def _begin(self, header: benefactor_pb2.PutHeader, caller: Caller | None) -> _Incoming:
+    def store_received(self, incoming: _Incoming, data: memoryview) -> bytes:
+        """Keep a chunk received whole in a message (its reservation turns into blocks); its receipt."""
+        self.verify(incoming, [data])
+        self.store.put_reserved(incoming.key, data, incoming.session)
+        return self.stored(incoming)
+
+    def verify(self, incoming: _Incoming, parts: list[memoryview]) -> None:
+        ns, key = incoming.key
+        if not key.matches_parts(parts):
+            self.metrics.refused.labels("hash_mismatch").inc()
+            raise _refused(InvalidArgument(f"chunk {incoming.seq}: bytes do not match hash {key} (namespace {ns})"))
+
+    def stored(self, incoming: _Incoming) -> bytes:
+        """The receipt of a chunk kept for its session."""
+        ns, key = incoming.key
+        self.metrics.received.inc(key.length)
+        return make_receipt(self.receipt_key, incoming.session, ns, key)
+
+    def admit(self, header: benefactor_pb2.PutHeader, caller: Caller | None) -> _Incoming:
+        """The checks of a chunk's header, for the caller (None: --insecure), and room reserved for it."""
         try:
             check_namespace(header.namespace)
         except InvalidPath as e:
@@ -161,8 +173,22 @@ class BenefactorService:
                 raise NotFound(f"benefactor {self.id} does not hold chunk {key[1]}")
             yield frame
 
+    def chunk(self, request: benefactor_pb2.GetRequest) -> bytes:
+        """A held chunk's bytes, copied out of the arena (its blocks may be freed once the lock is gone)."""
+        key = (request.namespace, ChunkKey.from_pb(request.key))
+        data = self.store.read(key)
+        if data is None:
+            raise NotFound(f"benefactor {self.id} does not hold chunk {key[1]}")
+        return data
+
     def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
                      ) -> Iterator[bytes]:
+        view = memoryview(self.drained(request))
+        for start in range(0, max(len(view), 1), MAX_FRAME_DATA):
+            yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
+
+    def drained(self, request: benefactor_pb2.ReadDrainedRequest) -> bytes | memoryview:
+        """A drained chunk read back from the PFS, verified."""
         assert self.drain is not None
         # The boundary checked the name (and the grant against the namespace it starts with).
         key = ChunkKey.from_pb(request.key)
@@ -174,9 +200,7 @@ class BenefactorService:
             raise NotFound(f"{request.drained}: not on the PFS") from None
         except (OSError, ValueError) as e:
             raise DataDamaged(str(e)) from None
-        view = memoryview(data)
-        for start in range(0, max(len(view), 1), MAX_FRAME_DATA):
-            yield encode_get_frame(view[start : start + MAX_FRAME_DATA])
+        return data
 
     def has(self, request: benefactor_pb2.ChunkList, context: grpc.ServicerContext) -> benefactor_pb2.HasReply:
         keys = [(request.namespace, ChunkKey.from_pb(k)) for k in request.keys]
@@ -192,6 +216,10 @@ class BenefactorService:
             request = benefactor_pb2.WakeRequest(orders=True, drain=request.drain)  # fetched from the manager
         epoch, acked = self.on_wake(request)
         return benefactor_pb2.WakeReply(known=True, epoch=epoch, acked=acked)
+
+    def data_ports(self, request: benefactor_pb2.DataPortsRequest, context: grpc.ServicerContext
+                   ) -> benefactor_pb2.DataPortsReply:
+        return self.ports
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -216,6 +244,11 @@ class BenefactorService:
                     self.has,
                     request_deserializer=benefactor_pb2.ChunkList.FromString,
                     response_serializer=benefactor_pb2.HasReply.SerializeToString,
+                ),
+                "DataPorts": grpc.unary_unary_rpc_method_handler(
+                    self.data_ports,
+                    request_deserializer=benefactor_pb2.DataPortsRequest.FromString,
+                    response_serializer=benefactor_pb2.DataPortsReply.SerializeToString,
                 ),
                 "Wake": grpc.unary_unary_rpc_method_handler(
                     self.wake,

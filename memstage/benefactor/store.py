@@ -88,11 +88,37 @@ class ChunkStore:
             chunk = self._chunks.get(key)
             if chunk is None:
                 chunk = self._chunks[key] = StoredChunk(self._arena.store(data))
-            chunk.pins[session] = chunk.pins.get(session, 0) + 1
-            mine = self._by_session.setdefault(session, set())
-            if key not in mine:
-                mine.add(key)
-                self._session_bytes[session] = self._session_bytes.get(session, 0) + key[1].length
+            self._pin(key, chunk, session)
+
+    def land(self, nbytes: int) -> tuple[tuple[Run, ...], list[memoryview]]:
+        """Blocks reserved for a chunk (reserve()), taken now so that its bytes are received straight
+        into them: their runs and views. Then put_landed() or drop_landed()."""
+        with self._lock:
+            self._reserved -= blocks_for(nbytes)
+            runs = self._arena.take(nbytes)
+        return runs, self._arena.views(runs, nbytes)
+
+    def put_landed(self, key: StoreKey, runs: tuple[Run, ...], session: int) -> None:
+        """A verified chunk received into landed blocks, pinned by `session`; a chunk already held
+        just gains the pin and the landed blocks go back."""
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                chunk = self._chunks[key] = StoredChunk(runs)
+            else:
+                self._arena.free(runs)
+            self._pin(key, chunk, session)
+
+    def drop_landed(self, runs: tuple[Run, ...]) -> None:
+        with self._lock:
+            self._arena.free(runs)
+
+    def _pin(self, key: StoreKey, chunk: StoredChunk, session: int) -> None:
+        chunk.pins[session] = chunk.pins.get(session, 0) + 1
+        mine = self._by_session.setdefault(session, set())
+        if key not in mine:
+            mine.add(key)
+            self._session_bytes[session] = self._session_bytes.get(session, 0) + key[1].length
 
     def session_bytes(self, session: int) -> int:
         """Bytes of the chunks an open write session keeps here (a grant's cap is checked against it)."""

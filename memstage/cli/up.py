@@ -37,12 +37,14 @@ def deployment_token(state: str) -> str:
         return ""
 
 
-def deployment_client(state: str) -> dict[str, Any]:
+def deployment_client(state: str, transport: str = "stream") -> dict[str, Any]:
     """Client settings for a deployment `memstage up` started on `state`: its admin token and TLS
-    files (none of them for an insecure one)."""
+    files (none of them for an insecure one), and the transport it was started with."""
     from memstage.tls import client_certs
 
-    out = {"token": deployment_token(state)} if deployment_token(state) else {}
+    out: dict[str, Any] = {"transport": transport}
+    if deployment_token(state):
+        out["token"] = deployment_token(state)
     if (Path(state) / "tls" / "ca.pem").exists():
         out.update(client_certs(str(Path(state) / "tls")))
     return out
@@ -68,12 +70,14 @@ def tls_flags(tls: dict[str, str]) -> list[str]:
     return [arg for name, value in tls.items() for arg in (flag_name(name), value)]
 
 
-def write_client_settings(state: str, manager: str, tls: dict[str, str] | None = None) -> str:
-    """<state>/client.toml (0600): the manager's address, the admin token and the TLS files, for
-    Client(), the CLI and `memstage mount` through MEMSTAGE_CONFIG (or --config)."""
+def write_client_settings(state: str, manager: str, tls: dict[str, str] | None = None,
+                          transport: str = "stream") -> str:
+    """<state>/client.toml (0600): the manager's address, the admin token, the TLS files and the
+    transport, for Client(), the CLI and `memstage mount` through MEMSTAGE_CONFIG (or --config)."""
     path = Path(state) / "client.toml"
     token = deployment_token(state)
-    lines = ["[client]", f'manager = "{manager}"'] + ([f'token = "{token}"'] if token else [])
+    lines = ["[client]", f'manager = "{manager}"', f'transport = "{transport}"']
+    lines += [f'token = "{token}"'] if token else []
     lines += [f'{name} = "{value}"' for name, value in (tls or {}).items()]
     # Written aside and renamed: whoever sees the file (a script waiting for it) sees all of it.
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -113,12 +117,14 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                               "--drain-bandwidth", str(settings.drain_bandwidth),
                                               "--stop-timeout", f"{settings.stop_timeout}s",
                                               "--metrics-port", str(port + 1 + i if port else 0), *secret,
-                                              *tls, *extra]))
+                                              # Clients of this machine reach them by Unix socket.
+                                              "--socket-dir", os.path.join(state, "sockets"),
+                                              "--transport", settings.transport, *tls, *extra]))
         if settings.mount:
             token = deployment_token(state)
             mount_tls = [] if settings.insecure else tls_flags(client_tls(state))
             procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *mount_tls,
-                                                         *extra]))
+                                                         "--transport", settings.transport, *extra]))
     except BaseException:
         stop_deployment(procs)
         raise
@@ -214,7 +220,7 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
     if settings.mount:
         print(f"  staging directory: {os.path.abspath(settings.mount)}", flush=True)
     client_file = write_client_settings(settings.state, manager.address,
-                                        {} if settings.insecure else client_tls(settings.state))
+                                        {} if settings.insecure else client_tls(settings.state), settings.transport)
     if settings.insecure:
         print("  INSECURE (--insecure): no token or secret is checked; anyone who reaches these ports may read, "
               "write and delete everything", flush=True)

@@ -36,7 +36,8 @@ from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound, 
 from memstage.paths import normalize_file_path, normalize_path
 from memstage.proto import manager_pb2
 from memstage.settings import ClientSettings, load
-from memstage.transport import ChunkTransport, GrpcTransport
+from memstage.streamtransport import transport_for
+from memstage.transport import ChunkTransport
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         s = self.settings
         self.connections = Connections(s.manager, s.rpc_timeout, token=s.token, namespace=s.namespace,
                                        tls=tls.load(s.tls_cert, s.tls_key, s.tls_ca, s.tls_server_name))
-        self.transport: ChunkTransport = GrpcTransport(self.connections)
+        self.transport: ChunkTransport = transport_for(s.transport, self.connections.peers, s.namespace)
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
@@ -430,3 +431,4 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             if keeper is not None:
                 keeper.join(timeout=10)
             self.connections.close()
+            self.transport.close()

@@ -36,7 +36,7 @@ class Connections:
         self._lock = threading.Lock()
         self._manager_channel: grpc.Channel | None = None
         self._manager: manager_pb2_grpc.ManagerStub | None = None
-        self._peers = Peers(timeout, tls, self._benefactor_credentials)
+        self.peers = Peers(timeout, tls, self._benefactor_credentials)
 
     def note_grant(self, namespace: str, grant: str, write: bool) -> None:
         """Keep a grant the manager handed out (a session's, a version map's) for benefactor calls."""
@@ -84,18 +84,18 @@ class Connections:
 
     def put_stream(self, address: str, frames: Iterator[bytes]) -> Any:
         """Open a Put stream: frames are pre-encoded bytes; returns the iterator of PutAcks."""
-        return self._peers.put_stream(address, frames)
+        return self.peers.put_stream(address, frames)
 
     def get_chunk(self, address: str, request: benefactor_pb2.GetRequest) -> list[memoryview]:
-        return self._peers.get_chunk(address, request)
+        return self.peers.get_chunk(address, request)
 
     def read_drained(self, address: str, request: benefactor_pb2.ReadDrainedRequest) -> list[memoryview]:
         """A drained chunk, read from the PFS by the benefactor at `address`."""
-        return self._peers.read_drained(address, request)
+        return self.peers.read_drained(address, request)
 
     def close(self) -> None:
         with self._lock:
             manager, self._manager_channel, self._manager = self._manager_channel, None, None
         if manager is not None:
             manager.close()
-        self._peers.close()
+        self.peers.close()

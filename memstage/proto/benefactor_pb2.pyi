@@ -7,6 +7,56 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DataPortsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class DataPortsReply(_message.Message):
+    __slots__ = ("tcp_port", "tls", "unix_path", "host_id")
+    TCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    tcp_port: int
+    tls: bool
+    unix_path: str
+    host_id: str
+    def __init__(self, tcp_port: _Optional[int] = ..., tls: _Optional[bool] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("method", "metadata", "put", "get", "read_drained")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    GET_FIELD_NUMBER: _ClassVar[int]
+    READ_DRAINED_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
+    put: PutHeader
+    get: GetRequest
+    read_drained: ReadDrainedRequest
+    def __init__(self, method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., put: _Optional[_Union[PutHeader, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., read_drained: _Optional[_Union[ReadDrainedRequest, _Mapping]] = ...) -> None: ...
+
+class MetadataEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class StreamReply(_message.Message):
+    __slots__ = ("code", "detail", "ack")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    detail: str
+    ack: PutAck
+    def __init__(self, code: _Optional[int] = ..., detail: _Optional[str] = ..., ack: _Optional[_Union[PutAck, _Mapping]] = ...) -> None: ...
+
 class WakeRequest(_message.Message):
     __slots__ = ("benefactor_id", "incarnation", "orders", "drain", "orders_reply", "orders_mac", "orders_last", "orders_epoch")
     BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class BenefactorStub:
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.WakeRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_benefactor__pb2.WakeReply.FromString,
                 _registered_method=True)
+        self.DataPorts = channel.unary_unary(
+                '/memstage.v1.Benefactor/DataPorts',
+                request_serializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.FromString,
+                _registered_method=True)
 
 
 class BenefactorServicer:
@@ -103,6 +108,14 @@ class BenefactorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DataPorts(self, request, context):
+        """Where this benefactor's stream data port listens (memstage.streamwire): the same Put, Get and
+        ReadDrained with the same checks, as raw bytes on long-lived sockets instead of gRPC messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BenefactorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_BenefactorServicer_to_server(servicer, server):
                     servicer.Wake,
                     request_deserializer=memstage_dot_proto_dot_benefactor__pb2.WakeRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_benefactor__pb2.WakeReply.SerializeToString,
+            ),
+            'DataPorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DataPorts,
+                    request_deserializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class Benefactor:
             '/memstage.v1.Benefactor/Wake',
             memstage_dot_proto_dot_benefactor__pb2.WakeRequest.SerializeToString,
             memstage_dot_proto_dot_benefactor__pb2.WakeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DataPorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Benefactor/DataPorts',
+            memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.SerializeToString,
+            memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,133 @@
+"""The wire of the stream data port: messages on a plain, TLS or Unix socket.
+
+Each message is an 8-byte prefix (two big-endian uint32: the length of a StreamRequest or
+StreamReply, then the length of the raw bytes after it), the message, then the raw bytes. Raw
+bytes are sent from the caller's buffers (`sendmsg`, no join) and received with `recv_into` into
+the receiver's buffer (a benefactor's arena blocks, a reader's buffer): no protobuf around them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from memstage.chunks import MAX_CHUNK_SIZE
+
+PREFIX = struct.Struct("!II")
+MAX_MESSAGE = 64 * 1024  # a request or reply without its bytes: a header, a grant, a receipt
+MAX_DATA = MAX_CHUNK_SIZE
+
+Buffer = bytes | bytearray | memoryview
+M = TypeVar("M", bound=Message)
+
+
+class WireError(ConnectionError):
+    """The peer closed the connection, or sent what is not a message of this wire."""
+
+
+class Idle(TimeoutError):
+    """No message began within the socket's timeout (the connection is still in step)."""
+
+
+_SUN_PATH_MAX = 107  # bytes of a Unix socket's path the kernel takes
+
+
+def unix_address(sock: socket.socket, path: str, act: Callable[[str], None]) -> None:
+    """bind or connect `sock` to a Unix socket path of any length: a path longer than the kernel
+    takes is reached through a descriptor of its directory."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        act(path)
+        return
+    folder, name = os.path.split(path)
+    fd = os.open(folder or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        act(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
+
+
+def host_id() -> str:
+    """This kernel's boot id: processes that share it may share a Unix socket's directory."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def send(sock: socket.socket, message: Message, data: Sequence[Buffer] = ()) -> None:
+    """The message and its raw bytes, from the caller's buffers."""
+    head = message.SerializeToString()
+    send_parts(sock, [PREFIX.pack(len(head), sum(len(d) for d in data)) + head, *data])
+
+
+def send_parts(sock: socket.socket, parts: Sequence[Buffer]) -> None:
+    """Buffers sent in order as one run of bytes, with no join."""
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg over TLS: each part is encrypted as it goes
+        for part in parts:
+            sock.sendall(part)
+        return
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
+def recv_into(sock: socket.socket, view: memoryview) -> None:
+    """Fill `view` exactly from the socket."""
+    pos, end = 0, len(view)
+    while pos < end:
+        n = sock.recv_into(view[pos:], end - pos)
+        if n == 0:
+            raise WireError(f"the peer closed the connection {end - pos} bytes short of a message")
+        pos += n
+
+
+def recv(sock: socket.socket, kind: type[M]) -> tuple[M, int] | None:
+    """The next message and the length of the raw bytes that follow it (still to be received);
+    None when the peer closed the connection between messages."""
+    prefix = bytearray(PREFIX.size)
+    try:
+        first = sock.recv_into(prefix, PREFIX.size)
+    except TimeoutError:
+        raise Idle("no message") from None
+    if first == 0:
+        return None
+    try:
+        if first < PREFIX.size:
+            recv_into(sock, memoryview(prefix)[first:])
+        return _rest(sock, kind, prefix)
+    except TimeoutError:
+        raise WireError("a message stopped half way (timed out)") from None
+
+
+def _rest(sock: socket.socket, kind: type[M], prefix: bytearray) -> tuple[M, int]:
+    head_len, data_len = PREFIX.unpack(prefix)
+    if head_len > MAX_MESSAGE or data_len > MAX_DATA:
+        raise WireError(f"a message of {head_len} + {data_len} bytes is over the limit "
+                        f"({MAX_MESSAGE} + {MAX_DATA})")
+    head = bytearray(head_len)
+    recv_into(sock, memoryview(head))
+    try:
+        return kind.FromString(bytes(head)), data_len
+    except DecodeError:
+        raise WireError(f"not a {kind.__name__}") from None
+
+
+def skip(sock: socket.socket, n: int) -> None:
+    """Read and drop n raw bytes."""
+    scratch = memoryview(bytearray(min(n, 1 << 20)))
+    while n > 0:
+        part = scratch[: min(n, len(scratch))]
+        recv_into(sock, part)
+        n -= len(part)
