@@ -47,8 +47,13 @@ lint: venv
 # Most tests wait on real servers and mounts, not on the CPU: four workers keep two cores busy.
 TEST_WORKERS ?= 4
 
+# The suite runs on the default transport (stream); the data-path tests run again over gRPC, the
+# other transport a client may choose (the transport contract covers both in the first run).
+GRPC_TESTS ?= tests/test_data_path.py tests/test_redundancy.py tests/test_dedup.py tests/test_readahead.py
+
 test: setup test-debs lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --transport grpc $(GRPC_TESTS)
 
 bench: setup
 	$(BIN)/memstage bench

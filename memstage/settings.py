@@ -168,8 +168,8 @@ class BenefactorSettings:
     socket_dir: str = setting("", _str, "directory (mode 700, this user's) for a Unix socket of the stream data port: "
                               "clients on this machine use it instead of TCP, with no encryption cost; only "
                               "processes of this user may connect (default: none)")
-    transport: str = setting("grpc", _choice("grpc", "stream"), "how copies and rebuilds fetch chunks from other "
-                             "benefactors: grpc, or stream (their stream data ports)")
+    transport: str = setting("stream", _choice("stream", "grpc"), "how copies and rebuilds fetch chunks from other "
+                             "benefactors: stream (their stream data ports) or grpc")
     memory: int = setting(GiB, _size, "memory donated to the staging area")
     metrics_port: int = setting(0, _int, "port of /metrics (0 = off)")
     metrics_host: str = setting("", _str, "host /metrics binds to (default: the --listen host)")
@@ -219,9 +219,9 @@ class ClientSettings:
     tls_key: str = setting("", _str, "PEM private key of tls_cert")
     tls_server_name: str = setting("", _str, "name the servers' certificates are checked against (default: the "
                                    "host dialled)")
-    transport: str = setting("grpc", _choice("grpc", "stream"), "how chunk bytes travel: grpc, or stream (the "
-                             "benefactors' stream data ports: a Unix socket on the same machine, else TCP, with TLS "
-                             "when the deployment has it; gRPC where a benefactor has no such port)")
+    transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes travel: stream (the "
+                             "benefactors' stream data ports: their Unix socket when on this machine, else TCP, with "
+                             "TLS when the deployment has it; gRPC where a benefactor has no such port) or grpc")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")

@@ -25,6 +25,19 @@ MiB = 1024 * 1024
 HEARTBEAT = 0.5  # seconds; dead after 3 missed
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--transport", choices=("stream", "grpc"), default=None,
+                     help="how chunk bytes travel in every client, mount and benefactor the tests start "
+                          "(default: the settings' default)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Through the environment, the setting reaches in-process clients and every process started.
+    transport = config.getoption("--transport")
+    if transport:
+        os.environ["MEMSTAGE_TRANSPORT"] = transport
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     """Poll until condition() is truthy; fail the test with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
