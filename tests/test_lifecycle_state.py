@@ -104,6 +104,41 @@ def test_a_late_free_never_takes_a_copy_held_again_or_stored_again():
     assert store.free([(key, 11)]) == BLOCK_SIZE and not store.has(key)
 
 
+def test_a_chunk_freed_while_it_is_being_sent_keeps_its_blocks_until_the_send_is_done():
+    store = ChunkStore(BLOCK_SIZE, prefault=False)
+    key, data = KEYS[0], CHUNKS[0]
+    assert store.reserve(len(data))
+    store.put_reserved(key, data, session=7)
+    with store.lend(key) as views:
+        assert views is not None and b"".join(views) == data
+        store.end_session(7)  # freed under the send
+        assert not store.has(key)
+        assert not store.reserve(len(data)), "its block is not handed out while it is sent from"
+        assert b"".join(views) == data
+    assert store.reserve(len(data)), "given back once the send is done"
+    with store.lend(key) as views:
+        assert views is None
+
+
+def test_landed_blocks_become_the_chunk_or_go_back():
+    store = ChunkStore(2 * BLOCK_SIZE, prefault=False)
+    key, data = KEYS[0], CHUNKS[0]
+    for _ in range(2):  # the second landing of the same chunk is a duplicate: its blocks go back
+        assert store.reserve(len(data))
+        runs, views = store.land(len(data))
+        views[0][: len(data)] = data
+        store.put_landed(key, runs, session=7)
+    assert store.reserve(len(data)) and store.reserve(len(data)) is False
+    store.release(len(data))
+    assert store.reserve(len(data))
+    runs, _ = store.land(len(data))
+    store.drop_landed(runs)  # a chunk cut short
+    with store.lend(key) as views:
+        assert views is not None and b"".join(views) == data
+    store.end_session(7)
+    assert store.reserve(2 * len(data))
+
+
 def test_a_release_crossing_a_later_put_of_the_same_chunk_keeps_that_put():
     store = ChunkStore(2 * BLOCK_SIZE, prefault=False)
     key, data = KEYS[0], CHUNKS[0]

@@ -173,14 +173,6 @@ class BenefactorService:
                 raise NotFound(f"benefactor {self.id} does not hold chunk {key[1]}")
             yield frame
 
-    def chunk(self, request: benefactor_pb2.GetRequest) -> bytes:
-        """A held chunk's bytes, copied out of the arena (its blocks may be freed once the lock is gone)."""
-        key = (request.namespace, ChunkKey.from_pb(request.key))
-        data = self.store.read(key)
-        if data is None:
-            raise NotFound(f"benefactor {self.id} does not hold chunk {key[1]}")
-        return data
-
     def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
                      ) -> Iterator[bytes]:
         view = memoryview(self.drained(request))

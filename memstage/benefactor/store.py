@@ -15,9 +15,10 @@ A chunk with no pin and no hold is freed at once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from memstage.benefactor.arena import BLOCK_SIZE, Arena, Run, blocks_for
@@ -31,6 +32,8 @@ class StoredChunk:
     runs: tuple[Run, ...]
     pins: dict[int, int] = field(default_factory=dict)  # open write session -> puts not released
     gen: int = 0  # generation of the manager's hold; 0 = not held by any committed version
+    readers: int = 0  # lent out (sent straight from its blocks): freed only once they are done
+    dropped: bool = False  # no longer stored; its blocks go back when the last reader is done
     checked_at: float = 0.0  # when the manager last confirmed the hold (safety-net reconcile)
 
 
@@ -156,6 +159,27 @@ class ChunkStore:
                 pos += len(view)
             return b"".join(parts)
 
+    @contextlib.contextmanager
+    def lend(self, key: StoreKey) -> Iterator[list[memoryview] | None]:
+        """Views of a chunk's blocks, valid inside the block (a free meanwhile waits for its end), so
+        that it is sent with no copy; None if it is not held."""
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                yield None
+                return
+            chunk.readers += 1
+            views = self._arena.views(chunk.runs, key[1].length)
+        try:
+            yield views
+        finally:
+            for v in views:
+                v.release()
+            with self._lock:
+                chunk.readers -= 1
+                if chunk.dropped and not chunk.readers:
+                    self._arena.free(chunk.runs)
+
     # -- the manager's orders (each idempotent); they return the bytes of donation given back --
     def hold(self, keys: Iterable[tuple[StoreKey, int]], now: float | None = None) -> None:
         """Committed versions reference these chunks here now, at the given generations."""
@@ -215,7 +239,10 @@ class ChunkStore:
         if chunk.pins or chunk.gen:
             return 0
         del self._chunks[key]
-        self._arena.free(chunk.runs)
+        if chunk.readers:
+            chunk.dropped = True  # being sent: the last reader gives the blocks back
+        else:
+            self._arena.free(chunk.runs)
         return sum(count for _, count in chunk.runs) * BLOCK_SIZE
 
     # -- reports to the manager ----------------------------------------------------------------

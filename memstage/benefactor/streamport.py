@@ -24,9 +24,11 @@ from typing import Any
 from memstage import streamwire
 from memstage.benefactor.service import BenefactorService
 from memstage.boundary import Authenticator
+from memstage.chunks import ChunkKey
 from memstage.errors import (
     InvalidArgument,
     MemstageError,
+    NotFound,
     PermissionDenied,
     SettingError,
     Unauthenticated,
@@ -199,7 +201,11 @@ class Connection:
             streamwire.send(self.sock, benefactor_pb2.StreamReply())
         elif method == "Get":
             self.port.authenticate("Get", request, request.get)
-            streamwire.send(self.sock, benefactor_pb2.StreamReply(), [self.service.chunk(request.get)])
+            key = (request.get.namespace, ChunkKey.from_pb(request.get.key))
+            with self.store.lend(key) as views:  # sent from the arena, no copy
+                if views is None:
+                    raise NotFound(f"benefactor {self.service.id} does not hold chunk {key[1]}")
+                streamwire.send(self.sock, benefactor_pb2.StreamReply(), views)
         elif method == "ReadDrained":
             self.port.authenticate("ReadDrained", request, request.read_drained)
             streamwire.send(self.sock, benefactor_pb2.StreamReply(), [self.service.drained(request.read_drained)])
