@@ -171,7 +171,13 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)["rows"][0]
     assert row["clients"] == 1 and row["asb"] > 0 and row["grpc"] > 0 and row["disk"] > 0
+    assert row["tcp"] > 0 and row["tls"] > 0
     assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
+    assert row["asb_over_tls"] == pytest.approx(row["asb"] / row["tls"])
+    assert row["asb_over_tcp"] == pytest.approx(row["asb"] / row["tcp"])
+    assert row["client_cpu_per_gib"] > 0 and row["benefactors_cpu_per_gib"] > 0
+    # Counted in 10 ms clock ticks: the manager's share of one 8 MiB commit may round to none.
+    assert row["manager_cpu_per_gib"] >= 0
 
 
 def test_security_bench_compares_secure_and_insecure_in_one_run(tmp_path):

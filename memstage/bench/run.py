@@ -3,14 +3,22 @@
 For each client count C: C processes each write one checkpoint file of --size random bytes
 (written in --write-size pieces from a memoryview, as numpy or torch hand over buffers) into
 memstage; the same bytes are written by C processes to files in --dir with fsync (the disk);
-and streamed by C processes with bare grpcio to one server process (the transport ceiling).
+and sent by C processes to one sink process over three bare transports, the transport ceilings:
+grpcio streams (grpc ceiling), raw TCP and TLS 1.3 with mutual authentication (tcp and tls
+ceilings: two connections per client, 1 MiB frames hashed with xxh3_128 at both ends and
+acknowledged, no memstage code on the path; see rawceiling.py). ASB/tls is the ratio to compare
+for a secured deployment (the default), ASB/tcp with --insecure.
 Every measurement is repeated (--repeat) after one unmeasured warm-up, the median is reported.
 Aggregate bandwidth = C x size / the slowest client's time. Figures are ratios in one run.
+CPU-s/GiB: CPU seconds the memstage clients (together), the benefactors (together, from /proc)
+and the manager (with its helper processes) spent during the measured memstage writes, over the
+GiB written in them (a total over the rounds, not a median).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -20,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from memstage.bench.measure import disk_write_seconds, write_file
@@ -29,6 +38,7 @@ from memstage.errors import MemstageError, SettingError
 from memstage.units import format_rate, format_size, parse_size
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,14 +103,39 @@ class Row:
     asb: float
     disk: float
     grpc: float
+    tcp: float
+    tls: float
+    client_cpu_per_gib: float  # CPU seconds per GiB written, as defined in the module docstring
+    benefactors_cpu_per_gib: float
+    manager_cpu_per_gib: float
 
     @property
     def asb_over_grpc(self) -> float:
         return self.asb / self.grpc
 
     @property
+    def asb_over_tls(self) -> float:
+        return self.asb / self.tls
+
+    @property
+    def asb_over_tcp(self) -> float:
+        return self.asb / self.tcp
+
+    @property
     def asb_over_disk(self) -> float:
         return self.asb / self.disk
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self) | {"asb_over_grpc": self.asb_over_grpc, "asb_over_tls": self.asb_over_tls,
+                               "asb_over_tcp": self.asb_over_tcp, "asb_over_disk": self.asb_over_disk}
+
+
+@dataclass(slots=True)
+class Runs:
+    """What the clients of one _run_clients measured."""
+
+    rounds: list[tuple[float, float]]  # per measured round: (slowest OAB time, slowest ASB time)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds over the measured rounds, by who
 
 
 # -- workers (run in child processes) -----------------------------------------------------------
@@ -118,45 +153,76 @@ def _measure(kind: str, args: dict[str, Any], index: int, barrier: Any, results:
     from memstage.tuning import keep_large_buffers
 
     keep_large_buffers()
-    size, write_size = args["size"], args["write_size"]
-    data = os.urandom(size)
-    view = memoryview(data)
+    data = os.urandom(args["size"])
     client = None
     if kind == "memstage":
         from memstage.client import Client
 
         client = Client(manager=args["manager"], namespace="bench", chunk_size=args["chunk_size"], **args["client"])
     out = []
+    cpu = {"client": 0.0}
     for rnd in range(args["rounds"]):
         barrier.wait()
-        if kind == "memstage":
-            assert client is not None
-            t0 = time.perf_counter()
-            result = write_file(client, f"/bench/round{rnd}/client{index}.bin", view, write_size)
-            out.append((time.perf_counter() - t0, result.stats.asb_seconds))
+        # One client samples the deployment's CPU, between barriers every client passes together.
+        watch = args.get("watch") if index == 0 and rnd > 0 and kind == "memstage" else None
+        before = _deployment_cpu(watch) if watch else {}
+        c0 = time.process_time()
+        out.append(_timed(kind, args, client, index, rnd, data))
+        if rnd > 0:  # the warm-up's CPU is not counted
+            cpu["client"] += time.process_time() - c0
+        if client is not None:
             barrier.wait()
+            if watch:
+                for who, seconds in _deployment_cpu(watch).items():
+                    cpu[who] = cpu.get(who, 0.0) + seconds - before[who]
             if index == 0:
                 client.rm(f"/bench/round{rnd}", recursive=True)
-        elif kind == "disk":
-            dt = disk_write_seconds(os.path.join(args["dir"], f"disk-{index}.bin"), view, write_size)
-            out.append((dt, dt))
-        else:
-            from memstage.bench.ceiling import push
+    results.put((index, out, cpu))
 
-            dt = push(args["address"], data, args["chunk_size"])
-            out.append((dt, dt))
-    results.put((index, out))
+
+def _timed(kind: str, args: dict[str, Any], client: Any, index: int, rnd: int, data: bytes) -> tuple[float, float]:
+    """One round of one client: (OAB seconds, ASB seconds)."""
+    view = memoryview(data)
+    if kind == "memstage":
+        t0 = time.perf_counter()
+        result = write_file(client, f"/bench/round{rnd}/client{index}.bin", view, args["write_size"])
+        return time.perf_counter() - t0, result.stats.asb_seconds
+    if kind == "disk":
+        dt = disk_write_seconds(os.path.join(args["dir"], f"disk-{index}.bin"), view, args["write_size"])
+    elif kind == "grpc":
+        from memstage.bench.ceiling import push
+
+        dt = push(args["address"], data, args["chunk_size"])
+    else:
+        from memstage.bench import rawceiling
+
+        dt = rawceiling.push(args[f"{kind}_address"], data, args["chunk_size"],
+                             args["tls_folder"] if kind == "tls" else None)
+    return dt, dt
+
+
+def _deployment_cpu(watch: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each group of processes (e.g. benefactors, manager)."""
+    from memstage.bench.cpu import total_seconds
+
+    return {who: total_seconds(pids) for who, pids in watch.items()}
 
 
 def _run_parallel(kind: str, clients: int, args: dict[str, Any]) -> list[tuple[float, float]]:
     """Per round (warm-up excluded): (slowest OAB time, slowest ASB time) over the clients."""
+    return _run_clients(kind, clients, args).rounds
+
+
+def _run_clients(kind: str, clients: int, args: dict[str, Any]) -> Runs:
+    """The rounds of _run_parallel, and the CPU seconds the clients (and the deployment's
+    processes in args["watch"], for memstage) spent in the measured rounds."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     results = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(kind, args, i, barrier, results)) for i in range(clients)]
     for p in procs:
         p.start()
-    per_client: list[tuple[int, list[tuple[float, float]]]] = []
+    per_client: list[tuple[int, list[tuple[float, float]], dict[str, float]]] = []
     try:
         while len(per_client) < clients:
             try:
@@ -170,7 +236,12 @@ def _run_parallel(kind: str, clients: int, args: dict[str, Any]) -> list[tuple[f
             if p.is_alive():
                 p.kill()
     rounds = len(per_client[0][1])
-    return [(max(c[1][r][0] for c in per_client), max(c[1][r][1] for c in per_client)) for r in range(1, rounds)]
+    cpu: dict[str, float] = {}
+    for _, _, seconds in per_client:
+        for who, s in seconds.items():
+            cpu[who] = cpu.get(who, 0.0) + s
+    return Runs([(max(c[1][r][0] for c in per_client), max(c[1][r][1] for c in per_client))
+                 for r in range(1, rounds)], cpu)
 
 
 def _median_rate(total: int, times: list[float]) -> float:
@@ -178,9 +249,6 @@ def _median_rate(total: int, times: list[float]) -> float:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
-    from memstage.settings import UpSettings
-
     if args.manager:
         from memstage.bench.manager import run_manager_bench
 
@@ -227,49 +295,81 @@ def run_bench(args: argparse.Namespace) -> int:
         from memstage.bench.incremental import run_incremental
 
         return run_incremental(args, size, chunk, write_size)
-    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
+    rows = _run_plain(args, size, chunk, write_size, counts)
+    setup = {"size": size, "benefactors": args.benefactors, "chunk_size": chunk, "write_size": write_size,
+             "repeat": args.repeat, "cpus": os.cpu_count(), "insecure": args.insecure}
+    if args.json:
+        print(json.dumps({"setup": setup, "rows": [r.as_json() for r in rows]}, indent=2))
+        return 0
+    print(f"memstage bench: {format_size(size)} per client, {args.benefactors} benefactors "
+          f"({'insecure' if args.insecure else 'mutual TLS and tokens'}), chunk {format_size(chunk)}, writes of "
+          f"{format_size(write_size)}, median of {args.repeat} after a warm-up, {os.cpu_count()} CPUs")
+    header = ("clients", "OAB", "ASB", "disk+fsync", "grpc ceiling", "tcp ceiling", "tls ceiling", "ASB/grpc",
+              "ASB/tls", "ASB/tcp", "ASB/disk", "client CPU-s/GiB", "benefactors CPU-s/GiB", "manager CPU-s/GiB")
+    table([header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
+                       format_rate(r.grpc), format_rate(r.tcp), format_rate(r.tls), f"{r.asb_over_grpc:.2f}",
+                       f"{r.asb_over_tls:.2f}", f"{r.asb_over_tcp:.2f}", f"{r.asb_over_disk:.2f}",
+                       f"{r.client_cpu_per_gib:.2f}", f"{r.benefactors_cpu_per_gib:.2f}",
+                       f"{r.manager_cpu_per_gib:.2f}") for r in rows])
+    return 0
+
+
+@contextlib.contextmanager
+def _sink(argv: list[str]) -> Iterator[str]:
+    """A ceiling's sink process (`python -m ARGV`), which prints its address first and stops when
+    its stdin closes; its address."""
+    sink = subprocess.Popen([sys.executable, "-m", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        address = sink.stdout.readline().strip()
+        if not address:
+            raise MemstageError(f"the {argv[0]} sink did not start (see its messages above)")
+        yield address
+    finally:
+        if sink.stdin:
+            sink.stdin.close()
+        sink.wait(timeout=30)
+
+
+def _run_plain(args: argparse.Namespace, size: int, chunk: int, write_size: int, counts: list[int]) -> list[Row]:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
+    from memstage.settings import UpSettings
+
+    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work, contextlib.ExitStack() as stack:
         # Room for the largest round (every client's file) plus a chunk of slack per benefactor.
         memory = (size * max(counts) * 5 // 4) // args.benefactors + 16 * MiB
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
                                             heartbeat_interval=2.0, insecure=args.insecure))
-        sink = subprocess.Popen([sys.executable, "-m", "memstage.bench.ceiling"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            assert sink.stdout is not None
-            sink_address = sink.stdout.readline().strip()
-            common = {"size": size, "write_size": write_size, "chunk_size": chunk, "rounds": args.repeat + 1,
-                      "manager": procs[0].address, "address": sink_address, "dir": work,
-                      "client": deployment_client(os.path.join(work, "state"))}
-            rows = []
-            for c in counts:
-                total = c * size
-                progress(f"bench: {c} client(s) x {format_size(size)}: memstage ...")
-                ms = _run_parallel("memstage", c, common)
-                progress(f"bench: {c} client(s): disk (write + fsync in {work}) ...")
-                disk = _run_parallel("disk", c, common)
-                progress(f"bench: {c} client(s): bare grpcio stream to one server ...")
-                grpc_t = _run_parallel("grpc", c, common)
-                rows.append(Row(c, size, _median_rate(total, [t[0] for t in ms]),
-                                _median_rate(total, [t[1] for t in ms]),
-                                _median_rate(total, [t[0] for t in disk]), _median_rate(total, [t[0] for t in grpc_t])))
-        finally:
-            if sink.stdin:
-                sink.stdin.close()
-            sink.wait(timeout=30)
-            stop_deployment(procs)
-    setup = {"size": size, "benefactors": args.benefactors, "chunk_size": chunk, "write_size": write_size,
-             "repeat": args.repeat, "cpus": os.cpu_count()}
-    if args.json:
-        print(json.dumps({"setup": setup, "rows": [asdict(r) | {"asb_over_grpc": r.asb_over_grpc,
-                                                                 "asb_over_disk": r.asb_over_disk} for r in rows]},
-                         indent=2))
-        return 0
-    print(f"memstage bench: {format_size(size)} per client, {args.benefactors} benefactors, chunk "
-          f"{format_size(chunk)}, writes of {format_size(write_size)}, median of {args.repeat} after a warm-up, "
-          f"{os.cpu_count()} CPUs")
-    header = ("clients", "OAB", "ASB", "disk+fsync", "grpc ceiling", "ASB/grpc", "ASB/disk")
-    table([header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
-                       format_rate(r.grpc), f"{r.asb_over_grpc:.2f}", f"{r.asb_over_disk:.2f}") for r in rows])
-    return 0
+        stack.callback(stop_deployment, procs)
+        # Certificates of their own: the TLS ceiling is measured with --insecure too.
+        tls_folder = os.path.join(work, "ceiling-tls")
+        raw = ["memstage.bench.rawceiling", "serve", "--chunk-size", str(chunk)]
+        common = {"size": size, "write_size": write_size, "chunk_size": chunk, "rounds": args.repeat + 1,
+                  "manager": procs[0].address, "dir": work, "client": deployment_client(os.path.join(work, "state")),
+                  "watch": {"benefactors": [p.pid for p in procs if p.role == "benefactor"],
+                            "manager": [procs[0].pid]},
+                  "address": stack.enter_context(_sink(["memstage.bench.ceiling"])),
+                  "tcp_address": stack.enter_context(_sink(raw)),
+                  "tls_address": stack.enter_context(_sink([*raw, "--tls", tls_folder])), "tls_folder": tls_folder}
+        return [_measure_row(c, size, args.repeat, common, work) for c in counts]
+
+
+def _measure_row(c: int, size: int, repeat: int, common: dict[str, Any], work: str) -> Row:
+    total = c * size
+    progress(f"bench: {c} client(s) x {format_size(size)}: memstage ...")
+    ms = _run_clients("memstage", c, common)
+    progress(f"bench: {c} client(s): disk (write + fsync in {work}) ...")
+    disk = _run_parallel("disk", c, common)
+    progress(f"bench: {c} client(s): bare grpcio stream to one server ...")
+    grpc_t = _run_parallel("grpc", c, common)
+    progress(f"bench: {c} client(s): raw TCP, then TLS, to one server ...")
+    tcp = _run_parallel("tcp", c, common)
+    tls = _run_parallel("tls", c, common)
+    gib = repeat * total / GiB  # written in the measured rounds
+    return Row(c, size, _median_rate(total, [t[0] for t in ms.rounds]), _median_rate(total, [t[1] for t in ms.rounds]),
+               _median_rate(total, [t[0] for t in disk]), _median_rate(total, [t[0] for t in grpc_t]),
+               _median_rate(total, [t[0] for t in tcp]), _median_rate(total, [t[0] for t in tls]),
+               client_cpu_per_gib=ms.cpu["client"] / gib, benefactors_cpu_per_gib=ms.cpu["benefactors"] / gib,
+               manager_cpu_per_gib=ms.cpu["manager"] / gib)
