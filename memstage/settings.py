@@ -222,6 +222,8 @@ class ClientSettings:
     transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes travel: stream (the "
                              "benefactors' stream data ports: their Unix socket when on this machine, else TCP, with "
                              "TLS when the deployment has it; gRPC where a benefactor has no such port) or grpc")
+    unix_sockets: bool = setting(True, _bool, "with transport = stream, use a benefactor's Unix socket when it runs "
+                                 "on this machine (off: TCP, as from another machine)")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")

@@ -53,17 +53,17 @@ def _metadata(pairs: Pairs) -> list[benefactor_pb2.MetadataEntry]:
     return [benefactor_pb2.MetadataEntry(key=k, value=str(v)) for k, v in pairs]
 
 
-def transport_for(kind: str, peers: Peers, namespace: str = "") -> ChunkTransport:
+def transport_for(kind: str, peers: Peers, namespace: str = "", unix_sockets: bool = True) -> ChunkTransport:
     """The transport a `transport` setting names, over these benefactor channels."""
-    return StreamTransport(peers, namespace) if kind == "stream" else GrpcTransport(peers)
+    return StreamTransport(peers, namespace, unix_sockets) if kind == "stream" else GrpcTransport(peers)
 
 
 class StreamTransport:
-    def __init__(self, peers: Peers, namespace: str = "") -> None:
+    def __init__(self, peers: Peers, namespace: str = "", unix_sockets: bool = True) -> None:
         self.peers = peers
         self.namespace = namespace  # the caller's: its grant is checked when DataPorts is asked
         self.grpc = GrpcTransport(peers)
-        self._host_id = host_id()
+        self._host_id = host_id() if unix_sockets else ""  # "": no benefactor is on this machine
         self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._endpoints: dict[str, Endpoint | None] = {}
@@ -82,7 +82,7 @@ class StreamTransport:
                 with self._lock:  # a benefactor of an earlier release: gRPC only
                     self._endpoints[address] = None
             return None
-        unix = reply.unix_path if reply.unix_path and reply.host_id == self._host_id else ""
+        unix = reply.unix_path if reply.unix_path and self._host_id and reply.host_id == self._host_id else ""
         found = Endpoint(address.rpartition(":")[0].strip("[]"), reply.tcp_port, reply.tls, unix) \
             if reply.tcp_port or unix else None
         with self._lock:

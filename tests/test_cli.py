@@ -166,18 +166,25 @@ def test_generated_stubs_are_fresh():
 def test_bench_runs_and_reports_ratios(tmp_path):
     import json
 
-    out = memstage("bench", "--size", "8MiB", "--clients", "1", "--repeat", "1", "--benefactors", "2",
+    out = memstage("bench", "--size", "16MiB", "--clients", "1", "--repeat", "1", "--benefactors", "2",
                    "--dir", str(tmp_path), "--json", timeout=180)
     assert out.returncode == 0, out.stderr
-    row = json.loads(out.stdout)["rows"][0]
-    assert row["clients"] == 1 and row["asb"] > 0 and row["grpc"] > 0 and row["disk"] > 0
-    assert row["tcp"] > 0 and row["tls"] > 0
-    assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
-    assert row["asb_over_tls"] == pytest.approx(row["asb"] / row["tls"])
-    assert row["asb_over_tcp"] == pytest.approx(row["asb"] / row["tcp"])
-    assert row["client_cpu_per_gib"] > 0 and row["benefactors_cpu_per_gib"] > 0
-    # Counted in 10 ms clock ticks: the manager's share of one 8 MiB commit may round to none.
-    assert row["manager_cpu_per_gib"] >= 0
+    rows = json.loads(out.stdout)["rows"]
+    assert [r["transport"] for r in rows] == ["unix", "tcp", "grpc"]
+    assert [r["ceiling"] for r in rows] == ["tcp", "tls", "grpc"]  # the same protection: secured by default
+    for row in rows:
+        assert row["clients"] == 1 and row["asb"] > 0 and row["grpc"] > 0 and row["disk"] > 0
+        assert row["tcp"] > 0 and row["tls"] > 0
+        assert row["asb_over_ceiling"] == pytest.approx(row["asb"] / row[row["ceiling"]])
+        assert row["asb_over_grpc"] == pytest.approx(row["asb"] / row["grpc"])
+        assert row["asb_over_tls"] == pytest.approx(row["asb"] / row["tls"])
+        assert row["asb_over_tcp"] == pytest.approx(row["asb"] / row["tcp"])
+        assert row["client_cpu_per_gib"] > 0
+        # Counted in 10 ms clock ticks: a small round's share of a process may round to none.
+        assert row["benefactors_cpu_per_gib"] >= 0 and row["manager_cpu_per_gib"] >= 0
+    assert sum(r["benefactors_cpu_per_gib"] for r in rows) > 0
+    wrong = memstage("bench", "--transports", "tcp,carrier-pigeon", timeout=60)
+    assert wrong.returncode == 2 and "--transports" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_security_bench_compares_secure_and_insecure_in_one_run(tmp_path):

@@ -71,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redundancy", default=None, metavar="POLICIES",
                    help="compare redundancy policies (e.g. rs:4+2,replicate:2) against none: OAB, ASB, time "
                         "until protected, encoding CPU, degraded reads and rebuild after a SIGKILLed benefactor")
+    p.add_argument("--transports", default="unix,tcp,grpc",
+                   help="how the memstage clients send, one row each (default unix,tcp,grpc): unix = the stream "
+                        "transport over the benefactors' Unix sockets, tcp = the stream transport over TCP (TLS "
+                        "unless --insecure), grpc = gRPC (TLS unless --insecure)")
     p.add_argument("--insecure", action="store_true",
                    help="measure a deployment without TLS and tokens (the default is secured, as memstage up is)")
     p.add_argument("--security", action="store_true",
@@ -95,9 +99,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+# The client settings of each --transports name.
+TRANSPORTS: dict[str, dict[str, Any]] = {"unix": {"transport": "stream"},
+                                         "tcp": {"transport": "stream", "unix_sockets": False},
+                                         "grpc": {"transport": "grpc"}}
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     clients: int
+    transport: str  # a --transports name
+    insecure: bool
     bytes_per_client: int
     oab: float  # aggregate bytes/s, as defined in the module docstring
     asb: float
@@ -114,6 +126,18 @@ class Row:
         return self.asb / self.grpc
 
     @property
+    def ceiling_name(self) -> str:
+        """The ceiling of the same protection: plain TCP for a Unix socket (no encryption, like
+        loopback TCP) and for an insecure deployment, else TLS; gRPC's own for gRPC."""
+        if self.transport == "grpc":
+            return "grpc"
+        return "tcp" if self.transport == "unix" or self.insecure else "tls"
+
+    @property
+    def asb_over_ceiling(self) -> float:
+        return self.asb / float(getattr(self, self.ceiling_name))
+
+    @property
     def asb_over_tls(self) -> float:
         return self.asb / self.tls
 
@@ -126,7 +150,8 @@ class Row:
         return self.asb / self.disk
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self) | {"asb_over_grpc": self.asb_over_grpc, "asb_over_tls": self.asb_over_tls,
+        return asdict(self) | {"ceiling": self.ceiling_name, "asb_over_ceiling": self.asb_over_ceiling,
+                               "asb_over_grpc": self.asb_over_grpc, "asb_over_tls": self.asb_over_tls,
                                "asb_over_tcp": self.asb_over_tcp, "asb_over_disk": self.asb_over_disk}
 
 
@@ -260,6 +285,12 @@ def run_bench(args: argparse.Namespace) -> int:
         counts = [int(c) for c in str(args.clients).split(",") if c.strip()]
     except ValueError as e:
         raise SettingError(f"bench: {e}") from None
+    transports = [t.strip() for t in str(args.transports).split(",") if t.strip()]
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports:
+        raise SettingError(f"bench: --transports takes {', '.join(TRANSPORTS)} (comma-separated), not "
+                           f"{args.transports!r}")
+    args.transports = transports
     args.benefactors_given = args.benefactors is not None
     if args.benefactors is None:
         args.benefactors = 4
@@ -304,9 +335,11 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"memstage bench: {format_size(size)} per client, {args.benefactors} benefactors "
           f"({'insecure' if args.insecure else 'mutual TLS and tokens'}), chunk {format_size(chunk)}, writes of "
           f"{format_size(write_size)}, median of {args.repeat} after a warm-up, {os.cpu_count()} CPUs")
-    header = ("clients", "OAB", "ASB", "disk+fsync", "grpc ceiling", "tcp ceiling", "tls ceiling", "ASB/grpc",
-              "ASB/tls", "ASB/tcp", "ASB/disk", "client CPU-s/GiB", "benefactors CPU-s/GiB", "manager CPU-s/GiB")
-    table([header] + [(str(r.clients), format_rate(r.oab), format_rate(r.asb), format_rate(r.disk),
+    header = ("clients", "transport", "OAB", "ASB", "ASB/ceiling", "disk+fsync", "grpc ceiling", "tcp ceiling",
+              "tls ceiling", "ASB/grpc", "ASB/tls", "ASB/tcp", "ASB/disk", "client CPU-s/GiB", "benefactors CPU-s/GiB",
+              "manager CPU-s/GiB")
+    table([header] + [(str(r.clients), r.transport, format_rate(r.oab), format_rate(r.asb),
+                       f"{r.asb_over_ceiling:.2f} ({r.ceiling_name})", format_rate(r.disk),
                        format_rate(r.grpc), format_rate(r.tcp), format_rate(r.tls), f"{r.asb_over_grpc:.2f}",
                        f"{r.asb_over_tls:.2f}", f"{r.asb_over_tcp:.2f}", f"{r.asb_over_disk:.2f}",
                        f"{r.client_cpu_per_gib:.2f}", f"{r.benefactors_cpu_per_gib:.2f}",
@@ -353,13 +386,16 @@ def _run_plain(args: argparse.Namespace, size: int, chunk: int, write_size: int,
                   "address": stack.enter_context(_sink(["memstage.bench.ceiling"])),
                   "tcp_address": stack.enter_context(_sink(raw)),
                   "tls_address": stack.enter_context(_sink([*raw, "--tls", tls_folder])), "tls_folder": tls_folder}
-        return [_measure_row(c, size, args.repeat, common, work) for c in counts]
+        return [row for c in counts for row in _measure_rows(c, size, args, common, work)]
 
 
-def _measure_row(c: int, size: int, repeat: int, common: dict[str, Any], work: str) -> Row:
+def _measure_rows(c: int, size: int, args: argparse.Namespace, common: dict[str, Any], work: str) -> list[Row]:
+    """One row per transport, against the baselines measured once for this client count."""
     total = c * size
-    progress(f"bench: {c} client(s) x {format_size(size)}: memstage ...")
-    ms = _run_clients("memstage", c, common)
+    measured = {}
+    for name in args.transports:
+        progress(f"bench: {c} client(s) x {format_size(size)}: memstage over {name} ...")
+        measured[name] = _run_clients("memstage", c, common | {"client": common["client"] | TRANSPORTS[name]})
     progress(f"bench: {c} client(s): disk (write + fsync in {work}) ...")
     disk = _run_parallel("disk", c, common)
     progress(f"bench: {c} client(s): bare grpcio stream to one server ...")
@@ -367,9 +403,10 @@ def _measure_row(c: int, size: int, repeat: int, common: dict[str, Any], work: s
     progress(f"bench: {c} client(s): raw TCP, then TLS, to one server ...")
     tcp = _run_parallel("tcp", c, common)
     tls = _run_parallel("tls", c, common)
-    gib = repeat * total / GiB  # written in the measured rounds
-    return Row(c, size, _median_rate(total, [t[0] for t in ms.rounds]), _median_rate(total, [t[1] for t in ms.rounds]),
-               _median_rate(total, [t[0] for t in disk]), _median_rate(total, [t[0] for t in grpc_t]),
-               _median_rate(total, [t[0] for t in tcp]), _median_rate(total, [t[0] for t in tls]),
-               client_cpu_per_gib=ms.cpu["client"] / gib, benefactors_cpu_per_gib=ms.cpu["benefactors"] / gib,
-               manager_cpu_per_gib=ms.cpu["manager"] / gib)
+    gib = args.repeat * total / GiB  # written in the measured rounds
+    return [Row(c, name, args.insecure, size, _median_rate(total, [t[0] for t in ms.rounds]),
+                _median_rate(total, [t[1] for t in ms.rounds]),
+                _median_rate(total, [t[0] for t in disk]), _median_rate(total, [t[0] for t in grpc_t]),
+                _median_rate(total, [t[0] for t in tcp]), _median_rate(total, [t[0] for t in tls]),
+                client_cpu_per_gib=ms.cpu["client"] / gib, benefactors_cpu_per_gib=ms.cpu["benefactors"] / gib,
+                manager_cpu_per_gib=ms.cpu["manager"] / gib) for name, ms in measured.items()]

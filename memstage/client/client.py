@@ -58,7 +58,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         s = self.settings
         self.connections = Connections(s.manager, s.rpc_timeout, token=s.token, namespace=s.namespace,
                                        tls=tls.load(s.tls_cert, s.tls_key, s.tls_ca, s.tls_server_name))
-        self.transport: ChunkTransport = transport_for(s.transport, self.connections.peers, s.namespace)
+        self.transport: ChunkTransport = transport_for(s.transport, self.connections.peers, s.namespace,
+                                                        s.unix_sockets)
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
