@@ -27,6 +27,8 @@ from memstage.proto import common_pb2, manager_pb2
 from memstage.stripes import StripeUnavailable, build_member
 from memstage.transport import ChunkTransport, read_from_memory, read_from_pfs
 
+_RECENT = 16  # chunks a reader keeps for the stripes it may rebuild
+
 
 class VersionReader:
     def __init__(self, conn: Connections, transport: ChunkTransport, namespace: str, vmap: manager_pb2.VersionMap,
@@ -51,6 +53,10 @@ class VersionReader:
         self._cache: OrderedDict[int, Future[bytes | memoryview]] = OrderedDict()
         self._delivered: dict[int, int] = {}  # bytes of a cached chunk read so far
         self._cache_lock = threading.Lock()  # also guards _stream and _delivered
+        # Chunks fetched lately, by key: a stripe rebuilt for a degraded read takes the members the
+        # reader has already instead of fetching them again.
+        self._recent: OrderedDict[ChunkKey, bytes | memoryview] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._fresh: manager_pb2.VersionMap | None = None  # the map asked again after a failure
         self._fresh_at = 0.0
         self._fresh_lock = threading.Lock()
@@ -131,7 +137,15 @@ class VersionReader:
                            f"({'; '.join(failures) or 'no location recorded'})")
         if failures and self._on_degraded is not None:
             self._on_degraded()
+        with self._recent_lock:
+            self._recent[key] = data
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
         return data
+
+    def _known(self, key: ChunkKey) -> bytes | memoryview | None:
+        with self._recent_lock:
+            return self._recent.get(key)
 
     def _fresh_map(self, failures: list[str]) -> manager_pb2.VersionMap | None:
         """The version's current map with stripes, asked once for every chunk that needs it (again
@@ -161,7 +175,7 @@ class VersionReader:
             return data
         if ref.HasField("stripe"):
             try:
-                data, _ = build_member(self.transport, self.namespace, ref.stripe, readers)
+                data, _ = build_member(self.transport, self.namespace, ref.stripe, readers, self._known)
             except StripeUnavailable as e:
                 failures.append(f"rebuilding it: {e}")
             else:
