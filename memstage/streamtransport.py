@@ -18,6 +18,7 @@ import selectors
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 _END_BY_CODE = {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: StreamEnd.FULL,
                 grpc.StatusCode.INVALID_ARGUMENT.value[0]: StreamEnd.REJECTED}
 _IDLE_PER_BENEFACTOR = 8  # connections kept open per benefactor between uses
-_NO_PORT = "none"
+_DOWN_FOR_S = 1.0  # a benefactor that could not be asked for its data port is not asked again for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +68,30 @@ class StreamTransport:
         self._tls_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._endpoints: dict[str, Endpoint | None] = {}
+        self._down: dict[str, float] = {}  # address -> until when it is taken as unreachable
         self._idle: dict[str, list[socket.socket]] = {}
 
     # -- connections --------------------------------------------------------------------------
     def endpoint(self, address: str) -> Endpoint | None:
-        """The benefactor's data port (None: it has none, or is not reachable to ask)."""
+        """The benefactor's data port (None: it has none); ChunkUnavailable if it cannot be asked."""
         with self._lock:
             if address in self._endpoints:
                 return self._endpoints[address]
+            if self._down.get(address, 0.0) > time.monotonic():
+                raise ChunkUnavailable(f"{address}: unreachable a moment ago")
         try:
             reply = self.peers.data_ports(address, self.namespace)
         except grpc.RpcError as e:
-            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            code = e.code() if isinstance(e, grpc.Call) else None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
                 with self._lock:  # a benefactor of an earlier release: gRPC only
                     self._endpoints[address] = None
-            return None
+                return None
+            # Gone (a dead benefactor is asked about once per chunk a degraded read needs): the
+            # chunks it held are read elsewhere at once for a while, not after a failed call each.
+            with self._lock:
+                self._down[address] = time.monotonic() + _DOWN_FOR_S
+            raise ChunkUnavailable(f"{address}: {code.name if code is not None else e}") from None
         unix = reply.unix_path if reply.unix_path and self._host_id and reply.host_id == self._host_id else ""
         found = Endpoint(address.rpartition(":")[0].strip("[]"), reply.tcp_port, reply.tls, unix) \
             if reply.tcp_port or unix else None
@@ -264,7 +274,11 @@ class StreamChunkStream:
         address = self.placement.address
         transport = self._transport
         try:
-            endpoint = transport.endpoint(address)
+            try:
+                endpoint = transport.endpoint(address)
+            except ChunkUnavailable as e:
+                self._end(StreamEnd.FAILED, str(e))
+                return
             if endpoint is None:
                 self._relay_to_grpc()
                 return
