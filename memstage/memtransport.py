@@ -143,5 +143,16 @@ class MemoryTransport:
             raise ChunkUnavailable(f"{drained}: not on the PFS")
         return data
 
+    def hold(self, address: str, namespace: str, key: ChunkKey, gen: int, data: bytes | memoryview) -> None:
+        bf = self.benefactors.get(address)
+        if bf is None:
+            raise ChunkUnavailable(f"{address}: no benefactor there")
+        if not key.matches(data):
+            raise ChunkUnavailable(f"{address}: bytes do not match the hash")
+        with bf.lock:
+            if bf.used + key.length > bf.capacity:
+                raise ChunkUnavailable(f"{address}: full")
+            bf.chunks[(namespace, key)] = bytes(data)
+
     def close(self) -> None:
         pass

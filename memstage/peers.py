@@ -30,6 +30,8 @@ class BenefactorCalls(Protocol):
 
     def read_drained(self, address: str, request: benefactor_pb2.ReadDrainedRequest) -> list[memoryview]: ...
 
+    def hold(self, address: str, request: benefactor_pb2.HoldRequest) -> None: ...
+
 
 def proof_credentials(proof: str | Callable[[], str]) -> Credentials:
     """A benefactor's credentials towards its peers: its cluster proof (it changes with time, so a
@@ -86,6 +88,15 @@ class Peers:
             response_deserializer=decode_get_frame,
         )
         return list(call(request, timeout=self.timeout))
+
+    def hold(self, address: str, request: benefactor_pb2.HoldRequest) -> None:
+        """Hand a stripe member to the benefactor at `address`."""
+        call = self._channel(address).unary_unary(
+            "/memstage.v1.Benefactor/Hold",
+            request_serializer=benefactor_pb2.HoldRequest.SerializeToString,
+            response_deserializer=benefactor_pb2.HoldReply.FromString,
+        )
+        call(request, timeout=self.timeout)
 
     def data_ports(self, address: str, namespace: str) -> benefactor_pb2.DataPortsReply:
         """Where the benefactor at `address` serves its stream data port."""

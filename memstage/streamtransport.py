@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -185,7 +186,18 @@ class StreamTransport:
             method="ReadDrained", read_drained=request,
             metadata=_metadata(self.peers.credentials("ReadDrained", request))))
 
-    def _fetch(self, address: str, endpoint: Endpoint, request: benefactor_pb2.StreamRequest) -> memoryview:
+    def hold(self, address: str, namespace: str, key: ChunkKey, gen: int, data: bytes | memoryview) -> None:
+        endpoint = self.endpoint(address)
+        if endpoint is None:
+            self.grpc.hold(address, namespace, key, gen, data)
+            return
+        request = benefactor_pb2.StreamRequest(
+            method="Hold", hold=benefactor_pb2.HoldRequest(namespace=namespace, key=key.to_pb(), gen=gen),
+            metadata=_metadata(self.peers.credentials("Hold", None)))
+        self._fetch(address, endpoint, request, [data])
+
+    def _fetch(self, address: str, endpoint: Endpoint, request: benefactor_pb2.StreamRequest,
+               data_out: Sequence[bytes | memoryview] = ()) -> memoryview:
         for attempt in range(2):
             try:
                 sock, kept = self.take(address, endpoint)
@@ -193,7 +205,7 @@ class StreamTransport:
                 self.forget(address)
                 raise ChunkUnavailable(f"{address}: data port unreachable ({e})") from None
             try:
-                streamwire.send(sock, request)
+                streamwire.send(sock, request, data_out)
                 got = streamwire.recv(sock, benefactor_pb2.StreamReply)
                 if got is None:
                     raise streamwire.WireError("the benefactor closed the connection")

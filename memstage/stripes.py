@@ -66,6 +66,18 @@ def _gather(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeS
     return dict(sorted(got.items()))  # in member order, as a sequential read took them
 
 
+def encode_parity(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeSpec,
+                  readers: Sequence[common_pb2.Location] = (), known: Known | None = None
+                  ) -> tuple[list[bytes], float]:
+    """All M parity members of a new stripe from its K data members, fetched once. Returns them
+    and the CPU seconds the code took."""
+    failures: list[str] = []
+    data = _gather(transport, namespace, spec, range(spec.k), spec.k, readers, failures, known)
+    cpu = time.thread_time()
+    parity = Codec(spec.k, spec.m).encode([data[i] for i in range(spec.k)], spec.size)
+    return parity, time.thread_time() - cpu
+
+
 def build_member(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeSpec,
                  readers: Sequence[common_pb2.Location] = (), known: Known | None = None) -> tuple[bytes, float]:
     """Member `spec.index` of the stripe: new parity when its key is empty (from the K data members),

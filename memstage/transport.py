@@ -63,6 +63,11 @@ class ChunkTransport(Protocol):
         """A drained chunk read from the PFS by the benefactor at `address`."""
         ...
 
+    def hold(self, address: str, namespace: str, key: ChunkKey, gen: int, data: bytes | memoryview) -> None:
+        """Hand a stripe member made here to the benefactor at `address`, to be held there at `gen`
+        (between benefactors only); ChunkUnavailable if it did not take it."""
+        ...
+
     def close(self) -> None:
         """Drop kept connections (new ones open on next use)."""
         ...
@@ -169,6 +174,13 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise ChunkUnavailable(e.details() if isinstance(e, grpc.Call) else str(e)) from None
         return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def hold(self, address: str, namespace: str, key: ChunkKey, gen: int, data: bytes | memoryview) -> None:
+        try:
+            self.conn.hold(address, benefactor_pb2.HoldRequest(namespace=namespace, key=key.to_pb(), gen=gen,
+                                                               data=bytes(data)))
+        except grpc.RpcError as e:
+            raise ChunkUnavailable(f"{e.code()}: {e.details()}" if isinstance(e, grpc.Call) else str(e)) from None
 
     def close(self) -> None:
         pass  # the channels belong to the caller's connections

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 Creds = tuple[tuple[str, str], ...]
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
-OK, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
+OK, NOT_FOUND, INVALID = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 OTHER_SECRET = bytes(32)
 DATA = b"chunk" * 100
@@ -72,6 +72,12 @@ BENEFACTOR: dict[str, Row] = {
         drained="ns/f/x.chunk", key=ChunkKey.of(DATA).to_pb()).SerializeToString(), reading(), FORGED, NOT_FOUND),
     "DataPorts": Row(lambda: benefactor_pb2.DataPortsRequest(namespace="ns").SerializeToString(), reading(),
                      lambda secret, bf: grant(secret, "other", "rw"), OK),
+    # Benefactors' alone: a client's grant does not do, even for read-write. A member whose bytes do
+    # not match its key is refused past the boundary.
+    "Hold": Row(lambda: benefactor_pb2.HoldRequest(namespace="ns", key=ChunkKey.of(DATA).to_pb(), gen=1,
+                                                   data=b"not it").SerializeToString(),
+                lambda secret, bf: [proof(secret, auth.benefactor_role("bf-peer"))],
+                lambda secret, bf: grant(secret, "ns", "rw"), INVALID, (UNAUTHENTICATED,)),
     # The manager's alone: neither a client's grant nor another benefactor's proof.
     "Wake": Row(lambda: benefactor_pb2.WakeRequest(benefactor_id="someone-else").SerializeToString(),
                 lambda secret, bf: [proof(secret, auth.MANAGER)],

@@ -219,3 +219,28 @@ def test_a_benefactor_that_stops_then_dies_mid_stream_ends_it_failed_with_what_i
         bf.proc.send_signal(signal.SIGCONT)
         transport.close()
         peers.close()
+
+
+def test_only_benefactors_may_hand_over_stripe_members_on_the_stream_port(local_cluster):
+    cluster = local_cluster(benefactors=1, secure=True)
+    secret = bytes.fromhex(Path(cluster.secret_file).read_text().strip())
+    port = _data_port_secure(cluster, secret)
+    data = os.urandom(4096)
+    peer = ((auth.CLUSTER_HEADER, auth.role_proof(secret, auth.benefactor_role("bf-peer"))),)
+    rw = ((auth.GRANT_HEADER, auth.sign_grant(secret, "ns", "rw")),)
+
+    def hold(creds: Any, payload: bytes) -> int:
+        request = benefactor_pb2.StreamRequest(method="Hold", metadata=_creds(creds), hold=benefactor_pb2.HoldRequest(
+            namespace="ns", key=ChunkKey.of(data).to_pb(), gen=3))
+        with _connect(port) as sock:
+            streamwire.send(sock, request, [payload])
+            return _reply(sock)[0]
+
+    assert hold((), data) == UNAUTHENTICATED
+    assert hold(rw, data) == UNAUTHENTICATED  # a client's grant, even read-write, does not do
+    assert hold(peer, os.urandom(4096)) == 3  # INVALID_ARGUMENT: not the bytes of its key
+    assert hold(peer, data) == OK
+    with _connect(port) as sock:  # held: readable with a grant for its namespace
+        get = benefactor_pb2.GetRequest(namespace="ns", key=ChunkKey.of(data).to_pb())
+        streamwire.send(sock, benefactor_pb2.StreamRequest(method="Get", metadata=_creds(rw), get=get))
+        assert _reply(sock) == (OK, data)

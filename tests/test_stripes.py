@@ -292,3 +292,27 @@ def test_fsync_on_a_mount_returns_once_the_version_is_protected(mounted):
         # Committed and protected by now, before close: parity encoded on benefactors of their own.
         assert c.stat("/ckpt").protected
     assert protected(cluster, 1)
+
+
+def test_new_parity_costs_k_fetches_and_m_minus_1_hand_overs_per_stripe(local_cluster):
+    """One benefactor fetches a stripe's K data members once, makes all M parity members and hands
+    M-1 of them on, instead of each of the M fetching the K members."""
+    from conftest import free_port, metric
+
+    cluster = local_cluster(benefactors=0)
+    ports = [free_port() for _ in range(7)]
+    for port in ports:
+        cluster.add_benefactor(48 * MiB, "--metrics-port", str(port))
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:4+2", persist_every=0)
+    c.pipe("/p", random_bytes(8 * MiB))  # two stripes of four 1 MiB data members
+    c.wait_protected("/p", timeout=60)
+    specs = {s.id: s for s in stripes(c, "/p")}
+    assert len(specs) == 2
+    served = sum(metric(port, "memstage_benefactor_served_bytes_total") for port in ports)
+    received = sum(metric(port, "memstage_benefactor_received_bytes_total") for port in ports)
+    assert served == 2 * 4 * MiB, "each stripe's data members were read once (K fetches)"
+    assert received == 8 * MiB  # the client's chunks; parity handed over is not a client's put
+    for spec in specs.values():
+        holders = member_holders(spec)
+        assert all(len(h) == 1 for h in holders[4:]) and len(set().union(*holders[4:])) == 2

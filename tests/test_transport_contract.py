@@ -136,6 +136,16 @@ class TransportContract:
         with pytest.raises(ChunkUnavailable):
             env.transport.get(env.nowhere.address, NAMESPACE, ChunkKey.of(b"x"))
 
+    def test_a_member_handed_over_is_held_and_one_not_matching_its_key_is_refused(self, env: Env) -> None:
+        data = os.urandom(100_000)
+        key = ChunkKey.of(data)
+        with pytest.raises(ChunkUnavailable):
+            env.transport.hold(env.placement.address, NAMESPACE, key, 5, os.urandom(100_000))
+        env.transport.hold(env.placement.address, NAMESPACE, key, 5, data)
+        assert bytes(env.transport.get(env.placement.address, NAMESPACE, key)) == data
+        with pytest.raises(ChunkUnavailable):
+            env.transport.hold(env.nowhere.address, NAMESPACE, key, 5, data)
+
     def test_a_cancelled_stream_ends_once_as_failed(self, env: Env) -> None:
         stream, out = _open(env)
         _send(env, stream, 1, os.urandom(4096))

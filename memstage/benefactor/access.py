@@ -76,6 +76,10 @@ class BenefactorAccess:
             return Caller(holder=auth.require_proof(
                 self.secret, metadata, lambda who: who == auth.MANAGER,
                 f"benefactor {self.id}: Wake is for the manager of this deployment (cluster secret)"))
+        if method == "Hold":  # stripe members handed over by other benefactors: not for clients
+            return Caller(holder=auth.require_proof(
+                self.secret, metadata, lambda who: who != auth.MANAGER,
+                f"benefactor {self.id}: Hold is for the benefactors of this deployment (cluster secret)"))
         namespace = self._namespace(method, request)
         try:  # a benefactor of this deployment, or the manager
             return Caller(holder=auth.require_proof(self.secret, metadata))

@@ -15,6 +15,8 @@ class BenefactorMetrics:
     def __init__(self, registry: CollectorRegistry, store: ChunkStore, drained: Callable[[], tuple[int, bool]]) -> None:
         self.received = Counter("memstage_benefactor_received_bytes", "Chunk bytes received and stored",
                                 registry=registry)
+        self.served = Counter("memstage_benefactor_served_bytes", "Chunk bytes read from this benefactor's memory "
+                              "(by clients, and by benefactors copying or encoding)", registry=registry)
         self.refused = Counter("memstage_benefactor_refused_chunks", "Chunks refused, by reason", ["reason"],
                                registry=registry)
         registry.register(_Live(store, drained))

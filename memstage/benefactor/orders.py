@@ -28,8 +28,9 @@ from memstage.peers import Peers, proof_credentials
 from memstage.proto import common_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import CONTROL_TIMEOUT_S
 from memstage.streamtransport import transport_for
-from memstage.stripes import StripeUnavailable, build_member
+from memstage.stripes import StripeUnavailable, build_member, encode_parity
 from memstage.tls import Tls
+from memstage.transport import ChunkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class OrderLoop:
         self._stub = stub
         self.inbox = Inbox()  # the manager process's epoch and the last order carried out
         self._copied: list[manager_pb2.CopyResult] = []  # copy orders done, reported with the next fetch
-        self._copying: list[Future[manager_pb2.CopyResult]] = []
+        self._copying: list[Future[manager_pb2.CopyResult | list[manager_pb2.CopyResult]]] = []
         self._pool = ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix="copy")
         # Copies are fetched from other benefactors the way clients read them.
         self._transport = transport_for(transport, Peers(CONTROL_TIMEOUT_S, tls, proof_credentials(cluster_proof)))
@@ -125,7 +126,8 @@ class OrderLoop:
             self._copying = [f for f in self._copying if not f.done()]
         for f in finished:
             if f.exception() is None:
-                self._copied.append(f.result())
+                done = f.result()
+                self._copied.extend(done if isinstance(done, list) else [done])
             else:  # a bug: the manager's deadline plans the work again
                 log.error("a copy failed: %r", f.exception())
         reported = len(self._copied)
@@ -176,7 +178,7 @@ class OrderLoop:
                     self._on_revoked(list(order.revoked_tokens))
                 held = held or bool(order.hold_packed or order.hold or order.hold_hashes)
                 for copy in order.copy:
-                    work = self._build if copy.HasField("stripe") else self._copy
+                    work = (self._encode if copy.ship else self._build) if copy.HasField("stripe") else self._copy
                     self._copying.append(self._pool.submit(work, order.namespace, copy))
                 self.inbox.applied(order.seq)
         if freed:
@@ -211,6 +213,41 @@ class OrderLoop:
         elif not self.store.store_copy(ident, data, order.gen):
             result.error = "no room for it here"
         return result
+
+    def _encode(self, namespace: str, order: manager_pb2.CopyOrder) -> list[manager_pb2.CopyResult]:
+        """New parity: every parity member of the stripe from one fetch of its data members; this
+        benefactor's own is held here, the others are handed to the benefactors the order names."""
+        spec = order.stripe
+        own = manager_pb2.CopyResult(namespace=namespace, gen=order.gen, stripe=spec.id, index=spec.index)
+        shipped = [manager_pb2.CopyResult(namespace=namespace, gen=s.gen, stripe=spec.id, index=s.index,
+                                          holder=s.benefactor_id) for s in order.ship]
+        results = [own, *shipped]
+        try:
+            parity, cpu = encode_parity(self._transport, namespace, spec, self._readers)
+        except (StripeUnavailable, ValueError) as e:
+            for r in results:
+                r.error = str(e)
+            return results
+        except Exception as e:  # a codec failure must not stop the order loop
+            log.exception("stripe %d parity", spec.id)
+            for r in results:
+                r.error = f"computing it failed: {e}"
+            return results
+        own.cpu_seconds = cpu
+        for result in results:
+            data = parity[result.index - spec.k]
+            key = ChunkKey.of(data)
+            result.key.CopyFrom(key.to_pb())
+            if result is own:
+                if not self.store.store_copy((namespace, key), data, order.gen):
+                    result.error = "no room for it here"
+                continue
+            ship = order.ship[shipped.index(result)]
+            try:
+                self._transport.hold(ship.address, namespace, key, ship.gen, data)
+            except ChunkUnavailable as e:
+                result.error = f"handing it to {ship.benefactor_id}: {e}"
+        return results
 
     def _build(self, namespace: str, order: manager_pb2.CopyOrder) -> manager_pb2.CopyResult:
         """Compute a stripe member from the others, verify it (a rebuilt one against its key), and

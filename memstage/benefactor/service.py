@@ -171,6 +171,7 @@ class BenefactorService:
             frame = self.store.read(key, start, end, prefix=get_frame_prefix(end - start))
             if frame is None:
                 raise NotFound(f"benefactor {self.id} does not hold chunk {key[1]}")
+            self.metrics.served.inc(end - start)
             yield frame
 
     def read_drained(self, request: benefactor_pb2.ReadDrainedRequest, context: grpc.ServicerContext
@@ -209,6 +210,22 @@ class BenefactorService:
         epoch, acked = self.on_wake(request)
         return benefactor_pb2.WakeReply(known=True, epoch=epoch, acked=acked)
 
+    def hold(self, request: benefactor_pb2.HoldRequest, context: grpc.ServicerContext) -> benefactor_pb2.HoldReply:
+        self.keep_member(request.namespace, ChunkKey.from_pb(request.key), request.gen, request.data)
+        return benefactor_pb2.HoldReply()
+
+    def keep_member(self, namespace: str, key: ChunkKey, gen: int, data: bytes | memoryview) -> None:
+        """A stripe member another benefactor made and hands over: held at `gen` once verified."""
+        try:
+            check_namespace(namespace)
+        except InvalidPath as e:
+            raise InvalidArgument(str(e)) from None
+        if key.is_hole or not key.matches(data):
+            raise InvalidArgument(f"stripe member {key} handed over: bytes do not match its hash")
+        if not self.store.store_copy((namespace, key), data, gen):
+            raise DeploymentFull(f"benefactor {self.id} is full ({self.store.used} of {self.store.capacity} "
+                                 "bytes used)")
+
     def data_ports(self, request: benefactor_pb2.DataPortsRequest, context: grpc.ServicerContext
                    ) -> benefactor_pb2.DataPortsReply:
         return self.ports
@@ -241,6 +258,11 @@ class BenefactorService:
                     self.data_ports,
                     request_deserializer=benefactor_pb2.DataPortsRequest.FromString,
                     response_serializer=benefactor_pb2.DataPortsReply.SerializeToString,
+                ),
+                "Hold": grpc.unary_unary_rpc_method_handler(
+                    self.hold,
+                    request_deserializer=benefactor_pb2.HoldRequest.FromString,
+                    response_serializer=benefactor_pb2.HoldReply.SerializeToString,
                 ),
                 "Wake": grpc.unary_unary_rpc_method_handler(
                     self.wake,

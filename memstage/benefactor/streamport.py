@@ -178,7 +178,7 @@ class Connection:
                     log.warning("benefactor %s refused %s on the stream port: %s", self.service.id, request.method, e)
                 streamwire.send(self.sock, benefactor_pb2.StreamReply(code=e.code.value[0], detail=to_rpc_detail(e)))
                 if request.method in ("Get", "ReadDrained") and not size:
-                    continue
+                    continue  # nothing of it left unread: the connection is still in step
                 # A put stream ends here; what the client sent after the refused chunk is read and
                 # dropped until it sees the refusal and hangs up, so that it does (a reset would lose it).
                 self.sock.shutdown(socket.SHUT_WR)
@@ -191,6 +191,16 @@ class Connection:
         method = request.method
         if method == "Put":
             self._put(request, size)
+            return
+        if method == "Hold":
+            self.port.authenticate("Hold", request, request.hold)
+            member = ChunkKey.from_pb(request.hold.key)
+            if size != member.length:
+                raise InvalidArgument(f"stripe member {member}: {size} bytes sent for a length of {member.length}")
+            data = bytearray(size)
+            streamwire.recv_into(self.sock, memoryview(data))
+            self.service.keep_member(request.hold.namespace, member, request.hold.gen, memoryview(data))
+            streamwire.send(self.sock, benefactor_pb2.StreamReply())
             return
         if size:
             raise InvalidArgument(f"a {method or 'request'} carries no bytes ({size} sent)")
@@ -206,6 +216,7 @@ class Connection:
                 if views is None:
                     raise NotFound(f"benefactor {self.service.id} does not hold chunk {key[1]}")
                 streamwire.send(self.sock, benefactor_pb2.StreamReply(), views)
+            self.service.metrics.served.inc(key[1].length)
         elif method == "ReadDrained":
             self.port.authenticate("ReadDrained", request, request.read_drained)
             streamwire.send(self.sock, benefactor_pb2.StreamReply(), [self.service.drained(request.read_drained)])

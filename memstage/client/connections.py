@@ -93,6 +93,9 @@ class Connections:
         """A drained chunk, read from the PFS by the benefactor at `address`."""
         return self.peers.read_drained(address, request)
 
+    def hold(self, address: str, request: benefactor_pb2.HoldRequest) -> None:
+        self.peers.hold(address, request)
+
     def close(self) -> None:
         with self._lock:
             manager, self._manager_channel, self._manager = self._manager_channel, None, None

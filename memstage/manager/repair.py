@@ -99,8 +99,10 @@ class Repair:
                                          failed_chunks=len(failed), error=error, pending_chunks=pending)
 
 
-    def _stripe_result(self, bf: str, r: manager_pb2.CopyResult) -> None:
-        """A benefactor computed a stripe member (new parity, or a rebuilt one), or could not."""
+    def _stripe_result(self, reporter: str, r: manager_pb2.CopyResult) -> None:
+        """A benefactor computed a stripe member (new parity, or a rebuilt one), or could not; new
+        parity it handed on is held by `r.holder`."""
+        bf = r.holder or reporter
         key = codec.key(r.key)
         self.s.metrics.stripe_cpu.inc(r.cpu_seconds)
         if r.error:
@@ -209,10 +211,19 @@ class Repair:
                                 + tuple(ABSENT for _ in range(red.m)))
                 new = NewStripe(ns, red.k, red.m, size, keys, now + self.s.stripe_work.timeout)
                 for j, target in enumerate(chosen):
-                    gen = self.s.catalog.new_gen()
-                    new.targets[red.k + j] = (target, gen)
-                    orders.append((target, ns, manager_pb2.CopyOrder(
-                        gen=gen, stripe=stripe_spec(self.s.catalog, stripe, red.k + j, addresses, alive))))
+                    new.targets[red.k + j] = (target, self.s.catalog.new_gen())
+                # One builder fetches the data members once, makes all the parity, keeps its own and
+                # hands the others on: K fetches and M-1 transfers, not M x K fetches.
+                builder, gen = new.targets[red.k]
+                order = manager_pb2.CopyOrder(gen=gen, stripe=stripe_spec(self.s.catalog, stripe, red.k, addresses,
+                                                                         alive))
+                for j, target in enumerate(chosen[1:], 1):
+                    order.ship.add(index=red.k + j, benefactor_id=target, address=addresses[target],
+                                   gen=new.targets[red.k + j][1])
+                orders.append((builder, ns, order))
+                for target in chosen[1:]:
+                    with self.s.lock:
+                        self.s.registry.note_used(target, size)
                 with self.s.lock:
                     self.s.stripe_work.new[sid] = new
                 budget -= red.m

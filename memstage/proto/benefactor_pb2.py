@@ -25,43 +25,47 @@ _sym_db = _symbol_database.Default()
 from memstage.proto import common_pb2 as memstage_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemstage/proto/benefactor.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"%\n\x10\x44\x61taPortsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"S\n\x0e\x44\x61taPortsReply\x12\x10\n\x08tcp_port\x18\x01 \x01(\r\x12\x0b\n\x03tls\x18\x02 \x01(\x08\x12\x11\n\tunix_path\x18\x03 \x01(\t\x12\x0f\n\x07host_id\x18\x04 \x01(\t\"\xcf\x01\n\rStreamRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12,\n\x08metadata\x18\x02 \x03(\x0b\x32\x1a.memstage.v1.MetadataEntry\x12#\n\x03put\x18\x03 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12$\n\x03get\x18\x04 \x01(\x0b\x32\x17.memstage.v1.GetRequest\x12\x35\n\x0cread_drained\x18\x05 \x01(\x0b\x32\x1f.memstage.v1.ReadDrainedRequest\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"M\n\x0bStreamReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.memstage.v1.PutAck\"\xad\x01\n\x0bWakeRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0e\n\x06orders\x18\x03 \x01(\x08\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\x12\x14\n\x0corders_reply\x18\x05 \x01(\x0c\x12\x12\n\norders_mac\x18\x06 \x01(\x0c\x12\x13\n\x0borders_last\x18\x07 \x01(\x04\x12\x14\n\x0corders_epoch\x18\x08 \x01(\x04\"8\n\tWakeReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ked\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"I\n\x12ReadDrainedRequest\x12\x0f\n\x07\x64rained\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"`\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07session\x18\x04 \x01(\x04\"@\n\x08PutFrame\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x06PutAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07receipt\x18\x02 \x01(\x0c\"C\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"\x18\n\x08GetFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"C\n\tChunkList\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\x32\xfe\x02\n\nBenefactor\x12\x35\n\x03Put\x12\x15.memstage.v1.PutFrame\x1a\x13.memstage.v1.PutAck(\x01\x30\x01\x12\x37\n\x03Get\x12\x17.memstage.v1.GetRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x34\n\x03Has\x12\x16.memstage.v1.ChunkList\x1a\x15.memstage.v1.HasReply\x12G\n\x0bReadDrained\x12\x1f.memstage.v1.ReadDrainedRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x38\n\x04Wake\x12\x18.memstage.v1.WakeRequest\x1a\x16.memstage.v1.WakeReply\x12G\n\tDataPorts\x12\x1d.memstage.v1.DataPortsRequest\x1a\x1b.memstage.v1.DataPortsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemstage/proto/benefactor.proto\x12\x0bmemstage.v1\x1a\x1bmemstage/proto/common.proto\"_\n\x0bHoldRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12\x0b\n\x03gen\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x0b\n\tHoldReply\"%\n\x10\x44\x61taPortsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"S\n\x0e\x44\x61taPortsReply\x12\x10\n\x08tcp_port\x18\x01 \x01(\r\x12\x0b\n\x03tls\x18\x02 \x01(\x08\x12\x11\n\tunix_path\x18\x03 \x01(\t\x12\x0f\n\x07host_id\x18\x04 \x01(\t\"\xf7\x01\n\rStreamRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12,\n\x08metadata\x18\x02 \x03(\x0b\x32\x1a.memstage.v1.MetadataEntry\x12#\n\x03put\x18\x03 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12$\n\x03get\x18\x04 \x01(\x0b\x32\x17.memstage.v1.GetRequest\x12\x35\n\x0cread_drained\x18\x05 \x01(\x0b\x32\x1f.memstage.v1.ReadDrainedRequest\x12&\n\x04hold\x18\x06 \x01(\x0b\x32\x18.memstage.v1.HoldRequest\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"M\n\x0bStreamReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.memstage.v1.PutAck\"\xad\x01\n\x0bWakeRequest\x12\x15\n\rbenefactor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0e\n\x06orders\x18\x03 \x01(\x08\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\x12\x14\n\x0corders_reply\x18\x05 \x01(\x0c\x12\x12\n\norders_mac\x18\x06 \x01(\x0c\x12\x13\n\x0borders_last\x18\x07 \x01(\x04\x12\x14\n\x0corders_epoch\x18\x08 \x01(\x04\"8\n\tWakeReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x61\x63ked\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"I\n\x12ReadDrainedRequest\x12\x0f\n\x07\x64rained\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"`\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07session\x18\x04 \x01(\x04\"@\n\x08PutFrame\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.memstage.v1.PutHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x06PutAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07receipt\x18\x02 \x01(\x0c\"C\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.memstage.v1.ChunkKey\"\x18\n\x08GetFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"C\n\tChunkList\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.memstage.v1.ChunkKey\"\x1b\n\x08HasReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\x32\xb8\x03\n\nBenefactor\x12\x35\n\x03Put\x12\x15.memstage.v1.PutFrame\x1a\x13.memstage.v1.PutAck(\x01\x30\x01\x12\x37\n\x03Get\x12\x17.memstage.v1.GetRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x34\n\x03Has\x12\x16.memstage.v1.ChunkList\x1a\x15.memstage.v1.HasReply\x12G\n\x0bReadDrained\x12\x1f.memstage.v1.ReadDrainedRequest\x1a\x15.memstage.v1.GetFrame0\x01\x12\x38\n\x04Wake\x12\x18.memstage.v1.WakeRequest\x1a\x16.memstage.v1.WakeReply\x12G\n\tDataPorts\x12\x1d.memstage.v1.DataPortsRequest\x1a\x1b.memstage.v1.DataPortsReply\x12\x38\n\x04Hold\x12\x18.memstage.v1.HoldRequest\x1a\x16.memstage.v1.HoldReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memstage.proto.benefactor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATAPORTSREQUEST']._serialized_start=77
-  _globals['_DATAPORTSREQUEST']._serialized_end=114
-  _globals['_DATAPORTSREPLY']._serialized_start=116
-  _globals['_DATAPORTSREPLY']._serialized_end=199
-  _globals['_STREAMREQUEST']._serialized_start=202
-  _globals['_STREAMREQUEST']._serialized_end=409
-  _globals['_METADATAENTRY']._serialized_start=411
-  _globals['_METADATAENTRY']._serialized_end=454
-  _globals['_STREAMREPLY']._serialized_start=456
-  _globals['_STREAMREPLY']._serialized_end=533
-  _globals['_WAKEREQUEST']._serialized_start=536
-  _globals['_WAKEREQUEST']._serialized_end=709
-  _globals['_WAKEREPLY']._serialized_start=711
-  _globals['_WAKEREPLY']._serialized_end=767
-  _globals['_READDRAINEDREQUEST']._serialized_start=769
-  _globals['_READDRAINEDREQUEST']._serialized_end=842
-  _globals['_PUTHEADER']._serialized_start=844
-  _globals['_PUTHEADER']._serialized_end=940
-  _globals['_PUTFRAME']._serialized_start=942
-  _globals['_PUTFRAME']._serialized_end=1006
-  _globals['_PUTACK']._serialized_start=1008
-  _globals['_PUTACK']._serialized_end=1046
-  _globals['_GETREQUEST']._serialized_start=1048
-  _globals['_GETREQUEST']._serialized_end=1115
-  _globals['_GETFRAME']._serialized_start=1117
-  _globals['_GETFRAME']._serialized_end=1141
-  _globals['_CHUNKLIST']._serialized_start=1143
-  _globals['_CHUNKLIST']._serialized_end=1210
-  _globals['_HASREPLY']._serialized_start=1212
-  _globals['_HASREPLY']._serialized_end=1239
-  _globals['_BENEFACTOR']._serialized_start=1242
-  _globals['_BENEFACTOR']._serialized_end=1624
+  _globals['_HOLDREQUEST']._serialized_start=77
+  _globals['_HOLDREQUEST']._serialized_end=172
+  _globals['_HOLDREPLY']._serialized_start=174
+  _globals['_HOLDREPLY']._serialized_end=185
+  _globals['_DATAPORTSREQUEST']._serialized_start=187
+  _globals['_DATAPORTSREQUEST']._serialized_end=224
+  _globals['_DATAPORTSREPLY']._serialized_start=226
+  _globals['_DATAPORTSREPLY']._serialized_end=309
+  _globals['_STREAMREQUEST']._serialized_start=312
+  _globals['_STREAMREQUEST']._serialized_end=559
+  _globals['_METADATAENTRY']._serialized_start=561
+  _globals['_METADATAENTRY']._serialized_end=604
+  _globals['_STREAMREPLY']._serialized_start=606
+  _globals['_STREAMREPLY']._serialized_end=683
+  _globals['_WAKEREQUEST']._serialized_start=686
+  _globals['_WAKEREQUEST']._serialized_end=859
+  _globals['_WAKEREPLY']._serialized_start=861
+  _globals['_WAKEREPLY']._serialized_end=917
+  _globals['_READDRAINEDREQUEST']._serialized_start=919
+  _globals['_READDRAINEDREQUEST']._serialized_end=992
+  _globals['_PUTHEADER']._serialized_start=994
+  _globals['_PUTHEADER']._serialized_end=1090
+  _globals['_PUTFRAME']._serialized_start=1092
+  _globals['_PUTFRAME']._serialized_end=1156
+  _globals['_PUTACK']._serialized_start=1158
+  _globals['_PUTACK']._serialized_end=1196
+  _globals['_GETREQUEST']._serialized_start=1198
+  _globals['_GETREQUEST']._serialized_end=1265
+  _globals['_GETFRAME']._serialized_start=1267
+  _globals['_GETFRAME']._serialized_end=1291
+  _globals['_CHUNKLIST']._serialized_start=1293
+  _globals['_CHUNKLIST']._serialized_end=1360
+  _globals['_HASREPLY']._serialized_start=1362
+  _globals['_HASREPLY']._serialized_end=1389
+  _globals['_BENEFACTOR']._serialized_start=1392
+  _globals['_BENEFACTOR']._serialized_end=1832
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HoldRequest(_message.Message):
+    __slots__ = ("namespace", "key", "gen", "data")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: _common_pb2.ChunkKey
+    gen: int
+    data: bytes
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class HoldReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DataPortsRequest(_message.Message):
     __slots__ = ("namespace",)
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -26,18 +42,20 @@ class DataPortsReply(_message.Message):
     def __init__(self, tcp_port: _Optional[int] = ..., tls: _Optional[bool] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("method", "metadata", "put", "get", "read_drained")
+    __slots__ = ("method", "metadata", "put", "get", "read_drained", "hold")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     READ_DRAINED_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
     method: str
     metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
     put: PutHeader
     get: GetRequest
     read_drained: ReadDrainedRequest
-    def __init__(self, method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., put: _Optional[_Union[PutHeader, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., read_drained: _Optional[_Union[ReadDrainedRequest, _Mapping]] = ...) -> None: ...
+    hold: HoldRequest
+    def __init__(self, method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., put: _Optional[_Union[PutHeader, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., read_drained: _Optional[_Union[ReadDrainedRequest, _Mapping]] = ..., hold: _Optional[_Union[HoldRequest, _Mapping]] = ...) -> None: ...
 
 class MetadataEntry(_message.Message):
     __slots__ = ("key", "value")

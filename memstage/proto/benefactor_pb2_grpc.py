@@ -64,6 +64,11 @@ class BenefactorStub:
                 request_serializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.FromString,
                 _registered_method=True)
+        self.Hold = channel.unary_unary(
+                '/memstage.v1.Benefactor/Hold',
+                request_serializer=memstage_dot_proto_dot_benefactor__pb2.HoldRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_benefactor__pb2.HoldReply.FromString,
+                _registered_method=True)
 
 
 class BenefactorServicer:
@@ -116,6 +121,14 @@ class BenefactorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hold(self, request, context):
+        """Another benefactor hands over a stripe member it made (new parity, see Manager.CopyOrder.ship):
+        held here at `gen` once verified. Only callers holding the cluster secret may send it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BenefactorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +161,11 @@ def add_BenefactorServicer_to_server(servicer, server):
                     servicer.DataPorts,
                     request_deserializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.SerializeToString,
+            ),
+            'Hold': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hold,
+                    request_deserializer=memstage_dot_proto_dot_benefactor__pb2.HoldRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_benefactor__pb2.HoldReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class Benefactor:
             '/memstage.v1.Benefactor/DataPorts',
             memstage_dot_proto_dot_benefactor__pb2.DataPortsRequest.SerializeToString,
             memstage_dot_proto_dot_benefactor__pb2.DataPortsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Benefactor/Hold',
+            memstage_dot_proto_dot_benefactor__pb2.HoldRequest.SerializeToString,
+            memstage_dot_proto_dot_benefactor__pb2.HoldReply.FromString,
             options,
             channel_credentials,
             insecure,

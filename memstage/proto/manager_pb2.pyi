@@ -238,20 +238,34 @@ class Order(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., session: _Optional[int] = ..., hold: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[_common_pb2.ChunkKey, _Mapping]]] = ..., end_session: _Optional[bool] = ..., free: _Optional[_Iterable[_Union[HeldChunk, _Mapping]]] = ..., copy: _Optional[_Iterable[_Union[CopyOrder, _Mapping]]] = ..., hold_packed: _Optional[bytes] = ..., hold_hashes: _Optional[bytes] = ..., hold_length: _Optional[int] = ..., hold_gen: _Optional[int] = ..., revoked_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CopyOrder(_message.Message):
-    __slots__ = ("key", "gen", "source_id", "source_address", "stripe", "drained")
+    __slots__ = ("key", "gen", "source_id", "source_address", "stripe", "drained", "ship")
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STRIPE_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
+    SHIP_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.ChunkKey
     gen: int
     source_id: str
     source_address: str
     stripe: StripeSpec
     drained: str
-    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ..., drained: _Optional[str] = ...) -> None: ...
+    ship: _containers.RepeatedCompositeFieldContainer[ParityShip]
+    def __init__(self, key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., stripe: _Optional[_Union[StripeSpec, _Mapping]] = ..., drained: _Optional[str] = ..., ship: _Optional[_Iterable[_Union[ParityShip, _Mapping]]] = ...) -> None: ...
+
+class ParityShip(_message.Message):
+    __slots__ = ("index", "benefactor_id", "address", "gen")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    BENEFACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    benefactor_id: str
+    address: str
+    gen: int
+    def __init__(self, index: _Optional[int] = ..., benefactor_id: _Optional[str] = ..., address: _Optional[str] = ..., gen: _Optional[int] = ...) -> None: ...
 
 class StripeSpec(_message.Message):
     __slots__ = ("id", "k", "m", "size", "members", "index")
@@ -270,7 +284,7 @@ class StripeSpec(_message.Message):
     def __init__(self, id: _Optional[int] = ..., k: _Optional[int] = ..., m: _Optional[int] = ..., size: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class CopyResult(_message.Message):
-    __slots__ = ("namespace", "key", "gen", "error", "stripe", "index", "cpu_seconds", "loaded")
+    __slots__ = ("namespace", "key", "gen", "error", "stripe", "index", "cpu_seconds", "loaded", "holder")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     GEN_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +293,7 @@ class CopyResult(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     key: _common_pb2.ChunkKey
     gen: int
@@ -287,7 +302,8 @@ class CopyResult(_message.Message):
     index: int
     cpu_seconds: float
     loaded: bool
-    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ..., stripe: _Optional[int] = ..., index: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., loaded: _Optional[bool] = ...) -> None: ...
+    holder: str
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[_Union[_common_pb2.ChunkKey, _Mapping]] = ..., gen: _Optional[int] = ..., error: _Optional[str] = ..., stripe: _Optional[int] = ..., index: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., loaded: _Optional[bool] = ..., holder: _Optional[str] = ...) -> None: ...
 
 class OrdersReply(_message.Message):
     __slots__ = ("known", "orders", "epoch")
