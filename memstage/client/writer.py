@@ -204,10 +204,13 @@ class VersionWriter:
                 self._event(self._state.acked, bf, seq, receipt)
 
             def on_end(reason: StreamEnd, detail: str, leftover: list[int]) -> None:
+                # One step: whoever sees the stream gone sees what its end did to the write.
                 with self._lock:
                     if self._streams.get(bf) is stream:
                         del self._streams[bf]
-                self._event(self._state.stream_ended, bf, reason, detail, leftover)
+                    give = self._apply(self._state.stream_ended(bf, reason, detail, leftover))
+                if give:
+                    self._budget.release(give)
 
             stream = self._transport.open_stream(placement, on_ack, on_end)
             self._streams[bf] = stream
@@ -343,6 +346,19 @@ class VersionWriter:
                     self._cond.wait(0.5)
         self._raise_if_failed()
 
+    def _wait_streams_ended(self) -> None:
+        """Wait (up to rpc_timeout) until the closed streams have ended: a benefactor that died after
+        acknowledging chunks ends its stream as failed, and that fails the write here, before its
+        receipts are committed, rather than after."""
+        deadline = time.monotonic() + self.settings.rpc_timeout
+        with self._cond:
+            while self._streams and self._state.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+        self._raise_if_failed()
+
     def locate(self, key: ChunkKey) -> manager_pb2.VersionMap:
         """Where a chunk handed over earlier can be read back, as a one-chunk map (call settle() first)."""
         with self._lock:
@@ -364,6 +380,7 @@ class VersionWriter:
             self._budget.release(give)
         self._wait_idle()
         self._asb_done = time.perf_counter()
+        self._wait_streams_ended()
         s = self._state
         return WriteStats(s.size, s.bytes_sent, s.bytes_deduplicated, len(s.layout), self._asb_done - self.opened_at)
 
