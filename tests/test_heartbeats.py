@@ -91,6 +91,8 @@ def test_heartbeats_are_answered_while_the_manager_process_cannot_run(local_clus
         wait_for(lambda: _answers(beat, fake), what="the heartbeat port to know the benefactor")
         os.kill(cluster.manager.pid, signal.SIGSTOP)
         try:
+            # A stop takes effect as each of the manager's threads next runs: under load, not at once.
+            wait_for(lambda: _state(cluster.manager.pid) in ("T", "t"), what="the manager to be stopped")
             try:
                 reply = fake.stub.Heartbeat(fake.request(), metadata=fake.meta, timeout=1.0)
             except grpc.RpcError as refused:
@@ -114,8 +116,14 @@ def test_heartbeats_are_answered_while_the_manager_process_cannot_run(local_clus
         fake.close()
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (R running, S sleeping, T stopped, ...), "gone" if there is none."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.read_text().rpartition(")")[2].split()[0] if stat.exists() else "gone"
+
+
 def _who_listens(address: str, pid: int) -> str:
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "gone"
+    state = _state(pid)
     port = address.rpartition(":")[2]
     listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
     return f"manager pid {pid} is in state {state}; listening on port {port}: {listeners.strip() or 'nobody'}"
