@@ -154,7 +154,9 @@ def test_a_new_deployment_shows_mode_owner_times_and_other_names_from_the_manife
     directory = pfs / "default" / "ckpt" / "model.bin"
 
     def manifest() -> dict:
-        found = list(directory.glob("*.manifest.json"))
+        # Not "*.manifest.json": that also matches a manifest being written, under its temporary
+        # name (.tmp.*), which a restore does not read.
+        found = list(directory.glob("v*.manifest.json"))
         return json.loads(found[0].read_text()) if found else {}
 
     # Written once persisted, and again as the metadata and names change.
