@@ -173,6 +173,6 @@ def test_a_policy_keeps_deleted_files_on_the_pfs(local_cluster, tmp_path):
     # The manager removes deleted files and writes manifests in the same housekeeping round: once a
     # file committed after the delete has its manifest, the delete's turn has come and gone.
     c.pipe("/marker.bin", b"x")
-    wait_for(lambda: list((pfs / "default" / "marker.bin").glob("*.manifest.json")), what="the marker's manifest")
+    wait_for(lambda: list((pfs / "default" / "marker.bin").glob("v*.manifest.json")), what="the marker's manifest")
     restore(pfs, "default", "/archive/kept.bin", tmp_path / "kept")
     assert (tmp_path / "kept").read_bytes() == data
