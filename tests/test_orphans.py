@@ -48,6 +48,17 @@ def test_a_file_only_read_here_moves_when_due_or_when_its_name_is_used():
     assert o.drop("/.fuse_hidden2") == []  # nothing was at the manager
 
 
+def test_names_still_hiding_a_file_are_found_by_their_directory():
+    o = Orphans(PREFIX, DELAY)
+    o.hide("/d/a", "/d/.fuse_hidden1", writing=False, now=0.0)
+    o.hide("/d/e/b", "/d/e/.fuse_hidden2", writing=False, now=0.0)
+    assert o.hiding_in("/d") == ["/d/a"] and o.hiding_in("/d/") == ["/d/a"]
+    assert o.hiding_in("/d/e") == ["/d/e/b"] and o.hiding_in("/x") == []
+    o.settle("/d/a")
+    o.moved("/d/.fuse_hidden1", found=True)
+    assert o.hiding_in("/d") == []
+
+
 def test_a_last_close_before_the_move_moves_then_removes():
     o = Orphans(PREFIX, DELAY)
     o.hide("/f", "/.fuse_hidden1", writing=False, now=0.0)

@@ -289,6 +289,12 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._read_only(path)
         if path == "/":
             raise _fail(errno.EBUSY)
+        # A file unlinked while libfuse still counted it open is hidden here but may still wait to
+        # move aside at the manager: move it now, or the directory is not empty there.
+        with self._lock:
+            waiting = self._orphans.hiding_in(path)
+        for name in waiting:
+            self._settle(name)
         self.client.rmdir(path)
         return 0
 

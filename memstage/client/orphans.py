@@ -84,6 +84,11 @@ class Orphans:
         """`name` still holds the versions of a file hidden from it: it is not shown."""
         return name in self._hiding
 
+    def hiding_in(self, directory: str) -> list[str]:
+        """Names directly in `directory` that still hold the versions of a hidden file."""
+        prefix = directory.rstrip("/") + "/"
+        return [n for n in self._hiding if n.startswith(prefix) and "/" not in n[len(prefix):]]
+
     def settled(self, hidden: str) -> bool:
         """No move of `hidden` is waiting or under way."""
         return self.state(hidden) not in (State.PENDING, State.MOVING)
