@@ -214,6 +214,23 @@ def test_fuse_bench_measures_mount_and_passthrough(tmp_path):
     assert str(tmp_path) not in Path("/proc/mounts").read_text()  # every mount is gone
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+def test_meta_bench_measures_metadata_rates_through_mount_library_passthrough_and_tmpfs(tmp_path):
+    import json
+
+    out = memstage("bench", "--meta", "--files", "20", "--repeat", "1", "--benefactors", "2",
+                   "--dir", str(tmp_path), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr
+    rates = json.loads(out.stdout)["per_second"]
+    assert set(rates) == {"memstage mount", "memstage library", "bare FUSE passthrough", "kernel tmpfs"}
+    for target in rates.values():
+        assert set(target) == {"create", "stat", "ls -l", "rename", "unlink", "open-write-close"}
+        assert all(v > 0 for v in target.values())
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()  # every mount is gone
+    zero = memstage("bench", "--meta", "--files", "0", timeout=60)
+    assert zero.returncode == 2 and "--files" in zero.stderr and "Traceback" not in zero.stderr
+
+
 def test_incremental_bench_sends_the_changed_fraction(tmp_path):
     import json
 

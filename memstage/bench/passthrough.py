@@ -68,6 +68,18 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
         os.unlink(self._p(path))
         return 0
 
+    def rename(self, old: str, new: str) -> int:
+        os.rename(self._p(old), self._p(new))
+        return 0
+
+    def mkdir(self, path: str, mode: int) -> int:
+        os.mkdir(self._p(path), mode)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        os.rmdir(self._p(path))
+        return 0
+
 
 if __name__ == "__main__":
     # libfuse 2 sends 4 KiB writes unless asked for big ones (up to 128 KiB); libfuse 3 always may.

@@ -58,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="incremental mode: seed of which chunks change")
     p.add_argument("--fuse", action="store_true",
                    help="FUSE mode: dd through the mount vs a bare passthrough FUSE filesystem and kernel tmpfs")
+    p.add_argument("--meta", action="store_true",
+                   help="metadata mode: create, stat, ls -l, rename, unlink and open-write-close rates of --files "
+                        "small files through the mount and the library, against a bare passthrough FUSE "
+                        "filesystem and kernel tmpfs")
+    p.add_argument("--files", type=int, default=2000, help="--meta: files per round (default 2000)")
     p.add_argument("--n1", action="store_true",
                    help="with --fuse: --writers processes write one file of --size together (N-1, pwrite) "
                         "against each writing a file of its own (N-N), alternating")
@@ -300,6 +305,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SettingError("bench: --timesteps must be 0 or more and --change between 0 and 1")
     if args.n1 and not args.fuse:
         raise SettingError("bench: --n1 is a mode of --fuse (memstage bench --fuse --n1)")
+    if args.meta:
+        from memstage.bench.meta import run_meta
+
+        return run_meta(args)
     if args.fuse:
         from memstage.bench.fuse import run_fuse, run_n1
 

@@ -1,0 +1,176 @@
+"""`memstage bench --meta`: metadata rates through the mount and the library, against FUSE's
+ceiling and kernel tmpfs, in one run.
+
+Each target gets a directory of --files files of 4 KiB, as a checkpoint of many small files is:
+- create: open(O_CREAT) + write 4 KiB + close, per file (through the mount each close commits);
+- stat: one stat per file;
+- ls -l: one listing of the directory with every entry's attributes;
+- rename: every file to a new name in the same directory;
+- unlink: every file;
+- open-write-close: one file opened, written (64 bytes at a random offset) and closed --files
+  times, as key-value stores like Python's dbm.dumb do.
+Targets: the memstage mount of a local deployment (secured, as memstage up runs it), the same
+operations through the library (Client: pipe, info, ls(detail), mv, rm_file, and an open for
+update), a bare passthrough FUSE filesystem onto tmpfs (the ceiling of FUSE in Python here), and
+kernel tmpfs. Rates are operations per second, medians of --repeat rounds after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from memstage.bench.fuse import _mkdir, _mounted, _unmount
+from memstage.bench.report import progress, table
+from memstage.errors import SettingError
+
+OPS = ("create", "stat", "ls -l", "rename", "unlink", "open-write-close")
+SMALL = 4096
+
+
+def _each(op: Callable[..., object], *columns: list[str]) -> None:
+    for args in zip(*columns, strict=True):
+        op(*args)
+
+
+def _posix_round(base: str, files: int, payload: bytes) -> dict[str, float]:
+    """Seconds of each operation over `files` files in a fresh directory under `base`."""
+    d = os.path.join(base, f"meta-{time.monotonic_ns()}")
+    os.mkdir(d)
+    names = [os.path.join(d, f"f{i:06d}.bin") for i in range(files)]
+    out: dict[str, float] = {}
+
+    def timed(op: str, work: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        work()
+        out[op] = time.perf_counter() - t0
+
+    def create() -> None:
+        for n in names:
+            fd = os.open(n, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            os.write(fd, payload)
+            os.close(fd)
+
+    def listing() -> None:
+        with os.scandir(d) as it:
+            for entry in it:
+                entry.stat(follow_symlinks=False)
+
+    renamed = [n[:-4] + ".renamed" for n in names]
+
+    def update() -> None:
+        rnd = random.Random(1)
+        target = renamed[0]
+        for _ in range(files):
+            fd = os.open(target, os.O_RDWR)
+            os.pwrite(fd, payload[:64], rnd.randrange(0, SMALL - 64))
+            os.close(fd)
+
+    timed("create", create)
+    timed("stat", lambda: _each(os.stat, names))
+    timed("ls -l", listing)
+    timed("rename", lambda: _each(os.rename, names, renamed))
+    timed("open-write-close", update)
+    timed("unlink", lambda: _each(os.unlink, renamed))
+    os.rmdir(d)
+    return out
+
+
+def _library_round(client: Any, files: int, payload: bytes) -> dict[str, float]:
+    d = f"/meta-lib-{time.monotonic_ns()}"
+    names = [f"{d}/f{i:06d}.bin" for i in range(files)]
+    renamed = [n[:-4] + ".renamed" for n in names]
+    out: dict[str, float] = {}
+
+    def timed(op: str, work: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        work()
+        out[op] = time.perf_counter() - t0
+
+    def update() -> None:
+        rnd = random.Random(1)
+        for _ in range(files):
+            with client.open(renamed[0], "r+b") as f:  # a new version each time, as a close through the mount
+                f.seek(rnd.randrange(0, SMALL - 64))
+                f.write(payload[:64])
+
+    timed("create", lambda: _each(lambda n: client.pipe(n, payload), names))
+    timed("stat", lambda: _each(client.info, names))
+    timed("ls -l", lambda: client.ls(d, detail=True))
+    timed("rename", lambda: _each(client.mv, names, renamed))
+    timed("open-write-close", update)
+    timed("unlink", lambda: _each(client.rm_file, renamed))
+    return out
+
+
+def run_meta(args: argparse.Namespace) -> int:
+    from memstage.cli.up import deployment_client, start_deployment, stop_deployment
+    from memstage.client import Client
+    from memstage.settings import UpSettings
+
+    files = args.files
+    if files <= 0:
+        raise SettingError("bench: --files must be positive")
+    payload = os.urandom(SMALL)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    rounds: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=shm) as fast, \
+            tempfile.TemporaryDirectory(prefix="memstage-bench-", dir=args.dir) as work:
+        progress(f"bench: a manager, {args.benefactors} benefactors and a mount")
+        mnt = _mkdir(work, "mnt")
+        state = os.path.join(work, "state")
+        procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=256 * 1024 * 1024,
+                                            listen="127.0.0.1:0", state=state, pfs=os.path.join(work, "pfs"),
+                                            heartbeat_interval=2.0, persist_every=0, keep_versions=1, mount=mnt,
+                                            insecure=args.insecure))
+        passthrough: subprocess.Popen[bytes] | None = None
+        client = None
+        try:
+            through, point = _mkdir(fast, "through"), _mkdir(work, "passthrough")
+            passthrough = _mounted([sys.executable, "-m", "memstage.bench.passthrough", through, point], point)
+            client = Client(manager=procs[0].address, namespace="default", **deployment_client(state))
+            targets: dict[str, Callable[[], dict[str, float]]] = {
+                "memstage mount": lambda: _posix_round(mnt, files, payload),
+                "memstage library": lambda: _library_round(client, files, payload),
+                "bare FUSE passthrough": lambda: _posix_round(point, files, payload),
+                "kernel tmpfs": lambda: _posix_round(_mkdir(fast, "tmpfs"), files, payload),
+            }
+            for rnd in range(args.repeat + 1):
+                progress(f"bench: round {rnd} of {args.repeat} ({files} files of {SMALL} bytes) ...")
+                for name, one in targets.items():
+                    got = one()
+                    if rnd:
+                        rounds.setdefault(name, []).append(got)
+        finally:
+            if client is not None:
+                client.close()
+            if passthrough is not None:
+                _unmount(point, passthrough)
+            stop_deployment(procs)
+    # Operations per second; ls -l as entries listed per second (one listing of `files` entries).
+    rates = {name: {op: files / statistics.median(r[op] for r in got) for op in OPS} for name, got in rounds.items()}
+    ls_seconds = {name: statistics.median(r["ls -l"] for r in got) for name, got in rounds.items()}
+    if args.json:
+        print(json.dumps({"setup": {"files": files, "bytes": SMALL, "benefactors": args.benefactors,
+                                    "repeat": args.repeat, "cpus": os.cpu_count(), "insecure": args.insecure},
+                          "per_second": rates, "ls_seconds": ls_seconds}, indent=2))
+        return 0
+    print(f"memstage bench --meta: {files} files of {SMALL} bytes in one directory, {args.benefactors} benefactors "
+          f"({'insecure' if args.insecure else 'secured'}), median of {args.repeat} after a warm-up, "
+          f"{os.cpu_count()} CPUs; operations per second (ls -l: entries per second)")
+    names = list(rates)
+    rows = [("", *names, "mount/passthrough")]
+    for op in OPS:
+        rows.append((op, *(f"{rates[n][op]:,.0f}" for n in names),
+                     f"{rates['memstage mount'][op] / rates['bare FUSE passthrough'][op]:.3f}"))
+    table(rows)
+    return 0
