@@ -358,7 +358,9 @@ class StreamChunkStream:
 
     def _take_reply(self, sock: socket.socket) -> tuple[StreamEnd, str, bool] | None:
         """One reply: an acknowledgement (None: go on), else how the stream ended."""
-        got = streamwire.recv(sock, benefactor_pb2.StreamReply)
+        got = streamwire.poll(sock, benefactor_pb2.StreamReply)
+        if got is False:
+            return None  # TLS's own record (a session ticket): no reply yet
         if got is None:
             return StreamEnd.FAILED, f"{self.placement.address}: the benefactor closed the stream", False
         reply, size = got

@@ -14,7 +14,7 @@ import ssl
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -101,8 +101,26 @@ def recv(sock: socket.socket, kind: type[M]) -> tuple[M, int] | None:
         first = sock.recv_into(prefix, PREFIX.size)
     except TimeoutError:
         raise Idle("no message") from None
-    if first == 0:
-        return None
+    return None if first == 0 else recv_after(sock, kind, prefix, first)
+
+
+def poll(sock: socket.socket, kind: type[M]) -> tuple[M, int] | None | Literal[False]:
+    """recv() when a message has begun to arrive; False if none has (on a TLS socket, what made it
+    readable was the protocol's own, such as a session ticket). For a socket found readable."""
+    prefix = bytearray(PREFIX.size)
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        first = sock.recv_into(prefix, PREFIX.size)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+    return None if first == 0 else recv_after(sock, kind, prefix, first)
+
+
+def recv_after(sock: socket.socket, kind: type[M], prefix: bytearray, first: int) -> tuple[M, int]:
+    """The rest of a message whose first `first` bytes of prefix were received."""
     try:
         if first < PREFIX.size:
             recv_into(sock, memoryview(prefix)[first:])

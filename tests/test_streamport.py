@@ -10,6 +10,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,42 @@ def test_only_benefactors_may_hand_over_stripe_members_on_the_stream_port(local_
         get = benefactor_pb2.GetRequest(namespace="ns", key=ChunkKey.of(data).to_pb())
         streamwire.send(sock, benefactor_pb2.StreamRequest(method="Get", metadata=_creds(rw), get=get))
         assert _reply(sock) == (OK, data)
+
+
+def test_a_tls_put_stream_opened_before_its_first_chunk_is_not_stalled_by_the_servers_tickets(local_cluster):
+    """TLS 1.3 servers send session tickets after the handshake: they make the socket readable with
+    no reply in them. A stream whose thread then waited for a reply sent nothing more and failed
+    after its timeout (seen in CI as DataLost 'no message')."""
+    from memstage.peers import proof_credentials
+    from memstage.tls import load as load_tls
+
+    cluster = local_cluster(benefactors=0, secure=True, tls=True)
+    cluster.add_benefactor(CAPACITY)
+    bf = cluster.benefactors[0]
+    secret = auth.read_secret_file(cluster.secret_file, "--cluster-secret")
+    tls = load_tls(**{k.removeprefix("tls_"): v for k, v in cluster.client_tls.items()})
+    peers = Peers(timeout=3, tls=tls, credentials=proof_credentials(auth.RoleProof(secret, auth.benefactor_role("x"))))
+    transport = StreamTransport(peers, "default")
+    acks: list[int] = []
+    ended = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_end(reason: StreamEnd, detail: str, leftover: list[int]) -> None:
+        outcome.update(reason=reason, detail=detail)
+        ended.set()
+
+    try:
+        stream = transport.open_stream(Placement(bf.id, bf.address), lambda seq, r: acks.append(seq), on_end)
+        # A writer that opens its stream and hands over its first chunk a moment later: the
+        # handshake and the server's tickets come in between.
+        assert not ended.wait(0.5)
+        data = os.urandom(MiB)
+        t0 = time.monotonic()
+        assert stream.send(1, transport.encode("default", 7, 1, ChunkKey.of(data), memoryview(data)))
+        stream.close()
+        assert ended.wait(30)
+        assert outcome["reason"] is StreamEnd.DONE, outcome
+        assert acks == [1] and time.monotonic() - t0 < 2.0, "acknowledged at once, not after a timeout"
+    finally:
+        transport.close()
+        peers.close()
