@@ -62,6 +62,15 @@ def test_help_lists_the_contract_flags():
     assert "--json" in memstage("status", "--help").stdout
 
 
+def test_a_setting_on_by_default_has_a_switch_that_turns_it_off():
+    from memstage.cli.parser import build_parser
+
+    assert "--no-unix-sockets" in memstage("mount", "--help").stdout
+    parser = build_parser()
+    assert parser.parse_args(["mount", "/mnt", "--no-unix-sockets"]).unix_sockets is False
+    assert parser.parse_args(["mount", "/mnt"]).unix_sockets is None  # the environment or the default decides
+
+
 def test_status_table_and_json(local_cluster):
     cluster = local_cluster(benefactors=2, memory=32 * MiB)
     cluster.client(namespace="team").pipe("/a", os.urandom(3 * MiB))

@@ -29,6 +29,11 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str]
         if only is not None and f.name not in only:
             continue
         default = f.default if f.default != "" else "none"
+        if f.type in (bool, "bool") and f.default is True:  # on unless switched off: --no-unix-sockets
+            parser.add_argument("--no-" + flag_name(f.name)[2:], dest=f.name, default=None, action="store_const",
+                                const=False,
+                                help=f"turns off (on by default): {f.metadata['help']} [{env_name(f.name)}=0]")
+            continue
         if f.type in (bool, "bool"):  # a switch: --insecure
             parser.add_argument(flag_name(f.name), dest=f.name, default=None, action="store_const", const=True,
                                 help=f"{f.metadata['help']} [{env_name(f.name)}=1]")
