@@ -123,6 +123,8 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         c.connections.close()
         children = child_pids(proc.pid)
         assert len(children) == 4
+        for pid in children:  # a command line is visible to every local user: no secret on one
+            assert token not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"), pid
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err

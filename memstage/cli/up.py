@@ -123,23 +123,25 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
         if settings.mount:
             token = deployment_token(state)
             mount_tls = [] if settings.insecure else tls_flags(client_tls(state))
-            procs.append(_mount(settings.mount, manager, [*(["--token", token] if token else []), *mount_tls,
-                                                         "--transport", settings.transport, *extra]))
+            procs.append(_mount(settings.mount, manager, [*mount_tls, "--transport", settings.transport, *extra],
+                                token))
     except BaseException:
         stop_deployment(procs)
         raise
     return procs
 
 
-def _mount(mountpoint: str, manager: str, extra: list[str]) -> RoleProcess:
-    """`memstage mount` as a child; it has no ready line, so wait for the mount point to appear."""
+def _mount(mountpoint: str, manager: str, extra: list[str], token: str = "") -> RoleProcess:
+    """`memstage mount` as a child; it has no ready line, so wait for the mount point to appear.
+    The token goes by environment: a command line is visible to every local user (ps)."""
     import subprocess
     import sys
     import time
 
     path = os.path.abspath(mountpoint)
+    env = {**os.environ, "MEMSTAGE_TOKEN": token} if token else None
     proc = subprocess.Popen([sys.executable, "-m", "memstage", "mount", path, "--manager", manager, *extra],
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True, env=env)
     deadline = time.monotonic() + 30
     while not os.path.ismount(path):
         if proc.poll() is not None or time.monotonic() > deadline:
