@@ -62,6 +62,13 @@ def test_help_lists_the_contract_flags():
     assert "--json" in memstage("status", "--help").stdout
 
 
+def test_help_shows_defaults_as_they_are_written():
+    out = " ".join(memstage("benefactor", "--help").stdout.split())
+    assert "MEMSTAGE_MEMORY; default 1GiB" in out and "MEMSTAGE_HEARTBEAT_INTERVAL; default 30s" in out
+    assert "1073741824" not in out and "30.0" not in out
+    assert "MEMSTAGE_READ_AHEAD; default 8MiB" in " ".join(memstage("mount", "--help").stdout.split())
+
+
 def test_a_setting_on_by_default_has_a_switch_that_turns_it_off():
     from memstage.cli.parser import build_parser
 

@@ -24,11 +24,26 @@ from memstage.cli.roles import cmd_bench, cmd_benefactor, cmd_manager, cmd_mount
 from memstage.settings import BenefactorSettings, ClientSettings, ManagerSettings, UpSettings, env_name, flag_name
 
 
+def _shown(default: object, parse: object) -> str:
+    """A default as a user would write it: sizes and durations as the settings take them."""
+    from memstage.settings import _duration, _size
+
+    if default == "":
+        return "none"
+    if parse is _size and isinstance(default, int) and default:
+        for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if default % scale == 0:
+                return f"{default // scale}{unit}"
+    if parse is _duration and isinstance(default, float):
+        return f"{default:g}s"
+    return str(default)
+
+
 def add_settings(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] | None = None) -> None:
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
-        default = f.default if f.default != "" else "none"
+        default = _shown(f.default, f.metadata["parse"])
         if f.type in (bool, "bool") and f.default is True:  # on unless switched off: --no-unix-sockets
             parser.add_argument("--no-" + flag_name(f.name)[2:], dest=f.name, default=None, action="store_const",
                                 const=False,
