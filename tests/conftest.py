@@ -273,7 +273,7 @@ def mounted(local_cluster, tmp_path):
 
     yield make
     for point, proc in mounts:
-        if os.path.ismount(point):
+        if listed_mount(point):
             subprocess.run(["fusermount3", "-u", str(point)], check=False)
         try:
             proc.wait(timeout=20)
@@ -281,6 +281,14 @@ def mounted(local_cluster, tmp_path):
             subprocess.run(["fusermount3", "-uz", str(point)], check=False)
             proc.kill()
             proc.wait()
+        if listed_mount(point):  # its process died under it: the kernel still lists it
+            subprocess.run(["fusermount3", "-uz", str(point)], check=False)
+
+
+def listed_mount(point: Path | str) -> bool:
+    """Whether the kernel lists a mount at `point`: unlike os.path.ismount, also one whose FUSE
+    process is gone (it answers ENOTCONN)."""
+    return f" {point} " in Path("/proc/mounts").read_text()
 
 
 @pytest.fixture

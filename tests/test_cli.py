@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, wait_for
+from conftest import MiB, listed_mount, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,8 +150,7 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
             for pid in spawned:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        # Not os.path.ismount: a mount whose process was killed answers ENOTCONN, and counts as none.
-        if f" {mount} " in Path("/proc/mounts").read_text():
+        if listed_mount(mount):  # os.path.ismount says no for a mount whose process was killed
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, listed_mount, random_bytes, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,8 +178,10 @@ def test_mount_metrics_and_sigterm(local_cluster, tmp_path):
         assert proc.wait(timeout=20) == 0
         assert not os.path.ismount(point)
     finally:
-        if os.path.ismount(point):
+        if listed_mount(point):
             subprocess.run(["fusermount3", "-u", str(point)], check=False)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if listed_mount(point):
+            subprocess.run(["fusermount3", "-uz", str(point)], check=False)
