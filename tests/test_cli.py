@@ -62,6 +62,22 @@ def test_help_lists_the_contract_flags():
     assert "--json" in memstage("status", "--help").stdout
 
 
+def test_mounting_over_files_is_refused_unless_asked_and_keeps_them(local_cluster, tmp_path):
+    cluster = local_cluster(benefactors=1)
+    point = tmp_path / "full"
+    point.mkdir()
+    (point / "precious.bin").write_bytes(b"keep me")
+    try:
+        out = memstage("mount", str(point), "--manager", cluster.manager_address, "--background",
+                       "--log-file", str(tmp_path / "mount.log"), timeout=60)
+        assert out.returncode == 2 and "is not empty" in out.stderr and "--nonempty" in out.stderr, out
+        assert "Traceback" not in out.stderr and not listed_mount(point)  # was: mounted over them, exit 0
+        assert (point / "precious.bin").read_bytes() == b"keep me"
+    finally:
+        if listed_mount(point):
+            subprocess.run(["fusermount3", "-u", str(point)], check=False)
+
+
 def test_help_shows_defaults_as_they_are_written():
     out = " ".join(memstage("benefactor", "--help").stdout.split())
     assert "MEMSTAGE_MEMORY; default 1GiB" in out and "MEMSTAGE_HEARTBEAT_INTERVAL; default 30s" in out

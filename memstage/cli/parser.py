@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", metavar="PATH", default=None,
                    help="write the mount's log here (default: the terminal; with --background, "
                         "$XDG_RUNTIME_DIR or /tmp/memstage-mount.<mountpoint>.log)")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that has files in it (they are hidden while mounted)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount, the kernel checking each file's mode and owner "
                         "(needs user_allow_other in /etc/fuse.conf unless run as root)")

@@ -76,6 +76,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not a directory")
     if os.path.ismount(mountpoint):
         raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is already a mount point")
+    if not args.nonempty and (entries := os.listdir(mountpoint)):
+        raise SettingError(f"MOUNTPOINT: {args.mountpoint!r} is not empty ({len(entries)} entries, e.g. "
+                           f"{sorted(entries)[0]!r}): the mount would hide them; use an empty directory, or "
+                           "--nonempty to mount over them anyway")
     settings = load(ClientSettings, settings_flags(args, ClientSettings), config=args.config)
     log_file = args.log_file
     if args.background and not log_file:
