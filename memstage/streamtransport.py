@@ -218,7 +218,10 @@ class StreamTransport:
                     continue  # a kept connection the benefactor had closed: once more on a fresh one
                 self.forget(address)
                 raise ChunkUnavailable(f"{address}: {e}") from None
-            self.give_back(address, sock)
+            if reply.code and request.method not in ("Get", "ReadDrained"):
+                sock.close()  # the benefactor ends a connection after any other refusal
+            else:
+                self.give_back(address, sock)
             if reply.code:
                 raise ChunkUnavailable(f"{grpc_code_name(reply.code)}: {reply.detail}")
             return memoryview(data)

@@ -54,9 +54,11 @@ class VersionReader:
         self._delivered: dict[int, int] = {}  # bytes of a cached chunk read so far
         self._cache_lock = threading.Lock()  # also guards _stream and _delivered
         # Chunks fetched lately, by key: a stripe rebuilt for a degraded read takes the members the
-        # reader has already instead of fetching them again.
+        # reader has already instead of fetching them again. Kept only once the reader has rebuilt a
+        # chunk: a reader of a healthy version holds no more than its read-ahead.
         self._recent: OrderedDict[ChunkKey, bytes | memoryview] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self._rebuilding = False
         self._fresh: manager_pb2.VersionMap | None = None  # the map asked again after a failure
         self._fresh_at = 0.0
         self._fresh_lock = threading.Lock()
@@ -137,10 +139,11 @@ class VersionReader:
                            f"({'; '.join(failures) or 'no location recorded'})")
         if failures and self._on_degraded is not None:
             self._on_degraded()
-        with self._recent_lock:
-            self._recent[key] = data
-            while len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
+        if self._rebuilding:
+            with self._recent_lock:
+                self._recent[key] = data
+                while len(self._recent) > _RECENT:
+                    self._recent.popitem(last=False)
         return data
 
     def _known(self, key: ChunkKey) -> bytes | memoryview | None:
@@ -175,6 +178,7 @@ class VersionReader:
             return data
         if ref.HasField("stripe"):
             try:
+                self._rebuilding = True
                 data, _ = build_member(self.transport, self.namespace, ref.stripe, readers, self._known)
             except StripeUnavailable as e:
                 failures.append(f"rebuilding it: {e}")
