@@ -233,9 +233,11 @@ class NamespaceMachine(RuleBasedStateMachine):
                     assert not info.is_dir and info.size == m.sizes[inode], f"{path}: size {info.size}"
                 assert info.nlink == m.nlink(inode), f"{path}: nlink {info.nlink}, model {m.nlink(inode)}"
         for directory in ["/", *[p for p in PATHS if m.kind(p) == "dir"]]:
-            listed = [e.path for e in self.svc.List(manager_pb2.PathRequest(namespace=NS, path=directory), self.ctx)
-                      .entries]
+            entries = self.svc.List(manager_pb2.PathRequest(namespace=NS, path=directory), self.ctx).entries
+            listed = [e.path for e in entries]
             assert listed == m.children(directory), f"ls {directory}: {listed} vs {m.children(directory)}"
+            for e in entries:  # a listing shows what stat shows (a mount hands it to the kernel as it is)
+                assert e == self.svc.reads.file_info(NS, e.path), f"ls {directory}: {e.path}"
 
 
 NamespaceMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40, deadline=None,

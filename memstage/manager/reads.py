@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
+from memstage.errors import NotFound
 from memstage.manager.access import Caller
 from memstage.manager.codec import Addresses, stripe_spec, with_node
 from memstage.manager.namespace import missing
@@ -97,6 +98,10 @@ class Reads:
 
     def children(self, namespace: str, directory: str) -> dict[str, manager_pb2.FileInfo]:
         """The entries right below a directory, by full path (files with their latest version)."""
+        return self._children(namespace, directory)[0]
+
+    def _children(self, namespace: str, directory: str) -> tuple[dict[str, manager_pb2.FileInfo], dict[str, Node]]:
+        """children(), and the rows of the names that have one."""
         base = directory.rstrip("/") + "/"
         entries: dict[str, manager_pb2.FileInfo] = {}
         for d in self.s.catalog.dirs_under(namespace, directory):
@@ -121,14 +126,41 @@ class Reads:
             row = rows.get(p)
             if row is not None and row.kind == LINK:
                 row = self.s.catalog.node(namespace, row.target)
-            with_node(info, row or Node.default(DIR if info.is_dir else FILE, 0))
-        return entries
+            # Names without a row show what stat shows of them: a directory the manager's start,
+            # a file its latest commit.
+            with_node(info, row or (Node.default(DIR, self.s.started_ns) if info.is_dir
+                                    else Node.default(FILE, int(info.committed_at * 1e9))))
+        return entries, rows
 
     def listing(self, namespace: str, directory: str) -> list[manager_pb2.FileInfo]:
-        entries = self.children(namespace, directory)
+        """Every name in `directory` with what stat shows of it (a mount hands these to the kernel
+        as they are: link counts, what hard links share, stored bytes)."""
+        entries, rows = self._children(namespace, directory)
         if not entries and self.s.catalog.kind(namespace, directory) != DIR:
             raise missing(namespace, directory, "directory")
-        return [entries[k] for k in sorted(entries)]
+        base = directory.rstrip("/") + "/"
+        subdirs: dict[str, int] = {}  # explicit directories right below each child directory
+        for d in self.s.catalog.dirs_under(namespace, directory):
+            parts = d[len(base):].split("/")
+            if len(parts) == 2:
+                subdirs[base + parts[0]] = subdirs.get(base + parts[0], 0) + 1
+        links = self.s.catalog.link_counts(namespace, directory)
+        out = []
+        for path in sorted(entries):
+            info = entries[path]
+            row = rows.get(path)
+            if info.is_dir:
+                info.nlink = 2 + subdirs.get(path, 0)
+            elif info.version and (row is None or row.kind == FILE):  # a file: what stat adds
+                info.nlink = 1 + links.get(path, 0)
+                info.stored = sum(k.length for k in self.s.catalog.version(namespace, path).keys if not k.is_hole)
+            else:  # hard links, symbolic links, device nodes: as stat shows them
+                try:
+                    info = self.file_info(namespace, path)
+                except NotFound:  # gone meanwhile
+                    continue
+            out.append(info)
+        return out
 
     def versions(self, namespace: str, path: str) -> list[manager_pb2.VersionInfo]:
         path = self.s.catalog.canonical(namespace, path)
