@@ -21,6 +21,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [*CHANNEL_OPTIONS, ("grpc.so_reuseport",
 
 # The manager's messages grow with file size: a version map lists every chunk (~100 bytes each,
 # ~10 MB for a 100 GiB file of 1 MiB chunks). 256 MiB covers files of a few TiB.
+MOUNT_HEADER = "memstage-mount"  # the mount a manager call comes from (see memstage.manager.watchers)
 MAX_CONTROL_MESSAGE_BYTES = 256 * 1024 * 1024
 # A channel's reconnect backoff grows by default to two minutes while its peer is down: benefactors
 # would then come back long after a restarted manager's grace (one TTL) and be declared dead, what

@@ -130,6 +130,9 @@ class ManagerSettings:
                             "\"keep_deleted\": false}} (memstage policy changes them until the next start)")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
+    cache_lease: float = setting(2.0, _duration, "mounts cache attributes and names for at most half of this "
+                                 "after their last word with the manager; a change waits (at most this long) until "
+                                 "every other mount of the namespace dropped what it cached of it")
     insecure: bool = setting(False, _bool, "no authentication: whoever reaches the port may do anything (without "
                              "it, clients need a token and benefactors the cluster secret, both kept in --secrets)")
     secrets: str = setting("", _str, "private directory of the cluster secret (cluster.key) and of the first admin "
@@ -149,6 +152,7 @@ class ManagerSettings:
             check_address(self.heartbeat_listen, "heartbeat_listen")
         _positive("heartbeat_interval", self.heartbeat_interval)
         _positive("session_lease", self.session_lease)
+        _positive("cache_lease", self.cache_lease)
         _positive("stripe_width", self.stripe_width)
         _positive("keep_versions", self.keep_versions)
         if self.policies:
@@ -224,6 +228,9 @@ class ClientSettings:
                              "TLS when the deployment has it; gRPC where a benefactor has no such port) or grpc")
     unix_sockets: bool = setting(True, _bool, "with transport = stream, use a benefactor's Unix socket when it runs "
                                  "on this machine (off: TCP, as from another machine)")
+    metadata_cache: bool = setting(True, _bool, "a mount caches attributes and names (and lets the kernel cache "
+                                   "them), kept right by the manager, which tells it of every change made elsewhere "
+                                   "before that change returns (off: every stat and lookup asks the manager)")
     chunk_size: int = setting(MiB, _size, "size of the chunks a file is cut into (at most 64MiB)")
     buffer_size: int = setting(256 * MiB, _size, "bytes a writer may have in flight before write() waits")
     stripe_width: int = setting(0, _int, "benefactors per striping map (0 = the manager's default)")

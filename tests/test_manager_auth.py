@@ -37,6 +37,7 @@ ROLES = {
     "Policy": READ,
     "CreateToken": ADMIN, "RevokeToken": ADMIN, "ListTokens": ADMIN,
     "Status": ANY, "RenewSessions": ANY, "AbortSession": ANY,
+    "Watch": READ, "WatchAck": ANY,
 }
 METHODS = sorted(manager_pb2.DESCRIPTOR.services_by_name["Manager"].methods_by_name)
 BF = "b1"
@@ -104,7 +105,10 @@ def credentials(role: str, secured: Secured) -> tuple[Any, Any]:
 
 def status_of(secured: Secured, method: str, metadata: Any) -> grpc.StatusCode:
     try:
-        getattr(secured.stub, method)(request_for(method), metadata=metadata, timeout=10)
+        reply = getattr(secured.stub, method)(request_for(method), metadata=metadata, timeout=10)
+        if isinstance(reply, grpc.Call) and hasattr(reply, "__next__"):  # replies stream: the first one
+            next(reply)
+            reply.cancel()
     except grpc.RpcError as e:
         return e.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK

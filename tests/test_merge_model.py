@@ -50,6 +50,8 @@ class Writer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.layout: list[ChunkKey] = []
+        self.want_info = False
+        self.info = None  # the attributes a real commit's reply brings (none here)
 
     def check_space(self) -> None:
         pass

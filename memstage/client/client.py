@@ -227,6 +227,13 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         return self._entry(self.stat(path, protection=False))
 
+    def listing(self, path: str) -> list[FileStat]:
+        """Every name in the directory `path`, with what the manager keeps about each (one call)."""
+        norm = normalize_path(self._strip_protocol(path))
+        reply = self.connections.call_manager(
+            "List", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
+        return [FileStat.from_pb(e) for e in reply.entries]
+
     def ls(self, path: str = "/", detail: bool = True, **kwargs: Any) -> list[Any]:
         norm = normalize_path(self._strip_protocol(path))
         reply = self.connections.call_manager(

@@ -18,7 +18,7 @@ from memstage.errors import Unavailable, from_rpc_error
 from memstage.paths import split_drained
 from memstage.peers import Peers
 from memstage.proto import benefactor_pb2, manager_pb2, manager_pb2_grpc
-from memstage.rpc import Pairs, control_channel, with_metadata
+from memstage.rpc import MOUNT_HEADER, Pairs, control_channel, with_metadata
 from memstage.tls import Tls
 
 
@@ -56,14 +56,29 @@ class Connections:
             grant = self._grants.get((namespace, True)) or ("" if write else self._grants.get((namespace, False), ""))
         return ((GRANT_HEADER, grant),) if grant else ()
 
-    def call_manager(self, method: str, request: Any, what: str) -> Any:
-        """Call a Manager RPC; a failure becomes the matching MemstageError, naming `what`."""
+    def speak_for(self, mount: str) -> None:
+        """Calls say they come from the mount `mount` (the manager tells it of no change it made)."""
+        with self._lock:
+            self._manager_metadata = (*self._manager_metadata, (MOUNT_HEADER, mount))
+            old, self._manager_channel, self._manager = self._manager_channel, None, None
+        if old is not None:  # made before: its calls would not say it
+            old.close()
+
+    def _manager_stub(self) -> manager_pb2_grpc.ManagerStub:
         with self._lock:
             if self._manager is None:
                 self._manager_channel = control_channel(self.manager_address, self.tls)
                 self._manager = manager_pb2_grpc.ManagerStub(with_metadata(self._manager_channel,
                                                                            self._manager_metadata))
-            stub = self._manager
+            return self._manager
+
+    def manager_stream(self, method: str, request: Any) -> Any:
+        """A Manager RPC whose replies stream in (no deadline): iterate it, cancel() it to end it."""
+        return getattr(self._manager_stub(), method)(request)
+
+    def call_manager(self, method: str, request: Any, what: str) -> Any:
+        """Call a Manager RPC; a failure becomes the matching MemstageError, naming `what`."""
+        stub = self._manager_stub()
         try:
             reply = getattr(stub, method)(request, timeout=self.timeout)
         except ValueError:  # grpc's word for a channel closed under the call

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from memstage.client.attrcache import ABSENT, AttrCache, Miss
 from memstage.client.client import Client
 from memstage.client.filestat import FileStat
 from memstage.client.fuseattrs import (
@@ -46,6 +47,7 @@ from memstage.client.fusefile import BufferPool, OpenFile
 from memstage.client.libfuse import mfusepy
 from memstage.client.orphans import Action, Move, Orphans, Retarget
 from memstage.client.reader import VersionReader
+from memstage.client.watch import Watch
 from memstage.errors import InvalidArgument, MemstageError, NotFound
 from memstage.paths import normalize_path
 from memstage.proto import manager_pb2
@@ -80,11 +82,36 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._orphans = Orphans(f"{UNLINKED}/{tag}-")
         self._wake_at: float | None = None  # when the timer that drives the orphans' moves fires
         self.started = False
+        # Attributes and names, cached while the manager's lease holds (memstage.client.watch keeps
+        # it); `kernel` tells the kernel to drop its copies of paths (set by the mount once it runs).
+        self.cache = AttrCache()
+        self.caching = client.settings.metadata_cache
+        self.kernel: Callable[[list[str]], None] = lambda paths: None
+        self._watch: Watch | None = None
 
     def init(self, path: str) -> None:
         self.started = True  # libfuse calls this once the file system is mounted
         if self._on_ready is not None:
             self._on_ready()
+
+    def attach(self, kernel: Callable[[list[str]], None], keep_for: Callable[[float], None]) -> None:
+        """The mount runs: `kernel(paths)` drops the kernel's copies of paths, `keep_for(seconds)`
+        sets how long it keeps what it is told. With metadata_cache, the watch starts."""
+        self.kernel = kernel
+        if self.caching and self._watch is None:
+            mount = secrets.token_hex(16)
+            self.client.connections.speak_for(mount)
+            self._watch = Watch(self.client.connections, self.client.namespace, mount, self.cache, self._lock,
+                                kernel, keep_for)
+            self._watch.start()
+
+    def destroy(self, path: str) -> None:
+        self.detach()  # libfuse calls this while unmounting, before its session goes
+
+    def detach(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
 
     def log_once(self, message: str, exc: bool = False) -> None:
         if message not in self._logged:
@@ -136,24 +163,74 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
     def _stat(self, path: str) -> FileStat:
         if self._hidden(path) or self._orphans.hiding(path) or self._is_hidden_name(path):
             raise _fail(errno.ENOENT)
+        epoch = None
+        if self.caching and not in_versions(path):
+            with self._lock:
+                known = self.cache.get(path, time.monotonic())
+            if known is ABSENT:
+                raise _fail(errno.ENOENT)
+            if not isinstance(known, Miss):
+                return known
+            epoch = known.epoch
         try:
-            return self.client.stat(path, protection=False)
+            info = self.client.stat(path, protection=False)
         except NotFound:
+            self._learn(path, None, epoch)
             raise _fail(errno.ENOENT) from None
+        self._learn(path, info, epoch)
+        return info
+
+    def _learn(self, path: str, info: FileStat | None, epoch: int | None) -> None:
+        if epoch is not None:
+            with self._lock:
+                self.cache.put(path, info, epoch, time.monotonic())
+
+    def _told(self, path: str, st: dict[str, Any]) -> dict[str, Any]:
+        """Attributes handed to the kernel under `path`: a later change of the file must reach it."""
+        if self.caching:
+            with self._lock:
+                self.cache.told_kernel(path, st["st_ino"])
+        return st
+
+    def changed_here(self, paths: list[str], info: FileStat | None = None, own: bool = False,
+                     kernel_knows: tuple[str, ...] | None = None) -> None:
+        """This mount changed `paths` (the manager tells the other mounts): drop what is cached of
+        them, keep `info` (the first path's attributes as the change left them), and have the
+        kernel drop its copies of the same files under other names (it knows its own change of
+        these names, except `own`: what it was told while the file was open here was the open
+        handle's view, not the committed file's; `kernel_knows`: the names it knows the change of,
+        if not all of `paths`)."""
+        if not self.caching:
+            return
+        with self._lock:
+            told = self.cache.changed([*paths, *(VERSIONS + p for p in paths)])
+            if info is not None:
+                self.cache.put(paths[0], info, self.cache.epoch, time.monotonic())
+        knows = () if own else (paths if kernel_knows is None else kernel_knows)
+        others = [p for p in told if p not in knows]
+        if others:
+            self.kernel(others)
+
+    def _committed(self, obj: OpenFile) -> None:
+        """After a commit of `obj` that made a version."""
+        result = obj.commit()
+        if result is not None:
+            self.changed_here([obj.path], result.info, own=True)
 
     @translated
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
-        if path is None:  # an open file whose name is gone: answer from its handle
-            return self._open_attrs(self._handle(fh))
+        if path is None:  # asked through a handle (its name may be gone): answer from it
+            handle = self._handle(fh)
+            return self._told(handle.path, self._open_attrs(handle))
         normalize_path(path)  # ENAMETOOLONG before anything else
         for h in self._open_on(path):
             # A handle answers for its name only while it holds what the manager has not seen yet
             # (a closed file's release can come late: the manager's record is the truth by then).
             if h.path == path and ((isinstance(h.obj, OpenFile) and h.obj.changed) or self._is_hidden_name(path)):
-                return self._open_attrs(h)
+                return self._told(path, self._open_attrs(h))
         if in_versions(path):
-            return self._versions_attrs(path)
-        return self._attrs(self._stat(path))
+            return self._told(path, self._versions_attrs(path))
+        return self._told(path, self._attrs(self._stat(path)))
 
     def _versions_attrs(self, path: str) -> dict[str, Any]:
         """.versions: directories r-x, each version a read-only file with its own commit time."""
@@ -197,9 +274,12 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     @translated
     def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
-        """Names with their inode numbers (with use_ino, an entry without one would be skipped)."""
+        """Names with their inode numbers (with use_ino, an entry without one would be skipped), and
+        with all their attributes where the manager gave them (the kernel keeps them: ls -l asks
+        nothing more)."""
         path = path or self._dirs.get(fh, "/")
         entries: dict[str, tuple[int, int]] = {}  # name -> (ino, mode)
+        full: dict[str, dict[str, Any]] = {}  # name -> attributes
         versions = path.startswith(VERSIONS + "/") or path == VERSIONS
         target = (path[len(VERSIONS):] or "/") if versions else path
         info = self._stat(target)
@@ -208,13 +288,23 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 name = str(v["version"])
                 entries[name] = (synthetic_ino(f"{path}/{name}"), stat.S_IFREG)
         else:
-            for e in self.client.ls(target):
-                if self._hidden(e["name"]) or self._orphans.hiding(e["name"]):
+            with self._lock:
+                epoch = self.cache.epoch
+            listing = self.client.listing(target)
+            if self.caching and not versions:
+                with self._lock:
+                    self.cache.put_listing(target, ((e.path, e) for e in listing), epoch, time.monotonic())
+            prefix = path.rstrip("/") + "/"
+            for e in listing:
+                if self._hidden(e.path) or self._orphans.hiding(e.path):
                     continue
-                if versions and e["type"] == "symlink":
+                if versions and e.kind == "symlink":
                     continue
-                name = e["name"].rsplit("/", 1)[1]
-                entries[name] = (synthetic_ino(f"{path}/{name}") if versions else e["ino"], e["mode"])
+                name = e.path.rsplit("/", 1)[1]
+                mode = e.mode or (stat.S_IFDIR if e.is_dir else stat.S_IFREG)
+                entries[name] = (synthetic_ino(f"{path}/{name}") if versions else e.ino, mode)
+                if not versions and e.ino:
+                    full[name] = self._told(prefix + name, self._attrs(e))
         prefix = path.rstrip("/") + "/"
         with self._lock:
             for h in self._handles.values():
@@ -222,13 +312,14 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 if (isinstance(h.obj, OpenFile) and h.path.startswith(prefix) and "/" not in rest
                         and not self._is_hidden_name(h.path)):
                     entries.setdefault(rest, (synthetic_ino(h.path), stat.S_IFREG))
+                    full.pop(rest, None)  # written here: its attributes are the handle's, asked for one by one
         if path == "/":
             entries[VERSIONS[1:]] = (synthetic_ino(VERSIONS), stat.S_IFDIR)
         own = info.ino or synthetic_ino(path)
-        listing = [(".", {"st_ino": own, "st_mode": stat.S_IFDIR}, 0), ("..", {"st_ino": synthetic_ino(path + "/.."),
-                                                                                  "st_mode": stat.S_IFDIR}, 0)]
-        return listing + [(n, {"st_ino": ino, "st_mode": mode & stat.S_IFMT(mode)}, 0)
-                          for n, (ino, mode) in sorted(entries.items())]
+        dots = [(".", {"st_ino": own, "st_mode": stat.S_IFDIR}, 0),
+                ("..", {"st_ino": synthetic_ino(path + "/.."), "st_mode": stat.S_IFDIR}, 0)]
+        return dots + [(n, full.get(n) or {"st_ino": ino, "st_mode": mode & stat.S_IFMT(mode)}, 0)
+                       for n, (ino, mode) in sorted(entries.items())]
 
     @translated
     def statfs(self, path: str) -> dict[str, int]:
@@ -249,6 +340,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             if not writers:
                 raise _fail(errno.ENOENT) from None
             return 0
+        self.changed_here([name], FileStat.from_pb(info))
         for h in handles:
             if h.info is not None:
                 h.info = FileStat.from_pb(info)
@@ -282,6 +374,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._settle(path)
         uid, gid = self._caller()
         self.client.mkdir(path, mode=mode & 0o7777, uid=uid, gid=gid)
+        self.changed_here([path])
         return 0
 
     @translated
@@ -296,6 +389,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         for name in waiting:
             self._settle(name)
         self.client.rmdir(path)
+        self.changed_here([path])
         return 0
 
     @translated
@@ -306,9 +400,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if stat.S_ISREG(mode):  # an empty file
             handle = OpenFile(self.client, path, None, truncate=True, buffers=self._buffers)
             handle.attrs.update(mode=mode & 0o7777, uid=uid, gid=gid)
-            handle.commit()
+            self._committed(handle)
         else:  # FIFOs, sockets, devices: the kernel serves them; memstage keeps the name
             self.client.mknod(path, mode, dev, uid=uid, gid=gid)
+            self.changed_here([path])
         return 0
 
     @translated
@@ -317,6 +412,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._settle(path)
         uid, gid = self._caller()
         self.client.symlink(target, path, uid=uid, gid=gid)
+        self.changed_here([path])
         return 0
 
     @translated
@@ -326,8 +422,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._read_only(existing)
         writer = self._writer_of(existing)
         if writer is not None:
-            writer.commit()  # a file created and not closed yet: its new name needs it at the manager
+            self._committed(writer)  # a file created and not closed yet: its new name needs it at the manager
         self.client.link(existing, path)
+        self.changed_here([existing, path], kernel_knows=(path,))  # the kernel's `existing` is another inode
         return 0
 
     # -- names unlinked or replaced while open here (see memstage.client.orphans) -----------------
@@ -339,7 +436,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         handles = [h for h in self._open_on(name) if h.path == name]
         for h in handles:
             if isinstance(h.obj, OpenFile):
-                h.obj.commit()  # what it wrote so far goes with it
+                self._committed(h.obj)  # what it wrote so far goes with it
         with self._lock:
             for h in handles:
                 h.path = hidden
@@ -373,6 +470,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 try:
                     self.client.mv(action.name, action.target)
                     found = True
+                    self.changed_here([action.name, action.target])
                 except NotFound:
                     pass  # a new file nobody committed: nothing at the manager
                 except MemstageError as e:
@@ -390,6 +488,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             else:
                 with contextlib.suppress(NotFound):
                     self.client.rm_file(action.target)
+                self.changed_here([action.target])
 
     def _wait_settled(self, hidden: str | None) -> None:
         if hidden is not None:
@@ -421,6 +520,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return 0
         self._settle(path)
         self.client.rm_file(path)
+        self.changed_here([path])
         return 0
 
     @translated
@@ -443,8 +543,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 raise _fail(errno.EEXIST)
         for h in self._open_on(old):
             if isinstance(h.obj, OpenFile):
-                h.obj.commit()  # what was written so far moves with the name
+                self._committed(h.obj)  # what was written so far moves with the name
         self.client.mv(old, new)
+        self.changed_here([old, new])
         with self._lock:
             for h in self._handles.values():
                 if h.path == old or h.path.startswith(old + "/"):
@@ -509,7 +610,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if info.atime_ns > max(info.mtime_ns, info.ctime_ns) and now - info.atime_ns < 86400 * 10**9:
             return info
         try:
-            return FileStat.from_pb(self.client.setattr(path, atime_ns=now, access=True))
+            info = FileStat.from_pb(self.client.setattr(path, atime_ns=now, access=True))
+            self.changed_here([path], info)
+            return info
         except MemstageError as e:  # only a timestamp: the read goes on
             log.debug("atime of %s not updated: %s", path, e)
             return info
@@ -544,7 +647,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         assert path is not None
         handle = OpenFile(self.client, path, self.client.reader(path), truncate=False)
         handle.truncate(length)
-        handle.commit()
+        self._committed(handle)
         return 0
 
     @translated
@@ -553,7 +656,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only:
             handle.closing = True
             if not self._other_writers(fh, handle.obj):
-                handle.obj.commit()  # close() reports a failed commit (ENOSPC, EIO) to the application
+                self._committed(handle.obj)  # close() reports a failed commit (ENOSPC, EIO) to the application
         return 0
 
     def _other_writers(self, fh: int, obj: OpenFile) -> bool:
@@ -571,7 +674,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         the loss of as many benefactors as the policy tolerates."""
         handle = self._handles.get(fh)
         if handle is not None and isinstance(handle.obj, OpenFile):
-            handle.obj.commit()  # what every handle of the file wrote, as fsync of an inode does
+            self._committed(handle.obj)  # what every handle of the file wrote, as fsync of an inode does
             with contextlib.suppress(NotFound):  # nothing committed under that name: nothing to protect
                 self.client.wait_protected(handle.obj.path)
         return 0
@@ -582,5 +685,5 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             handle = self._handles.pop(fh, None)
         if handle is not None and isinstance(handle.obj, OpenFile) and not handle.reads_only \
                 and not self._other_writers(fh, handle.obj):
-            handle.obj.commit()
+            self._committed(handle.obj)
         return 0

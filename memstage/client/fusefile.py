@@ -176,6 +176,7 @@ class OpenFile:
         self._check()
         if self._writer is None:
             self._writer = self.client.new_writer(self.path, self.opened_at, known=set(self._base_keys))
+            self._writer.want_info = True  # the committed attributes: a mount caches them
         return self._writer
 
     def _content(self, index: int) -> bytes | memoryview:
@@ -359,7 +360,8 @@ class OpenFile:
                         if attempt + 1 == MERGE_ATTEMPTS:
                             raise
                         self._merge_over_latest(writer)
-            result = CommitResult(self.path, version, self.size, stats, time.perf_counter() - self.opened_at)
+            result = CommitResult(self.path, version, self.size, stats, time.perf_counter() - self.opened_at,
+                                  writer.info)
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
             self.base = self.client.reader(self.path, version)

@@ -21,6 +21,10 @@ from memstage.errors import MemstageError
 
 log = logging.getLogger(__name__)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+_READDIR_PLUS, _FILL_DIR_PLUS = 1, 2  # libfuse 3: enum fuse_readdir_flags, enum fuse_fill_dir_flags
+_INVALIDATE = mfusepy._libfuse.fuse_invalidate_path
+_INVALIDATE.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_INVALIDATE.restype = ctypes.c_int
 
 
 class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
@@ -28,6 +32,8 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
 
     def __init__(self, operations: MemstageFS, mountpoint: str, read_ahead: int = 0, **options: Any) -> None:
         self._read_ahead = read_ahead
+        self._config: Any = None
+        self._fuse: Any = None
         super().__init__(operations, mountpoint, **options)  # serves until unmounted
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
@@ -35,7 +41,43 @@ class _FUSE(mfusepy.FUSE):  # type: ignore[misc]
         # kernel keeps the lower of it and the mount's read-ahead (see memstage.client.bdi).
         if self._read_ahead and conn:
             conn.contents.max_readahead = self._read_ahead
+        # libfuse reads the timeouts from its config at every reply: the lease sets them (below).
+        self._config = config
+        self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+        self.operations.attach(self.invalidate, self.keep_for)
         super().init_fuse_3(conn, config)
+
+    def keep_for(self, seconds: float) -> None:
+        """How long the kernel keeps the attributes and names it is told from now on."""
+        if self._config:
+            self._config.contents.attr_timeout = seconds
+            self._config.contents.entry_timeout = seconds
+
+    def destroy(self, private_data: Any) -> None:
+        super().destroy(private_data)  # the watch stops first: it tells the kernel through libfuse
+        self._fuse = None
+
+    def invalidate(self, paths: list[str]) -> None:
+        """The kernel drops what it keeps of these paths (attributes and cached pages); a path it
+        does not know is skipped."""
+        if self._fuse is None:
+            return
+        for path in paths:
+            _INVALIDATE(self._fuse, path.encode(self.encoding, self.errors))
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        # readdirplus (libfuse asks with flag 1): entries go with all their attributes, so the kernel
+        # answers ls -l, find and du from them. mfusepy passes on only the type and inode number.
+        if not flags & _READDIR_PLUS:
+            return int(super().readdir_fuse_3(path, buf, filler, offset, fip, flags))
+        st = mfusepy.c_stat()
+        for name, attrs, _ in self.operations.readdir(self._path(path), fip.contents.fh):
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            plus = len(attrs) > 2
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), st, 0, _FILL_DIR_PLUS if plus else 0) != 0:
+                break
+        return 0
 
     def _path(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
@@ -109,9 +151,13 @@ def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other:
     # max_idle_threads: libfuse 3.14, called through its older API as mfusepy does, warns about its
     # own unset default ("Ignoring invalid max threads value") unless it is given.
     # use_ino: the manager numbers files, so all names of a file show one inode (tar, rsync -H).
-    # attr_timeout 0: the names of a file are separate kernel inodes here (libfuse numbers nodes by
-    # name), so a change through one name shows through the others (nlink, size, data) at once.
+    # Timeouts 0 until the manager's lease lets the kernel keep attributes and names (with
+    # metadata_cache); without it, attributes are asked for at every stat: the names of a file
+    # are separate kernel inodes here (libfuse numbers nodes by name), and a change through one
+    # name must show through the others (nlink, size, data) at once.
     options: dict[str, Any] = {"max_idle_threads": 16, "use_ino": True, "attr_timeout": 0}
+    if client.settings.metadata_cache:
+        options["entry_timeout"] = 0
     if allow_other:
         options.update(allow_other=True, default_permissions=True)
     try:
@@ -127,6 +173,7 @@ def mount(client: Client, mountpoint: str, foreground: bool = True, allow_other:
         if os.path.ismount(mountpoint):
             raise MemstageError(f"FUSE failed on {mountpoint} (libfuse code {e})") from None
     finally:
+        fs.detach()
         stop.close()
 
 

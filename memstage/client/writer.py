@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from memstage import commitpack
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.filestat import FileStat
 from memstage.client.writestate import (
     Ask,
     CloseStreams,
@@ -73,6 +74,7 @@ class CommitResult:
     size: int
     stats: WriteStats
     oab_seconds: float  # open .. commit done (close as the application saw it, in commit mode)
+    info: FileStat | None = None  # the file as committed, when the writer asked (want_info)
 
     @property
     def asb(self) -> float:
@@ -153,6 +155,8 @@ class VersionWriter:
         self._addresses: dict[str, str] = {}  # benefactor id -> address
         self._io: list[Ask | NeedMap | Release] = []  # blocking work for the writing thread
         self._done = False  # committed or aborted: the session is over
+        self.want_info = False  # the commit's reply brings the file's attributes (a mount caches them)
+        self.info: FileStat | None = None
         # The explicit checkpoint (Client.checkpoint) the version belongs to when it is committed.
         self.checkpoint: Callable[[], int | None] = lambda: None
         self._asb_done: float | None = None
@@ -415,7 +419,7 @@ class VersionWriter:
                 "Commit", manager_pb2.CommitRequest(namespace=self.namespace, path=self.path, size=size,
                                                     packed=commitpack.pack(refs), stats=stats, session=self.session,
                                                     attrs=attrs, merge=base is not None, base_version=base or 0,
-                                                    checkpoint=self.checkpoint()),
+                                                    checkpoint=self.checkpoint(), want_info=self.want_info),
                 f"commit of {self.path}")
         except Conflict:
             raise  # the session is still open
@@ -423,6 +427,7 @@ class VersionWriter:
             self._done = True
             raise
         self._done = True
+        self.info = FileStat.from_pb(reply.info) if reply.HasField("info") else None
         return int(reply.version)
 
     @property

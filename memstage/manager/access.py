@@ -16,7 +16,7 @@ from memstage.errors import PermissionDenied, Unauthenticated
 log = logging.getLogger(__name__)
 
 BENEFACTOR = frozenset({"Register", "Heartbeat", "Reconcile", "Orders", "Leave", "DrainWork", "DrainDone"})
-READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions", "Checkpoints"})
+READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions", "Checkpoints", "Watch"})
 # FindChunks answers whether the namespace holds a chunk: deduplicating into it is writing to it.
 WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Rename", "Mkdir", "Rmdir", "SetAttr",
                    "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage",

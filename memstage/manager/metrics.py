@@ -56,6 +56,9 @@ class ManagerMetrics:
                                         "Commits of a file by one of several writers that found a newer version "
                                         "than the one they built on (the writer merges and commits again)",
                                         ["namespace"], registry=registry)
+        self.watching = Gauge("memstage_mounts_watching",
+                              "Mounts caching attributes and names under the manager's lease (each change of "
+                              "their namespace waits until they dropped what they cached of it)", registry=registry)
         self.unprotected = Gauge("memstage_chunks_unprotected",
                                  "Chunks still needed in memory with fewer live copies than their namespace's "
                                  "redundancy asks (being copied or rebuilt)", registry=registry)

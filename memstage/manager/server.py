@@ -138,6 +138,7 @@ class ManagerServer:
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         self.service.wake.set()
+        self.service.watch.close()
         self._server.stop(grace).wait()
         self._housekeeper.join(timeout=5)
         if self.beats is not None:

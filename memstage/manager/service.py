@@ -14,6 +14,7 @@ frees, each naming the generation of the hold it ends.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict
 
 import grpc
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from memstage.boundary import current_caller
 from memstage.chunks import ChunkKey
 from memstage.clock import SYSTEM_CLOCK, Clock
+from memstage.errors import InvalidArgument
 from memstage.manager import codec
 from memstage.manager.access import EVERYONE, POLICY_FIELDS, Caller
 from memstage.manager.admin import Admin
@@ -34,9 +36,11 @@ from memstage.manager.reads import Reads
 from memstage.manager.repair import Repair
 from memstage.manager.state import State
 from memstage.manager.status import Status
+from memstage.manager.watchers import WatchDesk
 from memstage.manager.writes import Ask, Writes
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
 from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.rpc import MOUNT_HEADER
 from memstage.settings import ManagerSettings
 
 Context = grpc.ServicerContext
@@ -50,6 +54,14 @@ def _caller() -> Caller:
 
 def _ask(request: manager_pb2.StripingRequest) -> Ask:
     return Ask(request.chunk_size, request.width, frozenset(request.exclude))
+
+
+def _origin(context: Context) -> str:
+    """The mount a call comes from (its own cache is kept by itself), or ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MOUNT_HEADER:
+            return str(value)
+    return ""
 
 
 def _file(request: manager_pb2.PathRequest | manager_pb2.SymlinkRequest | manager_pb2.NodeRequest
@@ -70,6 +82,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.reads = Reads(state)
         self.drains = Drains(state)
         self.admin = Admin(state)
+        self.watch = WatchDesk(settings.cache_lease)
+        state.metrics.watching.set_function(self.watch.watching)
         # What the server, the heartbeat link and housekeeping use.
         self.settings, self.catalog, self.access, self.metrics = settings, catalog, state.access, state.metrics
         self.registry, self.sessions, self.orders = state.registry, state.sessions, state.orders
@@ -174,7 +188,12 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     def Commit(self, request: manager_pb2.CommitRequest, context: Context) -> manager_pb2.CommitReply:
         version = self.commits.commit(request)
         self.state.durable()
-        return manager_pb2.CommitReply(version=version)
+        namespace = check_namespace(request.namespace)
+        path = normalize_file_path(request.path)
+        self.watch.changed(_origin(context), namespace, [path])
+        if not request.want_info:
+            return manager_pb2.CommitReply(version=version)
+        return manager_pb2.CommitReply(version=version, info=self.reads.file_info(namespace, path))
 
     # -- reads ---------------------------------------------------------------------------------
     def FindChunks(self, request: manager_pb2.NamespacedChunks, context: Context) -> manager_pb2.FindChunksReply:
@@ -216,8 +235,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     # -- the namespace ---------------------------------------------------------------------------
     def Delete(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.DeleteFileReply:
-        count = self.namespace.delete(*_file(request))
+        namespace, path = _file(request)
+        count = self.namespace.delete(namespace, path)
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [path])
         return manager_pb2.DeleteFileReply(versions_deleted=count)
 
     def Rename(self, request: manager_pb2.RenameRequest, context: Context) -> manager_pb2.RenameReply:
@@ -225,6 +246,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
         moved = self.namespace.rename(namespace, src, dst)
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [src, dst])
         return manager_pb2.RenameReply(files_moved=moved)
 
     def Mkdir(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.MkdirReply:
@@ -232,29 +254,36 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         namespace = check_namespace(request.namespace)
         self.namespace.mkdir(namespace, path, codec.attrs(request.attrs) if request.HasField("attrs") else None)
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [path])
         return manager_pb2.MkdirReply()
 
     def Rmdir(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.MkdirReply:
-        self.namespace.rmdir(*_file(request))
+        namespace, path = _file(request)
+        self.namespace.rmdir(namespace, path)
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [path])
         return manager_pb2.MkdirReply()
 
     def SetAttr(self, request: manager_pb2.SetAttrRequest, context: Context) -> manager_pb2.FileInfo:
         namespace, path = check_namespace(request.namespace), normalize_path(request.path)
         self.namespace.set_attrs(namespace, path, codec.attrs(request.attrs))
         self.state.durable()
+        if not request.attrs.access:  # a read's atime is not worth a round of the mounts (as relatime)
+            self.watch.changed(_origin(context), namespace, [path])
         return self.reads.file_info(namespace, path)
 
     def Symlink(self, request: manager_pb2.SymlinkRequest, context: Context) -> manager_pb2.FileInfo:
         namespace, path = _file(request)
         self.namespace.symlink(namespace, path, request.target, codec.attrs(request.attrs))
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [path])
         return self.reads.file_info(namespace, path)
 
     def MakeNode(self, request: manager_pb2.NodeRequest, context: Context) -> manager_pb2.FileInfo:
         namespace, path = _file(request)
         self.namespace.make_node(namespace, path, request.mode, request.rdev, codec.attrs(request.attrs))
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [path])
         return self.reads.file_info(namespace, path)
 
     def Link(self, request: manager_pb2.RenameRequest, context: Context) -> manager_pb2.FileInfo:
@@ -262,7 +291,27 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         src, dst = normalize_file_path(request.path), normalize_file_path(request.destination)
         self.namespace.link(namespace, src, dst)
         self.state.durable()
+        self.watch.changed(_origin(context), namespace, [src, dst])
         return self.reads.file_info(namespace, dst)
+
+    # -- mounts' caches (see memstage.manager.watchers) ------------------------------------------
+    def Watch(self, request: manager_pb2.WatchRequest, context: Context) -> Iterator[manager_pb2.WatchEvent]:
+        namespace = check_namespace(request.namespace)
+        if not request.mount:
+            raise InvalidArgument("Watch: a mount id is needed")
+        watcher = self.watch.watch(request.mount, namespace)
+        try:
+            yield manager_pb2.WatchEvent(lease=self.watch.lease)  # watched from now on: the mount may ping
+            while context.is_active():
+                events = self.watch.next_events(watcher, 1.0)
+                if events is None:
+                    return
+                yield from events
+        finally:
+            self.watch.unwatch(watcher)
+
+    def WatchAck(self, request: manager_pb2.WatchAckRequest, context: Context) -> manager_pb2.WatchAckReply:
+        return manager_pb2.WatchAckReply(known=self.watch.ack(request.mount, request.seq, request.ping))
 
     # -- operators -------------------------------------------------------------------------------
     def Status(self, request: manager_pb2.StatusRequest, context: Context) -> manager_pb2.StatusReply:

@@ -428,7 +428,7 @@ class ClientStats(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_deduplicated: _Optional[int] = ..., oab_seconds: _Optional[float] = ..., asb_seconds: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs", "packed", "merge", "base_version", "checkpoint")
+    __slots__ = ("namespace", "path", "size", "chunks", "stats", "session", "attrs", "packed", "merge", "base_version", "checkpoint", "want_info")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class CommitRequest(_message.Message):
     MERGE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    WANT_INFO_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     size: int
@@ -451,7 +452,8 @@ class CommitRequest(_message.Message):
     merge: bool
     base_version: int
     checkpoint: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., packed: _Optional[_Union[PackedChunks, _Mapping]] = ..., merge: _Optional[bool] = ..., base_version: _Optional[int] = ..., checkpoint: _Optional[int] = ...) -> None: ...
+    want_info: bool
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., stats: _Optional[_Union[ClientStats, _Mapping]] = ..., session: _Optional[int] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., packed: _Optional[_Union[PackedChunks, _Mapping]] = ..., merge: _Optional[bool] = ..., base_version: _Optional[int] = ..., checkpoint: _Optional[int] = ..., want_info: _Optional[bool] = ...) -> None: ...
 
 class PackedChunks(_message.Message):
     __slots__ = ("keys", "counts", "benefactors", "locations", "receipts")
@@ -468,10 +470,12 @@ class PackedChunks(_message.Message):
     def __init__(self, keys: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., benefactors: _Optional[_Iterable[str]] = ..., locations: _Optional[bytes] = ..., receipts: _Optional[bytes] = ...) -> None: ...
 
 class CommitReply(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "info")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
     version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+    info: FileInfo
+    def __init__(self, version: _Optional[int] = ..., info: _Optional[_Union[FileInfo, _Mapping]] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("namespace", "path", "version", "stripes")
@@ -990,3 +994,39 @@ class DrainDoneRequest(_message.Message):
 class DrainDoneReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("namespace", "mount")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    mount: str
+    def __init__(self, namespace: _Optional[str] = ..., mount: _Optional[str] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("seq", "paths", "pong", "lease")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    pong: int
+    lease: float
+    def __init__(self, seq: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., pong: _Optional[int] = ..., lease: _Optional[float] = ...) -> None: ...
+
+class WatchAckRequest(_message.Message):
+    __slots__ = ("mount", "seq", "ping")
+    MOUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    mount: str
+    seq: int
+    ping: int
+    def __init__(self, mount: _Optional[str] = ..., seq: _Optional[int] = ..., ping: _Optional[int] = ...) -> None: ...
+
+class WatchAckReply(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...

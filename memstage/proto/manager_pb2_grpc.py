@@ -214,6 +214,16 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.TokenList.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/memstage.v1.Manager/Watch',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.WatchRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.WatchEvent.FromString,
+                _registered_method=True)
+        self.WatchAck = channel.unary_unary(
+                '/memstage.v1.Manager/WatchAck',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.WatchAckRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.WatchAckReply.FromString,
+                _registered_method=True)
 
 
 class ManagerServicer:
@@ -465,6 +475,21 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """A mount's cache of attributes and names: the manager streams the paths others change in the
+        mount's namespace (and answers its pings there); a change waits until every watching mount
+        acknowledged it, or until that mount's lease ran out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAck(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -647,6 +672,16 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.ListTokens,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.TokenRequest.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.TokenList.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.WatchRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.WatchEvent.SerializeToString,
+            ),
+            'WatchAck': grpc.unary_unary_rpc_method_handler(
+                    servicer.WatchAck,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.WatchAckRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.WatchAckReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1621,6 +1656,60 @@ class Manager:
             '/memstage.v1.Manager/ListTokens',
             memstage_dot_proto_dot_manager__pb2.TokenRequest.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.TokenList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memstage.v1.Manager/Watch',
+            memstage_dot_proto_dot_manager__pb2.WatchRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/WatchAck',
+            memstage_dot_proto_dot_manager__pb2.WatchAckRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.WatchAckReply.FromString,
             options,
             channel_credentials,
             insecure,
