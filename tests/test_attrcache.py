@@ -50,6 +50,19 @@ def test_an_answer_fetched_before_a_change_is_not_kept_after_it():
     assert isinstance(c.get("/f", 0.1), Miss)
 
 
+def test_changes_made_here_keep_listings_right():
+    c = AttrCache()
+    c.ping_sent(1, 0.0)
+    c.pong(1, LEASE)
+    assert c.put_listing("/d", [("/d/a", info("/d/a", 1))], c.epoch, 0.1)
+    c.changed_here(["/d/new"])  # created here: the listing knows it, its attributes are asked for
+    assert isinstance(c.get("/d/new", 0.1), Miss) and c.get("/d/other", 0.1) is ABSENT
+    c.changed_here(["/d/a", "/d/b"], gone=["/d/a"])  # renamed here
+    assert c.get("/d/a", 0.1) is ABSENT and isinstance(c.get("/d/b", 0.1), Miss)
+    c.changed(["/d/x"])  # changed elsewhere: the listing is not known any more
+    assert isinstance(c.get("/d/other", 0.1), Miss)
+
+
 def test_the_kernel_is_told_of_every_name_of_a_changed_file():
     c = AttrCache()
     c.told_kernel("/a", 7)
@@ -121,6 +134,11 @@ class CacheModel(RuleBasedStateMachine):
     def change(self, path: str, size: int | None) -> None:
         self.truth[path] = size
         self.cache.changed([path])
+
+    @rule(path=st.sampled_from(PATHS), size=st.none() | st.integers(0, 3))
+    def change_here(self, path: str, size: int | None) -> None:
+        self.truth[path] = size
+        self.cache.changed_here([path], gone=[path] if size is None else [])
 
     @rule(d=st.sampled_from(DIRS))
     def remove_tree(self, d: str) -> None:

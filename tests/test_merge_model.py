@@ -90,6 +90,9 @@ class Writer:
         self.store.versions.append(list(self.layout))
         return len(self.store.versions)
 
+    def laid_out(self) -> list[ChunkKey]:
+        return list(self.layout)
+
     def abort(self) -> None:
         pass
 

@@ -30,7 +30,8 @@ BFS = ["a", "b", "c"]
 class WriteStateModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.state = WriteState("/f", query_batch=3, query_bytes=10_000, release_batch=2, known={KEYS[5]})
+        self.state = WriteState("/f", query_batch=3, query_bytes=10_000, release_batch=2, known={KEYS[5]},
+                                 small_write=250)
         self.length: dict[int, int] = {}  # seq -> bytes of the write buffer it holds, until resolved
         self.at: dict[int, str] = {}  # seq -> where the model believes it is
         self.asks: list[Ask] = []
@@ -40,6 +41,7 @@ class WriteStateModel(RuleBasedStateMachine):
         self.acked: dict[str, int] = {}
         self.released: list[ChunkKey] = []
         self.puts: dict[ChunkKey, int] = {}  # handovers of chunks this write sent, not released
+        self.unasked_ok: tuple[str, ...] = ()
 
     # -- carrying out instructions as the I/O layer would ---------------------------------------
     def run(self, instructions: list) -> None:
@@ -47,7 +49,8 @@ class WriteStateModel(RuleBasedStateMachine):
             if isinstance(ins, Send):
                 assert self.failed is None, "no send after a failure"
                 assert ins.placement.id not in self.excluded, "sent to an excluded benefactor"
-                assert self.at.get(ins.seq) in ("asking", "unplaced"), (ins.seq, self.at.get(ins.seq))
+                # Sent once asked about, or without asking at the finish of a small write.
+                assert self.at.get(ins.seq) in ("asking", "unplaced", *self.unasked_ok), (ins.seq, self.at.get(ins.seq))
                 self.at[ins.seq] = ins.placement.id
             elif isinstance(ins, Resolved):
                 for seq in ins.seqs:
@@ -73,7 +76,7 @@ class WriteStateModel(RuleBasedStateMachine):
             else:
                 assert isinstance(ins, CloseStreams)
         for seq, where in list(self.at.items()):
-            if where == "asking" and self.state.where(seq) == "unplaced":
+            if where in ("asking", *self.unasked_ok) and self.state.where(seq) == "unplaced":
                 self.at[seq] = "unplaced"
 
     # -- events ------------------------------------------------------------------------------
@@ -151,10 +154,13 @@ class WriteStateModel(RuleBasedStateMachine):
 
     @rule()
     def finish(self) -> None:
+        self.unasked_ok = ("unasked",) if self.state.size <= self.state.small_write else ()
         try:
             self.run(self.state.finish())
         except MemstageError:
             assert self.failed is not None
+        finally:
+            self.unasked_ok = ()
 
     @rule()
     def fail(self) -> None:

@@ -142,10 +142,28 @@ class AttrCache:
         self._listed[directory] = names
         return True
 
-    def changed(self, paths: Iterable[str]) -> list[str]:
-        """Paths changed (here or elsewhere): each, what is below it, and its parent's listing are
-        dropped. Returns the names the kernel holds attributes under that must be told: those
-        paths and what is below them, their parents, and every other name of the same files."""
+    def changed_here(self, paths: list[str], gone: Iterable[str] = ()) -> list[str]:
+        """This mount changed `paths` and knows what became of them: each exists now, except
+        `gone`. Listings of their parents stay right (see changed())."""
+        gone = set(gone)
+        told = self.changed(paths, listings=False)
+        for path in paths:
+            names = self._listed.get(parent_of(path))
+            if names is None or path == "/":
+                continue
+            if path in gone:
+                names.discard(path.rsplit("/", 1)[1])
+                self._entries[path] = ABSENT
+                self._index(path)
+            else:
+                names.add(path.rsplit("/", 1)[1])
+        return told
+
+    def changed(self, paths: Iterable[str], listings: bool = True) -> list[str]:
+        """Paths changed (here or elsewhere): each, what is below it, and (with `listings`) its
+        parent's listing are dropped. Returns the names the kernel holds attributes under that
+        must be told: those paths and what is below them, their parents, and every other name
+        of the same files."""
         self.epoch += 1
         tell: set[str] = set()
         for path in paths:
@@ -156,7 +174,8 @@ class AttrCache:
                 if ino is not None:
                     tell.add(p)
                     tell |= self._kernel.get(ino, set())
-            self._listed.pop(parent_of(path), None)
+            if listings:
+                self._listed.pop(parent_of(path), None)
             self._entries.pop(parent_of(path), None)
             tell.add(parent_of(path))
         for path in tell:

@@ -193,17 +193,17 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return st
 
     def changed_here(self, paths: list[str], info: FileStat | None = None, own: bool = False,
-                     kernel_knows: tuple[str, ...] | None = None) -> None:
+                     kernel_knows: tuple[str, ...] | None = None, gone: tuple[str, ...] = ()) -> None:
         """This mount changed `paths` (the manager tells the other mounts): drop what is cached of
         them, keep `info` (the first path's attributes as the change left them), and have the
         kernel drop its copies of the same files under other names (it knows its own change of
         these names, except `own`: what it was told while the file was open here was the open
         handle's view, not the committed file's; `kernel_knows`: the names it knows the change of,
-        if not all of `paths`)."""
+        if not all of `paths`). Each path exists after the change, except `gone`."""
         if not self.caching:
             return
         with self._lock:
-            told = self.cache.changed([*paths, *(VERSIONS + p for p in paths)])
+            told = self.cache.changed_here(paths, gone) + self.cache.changed([VERSIONS + p for p in paths])
             if info is not None:
                 self.cache.put(paths[0], info, self.cache.epoch, time.monotonic())
         knows = () if own else (paths if kernel_knows is None else kernel_knows)
@@ -375,6 +375,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         uid, gid = self._caller()
         self.client.mkdir(path, mode=mode & 0o7777, uid=uid, gid=gid)
         self.changed_here([path])
+        if self.caching:
+            with self._lock:  # new, so empty: names looked up in it are known absent
+                self.cache.put_listing(path, (), self.cache.epoch, time.monotonic())
         return 0
 
     @translated
@@ -389,7 +392,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         for name in waiting:
             self._settle(name)
         self.client.rmdir(path)
-        self.changed_here([path])
+        self.changed_here([path], gone=(path,))
         return 0
 
     @translated
@@ -470,7 +473,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 try:
                     self.client.mv(action.name, action.target)
                     found = True
-                    self.changed_here([action.name, action.target])
+                    self.changed_here([action.name, action.target], gone=(action.name,))
                 except NotFound:
                     pass  # a new file nobody committed: nothing at the manager
                 except MemstageError as e:
@@ -488,7 +491,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             else:
                 with contextlib.suppress(NotFound):
                     self.client.rm_file(action.target)
-                self.changed_here([action.target])
+                self.changed_here([action.target], gone=(action.target,))
 
     def _wait_settled(self, hidden: str | None) -> None:
         if hidden is not None:
@@ -520,7 +523,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             return 0
         self._settle(path)
         self.client.rm_file(path)
-        self.changed_here([path])
+        self.changed_here([path], gone=(path,))
         return 0
 
     @translated
@@ -545,7 +548,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             if isinstance(h.obj, OpenFile):
                 self._committed(h.obj)  # what was written so far moves with the name
         self.client.mv(old, new)
-        self.changed_here([old, new])
+        self.changed_here([old, new], gone=(old,) if old != new else ())
         with self._lock:
             for h in self._handles.values():
                 if h.path == old or h.path.startswith(old + "/"):

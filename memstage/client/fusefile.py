@@ -33,7 +33,7 @@ import bisect
 import errno
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +97,27 @@ class Slot:
         return memoryview(self.buf)[:length]
 
 
+class _Committed:
+    """A version this handle committed, as its base: its layout, and its bytes from a reader made
+    when first needed (a file closed after writing never asks)."""
+
+    def __init__(self, client: Client, path: Callable[[], str], version: int, keys: list[ChunkKey],
+                 size: int) -> None:
+        self._client, self._path = client, path
+        self.version, self.keys, self.size = version, keys, size
+        self._reader: VersionReader | None = None
+
+    def read_range(self, start: int, end: int) -> bytes:
+        if self._reader is None:  # under the file's name now: its versions move with it (rename, unlink)
+            self._reader = self._client.reader(self._path(), self.version)
+        return self._reader.read_range(start, end)
+
+
 MERGE_ATTEMPTS = 64  # commits refused because another writer was faster, before giving up
 
 
 class OpenFile:
-    def __init__(self, client: Client, path: str, base: VersionReader | None, truncate: bool,
+    def __init__(self, client: Client, path: str, base: VersionReader | _Committed | None, truncate: bool,
                  buffers: BufferPool | None = None) -> None:
         self.client = client
         self.path = path
@@ -130,7 +146,7 @@ class OpenFile:
         self._lock = threading.Lock()
 
     # -- the version this handle started from ------------------------------------------------
-    def _set_base(self, base: VersionReader | None) -> None:
+    def _set_base(self, base: VersionReader | _Committed | None) -> None:
         self._base_keys: list[ChunkKey] = base.keys if base is not None else []
         self._base_starts: list[int] = []
         pos = 0
@@ -364,7 +380,8 @@ class OpenFile:
                                   writer.info)
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
-            self.base = self.client.reader(self.path, version)
+            # Its layout is known here: the version's map is only asked for if it is read back.
+            self.base = _Committed(self.client, lambda: self.path, version, writer.laid_out(), self.size)
             self.base_version = version
             self._set_base(self.base)
             self._base_end = self.size

@@ -394,6 +394,11 @@ class VersionWriter:
         if not self._mapped_at_open:  # else the session's map has just said there is room
             self._striping_map(NeedMap((), ()))
 
+    def laid_out(self) -> list[ChunkKey]:
+        """The chunks of the version as laid out (holes included), in order."""
+        with self._lock:
+            return list(self._state.layout)
+
     def relayout(self) -> None:
         """Forget the layout placed so far (chunks handed over stay): it is placed again."""
         with self._lock:

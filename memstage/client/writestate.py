@@ -18,6 +18,10 @@ from memstage.chunks import ChunkKey
 from memstage.errors import ChunkRejected, DataLost, MemstageError, QuotaExceeded
 from memstage.placement import Placement, StreamEnd
 
+# A whole write this small is sent without asking whether the namespace holds it (a 4 KiB
+# file's bytes cost less than a deduplication round trip to the manager).
+SMALL_WRITE = 64 * 1024
+
 
 # -- instructions ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,7 @@ class WriteState:
     path: str
     query_batch: int = 32  # chunks per deduplication query
     query_bytes: int = 128 * 1024 * 1024  # ... or once this many bytes wait for one
+    small_write: int = SMALL_WRITE  # a write of at most this many bytes is sent without asking
     release_batch: int = 16
     known: set[ChunkKey] = field(default_factory=set)  # held by the namespace (e.g. the previous version)
     error: MemstageError | None = None
@@ -207,12 +212,15 @@ class WriteState:
         self._releases = {}
         return [Release(chunks)]
 
-    def ask(self) -> list[Instruction]:
-        """Query what waits for deduplication now (a full batch, settle, finish, memory pressure)."""
+    def ask(self, send_unasked: bool = False) -> list[Instruction]:
+        """Query what waits for deduplication now (a full batch, settle, finish, memory pressure);
+        send_unasked: send it without asking."""
         if not self._unasked or self.error is not None:
             return []
         seqs = tuple(self._unasked)
         self._unasked, self._unasked_bytes = [], 0
+        if send_unasked:
+            return self._place(list(seqs))
         for seq in seqs:
             self._chunks[seq].where = "asking"
         return [Ask(seqs, tuple(self._chunks[s].key for s in seqs))]
@@ -220,7 +228,8 @@ class WriteState:
     def finish(self) -> list[Instruction]:
         """No more chunks: query the rest and end the streams once they have acknowledged all."""
         self._check()
-        out = self.ask()
+        # A small write is sent rather than asked about: its bytes cost less than the round trip.
+        out = self.ask(send_unasked=self.size <= self.small_write)
         self.finishing = True
         return [*out, CloseStreams()]
 
