@@ -130,6 +130,10 @@ class ManagerSettings:
                             "\"keep_deleted\": false}} (memstage policy changes them until the next start)")
     session_lease: float = setting(30.0, _duration, "a write session not renewed for this long ends and its "
                                    "uncommitted chunks are freed (writers renew every third of it)")
+    sync_interval: float = setting(0.0, _duration, "0: a change is acknowledged once the manager's state on disk "
+                                   "survives a power cut of its node (one fsync per change, shared by concurrent "
+                                   "ones); > 0: once it survives a crash of the manager, with an fsync this often "
+                                   "(memstage up uses 1s: there a power cut takes every benefactor's memory too)")
     cache_lease: float = setting(2.0, _duration, "mounts cache attributes and names for at most half of this "
                                  "after their last word with the manager; a change waits (at most this long) until "
                                  "every other mount of the namespace dropped what it cached of it")
@@ -153,6 +157,8 @@ class ManagerSettings:
         _positive("heartbeat_interval", self.heartbeat_interval)
         _positive("session_lease", self.session_lease)
         _positive("cache_lease", self.cache_lease)
+        if self.sync_interval < 0:
+            raise SettingError(f"sync_interval: must be 0 or more, not {self.sync_interval}")
         _positive("stripe_width", self.stripe_width)
         _positive("keep_versions", self.keep_versions)
         if self.policies:
@@ -275,6 +281,9 @@ class UpSettings:
                              "the cluster secret it keeps in --state, and a client settings file is written there)")
     prefetch_latest: bool = setting(False, _bool, "once started, load the newest persisted checkpoint of each step "
                                     "series of namespace default back into memory from the PFS (a restart)")
+    sync_interval: float = setting(1.0, _duration, "the manager acknowledges a change once a crash of it cannot "
+                                   "lose it, and fsyncs its state this often (every process of the deployment runs "
+                                   "here: a power cut takes the benefactors' memory anyway); 0 = an fsync per change")
     transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes travel between the deployment's "
                              "clients and benefactors: stream (Unix sockets in <state>/sockets that only this user "
                              "can open: no encryption cost) or grpc (TLS)")

@@ -103,7 +103,7 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
         procs.append(spawn("manager", ["--listen", settings.listen, "--state", state, "--heartbeat-interval",
                                        interval, "--persist-every", str(settings.persist_every),
                                        "--keep-versions", str(settings.keep_versions), "--metrics-port", str(port),
-                                       "--pfs", pfs,
+                                       "--pfs", pfs, "--sync-interval", f"{settings.sync_interval}s",
                                        *(["--insecure"] if settings.insecure else []), *tls, *extra]))
         manager = procs[0].address
         # The manager wrote the cluster secret and an admin token into its state as it started.

@@ -44,6 +44,8 @@ class ManagerServer:
         self.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.catalog = Catalog(settings.state, Policy(settings.persist_every, settings.keep_versions,
                                                                 settings.redundancy))
+        if settings.sync_interval:
+            self.catalog.sync_every(settings.sync_interval)
         if settings.policies:
             apply_policies(self.catalog, parse_policies(settings.policies))
         if settings.pfs:

@@ -80,6 +80,8 @@ class CatalogStore(NodeTable):
         self._committed = 0  # transactions committed (written to the WAL)
         self._synced = 0  # of them, made durable by an fsync of the WAL
         self._sync_lock = threading.Lock()
+        self._sync_interval = 0.0  # see sync_every()
+        self._stop_syncing: threading.Event | None = None
         self._thread_seq = threading.local()  # the last transaction each thread committed
         self._batch: locationlog.Batch | None = None  # location changes of the open transaction
         # Benefactors given drain tasks since the service last asked (it tells them in heartbeat
@@ -108,11 +110,31 @@ class CatalogStore(NodeTable):
         self._next_gen = max(self._top_gen, time.time_ns() // 1000) + 1
 
 
+    def sync_every(self, interval: float) -> None:
+        """From now on sync() returns at once: what was committed is in the WAL (a crash of the
+        manager loses none of it) and a thread fsyncs it every `interval` seconds (a power cut
+        of the node loses at most that much)."""
+        self._sync_interval = interval
+        stop = self._stop_syncing = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, args=(stop,), name="wal-sync", daemon=True)
+        self._syncer.start()
+
+    def _sync_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self._sync_interval):
+            self._fsync_committed()
+
+    def _fsync_committed(self) -> None:
+        with self._sync_lock:
+            target = self._committed
+            if target > self._synced:
+                os.fsync(self._wal)
+                self._synced = target
+
     def sync(self) -> None:
         """Make durable every transaction this thread committed (and all before it): one fsync of
         the WAL covers all of them, and callers that arrive during it share the next one."""
         seq = getattr(self._thread_seq, "seq", 0)
-        if seq <= self._synced:
+        if seq <= self._synced or self._sync_interval:
             return
         with self._sync_lock:
             if seq <= self._synced:
@@ -122,6 +144,10 @@ class CatalogStore(NodeTable):
             self._synced = max(self._synced, target)
 
     def close(self) -> None:
+        if self._stop_syncing is not None:
+            self._stop_syncing.set()
+            self._syncer.join(timeout=5)
+            self._fsync_committed()
         with self._lock:
             self._db.close()
             os.close(self._wal)
