@@ -238,6 +238,15 @@ class NamespaceMachine(RuleBasedStateMachine):
             assert listed == m.children(directory), f"ls {directory}: {listed} vs {m.children(directory)}"
             for e in entries:  # a listing shows what stat shows (a mount hands it to the kernel as it is)
                 assert e == self.svc.reads.file_info(NS, e.path), f"ls {directory}: {e.path}"
+            paged, after = [], ""  # page by page, one name at a time: the same names
+            while True:
+                page = self.svc.List(manager_pb2.PathRequest(namespace=NS, path=directory, after=after, limit=1),
+                                     self.ctx)
+                paged.extend(e.path for e in page.entries)
+                if not page.more:
+                    break
+                after = paged[-1].rsplit("/", 1)[1]
+            assert paged == listed, f"ls {directory} in pages: {paged}"
 
 
 NamespaceMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40, deadline=None,

@@ -40,6 +40,7 @@ from memstage.streamtransport import transport_for
 from memstage.transport import ChunkTransport
 
 log = logging.getLogger(__name__)
+LIST_PAGE = 5000  # names per List call: a directory of 100,000 comes in 20 replies, not one of 20 MB
 
 _FIND_BATCH = 8192  # keys per FindChunks call, well under the message size limit
 _URL = re.compile(r"^memstage://(?P<manager>[^/]+)/(?P<namespace>[^/]+)(?P<path>/.*)?$")
@@ -228,21 +229,28 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         return self._entry(self.stat(path, protection=False))
 
     def listing(self, path: str) -> list[FileStat]:
-        """Every name in the directory `path`, with what the manager keeps about each (one call)."""
+        """Every name in the directory `path`, with what the manager keeps about each (a call per
+        LIST_PAGE names)."""
         norm = normalize_path(self._strip_protocol(path))
-        reply = self.connections.call_manager(
-            "List", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
-        return [FileStat.from_pb(e) for e in reply.entries]
+        out: list[FileStat] = []
+        after = ""
+        while True:
+            reply = self.connections.call_manager(
+                "List", manager_pb2.PathRequest(namespace=self.namespace, path=norm, after=after, limit=LIST_PAGE),
+                norm)
+            out.extend(FileStat.from_pb(e) for e in reply.entries)
+            if not reply.more or not reply.entries:
+                return out
+            after = out[-1].path.rsplit("/", 1)[1]
 
     def ls(self, path: str = "/", detail: bool = True, **kwargs: Any) -> list[Any]:
         norm = normalize_path(self._strip_protocol(path))
-        reply = self.connections.call_manager(
-            "List", manager_pb2.PathRequest(namespace=self.namespace, path=norm), norm)
-        if not reply.entries:
+        listed = self.listing(norm)
+        if not listed:
             info = self.info(norm)  # a file: ls of a file lists the file itself, as in fsspec
             entries = [info] if info["type"] == "file" else []
         else:
-            entries = [self._entry(FileStat.from_pb(e)) for e in reply.entries]
+            entries = [self._entry(e) for e in listed]
         return entries if detail else [e["name"] for e in entries]
 
     def policy(self, persist_every: int | None = None, keep_versions: int | None = None,

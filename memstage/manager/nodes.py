@@ -131,12 +131,13 @@ class NodeTable:
                                      "AND target >= ? AND target < ? AND kind='link' GROUP BY target",
                                      (ns, prefix, prefix + "\uffff")).fetchall())
 
-    def nodes_under(self, ns: str, directory: str) -> Iterator[tuple[str, Node]]:
+    def nodes_under(self, ns: str, directory: str, after: str = "") -> Iterator[tuple[str, Node]]:
         prefix = directory.rstrip("/") + "/"
+        low, op = (prefix + after, ">") if after else (prefix, ">=")
         for row in self._db.execute("SELECT path, kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, target, "
                                     "CASE ino WHEN 0 THEN rowid + 1 ELSE ino END FROM nodes "
-                                    "WHERE ns=? AND path >= ? AND path < ?",
-                                    (ns, prefix, prefix + "\uffff")).fetchall():
+                                    f"WHERE ns=? AND path {op} ? AND path < ?",
+                                    (ns, low, prefix + "\uffff")).fetchall():
             yield row[0], Node(*row[1:])
 
     def touch_dirs(self, ns: str, paths: list[str], when_ns: int) -> None:

@@ -100,14 +100,15 @@ class Reads:
         """The entries right below a directory, by full path (files with their latest version)."""
         return self._children(namespace, directory)[0]
 
-    def _children(self, namespace: str, directory: str) -> tuple[dict[str, manager_pb2.FileInfo], dict[str, Node]]:
-        """children(), and the rows of the names that have one."""
+    def _children(self, namespace: str, directory: str, after: str = ""
+                  ) -> tuple[dict[str, manager_pb2.FileInfo], dict[str, Node]]:
+        """children() (after: only the names past this one), and the rows of the names that have one."""
         base = directory.rstrip("/") + "/"
         entries: dict[str, manager_pb2.FileInfo] = {}
-        for d in self.s.catalog.dirs_under(namespace, directory):
+        for d in self.s.catalog.dirs_under(namespace, directory, after):
             child = base + d[len(base):].split("/", 1)[0]
             entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
-        for f in self.s.catalog.files_under(namespace, directory):
+        for f in self.s.catalog.files_under(namespace, directory, after):
             name, sep, _ = f.path[len(base):].partition("/")
             child = base + name
             if sep:
@@ -116,7 +117,7 @@ class Reads:
                 entries[child] = manager_pb2.FileInfo(path=child, size=f.size, version=f.latest,
                                                       committed_at=f.committed_at, version_count=f.version_count)
         rows: dict[str, Node] = {}
-        for p, node in self.s.catalog.nodes_under(namespace, directory):
+        for p, node in self.s.catalog.nodes_under(namespace, directory, after):
             name, sep, _ = p[len(base):].partition("/")
             if not sep:
                 rows[p] = node
@@ -132,15 +133,22 @@ class Reads:
                                     else Node.default(FILE, int(info.committed_at * 1e9))))
         return entries, rows
 
-    def listing(self, namespace: str, directory: str) -> list[manager_pb2.FileInfo]:
-        """Every name in `directory` with what stat shows of it (a mount hands these to the kernel
-        as they are: link counts, what hard links share, stored bytes)."""
-        entries, rows = self._children(namespace, directory)
-        if not entries and self.s.catalog.kind(namespace, directory) != DIR:
+    def listing(self, namespace: str, directory: str, after: str = "", limit: int = 0
+                ) -> tuple[list[manager_pb2.FileInfo], bool]:
+        """The names in `directory` (past `after`, at most `limit` of them), each with what stat
+        shows of it (a mount hands these to the kernel as they are: link counts, what hard links
+        share, stored bytes); and whether more names follow."""
+        entries, rows = self._children(namespace, directory, after)
+        if not entries and not after and self.s.catalog.kind(namespace, directory) != DIR:
             raise missing(namespace, directory, "directory")
         base = directory.rstrip("/") + "/"
+        names = sorted(p for p in entries if p[len(base):] > after)
+        more = bool(limit) and len(names) > limit
+        if more:
+            names = names[:limit]
+        entries = {p: entries[p] for p in names}
         subdirs: dict[str, int] = {}  # explicit directories right below each child directory
-        for d in self.s.catalog.dirs_under(namespace, directory):
+        for d in self.s.catalog.dirs_under(namespace, directory, after):
             parts = d[len(base):].split("/")
             if len(parts) == 2:
                 subdirs[base + parts[0]] = subdirs.get(base + parts[0], 0) + 1
@@ -160,7 +168,7 @@ class Reads:
                 except NotFound:  # gone meanwhile
                     continue
             out.append(info)
-        return out
+        return out, more
 
     def versions(self, namespace: str, path: str) -> list[manager_pb2.VersionInfo]:
         path = self.s.catalog.canonical(namespace, path)

@@ -215,7 +215,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     def List(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.ListReply:
         namespace = check_namespace(request.namespace)
-        return manager_pb2.ListReply(entries=self.reads.listing(namespace, normalize_path(request.path)))
+        entries, more = self.reads.listing(namespace, normalize_path(request.path), request.after, request.limit)
+        return manager_pb2.ListReply(entries=entries, more=more)
 
     def Versions(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.VersionsReply:
         namespace = check_namespace(request.namespace)

@@ -508,20 +508,24 @@ class VersionMap(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("namespace", "path", "attrs", "protection", "start", "latest")
+    __slots__ = ("namespace", "path", "attrs", "protection", "start", "latest", "after", "limit")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     PROTECTION_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     attrs: FileAttrs
     protection: bool
     start: bool
     latest: bool
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ..., latest: _Optional[bool] = ...) -> None: ...
+    after: str
+    limit: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ..., latest: _Optional[bool] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class FileAttrs(_message.Message):
     __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ino", "access")
@@ -618,10 +622,12 @@ class FileInfo(_message.Message):
     def __init__(self, path: _Optional[str] = ..., is_dir: _Optional[bool] = ..., size: _Optional[int] = ..., version: _Optional[int] = ..., committed_at: _Optional[float] = ..., version_count: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., nlink: _Optional[int] = ..., target: _Optional[str] = ..., ino: _Optional[int] = ..., stored: _Optional[int] = ..., rdev: _Optional[int] = ..., protected: _Optional[bool] = ...) -> None: ...
 
 class ListReply(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "more")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[FileInfo]
-    def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
     __slots__ = ("version", "size", "committed_at", "chunk_count", "persist", "persisted", "in_memory", "lost", "lost_reason", "drain_error", "unavailable")

@@ -107,11 +107,13 @@ class TreeTable(VersionTable):
                 "SELECT COUNT(*) FROM dirs WHERE ns=? AND path >= ? AND path < ? AND instr(substr(path, ?), '/') = 0",
                 (namespace, prefix, prefix + "\uffff", len(prefix) + 1)).fetchone()[0])
 
-    def dirs_under(self, namespace: str, directory: str) -> list[str]:
+    def dirs_under(self, namespace: str, directory: str, after: str = "") -> list[str]:
+        """Directories below `directory`, at any depth (after: only paths past <directory>/<after>)."""
         prefix = directory.rstrip("/") + "/"
+        low, op = (prefix + after, ">") if after else (prefix, ">=")
         with self._lock:
-            return [p for (p,) in self._db.execute("SELECT path FROM dirs WHERE ns=? AND path >= ? AND path < ?",
-                                                   (namespace, prefix, prefix + "\uffff"))]
+            return [p for (p,) in self._db.execute(f"SELECT path FROM dirs WHERE ns=? AND path {op} ? AND path < ?",
+                                                   (namespace, low, prefix + "\uffff"))]
 
     def rename_dirs(self, namespace: str, src: str, dst: str) -> None:
         with self._lock:

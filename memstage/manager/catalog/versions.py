@@ -211,14 +211,16 @@ class VersionTable(DrainTable, Accounts):
                                     (namespace, path)).fetchall()
         return [self._record(namespace, path, r) for r in rows]
 
-    def files_under(self, namespace: str, directory: str) -> list[FileSummary]:
-        """Every file at or below `directory` ('/' for all), latest version of each."""
+    def files_under(self, namespace: str, directory: str, after: str = "") -> list[FileSummary]:
+        """Every file at or below `directory` ('/' for all), latest version of each (after: only
+        paths past <directory>/<after>)."""
         prefix = directory.rstrip("/") + "/"
+        low, op = (prefix + after, ">") if after else (prefix, ">=")
         # Range scan on the primary key: paths starting with prefix sort between prefix and prefix+U+FFFF.
         with self._lock:
             rows = self._db.execute(
-                "SELECT path, MAX(version), COUNT(*) FROM versions WHERE ns=? AND path >= ? AND path < ? "
-                "GROUP BY path", (namespace, prefix, prefix + "\uffff")).fetchall()
+                f"SELECT path, MAX(version), COUNT(*) FROM versions WHERE ns=? AND path {op} ? AND path < ? "
+                "GROUP BY path", (namespace, low, prefix + "\uffff")).fetchall()
             out = []
             for path, latest, count in rows:
                 size, at = self._db.execute("SELECT size, committed_at FROM versions WHERE ns=? AND path=? AND "
