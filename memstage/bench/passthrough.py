@@ -80,6 +80,10 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
         os.rmdir(self._p(path))
         return 0
 
+    def chmod(self, path: str, mode: int, fh: int | None = None) -> int:  # dbm.dumb sets its files' modes
+        os.chmod(self._p(path), mode)
+        return 0
+
 
 if __name__ == "__main__":
     # libfuse 2 sends 4 KiB writes unless asked for big ones (up to 128 KiB); libfuse 3 always may.
