@@ -30,6 +30,7 @@ from memstage.client.files import ReadFile, UpdateFile, WriteFile, check_mode
 from memstage.client.filestat import FileStat
 from memstage.client.metrics import ClientMetrics
 from memstage.client.reader import VersionReader
+from memstage.client.spares import SpareSession
 from memstage.client.writer import BackgroundCommits, ByteBudget, CommitResult, VersionWriter
 from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound, Unavailable
@@ -66,6 +67,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
         # Set when the client is shutting down (a mount told to stop): writers stop waiting for space.
         self.closing = threading.Event()
+        self.spares: SpareSession | None = None  # see open_sessions_ahead()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memstage-read")
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ClientMetrics(self.metrics_registry)
@@ -400,7 +402,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         """A writer of a new version of `path`: a write session at the manager, renewed by this
         client while it is open, sharing this client's write buffer."""
         writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget,
-                               transport=self.transport, closing=self.closing)
+                               transport=self.transport, closing=self.closing,
+                               session=self.spares.take() if self.spares is not None else None)
         writer.checkpoint = lambda: self._checkpoint
         with self._keeper_lock:
             self._writes.add(writer)
@@ -436,8 +439,29 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
                 if not still and not writer.done:
                     writer.expired()
 
+    def open_sessions_ahead(self) -> None:
+        """Keep a write session opened ahead, so that a new file's write starts without waiting for
+        the manager (a mount writing many small files)."""
+        if self.spares is not None:
+            return
+        settings = self.settings
+
+        def open_session() -> manager_pb2.SessionReply:
+            return self.connections.call_manager("OpenSession", manager_pb2.OpenSessionRequest(
+                namespace=self.namespace, striping=manager_pb2.StripingRequest(
+                    width=settings.stripe_width, chunk_size=settings.chunk_size)), "a write session opened ahead")
+
+        def abort(session: int) -> None:
+            self.connections.call_manager("AbortSession", manager_pb2.SessionRequest(session=session),
+                                          "a write session opened ahead")
+
+        self.spares = SpareSession(open_session, abort)
+
     def close(self) -> None:
         """Drop connections (new ones open on next use) after waiting for background commits."""
+        if self.spares is not None:
+            self.spares.close()
+            self.spares = None
         try:
             self.sync()
         finally:

@@ -98,6 +98,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         """The mount runs: `kernel(paths)` drops the kernel's copies of paths, `keep_for(seconds)`
         sets how long it keeps what it is told. With metadata_cache, the watch starts."""
         self.kernel = kernel
+        self.client.open_sessions_ahead()  # a new file's write starts without waiting for the manager
         if self.caching and self._watch is None:
             mount = secrets.token_hex(16)
             self.client.connections.speak_for(mount)
@@ -109,6 +110,8 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self.detach()  # libfuse calls this while unmounting, before its session goes
 
     def detach(self) -> None:
+        if self.client.spares is not None:
+            self.client.spares.close()
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.stop()

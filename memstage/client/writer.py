@@ -127,7 +127,9 @@ class ByteBudget:
 class VersionWriter:
     def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float,
                  known: set[ChunkKey] | None = None, budget: ByteBudget | None = None,
-                 transport: ChunkTransport | None = None, closing: threading.Event | None = None) -> None:
+                 transport: ChunkTransport | None = None, closing: threading.Event | None = None,
+                 session: manager_pb2.SessionReply | None = None) -> None:
+        """session: one opened ahead for this namespace (see memstage.client.spares), else one is opened."""
         self.conn = conn
         self._closing = closing if closing is not None else threading.Event()  # set: the client is shutting down
         self.settings = settings
@@ -138,7 +140,7 @@ class VersionWriter:
         self._budget = budget if budget is not None else ByteBudget(settings.buffer_size)
         # The first striping map comes with the session (an older manager gives none: it is then
         # asked for when the first chunk needs one).
-        reply = conn.call_manager("OpenSession", manager_pb2.OpenSessionRequest(
+        reply = session or conn.call_manager("OpenSession", manager_pb2.OpenSessionRequest(
             namespace=self.namespace, path=path, striping=manager_pb2.StripingRequest(
                 width=settings.stripe_width, chunk_size=settings.chunk_size)), f"write of {path}")
         self.session: int = reply.session
