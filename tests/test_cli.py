@@ -153,6 +153,7 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         assert proc.returncode == 0, err
         assert "stopped" in out
         assert "Traceback" not in err
+        assert "WARNING" not in "".join(line for line in (out + err).splitlines() if "void" in line)  # nothing lost
         for pid in children:
             assert not pid_alive(pid), f"child {pid} still running"
         assert not os.path.ismount(mount)

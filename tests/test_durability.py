@@ -31,6 +31,12 @@ def test_two_deployments_sharing_one_pfs_directory_both_restore(local_cluster, t
     assert listing.returncode == 0, listing.stderr
     rows = [line.split() for line in listing.stdout.splitlines() if "/job/ckpt.bin" in line]
     assert sorted(r[2] for r in rows) == sorted([a, b]) and all(r[-1] == "yes" for r in rows)
+    read, write = os.pipe()  # `memstage restore --list | head -0`: the reader is gone before the listing
+    os.close(read)
+    closed = subprocess.run([sys.executable, "-m", "memstage", "restore", "--pfs", str(shared), "--list"],
+                            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write)
+    assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr, closed.stderr  # was: both
     for deployment, payload in data.items():
         out = tmp_path / f"out-{deployment}"
         done = memstage("restore", "--pfs", str(shared), "/job/ckpt.bin", "--deployment", deployment, "--out",

@@ -119,7 +119,9 @@ class Liveness:
         lost = self.s.catalog.void_benefactor(bf, self.s.alive_ids(), reason, check_pfs)
         with self.s.lock:
             self.s.loads.gone(bf)
-        log.warning("benefactor %s: what it held is void (%s); %d versions lost", bf, reason, len(lost))
+        # A warning only when something was lost: a normal stop voids what is drained or held elsewhere.
+        log.log(logging.WARNING if lost else logging.INFO, "benefactor %s: what it held is void (%s); %d versions "
+                "lost", bf, reason, len(lost))
         for ns, path, version in lost:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
         return lost

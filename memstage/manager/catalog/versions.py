@@ -182,7 +182,9 @@ class VersionTable(DrainTable, Accounts):
     def version(self, namespace: str, path: str, version: int = 0) -> VersionRecord:
         """A committed version (0 = the latest); NotFound if there is none."""
         with self._lock:
-            if version:
+            if version >= 1 << 63:  # beyond what SQLite holds, so beyond every version
+                row = None
+            elif version:
                 row = self._db.execute(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE ns=? AND path=? AND version=?",
                                        (namespace, path, version)).fetchone()
             else:
