@@ -163,5 +163,6 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
                                "a file this large needs a larger chunk_size")
     if cls is Unavailable:
         return Unavailable(f"{what}: unreachable ({detail})")
-    return cls(f"{what}: {detail}")
+    # The manager's messages mostly start with the path already: name it once ("/a: no such ...").
+    return cls(detail if detail and (detail == what or detail.startswith(f"{what}:")) else f"{what}: {detail}")
 

@@ -158,8 +158,9 @@ def test_bad_paths_rejected(local_cluster, bad, reason):
 
 def test_missing_file_and_version(local_cluster):
     c = local_cluster(benefactors=1).client()
-    with pytest.raises(NotFound, match="no such file"):
+    with pytest.raises(NotFound, match="no such file") as missing:
         c.cat("/nope")
+    assert str(missing.value).count("/nope") == 1  # was: "/nope: /nope: no such file ..."
     c.pipe("/one", b"1")
     with pytest.raises(NotFound, match="no version 7"):
         c.open("/one", "rb", version=7)
