@@ -32,6 +32,8 @@ def memstage(*args: str, timeout: float = 60, env: dict[str, str] | None = None)
     (["status", "--manager", "127.0.0.1:1"], "manager 127.0.0.1:1: unreachable"),
     (["manager", "--config", "/nonexistent.toml"], "config: file '/nonexistent.toml' does not exist"),
     (["bench", "--size", "lots"], "bench: 'lots' is not a size"),
+    (["restore", "--pfs", "/nonexistent-pfs", "--list"], "--pfs: /nonexistent-pfs: no such directory"),
+    (["restore", "--pfs", "/nonexistent-pfs", "/f", "--out", "/tmp/x"], "--pfs: /nonexistent-pfs: no such directory"),
 ])
 def test_bad_values_give_one_line_and_no_traceback(args, message):
     result = memstage(*args, timeout=60)

@@ -4,6 +4,7 @@ the PFS alone, without a manager)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from memstage.cli.common import client_flags, table
@@ -42,6 +43,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise SettingError("--version: must be 1 or more")
     if args.workers <= 0:
         raise SettingError("--workers: must be 1 or more")
+    if not os.path.isdir(args.pfs):
+        raise SettingError(f"--pfs: {args.pfs}: no such directory")
     if args.list:
         namespace = args.namespace or ("default" if args.path else None)
         rows = [("NAMESPACE", "PATH", "DEPLOYMENT", "VERSION", "COMMITTED", "SIZE", "COMPLETE")]
