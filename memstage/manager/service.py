@@ -36,7 +36,7 @@ from memstage.manager.state import State
 from memstage.manager.status import Status
 from memstage.manager.writes import Ask, Writes
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
-from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.proto import control_pb2, manager_pb2, manager_pb2_grpc
 from memstage.settings import ManagerSettings
 
 Context = grpc.ServicerContext
@@ -263,6 +263,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.namespace.link(namespace, src, dst)
         self.state.durable()
         return self.reads.file_info(namespace, dst)
+
+    # -- clients ---------------------------------------------------------------------------------
+    control_ports = control_pb2.ControlPortsReply()  # where the control port serves (set by the server)
+
+    def ControlPorts(self, request: control_pb2.ControlPortsRequest, context: Context
+                     ) -> control_pb2.ControlPortsReply:
+        return self.control_ports
 
     # -- operators -------------------------------------------------------------------------------
     def Status(self, request: manager_pb2.StatusRequest, context: Context) -> manager_pb2.StatusReply:
