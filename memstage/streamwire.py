@@ -156,14 +156,13 @@ def send_frame(sock: socket.socket, head: bytes, data: Buffer = b"") -> None:
     """A message already serialized and its raw bytes, in one system call where the socket allows:
     a small call's cost is mostly system calls."""
     prefix = PREFIX.pack(len(head), len(data))
-    if isinstance(sock, ssl.SSLSocket):  # one TLS record for a small message, two sends for a large one
-        if len(data) <= _JOIN_UP_TO:
-            sock.sendall(b"".join((prefix, head, data)))
-        else:
-            sock.sendall(prefix + head)
-            sock.sendall(data)
-        return
-    send_parts(sock, [prefix + head, data])
+    if len(data) <= _JOIN_UP_TO:  # copying a small message costs less than gathering it
+        sock.sendall(b"".join((prefix, head, data)))
+    elif isinstance(sock, ssl.SSLSocket):
+        sock.sendall(prefix + head)
+        sock.sendall(data)
+    else:
+        send_parts(sock, [prefix + head, data])
 
 
 _JOIN_UP_TO = 256 * 1024
