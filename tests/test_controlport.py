@@ -282,8 +282,10 @@ def test_a_manager_that_does_not_answer_fails_the_call_after_the_rpc_timeout(loc
     assert cluster.manager is not None
     with opened(cluster, "stream", timeout=1.0) as conn:
         conn.call_manager("Mkdir", stat("/slow"), "/slow")
+        pid = cluster.manager.proc.pid
         cluster.manager.proc.send_signal(signal.SIGSTOP)
         try:
+            wait_for(lambda: _state(pid) == "T", what="the manager to stop")
             t0 = time.monotonic()
             with pytest.raises(Unavailable, match="Deadline Exceeded"):
                 conn.call_manager("Stat", stat("/slow"), "/slow")
@@ -293,6 +295,11 @@ def test_a_manager_that_does_not_answer_fails_the_call_after_the_rpc_timeout(loc
         # The connection that timed out is dropped (its late answer is never taken for another).
         assert conn.call_manager("Stat", stat("/slow"), "/slow").is_dir
         assert conn.control.call("List", stat("/")) is not None  # type: ignore[union-attr]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (T: stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
 def test_many_threads_each_get_their_own_answers(local_cluster, tmp_path):
