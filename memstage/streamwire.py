@@ -195,14 +195,15 @@ class Reader:
             at = self._start + PREFIX.size
             self._start += total
             return bytes(self._view[at:at + head_len]), bytes(self._view[at + head_len:at - PREFIX.size + total])
-        whole = bytearray(head_len + data_len)  # too large for the buffer: what arrived, then the rest
-        have = self._end - self._start - PREFIX.size
-        whole[:have] = self._view[self._start + PREFIX.size:self._end]
+        # Too large for the buffer: what arrived, then the rest as it comes (memory grows with what
+        # the peer sends, not with what its prefix claims).
+        whole = bytearray(self._view[self._start + PREFIX.size:self._end])
         self._start = self._end = 0
+        size = head_len + data_len
+        while len(whole) < size:
+            piece = self._view[: min(size - len(whole), len(self._buf))]
+            whole += piece[: self._recv(piece, deadline)]
         out = memoryview(whole)
-        pos = have
-        while pos < len(whole):
-            pos += self._recv(out[pos:], deadline)
         return bytes(out[:head_len]), bytes(out[head_len:])  # a copy costs little beside decoding it
 
     def _fill(self, n: int, deadline: float | None, between: bool = False) -> bool:
