@@ -233,6 +233,8 @@ class ControlClient:
         try:
             try:
                 reply = self._ask_ports()
+            except ValueError:  # grpc's word for a channel closed under the call (close())
+                return None
             except grpc.RpcError as e:
                 code = e.code() if isinstance(e, grpc.Call) else None
                 no_port = code == grpc.StatusCode.UNIMPLEMENTED  # a manager from before control ports
