@@ -22,6 +22,7 @@ import pytest
 from conftest import free_port, metric, rpc_calls, wait_for
 
 from memstage import auth, streamwire
+from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
 from memstage.errors import FsError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from memstage.proto import benefactor_pb2, control_pb2, manager_pb2, manager_pb2_grpc
@@ -91,8 +92,12 @@ def test_calls_answer_over_the_port_as_over_grpc(local_cluster, tmp_path):
                               "/d/l")
         via_port.call_manager("Rename", manager_pb2.RenameRequest(namespace="default", path="/d/l",
                                                                   destination="/d/m"), "/d/l")
-        for method, request in [("Stat", stat("/d")), ("Stat", stat("/d/m")), ("List", stat("/d")),
-                                ("Policy", manager_pb2.PolicyRequest(namespace="default")),
+        # A request far larger than a small call's (the port reads it as it comes).
+        keys = manager_pb2.NamespacedChunks(namespace="default", keys=[
+            ChunkKey.of(i.to_bytes(4, "big")).to_pb() for i in range(20000)])
+        assert keys.ByteSize() > 256 * 1024
+        for method, request in [("FindChunks", keys), ("Stat", stat("/d")), ("Stat", stat("/d/m")),
+                                ("List", stat("/d")), ("Policy", manager_pb2.PolicyRequest(namespace="default")),
                                 ("ListTokens", manager_pb2.TokenRequest())]:
             assert via_port.call_manager(method, request, "x") == via_grpc.call_manager(method, request, "x"), method
         # current_caller() is the port's caller: the admin sees every benefactor, a namespace token none.
@@ -304,7 +309,7 @@ def _state(pid: int) -> str:
 
 def test_many_threads_each_get_their_own_answers(local_cluster, tmp_path):
     cluster = local_cluster(benefactors=0, manager_args=("--socket-dir", str(tmp_path / "sockets")))
-    threads, calls = 12, 60
+    threads, calls = 12, 100  # and a listing of them larger than a connection's buffer
     errors: list[BaseException] = []
     with opened(cluster, "stream") as conn:
         conn.call_manager("Mkdir", stat("/t"), "/t")
