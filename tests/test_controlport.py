@@ -24,6 +24,7 @@ from conftest import free_port, metric, rpc_calls, wait_for
 from memstage import auth, streamwire
 from memstage.chunks import ChunkKey
 from memstage.client.connections import Connections
+from memstage.client.control import CallFailed, ControlClient
 from memstage.errors import FsError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from memstage.proto import benefactor_pb2, control_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import MAX_CONTROL_MESSAGE_BYTES, control_channel, with_metadata
@@ -150,6 +151,17 @@ def test_errors_are_the_same_over_the_port_as_over_grpc(local_cluster):
         for tenant, _ in pairs:  # the tenant's own namespace is its to change
             tenant.call_manager("Mkdir", stat("/x", "mine"), "/x")
         assert pairs[0][0].control.endpoint is not None  # type: ignore[union-attr]
+        # The credentials are the connections' as they are at each call, as a gRPC channel's are.
+        current = [bearer(cluster.admin_token)]
+        client = ControlClient(cluster.manager_address, 10.0, None, lambda: current[0], True, admin._control_ports)
+        try:
+            assert client.call("Stat", stat("/full")) is not None
+            current[0] = bearer(token)
+            with pytest.raises(CallFailed) as denied:
+                client.call("Stat", stat("/full"))
+            assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            client.close()
         # A revoked token is refused by the port at once, as by gRPC.
         admin.call_manager("RevokeToken", manager_pb2.TokenRequest(id=auth.Token.parse(token).id), "revoke")
         for tenant, _ in pairs:

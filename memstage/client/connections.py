@@ -41,7 +41,7 @@ class Connections:
         self._manager_channel: grpc.Channel | None = None
         self._manager: manager_pb2_grpc.ManagerStub | None = None
         self.peers = Peers(timeout, tls, self._benefactor_credentials)
-        self.control = ControlClient(manager, timeout, tls, self._manager_metadata, unix_sockets,
+        self.control = ControlClient(manager, timeout, tls, lambda: self._manager_metadata, unix_sockets,
                                      self._control_ports) if transport == "stream" else None
 
     def note_grant(self, namespace: str, grant: str, write: bool) -> None:
@@ -62,7 +62,7 @@ class Connections:
             grant = self._grants.get((namespace, True)) or ("" if write else self._grants.get((namespace, False), ""))
         return ((GRANT_HEADER, grant),) if grant else ()
 
-    def _stub(self) -> manager_pb2_grpc.ManagerStub:
+    def _manager_stub(self) -> manager_pb2_grpc.ManagerStub:
         with self._lock:
             if self._manager is None:
                 self._manager_channel = control_channel(self.manager_address, self.tls)
@@ -71,7 +71,7 @@ class Connections:
             return self._manager
 
     def _control_ports(self) -> control_pb2.ControlPortsReply:
-        reply: control_pb2.ControlPortsReply = self._stub().ControlPorts(control_pb2.ControlPortsRequest(),
+        reply: control_pb2.ControlPortsReply = self._manager_stub().ControlPorts(control_pb2.ControlPortsRequest(),
                                                                          timeout=self.timeout)
         return reply
 
@@ -91,7 +91,7 @@ class Connections:
                 raise self._error(e.code, e.detail, what) from None
         if reply is None:
             try:
-                reply = getattr(self._stub(), method)(request, timeout=self.timeout)
+                reply = getattr(self._manager_stub(), method)(request, timeout=self.timeout)
             except ValueError:  # grpc's word for a channel closed under the call
                 raise Unavailable(f"manager {self.manager_address}: the client's connections were closed") from None
             except grpc.RpcError as e:

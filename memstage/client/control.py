@@ -94,20 +94,18 @@ class _Conn:
 
 
 class ControlClient:
-    """`ask_ports` asks the manager for its ControlPortsReply (over gRPC); `metadata` is what each
-    call carries (the token)."""
+    """`ask_ports` asks the manager for its ControlPortsReply (over gRPC); `metadata` gives what
+    each call carries (the token), as the gRPC channel's calls carry it."""
 
-    def __init__(self, address: str, timeout: float, tls: Tls | None, metadata: Pairs, unix_sockets: bool,
-                 ask_ports: Callable[[], control_pb2.ControlPortsReply]) -> None:
+    def __init__(self, address: str, timeout: float, tls: Tls | None, metadata: Callable[[], Pairs],
+                 unix_sockets: bool, ask_ports: Callable[[], control_pb2.ControlPortsReply]) -> None:
         self.address = address
         self.timeout = timeout
         self._tls = tls
         self._unix = unix_sockets
         self._ask_ports = ask_ports
-        # Concatenated serializations merge: what every request carries is serialized once.
-        self._common = control_pb2.ControlRequest(
-            metadata=[benefactor_pb2.MetadataEntry(key=k, value=str(v)) for k, v in metadata],
-            timeout_ms=max(1, int(timeout * 1000))).SerializeToString()
+        self._metadata = metadata
+        self._common: tuple[Pairs | None, bytes] = (None, b"")  # metadata, and its part of a request
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._asking = threading.Lock()
@@ -133,7 +131,7 @@ class ControlClient:
         if conn is None:
             return None
         call = next(self._ids)
-        head = self._common + control_pb2.ControlRequest(method=method, call=call).SerializeToString()
+        head = self._common_part() + control_pb2.ControlRequest(method=method, call=call).SerializeToString()
         try:
             conn.sock.settimeout(self.timeout)
             streamwire.send_frame(conn.sock, head, request.SerializeToString())
@@ -162,6 +160,20 @@ class ControlClient:
         if reply.code:
             raise CallFailed(status_code(reply.code), reply.detail)
         return reply_type.FromString(got[1])
+
+    def _common_part(self) -> bytes:
+        """What every request carries, serialized once for as long as it stays the same (the
+        serializations of two parts of a message, concatenated, are the message's)."""
+        pairs = self._metadata()
+        common = self._common
+        if common[0] is not pairs:
+            common = (pairs, control_pb2.ControlRequest(
+                metadata=[benefactor_pb2.MetadataEntry(key=k, value=str(v() if callable(v) else v))
+                          for k, v in pairs],
+                timeout_ms=max(1, int(self.timeout * 1000))).SerializeToString())
+            if not any(callable(v) for _, v in pairs):  # a value asked at each call is not kept
+                self._common = common
+        return common[1]
 
     def close(self) -> None:
         with self._lock:
