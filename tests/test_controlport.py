@@ -394,3 +394,31 @@ def test_the_reader_takes_messages_however_they_arrive():
         with pytest.raises(TimeoutError):
             streamwire.Reader(b, max_data=100).read(time.monotonic() + 0.2)
         assert time.monotonic() - t0 < 5
+
+
+def test_a_forked_child_calls_on_connections_of_its_own(local_cluster, tmp_path):
+    cluster = local_cluster(benefactors=0, manager_args=("--socket-dir", str(tmp_path / "sockets")))
+    with opened(cluster, "stream") as conn:
+        conn.call_manager("Mkdir", stat("/parent"), "/parent")
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read)
+            try:
+                said = []
+                for k in range(50):
+                    conn.call_manager("Mkdir", stat(f"/child{k}"), "/child")
+                    said.append(conn.call_manager("Stat", stat(f"/child{k}"), "/child").path)
+                via_port = conn.control.call("Stat", stat("/parent")) is not None  # type: ignore[union-attr]
+                os.write(write, f"ok {len(set(said))} {via_port}".encode())
+            except BaseException as e:  # noqa: BLE001
+                os.write(write, f"failed {e!r}".encode())
+            os._exit(0)
+        os.close(write)
+        for _ in range(50):  # meanwhile, on the parent's own
+            assert conn.call_manager("Stat", stat("/parent"), "/parent").path == "/parent"
+        with os.fdopen(read) as r:
+            said = r.read()
+        os.waitpid(child, 0)
+        assert said == "ok 50 True", said
+        assert conn.call_manager("Stat", stat("/child49"), "/child49").is_dir

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import select
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +46,17 @@ REPLY_TYPES: dict[str, type[Message]] = {
     for m in manager_pb2.DESCRIPTOR.services_by_name["Manager"].methods
     if not m.client_streaming and not m.server_streaming
 }
+
+
+_CLIENTS: weakref.WeakSet[ControlClient] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class CallFailed(Exception):
@@ -114,6 +127,7 @@ class ControlClient:
         self._failures = 0  # of the port, in a row
         self._idle: list[_Conn] = []
         self._epoch = 0  # close() makes connections of earlier epochs unwanted
+        _CLIENTS.add(self)
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -180,6 +194,17 @@ class ControlClient:
             idle, self._idle = self._idle, []
             self._endpoint, self._retry_at, self._failures = None, 0.0, 0
             self._epoch += 1
+        for conn in idle:
+            conn.close()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's connections are its own (a call on one from both
+        processes would mix their answers); closing the child's copies leaves them open there.
+        The port is kept: the child dials it without asking by gRPC, whose channels a fork spoils."""
+        self._lock = threading.Lock()
+        self._asking = threading.Lock()
+        idle, self._idle = self._idle, []
+        self._epoch += 1
         for conn in idle:
             conn.close()
 
