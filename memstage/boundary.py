@@ -71,14 +71,14 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, name: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(name, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                self.unary(name, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(name, handler.unary_stream, True), handler.request_deserializer,
                 handler.response_serializer)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(name, handler.stream_unary, streamed=True), handler.request_deserializer,
+                self.unary(name, handler.stream_unary, streamed=True), handler.request_deserializer,
                 handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(name, handler.stream_stream, False), handler.request_deserializer,
@@ -92,8 +92,11 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
             caller = self._authenticate(name, tuple(context.invocation_metadata() or ()), request)
         _caller.set(caller)
 
-    def _unary(self, name: str, behaviour: Callable[[Any, Any], Any], streamed: bool = False
-               ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def unary(self, name: str, behaviour: Callable[[Any, Any], Any], streamed: bool = False
+              ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """`behaviour` behind the boundary: what serves a unary call, whether it came by gRPC or by
+        another port whose context aborts as gRPC's does (the manager's control port)."""
+
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 self._enter(name, None if streamed else request, context)

@@ -145,10 +145,24 @@ def to_rpc_detail(error: MemstageError) -> str:
     return str(error)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The status code sent as a number (a stream port's replies carry them so)."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def from_rpc_error(err: grpc.RpcError, what: str) -> MemstageError:
     """Turn a failed call into the typed error a caller expects; `what` names the peer or call."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = err.details() if isinstance(err, grpc.Call) else str(err)
+    return from_status(code, detail, what)
+
+
+def from_status(code: grpc.StatusCode, detail: str | None, what: str) -> MemstageError:
+    """The typed error of a call that ended with this status, by gRPC or by another port that
+    answers with gRPC's codes and details (the manager's control port)."""
     tagged = _TAGGED.match(detail or "")
     if tagged and tagged.group(1) == "EDQUOT":
         message = tagged.group(2)

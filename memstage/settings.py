@@ -113,6 +113,13 @@ class ManagerSettings:
     metrics_benefactors: int = setting(256, _int, "per-benefactor /metrics series for at most this many (those with "
                                        "a stuck drain, the largest backlog, the most memory in use); the others are "
                                        "summed under benefactor=\"(others)\"")
+    control_listen: str = setting("", _str, "HOST:PORT of the control port, which serves clients' calls (stat, "
+                                  "create, rename, commit, ...) on plain sockets (TLS when the gRPC port has it) "
+                                  "for clients with transport = stream (default: the --listen host, any free port; "
+                                  "off = none)")
+    socket_dir: str = setting("", _str, "directory (mode 700, this user's) for a Unix socket of the control port: "
+                              "clients on this machine use it instead of TCP, with no encryption cost; only "
+                              "processes of this user may connect (default: none)")
     stripe_width: int = setting(4, _int, "benefactors in a striping map")
     pfs: str = setting("", _str, "the PFS directory benefactors drain to, where the manager can read it: a new "
                        "state lists the versions and checkpoints earlier deployments drained there (read from the "
@@ -154,6 +161,8 @@ class ManagerSettings:
         check_address(self.listen, "listen")
         if self.heartbeat_listen not in ("", "off"):
             check_address(self.heartbeat_listen, "heartbeat_listen")
+        if self.control_listen not in ("", "off"):
+            check_address(self.control_listen, "control_listen")
         _positive("heartbeat_interval", self.heartbeat_interval)
         _positive("session_lease", self.session_lease)
         _positive("cache_lease", self.cache_lease)
@@ -229,11 +238,12 @@ class ClientSettings:
     tls_key: str = setting("", _str, "PEM private key of tls_cert")
     tls_server_name: str = setting("", _str, "name the servers' certificates are checked against (default: the "
                                    "host dialled)")
-    transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes travel: stream (the "
-                             "benefactors' stream data ports: their Unix socket when on this machine, else TCP, with "
-                             "TLS when the deployment has it; gRPC where a benefactor has no such port) or grpc")
-    unix_sockets: bool = setting(True, _bool, "with transport = stream, use a benefactor's Unix socket when it runs "
-                                 "on this machine (off: TCP, as from another machine)")
+    transport: str = setting("stream", _choice("stream", "grpc"), "how chunk bytes and calls to the manager "
+                             "travel: stream (the benefactors' stream data ports and the manager's control port: "
+                             "their Unix socket when on this machine, else TCP, with TLS when the deployment has it; "
+                             "gRPC where there is no such port) or grpc")
+    unix_sockets: bool = setting(True, _bool, "with transport = stream, use a benefactor's or the manager's Unix "
+                                 "socket when it runs on this machine (off: TCP, as from another machine)")
     metadata_cache: bool = setting(True, _bool, "a mount caches attributes and names (and lets the kernel cache "
                                    "them), kept right by the manager, which tells it of every change made elsewhere "
                                    "before that change returns (off: every stat and lookup asks the manager)")

@@ -110,32 +110,22 @@ class StreamTransport:
 
     def connect(self, address: str, endpoint: Endpoint) -> socket.socket:
         if endpoint.unix_path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(self.peers.timeout)
-                streamwire.unix_address(sock, endpoint.unix_path, sock.connect)
-                return sock
+                return streamwire.dial("", 0, endpoint.unix_path, None, "", self.peers.timeout)
             except OSError:  # another machine's file system after all, or not ours to open
-                sock.close()
                 if not endpoint.port:
                     raise
-        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=self.peers.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self.peers.tls
+        context = None
         if endpoint.tls:
-            tls = self.peers.tls
             if tls is None or not tls.enabled:
-                sock.close()
                 raise ChunkUnavailable(f"{address}: its data port speaks TLS; set tls_ca (and a client certificate)")
             with self._lock:
                 if self._tls_context is None:
                     self._tls_context = tls.client_context()
                 context = self._tls_context
-            try:
-                sock = context.wrap_socket(sock, server_hostname=tls.server_name or endpoint.host)
-            except (OSError, ssl.SSLError):
-                sock.close()
-                raise
-        return sock
+        return streamwire.dial(endpoint.host, endpoint.port, "", context,
+                               tls.server_name if tls is not None else "", self.peers.timeout)
 
     def take(self, address: str, endpoint: Endpoint) -> tuple[socket.socket, bool]:
         """A connection to the benefactor, and whether it was kept from an earlier use."""

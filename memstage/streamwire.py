@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -149,3 +150,108 @@ def skip(sock: socket.socket, n: int) -> None:
         part = scratch[: min(n, len(scratch))]
         recv_into(sock, part)
         n -= len(part)
+
+
+def send_frame(sock: socket.socket, head: bytes, data: Buffer = b"") -> None:
+    """A message already serialized and its raw bytes, in one system call where the socket allows:
+    a small call's cost is mostly system calls."""
+    prefix = PREFIX.pack(len(head), len(data))
+    if len(data) <= _JOIN_UP_TO:  # copying a small message costs less than gathering it
+        sock.sendall(b"".join((prefix, head, data)))
+    elif isinstance(sock, ssl.SSLSocket):
+        sock.sendall(prefix + head)
+        sock.sendall(data)
+    else:
+        send_parts(sock, [prefix + head, data])
+
+
+_JOIN_UP_TO = 256 * 1024
+
+
+class Reader:
+    """Messages of one connection, read ahead into a buffer: a small message takes one recv, not
+    three (its prefix, the message, its bytes). For one reader thread; a message larger than the
+    buffer is read into its own."""
+
+    def __init__(self, sock: socket.socket, max_data: int = MAX_DATA, size: int = 64 * 1024) -> None:
+        self.sock = sock
+        self.max_data = max_data
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
+    def read(self, deadline: float | None = None) -> tuple[bytes, bytes] | None:
+        """The next message and its raw bytes, as bytes the caller may keep; None when the peer
+        closed the connection between messages. TimeoutError past `deadline` (time.monotonic)."""
+        if self._end - self._start < PREFIX.size and not self._fill(PREFIX.size, deadline, between=True):
+            return None
+        head_len, data_len = PREFIX.unpack_from(self._buf, self._start)
+        if head_len > MAX_MESSAGE or data_len > self.max_data:
+            raise WireError(f"a message of {head_len} + {data_len} bytes is over the limit "
+                            f"({MAX_MESSAGE} + {self.max_data})")
+        total = PREFIX.size + head_len + data_len
+        if total <= len(self._buf):
+            self._fill(total, deadline)
+            at = self._start + PREFIX.size
+            self._start += total
+            return bytes(self._view[at:at + head_len]), bytes(self._view[at + head_len:at - PREFIX.size + total])
+        # Too large for the buffer: what arrived, then the rest as it comes (memory grows with what
+        # the peer sends, not with what its prefix claims).
+        whole = bytearray(self._view[self._start + PREFIX.size:self._end])
+        self._start = self._end = 0
+        size = head_len + data_len
+        while len(whole) < size:
+            piece = self._view[: min(size - len(whole), len(self._buf))]
+            whole += piece[: self._recv(piece, deadline)]
+        out = memoryview(whole)
+        return bytes(out[:head_len]), bytes(out[head_len:])  # a copy costs little beside decoding it
+
+    def _fill(self, n: int, deadline: float | None, between: bool = False) -> bool:
+        """At least n bytes buffered from the start of the next message; False if the peer closed
+        first, with nothing of a message received."""
+        if self._start + n > len(self._buf):  # move what is left of the buffer to its start
+            left = self._end - self._start
+            self._view[:left] = self._view[self._start:self._end]
+            self._start, self._end = 0, left
+        while self._end - self._start < n:
+            got = self._recv(self._view[self._end:], deadline, between and self._end == self._start)
+            if got == 0:
+                return False
+            self._end += got
+        return True
+
+    def _recv(self, into: memoryview, deadline: float | None, may_end: bool = False) -> int:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(left)
+        got = self.sock.recv_into(into)
+        if got == 0 and not may_end:
+            raise WireError("the peer closed the connection in the middle of a message")
+        return got
+
+
+def dial(host: str, port: int, unix_path: str, tls: ssl.SSLContext | None, server_name: str,
+         timeout: float) -> socket.socket:
+    """A connection to a port of this wire: its Unix socket when `unix_path` is given, else TCP
+    with TCP_NODELAY and TLS when `tls` is given (the certificate checked against `server_name`,
+    or the host); `timeout` on every operation."""
+    if unix_path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            unix_address(sock, unix_path, sock.connect)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=server_name or host)
+        except (OSError, ssl.SSLError):
+            sock.close()
+            raise
+    return sock

@@ -143,6 +143,8 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         c.pipe("/hello", b"hi")
         assert c.cat("/hello") == b"hi"
         assert (mount / "hello").read_bytes() == b"hi"  # the staging directory is ready
+        # Clients of this machine reach the manager's control port by a Unix socket, as the benefactors'.
+        assert list((tmp_path / "state" / "sockets").glob("manager-*.sock"))
         (mount / "via-mount").write_bytes(b"posix")
         assert c.cat("/via-mount") == b"posix"
         c.connections.close()

@@ -113,6 +113,10 @@ def test_default_values():
     assert {"name": "heartbeats", "containerPort": 7072} in container(manager)["ports"]
     service = docs[("Service", "ckpt-memstage-manager")]
     assert {"name": "heartbeats", "port": 7072, "targetPort": "heartbeats"} in service["spec"]["ports"]
+    # So has the control port: clients dial it on the host of the manager's address, the service.
+    assert env(manager)["MEMSTAGE_CONTROL_LISTEN"] == "0.0.0.0:7073"
+    assert {"name": "control", "containerPort": 7073} in container(manager)["ports"]
+    assert {"name": "control", "port": 7073, "targetPort": "control"} in service["spec"]["ports"]
 
 
 def test_statefulset_benefactors_on_a_pvc_with_settings():
@@ -269,7 +273,8 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
 
     schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
     tls = {"tls_cert", "tls_key", "tls_ca", "tls_server_name"}
-    set_by_chart = {"manager": {"listen", "heartbeat_listen", "state", "cluster_secret", "policies", *tls},
+    set_by_chart = {"manager": {"listen", "heartbeat_listen", "control_listen", "state", "cluster_secret", "policies",
+                                *tls},
                     "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret",
                                    *tls}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):

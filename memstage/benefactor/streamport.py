@@ -2,7 +2,7 @@
 
 A TCP port (TLS when the gRPC port is, with the same certificate and client check) and, for
 clients on this machine, a Unix socket in a directory only this user can open, whose peers must
-run as this user (SO_PEERCRED). Each connection is served by a thread of its own; a chunk's bytes
+run as this user (SO_PEERCRED; see memstage.sockport). Each connection is served by a thread of its own; a chunk's bytes
 are received straight into arena blocks and hashed where they lie. Callers are judged by the same
 authenticator as the gRPC boundary, with the credentials each request carries, and requests are
 carried out by the same service methods (see memstage.streamwire for the wire).
@@ -10,15 +10,10 @@ carried out by the same service methods (see memstage.streamwire for the wire).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
 import ssl
-import struct
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from memstage import streamwire
@@ -30,17 +25,15 @@ from memstage.errors import (
     MemstageError,
     NotFound,
     PermissionDenied,
-    SettingError,
     Unauthenticated,
     to_rpc_detail,
 )
 from memstage.proto import benefactor_pb2
-from memstage.rpc import check_address
+from memstage.sockport import SocketPort
 from memstage.streamwire import host_id
 
 log = logging.getLogger(__name__)
 
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 _DRAIN_AFTER_REFUSAL_S = 5.0  # how long a refused put stream's bytes in flight are read and dropped
 
 
@@ -49,105 +42,19 @@ class StreamPort:
                  tls: ssl.SSLContext | None, socket_dir: str, refused: Callable[[str], None]) -> None:
         self._service = service
         self._authenticate = authenticate
-        self._tls = tls
-        self._refused = refused
-        self._listeners: list[socket.socket] = []
-        self._conns: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self.reply = benefactor_pb2.DataPortsReply(tls=tls is not None, host_id=host_id())
-        if listen != "off":
-            check_address(listen, "data_listen")
-            host, _, port = listen.rpartition(":")
-            try:
-                tcp = socket.create_server((host.strip("[]"), int(port)), family=_family(host), backlog=128)
-            except OSError as e:
-                raise SettingError(f"data_listen: cannot listen on {listen} ({e.strerror})") from None
-            self._listeners.append(tcp)
-            self.reply.tcp_port = tcp.getsockname()[1]
-        if socket_dir:
-            self.reply.unix_path = self._unix_listener(Path(socket_dir))
-
-    def _unix_listener(self, folder: Path) -> str:
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            st = folder.stat()
-        except OSError as e:
-            raise SettingError(f"socket_dir: cannot make {folder} ({e.strerror})") from None
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise SettingError(f"socket_dir: {folder} must belong to this user and be closed to others "
-                               f"(chmod 700); it is mode {oct(st.st_mode & 0o777)}, owner uid {st.st_uid}")
-        path = folder / f"{self._service.id}.sock"
-        path.unlink(missing_ok=True)
-        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            streamwire.unix_address(unix, str(path), unix.bind)
-        except OSError as e:
-            unix.close()
-            raise SettingError(f"socket_dir: cannot make a socket in {folder} ({e.strerror or e})") from None
-        unix.listen(128)
-        self._listeners.append(unix)
-        return str(path)
+        self._port = SocketPort("stream", self._serve, listen, "data_listen", tls, socket_dir, f"{service.id}.sock",
+                                refused)
+        self.reply = benefactor_pb2.DataPortsReply(tls=tls is not None, host_id=host_id(),
+                                                   tcp_port=self._port.tcp_port, unix_path=self._port.unix_path)
 
     def start(self) -> None:
-        for listener in self._listeners:
-            threading.Thread(target=self._accept, args=(listener,), name="stream-accept", daemon=True).start()
+        self._port.start()
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            conns, self._conns = set(self._conns), set()
-        for listener in self._listeners:
-            _close(listener)
-        if self.reply.unix_path:
-            Path(self.reply.unix_path).unlink(missing_ok=True)
-        for conn in conns:
-            _close(conn)
-        # Until they are gone, connection threads may hold views of the arena, which closes next.
-        for thread in list(self._threads):
-            thread.join(timeout=5)
+        self._port.stop()
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # closed by stop()
-            thread = threading.Thread(target=self._serve, args=(conn, listener.family == socket.AF_UNIX),
-                                      name="stream-conn", daemon=True)
-            with self._lock:
-                if self._stopping:
-                    _close(conn)
-                    return
-                self._threads.add(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket, local: bool) -> None:
-        try:
-            if local:
-                _, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-                if uid not in (os.geteuid(), 0):
-                    self._refused("peer_uid")
-                    log.warning("stream socket: refused a process of uid %d (only this user's may connect)", uid)
-                    return
-            else:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self._tls is not None:
-                    conn = self._tls.wrap_socket(conn, server_side=True)
-            with self._lock:
-                if self._stopping:
-                    return
-                self._conns.add(conn)
-            Connection(self, conn).serve()
-        except (OSError, ssl.SSLError) as e:
-            if not self._stopping:
-                log.info("stream connection ended: %s", e)
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-                self._threads.discard(threading.current_thread())
-            _close(conn)
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        Connection(self, conn).serve()
 
     def authenticate(self, method: str, request: benefactor_pb2.StreamRequest, message: Any) -> Any:
         if self._authenticate is None:
@@ -241,13 +148,3 @@ class Connection:
         self.store.put_landed(incoming.key, runs, incoming.session)
         ack = benefactor_pb2.PutAck(seq=incoming.seq, receipt=self.service.stored(incoming))
         streamwire.send(self.sock, benefactor_pb2.StreamReply(ack=ack))
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()

@@ -22,7 +22,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = load(ClientSettings, client_flags(args), config=args.config)
     conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
-                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name),
+                       transport=settings.transport, unix_sockets=settings.unix_sockets)
     try:
         reply = conn.call_manager("Status", manager_pb2.StatusRequest(), "status")
     finally:
@@ -130,7 +131,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
         raise SettingError(f"--timeout: {e}") from None
     settings = load(ClientSettings, client_flags(args), config=args.config)
     conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
-                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name),
+                       transport=settings.transport, unix_sockets=settings.unix_sockets)
     deadline = time.monotonic() + timeout
     last_report = 0.0
     last_drained: tuple[float, int] | None = None  # (when, bytes drained in all) at the last report
@@ -300,7 +302,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     settings = load(ClientSettings, client_flags(args), config=args.config)
     conn = Connections(settings.manager, settings.rpc_timeout, token=settings.token,
-                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name))
+                       tls=load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name),
+                       transport=settings.transport, unix_sockets=settings.unix_sockets)
     try:
         if args.action == "create":
             if args.admin == bool(args.namespace):

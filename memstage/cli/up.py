@@ -104,6 +104,8 @@ def start_deployment(settings: UpSettings, config: str | None = None) -> list[Ro
                                        interval, "--persist-every", str(settings.persist_every),
                                        "--keep-versions", str(settings.keep_versions), "--metrics-port", str(port),
                                        "--pfs", pfs, "--sync-interval", f"{settings.sync_interval}s",
+                                       # Clients of this machine reach its control port by Unix socket.
+                                       "--socket-dir", os.path.join(state, "sockets"),
                                        *(["--insecure"] if settings.insecure else []), *tls, *extra]))
         manager = procs[0].address
         # The manager wrote the cluster secret and an admin token into its state as it started.

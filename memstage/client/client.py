@@ -59,7 +59,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.namespace = self.settings.namespace
         s = self.settings
         self.connections = Connections(s.manager, s.rpc_timeout, token=s.token, namespace=s.namespace,
-                                       tls=tls.load(s.tls_cert, s.tls_key, s.tls_ca, s.tls_server_name))
+                                       tls=tls.load(s.tls_cert, s.tls_key, s.tls_ca, s.tls_server_name),
+                                       transport=s.transport, unix_sockets=s.unix_sockets)
         self.transport: ChunkTransport = transport_for(s.transport, self.connections.peers, s.namespace,
                                                         s.unix_sockets)
         self.background = BackgroundCommits()

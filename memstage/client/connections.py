@@ -1,8 +1,10 @@
 """Connections: the client's channels to the manager and to benefactors, and typed manager calls.
 
 Channels are created on first use and shared by every file of a Client (grpc channels are
-thread-safe); close() drops them, and the next call opens new ones. Credentials travel in each
-channel's interceptor: the token to the manager, the manager's grants to benefactors.
+thread-safe); close() drops them, and the next call opens new ones. With the stream transport,
+unary manager calls go to the manager's control port (memstage.client.control), by gRPC when it
+cannot be used. Credentials travel in each channel's interceptor (the token to the manager, the
+manager's grants to benefactors), and with each control port call.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from typing import Any
 import grpc
 
 from memstage.auth import GRANT_HEADER, TOKEN_HEADER, grant_namespace
-from memstage.errors import Unavailable, from_rpc_error
+from memstage.client.control import CallFailed, ControlClient
+from memstage.errors import MemstageError, Unavailable, from_rpc_error, from_status
 from memstage.paths import split_drained
 from memstage.peers import Peers
-from memstage.proto import benefactor_pb2, manager_pb2, manager_pb2_grpc
+from memstage.proto import benefactor_pb2, control_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import MOUNT_HEADER, Pairs, control_channel, with_metadata
 from memstage.tls import Tls
 
 
 class Connections:
     def __init__(self, manager: str, timeout: float, token: str = "", namespace: str = "",
-                 tls: Tls | None = None) -> None:
-        """token: a client's (sent to the manager); namespace: the one whose grant a Put carries."""
+                 tls: Tls | None = None, transport: str = "stream", unix_sockets: bool = True) -> None:
+        """token: a client's (sent to the manager); namespace: the one whose grant a Put carries;
+        transport "stream": unary manager calls go to its control port where it has one (else gRPC)."""
         self.manager_address = manager
         self.timeout = timeout
         self.tls = tls
@@ -37,6 +41,8 @@ class Connections:
         self._manager_channel: grpc.Channel | None = None
         self._manager: manager_pb2_grpc.ManagerStub | None = None
         self.peers = Peers(timeout, tls, self._benefactor_credentials)
+        self.control = ControlClient(manager, timeout, tls, lambda: self._manager_metadata, unix_sockets,
+                                     self._control_ports) if transport == "stream" else None
 
     def note_grant(self, namespace: str, grant: str, write: bool) -> None:
         """Keep a grant the manager handed out (a session's, a version map's) for benefactor calls."""
@@ -76,18 +82,34 @@ class Connections:
         """A Manager RPC whose replies stream in (no deadline): iterate it, cancel() it to end it."""
         return getattr(self._manager_stub(), method)(request)
 
+    def _control_ports(self) -> control_pb2.ControlPortsReply:
+        reply: control_pb2.ControlPortsReply = self._manager_stub().ControlPorts(control_pb2.ControlPortsRequest(),
+                                                                         timeout=self.timeout)
+        return reply
+
+    def _error(self, code: grpc.StatusCode, detail: str | None, what: str) -> MemstageError:
+        """The error of a call that ended with this status, by either way of calling."""
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return from_status(code, detail, f"manager {self.manager_address}")
+        return from_status(code, detail, what)
+
     def call_manager(self, method: str, request: Any, what: str) -> Any:
         """Call a Manager RPC; a failure becomes the matching MemstageError, naming `what`."""
-        stub = self._manager_stub()
-        try:
-            reply = getattr(stub, method)(request, timeout=self.timeout)
-        except ValueError:  # grpc's word for a channel closed under the call
-            raise Unavailable(f"manager {self.manager_address}: the client's connections were closed") from None
-        except grpc.RpcError as e:
-            if isinstance(e, grpc.Call) and e.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                          grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise from_rpc_error(e, f"manager {self.manager_address}") from None
-            raise from_rpc_error(e, what) from None
+        reply = None
+        if self.control is not None:
+            try:
+                reply = self.control.call(method, request)
+            except CallFailed as e:
+                raise self._error(e.code, e.detail, what) from None
+        if reply is None:
+            try:
+                reply = getattr(self._manager_stub(), method)(request, timeout=self.timeout)
+            except ValueError:  # grpc's word for a channel closed under the call
+                raise Unavailable(f"manager {self.manager_address}: the client's connections were closed") from None
+            except grpc.RpcError as e:
+                if isinstance(e, grpc.Call):
+                    raise self._error(e.code(), e.details(), what) from None
+                raise from_rpc_error(e, what) from None
         grant = getattr(reply, "grant", "")
         if grant:  # a session's (read-write) or a version map's (read)
             self.note_grant(getattr(request, "namespace", ""), grant, isinstance(reply, manager_pb2.SessionReply))
@@ -116,4 +138,6 @@ class Connections:
             manager, self._manager_channel, self._manager = self._manager_channel, None, None
         if manager is not None:
             manager.close()
+        if self.control is not None:
+            self.control.close()
         self.peers.close()

@@ -38,6 +38,9 @@ class ManagerMetrics:
         self.errors = Counter("memstage_rpc_errors", "Manager calls that failed, by method and status code",
                               ["method", "code"], registry=registry)
         self.calls = Counter("memstage_rpc_calls", "Manager calls served, by method", ["method"], registry=registry)
+        self.control_refused = Counter("memstage_control_refused",
+                                       "Connections the control port refused, by reason (peer_uid: a process of "
+                                       "another user on its Unix socket)", ["reason"], registry=registry)
         self.sessions_expired = Counter("memstage_write_sessions_expired",
                                         "Write sessions whose lease ran out (the writer died or lost the manager)",
                                         registry=registry)

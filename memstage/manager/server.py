@@ -20,6 +20,7 @@ from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.manager.access import authenticator
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
+from memstage.manager.controlport import ControlPort
 from memstage.manager.pfsimport import found_versions
 from memstage.manager.policyfile import apply_policies, parse_policies
 from memstage.manager.service import ManagerService
@@ -61,6 +62,12 @@ class ManagerServer:
                                    interceptors=[boundary])
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
         self.address = bind(self._server, settings.listen, "--listen", self.tls)
+        host, _, port = self.address.rpartition(":")
+        self.control = ControlPort(self.service, boundary, settings.control_listen or f"{host}:0",
+                                   self.tls.server_context() if self.tls.cert else None, settings.socket_dir,
+                                   f"manager-{port}.sock",
+                                   lambda reason: self.service.metrics.control_refused.labels(reason).inc())
+        self.service.control_ports = self.control.reply
         self._stop = threading.Event()
         self._metrics: Any = None
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
@@ -124,6 +131,7 @@ class ManagerServer:
                                      if self.secret is not None else "", epoch=self.service.epoch)
             self._waker.start()
         self._server.start()
+        self.control.start()
         self._housekeeper.start()
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
@@ -141,7 +149,9 @@ class ManagerServer:
         self._stop.set()
         self.service.wake.set()
         self.service.watch.close()
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        self.control.stop(grace)  # as gRPC's: calls under way are answered within the grace
+        stopped.wait()
         self._housekeeper.join(timeout=5)
         if self.beats is not None:
             self.beats.stop()

@@ -39,7 +39,7 @@ from memstage.manager.status import Status
 from memstage.manager.watchers import WatchDesk
 from memstage.manager.writes import Ask, Writes
 from memstage.paths import check_namespace, normalize_file_path, normalize_path
-from memstage.proto import manager_pb2, manager_pb2_grpc
+from memstage.proto import control_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import MOUNT_HEADER
 from memstage.settings import ManagerSettings
 
@@ -313,6 +313,13 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
 
     def WatchAck(self, request: manager_pb2.WatchAckRequest, context: Context) -> manager_pb2.WatchAckReply:
         return manager_pb2.WatchAckReply(known=self.watch.ack(request.mount, request.seq, request.ping))
+
+    # -- clients ---------------------------------------------------------------------------------
+    control_ports = control_pb2.ControlPortsReply()  # where the control port serves (set by the server)
+
+    def ControlPorts(self, request: control_pb2.ControlPortsRequest, context: Context
+                     ) -> control_pb2.ControlPortsReply:
+        return self.control_ports
 
     # -- operators -------------------------------------------------------------------------------
     def Status(self, request: manager_pb2.StatusRequest, context: Context) -> manager_pb2.StatusReply:

@@ -1,4 +1,5 @@
 from memstage.proto import common_pb2 as _common_pb2
+from memstage.proto import control_pb2 as _control_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

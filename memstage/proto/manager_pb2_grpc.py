@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from memstage.proto import control_pb2 as memstage_dot_proto_dot_control__pb2
 from memstage.proto import manager_pb2 as memstage_dot_proto_dot_manager__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -34,6 +35,11 @@ class ManagerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ControlPorts = channel.unary_unary(
+                '/memstage.v1.Manager/ControlPorts',
+                request_serializer=memstage_dot_proto_dot_control__pb2.ControlPortsRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_control__pb2.ControlPortsReply.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/memstage.v1.Manager/Register',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.RegisterRequest.SerializeToString,
@@ -228,6 +234,13 @@ class ManagerStub:
 
 class ManagerServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def ControlPorts(self, request, context):
+        """Clients: where the control port serves the unary calls below on plain sockets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Register(self, request, context):
         """Benefactor side.
@@ -493,6 +506,11 @@ class ManagerServicer:
 
 def add_ManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ControlPorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlPorts,
+                    request_deserializer=memstage_dot_proto_dot_control__pb2.ControlPortsRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_control__pb2.ControlPortsReply.SerializeToString,
+            ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.RegisterRequest.FromString,
@@ -693,6 +711,33 @@ def add_ManagerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Manager:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ControlPorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/ControlPorts',
+            memstage_dot_proto_dot_control__pb2.ControlPortsRequest.SerializeToString,
+            memstage_dot_proto_dot_control__pb2.ControlPortsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Register(request,
