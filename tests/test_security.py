@@ -6,6 +6,8 @@ same bytes afterwards. A token for one namespace works there and nowhere else.""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -381,10 +383,10 @@ def test_metrics_bind_to_their_own_host_and_may_skip_client_certificates(local_c
         urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
 
 
-def test_tls_on_every_port_and_plaintext_refused(local_cluster):
+def test_tls_on_every_port_and_plaintext_refused(local_cluster, tmp_path):
     """TLS with client certificates (as `memstage up` sets it up): the whole path works over it;
     plaintext, or TLS without the deployment's client certificate, gets nowhere."""
-    from memstage.errors import Unavailable
+    from memstage.errors import SettingError
 
     cluster = local_cluster(benefactors=2, secure=True, tls=True)
     c = cluster.client(chunk_size="1MiB")
@@ -406,8 +408,22 @@ def test_tls_on_every_port_and_plaintext_refused(local_cluster):
         with pytest.raises(grpc.RpcError) as refused_tls:
             manager_pb2_grpc.ManagerStub(no_cert).Status(manager_pb2.StatusRequest(), timeout=5)
         assert refused_tls.value.code() == grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(Unavailable):  # the library without the TLS settings
+    # Without the TLS settings: told which are missing (was: "unreachable (... Socket closed)").
+    with pytest.raises(SettingError, match="speaks TLS and this side has no tls_ca"):
         cluster.client(tls_ca="", tls_cert="", tls_key="", tls_server_name="").ls("/")
+    status = subprocess.run([sys.executable, "-m", "memstage", "status", "--manager", cluster.manager_address,
+                             "--token", cluster.admin_token], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 2 and "speaks TLS" in status.stderr and "Traceback" not in status.stderr
+    log = tmp_path / "benefactor.log"
+    with open(log, "w") as out:  # a benefactor started without them says so too (was: "unreachable")
+        bf = subprocess.Popen([sys.executable, "-m", "memstage", "benefactor", "--manager", cluster.manager_address,
+                               "--memory", "16MiB", "--pfs", str(tmp_path / "pfs"), "--cluster-secret",
+                               cluster.secret_file], stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        wait_for(lambda: "speaks TLS" in log.read_text(), timeout=30, what="the benefactor's message")
+    finally:
+        bf.kill()
+        bf.wait()
 
 
 def test_the_pfs_copy_is_private_to_the_user_memstage_runs_as(local_cluster):

@@ -22,6 +22,7 @@ import grpc
 
 from memstage.benefactor.store import ChunkStore, Held
 from memstage.clock import SYSTEM_CLOCK, Clock
+from memstage.tlsprobe import missing_tls, speaks_tls
 
 if TYPE_CHECKING:
     from memstage.benefactor.drain import DrainLoop
@@ -127,8 +128,11 @@ class Heartbeat:
                           self.settings.manager, e.details() if isinstance(e, grpc.Call) else e, self.interval)
                 self._outage_logged = True
         elif not self._outage_logged:
-            log.warning("manager %s unreachable (%s); retrying every %.1fs",
-                        self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
+            if code == grpc.StatusCode.UNAVAILABLE and not self.settings.tls_ca and speaks_tls(self.settings.manager):
+                log.error("%s; retrying every %.1fs", missing_tls("manager", self.settings.manager), self.interval)
+            else:
+                log.warning("manager %s unreachable (%s); retrying every %.1fs",
+                            self.settings.manager, e.code() if isinstance(e, grpc.Call) else e, self.interval)
             self._outage_logged = True
 
     def _reconcile_loop(self) -> None:

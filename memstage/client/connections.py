@@ -17,12 +17,13 @@ import grpc
 
 from memstage.auth import GRANT_HEADER, TOKEN_HEADER, grant_namespace
 from memstage.client.control import CallFailed, ControlClient
-from memstage.errors import MemstageError, Unavailable, from_rpc_error, from_status
+from memstage.errors import MemstageError, SettingError, Unavailable, from_rpc_error, from_status
 from memstage.paths import split_drained
 from memstage.peers import Peers
 from memstage.proto import benefactor_pb2, control_pb2, manager_pb2, manager_pb2_grpc
 from memstage.rpc import MOUNT_HEADER, Pairs, control_channel, with_metadata
 from memstage.tls import Tls
+from memstage.tlsprobe import missing_tls, speaks_tls
 
 
 class Connections:
@@ -89,6 +90,9 @@ class Connections:
 
     def _error(self, code: grpc.StatusCode, detail: str | None, what: str) -> MemstageError:
         """The error of a call that ended with this status, by either way of calling."""
+        if code == grpc.StatusCode.UNAVAILABLE and (self.tls is None or not self.tls.enabled) \
+                and speaks_tls(self.manager_address):  # "Socket closed": it wants TLS, not this
+            return SettingError(missing_tls("manager", self.manager_address))
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return from_status(code, detail, f"manager {self.manager_address}")
         return from_status(code, detail, what)
