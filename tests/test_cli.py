@@ -130,11 +130,11 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
         token = (tmp_path / "state" / "secrets" / "admin.token").read_text().strip()
         assert f'token = "{token}"' in Path(config).read_text() and os.stat(config).st_mode & 0o077 == 0
         from memstage.cli.up import deployment_client
-        from memstage.errors import Unavailable
+        from memstage.errors import SettingError
 
         settings = deployment_client(str(tmp_path / "state"))
         assert settings["tls_ca"].endswith("ca.pem") and f'tls_ca = "{settings["tls_ca"]}"' in Path(config).read_text()
-        with pytest.raises(Unavailable):  # plaintext to a TLS port
+        with pytest.raises(SettingError, match="speaks TLS"):  # plaintext to a TLS port: told what is missing
             Client(manager=address, rpc_timeout="5s", token=token).ls("/")
         with pytest.raises(Unauthenticated, match="no token"):
             Client(manager=address, rpc_timeout="5s", **{**settings, "token": ""}).ls("/")
