@@ -115,7 +115,8 @@ class Reads:
                 entries.setdefault(child, manager_pb2.FileInfo(path=child, is_dir=True))
             else:
                 entries[child] = manager_pb2.FileInfo(path=child, size=f.size, version=f.latest,
-                                                      committed_at=f.committed_at, version_count=f.version_count)
+                                                      committed_at=f.committed_at, version_count=f.version_count,
+                                                      stored=f.stored)
         rows: dict[str, Node] = {}
         for p, node in self.s.catalog.nodes_under(namespace, directory, after):
             name, sep, _ = p[len(base):].partition("/")
@@ -161,7 +162,6 @@ class Reads:
                 info.nlink = 2 + subdirs.get(path, 0)
             elif info.version and (row is None or row.kind == FILE):  # a file: what stat adds
                 info.nlink = 1 + links.get(path, 0)
-                info.stored = sum(k.length for k in self.s.catalog.version(namespace, path).keys if not k.is_hole)
             else:  # hard links, symbolic links, device nodes: as stat shows them
                 try:
                     info = self.file_info(namespace, path)

@@ -52,6 +52,12 @@ class FileSummary:
     size: int
     committed_at: float
     version_count: int
+    chunk_map: bytes = b""  # the latest version's, packed (unpack_map)
+
+    @property
+    def stored(self) -> int:
+        """Bytes of data in the latest version, holes excluded."""
+        return sum(k.length for k in unpack_map(self.chunk_map) if not k.is_hole)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,16 +219,13 @@ class VersionTable(DrainTable, Accounts):
         prefix = directory.rstrip("/") + "/"
         low, op = (prefix + after, ">") if after else (prefix, ">=")
         # Range scan on the primary key: paths starting with prefix sort between prefix and prefix+U+FFFF.
+        # One query: with a single MAX() aggregate, SQLite takes the other bare columns from the row
+        # that has the maximum (the latest version), so no query per file.
         with self._lock:
             rows = self._db.execute(
-                f"SELECT path, MAX(version), COUNT(*) FROM versions WHERE ns=? AND path {op} ? AND path < ? "
-                "GROUP BY path", (namespace, low, prefix + "\uffff")).fetchall()
-            out = []
-            for path, latest, count in rows:
-                size, at = self._db.execute("SELECT size, committed_at FROM versions WHERE ns=? AND path=? AND "
-                                            "version=?", (namespace, path, latest)).fetchone()
-                out.append(FileSummary(path, latest, size, at, count))
-        return out
+                f"SELECT path, MAX(version), COUNT(*), size, committed_at, chunk_map FROM versions WHERE ns=? AND "
+                f"path {op} ? AND path < ? GROUP BY path", (namespace, low, prefix + "\uffff")).fetchall()
+        return [FileSummary(path, latest, size, at, count, blob) for path, latest, count, size, at, blob in rows]
 
     def has_versions(self, namespace: str, path: str) -> bool:
         with self._lock:
