@@ -54,6 +54,11 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def __init__(self, manager: str | None = None, namespace: str | None = None, *, config: str | None = None,
                  registry: CollectorRegistry | None = None, **settings: Any) -> None:
         super().__init__(manager=manager, namespace=namespace, config=config, registry=registry, **settings)
+        # fsspec's own options for any filesystem: this one is synchronous (zarr v3 opens URLs with
+        # asynchronous=True, then wraps a synchronous filesystem in fsspec's AsyncFileSystemWrapper).
+        for option in ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache", "listings_expiry_time",
+                       "max_paths"):
+            settings.pop(option, None)
         self.settings = load(ClientSettings, {"manager": manager, "namespace": namespace, **settings},
                              config=config, flag_style=str)
         self.namespace = self.settings.namespace
