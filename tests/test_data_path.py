@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import MiB, free_port, random_bytes, rpc_calls, wait_for
 
 from memstage.client import DeploymentFull, InvalidArgument, InvalidPath, NotFound
+from memstage.errors import FsError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,6 +166,10 @@ def test_missing_file_and_version(local_cluster):
     c.pipe("/one", b"1")
     with pytest.raises(NotFound, match="no version 7"):
         c.open("/one", "rb", version=7)
+    c.mkdir("/dir")
+    with pytest.raises(FsError, match="is a directory") as directory:  # was: NotFound "no such file"
+        c.open("/dir", "rb")
+    assert directory.value.errno == errno.EISDIR
 
 
 def test_rm_frees_benefactor_memory(local_cluster):

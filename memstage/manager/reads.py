@@ -3,11 +3,12 @@ version's chunks are (the replies are assembled here, as they are read)."""
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
-from memstage.errors import NotFound
+from memstage.errors import FsError, NotFound
 from memstage.manager.access import Caller
 from memstage.manager.codec import Addresses, stripe_spec, with_node
 from memstage.manager.namespace import missing
@@ -30,7 +31,12 @@ class Reads:
 
     def version_map(self, namespace: str, path: str, version: int, stripes: bool, caller: Caller
                     ) -> manager_pb2.VersionMap:
-        rec = self.s.catalog.version(namespace, self.s.catalog.canonical(namespace, path), version)
+        try:
+            rec = self.s.catalog.version(namespace, self.s.catalog.canonical(namespace, path), version)
+        except NotFound:
+            if self.s.catalog.kind(namespace, path) == DIR:  # looked at only when there is no file
+                raise FsError(errno.EISDIR, f"{path}: is a directory in namespace {namespace!r}") from None
+            raise
         return self.chunk_map(rec.namespace, rec.keys, caller, rec.path, rec.version, rec.size, rec.committed_at,
                               stripes)
 
