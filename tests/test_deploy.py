@@ -183,10 +183,12 @@ def test_slurm_recipe_end_to_end(tmp_path, ending):
     marker = tmp_path / "checkpointed"
     then = {"success": "", "failure": "sys.exit(3)\n", "time limit": "time.sleep(600)\n"}[ending]
     app.write_text(
-        "import sys, time\nfrom memstage.client import Client\n"  # MEMSTAGE_MANAGER comes from the job script
+        "import sys, time\nfrom memstage.client import Client, PermissionDenied\n"  # settings from the job script
         f"Client(namespace='job').pipe('/step10/rank0.bin', open({str(data_file)!r}, 'rb').read())\n"
+        "try:\n    Client(namespace='other').pipe('/x', b'x')\nexcept PermissionDenied:\n    pass\n"
+        "else:\n    sys.exit('the application could write another namespace')\n"  # was: the admin token
         f"open({str(marker)!r}, 'w').close()\n" + then)
-    job = _start_recipe(tmp_path, app, "4242")
+    job = _start_recipe(tmp_path, app, "4242", SLURM_JOB_NAME="job")
     try:
         if ending == "time limit":  # Slurm's --signal=B:USR1 before the limit, to the batch shell
             deadline = time.monotonic() + 60

@@ -12,6 +12,7 @@ from memstage.errors import (
     InvalidPath,
     MemstageError,
     NotFound,
+    PermissionDenied,
     QuotaExceeded,
     SettingError,
     Unavailable,
@@ -20,5 +21,5 @@ from memstage.errors import (
 __all__ = [
     "ChunkRejected", "Client", "CommitResult", "DataLost", "DeploymentFull", "FileStat", "FsError", "InvalidArgument",
     "InvalidPath",
-    "MemstageError", "NotFound", "QuotaExceeded", "SettingError", "Unavailable", "WriteStats",
+    "MemstageError", "NotFound", "PermissionDenied", "QuotaExceeded", "SettingError", "Unavailable", "WriteStats",
 ]
