@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from memstage.errors import MemstageError
 from memstage.proto import manager_pb2
@@ -30,6 +31,8 @@ class SpareSession:
         self._spare: tuple[manager_pb2.SessionReply, float] | None = None
         self._opening = False
         self._closed = False
+        # One thread, kept: starting a thread per file cost more than the round trip it hides.
+        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spare-session")
 
     def take(self) -> manager_pb2.SessionReply | None:
         """A session opened ahead (None: none ready; open one yourself). Another is opened meanwhile."""
@@ -49,7 +52,11 @@ class SpareSession:
             if self._opening or self._spare is not None or self._closed:
                 return
             self._opening = True
-        threading.Thread(target=self._open_one, name="spare-session", daemon=True).start()
+        try:
+            self._opener.submit(self._open_one)
+        except RuntimeError:  # closed meanwhile
+            with self._lock:
+                self._opening = False
 
     def _open_one(self) -> None:
         reply = None
@@ -74,5 +81,6 @@ class SpareSession:
         with self._lock:
             self._closed = True
             spare, self._spare = self._spare, None
+        self._opener.shutdown(wait=False)
         if spare is not None:
             self._abort_quietly(spare[0].session)
