@@ -20,6 +20,7 @@ from memstage.cli.admin import (
 )
 from memstage.cli.common import TLS_FLAGS
 from memstage.cli.data import cmd_prefetch, cmd_restore
+from memstage.cli.files import cmd_cat, cmd_cp, cmd_ls, cmd_mv, cmd_rm, cmd_stat, cmd_versions
 from memstage.cli.roles import cmd_bench, cmd_benefactor, cmd_manager, cmd_mount, cmd_umount, cmd_up
 from memstage.settings import BenefactorSettings, ClientSettings, ManagerSettings, UpSettings, env_name, flag_name
 
@@ -161,6 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up after this long (default: wait until done)")
     p.set_defaults(func=cmd_prefetch)
+
+    files = [("ls", cmd_ls, "list a directory of a namespace"), ("cat", cmd_cat, "write files to standard output"),
+             ("cp", cmd_cp, "copy files into or out of a namespace"), ("mv", cmd_mv, "rename a file or directory"),
+             ("rm", cmd_rm, "remove files (and, with -r, directories)"), ("stat", cmd_stat, "what is kept of a path"),
+             ("versions", cmd_versions, "the versions of a file")]
+    for name, func, summary in files:
+        p = sub.add_parser(name, parents=[common], help=summary,
+                           description=f"{summary[0].upper()}{summary[1:]} (paths as on the mount: /run/x.bin). "
+                                       "Exit code 2 for a usage error or what the manager refused, 1 when some "
+                                       "files of a tree could not be done.")
+        add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
+        p.set_defaults(func=func)
+        if name in ("ls", "stat", "versions"):
+            p.add_argument("path", metavar="PATH", nargs="?" if name == "ls" else None, default="/")
+            p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "ls":
+            p.add_argument("-l", "--long", action="store_true", help="with type, size, versions and mtime")
+        if name == "cat":
+            p.add_argument("paths", metavar="PATH", nargs="+")
+            p.add_argument("--version", type=int, default=None, help="this version (default: the latest)")
+        if name in ("cp", "mv"):
+            p.add_argument("src", metavar="SRC", help="ms:/PATH in memstage, or a local path" if name == "cp"
+                           else "PATH")
+            p.add_argument("dst", metavar="DST", help="ms:/PATH in memstage, or a local path" if name == "cp"
+                           else "PATH")
+        if name in ("cp", "rm"):
+            p.add_argument("-r", "--recursive", action="store_true", help="whole directories")
+        if name == "rm":
+            p.add_argument("paths", metavar="PATH", nargs="+")
 
     p = sub.add_parser("certs", parents=[common], help="make a CA and certificates for a deployment's TLS",
                        description="Write ca.pem, cert.pem and key.pem (0600), client.pem and client-key.pem (0600) "
