@@ -208,7 +208,7 @@ class LeaseModel(RuleBasedStateMachine):
 
     @rule()
     def change_elsewhere(self) -> None:
-        seq, told = self.table.changed("", "ns", ["/f"], self.now)
+        seq, told = self.table.changed("", "ns", ["/f"])
         self.waiting.append((seq, told, self.now + LEASE))
 
     @invariant()
@@ -244,13 +244,13 @@ def test_a_watcher_that_ended_or_stopped_pinging_owes_nothing():
     t = Watchers(LEASE)
     w = t.watch("m", "ns", 0.0)
     other = t.watch("o", "other-namespace", 0.0)
-    seq, told = t.changed("", "ns", ["/x"], 0.0)
+    seq, told = t.changed("", "ns", ["/x"])
     assert told == [w] and other.events == type(other.events)()
     assert t.owing(seq, told, 1.0) == [w]
     assert t.owing(seq, told, LEASE) == []  # its last ping is a lease old
-    seq, told = t.changed("m", "ns", ["/x"], 0.0)
+    seq, told = t.changed("m", "ns", ["/x"])
     assert told == []  # the mount that made the change is not told of it
-    seq, told = t.changed("", "ns", ["/x"], 0.0)
+    seq, told = t.changed("", "ns", ["/x"])
     again = t.watch("m", "ns", 0.0)  # the mount watches again: the old stream ends
     assert w.ended and t.owing(seq, told, 0.1) == []
     assert not t.ack("nobody", 1, 1, 0.0) and t.ack("m", seq, 0, 0.0) and again.acked == seq

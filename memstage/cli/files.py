@@ -120,24 +120,19 @@ def cmd_cp(args: argparse.Namespace) -> int:
         pairs = _pairs(client, args.src, args.dst, args.recursive)
         total, done = sum(size for _, _, size in pairs), 0
         into = _remote(args.dst) is not None
+        read_from, write_to = (open, client.open) if into else (client.open, open)
         for n, (src, dst, _) in enumerate(pairs):
             try:
-                if into:
-                    with open(src, "rb") as f, client.open(dst, "wb") as w:
-                        while block := f.read(BLOCK):
-                            w.write(block)
-                            done += len(block)
-                            shown.bytes(done, total, (n, len(pairs)))
-                else:
+                if not into:
                     os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-                    with client.open(src, "rb") as r, open(dst, "wb") as f:
-                        while block := r.read(BLOCK):
-                            f.write(block)
-                            done += len(block)
-                            shown.bytes(done, total, (n, len(pairs)))
+                with read_from(src, "rb") as r, write_to(dst, "wb") as w:
+                    while block := r.read(BLOCK):
+                        w.write(block)
+                        done += len(block)
+                        shown.bytes(done, total, (n, len(pairs)))
             except (OSError, NotFound) as e:
-                if len(pairs) == 1:
-                    raise
+                if len(pairs) == 1:  # one file: its error is the command's (a local one named, no traceback)
+                    raise e if isinstance(e, NotFound) else SettingError(f"cp: {e}") from None
                 failed += 1
                 print(f"memstage cp: {src}: {e}", file=sys.stderr)
     finally:

@@ -283,6 +283,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         path = path or self._dirs.get(fh, "/")
         entries: dict[str, tuple[int, int]] = {}  # name -> (ino, mode)
         full: dict[str, dict[str, Any]] = {}  # name -> attributes
+        prefix = path.rstrip("/") + "/"
         versions = path.startswith(VERSIONS + "/") or path == VERSIONS
         target = (path[len(VERSIONS):] or "/") if versions else path
         info = self._stat(target)
@@ -297,7 +298,6 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             if self.caching and not versions:
                 with self._lock:
                     self.cache.put_listing(target, ((e.path, e) for e in listing), epoch, time.monotonic())
-            prefix = path.rstrip("/") + "/"
             for e in listing:
                 if self._hidden(e.path) or self._orphans.hiding(e.path):
                     continue
@@ -308,7 +308,6 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
                 entries[name] = (synthetic_ino(f"{path}/{name}") if versions else e.ino, mode)
                 if not versions and e.ino:
                     full[name] = self._told(prefix + name, self._attrs(e))
-        prefix = path.rstrip("/") + "/"
         with self._lock:
             for h in self._handles.values():
                 rest = h.path[len(prefix):]

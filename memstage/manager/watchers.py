@@ -52,7 +52,7 @@ class Watchers:
         if self._by_mount.get(watcher.mount) is watcher:
             del self._by_mount[watcher.mount]
 
-    def changed(self, origin: str, namespace: str, paths: Iterable[str], now: float) -> tuple[int, list[Watcher]]:
+    def changed(self, origin: str, namespace: str, paths: Iterable[str]) -> tuple[int, list[Watcher]]:
         """Paths of `namespace` changed by the mount `origin` ("" for none): the event's number and
         the watchers it was queued for (the origin knows already)."""
         paths = list(paths)
@@ -145,7 +145,7 @@ class WatchDesk:
         with self._cond:
             if not self._table.watching():
                 return
-            seq, told = self._table.changed(origin, namespace, paths, self._clock())
+            seq, told = self._table.changed(origin, namespace, paths)
             if not told:
                 return
             self._cond.notify_all()
