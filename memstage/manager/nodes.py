@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     import sqlite3
     import threading
 
+
+def subtree(ns: str, path: str) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause (and its arguments) for `path` and every name below it in namespace `ns`.
+    Each side of the OR names `ns` itself: only then does SQLite search the (ns, path) index for
+    both, where `ns=? AND (path=? OR ...)` reads every name of the namespace."""
+    prefix = path + "/"
+    return "((ns=? AND path=?) OR (ns=? AND path >= ? AND path < ?))", (ns, path, ns, prefix, prefix + "\uffff")
+
+
 NODES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     ns TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
@@ -149,10 +158,8 @@ class NodeTable:
 
     def move_nodes(self, ns: str, src: str, dst: str) -> None:
         """Rows of `src` and everything below it now sit under `dst`; hard links to them follow."""
-        prefix = src + "/"
+        where, span = subtree(ns, src)
         self._db.execute("DELETE FROM nodes WHERE ns=? AND path=?", (ns, dst))
-        self._db.execute("UPDATE nodes SET path=? || substr(path, ?) WHERE ns=? AND (path=? OR (path >= ? AND "
-                         "path < ?))", (dst, len(src) + 1, ns, src, prefix, prefix + "\uffff"))
-        self._db.execute("UPDATE nodes SET target=? || substr(target, ?) WHERE ns=? AND kind='link' AND "
-                         "(target=? OR (target >= ? AND target < ?))",
-                         (dst, len(src) + 1, ns, src, prefix, prefix + "\uffff"))
+        self._db.execute(f"UPDATE nodes SET path=? || substr(path, ?) WHERE {where}", (dst, len(src) + 1, *span))
+        self._db.execute(f"UPDATE nodes SET target=? || substr(target, ?) WHERE kind='link' AND "
+                         f"{where.replace('path', 'target')}", (dst, len(src) + 1, *span))

@@ -7,7 +7,7 @@ import errno
 from memstage.errors import FsError, InvalidArgument, NotFound
 from memstage.manager.catalog.records import Freed, Names, unpack_map
 from memstage.manager.catalog.versions import VersionTable
-from memstage.manager.nodes import DIR, FILE, ROW_KINDS
+from memstage.manager.nodes import DIR, FILE, ROW_KINDS, subtree
 
 
 class TreeTable(VersionTable):
@@ -48,9 +48,7 @@ class TreeTable(VersionTable):
         below `src` go to `dst`, which holds nothing. A version whose drain is under way is drained
         again under its new name (chunks already on the PFS become hard links), so every version
         on the PFS is complete under one name. Returns the files moved."""
-        prefix = src + "/"
-        span = (namespace, src, prefix, prefix + "\uffff")
-        where = "ns=? AND (path=? OR (path >= ? AND path < ?))"
+        where, span = subtree(namespace, src)
         with self._lock, self._transaction():
             moved = self._db.execute(f"SELECT COUNT(DISTINCT path) FROM versions WHERE {where}", span).fetchone()[0]
             self._retire(where, span)
@@ -70,7 +68,7 @@ class TreeTable(VersionTable):
             # Versions already (or partly) on the PFS are drained again under the new name too, as
             # hard links to their chunk files: a new deployment importing the PFS finds them under
             # the name they have now. Their copy under the old name goes once that drain is done.
-            dst_span = (namespace, dst, dst + "/", dst + "/\uffff")
+            _, dst_span = subtree(namespace, dst)
             for new, version, blob, at, pfs_dir, origin, persisted in self._db.execute(
                     f"SELECT path, version, chunk_map, committed_at, pfs_dir, origin, persisted FROM versions "
                     f"WHERE {where} AND persist=1 AND lost=0", dst_span).fetchall():
