@@ -195,7 +195,7 @@ class Commits:
         if not_durable is not None:
             raise not_durable
         self.s.metrics.committed(namespace, request.size, request.stats)
-        log.info("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
+        log.debug("committed %s:%s version %d (%d bytes, %d chunks)", namespace, path, version, request.size,
                  len(chunks))
         return version
 

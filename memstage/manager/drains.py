@@ -59,7 +59,7 @@ class Drains:
             self.s.metrics.drain_failures.inc()
             log.error("%s:%s version %d cannot be drained (it stays in memory): %s", ns, path, version, reason)
         for namespace, path in persisted:
-            log.info("%s:%s: a version is now persisted on the PFS", namespace, path)
+            log.debug("%s:%s: a version is now persisted on the PFS", namespace, path)
             self.s.free(self.s.catalog.apply_retention(namespace, path))
         for namespace, on_pfs in outcome.on_pfs.items():
             self.s.free(self.s.catalog.apply_pfs_keep(namespace, on_pfs))

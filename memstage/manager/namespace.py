@@ -129,7 +129,7 @@ class Namespace:
         else:
             count, freed = self.s.catalog.delete_file(namespace, path)
             self.s.free(freed)
-            log.info("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
+            log.debug("deleted %s:%s (%d versions, %d chunks freed)", namespace, path, count, len(freed))
         with self.s.catalog.in_transaction():
             self.s.catalog.touch_dirs(namespace, [path], now)
         return count
@@ -146,7 +146,7 @@ class Namespace:
         files moved."""
         with self.s.namespace_lock:
             moved = self._rename(namespace, src, dst)
-        log.info("renamed %s:%s to %s (%d files)", namespace, src, dst, moved)
+        log.debug("renamed %s:%s to %s (%d files)", namespace, src, dst, moved)
         return moved
 
     def _rename(self, namespace: str, src: str, dst: str) -> int:
