@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -295,3 +296,31 @@ def test_namespace_policies_given_as_a_setting_apply_at_start(local_cluster):
                       ('{"../x": {}}', "policies: namespace"), ("[1]", "policies: a JSON object")):
         out = memstage("manager", "--policies", bad, "--state", "/nonexistent/never-made", "--insecure")
         assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)
+
+
+# Options whose default is a count or a rate of events, not bytes: a plain number is what a user writes.
+COUNTS = {"--files", "--sim-benefactors", "--commits", "--chunks", "--committers", "--metrics-benefactors",
+          "--heartbeat-rate"}
+
+
+def test_help_of_every_subcommand_shows_defaults_in_human_units():
+    """No default is a raw byte count (1073741824) or raw float seconds (30.0, 600.0): sizes and
+    durations read as a user writes them (1GiB, 30s, 10min)."""
+    from memstage.cli.parser import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    raw = []
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            text = " ".join((action.help or "").split())
+            for shown in re.findall(r"default:? (\S+?)[\])]", text):
+                count = any(flag in COUNTS for flag in action.option_strings)
+                if re.fullmatch(r"\d+\.\d+", shown) and float(shown) >= 1 or \
+                        re.fullmatch(r"\d{4,}", shown) and not count:
+                    raw.append(f"memstage {name} {'/'.join(action.option_strings)}: default {shown}")
+    assert not raw, raw  # was: heartbeat rate 1000.0
+    manager = " ".join(memstage("manager", "--help").stdout.split())
+    assert "MEMSTAGE_HEARTBEAT_RATE; default 1000]" in manager
+    up = " ".join(memstage("up", "--help").stdout.split())
+    assert "MEMSTAGE_STOP_TIMEOUT; default 10min]" in up and "MEMSTAGE_SYNC_INTERVAL; default 1s]" in up

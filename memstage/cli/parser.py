@@ -26,17 +26,23 @@ from memstage.settings import BenefactorSettings, ClientSettings, ManagerSetting
 
 
 def _shown(default: object, parse: object) -> str:
-    """A default as a user would write it: sizes and durations as the settings take them."""
-    from memstage.settings import _duration, _size
+    """A default as a user would write it: sizes and durations in the largest unit that shows them
+    whole (1GiB, 30s, 10min, 500ms), as the settings take them; other numbers without a trailing .0."""
+    from memstage.settings import _duration, _float, _size
 
     if default == "":
         return "none"
     if parse is _size and isinstance(default, int) and default:
-        for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if default % scale == 0:
                 return f"{default // scale}{unit}"
     if parse is _duration and isinstance(default, float):
-        return f"{default:g}s"
+        for unit, scale in (("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+            if default >= scale and default % scale == 0:
+                return f"{default / scale:g}{unit}"
+        return f"{default * 1000:g}ms" if 0 < default < 1 else f"{default:g}s"
+    if parse is _float and isinstance(default, float):
+        return f"{default:g}"
     return str(default)
 
 
