@@ -33,9 +33,9 @@ def _shown(default: object, parse: object) -> str:
     if default == "":
         return "none"
     if parse is _size and isinstance(default, int) and default:
-        for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-            if default % scale == 0:
-                return f"{default // scale}{unit}"
+        for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if default % factor == 0:
+                return f"{default // factor}{unit}"
     if parse is _duration and isinstance(default, float):
         for unit, scale in (("h", 3600.0), ("min", 60.0), ("s", 1.0)):
             if default >= scale and default % scale == 0:
