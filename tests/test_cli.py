@@ -324,3 +324,77 @@ def test_help_of_every_subcommand_shows_defaults_in_human_units():
     assert "MEMSTAGE_HEARTBEAT_RATE; default 1000]" in manager
     up = " ".join(memstage("up", "--help").stdout.split())
     assert "MEMSTAGE_STOP_TIMEOUT; default 10min]" in up and "MEMSTAGE_SYNC_INTERVAL; default 1s]" in up
+
+
+def run_on_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run a command with its stderr on a pseudo-terminal (stdout to nothing); returns its exit
+    code and what it wrote to the terminal."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the last writer closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), out.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_rate_of_a_counter_that_moves_in_steps_is_measured_between_steps():
+    from memstage.progress import Rate
+
+    rate = Rate()
+    for tenth in range(0, 351):  # polled every 0.1 s; a batch of 4 MiB reported every 8 s from 3 s on
+        now = tenth / 10
+        rate.add(now, 4 * MiB * (1 + max(0, int((now - 3) // 8))) if now >= 3 else 0)
+        if now < 11:
+            assert rate.per_second() is None  # one step only marks a start: no rate yet, and no "0 B/s"
+        else:
+            assert rate.per_second() == pytest.approx(0.5 * MiB)
+    assert rate.moved()
+    rate.add(36.0, 1000)  # counted from 0 again (a manager restart): no rate until two steps again
+    assert rate.per_second() is None
+
+
+def test_wait_drained_tells_the_drain_as_it_goes_between_reports_far_apart(local_cluster):
+    """A benefactor reports drained chunks a batch at a time: with a slow drain, its reports come
+    seconds apart. `wait --drained` never says "not draining" meanwhile (was: "draining at 0 B/s,
+    not draining" for every 5 s without a report), and draws a progress bar on a terminal only."""
+    cluster = local_cluster(benefactors=0)
+    # 64 chunks a batch (2 MiB) at 200 KiB/s: two reports about 10 s apart.
+    cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "200KiB")
+    cluster.client(chunk_size="32KiB").pipe("/slow.bin", os.urandom(4 * MiB))
+    argv = [sys.executable, "-m", "memstage", "wait", "--drained", "--manager", cluster.manager_address,
+            "--timeout", "60s"]
+    piped = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        code, terminal = run_on_pty(argv)
+        out, err = piped.communicate(timeout=60)
+    finally:
+        if piped.poll() is None:
+            piped.kill()
+            piped.wait()
+    assert piped.returncode == 0 and code == 0, (err, terminal)
+    assert "nothing left to drain" in out
+    assert "not draining" not in err.lower() and "0 B/s" not in err, err
+    assert "left to drain" in err and "\r" not in err and "\033[K" not in err  # lines in a pipe, no bar
+    assert re.search(r"\rdrained [\d.]+ \w?i?B of [\d.]+ MiB \(100%\)", terminal), terminal  # a bar on a terminal
+    assert "not draining" not in terminal.lower() and "left to drain" not in terminal

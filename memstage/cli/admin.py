@@ -10,6 +10,7 @@ from typing import Any
 
 from memstage.cli.common import client_flags, table
 from memstage.errors import MemstageError, SettingError
+from memstage.progress import Progress, Rate
 from memstage.redundancy import Redundancy
 from memstage.settings import ClientSettings, load
 from memstage.tls import load as load_tls
@@ -135,7 +136,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
                        transport=settings.transport, unix_sockets=settings.unix_sockets)
     deadline = time.monotonic() + timeout
     last_report = 0.0
-    last_drained: tuple[float, int] | None = None  # (when, bytes drained in all) at the last report
+    rate = Rate()
+    bar = Progress("drained", sys.stderr)  # on a terminal, in place of a line every REPORT_S
+    first_drained: int | None = None  # bytes drained in all when the wait began
     try:
         while True:
             try:
@@ -145,30 +148,33 @@ def cmd_wait(args: argparse.Namespace) -> int:
                     raise
                 time.sleep(0.5)  # the manager may still be starting
                 continue
+            now = time.monotonic()
             alive = sum(1 for b in reply.benefactors if b.alive)
             backlog = sum(b.drain_backlog_bytes for b in reply.benefactors)
             oldest = max((b.oldest_undrained_age_seconds for b in reply.benefactors), default=0.0)
+            drained_total = sum(b.stats.drained_bytes for b in reply.benefactors)
+            rate.add(now, drained_total)
+            if first_drained is None or drained_total < first_drained:  # counted from 0 again: a manager restart
+                first_drained = drained_total
             enough = args.benefactors is None or alive >= args.benefactors
             drained = not args.drained or backlog == 0
+            if args.drained and bar.shown:
+                note = "" if enough else f", {alive} of {args.benefactors} benefactors alive"
+                done = drained_total - first_drained
+                bar.bytes(done, done + backlog, note=note + _drain_note(reply, backlog, rate))
             if enough and drained:
                 break
-            now = time.monotonic()
             if now > deadline:
                 raise MemstageError(f"timed out after {args.timeout}: {alive} benefactors alive, "
                                     f"{format_size(backlog)} not yet drained")
-            if now - last_report >= 5:
-                drained_total = sum(b.stats.drained_bytes for b in reply.benefactors)
-                progress = ""
-                if backlog and last_drained is not None and now > last_drained[0]:
-                    rate = max(0, drained_total - last_drained[1]) / (now - last_drained[0])
-                    eta = f"about {backlog / rate:.0f}s to go" if rate > 0 else "not draining (see memstage status)"
-                    progress = f", draining at {format_size(rate)}/s, {eta}"
-                last_drained = (now, drained_total)
+            if not (args.drained and bar.shown) and now - last_report >= REPORT_S:
                 print(f"memstage wait: {alive} benefactors alive; {format_size(backlog)} left to drain"
-                      f"{f' (oldest {oldest:.0f}s)' if backlog else ''}{progress}", file=sys.stderr, flush=True)
+                      f"{f' (oldest {oldest:.0f}s)' if backlog else ''}{_drain_note(reply, backlog, rate)}",
+                      file=sys.stderr, flush=True)
                 last_report = now
             time.sleep(0.2)
     finally:
+        bar.end()
         conn.close()
     print(f"memstage wait: {alive} benefactors alive, nothing left to drain" if args.drained
           else f"memstage wait: {alive} benefactors alive")
@@ -177,6 +183,26 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print(f"memstage wait: LOST before draining: {lost}", file=sys.stderr)
         return 3
     return 0
+
+
+REPORT_S = 5.0  # seconds between the lines `wait` prints when its stderr is not a terminal
+
+
+def _drain_note(reply: Any, backlog: int, rate: Rate) -> str:
+    """How the drain goes, as `wait` tells it: stuck (a benefactor says why), its rate and the time
+    to go, or that no report came yet. Never "not draining" for want of a report: benefactors
+    report a batch only once all of it is written."""
+    stuck = [f"{b.id}: {b.stats.drain_error}" for b in reply.benefactors if b.stats.drain_error]
+    if stuck:
+        return f", NOT DRAINING ({'; '.join(stuck)}; see memstage status)"
+    if not backlog:
+        return ""
+    per_second = rate.per_second()
+    if per_second:
+        return f", draining at {format_size(per_second)}/s, about {backlog / per_second:.0f}s to go"
+    if rate.moved():
+        return ", draining (its rate is known at the next report)"
+    return ", no drain reported yet"
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
