@@ -398,3 +398,23 @@ def test_wait_drained_tells_the_drain_as_it_goes_between_reports_far_apart(local
     assert "left to drain" in err and "\r" not in err and "\033[K" not in err  # lines in a pipe, no bar
     assert re.search(r"\rdrained [\d.]+ \w?i?B of [\d.]+ MiB \(100%\)", terminal), terminal  # a bar on a terminal
     assert "not draining" not in terminal.lower() and "left to drain" not in terminal
+
+
+def test_restore_of_a_large_file_shows_progress_on_a_terminal_only(tmp_path):
+    from memstage.chunks import ChunkKey
+    from memstage.drainer.layout import chunk_name, version_dir, write_chunk
+
+    data = os.urandom(24 * MiB + 5)
+    directory = version_dir(tmp_path / "pfs", "default", "/big.bin")
+    pieces = [data[i : i + MiB] for i in range(0, len(data), MiB)]
+    for i, piece in enumerate(pieces):
+        write_chunk(directory, chunk_name(1, i, len(pieces), i * MiB, ChunkKey.of(piece), "ab12", 1_700_000_000_000),
+                    [piece])
+    argv = [sys.executable, "-m", "memstage", "restore", "--pfs", str(tmp_path / "pfs"), "/big.bin"]
+    code, terminal = run_on_pty([*argv, "--out", str(tmp_path / "tty.bin")])
+    assert code == 0, terminal
+    assert "\rrestored 24.0 MiB of 24.0 MiB (100%)" in terminal, terminal  # was: nothing until the end
+    piped = memstage(*argv[3:], "--out", str(tmp_path / "piped.bin"))
+    assert piped.returncode == 0 and "restored default:/big.bin version 1" in piped.stdout
+    assert "\r" not in piped.stderr and "%" not in piped.stderr
+    assert (tmp_path / "tty.bin").read_bytes() == data == (tmp_path / "piped.bin").read_bytes()

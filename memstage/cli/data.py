@@ -72,7 +72,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"restored {tree.files} of {tree.total_files} files ({format_size(tree.size)}) of "
               f"{namespace}:{args.path} to {args.out}" + (f", {len(tree.failures)} failed" if tree.failures else ""))
         return 1 if tree.failures else 0
-    result = restore(args.pfs, namespace, args.path, args.out, args.version or 0, args.deployment)
+    shown = Progress("restored", sys.stderr)
+    try:
+        result = restore(args.pfs, namespace, args.path, args.out, args.version or 0, args.deployment,
+                         progress=shown.bytes)
+    finally:
+        shown.end()
     print(f"restored {namespace}:{args.path} version {result.version}"
           f"{f' of deployment {result.deployment}' if result.deployment else ''} ({format_size(result.size)}, "
           f"{result.chunks} chunks) to {args.out}")

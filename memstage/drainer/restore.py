@@ -74,12 +74,16 @@ def list_pfs(root: str | Path, namespace: str | None = None, path: str | None = 
     return sorted(found, key=lambda v: (v.namespace, v.path, v.committed_ms, v.deployment, v.version))
 
 
+OnBytes = Callable[[int, int], None]  # (bytes written, bytes of the version)
+
+
 def restore(root: str | Path, namespace: str, path: str, out: str | Path, version: int = 0,
-            deployment: str | None = None, keep_time: bool = False) -> Restored:
+            deployment: str | None = None, keep_time: bool = False, progress: OnBytes | None = None) -> Restored:
     """Write version `version` (0 = the complete version committed last) of `path` to `out`,
     verifying every chunk. `deployment` picks among deployments that share the PFS directory.
     With `keep_time`, the file keeps the modification time and mode its manifest on the PFS names
-    (else its modification time is the version's commit time)."""
+    (else its modification time is the version's commit time). `progress` is called before the
+    first chunk and after each."""
     directory = version_dir(root, namespace, path)
     versions = scan(directory)
     chosen = _pick(versions, namespace, path, directory, version, deployment)
@@ -97,7 +101,7 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
         mtime_ns = mtime if isinstance(mtime, int) and mtime > 0 else committed_ms * 1_000_000
         bits = manifest.get("mode")
         mode = bits & 0o7777 if isinstance(bits, int) and not isinstance(bits, bool) else None
-    size = _write(files, Path(out), mtime_ns, mode)
+    size = _write(files, Path(out), mtime_ns, mode, progress)
     return Restored(chosen[1], size, len(files) if files[0].count else 0, chosen[0], committed_ms)
 
 
@@ -126,11 +130,15 @@ def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str,
     return matching[0]
 
 
-def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = None) -> int:
+def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = None,
+           progress: OnBytes | None = None) -> int:
     """Write the verified chunks to a temporary name beside `out`, then rename: a reader never sees a
     partial file. Returns the size."""
     tmp = out.with_name(f".{out.name}.restoring")
     size = 0
+    total = sum(f.key.length for f in files)
+    if progress:
+        progress(0, total)
     try:
         # Never through a link left at the temporary name: it could point anywhere.
         tmp.unlink(missing_ok=True)
@@ -144,6 +152,8 @@ def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = 
                 else:
                     dst.write(_verified(f))
                 size += f.key.length
+                if progress:
+                    progress(size, total)
             dst.truncate(size)
             dst.flush()
             if mode is not None:
