@@ -39,6 +39,7 @@ ROLES = {
     "OpenSession": WRITE, "GetStripingMap": WRITE, "FindChunks": WRITE, "Delete": WRITE, "Rename": WRITE,
     "Mkdir": WRITE, "Rmdir": WRITE, "SetAttr": WRITE, "Symlink": WRITE, "MakeNode": WRITE, "Link": WRITE,
     "ReleaseChunks": WRITE, "Commit": WRITE, "Prefetch": WRITE, "CollectGarbage": WRITE, "MarkCheckpoint": WRITE,
+    "Persist": WRITE, "Free": WRITE,
     "LocateChunks": READ, "Lookup": READ, "Stat": READ, "List": READ, "Versions": READ, "Checkpoints": READ,
     "Policy": READ,
     "CreateToken": ADMIN, "RevokeToken": ADMIN, "ListTokens": ADMIN,

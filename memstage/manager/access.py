@@ -20,7 +20,7 @@ READ = frozenset({"LocateChunks", "Lookup", "Stat", "List", "Versions", "Checkpo
 # FindChunks answers whether the namespace holds a chunk: deduplicating into it is writing to it.
 WRITE = frozenset({"OpenSession", "GetStripingMap", "FindChunks", "Delete", "Rename", "Mkdir", "Rmdir", "SetAttr",
                    "Symlink", "MakeNode", "Link", "ReleaseChunks", "Commit", "Prefetch", "CollectGarbage",
-                   "MarkCheckpoint"})
+                   "MarkCheckpoint", "Persist", "Free"})
 ADMIN = frozenset({"CreateToken", "RevokeToken", "ListTokens"})
 POLICY_FIELDS = ("persist_every", "keep_versions", "redundancy", "pfs_keep", "quota_memory", "quota_sessions",
                  "keep_deleted")

@@ -8,6 +8,8 @@ tuples, newest first), decisions out; the catalog reads and writes the rows.
   (evicted) if persisted, deleted if never selected; one selected and not yet drained waits.
 - pfs_keep K keeps on the PFS the K newest checkpoints of a series that are wholly persisted (or,
   outside a series, a path's K newest persisted versions); 0 keeps all.
+- A user may ask for one version (memstage persist, free): persist queues its drain whatever
+  persist_every said; free takes it out of memory only once it is on the PFS.
 """
 
 from __future__ import annotations
@@ -65,3 +67,26 @@ def chunk_file_goes(refs: int, drained: bool) -> bool:
     """A version that stays in memory leaves the PFS: its chunk file goes too if only that version
     refers to the chunk (else another version still reads it there)."""
     return refs == 1 and drained
+
+
+# What `memstage persist` and `memstage free` do to one version.
+QUEUE, ALREADY, REFUSE = "queue", "already", "refuse"
+
+
+def on_persist(persisted: bool, waiting: bool, lost: bool) -> str:
+    """Persist asked for a version: QUEUE its drain (whatever persist_every said, and again after a
+    drain error), ALREADY when it is on the PFS or waiting to be (queued, or a pointer file waiting
+    for its checkpoint), REFUSE when it is lost (nothing is left to drain)."""
+    if persisted:
+        return ALREADY
+    if lost:
+        return REFUSE
+    return ALREADY if waiting else QUEUE
+
+
+def on_free(in_memory: bool, persisted: bool) -> str:
+    """Free asked for a version: EVICT it (on the PFS: read from there from then on), ALREADY when
+    it is not in memory, REFUSE when memory holds its only copy (not persisted, or still draining)."""
+    if not in_memory:
+        return ALREADY
+    return EVICT if persisted else REFUSE

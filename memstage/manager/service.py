@@ -13,6 +13,7 @@ frees, each naming the generation of the hold it ends.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -233,6 +234,25 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         reply = self.repair.prefetch(namespace, normalize_path(request.path), request.latest, request.start)
         self.state.durable()
         return reply
+
+    def Persist(self, request: manager_pb2.LookupRequest, context: Context) -> manager_pb2.VersionInfo:
+        namespace = check_namespace(request.namespace)
+        path = self.catalog.canonical(namespace, normalize_file_path(request.path))
+        version, _ = self.catalog.persist_version(namespace, path, request.version, self.state.alive_ids(),
+                                                  time.time())
+        self.state.durable()  # its benefactors are told of the drain
+        return self._version_info(namespace, path, version)
+
+    def Free(self, request: manager_pb2.LookupRequest, context: Context) -> manager_pb2.VersionInfo:
+        namespace = check_namespace(request.namespace)
+        path = self.catalog.canonical(namespace, normalize_file_path(request.path))
+        version, _, freed = self.catalog.free_version(namespace, path, request.version)
+        self.state.durable()
+        self.state.free(freed)
+        return self._version_info(namespace, path, version)
+
+    def _version_info(self, namespace: str, path: str, version: int) -> manager_pb2.VersionInfo:
+        return next(v for v in self.reads.versions(namespace, path) if v.version == version)
 
     # -- the namespace ---------------------------------------------------------------------------
     def Delete(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.DeleteFileReply:

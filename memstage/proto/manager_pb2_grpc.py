@@ -150,6 +150,16 @@ class ManagerStub:
                 request_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointMark.SerializeToString,
                 response_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.FromString,
                 _registered_method=True)
+        self.Persist = channel.unary_unary(
+                '/memstage.v1.Manager/Persist',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.LookupRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.VersionInfo.FromString,
+                _registered_method=True)
+        self.Free = channel.unary_unary(
+                '/memstage.v1.Manager/Free',
+                request_serializer=memstage_dot_proto_dot_manager__pb2.LookupRequest.SerializeToString,
+                response_deserializer=memstage_dot_proto_dot_manager__pb2.VersionInfo.FromString,
+                _registered_method=True)
         self.CollectGarbage = channel.unary_unary(
                 '/memstage.v1.Manager/CollectGarbage',
                 request_serializer=memstage_dot_proto_dot_manager__pb2.GcRequest.SerializeToString,
@@ -394,6 +404,22 @@ class ManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Persist(self, request, context):
+        """memstage persist: drain this version (0: the latest) to the PFS, whatever persist_every says
+        (again, after a drain error). The reply is the version as it is now (persisted once drained).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Free(self, request, context):
+        """memstage free: this version leaves memory, read from the PFS from then on; refused while memory
+        holds its only copy (not persisted yet).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CollectGarbage(self, request, context):
         """Chunk files on the PFS that no version of the catalog references (memstage gc).
         """
@@ -620,6 +646,16 @@ def add_ManagerServicer_to_server(servicer, server):
                     servicer.MarkCheckpoint,
                     request_deserializer=memstage_dot_proto_dot_manager__pb2.CheckpointMark.FromString,
                     response_serializer=memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.SerializeToString,
+            ),
+            'Persist': grpc.unary_unary_rpc_method_handler(
+                    servicer.Persist,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.LookupRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.VersionInfo.SerializeToString,
+            ),
+            'Free': grpc.unary_unary_rpc_method_handler(
+                    servicer.Free,
+                    request_deserializer=memstage_dot_proto_dot_manager__pb2.LookupRequest.FromString,
+                    response_serializer=memstage_dot_proto_dot_manager__pb2.VersionInfo.SerializeToString,
             ),
             'CollectGarbage': grpc.unary_unary_rpc_method_handler(
                     servicer.CollectGarbage,
@@ -1323,6 +1359,60 @@ class Manager:
             '/memstage.v1.Manager/MarkCheckpoint',
             memstage_dot_proto_dot_manager__pb2.CheckpointMark.SerializeToString,
             memstage_dot_proto_dot_manager__pb2.CheckpointMarkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Persist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Persist',
+            memstage_dot_proto_dot_manager__pb2.LookupRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Free(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstage.v1.Manager/Free',
+            memstage_dot_proto_dot_manager__pb2.LookupRequest.SerializeToString,
+            memstage_dot_proto_dot_manager__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,19 +1,24 @@
 """Retention in the catalog: versions past keep_versions leave memory, checkpoints past pfs_keep
-leave the PFS."""
+leave the PFS; and one version persisted or freed when a user asks (memstage persist, free)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 
-from memstage.manager.catalog.records import Freed, unpack_map
+from memstage.errors import DataLost, InvalidArgument, NotFound
+from memstage.manager.catalog.records import Freed, Names, unpack_map
 from memstage.manager.catalog.tree import TreeTable
 from memstage.manager.retention import (
     EVICT,
+    QUEUE,
+    REFUSE,
     WAIT,
     chunk_file_goes,
     leaves_whole,
     leaving,
+    on_free,
+    on_persist,
     past_keep,
     pfs_expired,
     series_cutoff,
@@ -121,3 +126,48 @@ class RetentionTable(TreeTable):
                     if action != WAIT:
                         freed.update(self._drop_version(namespace, old_path, version, keep_record=action == EVICT))
         return freed
+
+    def _asked_version(self, namespace: str, path: str, version: int) -> tuple[int, bool, bool, bool, bool, str,
+                                                                               bytes]:
+        """(under the lock) A version `persist` or `free` names (0: the latest): its number,
+        persist, persisted, in_memory, lost, lost_reason and chunk map; NotFound if there is none."""
+        row = self._db.execute(
+            "SELECT version, persist, persisted, in_memory, lost, lost_reason, chunk_map, deferred FROM versions "
+            "WHERE ns=? AND path=? " + ("AND version=?" if version else "ORDER BY version DESC LIMIT 1"),
+            (namespace, path, version) if version else (namespace, path)).fetchone()
+        if row is None:
+            what = f"no version {version}" if version else "no such file"
+            raise NotFound(f"{path}: {what} in namespace {namespace!r}")
+        number, persist, persisted, in_memory, lost, reason, blob, deferred = row
+        return number, bool(persist and deferred), bool(persisted), bool(in_memory), bool(lost), reason, blob
+
+    def persist_version(self, namespace: str, path: str, version: int, alive: Names, now: float) -> tuple[int, str]:
+        """memstage persist: queue the version's drain to the PFS (manager.retention.on_persist).
+        Returns the version's number and what was done (QUEUE or ALREADY); DataLost if it is lost."""
+        with self._lock, self._transaction():
+            number, deferred, persisted, _, lost, reason, blob = self._asked_version(namespace, path, version)
+            action = on_persist(persisted, deferred or self._drains.has_version(namespace, path, number), lost)
+            if action == REFUSE:
+                raise DataLost(f"{path} version {number} is lost ({reason}): nothing is left to drain")
+            if action == QUEUE:
+                self._db.execute("UPDATE versions SET persist=1, deferred=0, drain_error='' WHERE ns=? AND path=? "
+                                 "AND version=?", (namespace, path, number))
+                self._queue_drain(namespace, path, number, [(k, ()) for k in unpack_map(blob)], alive, now)
+                log.info("%s:%s version %d: persist asked, its drain is queued", namespace, path, number)
+        return number, action
+
+    def free_version(self, namespace: str, path: str, version: int) -> tuple[int, str, Freed]:
+        """memstage free: the version leaves memory if it is on the PFS (manager.retention.on_free).
+        Returns its number, what was done (EVICT or ALREADY) and the chunks to free; InvalidArgument
+        if memory holds its only copy."""
+        with self._lock, self._transaction():
+            number, _, persisted, in_memory, _, _, _ = self._asked_version(namespace, path, version)
+            action = on_free(in_memory, persisted)
+            if action == REFUSE:
+                raise InvalidArgument(f"{path} version {number} is not on the PFS: freeing it would lose its only "
+                                      f"copy (persist it first: memstage persist --wait {path} --version {number})")
+            freed = self._drop_version(namespace, path, number, keep_record=True) if action == EVICT else {}
+            if action == EVICT:
+                log.info("%s:%s version %d: free asked, it leaves memory (%d chunks freed)", namespace, path,
+                         number, len(freed))
+        return number, action, freed
