@@ -1,9 +1,12 @@
-"""File commands on a namespace, without Python or a mount: ls, cat, cp, mv, rm, stat, versions.
+"""File commands on a namespace, without Python or a mount: ls, cat, cp, mv, rm, stat, versions
+(persist and free are in memstage.cli.keep).
 
-A path of the namespace is written as on the mount (`/run42/step_10/rank0.bin`); for cp, the side
-in memstage is marked `ms:` (`memstage cp ckpt.bin ms:/run42/ckpt.bin`, `memstage cp -r
-ms:/run42 ./restore`). Exit codes: 0 done, 2 a usage error or what the manager refused (the
-message names the path), 1 when some files of a tree could not be copied or removed.
+A path of the namespace is written as on the mount (`/run42/step_10/rank0.bin`), optionally
+after `ms:`; for cp, the side in memstage is marked `ms:` (`memstage cp ckpt.bin ms:/run42/ckpt.bin`,
+`memstage cp -r ms:/run42 ./restore`). Paths in memstage may be globs (`'ms:/ckpt/step-*'`,
+quoted so the shell leaves them alone), matched by fsspec's glob; a glob matching nothing is a
+usage error. Exit codes: 0 done, 2 a usage error or what the manager refused (the message names
+the path), 1 when some files of several could not be copied, removed or shown.
 """
 
 from __future__ import annotations
@@ -25,10 +28,31 @@ REMOTE = "ms:"
 BLOCK = 8 * 1024 * 1024
 
 
-def _client(args: argparse.Namespace) -> Any:
+def open_client(args: argparse.Namespace) -> Any:
     from memstage.client import Client
 
     return Client(**client_flags(args), config=args.config)
+
+
+def _magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def expand(client: Any, command: str, paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The paths of the namespace the arguments name (after an optional ms:), globs matched with
+    fsspec's glob, each with its info, in the order given (a glob's matches sorted). A glob that
+    matches nothing, or a path that does not exist, is a usage error naming it."""
+    found: dict[str, dict[str, Any]] = {}
+    for arg in paths:
+        path = arg.removeprefix(REMOTE) or "/"
+        if not _magic(path):
+            found[path] = client.info(path)
+            continue
+        matched = client.glob(path, detail=True)
+        if not matched:
+            raise SettingError(f"{command}: no match for {arg}")
+        found.update(sorted(matched.items()))
+    return found
 
 
 def _when(ns: int) -> str:
@@ -36,32 +60,52 @@ def _when(ns: int) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     try:
-        entries = client.ls(args.path, detail=True)
+        targets = expand(client, "ls", args.paths)
+        files = [info for info in targets.values() if info["type"] != "directory"]
+        listed = [(path, client.ls(path, detail=True)) for path, info in targets.items()
+                  if info["type"] == "directory"]
     finally:
         client.close()
     if args.json:
-        print(json.dumps(entries, indent=2, default=str))
+        print(json.dumps(files + [e for _, entries in listed for e in entries], indent=2, default=str))
         return 0
-    if not args.long:
+    one_dir = len(targets) == 1 and not files  # as ls: a lone directory is listed without its name
+    if files:
+        _show(files, args.long, full=True)
+    for n, (path, entries) in enumerate(listed):
+        if not one_dir:
+            print(f"{'' if n == 0 and not files else chr(10)}{path}:")
+        _show(entries, args.long, full=False)
+    return 0
+
+
+def _show(entries: list[dict[str, Any]], long: bool, full: bool) -> None:
+    """Entries by name (full: by path), or with -l as a table."""
+    def name(e: dict[str, Any]) -> str:
+        return (e["name"] if full else e["name"].rsplit("/", 1)[-1]) + ("/" if e["type"] == "directory" else "")
+
+    if not long:
         for e in entries:
-            print(e["name"].rsplit("/", 1)[-1] + ("/" if e["type"] == "directory" else ""))
-        return 0
+            print(name(e))
+        return
     rows = [("TYPE", "SIZE", "VERSIONS", "MODIFIED", "NAME")]
     for e in entries:
         rows.append((e["type"], format_size(int(e.get("size") or 0)) if e["type"] == "file" else "-",
                      str(e.get("versions", "-")) if e["type"] == "file" else "-", _when(e.get("mtime_ns", 0)),
-                     e["name"].rsplit("/", 1)[-1] + ("/" if e["type"] == "directory" else "")))
+                     name(e)))
     table(rows)
-    return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     out = sys.stdout.buffer
     try:
-        for path in args.paths:
+        paths = list(expand(client, "cat", args.paths))
+        if args.version is not None and len(paths) > 1:
+            raise SettingError(f"cat: --version picks a version of one file, not of {len(paths)}")
+        for path in paths:
             with client.open(path, "rb", version=args.version) as f:
                 while block := f.read(BLOCK):
                     out.write(block)
@@ -112,14 +156,46 @@ def _pairs(client: Any, src: str, dst: str, recursive: bool) -> list[tuple[str, 
     return out
 
 
+def _plan(client: Any, srcs: list[str], dst: str, recursive: bool) -> list[tuple[str, str, int]]:
+    """(source, destination, size) of each file a copy of several sources makes: globs in memstage
+    matched, and with more than one source, each goes into the directory `dst` by its name."""
+    sources: list[str] = []
+    for src in srcs:
+        sources += [REMOTE + p for p in expand(client, "cp", [src])] if _remote(src) and _magic(src) else [src]
+    if len(sources) == 1:
+        return _pairs(client, sources[0], dst, recursive)
+    rdst = _remote(dst)
+    if rdst is None:
+        is_dir = os.path.isdir(dst)
+    else:
+        try:
+            is_dir = client.info(rdst)["type"] == "directory"
+        except NotFound:  # directories are implicit: it is made by the files copied into it
+            is_dir = True
+        dst = dst.rstrip("/") + "/"
+    if not is_dir:
+        raise SettingError(f"cp: {len(sources)} sources: {dst} is not a directory")
+    pairs: list[tuple[str, str, int]] = []
+    for src in sources:
+        rsrc = _remote(src)
+        tree = client.info(rsrc)["type"] == "directory" if rsrc is not None else os.path.isdir(src)
+        name = os.path.basename((rsrc or src).rstrip("/"))
+        pairs += _pairs(client, src, (dst + name if rdst is not None else os.path.join(dst, name)) if tree else dst,
+                        recursive)
+    return pairs
+
+
 def cmd_cp(args: argparse.Namespace) -> int:
-    client = _client(args)
+    if len(args.paths) < 2:
+        raise SettingError("cp: give a source and a destination (SRC... DST)")
+    srcs, dst = args.paths[:-1], args.paths[-1]
+    client = open_client(args)
     shown = Progress("copied", sys.stderr)
     failed = 0
     try:
-        pairs = _pairs(client, args.src, args.dst, args.recursive)
+        pairs = _plan(client, srcs, dst, args.recursive)
         total, done = sum(size for _, _, size in pairs), 0
-        into = _remote(args.dst) is not None
+        into = _remote(dst) is not None
         read_from, write_to = (open, client.open) if into else (client.open, open)
         for n, (src, dst, _) in enumerate(pairs):
             try:
@@ -130,6 +206,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
                         w.write(block)
                         done += len(block)
                         shown.bytes(done, total, (n, len(pairs)))
+                shown.bytes(done, total, (n + 1, len(pairs)))  # this file counted as copied
             except (OSError, NotFound) as e:
                 if len(pairs) == 1:  # one file: its error is the command's (a local one named, no traceback)
                     raise e if isinstance(e, NotFound) else SettingError(f"cp: {e}") from None
@@ -142,19 +219,19 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_mv(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     try:
-        client.mv(args.src, args.dst)
+        client.mv(args.src.removeprefix(REMOTE), args.dst.removeprefix(REMOTE))
     finally:
         client.close()
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     try:
-        for path in args.paths:
-            if client.info(path)["type"] == "directory":
+        for path, info in expand(client, "rm", args.paths).items():
+            if info["type"] == "directory":
                 if not args.recursive:
                     raise SettingError(f"rm: {path} is a directory (give -r)")
                 dirs = [p for p, e in client.find(path, withdirs=True, detail=True).items()
@@ -171,30 +248,35 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     try:
-        info = client.info(args.path)
+        found = expand(client, "stat", args.paths)
     finally:
         client.close()
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
+    infos = list(found.values())
+    if args.json:  # one object for one path named, a list for a glob or several paths
+        one = len(args.paths) == 1 and not _magic(args.paths[0])
+        print(json.dumps(infos[0] if one else infos, indent=2, default=str))
         return 0
-    for key in ("name", "type", "size", "version", "versions", "mode", "uid", "gid", "nlink", "ino",
-                "mtime_ns", "target"):
-        if key in info and info[key] not in (None, ""):
-            value = info[key]
-            if key == "mode":
-                value = oct(int(value))
-            elif key == "mtime_ns":
-                key, value = "modified", _when(int(value))
-            print(f"{key}: {value}")
+    for n, info in enumerate(infos):
+        if n:
+            print()
+        for key in ("name", "type", "size", "version", "versions", "mode", "uid", "gid", "nlink", "ino",
+                    "mtime_ns", "target"):
+            if key in info and info[key] not in (None, ""):
+                value = info[key]
+                if key == "mode":
+                    value = oct(int(value))
+                elif key == "mtime_ns":
+                    key, value = "modified", _when(int(value))
+                print(f"{key}: {value}")
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = open_client(args)
     try:
-        versions = client.versions(args.path)
+        versions = client.versions(args.path.removeprefix(REMOTE))
     finally:
         client.close()
     if args.json:

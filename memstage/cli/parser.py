@@ -21,6 +21,7 @@ from memstage.cli.admin import (
 from memstage.cli.common import TLS_FLAGS
 from memstage.cli.data import cmd_prefetch, cmd_restore
 from memstage.cli.files import cmd_cat, cmd_cp, cmd_ls, cmd_mv, cmd_rm, cmd_stat, cmd_versions
+from memstage.cli.keep import cmd_free, cmd_persist
 from memstage.cli.roles import cmd_bench, cmd_benefactor, cmd_manager, cmd_mount, cmd_umount, cmd_up
 from memstage.settings import BenefactorSettings, ClientSettings, ManagerSettings, UpSettings, env_name, flag_name
 
@@ -169,34 +170,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after this long (default: wait until done)")
     p.set_defaults(func=cmd_prefetch)
 
-    files = [("ls", cmd_ls, "list a directory of a namespace"), ("cat", cmd_cat, "write files to standard output"),
+    files = [("ls", cmd_ls, "list directories of a namespace"), ("cat", cmd_cat, "write files to standard output"),
              ("cp", cmd_cp, "copy files into or out of a namespace"), ("mv", cmd_mv, "rename a file or directory"),
-             ("rm", cmd_rm, "remove files (and, with -r, directories)"), ("stat", cmd_stat, "what is kept of a path"),
-             ("versions", cmd_versions, "the versions of a file")]
+             ("rm", cmd_rm, "remove files (and, with -r, directories)"), ("stat", cmd_stat, "what is kept of paths"),
+             ("versions", cmd_versions, "the versions of a file"),
+             ("persist", cmd_persist, "drain versions to the PFS, whatever the policy says"),
+             ("free", cmd_free, "take versions that are on the PFS out of memory")]
+    globs = " PATH may be a glob in quotes ('/ckpt/step-*'); one that matches nothing is a usage error."
     for name, func, summary in files:
         p = sub.add_parser(name, parents=[common], help=summary,
-                           description=f"{summary[0].upper()}{summary[1:]} (paths as on the mount: /run/x.bin). "
+                           description=f"{summary[0].upper()}{summary[1:]} (paths as on the mount, /run/x.bin, "
+                                       f"or ms:/run/x.bin).{'' if name in ('mv', 'versions') else globs} "
                                        "Exit code 2 for a usage error or what the manager refused, 1 when some "
-                                       "files of a tree could not be done.")
+                                       "of several files could not be done.")
         add_settings(p, ClientSettings, only=["manager", "namespace", "token", *TLS_FLAGS])
         p.set_defaults(func=func)
+        if name == "ls":
+            p.add_argument("paths", metavar="PATH", nargs="*", default=["/"], help="(default: /)")
+        if name in ("cat", "rm", "stat", "persist", "free"):
+            p.add_argument("paths", metavar="PATH", nargs="+")
+        if name == "versions":
+            p.add_argument("path", metavar="PATH")
         if name in ("ls", "stat", "versions"):
-            p.add_argument("path", metavar="PATH", nargs="?" if name == "ls" else None, default="/")
             p.add_argument("--json", action="store_true", help="print JSON")
         if name == "ls":
             p.add_argument("-l", "--long", action="store_true", help="with type, size, versions and mtime")
-        if name == "cat":
-            p.add_argument("paths", metavar="PATH", nargs="+")
-            p.add_argument("--version", type=int, default=None, help="this version (default: the latest)")
-        if name in ("cp", "mv"):
-            p.add_argument("src", metavar="SRC", help="ms:/PATH in memstage, or a local path" if name == "cp"
-                           else "PATH")
-            p.add_argument("dst", metavar="DST", help="ms:/PATH in memstage, or a local path" if name == "cp"
-                           else "PATH")
-        if name in ("cp", "rm"):
-            p.add_argument("-r", "--recursive", action="store_true", help="whole directories")
-        if name == "rm":
-            p.add_argument("paths", metavar="PATH", nargs="+")
+        if name in ("cat", "persist", "free"):
+            p.add_argument("--version", type=int, default=None, metavar="N",
+                           help="this version of the file (default: the latest)")
+        if name == "cp":
+            p.add_argument("paths", metavar="SRC... DST", nargs="+",
+                           help="ms:/PATH in memstage, or a local path; with several sources, DST is a directory")
+        if name == "mv":
+            p.add_argument("src", metavar="SRC", help="PATH")
+            p.add_argument("dst", metavar="DST", help="PATH")
+        if name in ("cp", "rm", "persist", "free"):
+            p.add_argument("-r", "--recursive", action="store_true",
+                           help="whole directories" if name in ("cp", "rm") else "every file below a directory")
+        if name == "persist":
+            p.add_argument("--wait", action="store_true",
+                           help="wait until the versions are on the PFS (a progress bar on a terminal)")
+            p.add_argument("--timeout", default=None, metavar="DURATION",
+                           help="with --wait: give up after this long (default: wait until done)")
 
     p = sub.add_parser("certs", parents=[common], help="make a CA and certificates for a deployment's TLS",
                        description="Write ca.pem, cert.pem and key.pem (0600), client.pem and client-key.pem (0600) "
