@@ -1,8 +1,9 @@
 """The `memstage` command: one subcommand per role, plus status, up and bench.
 
 The argparse tree is in parser.py; the commands are in roles.py (manager, benefactor, mount, up,
-bench), admin.py (status, wait, policy, gc, checkpoints, token, certs) and data.py (prefetch,
-restore). A usage error prints one line and exits 2, as does a MemstageError; no traceback.
+bench), admin.py (status, wait, policy, gc, checkpoints, token, certs), data.py (prefetch,
+restore), files.py (ls, cat, cp, mv, rm, stat, versions) and keep.py (persist, free). A usage
+error prints one line and exits 2, as does a MemstageError; no traceback.
 """
 
 from __future__ import annotations
