@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -45,6 +46,11 @@ LIST_PAGE = 5000  # names per List call: a directory of 100,000 comes in 20 repl
 
 _FIND_BATCH = 8192  # keys per FindChunks call, well under the message size limit
 _URL = re.compile(r"^memstage://(?P<manager>[^/]+)/(?P<namespace>[^/]+)(?P<path>/.*)?$")
+
+
+def _owned(uid: int | None, gid: int | None) -> manager_pb2.FileAttrs:
+    """A new name's owner: the one given, else this process's (as a mount gives its caller's)."""
+    return manager_pb2.FileAttrs(uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid)
 
 
 class Client(AbstractFileSystem):  # type: ignore[misc]
@@ -110,15 +116,17 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     # -- files -------------------------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
-              cache_options: Any = None, version: int = 0, **kwargs: Any) -> WriteFile | ReadFile | UpdateFile:
+              cache_options: Any = None, version: int = 0, uid: int | None = None, gid: int | None = None,
+              **kwargs: Any) -> WriteFile | ReadFile | UpdateFile:
         """'wb' replaces the file; 'r+b' and 'ab' keep its content and merge with other writers
-        of it at close (see UpdateFile); 'rb' reads one version."""
+        of it at close (see UpdateFile); 'rb' reads one version. uid, gid: the owner the written
+        file gets (default: a new file is this process's, an existing one keeps its owner)."""
         check_mode(mode)
-        if mode == "wb":
-            return WriteFile(self, normalize_file_path(path), mode="wb")
         if mode == "rb":
             return ReadFile(self, normalize_file_path(path), self.reader(path, version))
-        return UpdateFile(self, normalize_file_path(path), mode)
+        if mode == "wb":
+            return WriteFile(self, normalize_file_path(path), mode="wb", uid=uid, gid=gid)
+        return UpdateFile(self, normalize_file_path(path), mode, uid=uid, gid=gid)
 
     def reader(self, path: str, version: int = 0) -> VersionReader:
         """A reader of one committed version (0 = the latest)."""
@@ -137,14 +145,20 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.metrics.record(self.namespace, result.stats)
         self.last_commit = result
 
-    def held_chunks(self, path: str) -> set[ChunkKey]:
-        """The chunks of the latest version of `path` that the namespace still holds readably:
-        the likely unchanged part of the next checkpoint, which a writer need not send."""
+    def latest_map(self, path: str) -> manager_pb2.VersionMap | None:
+        """The map of the latest version of `path`; None if there is no such file."""
         try:
-            vmap = self.connections.call_manager(
+            return self.connections.call_manager(
                 "Lookup", manager_pb2.LookupRequest(namespace=self.namespace, path=path), path)
         except NotFound:
+            return None
+
+    def held_chunks(self, vmap: manager_pb2.VersionMap | None) -> set[ChunkKey]:
+        """The chunks of a version (the latest, from latest_map) that the namespace still holds
+        readably: the likely unchanged part of the next checkpoint, which a writer need not send."""
+        if vmap is None:
             return set()
+        path = vmap.path
         keys = list(dict.fromkeys(ChunkKey.from_pb(c.key) for c in vmap.chunks))
         held: set[ChunkKey] = set()
         for start in range(0, len(keys), _FIND_BATCH):
@@ -214,17 +228,18 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
             "SetAttr", manager_pb2.SetAttrRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
 
     def symlink(self, target: str, path: str, uid: int | None = None, gid: int | None = None) -> None:
-        """A symbolic link at `path` pointing to `target` (any string, resolved by whoever follows it)."""
+        """A symbolic link at `path` pointing to `target` (any string, resolved by whoever follows it),
+        owned by uid and gid (default: this process's)."""
         norm = normalize_file_path(self._strip_protocol(path))
         self.connections.call_manager("Symlink", manager_pb2.SymlinkRequest(
-            namespace=self.namespace, path=norm, target=target, attrs=manager_pb2.FileAttrs(uid=uid, gid=gid)), norm)
+            namespace=self.namespace, path=norm, target=target, attrs=_owned(uid, gid)), norm)
 
     def mknod(self, path: str, mode: int, rdev: int = 0, uid: int | None = None, gid: int | None = None) -> None:
-        """A FIFO, socket or device node (mode carries the type): a name with metadata, no data."""
+        """A FIFO, socket or device node (mode carries the type): a name with metadata, no data,
+        owned by uid and gid (default: this process's)."""
         norm = normalize_file_path(self._strip_protocol(path))
         self.connections.call_manager("MakeNode", manager_pb2.NodeRequest(
-            namespace=self.namespace, path=norm, mode=mode, rdev=rdev, attrs=manager_pb2.FileAttrs(uid=uid, gid=gid)),
-            norm)
+            namespace=self.namespace, path=norm, mode=mode, rdev=rdev, attrs=_owned(uid, gid)), norm)
 
     def link(self, existing: str, path: str) -> None:
         """A hard link: `path` becomes another name of the file `existing` (both see the same versions)."""
@@ -253,9 +268,12 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def ls(self, path: str = "/", detail: bool = True, **kwargs: Any) -> list[Any]:
         norm = normalize_path(self._strip_protocol(path))
-        listed = self.listing(norm)
+        try:
+            listed = self.listing(norm)
+        except NotFound:  # not a directory: ls of a file lists the file itself, as in fsspec
+            listed = []
         if not listed:
-            info = self.info(norm)  # a file: ls of a file lists the file itself, as in fsspec
+            info = self.info(norm)  # NotFound if there is no such name at all
             entries = [info] if info["type"] == "file" else []
         else:
             entries = [self._entry(e) for e in listed]
@@ -381,9 +399,12 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def mkdir(self, path: str, create_parents: bool = True, mode: int | None = None, uid: int | None = None,
               gid: int | None = None, **kwargs: Any) -> None:
-        """An explicit (possibly empty) directory; directories also exist while files are below them."""
+        """An explicit (possibly empty) directory, owned by uid and gid (default: this process's);
+        directories also exist while files are below them (those show uid and gid -1: no owner)."""
         norm = normalize_file_path(self._strip_protocol(path))
-        attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid) if mode is not None or uid is not None else None
+        attrs = _owned(uid, gid)
+        if mode is not None:
+            attrs.mode = mode
         self.connections.call_manager(
             "Mkdir", manager_pb2.PathRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
 

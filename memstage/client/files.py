@@ -7,11 +7,15 @@ ReadFile serves ranges of the version committed when it was opened, with fsspec'
 UpdateFile ("r+b", "ab") keeps the previous content and is read, written and truncated anywhere,
 as a mounted file is (it is the mount's OpenFile): its close commits, merged with what other
 writers of the file committed meanwhile, so many ranks may write regions of one file.
+
+A file a library client creates is owned by the process's uid and gid (a mount gives its
+caller's); writing an existing file keeps its owner, as open(O_TRUNC) does.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +26,7 @@ from memstage.client.fusefile import OpenFile
 from memstage.client.reader import VersionReader
 from memstage.client.writer import CommitResult
 from memstage.errors import InvalidArgument, NotFound
+from memstage.proto import manager_pb2
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
@@ -45,20 +50,32 @@ class _CommitOnExit:
             self.close()
 
 
+def _owner(new: bool, uid: int | None, gid: int | None) -> dict[str, int]:
+    """The owner a write gives its file: the one asked for, else this process's for a new file
+    (an existing file keeps its own)."""
+    if new:
+        uid = os.getuid() if uid is None else uid
+        gid = os.getgid() if gid is None else gid
+    return {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None}
+
+
 class WriteFile(_CommitOnExit, AbstractBufferedFile):  # type: ignore[misc]
     buffer: io.BytesIO
     closed: bool
     forced: bool
 
-    def __init__(self, fs: Client, path: str, mode: str = "wb", **kwargs: Any) -> None:
+    def __init__(self, fs: Client, path: str, mode: str = "wb", uid: int | None = None, gid: int | None = None,
+                 **kwargs: Any) -> None:
         opened_at = time.perf_counter()
         self.chunk_size = fs.settings.chunk_size
         super().__init__(fs, path, mode=mode, block_size=self.chunk_size, cache_type="none", **kwargs)
         try:
-            self.writer = fs.new_writer(path, opened_at, known=fs.held_chunks(path))
+            latest = fs.latest_map(path)
+            self.writer = fs.new_writer(path, opened_at, known=fs.held_chunks(latest))
         except BaseException:
             self.closed = True  # refused (no write access, no manager): nothing to commit or abort later
             raise
+        self.attrs: dict[str, Any] = _owner(latest is None, uid, gid)
         self.opened_at = opened_at
         self.result: CommitResult | None = None
 
@@ -96,7 +113,7 @@ class WriteFile(_CommitOnExit, AbstractBufferedFile):  # type: ignore[misc]
         def commit() -> CommitResult:
             try:
                 stats = self.writer.finish()
-                version = self.writer.commit()
+                version = self.writer.commit(manager_pb2.FileAttrs(**self.attrs) if self.attrs else None)
             except BaseException:
                 self.writer.abort()  # what it stored is freed now, not when the lease runs out
                 raise
@@ -139,7 +156,7 @@ class ReadFile(AbstractBufferedFile):  # type: ignore[misc]
 class UpdateFile(_CommitOnExit, io.RawIOBase):
     """A file opened to update ("r+b": it must exist) or append ("ab", "a+b": created if missing)."""
 
-    def __init__(self, fs: Client, path: str, mode: str) -> None:
+    def __init__(self, fs: Client, path: str, mode: str, uid: int | None = None, gid: int | None = None) -> None:
         super().__init__()
         self.fs = fs
         self.path = path
@@ -152,6 +169,7 @@ class UpdateFile(_CommitOnExit, io.RawIOBase):
                 raise
             base = None
         self._file = OpenFile(fs, path, base, truncate=False)
+        self._file.attrs.update(_owner(base is None, uid, gid))
         if base is None:
             self._file.changed = True  # a new file: committed at close even if nothing is written
         self._pos = self._file.size if self._append else 0
