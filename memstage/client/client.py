@@ -118,9 +118,10 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
               cache_options: Any = None, version: int = 0, uid: int | None = None, gid: int | None = None,
               **kwargs: Any) -> WriteFile | ReadFile | UpdateFile:
-        """'wb' replaces the file; 'r+b' and 'ab' keep its content and merge with other writers
-        of it at close (see UpdateFile); 'rb' reads one version. uid, gid: the owner the written
-        file gets (default: a new file is this process's, an existing one keeps its owner)."""
+        """'wb' replaces the file (and may seek: see WriteFile); 'w+b' replaces it and reads back
+        what it wrote; 'r+b' and 'ab' keep its content and merge with other writers of it at
+        close (see UpdateFile); 'rb' reads one version. uid, gid: the owner the written file gets
+        (default: a new file is this process's, an existing one keeps its owner)."""
         check_mode(mode)
         if mode == "rb":
             return ReadFile(self, normalize_file_path(path), self.reader(path, version))
