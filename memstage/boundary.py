@@ -6,6 +6,9 @@ A role gives an `Authenticator`: (method name, metadata, request) -> caller, rai
 `Unauthenticated` or `PermissionDenied`. For calls whose requests stream in, the request is None
 (the credential is judged when the stream starts; what depends on the first message is checked
 by the servicer, with the caller).
+
+The standard health service (memstage.health) passes untouched: it tells only whether the role
+serves, and probes ask it without a token, every few seconds (not counted as calls).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import grpc
 from memstage.errors import MemstageError, PermissionDenied, Unauthenticated, to_rpc_detail
 
 log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "/grpc.health.v1.Health/"
 
 Metadata = tuple[tuple[str, Any], ...]
 Authenticator = Callable[[str, Metadata, Any], Any]
@@ -57,8 +62,8 @@ class Boundary(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
+        if handler is None or details.method.startswith(HEALTH_SERVICE):
+            return handler
         # A method's handler is the same object at every call: wrap it once (metadata calls are
         # the manager's hot path).
         cached = self._wrapped.get(details.method)

@@ -26,6 +26,7 @@ from memstage.benefactor.streamport import StreamPort
 from memstage.boundary import Boundary
 from memstage.clock import SYSTEM_CLOCK, Clock
 from memstage.errors import SettingError
+from memstage.health import add_health, serving
 from memstage.metrics import serve_metrics
 from memstage.proto import benefactor_pb2, manager_pb2
 from memstage.receipts import new_key
@@ -67,6 +68,7 @@ class BenefactorServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS,
                                    interceptors=[boundary])
         self._server.add_generic_rpc_handlers((self.service.handler(),))
+        self.health = add_health(self._server)
         tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
         self.address = bind(self._server, settings.listen, "--listen", tls)
         data_listen = settings.data_listen or self.address.rpartition(":")[0] + ":0"
@@ -117,6 +119,7 @@ class BenefactorServer:
         self.heartbeat.start()
         self.orders.start()
         self.drain.start()
+        serving(self.health)
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
@@ -161,6 +164,7 @@ class BenefactorServer:
         log.info("left the deployment: nothing it held is needed any more")
 
     def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
         if self._metrics is not None:
             self._metrics.shutdown()
         self.drain.stop()

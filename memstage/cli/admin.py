@@ -1,18 +1,20 @@
 """Commands that ask or tell the manager: status, wait, policy, gc, checkpoints, checkpoint,
-token; and certs, which makes a deployment's TLS files."""
+token; health, which asks any role whether it serves; and certs, which makes a deployment's TLS
+files."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-from memstage.cli.common import client_flags, table
+from memstage.cli.common import TLS_FLAGS, client_flags, table
 from memstage.errors import MemstageError, SettingError
 from memstage.progress import Progress, Rate
 from memstage.redundancy import Redundancy
-from memstage.settings import ClientSettings, load
+from memstage.settings import ClientSettings, env_name, load
 from memstage.tls import load as load_tls
 from memstage.units import format_size, parse_size
 
@@ -82,6 +84,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         for v in reply.drain_failed:
             print(f"  {v.namespace}:{v.path} version {v.version} ({v.reason})")
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the role at ADDRESS reports SERVING, 1 otherwise (a probe's contract)."""
+    import grpc
+
+    from memstage.health import check
+    from memstage.units import parse_duration
+
+    # Only the TLS variables: a probe runs with the role's environment, whose other MEMSTAGE_*
+    # settings are the role's and not a client's.
+    tls_env = {env_name(n): os.environ[env_name(n)] for n in TLS_FLAGS if env_name(n) in os.environ}
+    settings = load(ClientSettings, {n: getattr(args, n) for n in TLS_FLAGS}, env=tls_env, config=args.config)
+    tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
+    try:
+        status = check(args.address, tls, parse_duration(args.timeout))
+    except grpc.RpcError as e:
+        detail = e.details() if isinstance(e, grpc.Call) else str(e)
+        print(f"{args.address}: cannot be asked ({detail})", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def status_json(reply: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from memstage.cli.admin import (
     cmd_checkpoint,
     cmd_checkpoints,
     cmd_gc,
+    cmd_health,
     cmd_policy,
     cmd_status,
     cmd_token,
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, ClientSettings, only=["manager", "token", *TLS_FLAGS])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("health", parents=[common], help="ask a manager or benefactor whether it serves",
+                       description="Ask the gRPC health service (grpc.health.v1) of a manager or benefactor at "
+                                   "ADDRESS whether it serves, with the TLS settings given: prints SERVING and exits "
+                                   "0, else exits 1. The Helm chart's probes run it in the pod: Kubernetes' own gRPC "
+                                   "probe cannot present a certificate. No token is needed.")
+    add_settings(p, ClientSettings, only=[*TLS_FLAGS])
+    p.add_argument("address", metavar="ADDRESS", help="HOST:PORT of the role's gRPC port")
+    p.add_argument("--timeout", default="5s", help="give up after this long (default 5s)")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("policy", parents=[common], help="show or set a namespace's persistence policy",
                        description="Show the policy of a namespace; with --persist-every or --keep-versions, set it.")

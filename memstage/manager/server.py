@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from memstage import auth
 from memstage.boundary import Boundary, CallMetrics
 from memstage.clock import SYSTEM_CLOCK, Clock
+from memstage.health import add_health, serving
 from memstage.manager.access import authenticator
 from memstage.manager.beatlink import BeatLink
 from memstage.manager.catalog import Catalog, Policy
@@ -61,6 +62,7 @@ class ManagerServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_THREADS), options=CONTROL_SERVER_OPTIONS,
                                    interceptors=[boundary])
         manager_pb2_grpc.add_ManagerServicer_to_server(self.service, self._server)
+        self.health = add_health(self._server)
         self.address = bind(self._server, settings.listen, "--listen", self.tls)
         host, _, port = self.address.rpartition(":")
         self.control = ControlPort(self.service, boundary, settings.control_listen or f"{host}:0",
@@ -133,6 +135,7 @@ class ManagerServer:
         self._server.start()
         self.control.start()
         self._housekeeper.start()
+        serving(self.health)
         self._metrics = serve_metrics(self.registry, self.settings.metrics_port,
                                       self.settings.metrics_host or self.address.rpartition(":")[0],
                                       self.settings.tls_cert, self.settings.tls_key,
@@ -146,6 +149,7 @@ class ManagerServer:
                         "%s may read, write and delete every namespace", self.address)
 
     def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
         self._stop.set()
         self.service.wake.set()
         self.service.watch.close()
