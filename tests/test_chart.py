@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 import pytest
-from test_deploy import CHART, KUBE, chart, container, render
+from test_deploy import CHART, KUBE, chart, render
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,3 +52,118 @@ def test_the_probes_health_check_asks_real_servers_over_their_tls(local_cluster)
     address = cluster.benefactors[0].address
     cluster.benefactors[0].stop(timeout=10)
     assert health(address, *cluster.tls_flags).returncode == 1
+
+
+# -- Secrets: kept, given, renewed ----------------------------------------------------------------
+
+
+def certificate(pem_b64: str) -> Any:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(base64.b64decode(pem_b64))
+
+
+def days_left(pem_b64: str) -> float:
+    import datetime
+
+    cert = certificate(pem_b64)
+    return (cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).total_seconds() / 86400
+
+
+def test_the_charts_own_secrets_are_kept_and_certificates_last_the_days_asked():
+    docs = render({"tls": {"selfSigned": {"days": 90, "caDays": 1000}}})
+    for name in ("ckpt-memstage-cluster", "ckpt-memstage-tls", "ckpt-memstage-client-tls"):
+        assert docs[("Secret", name)]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", name
+    tls = docs[("Secret", "ckpt-memstage-tls")]
+    client = docs[("Secret", "ckpt-memstage-client-tls")]["data"]
+    for pem in (tls["data"]["tls.crt"], client["client.crt"], client["metrics.crt"]):
+        assert 89 < days_left(pem) <= 90
+    assert 999 < days_left(tls["data"]["ca.crt"]) <= 1000
+    expires = tls["metadata"]["annotations"]["memstage.io/tls-expires"]
+    assert abs(int(expires) - certificate(tls["data"]["tls.crt"]).not_valid_after_utc.timestamp()) < 60
+    for doc in roles(docs):  # a renewal changes it, which restarts the pods
+        assert doc["spec"]["template"]["metadata"]["annotations"]["memstage.io/tls-expires"] == expires
+    assert 364 < days_left(render({})[("Secret", "ckpt-memstage-tls")]["data"]["tls.crt"]) <= 365  # the default
+
+
+def test_existing_secrets_are_mounted_and_the_chart_makes_none():
+    docs = render({"clusterSecret": {"existingSecret": "site-cluster"},
+                   "tls": {"existingSecret": "site-tls", "existingClientSecret": "site-client-tls"},
+                   "metrics": {"serviceMonitor": {"enabled": True}}})
+    assert [name for kind, name in docs if kind == "Secret"] == []
+    for doc in roles(docs):
+        volumes = {v["name"]: v for v in pod(doc)["volumes"]}
+        assert volumes["cluster-secret"]["secret"]["secretName"] == "site-cluster"
+        assert volumes["tls"]["secret"]["secretName"] == "site-tls"
+        assert "memstage.io/tls-expires" not in doc["spec"]["template"]["metadata"].get("annotations", {})
+    endpoint = docs[("ServiceMonitor", "ckpt-memstage-manager")]["spec"]["endpoints"][0]
+    assert endpoint["tlsConfig"]["cert"]["secret"] == {"name": "site-client-tls", "key": "metrics.crt"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tls": {"existingSecret": "site-tls"}}, "tls.existingClientSecret"),
+    ({"tls": {"existingSecret": "a", "existingClientSecret": "b", "certManager": {"enabled": True}}},
+     "tls.existingSecret"),
+    ({"tls": {"selfSigned": {"days": 30, "renewBeforeDays": 30}}}, "renewBeforeDays"),
+    ({"tls": {"selfSigned": {"days": 0}}}, "days"),
+    ({"clusterSecret": {"existingSecret": "Not_A_Name"}}, "existingSecret"),
+])
+def test_bad_secret_settings_are_refused_with_the_key_named(values, message):
+    with pytest.raises(Exception) as info:
+        chart.Chart.load(str(CHART)).render(values, name="ckpt", namespace="hpc")
+    assert message in str(info.value)
+
+
+@pytest.fixture
+def chart_seeing(tmp_path):
+    """A copy of the chart whose `lookup` of Secrets reads values.clusterState instead of a cluster
+    (the Helm engine here has none): what an upgrade sees."""
+    import shutil
+
+    copy = tmp_path / "memstage"
+    shutil.copytree(CHART, copy)
+    for path in (copy / "templates").iterdir():
+        text = path.read_text()
+        path.write_text(text.replace('lookup "v1" "Secret" .Release.Namespace',
+                                     "get (.Values.clusterState | default dict)"))
+    return copy
+
+
+def test_an_upgrade_keeps_the_secrets_and_renews_certificates_near_their_end(chart_seeing):
+    import time
+
+    from test_deploy import render as render_chart
+
+    first = render_chart({}, chart_seeing)
+    state = {name: doc for (kind, name), doc in first.items() if kind == "Secret"}
+    again = render_chart({"clusterState": state}, chart_seeing)
+    for name, doc in state.items():  # kept as they are
+        assert again[("Secret", name)]["data"] == doc["data"], name
+        assert again[("Secret", name)]["metadata"] == doc["metadata"], name
+    expires = state["ckpt-memstage-tls"]["metadata"]["annotations"]["memstage.io/tls-expires"]
+    assert roles(again)[1]["spec"]["template"]["metadata"]["annotations"]["memstage.io/tls-expires"] == expires
+
+    # Within renewBeforeDays of their end (or from a release that did not say when): new
+    # certificates from the same CA, the pods restarted; the cluster secret stays.
+    for soon in (str(int(time.time()) + 10 * 86400), None):
+        aged = json.loads(json.dumps(state))
+        annotations = aged["ckpt-memstage-tls"]["metadata"]["annotations"]
+        if soon is None:
+            del annotations["memstage.io/tls-expires"]
+        else:
+            annotations["memstage.io/tls-expires"] = soon
+        renewed = render_chart({"clusterState": aged}, chart_seeing)
+        tls = renewed[("Secret", "ckpt-memstage-tls")]
+        client = renewed[("Secret", "ckpt-memstage-client-tls")]["data"]
+        assert tls["data"]["ca.crt"] == state["ckpt-memstage-tls"]["data"]["ca.crt"]
+        assert tls["data"]["tls.crt"] != state["ckpt-memstage-tls"]["data"]["tls.crt"]
+        assert client["client.crt"] != state["ckpt-memstage-client-tls"]["data"]["client.crt"]
+        assert 364 < days_left(tls["data"]["tls.crt"]) <= 365
+        ca = certificate(tls["data"]["ca.crt"])
+        for pem in (tls["data"]["tls.crt"], client["client.crt"], client["metrics.crt"]):
+            certificate(pem).verify_directly_issued_by(ca)
+        new = tls["metadata"]["annotations"]["memstage.io/tls-expires"]
+        assert new != soon and int(new) >= int(expires)
+        for doc in roles(renewed):  # changed from what the pods had: they restart
+            assert doc["spec"]["template"]["metadata"]["annotations"]["memstage.io/tls-expires"] == new
+        assert renewed[("Secret", "ckpt-memstage-cluster")]["data"] == state["ckpt-memstage-cluster"]["data"]

@@ -9,6 +9,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The Secrets the pods mount: given (existingSecret) or the chart's own. */}}
+{{- define "memstage.clusterSecretName" -}}
+{{- .Values.clusterSecret.existingSecret | default (printf "%s-cluster" (include "memstage.fullname" .)) -}}
+{{- end -}}
+
+{{- define "memstage.tlsSecretName" -}}
+{{- .Values.tls.existingSecret | default (printf "%s-tls" (include "memstage.fullname" .)) -}}
+{{- end -}}
+
 {{- define "memstage.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
@@ -37,7 +46,9 @@ argument: the chart's root context). */}}
 {{- $secret := printf "%s-client-tls" $full -}}
 {{- $cert := "metrics.crt" -}}
 {{- $key := "metrics.key" -}}
-{{- if .Values.tls.certManager.enabled -}}
+{{- if .Values.tls.existingClientSecret -}}
+{{- $secret = .Values.tls.existingClientSecret -}}
+{{- else if .Values.tls.certManager.enabled -}}
 {{- $secret = printf "%s-metrics-tls" $full -}}
 {{- $cert = "tls.crt" -}}
 {{- $key = "tls.key" -}}
@@ -57,3 +68,45 @@ tlsConfig:
     name: {{ $secret }}
     key: {{ $key }}
 {{- end }}
+
+{{/* When the chart's own certificates expire, in Unix seconds: those of the Secret an earlier
+release made, unless they expire within tls.selfSigned.renewBeforeDays; else new ones, from now.
+Nothing when the certificates are not the chart's (cert-manager's, or tls.existingSecret). Set on
+the Secret and on the pods, which restart with renewed certificates. */}}
+{{- define "memstage.tlsExpires" -}}
+{{- if hasKey .Values "_tlsExpires" -}}
+{{- /* decided once per render: the Secret's and the pods' must agree to the second */ -}}
+{{- .Values._tlsExpires -}}
+{{- else if not (or .Values.tls.certManager.enabled .Values.tls.existingSecret) -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-tls" (include "memstage.fullname" .)) -}}
+{{- $now := now | unixEpoch | int64 -}}
+{{- $expires := 0 -}}
+{{- if and $existing $existing.data (index $existing.data "tls.crt") (index $existing.data "ca.key") -}}
+{{- $expires = index ($existing.metadata.annotations | default dict) "memstage.io/tls-expires" | default "0" | int64 -}}
+{{- end -}}
+{{- if lt $expires (add $now (mul (int .Values.tls.selfSigned.renewBeforeDays) 86400)) -}}
+{{- $expires = add $now (mul (int .Values.tls.selfSigned.days) 86400) -}}
+{{- end -}}
+{{- $_ := set .Values "_tlsExpires" (toString $expires) -}}
+{{- $expires -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A role's pod annotations (the argument: the root context and the role's metrics port). */}}
+{{- define "memstage.podAnnotations" -}}
+{{- $root := index . 0 -}}
+{{- $port := index . 1 -}}
+{{- $expires := include "memstage.tlsExpires" $root -}}
+{{- $scrape := and $root.Values.metrics.scrapeAnnotations $port -}}
+{{- if or $expires $scrape }}
+annotations:
+  {{- if $expires }}
+  memstage.io/tls-expires: {{ $expires | quote }}  # renewed certificates restart the pods
+  {{- end }}
+  {{- if $scrape }}
+  prometheus.io/scrape: "true"
+  prometheus.io/scheme: "https"  # the deployment's TLS certificate (Secret <release>-memstage-tls, ca.crt)
+  prometheus.io/port: {{ $port | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
