@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 import pytest
-from test_deploy import CHART, KUBE, chart, render
+from test_deploy import CHART, KUBE, chart, container, render
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,3 +167,74 @@ def test_an_upgrade_keeps_the_secrets_and_renews_certificates_near_their_end(cha
         for doc in roles(renewed):  # changed from what the pods had: they restart
             assert doc["spec"]["template"]["metadata"]["annotations"]["memstage.io/tls-expires"] == new
         assert renewed[("Secret", "ckpt-memstage-cluster")]["data"] == state["ckpt-memstage-cluster"]["data"]
+
+
+# -- the pods: identity, placement, probes, a read-only root ----------------------------------------
+
+
+def test_pods_run_under_their_service_account_without_a_token():
+    docs = render({"serviceAccount": {"annotations": {"iam.example/role": "pfs-writer"}},
+                   "imagePullSecrets": [{"name": "regcred"}]})
+    account = docs[("ServiceAccount", "ckpt-memstage")]
+    assert account["automountServiceAccountToken"] is False
+    assert account["metadata"]["annotations"] == {"iam.example/role": "pfs-writer"}
+    for doc in roles(docs):
+        assert pod(doc)["serviceAccountName"] == "ckpt-memstage"
+        assert pod(doc)["automountServiceAccountToken"] is False
+        assert pod(doc)["imagePullSecrets"] == [{"name": "regcred"}]
+    docs = render({"serviceAccount": {"create": False, "name": "site-account"}})
+    assert not any(kind == "ServiceAccount" for kind, _ in docs)
+    assert {pod(doc)["serviceAccountName"] for doc in roles(docs)} == {"site-account"}
+    assert all("imagePullSecrets" not in pod(doc) for doc in roles(docs))
+
+
+def test_each_role_is_placed_by_its_own_affinity_node_selector_and_tolerations():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "node-role/io", "operator": "In", "values": ["true"]}]}]}}}
+    spread = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"app": "x"}}}}]}}
+    toleration = [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]
+    docs = render({"manager": {"affinity": affinity, "nodeSelector": {"disk": "ssd"}},
+                   "benefactor": {"kind": "StatefulSet", "affinity": spread, "tolerations": toleration}})
+    manager, benefactor = roles(docs)
+    assert pod(manager)["affinity"] == affinity and pod(manager)["nodeSelector"] == {"disk": "ssd"}
+    assert "tolerations" not in pod(manager)
+    assert pod(benefactor)["affinity"] == spread and pod(benefactor)["tolerations"] == toleration
+    assert "nodeSelector" not in pod(benefactor)
+    lints({"manager": {"affinity": affinity}, "benefactor": {"affinity": spread}})
+
+
+def test_probes_ask_the_health_service_over_tls_with_the_roles_certificate():
+    docs = render({"benefactor": {"startSeconds": 1200}})
+    for doc, port, start in zip(roles(docs), (7070, 7071), (600, 1200), strict=True):
+        c = container(doc)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = c[probe]["exec"]["command"]
+            assert command[:2] == ["memstage", "health"] and command[-1] == f"127.0.0.1:{port}", probe
+            flags = dict(zip(command[2:-1:2], command[3:-1:2], strict=True))
+            assert flags == {"--tls-ca": "/etc/memstage-tls/ca.crt", "--tls-cert": "/etc/memstage-tls/tls.crt",
+                             "--tls-key": "/etc/memstage-tls/tls.key", "--tls-server-name": "memstage",
+                             "--timeout": "4s"}
+            mounted = {m["mountPath"] for m in c["volumeMounts"]}
+            assert "/etc/memstage-tls" in mounted
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] == start
+        assert "tcpSocket" not in c["livenessProbe"]
+    # The flags the probe gives are the command's own.
+    from memstage.cli.parser import build_parser
+
+    args = build_parser().parse_args(container(roles(docs)[0])["livenessProbe"]["exec"]["command"][1:])
+    assert args.command == "health" and args.tls_server_name == "memstage" and args.address == "127.0.0.1:7070"
+
+
+def test_the_root_file_system_is_read_only_and_tmp_is_writable():
+    for doc in roles(render({})):
+        c = container(doc)
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod(doc)["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+        # What each process writes is on a volume: the manager's state, the benefactor's PFS.
+        assert ("/state" if doc["kind"] == "StatefulSet" else "/pfs") in mounts
+        assert not mounts.get("/state", mounts.get("/pfs", {})).get("readOnly")

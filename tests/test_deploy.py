@@ -103,6 +103,7 @@ def test_default_values():
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert container(doc)["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                     "readOnlyRootFilesystem": True,
                                                      "capabilities": {"drop": ["ALL"]}}
     headless = docs[("Service", "ckpt-memstage-manager-headless")]
     assert headless["spec"]["clusterIP"] == "None" and manager["spec"]["serviceName"] == headless["metadata"]["name"]

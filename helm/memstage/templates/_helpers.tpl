@@ -110,3 +110,65 @@ annotations:
   {{- end }}
 {{- end }}
 {{- end -}}
+
+{{- define "memstage.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "memstage.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What both roles' pods share (the argument: the root context and the role's values): the
+service account (memstage never calls the Kubernetes API: no token mounted), pull secrets,
+placement. */}}
+{{- define "memstage.podCommon" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+serviceAccountName: {{ include "memstage.serviceAccountName" $root }}
+automountServiceAccountToken: false
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $role.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A role's container hardening: nothing written outside its volumes (/tmp is an emptyDir). */}}
+{{- define "memstage.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities: {drop: ["ALL"]}
+{{- end -}}
+
+{{/* Probes (the argument: the role's gRPC port and how long it may take to start, in seconds).
+Every gRPC port requires TLS with a client certificate, which Kubernetes' own grpc probe cannot
+present: the probes run `memstage health` in the container, which asks the standard gRPC health
+service over TLS with the roles' certificate (about 0.2 s of CPU a probe, hence the periods). */}}
+{{- define "memstage.probes" -}}
+{{- $port := index . 0 -}}
+{{- $startSeconds := index . 1 | int -}}
+{{- $exec := printf "exec: {command: [memstage, health, --tls-ca, /etc/memstage-tls/ca.crt, --tls-cert, /etc/memstage-tls/tls.crt, --tls-key, /etc/memstage-tls/tls.key, --tls-server-name, memstage, --timeout, 4s, \"127.0.0.1:%v\"]}" $port -}}
+startupProbe:
+  {{ $exec }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: {{ max 1 (div $startSeconds 5) }}
+readinessProbe:
+  {{ $exec }}
+  periodSeconds: 10
+  timeoutSeconds: 5
+livenessProbe:
+  {{ $exec }}
+  periodSeconds: 30
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
