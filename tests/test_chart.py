@@ -9,6 +9,7 @@ import base64
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,3 +239,71 @@ def test_the_root_file_system_is_read_only_and_tmp_is_writable():
         # What each process writes is on a volume: the manager's state, the benefactor's PFS.
         assert ("/state" if doc["kind"] == "StatefulSet" else "/pfs") in mounts
         assert not mounts.get("/state", mounts.get("/pfs", {})).get("readOnly")
+
+
+# -- the benefactors' Service and PFS -------------------------------------------------------------
+
+
+def test_statefulset_benefactors_have_the_governing_service_they_name():
+    docs = render({"benefactor": {"kind": "StatefulSet"}})
+    benefactor = docs[("StatefulSet", "ckpt-memstage-benefactor")]
+    service = docs[("Service", benefactor["spec"]["serviceName"])]
+    assert service["spec"]["clusterIP"] == "None"
+    labels = benefactor["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": 7071, "targetPort": "grpc"}]
+    assert ("Service", "ckpt-memstage-benefactor") not in render({})  # a DaemonSet names none
+
+
+def test_the_pfs_host_directory_must_exist_and_be_writable_by_the_benefactors(tmp_path):
+    import os
+
+    docs = render({})
+    spec = pod(docs[("DaemonSet", "ckpt-memstage-benefactor")])
+    assert spec["volumes"][0]["hostPath"] == {"path": "/scratch/memstage", "type": "Directory"}
+    assert [c["name"] for c in spec["initContainers"]] == ["check-pfs"]  # no root step unless asked
+    check = spec["initContainers"][0]
+    assert check["securityContext"]["readOnlyRootFilesystem"] is True
+    assert check["volumeMounts"] == [{"name": "pfs", "mountPath": "/pfs"}]
+
+    # The check itself, run by sh as uid 10001 (as root here: dropping to it) on a directory that
+    # root owns, as the kubelet makes it, then on one given to uid 10001, as prepare-pfs does.
+    import shutil
+    import tempfile
+
+    as_10001: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to run the check as uid 10001")
+        as_10001 = ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups"]
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        pfs = top / "pfs"
+        pfs.mkdir(mode=0o755)
+        script = check["command"][2].replace("/pfs", str(pfs))
+        run = [*as_10001, *check["command"][:2], script]
+        if as_10001:
+            refused = subprocess.run(run, capture_output=True, text=True, timeout=30)
+            os.chown(pfs, 10001, 10001)
+        else:
+            pfs.chmod(0o555)
+            refused = subprocess.run(run, capture_output=True, text=True, timeout=30)
+            pfs.chmod(0o755)
+        assert refused.returncode == 1
+        assert "not writable by uid 10001: chown 10001" in refused.stderr and "pfs.prepareHostPath" in refused.stderr
+        ok = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and list(pfs.iterdir()) == [], ok.stderr
+    finally:
+        shutil.rmtree(top)
+
+    docs = render({"pfs": {"prepareHostPath": True}, "benefactor": {"supplementalGroups": [4242]}})
+    spec = pod(docs[("DaemonSet", "ckpt-memstage-benefactor")])
+    assert spec["volumes"][0]["hostPath"]["type"] == "DirectoryOrCreate"
+    assert spec["securityContext"]["supplementalGroups"] == [4242]
+    prepare, check = spec["initContainers"]
+    assert prepare["command"][-1] == "chown 10001:10001 /pfs && chmod 0750 /pfs"
+    assert prepare["securityContext"]["runAsUser"] == 0
+    assert prepare["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert check["name"] == "check-pfs"  # after it
+    lints({"pfs": {"prepareHostPath": True}})

@@ -172,3 +172,8 @@ livenessProbe:
   timeoutSeconds: 5
   failureThreshold: 3
 {{- end -}}
+
+{{/* The benefactors' check that uid 10001 can write the PFS (sh; the message says what to do). */}}
+{{- define "memstage.pfsCheck" -}}
+f=/pfs/.memstage-write-check-$$; if touch "$f" && rm -f "$f"; then exit 0; fi; echo "the PFS volume ({{ .Values.pfs.type }}{{ if eq .Values.pfs.type "hostPath" }} {{ .Values.pfs.hostPath }}{{ end }}) is not writable by uid 10001: chown 10001 the directory, or make it group-writable and give the group in benefactor.supplementalGroups{{ if eq .Values.pfs.type "hostPath" }}, or set pfs.prepareHostPath{{ end }}" >&2; exit 1
+{{- end -}}
