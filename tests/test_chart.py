@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from test_deploy import CHART, KUBE, chart, container, render
+from test_deploy import env as env_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -307,3 +308,46 @@ def test_the_pfs_host_directory_must_exist_and_be_writable_by_the_benefactors(tm
     assert prepare["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
     assert check["name"] == "check-pfs"  # after it
     lints({"pfs": {"prepareHostPath": True}})
+
+
+# -- network policy ---------------------------------------------------------------------------------
+
+
+def test_network_policies_open_only_the_ports_served_to_whom_they_serve():
+    clients = [{"namespaceSelector": {"matchLabels": {"memstage.io/client": "true"}}}]
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                {"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    values = {"networkPolicy": {"clients": clients, "scrapers": scrapers}}
+    docs = render(values)
+    manager, benefactor = roles(docs)
+    served = {doc["metadata"]["name"]: {p["name"] for p in container(doc)["ports"]} for doc in (manager, benefactor)}
+    assert served["ckpt-memstage-benefactor"] == {"grpc", "data", "metrics"}
+    assert env_of(benefactor)["MEMSTAGE_DATA_LISTEN"] == "0.0.0.0:7074"  # a port a policy can name
+    rules: dict[str, list[tuple[str, ...]]] = {}
+    for doc in (manager, benefactor):
+        policy = docs[("NetworkPolicy", doc["metadata"]["name"])]["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        for rule in policy["ingress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            assert ports <= served[doc["metadata"]["name"]]  # names the pod's ports
+            sources = tuple(json.dumps(peer, sort_keys=True) for peer in rule["from"])
+            rules.setdefault(doc["metadata"]["name"], []).append((*sorted(ports), *sources))
+    peer = {"manager": json.dumps({"podSelector": {"matchLabels": {
+        "app.kubernetes.io/component": "manager", "app.kubernetes.io/instance": "ckpt"}}}, sort_keys=True),
+            "benefactors": json.dumps({"podSelector": {"matchLabels": {
+                "app.kubernetes.io/component": "benefactor", "app.kubernetes.io/instance": "ckpt"}}}, sort_keys=True)}
+    as_peers = [json.dumps(p, sort_keys=True) for p in clients], [json.dumps(p, sort_keys=True) for p in scrapers]
+    assert rules["ckpt-memstage-manager"] == [("grpc", "heartbeats", peer["benefactors"]),  # heartbeats: theirs only
+                                              ("control", "grpc", *as_peers[0]), ("metrics", *as_peers[1])]
+    assert rules["ckpt-memstage-benefactor"] == [("data", "grpc", peer["manager"], peer["benefactors"]),
+                                                 ("data", "grpc", *as_peers[0]), ("metrics", *as_peers[1])]
+    lints(values)
+
+    # By default clients and scrapers come from anywhere (a rule without `from`), to those ports only.
+    docs = render({"benefactor": {"dataPort": 0, "settings": {"metrics_port": 0}}})
+    ingress = docs[("NetworkPolicy", "ckpt-memstage-benefactor")]["spec"]["ingress"]
+    assert ingress[1:] == [{"ports": [{"port": "grpc"}]}]
+    assert env_of(roles(docs)[1])["MEMSTAGE_DATA_LISTEN"] == "off"
+    assert not any(kind == "NetworkPolicy" for kind, _ in render({"networkPolicy": {"enabled": False}}))

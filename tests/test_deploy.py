@@ -278,8 +278,8 @@ def test_the_schema_names_every_setting_a_role_takes_from_the_chart():
     tls = {"tls_cert", "tls_key", "tls_ca", "tls_server_name"}
     set_by_chart = {"manager": {"listen", "heartbeat_listen", "control_listen", "state", "cluster_secret", "policies",
                                 *tls},
-                    "benefactor": {"manager", "listen", "advertise", "memory", "pfs", "id", "domain", "cluster_secret",
-                                   *tls}}
+                    "benefactor": {"manager", "listen", "advertise", "data_listen", "memory", "pfs", "id", "domain",
+                                   "cluster_secret", *tls}}
     for role, cls in (("manager", ManagerSettings), ("benefactor", BenefactorSettings)):
         expected = {f.name for f in dataclasses.fields(cls)} - set_by_chart[role]
         assert set(schema[f"{role}Settings"]["properties"]) == expected, role
