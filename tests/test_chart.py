@@ -351,3 +351,30 @@ def test_network_policies_open_only_the_ports_served_to_whom_they_serve():
     assert ingress[1:] == [{"ports": [{"port": "grpc"}]}]
     assert env_of(roles(docs)[1])["MEMSTAGE_DATA_LISTEN"] == "off"
     assert not any(kind == "NetworkPolicy" for kind, _ in render({"networkPolicy": {"enabled": False}}))
+
+
+# -- the dashboard ----------------------------------------------------------------------------------
+
+
+def test_every_dashboard_query_is_scoped_to_the_chosen_deployment():
+    """Several deployments scraped by one Prometheus are not summed: every panel's query selects
+    the job and instance of one deployment's manager, chosen by the dashboard's variables."""
+    import re
+
+    docs = render({})
+    dashboard = json.loads(docs[("ConfigMap", "ckpt-memstage-dashboard")]["data"]["memstage.json"])
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance"} <= set(variables)
+    assert variables["job"]["query"]["query"] == "label_values(memstage_benefactors_alive, job)"
+    assert '{job="$job"}' in variables["instance"]["query"]["query"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        selectors = re.findall(r"\bmemstage_[a-z_]+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for labels in selectors:
+            assert 'job="$job"' in labels and 'instance=~"$instance"' in labels, expr
+    # With the Prometheus Operator, memstage's own namespace label survives beside the target's.
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert docs[("ServiceMonitor", "ckpt-memstage-manager")]["spec"]["endpoints"][0]["honorLabels"] is True
+    assert docs[("PodMonitor", "ckpt-memstage-benefactor")]["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
