@@ -378,3 +378,20 @@ def test_every_dashboard_query_is_scoped_to_the_chosen_deployment():
     docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
     assert docs[("ServiceMonitor", "ckpt-memstage-manager")]["spec"]["endpoints"][0]["honorLabels"] is True
     assert docs[("PodMonitor", "ckpt-memstage-benefactor")]["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+
+
+def test_with_every_new_option_on_the_chart_renders_valid_objects_and_lints_clean():
+    values = {"serviceAccount": {"name": "ms", "annotations": {"a": "b"}}, "imagePullSecrets": [{"name": "regcred"}],
+              "clusterSecret": {"existingSecret": "site-cluster"},
+              "tls": {"existingSecret": "site-tls", "existingClientSecret": "site-client-tls"},
+              "manager": {"affinity": {"nodeAffinity": {}}, "startSeconds": 300},
+              "benefactor": {"kind": "StatefulSet", "affinity": {"podAntiAffinity": {}}, "supplementalGroups": [5],
+                             "startSeconds": 900, "dataPort": 7080},
+              "pfs": {"prepareHostPath": True},
+              "networkPolicy": {"clients": [{"podSelector": {}}], "scrapers": [{"ipBlock": {"cidr": "10.1.0.0/16"}}]},
+              "metrics": {"serviceMonitor": {"enabled": True}}}
+    docs = render(values)  # every object of Kubernetes' own validated against its schema
+    kinds = {kind for kind, _ in docs}
+    assert {"ServiceAccount", "NetworkPolicy", "Service", "StatefulSet", "ServiceMonitor", "PodMonitor"} <= kinds
+    assert ("Service", "ckpt-memstage-benefactor") in docs
+    lints(values)
