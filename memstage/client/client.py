@@ -219,14 +219,14 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def setattr(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 atime_ns: int | None = None, mtime_ns: int | None = None, access: bool = False
-                ) -> manager_pb2.FileInfo:
+                ) -> FileStat:
         """Change mode (permission bits), owner or times; arguments left None stay as they are.
-        access: only a read's atime update, which does not change the ctime."""
+        access: only a read's atime update, which does not change the ctime. Returns the new stat."""
         norm = normalize_path(self._strip_protocol(path))
         attrs = manager_pb2.FileAttrs(mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns,
                                       access=access)
-        return self.connections.call_manager(
-            "SetAttr", manager_pb2.SetAttrRequest(namespace=self.namespace, path=norm, attrs=attrs), norm)
+        return FileStat.from_pb(self.connections.call_manager(
+            "SetAttr", manager_pb2.SetAttrRequest(namespace=self.namespace, path=norm, attrs=attrs), norm))
 
     def symlink(self, target: str, path: str, uid: int | None = None, gid: int | None = None) -> None:
         """A symbolic link at `path` pointing to `target` (any string, resolved by whoever follows it),

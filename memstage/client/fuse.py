@@ -342,10 +342,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
             if not writers:
                 raise _fail(errno.ENOENT) from None
             return 0
-        self.changed_here([name], FileStat.from_pb(info))
+        self.changed_here([name], info)
         for h in handles:
             if h.info is not None:
-                h.info = FileStat.from_pb(info)
+                h.info = info
         return 0
 
     @translated
@@ -615,7 +615,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if info.atime_ns > max(info.mtime_ns, info.ctime_ns) and now - info.atime_ns < 86400 * 10**9:
             return info
         try:
-            info = FileStat.from_pb(self.client.setattr(path, atime_ns=now, access=True))
+            info = self.client.setattr(path, atime_ns=now, access=True)
             self.changed_here([path], info)
             return info
         except MemstageError as e:  # only a timestamp: the read goes on
