@@ -207,8 +207,10 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     import json
 
     out = memstage("bench", "--size", "16MiB", "--clients", "1", "--repeat", "1", "--benefactors", "2",
-                   "--dir", str(tmp_path), "--json", timeout=180)
+                   "--dir", str(tmp_path), "--json", "--log-level", "warning", timeout=180)
     assert out.returncode == 0, out.stderr
+    # --log-level quiets the deployment the bench starts too, not only the bench's own process.
+    assert " INFO " not in out.stderr, out.stderr
     rows = json.loads(out.stdout)["rows"]
     assert [r["transport"] for r in rows] == ["unix", "tcp", "grpc"]
     assert [r["ceiling"] for r in rows] == ["tcp", "tls", "grpc"]  # the same protection: secured by default

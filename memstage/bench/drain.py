@@ -50,7 +50,7 @@ def run_drain(args: argparse.Namespace, size: int, chunk: int, write_size: int) 
                  f"PFS in {work}")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0, keep_versions=1))
+                                            heartbeat_interval=2.0, keep_versions=1), log_level=args.log_level)
         try:
             c = Client(manager=procs[0].address, namespace="bench", chunk_size=chunk,
                        **deployment_client(os.path.join(work, "state")))

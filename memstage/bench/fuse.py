@@ -76,7 +76,8 @@ def _start(args: argparse.Namespace, size: int, fast: str, work: str) -> tuple[s
     mnt = _mkdir(work, "mnt")
     procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                         state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                        heartbeat_interval=2.0, persist_every=0, keep_versions=1, mount=mnt))
+                                        heartbeat_interval=2.0, persist_every=0, keep_versions=1, mount=mnt),
+                             log_level=args.log_level)
     return src, procs, mnt
 
 

@@ -85,7 +85,7 @@ def run_incremental(args: argparse.Namespace, size: int, chunk: int, write_size:
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0))
+                                            heartbeat_interval=2.0), log_level=args.log_level)
         try:
             client = Client(manager=procs[0].address, namespace="bench", chunk_size=chunk,
                             **deployment_client(os.path.join(work, "state")))

@@ -176,7 +176,7 @@ def run_meta(args: argparse.Namespace) -> int:
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=256 * 1024 * 1024,
                                             listen="127.0.0.1:0", state=state, pfs=os.path.join(work, "pfs"),
                                             heartbeat_interval=2.0, persist_every=0, keep_versions=1, mount=mnt,
-                                            insecure=args.insecure))
+                                            insecure=args.insecure), log_level=args.log_level)
         passthrough: subprocess.Popen[bytes] | None = None
         client = None
         try:

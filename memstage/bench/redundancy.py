@@ -132,7 +132,8 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
         progress(f"bench: starting a manager and {benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=0.5, persist_every=0, keep_versions=rounds))
+                                            heartbeat_interval=0.5, persist_every=0, keep_versions=rounds),
+                                 log_level=args.log_level)
         victims = list(procs[1:])
         results: dict[str, dict[str, float]] = {}
         clients: dict[str, Any] = {}

@@ -83,7 +83,7 @@ def run_restart(args: argparse.Namespace, size: int, chunk: int) -> int:
             state = os.path.join(work, name)
             procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                                 state=state, pfs=str(pfs), heartbeat_interval=2.0,
-                                                insecure=args.insecure))
+                                                insecure=args.insecure), log_level=args.log_level)
             return procs, Client(manager=procs[0].address, namespace="bench", chunk_size=chunk,
                                  **deployment_client(state))
 

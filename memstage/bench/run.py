@@ -383,7 +383,7 @@ def _run_plain(args: argparse.Namespace, size: int, chunk: int, write_size: int,
         progress(f"bench: starting a manager and {args.benefactors} benefactors ({format_size(memory)} each)")
         procs = start_deployment(UpSettings(benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0",
                                             state=os.path.join(work, "state"), pfs=os.path.join(work, "pfs"),
-                                            heartbeat_interval=2.0, insecure=args.insecure))
+                                            heartbeat_interval=2.0, insecure=args.insecure), log_level=args.log_level)
         stack.callback(stop_deployment, procs)
         # Certificates of their own: the TLS ceiling is measured with --insecure too.
         tls_folder = os.path.join(work, "ceiling-tls")

@@ -42,7 +42,8 @@ def run_security(args: argparse.Namespace, size: int, chunk: int, write_size: in
                 state = os.path.join(work, kind, "state")
                 deployments[kind] = start_deployment(UpSettings(
                     benefactors=args.benefactors, memory=memory, listen="127.0.0.1:0", state=state,
-                    pfs=os.path.join(work, kind, "pfs"), heartbeat_interval=2.0, insecure=kind == "insecure"))
+                    pfs=os.path.join(work, kind, "pfs"), heartbeat_interval=2.0, insecure=kind == "insecure"),
+                    log_level=args.log_level)
             common = {kind: {"size": size, "write_size": write_size, "chunk_size": chunk, "rounds": 2,
                              "manager": deployments[kind][0].address, "dir": work,
                              "client": deployment_client(os.path.join(work, kind, "state"))} for kind in kinds}

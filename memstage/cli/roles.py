@@ -177,7 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from memstage.cli.up import run_up
 
     settings = load(UpSettings, settings_flags(args, UpSettings), config=args.config)
-    return run_up(settings, config=args.config)
+    return run_up(settings, config=args.config, log_level=args.log_level)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -88,14 +88,16 @@ def write_client_settings(state: str, manager: str, tls: dict[str, str] | None =
     return str(path)
 
 
-def start_deployment(settings: UpSettings, config: str | None = None) -> list[RoleProcess]:
-    """Start the manager, then the benefactors; on any failure stop what was started."""
+def start_deployment(settings: UpSettings, config: str | None = None, log_level: str = "info"
+                     ) -> list[RoleProcess]:
+    """Start the manager, then the benefactors; on any failure stop what was started. Each logs at
+    `log_level` (the command's --log-level: `--log-level warning` quiets the whole deployment)."""
     if settings.mount and not os.path.isdir(settings.mount):
         raise SettingError(f"--mount: {settings.mount!r} is not a directory")
     state = _mkdir(settings.state, "--state")
     pfs = _mkdir(settings.pfs, "--pfs")
     interval = f"{settings.heartbeat_interval}s"
-    extra = ["--config", config] if config else []
+    extra = [*(["--config", config] if config else []), "--log-level", log_level]
     procs: list[RoleProcess] = []
     tls = tls_flags(deployment_tls(state, settings.insecure))
     try:
@@ -206,7 +208,7 @@ def _prefetch_latest(manager: str, settings: UpSettings) -> None:
           flush=True)
 
 
-def run_up(settings: UpSettings, config: str | None = None) -> int:
+def run_up(settings: UpSettings, config: str | None = None, log_level: str = "info") -> int:
     stop, again = threading.Event(), threading.Event()
 
     def handle(*_: object) -> None:
@@ -216,7 +218,7 @@ def run_up(settings: UpSettings, config: str | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handle)
-    procs = start_deployment(settings, config)
+    procs = start_deployment(settings, config, log_level)
     manager = procs[0]
     total = settings.memory * settings.benefactors
     print(f"memstage up: manager on {manager.address}, {settings.benefactors} benefactors donating "
