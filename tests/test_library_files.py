@@ -186,6 +186,8 @@ def test_info_and_ls_agree_on_owner_and_links(local_cluster):
     assert {n: e["nlink"] for n, e in listed.items()} == {
         "/o/appended.bin": 1, "/o/seq.bin": 2, "/o/hard": 2, "/o/sym": 1, "/o/dir": 2}
     assert c.ls("/o/appended.bin", detail=True) == [c.info("/o/appended.bin")]  # was: NotFound (no such directory)
+    # /o exists because files are below it: no owner of its own, shown as this process's (as a mount shows its own).
+    assert (c.info("/o")["uid"], c.info("/o")["gid"]) == me  # was: -1, -1
 
     # Rewriting a file keeps its owner (as open with O_TRUNC does); an owner given at open is the file's.
     c.setattr("/o/seq.bin", uid=4242, gid=4343)

@@ -200,7 +200,10 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
     # -- metadata ----------------------------------------------------------------------------
     @staticmethod
     def _entry(info: FileStat) -> dict[str, Any]:
-        meta = {"mode": info.mode, "uid": info.uid, "gid": info.gid, "nlink": info.nlink, "ino": info.ino,
+        # An owner never set (a directory that exists because files are below it) shows as this
+        # process's, as a mount shows its own.
+        meta = {"mode": info.mode, "uid": info.uid if info.uid >= 0 else os.getuid(),
+                "gid": info.gid if info.gid >= 0 else os.getgid(), "nlink": info.nlink, "ino": info.ino,
                 "atime_ns": info.atime_ns, "mtime_ns": info.mtime_ns, "ctime_ns": info.ctime_ns}
         if info.kind == "directory":
             return {"name": info.path, "size": 0, "type": "directory", **meta}
