@@ -9,18 +9,25 @@ import os
 import stat
 
 import pytest
-from conftest import free_port, metric, wait_for
+from conftest import free_port, metric, rpc_calls, wait_for
 
 
 @pytest.fixture
-def two_mounts(mounted, local_cluster):
+def two_mounts(watched_mounts):
+    a, b, _ = watched_mounts
+    return a, b
+
+
+@pytest.fixture
+def watched_mounts(mounted, local_cluster):
+    """Two mounts, and the port of the manager's /metrics."""
     port = free_port()
     cluster = local_cluster(benefactors=2, memory=128 * 1024 * 1024, manager_args=("--metrics-port", str(port)))
     a, _, _ = mounted(cluster=cluster)
     b, _, _ = mounted(cluster=cluster)
     # Both mounts hold the manager's lease (they cache from now on).
     wait_for(lambda: metric(port, "memstage_mounts_watching") == 2, what="both mounts watching")
-    return a, b
+    return a, b, port
 
 
 def _errno(call) -> int:  # type: ignore[no-untyped-def]
@@ -85,3 +92,16 @@ def test_both_mounts_change_one_directory_in_turns(two_mounts):
             assert _errno(lambda: os.stat(there / f"log/{i - 1}")) == errno.ENOENT  # noqa: B023
             (here / f"log/{i - 1}").write_bytes(b"again")
             assert (there / f"log/{i - 1}").read_bytes() == b"again"
+
+
+def test_a_name_renamed_here_is_looked_up_without_asking_the_manager(watched_mounts):
+    """A rename's reply carries the new name's attributes: unlinking or opening the file by its
+    new name right after (a tool's write-aside-then-rename, the bench's loop) costs no Stat."""
+    a, b, port = watched_mounts
+    (a / "f").write_bytes(b"x" * 100)
+    os.rename(a / "f", a / "g")
+    before = rpc_calls(port).get("Stat", 0)
+    assert os.stat(a / "g").st_size == 100
+    os.unlink(a / "g")
+    assert rpc_calls(port).get("Stat", 0) == before  # was: one Stat for the lookup of g
+    assert _errno(lambda: os.stat(b / "g")) == errno.ENOENT

@@ -422,10 +422,16 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
 
     def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
         """Rename a file (replacing the destination atomically) or a directory."""
+        self.rename_path(path1, path2)
+
+    def rename_path(self, path1: str, path2: str, want_info: bool = False) -> FileStat | None:
+        """mv, and with `want_info` the destination's attributes after the rename (a mount caches
+        them: the next lookup of the new name costs no call)."""
         src = normalize_file_path(self._strip_protocol(path1))
         dst = normalize_file_path(self._strip_protocol(path2))
-        self.connections.call_manager(
-            "Rename", manager_pb2.RenameRequest(namespace=self.namespace, path=src, destination=dst), src)
+        reply = self.connections.call_manager("Rename", manager_pb2.RenameRequest(
+            namespace=self.namespace, path=src, destination=dst, want_info=want_info), src)
+        return FileStat.from_pb(reply.info) if want_info and reply.HasField("info") else None
 
     rename = mv
 

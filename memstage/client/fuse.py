@@ -196,18 +196,22 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         return st
 
     def changed_here(self, paths: list[str], info: FileStat | None = None, own: bool = False,
-                     kernel_knows: tuple[str, ...] | None = None, gone: tuple[str, ...] = ()) -> None:
+                     kernel_knows: tuple[str, ...] | None = None, gone: tuple[str, ...] = (),
+                     since: int | None = None) -> None:
         """This mount changed `paths` (the manager tells the other mounts): drop what is cached of
         them, keep `info` (the first path's attributes as the change left them), and have the
         kernel drop its copies of the same files under other names (it knows its own change of
         these names, except `own`: what it was told while the file was open here was the open
         handle's view, not the committed file's; `kernel_knows`: the names it knows the change of,
-        if not all of `paths`). Each path exists after the change, except `gone`."""
+        if not all of `paths`). Each path exists after the change, except `gone`. `since`: the cache's
+        epoch before the call that made the change; `info` is kept only if nothing changed since
+        (a change another mount made meanwhile may be newer than `info`)."""
         if not self.caching:
             return
         with self._lock:
+            keep = info is not None and (since is None or since == self.cache.epoch)
             told = self.cache.changed_here(paths, gone) + self.cache.changed([VERSIONS + p for p in paths])
-            if info is not None:
+            if keep:
                 self.cache.put(paths[0], info, self.cache.epoch, time.monotonic())
         knows = () if own else (paths if kernel_knows is None else kernel_knows)
         others = [p for p in told if p not in knows]
@@ -216,9 +220,10 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _committed(self, obj: OpenFile) -> None:
         """After a commit of `obj` that made a version."""
+        since = self.cache.epoch
         result = obj.commit()
         if result is not None:
-            self.changed_here([obj.path], result.info, own=True)
+            self.changed_here([obj.path], result.info, own=True, since=since)
 
     @translated
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
@@ -549,8 +554,9 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         for h in self._open_on(old):
             if isinstance(h.obj, OpenFile):
                 self._committed(h.obj)  # what was written so far moves with the name
-        self.client.mv(old, new)
-        self.changed_here([old, new], gone=(old,) if old != new else ())
+        since = self.cache.epoch
+        info = self.client.rename_path(old, new, want_info=self.caching)
+        self.changed_here([new, old], info, gone=(old,) if old != new else (), since=since)
         with self._lock:
             for h in self._handles.values():
                 if h.path == old or h.path.startswith(old + "/"):

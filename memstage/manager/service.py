@@ -268,7 +268,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         moved = self.namespace.rename(namespace, src, dst)
         self.state.durable()
         self.watch.changed(_origin(context), namespace, [src, dst])
-        return manager_pb2.RenameReply(files_moved=moved)
+        if not request.want_info:
+            return manager_pb2.RenameReply(files_moved=moved)
+        return manager_pb2.RenameReply(files_moved=moved, info=self.reads.file_info(namespace, dst))
 
     def Mkdir(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.MkdirReply:
         path = normalize_file_path(request.path)

@@ -705,20 +705,24 @@ class CheckpointsReply(_message.Message):
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
 
 class RenameRequest(_message.Message):
-    __slots__ = ("namespace", "path", "destination")
+    __slots__ = ("namespace", "path", "destination", "want_info")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    WANT_INFO_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     destination: str
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+    want_info: bool
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., destination: _Optional[str] = ..., want_info: _Optional[bool] = ...) -> None: ...
 
 class RenameReply(_message.Message):
-    __slots__ = ("files_moved",)
+    __slots__ = ("files_moved", "info")
     FILES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
     files_moved: int
-    def __init__(self, files_moved: _Optional[int] = ...) -> None: ...
+    info: FileInfo
+    def __init__(self, files_moved: _Optional[int] = ..., info: _Optional[_Union[FileInfo, _Mapping]] = ...) -> None: ...
 
 class MkdirReply(_message.Message):
     __slots__ = ()
