@@ -54,7 +54,7 @@ def test_unchanged_chunks_are_hard_links_on_the_pfs(local_cluster):
     du = subprocess.run(["du", "-sb", str(cluster.root / "pfs")], capture_output=True, text=True, check=True)
     on_disk = int(du.stdout.split()[0])
     assert 1.15 * len(data) < on_disk < 1.25 * len(data), on_disk / len(data)  # ~1.2x, not 3x
-    assert len(list(version_dir(cluster.root / "pfs", "default", "/ck").iterdir())) == 60
+    assert len(list(version_dir(cluster.root / "pfs", "default", "/ck").path.iterdir())) == 60
 
 
 def test_persist_every_2_drains_the_first_and_every_second_version_and_drops_the_rest(local_cluster):

@@ -61,7 +61,7 @@ def test_restore_every_version_and_hard_links(tmp_path):
         assert out.read_bytes() == expected
     restore(tmp_path, "ns", "/run/ck", tmp_path / "latest")
     assert (tmp_path / "latest").read_bytes() == bytes(v2)
-    files = list(version_dir(tmp_path, "ns", "/run/ck").iterdir())
+    files = list(version_dir(tmp_path, "ns", "/run/ck").path.iterdir())
     inodes = {f.stat().st_ino for f in files}
     assert len(files) == 20 and len(inodes) == 11  # 9 unchanged chunks are links, not copies
 
@@ -104,9 +104,12 @@ def test_paths_cannot_escape_the_root(tmp_path):
         version_dir(root, "..", "/x")
     (root / "ns").mkdir()
     (root / "ns" / "link").symlink_to(tmp_path)  # a symlink planted inside the PFS
+    key = ChunkKey.of(b"x")
     with pytest.raises(InvalidPath, match="leave the PFS root"):
-        version_dir(root, "ns", "/link/x")
-    assert not (tmp_path / "x").exists()
+        write_chunk(version_dir(root, "ns", "/link/x"), chunk_name(1, 0, 1, 0, key), [b"x"])
+    with pytest.raises(InvalidPath, match="leave the PFS root"):
+        restore(root, "ns", "/link/x", tmp_path / "out")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
 
 
 def test_restore_command(tmp_path):
@@ -137,6 +140,6 @@ def test_write_batch_publishes_files_and_links_with_one_wait(tmp_path):
     assert linked[0].stat().st_ino == first[0].stat().st_ino
     with pytest.raises(FileNotFoundError):
         write_batch([Pending(directory, chunk_name(3, 0, 1, 0, ka), None, link_from=tmp_path / "gone")])
-    assert not [p for p in directory.iterdir() if p.name.startswith(".tmp")]  # no temporary left behind
+    assert not [p for p in directory.path.iterdir() if p.name.startswith(".tmp")]  # no temporary left behind
     restore(tmp_path, "ns", "/b", tmp_path / "out", 1)
     assert (tmp_path / "out").read_bytes() == a + b

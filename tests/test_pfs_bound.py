@@ -13,7 +13,7 @@ import pytest
 from conftest import MiB, random_bytes, wait_for
 
 from memstage.chunks import ChunkKey
-from memstage.drainer.layout import chunk_name, write_chunk
+from memstage.drainer.layout import chunk_name, version_dir, write_chunk
 from memstage.drainer.restore import list_pfs, restore, restore_tree
 
 pytestmark = pytest.mark.timeout(150)
@@ -106,7 +106,7 @@ def test_gc_dry_run_lists_exactly_the_orphans_and_gc_removes_them(local_cluster,
         blob = random_bytes(1000)
         key = ChunkKey.of(blob)
         name = chunk_name(version, 0, 1, 0, key, deployment, when_ms)
-        write_chunk(pfs / "default" / path.strip("/"), name, [blob])
+        write_chunk(version_dir(pfs, "default", path), name, [blob])
         return f"default/{path.strip('/')}/{name}"
 
     # A version of this deployment the catalog does not know, and an earlier deployment's file.

@@ -9,6 +9,7 @@ the loop retries with backoff, logs the condition once, and shows it in heartbea
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from memstage.benefactor.store import ChunkStore
 from memstage.benefactor.waker import Waker
 from memstage.chunks import ChunkKey
 from memstage.clock import SYSTEM_CLOCK, Clock
-from memstage.drainer.layout import Pending, chunk_name, version_dir, write_batch
+from memstage.drainer.layout import Dirs, Pending, PfsDir, chunk_name, located, version_dir, write_batch
 from memstage.errors import InvalidPath
 from memstage.paths import split_drained
 from memstage.proto import manager_pb2, manager_pb2_grpc
@@ -94,7 +95,12 @@ class DrainLoop:
             self._throttle(self._last_bytes, self._last_started)
 
     def _drain(self, tasks: list[manager_pb2.DrainTask]) -> list[manager_pb2.DrainResult]:
-        """Write a batch of chunk files (links to what is already drained); returns them for the manager."""
+        """Write a batch of chunk files (links to what is already drained); returns them for the manager.
+        Each directory the batch touches is walked from the root once (Dirs), not once per chunk."""
+        with Dirs() as dirs:
+            return self._drain_into(tasks, dirs)
+
+    def _drain_into(self, tasks: list[manager_pb2.DrainTask], dirs: Dirs) -> list[manager_pb2.DrainResult]:
         started = self.clock.now()
         items: list[Pending] = []
         planned: dict[tuple[str, ChunkKey], Path] = {}  # first copy of a chunk in this batch
@@ -104,6 +110,7 @@ class DrainLoop:
             key = ChunkKey.from_pb(task.key)
             try:
                 directory = version_dir(self.root, task.namespace, task.path)
+                dirs.find(directory)  # refuses a link on the way (the directory may not exist yet)
             except InvalidPath as e:  # e.g. a symlink planted in the PFS: this path only, for good
                 unwritten.append(manager_pb2.DrainResult(task_id=task.id, error=str(e)))
                 continue
@@ -116,10 +123,10 @@ class DrainLoop:
                 data = b""  # an empty file, or a hole: its name says how long it is, no bytes stored
             elif ident in planned:
                 link = planned[ident]  # written earlier in this batch: renamed before this link is made
-            elif link is None or not link.exists():
+            elif link is None or not self._exists(dirs, link):
                 data = self.store.read(ident)
                 if data is None:
-                    if _intact(directory / name, key):
+                    if _intact(dirs, directory, name, key):
                         # Written already (by a benefactor that died before reporting it): report it.
                         present.append(task)
                         items.append(Pending(directory, name, None, None))
@@ -132,7 +139,7 @@ class DrainLoop:
             present.append(task)
             items.append(Pending(directory, name, data, link))
         tasks = present
-        written = self._publish(items)
+        written = self._publish(items, dirs)
         nbytes = sum(len(i.data) for i in items if i.data)
         if len(self._mine) >= MINE_LIMIT:
             self._mine.clear()  # only an optimisation: forgetting costs a copy, never correctness
@@ -145,13 +152,20 @@ class DrainLoop:
                                                     written=len(i.data) if i.data else 0)
                             for t, f, i in zip(tasks, written, items, strict=True)]
 
-    @staticmethod
-    def _publish(items: list[Pending]) -> list[Path]:
+    def _exists(self, dirs: Dirs, path: Path) -> bool:
+        """Whether a drained chunk file is there (False for one that is not a plain name below the root)."""
+        try:
+            return dirs.exists(path, self.root)
+        except (InvalidPath, NotADirectoryError):
+            return False
+
+    def _publish(self, items: list[Pending], dirs: Dirs) -> list[Path]:
         # Links to a chunk written in the same batch need it renamed first: publish in two passes.
-        firsts = [i for i in items if i.link_from is None or i.link_from.exists()]
-        rest = [i for i in items if not (i.link_from is None or i.link_from.exists())]
-        by_item = dict(zip(map(id, firsts), write_batch(firsts), strict=True))
-        by_item.update(zip(map(id, rest), write_batch(rest), strict=True))
+        ready = [i.link_from is None or self._exists(dirs, i.link_from) for i in items]
+        firsts = [i for i, r in zip(items, ready, strict=True) if r]
+        rest = [i for i, r in zip(items, ready, strict=True) if not r]
+        by_item = dict(zip(map(id, firsts), write_batch(firsts, dirs), strict=True))
+        by_item.update(zip(map(id, rest), write_batch(rest, dirs), strict=True))
         return [by_item[id(i)] for i in items]
 
     def _throttle(self, nbytes: int, started: float) -> None:
@@ -181,21 +195,27 @@ class DrainLoop:
 
     def read_drained(self, drained: str, key: ChunkKey) -> bytes:
         """A drained chunk read back from the PFS, verified; ValueError if it is damaged."""
-        namespace, _ = split_drained(drained)
-        # The namespace directory, not just the root: a symlink inside one namespace's tree must not
-        # lead into another's.
-        path = (self.root / drained).resolve()
-        if not path.is_relative_to((self.root / namespace).resolve()):
-            raise PermissionError(f"{drained}: outside namespace {namespace} of the PFS")
-        data = path.read_bytes()
+        split_drained(drained)  # plain components, a valid namespace first
+        # Walked from the root refusing links: a symlink inside one namespace's tree cannot lead
+        # into another's (nor anywhere else), whatever the name's length.
+        try:
+            directory, name = located(self.root, Path(drained))
+            with Dirs() as dirs:
+                data = dirs.read(directory, name)
+        except InvalidPath as e:
+            raise PermissionError(f"{drained}: outside its namespace's directory of the PFS ({e})") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # the chunk file itself is a link
+                raise PermissionError(f"{drained}: a link, not a chunk file of the PFS") from None
+            raise
         if not key.matches(data):
-            raise ValueError(f"{path}: bytes do not match the hash in its name")
+            raise ValueError(f"{self.root / drained}: bytes do not match the hash in its name")
         return data
 
 
-def _intact(path: Path, key: ChunkKey) -> bool:
+def _intact(dirs: Dirs, directory: PfsDir, name: str, key: ChunkKey) -> bool:
     """A chunk file already published under its final name, with the bytes its name says."""
     try:
-        return key.matches(path.read_bytes())
-    except OSError:
+        return key.matches(dirs.read(directory, name))
+    except (OSError, InvalidPath):
         return False

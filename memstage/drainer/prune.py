@@ -16,11 +16,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from memstage.drainer.layout import parse_manifest_name, parse_name, walk_versions
-from memstage.errors import InvalidPath
+from memstage.drainer import dirfd
+from memstage.drainer.layout import (
+    TMP_PREFIX,
+    Dirs,
+    PfsDir,
+    grouped,
+    parse_manifest_name,
+    parse_name,
+    pfs_dir,
+    walk_dirs,
+)
 from memstage.paths import check_namespace
 
-TMP_PREFIX = ".tmp."
 TMP_AGE_S = 3600.0  # a temporary file this old belongs to no drain still under way
 
 
@@ -46,55 +54,54 @@ class Orphan:
     why: str
 
 
-def _inside(root: Path, relative: str, directory: bool = False) -> Path:
-    """root/relative, its directory resolved (a symlinked directory must not lead outside the
-    root); the last component is not followed, so removing a symlink removes only the link."""
-    target = root / relative
-    parent = (target if directory else target.parent).resolve()
-    if not parent.is_relative_to(root):
-        raise InvalidPath(f"{relative} would leave the PFS root {root}")
-    return parent if directory else parent / target.name
-
-
-def _unlink(path: Path) -> int:
-    """Remove one name; the bytes it frees."""
-    freed = _freed_by(path)
-    path.unlink(missing_ok=True)
+def _unlink(fd: int, name: str) -> int:
+    """Remove one name (a link there: the link only); the bytes it frees."""
+    freed = _freed_by(fd, name)
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        return 0
     return freed
 
 
-def _prune_dirs(root: Path, directories: Iterable[Path]) -> None:
+def _freed_by(fd: int, name: str) -> int:
+    st = dirfd.lstat(fd, name)
+    return 0 if st is None or st.st_nlink != 1 else st.st_size
+
+
+def _prune_dirs(dirs: Dirs, directories: Iterable[PfsDir]) -> None:
     """Empty directories left behind go, up to (not including) the namespace's own directory."""
     for directory in sorted(set(directories), key=lambda d: len(d.parts), reverse=True):
-        d = directory
-        while d != root and d.parent != root and d.is_relative_to(root):
-            try:
-                d.rmdir()
-            except OSError:
-                break  # not empty (or gone): its parents are not either
-            d = d.parent
+        dirfd.remove_empty(dirs.root(directory.root), directory.parts, keep=1)
 
 
 def remove_copies(root: str | Path, copies: Iterable[PfsCopy], keep: set[str] | frozenset[str]) -> Removed:
     """Remove the chunk files of these versions, except names in `keep` (relative to the root)."""
-    base = Path(root).resolve()
     files = freed = 0
-    touched: list[Path] = []
-    for copy in copies:
-        directory = _inside(base, copy.directory, directory=True)
-        if not directory.is_dir():
-            continue
-        for entry in directory.iterdir():
-            parsed = parse_name(entry)
-            vid = (parsed.deployment, parsed.version) if parsed is not None else parse_manifest_name(entry.name)
-            if vid != (copy.deployment, copy.version):
+    touched: list[PfsDir] = []
+    with Dirs() as dirs:
+        for copy in copies:
+            directory = pfs_dir(root, copy.directory)
+            try:
+                fd = dirs.find(directory)
+            except NotADirectoryError:
                 continue
-            if str(entry.relative_to(base)) in keep:
+            if fd is None:
                 continue
-            freed += _unlink(entry)
-            files += 1
-        touched.append(directory)
-    _prune_dirs(base, touched)
+            with os.scandir(fd) as entries:
+                names = [e.name for e in entries]
+            for name in names:
+                parsed = parse_name(Path(name))
+                vid = (parsed.deployment, parsed.version) if parsed is not None else parse_manifest_name(name)
+                if vid != (copy.deployment, copy.version):
+                    continue
+                if f"{directory.relative}/{name}" in keep:
+                    continue
+                freed += _unlink(fd, name)
+                files += 1
+            touched.append(directory)
+        dirs.close()  # the directories are about to go: no descriptor of theirs stays open
+        _prune_dirs(dirs, touched)
     return Removed(files, freed)
 
 
@@ -105,67 +112,65 @@ def find_orphans(root: str | Path, namespace: str, referenced: Callable[[str, st
     deployment, version)`) and are no chunk's drained name (`names`); and temporary files older
     than an hour. Left alone: files of another deployment committed after `newer_than_ms` (one
     sharing the directory now), and names of earlier releases (no deployment in the name)."""
-    base = Path(root).resolve()
-    start = base / check_namespace(namespace)
-    if not start.is_dir():
-        return []
     now = time.time() if now is None else now
     out: list[Orphan] = []
-    for parts, groups in walk_versions(base, start):
+    base = Path(root).resolve()
+    for parts, fd, entries in walk_dirs(base, (check_namespace(namespace),)):
         directory = "/".join(parts)
+        groups = grouped(base.joinpath(*parts), entries)
         for (deployment, version), files in groups.items():
             if not deployment or referenced(directory, deployment, version):
                 continue
             for f in files:
-                rel = str(f.path.relative_to(base))
+                rel = f"{directory}/{f.path.name}"
                 if rel in names:
                     continue  # another version's copy of this chunk
                 if deployment != own_deployment and f.committed_ms > newer_than_ms:
                     continue  # another deployment writing into this directory now
-                out.append(Orphan(rel, _freed_by(f.path), f"{directory}: version {version} of deployment "
-                                  f"{deployment} is not in the catalog"))
-    for directory, _, entries in os.walk(start):
+                out.append(Orphan(rel, _freed_by(fd, f.path.name), f"{_shown(directory)}: version {version} of "
+                                  f"deployment {deployment} is not in the catalog"))
         for name in entries:
             vid = parse_manifest_name(name)
+            if (vid is None and not name.startswith(TMP_PREFIX)) or parse_name(Path(name)) is not None:
+                continue
+            st = dirfd.lstat(fd, name)
+            if st is None:
+                continue  # gone meanwhile
             if vid is not None:
-                path = Path(directory) / name
-                rel_dir = str(path.parent.relative_to(base))
                 deployment, version = vid
-                if referenced(rel_dir, deployment, version):
+                if referenced(directory, deployment, version):
                     continue
-                if deployment != own_deployment and path.lstat().st_mtime * 1000 > newer_than_ms:
+                if deployment != own_deployment and st.st_mtime * 1000 > newer_than_ms:
                     continue
-                out.append(Orphan(str(path.relative_to(base)), _freed_by(path),
-                                  f"{rel_dir}: the manifest of version {version} of deployment {deployment}, "
-                                  "which is not in the catalog"))
+                out.append(Orphan(f"{directory}/{name}", _freed_by(fd, name),
+                                  f"{_shown(directory)}: the manifest of version {version} of deployment "
+                                  f"{deployment}, which is not in the catalog"))
             elif name.startswith(TMP_PREFIX):
-                path = Path(directory) / name
-                try:
-                    age = now - path.lstat().st_mtime
-                except FileNotFoundError:
-                    continue
+                age = now - st.st_mtime
                 if age > TMP_AGE_S:
-                    out.append(Orphan(str(path.relative_to(base)), _freed_by(path),
+                    out.append(Orphan(f"{directory}/{name}", _freed_by(fd, name),
                                       f"a temporary file of a drain that did not finish ({age / 3600:.1f} h old)"))
     return sorted(out, key=lambda o: o.path)
 
 
-def _freed_by(path: Path) -> int:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return 0
-    return st.st_size if st.st_nlink == 1 else 0
+def _shown(directory: str) -> str:
+    return directory if len(directory) <= 300 else f"{directory[:120]}...{directory[-160:]}"
 
 
 def remove_orphans(root: str | Path, orphans: Iterable[Orphan]) -> Removed:
-    base = Path(root).resolve()
     files = freed = 0
-    touched: list[Path] = []
-    for o in orphans:
-        path = _inside(base, o.path)
-        freed += _unlink(path)
-        files += 1
-        touched.append(path.parent)
-    _prune_dirs(base, touched)
+    touched: list[PfsDir] = []
+    with Dirs() as dirs:
+        for o in orphans:
+            directory_name, name = o.path.rsplit("/", 1)
+            directory = pfs_dir(root, directory_name)
+            dirfd.check_name(name)
+            fd = dirs.find(directory)
+            if fd is None:
+                continue
+            freed += _unlink(fd, name)
+            files += 1
+            touched.append(directory)
+        dirs.close()
+        _prune_dirs(dirs, touched)
     return Removed(files, freed)

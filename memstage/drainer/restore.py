@@ -7,16 +7,28 @@ by (deployment, version), and "the latest" is the complete version committed las
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
-from memstage.drainer.layout import ChunkFile, VersionId, missing, read_manifest, scan, version_dir, walk_versions
-from memstage.errors import DataLost, InvalidArgument, InvalidPath, MemstageError, NotFound
+from memstage.drainer import dirfd
+from memstage.drainer.layout import (
+    ChunkFile,
+    Dirs,
+    PfsDir,
+    VersionId,
+    missing,
+    read_manifest,
+    scan,
+    version_dir,
+    walk_versions,
+)
+from memstage.errors import DataLost, InvalidArgument, MemstageError, NotFound
 from memstage.paths import check_namespace, normalize_path
 
 
@@ -62,7 +74,8 @@ def list_pfs(root: str | Path, namespace: str | None = None, path: str | None = 
     base = Path(root).resolve()
     if not base.is_dir():
         raise NotFound(f"--pfs: {root} is not a directory")
-    start = version_dir(base, namespace, path) if namespace and path else base / namespace if namespace else base
+    start = (version_dir(base, namespace, path).parts if namespace and path
+             else (check_namespace(namespace),) if namespace else ())
     found: list[PfsVersion] = []
     for rel, groups in walk_versions(base, start):
         ns, file_path = rel[0], "/" + "/".join(rel[1:])
@@ -84,28 +97,42 @@ def restore(root: str | Path, namespace: str, path: str, out: str | Path, versio
     With `keep_time`, the file keeps the modification time and mode its manifest on the PFS names
     (else its modification time is the version's commit time). `progress` is called before the
     first chunk and after each."""
+    out = Path(out)
+    parent = dirfd.open_root(out.parent)
+    try:
+        return _restore(root, namespace, path, parent, out.name, version, deployment, keep_time, progress)
+    finally:
+        os.close(parent)
+
+
+def _restore(root: str | Path, namespace: str, path: str, out_fd: int, name: str, version: int,
+             deployment: str | None, keep_time: bool, progress: OnBytes | None = None) -> Restored:
+    """restore, into the file `name` of the directory out_fd."""
     directory = version_dir(root, namespace, path)
-    versions = scan(directory)
-    chosen = _pick(versions, namespace, path, directory, version, deployment)
-    files = versions[chosen]
-    gaps = missing(files)
-    if gaps:
-        shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
-        raise DataLost(f"{namespace}:{path}: version {chosen[1]} is incomplete: chunks {shown} of "
-                       f"{files[0].count} are missing from {directory}")
-    committed_ms = max(f.committed_ms for f in files)
-    mtime_ns, mode = 0, None
-    if keep_time:
-        manifest = read_manifest(directory, chosen[1], chosen[0]) or {}
-        mtime = manifest.get("mtime_ns")
-        mtime_ns = mtime if isinstance(mtime, int) and mtime > 0 else committed_ms * 1_000_000
-        bits = manifest.get("mode")
-        mode = bits & 0o7777 if isinstance(bits, int) and not isinstance(bits, bool) else None
-    size = _write(files, Path(out), mtime_ns, mode, progress)
+    with Dirs() as dirs:
+        versions = scan(directory, dirs)
+        chosen = _pick(versions, namespace, path, directory, version, deployment)
+        files = versions[chosen]
+        gaps = missing(files)
+        if gaps:
+            shown = ", ".join(map(str, gaps[:10])) + (" ..." if len(gaps) > 10 else "")
+            raise DataLost(f"{namespace}:{path}: version {chosen[1]} is incomplete: chunks {shown} of "
+                           f"{files[0].count} are missing from {directory}")
+        committed_ms = max(f.committed_ms for f in files)
+        mtime_ns, mode = 0, None
+        if keep_time:
+            manifest = read_manifest(directory, chosen[1], chosen[0], dirs) or {}
+            mtime = manifest.get("mtime_ns")
+            mtime_ns = mtime if isinstance(mtime, int) and mtime > 0 else committed_ms * 1_000_000
+            bits = manifest.get("mode")
+            mode = bits & 0o7777 if isinstance(bits, int) and not isinstance(bits, bool) else None
+        chunks = (_verified(f, dirs.read(directory, f.path.name)) for f in files)
+        size = _write(files, chunks, out_fd, name, mtime_ns, mode, progress)
     return Restored(chosen[1], size, len(files) if files[0].count else 0, chosen[0], committed_ms)
 
 
-def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str, directory: Path, version: int,
+def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str, directory: PfsDir | Path,
+          version: int,
           deployment: str | None) -> VersionId:
     """The version `restore` means: `version` of `deployment`, or the complete one committed last."""
     if not versions:
@@ -130,27 +157,29 @@ def _pick(versions: dict[VersionId, list[ChunkFile]], namespace: str, path: str,
     return matching[0]
 
 
-def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = None,
-           progress: OnBytes | None = None) -> int:
-    """Write the verified chunks to a temporary name beside `out`, then rename: a reader never sees a
-    partial file. Returns the size."""
-    tmp = out.with_name(f".{out.name}.restoring")
+def _write(files: list[ChunkFile], chunks: Iterator[bytes], out_fd: int, name: str, mtime_ns: int,
+           mode: int | None = None, progress: OnBytes | None = None) -> int:
+    """Write the verified chunks to a temporary name beside the file `name` of directory out_fd,
+    then rename: a reader never sees a partial file. Returns the size."""
+    dirfd.check_name(name)
+    tmp = _temporary(name)
     size = 0
     total = sum(f.key.length for f in files)
     if progress:
         progress(0, total)
     try:
         # Never through a link left at the temporary name: it could point anywhere.
-        tmp.unlink(missing_ok=True)
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as dst:
-            for f in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=out_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=out_fd)
+        with open(fd, "wb") as dst:
+            for f, data in zip(files, chunks, strict=True):
                 if f.offset != size:
                     raise DataLost(f"{f.path}: offset {f.offset} does not follow the previous chunk (ends at {size})")
                 if f.key.is_hole:
-                    _verified(f)
                     dst.seek(f.key.length, os.SEEK_CUR)  # a hole stays a hole on the PFS side too
                 else:
-                    dst.write(_verified(f))
+                    dst.write(data)
                 size += f.key.length
                 if progress:
                     progress(size, total)
@@ -161,19 +190,29 @@ def _write(files: list[ChunkFile], out: Path, mtime_ns: int, mode: int | None = 
             if mtime_ns:  # before the rename, so the file appears with its final time
                 os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
             os.fsync(dst.fileno())
-        os.replace(tmp, out)
+        os.replace(tmp, name, src_dir_fd=out_fd, dst_dir_fd=out_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=out_fd)
         raise
     return size
+
+
+def _temporary(name: str) -> str:
+    """The temporary name a restored file is written under: '.<name>.restoring', or, when that would
+    be longer than a name may be, its hash in place of the name."""
+    tmp = f".{name}.restoring"
+    if len(os.fsencode(tmp)) > 255:
+        tmp = f".{xxhash.xxh3_128_hexdigest(os.fsencode(name))}.restoring"
+    return tmp
 
 
 def _names(versions: dict[VersionId, list[ChunkFile]]) -> str:
     return ", ".join(f"{v}" + (f" ({d})" if d else "") for d, v in sorted(versions, key=lambda x: (x[1], x[0])))
 
 
-def _verified(f: ChunkFile) -> bytes:
-    data = f.path.read_bytes()
+def _verified(f: ChunkFile, data: bytes) -> bytes:
+    """A chunk file's bytes, once they match its name."""
     if f.key.is_hole:
         if data:
             raise DataLost(f"{f.path}: a hole's chunk file should be empty, it holds {len(data)} bytes (damaged)")
@@ -209,16 +248,11 @@ class _Planned:
     size: int
 
 
-def tree_dir(root: str | Path, namespace: str, directory: str) -> Path:
-    """<root>/<namespace>/<directory> ("/" allowed), or InvalidPath if that would leave the root."""
+def tree_dir(root: str | Path, namespace: str, directory: str) -> PfsDir:
+    """<root>/<namespace>/<directory> ("/" allowed), or InvalidPath if the name is not valid."""
     if normalize_path(directory) != "/":
         return version_dir(root, namespace, directory)
-    check_namespace(namespace)
-    base = Path(root).resolve()
-    target = base / namespace
-    if not target.resolve().is_relative_to(base):  # a namespace directory that is a link elsewhere
-        raise InvalidPath(f"{namespace}:/ would leave the PFS root {base}")
-    return target
+    return PfsDir(Path(root).resolve(), (check_namespace(namespace),))
 
 
 def is_tree(root: str | Path, namespace: str, path: str) -> bool:
@@ -227,7 +261,12 @@ def is_tree(root: str | Path, namespace: str, path: str) -> bool:
     if normalize_path(path) == "/":
         return True
     directory = tree_dir(root, namespace, path)
-    return directory.is_dir() and not scan(directory)
+    with Dirs() as dirs:
+        try:
+            found = dirs.find(directory) is not None
+        except NotADirectoryError:
+            return False
+        return found and not scan(directory, dirs)
 
 
 def restore_tree(root: str | Path, namespace: str, directory: str, out_dir: str | Path, workers: int = 8,
@@ -238,7 +277,8 @@ def restore_tree(root: str | Path, namespace: str, directory: str, out_dir: str 
     commit time as modification time. A file that cannot be restored is reported in the result and
     the others are still restored. `progress` is called once before the first file and then as each
     file finishes (restored or not); the totals count every file found, and the bytes of the
-    versions to restore."""
+    versions to restore. The tree below `out_dir` is made with directory-relative calls that
+    refuse links, so it may be deeper than PATH_MAX and nothing is written outside it."""
     if workers < 1:
         raise InvalidArgument(f"workers: must be 1 or more, not {workers}")
     base = Path(root).resolve()
@@ -247,31 +287,35 @@ def restore_tree(root: str | Path, namespace: str, directory: str, out_dir: str 
     start = tree_dir(base, namespace, directory)
     if normalize_path(directory) != "/" and scan(start):
         raise InvalidArgument(f"{namespace}:{directory} is a file on the PFS, not a directory")
-    found = {rel[1:]: groups for rel, groups in walk_versions(base, start)}
+    found = {rel[1:]: groups for rel, groups in walk_versions(base, start.parts)}
     if not found:
         raise NotFound(f"{namespace}:{directory}: no persisted file at or below {start}")
-    out = _out_dir(out_dir)
-    skip = len(start.relative_to(base).parts) - 1  # the parts of `directory` itself
+    out_fd = _out_dir(Path(out_dir))
+    skip = len(start.parts) - 1  # the parts of `directory` itself
     plan, failures = _plan(found, namespace, skip)
 
     def one(item: _Planned) -> Restored:
-        target = _inside(out, item.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _inside(out, item.parts)  # again once the parents exist: none of them may be a link out
-        return restore(base, namespace, item.path, target, item.chosen[1], item.chosen[0], keep_time=True)
+        *parents, name = item.parts
+        with dirfd.opened(out_fd, parents, make=0o777, where=str(out_dir)) as parent:
+            return _restore(base, namespace, item.path, parent, name, item.chosen[1], item.chosen[0], keep_time=True)
 
-    return _run(plan, failures, namespace, workers, one, progress)
-
-
-def _out_dir(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+        return _run(plan, failures, namespace, workers, one, progress)
+    finally:
+        os.close(out_fd)
+
+
+def _out_dir(out: Path) -> int:
+    """A descriptor of the directory to restore into, created (with its parents) if missing."""
+    start = os.open("/" if out.is_absolute() else ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return dirfd.open_dir(start, [p for p in out.parts if p != "/"], make=0o777, follow=True)
+    except NotADirectoryError:
         raise InvalidArgument(f"{out}: not a directory, cannot restore a directory into it") from None
     except OSError as e:
         raise InvalidArgument(f"{out}: cannot create the directory to restore into ({e.strerror})") from None
-    return out.resolve()
+    finally:
+        os.close(start)
 
 
 def _plan(found: dict[tuple[str, ...], dict[VersionId, list[ChunkFile]]], namespace: str, skip: int
@@ -294,16 +338,6 @@ def _plan(found: dict[tuple[str, ...], dict[VersionId, list[ChunkFile]]], namesp
             continue
         plan.append(_Planned(path, parts[skip:], chosen, sum(f.key.length for f in groups[chosen])))
     return plan, failures
-
-
-def _inside(out: Path, parts: tuple[str, ...]) -> Path:
-    """out/<parts>, or InvalidPath if it would not be a file inside `out` (also through links)."""
-    if not parts or any(p in ("", ".", "..") or "/" in p for p in parts):
-        raise InvalidPath(f"{'/'.join(parts)!r} is not a plain relative path")
-    target = out.joinpath(*parts)
-    if not target.resolve().is_relative_to(out):
-        raise InvalidPath(f"{target} would leave {out}")
-    return target
 
 
 def _run(plan: list[_Planned], failures: list[tuple[str, str]], namespace: str, workers: int,

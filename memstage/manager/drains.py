@@ -7,9 +7,9 @@ import logging
 from collections.abc import Sequence, Set
 from pathlib import Path
 
-from memstage.drainer.layout import parse_manifest_name, parse_name, write_manifest
+from memstage.drainer.layout import parse_manifest_name, parse_name, pfs_dir, write_manifest
 from memstage.drainer.prune import Orphan, Removed, find_orphans, remove_copies, remove_orphans
-from memstage.errors import InvalidArgument
+from memstage.errors import InvalidArgument, InvalidPath
 from memstage.manager.catalog import DrainTask
 from memstage.manager.state import State
 from memstage.units import format_size
@@ -79,11 +79,11 @@ class Drains:
                 continue  # deleted meanwhile
             directory, deployment, manifest = found
             try:
-                target = Path(self.s.settings.pfs).resolve() / directory
-                if not target.resolve().is_relative_to(Path(self.s.settings.pfs).resolve()):
-                    continue
-                write_manifest(target, version, deployment, manifest)
+                # Walked from the PFS root refusing links, whatever its length (drainer.dirfd).
+                write_manifest(pfs_dir(self.s.settings.pfs, directory), version, deployment, manifest)
                 written += 1
+            except InvalidPath as e:
+                log.warning("%s:%s version %d: no manifest on the PFS (%s)", ns, path, version, e)
             except OSError as e:  # the names alone still rebuild the version
                 log.warning("%s:%s version %d: no manifest on the PFS (%s)", ns, path, version, e)
         return written

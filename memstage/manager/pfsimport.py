@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memstage.chunks import ChunkKey
-from memstage.drainer.layout import ChunkFile, missing, read_manifest, walk_versions
+from memstage.drainer.layout import ChunkFile, missing, read_manifest, version_dir, walk_versions
 from memstage.errors import InvalidPath
 from memstage.paths import check_namespace, normalize_file_path
 
@@ -57,7 +57,7 @@ def _version(base: Path, namespace: str, path: str, deployment: str, version: in
     if missing(files):
         return None
     committed = max(f.committed_ms for f in files) / 1000
-    manifest = read_manifest(files[0].path.parent, version, deployment)
+    manifest = read_manifest(version_dir(base, namespace, path), version, deployment)
     if files[0].count == 0:  # an empty file
         return FoundVersion(namespace, path, version, committed, deployment, (), (), manifest)
     chosen: list[ChunkFile] = []
