@@ -1,7 +1,7 @@
 """Validation of user-supplied file paths and namespace names.
 
 A path is absolute within its namespace ('/run42/rank0.bin'), made of components that are not
-'.', '..' or empty, contain no NUL or '/', and are at most 255 bytes; 4096 bytes in all.
+'.', '..' or empty, contain no NUL or '/', and are at most 255 bytes (NAME_MAX); 64 KiB in all.
 A drained name ('<namespace>/<path components>/<chunk file>', relative to the PFS root) is judged
 as it stands, never normalised into shape: one '..', '.' or empty component refuses it, so the
 namespace it names is the directory it resolves under.
@@ -14,7 +14,16 @@ import re
 from memstage.errors import InvalidPath, NameTooLong
 
 MAX_COMPONENT_BYTES = 255
-MAX_PATH_BYTES = 4096
+# Not PATH_MAX: that bounds one system call's path argument, and a local file system holds deeper
+# trees (made with relative calls), so the mount does too; the PFS copy is walked with directory
+# descriptors, whatever its length. What is left is a sanity bound on what one name may cost: it
+# travels in control messages (gRPC's limit is 4 MiB), catalog rows and drained chunk names, and
+# 64 KiB is 16 times what any one system call can name while still small beside those.
+MAX_PATH_BYTES = 64 * 1024
+# A symbolic link's target is read by the kernel as one path: PATH_MAX, as on Linux.
+MAX_SYMLINK_BYTES = 4096
+# A drained chunk file's name: '<namespace>/<path>/<chunk file>', each part bounded.
+MAX_DRAINED_BYTES = 63 + 1 + MAX_PATH_BYTES + 1 + MAX_COMPONENT_BYTES
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -59,8 +68,8 @@ def split_drained(drained: str) -> tuple[str, str]:
         raise InvalidPath("drained name is empty")
     if "\x00" in drained:
         raise InvalidPath(f"drained name {drained!r} contains a NUL byte")
-    if len(drained.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES + 64:
-        raise NameTooLong(f"drained name is longer than {MAX_PATH_BYTES + 64} bytes")
+    if len(drained.encode("utf-8", "surrogateescape")) > MAX_DRAINED_BYTES:
+        raise NameTooLong(f"drained name is longer than {MAX_DRAINED_BYTES} bytes")
     parts = drained.split("/")
     if len(parts) < 3 or any(p in ("", ".", "..") for p in parts):
         raise InvalidPath(f"drained name {drained!r} is not <namespace>/<path>/<chunk file> with plain components")

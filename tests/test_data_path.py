@@ -147,7 +147,7 @@ def test_exception_inside_with_block_commits_nothing(local_cluster):
     ("/a/../../etc/passwd", "'..'"),
     ("/a\x00b", "NUL"),
     ("/" + "x" * 256, "longer than 255"),
-    ("/" + "/".join(["d" * 200] * 25), "longer than 4096"),
+    ("/" + "/".join(["d" * 200] * 330), "longer than 65536"),
 ])
 def test_bad_paths_rejected(local_cluster, bad, reason):
     c = local_cluster(benefactors=1).client()

@@ -51,7 +51,7 @@ def drain(root: Path, path: str, version: int, data: bytes, chunk: int, link_fro
     return written
 
 
-@pytest.mark.parametrize("length", [PATH_MAX - 1])
+@pytest.mark.parametrize("length", [PATH_MAX - 1, 6000])
 def test_drain_link_restore_and_prune_a_file_whose_pfs_copy_is_past_path_max(tmp_path, length):
     pfs = tmp_path / "pfs"
     path = deep_path(length)

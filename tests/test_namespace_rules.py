@@ -24,7 +24,7 @@ from memstage.manager.namespace import (
     special_kind,
 )
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK
-from memstage.paths import MAX_PATH_BYTES
+from memstage.paths import MAX_SYMLINK_BYTES
 
 KINDS = [None, DIR, FILE, SYMLINK, LINK, *SPECIAL.values()]
 kinds = st.sampled_from(KINDS)
@@ -93,8 +93,8 @@ def test_hard_links(kind: str | None) -> None:
 
 def test_symlink_targets() -> None:
     assert refusal(check_symlink_target, "/l", "") == errno.ENOENT
-    assert refusal(check_symlink_target, "/l", "x" * (MAX_PATH_BYTES + 1)) == errno.ENAMETOOLONG
-    assert refusal(check_symlink_target, "/l", "x" * MAX_PATH_BYTES) is None
+    assert refusal(check_symlink_target, "/l", "x" * (MAX_SYMLINK_BYTES + 1)) == errno.ENAMETOOLONG
+    assert refusal(check_symlink_target, "/l", "x" * MAX_SYMLINK_BYTES) is None
 
 
 def test_special_files_by_mode() -> None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from memstage.errors import FsError, NotFound
 from memstage.manager.nodes import DIR, FILE, LINK, ROW_KINDS, SPECIAL, SYMLINK, Attrs, Node
 from memstage.manager.state import State
-from memstage.paths import MAX_PATH_BYTES, parent_dirs
+from memstage.paths import MAX_SYMLINK_BYTES, parent_dirs
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ def check_link_source(namespace: str, src: str, kind: str | None) -> None:
 
 
 def check_symlink_target(path: str, target: str) -> None:
-    if not target or len(target.encode()) > MAX_PATH_BYTES:
+    if not target or len(target.encode()) > MAX_SYMLINK_BYTES:
         raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT,
-                      f"{path}: a symbolic link's target is 1..{MAX_PATH_BYTES} bytes")
+                      f"{path}: a symbolic link's target is 1..{MAX_SYMLINK_BYTES} bytes")
 
 
 def special_kind(path: str, mode: int) -> str:
