@@ -196,10 +196,12 @@ def test_a_planted_symlink_stops_the_drain_of_its_path_only(local_cluster, tmp_p
 def test_status_is_fresh_right_after_a_write_and_wait_shows_drain_progress(local_cluster):
     cluster = local_cluster(benefactors=0, heartbeat=30.0)  # no heartbeat comes in time to help
     cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1MiB")
-    c = cluster.client(chunk_size="64KiB")
+    # Chunks of 32 KiB: a benefactor reports a batch of 64 (2 MiB) every 2 s at 1 MiB/s, so wait
+    # sees the two reports its rate needs before its second line.
+    c = cluster.client(chunk_size="32KiB")
     c.pipe("/f", random_bytes(8 * MiB))
     status = cluster.status()
-    assert sum(b["chunk_count"] for b in status["benefactors"]) == 128
+    assert sum(b["chunk_count"] for b in status["benefactors"]) == 256
     assert sum(b["memory_used"] for b in status["benefactors"]) >= 8 * MiB
     c.pipe("/g", random_bytes(4 * MiB))  # with /f: 12 s of draining, over two of wait's 5 s reports
     waited = memstage("wait", "--manager", cluster.manager_address, "--drained", "--timeout", "60s")

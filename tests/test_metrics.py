@@ -143,7 +143,11 @@ def test_real_prometheus_scrapes_a_real_deployment(local_cluster, tmp_path):
         # The shipped dashboard's own queries give the totals `memstage status` gives.
         dashboard = json.loads((Path(__file__).resolve().parent.parent / "helm" / "memstage" / "dashboards" /
                                 "memstage.json").read_text())
-        exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dashboard["panels"] for t in p.get("targets", [])]
+        # Its variables as Grafana fills them in: the deployment's scrape job and its manager.
+        variables = {"$__rate_interval": "1m", "$job": "memstage", "$instance": f"127.0.0.1:{metrics_port}"}
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        for name, value in variables.items():
+            exprs = [e.replace(name, value) for e in exprs]
         capacity_expr = next(e for e in exprs if "memstage_memory_capacity_bytes" in e)
         used_expr = next(e for e in exprs if "memstage_memory_used_bytes" in e)
 
