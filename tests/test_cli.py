@@ -176,6 +176,32 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
 
+def test_a_normal_stop_of_memory_only_checkpoints_reports_no_losses(tmp_path):
+    """persist_every 0 keeps checkpoints in memory only: stopping the deployment drops them as the
+    policy says, which is one line, not an ERROR per file as if they were lost."""
+    proc = subprocess.Popen([sys.executable, "-m", "memstage", "up", "--benefactors", "1", "--memory", "16MiB",
+                             "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state"), "--pfs",
+                             str(tmp_path / "pfs"), "--persist-every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert "manager on" in proc.stdout.readline()
+        from memstage.client import Client
+
+        c = Client(config=str(tmp_path / "state" / "client.toml"), rpc_timeout="5s")
+        for i in range(3):
+            c.pipe(f"/step{i}/model.pt", b"weights")
+        c.connections.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert " ERROR " not in err, err  # was: "default:/step0/model.pt version 1 is lost: ..." per file
+        assert "0 versions lost, 3 kept in memory only dropped" in err, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def memstage_status_alive(address: str, config: str | None = None) -> list[dict[str, object]]:
     import json
 

@@ -114,17 +114,23 @@ class Liveness:
         self.s.beats.interval(interval)
         return self.s.beats.port
 
-    def void(self, bf: str, reason: str, check_pfs: bool = True) -> list[tuple[str, str, int]]:
-        """A benefactor died, left or came back as a new process: what it held is gone."""
+    def void(self, bf: str, reason: str, check_pfs: bool = True, leaving: bool = False
+             ) -> tuple[list[tuple[str, str, int]], int]:
+        """A benefactor died, left or came back as a new process: what it held is gone. Returns the
+        versions lost, and how many of them the policy kept in memory only (counted when `leaving`:
+        a benefactor stopped on purpose takes those with it as expected, so they are not reported
+        one by one as losses)."""
         lost = self.s.catalog.void_benefactor(bf, self.s.alive_ids(), reason, check_pfs)
         with self.s.lock:
             self.s.loads.gone(bf)
+        dropped = {v for v in lost if not self.s.catalog.persist_selected(*v)} if leaving else set()
+        real = [v for v in lost if v not in dropped]
         # A warning only when something was lost: a normal stop voids what is drained or held elsewhere.
-        log.log(logging.WARNING if lost else logging.INFO, "benefactor %s: what it held is void (%s); %d versions "
-                "lost", bf, reason, len(lost))
-        for ns, path, version in lost:
+        log.log(logging.WARNING if real else logging.INFO, "benefactor %s: what it held is void (%s); %d versions "
+                "lost%s", bf, reason, len(real), f", {len(dropped)} kept in memory only dropped" if dropped else "")
+        for ns, path, version in real:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
-        return lost
+        return lost, len(dropped)
 
     def leave(self, bf: str, incarnation: int, done: bool) -> Left:
         with self.s.lock:
@@ -135,8 +141,8 @@ class Liveness:
         if not done:
             nbytes, chunks = self.s.catalog.backlog_of(bf)
             return Left(backlog_bytes=nbytes, backlog_chunks=chunks)
-        lost = self.void(bf, f"benefactor {bf} was stopped before the version was drained", check_pfs=False)
-        memory_only = sum(1 for ns, path, v in lost if not self.s.catalog.persist_selected(ns, path, v))
+        lost, memory_only = self.void(bf, f"benefactor {bf} was stopped before the version was drained",
+                                      check_pfs=False, leaving=True)
         with self.s.lock:
             self.s.registry.remove(bf)
             self.s.orders.reset(bf)
