@@ -173,6 +173,30 @@ def test_a_directory_emptied_right_after_its_files_were_closed_can_be_removed(mo
     assert os.listdir(point) == [".versions"]
 
 
+def test_files_unlinked_right_after_their_close_leave_nothing_behind(mounted):
+    """When the unlink overtakes the release of the close before it, libfuse 3.14 hides the file
+    and may never unlink the hidden name: its versions, moved aside, must still go (they stayed
+    until the deployment stopped, holding benefactor memory, then were reported lost)."""
+    point, cluster, _ = mounted()
+    for i in range(20):
+        with open(point / f"f{i}", "wb") as f:
+            f.write(os.urandom(MiB))
+        os.unlink(point / f"f{i}")
+    (point / "kv").write_bytes(b"")
+    for i in range(30):  # as key-value stores update a file
+        fd = os.open(point / "kv", os.O_RDWR)
+        os.pwrite(fd, b"x" * 64, i)
+        os.close(fd)
+    os.unlink(point / "kv")
+    c = cluster.client()
+    left = lambda: c.ls("/.memstage-unlinked", detail=True) if c.exists("/.memstage-unlinked") else []  # noqa: E731
+    try:
+        wait_for(lambda: not left(), timeout=10, what="the versions of the unlinked files to go")
+    except AssertionError:
+        raise AssertionError(f"left: {[(e['name'], e['size'], e.get('version')) for e in left()]}") from None
+    assert os.listdir(point) == [".versions"]
+
+
 def test_renaming_an_open_file_moves_its_writes_along(mounted):
     point, _, _ = mounted()
     with open(point / "a", "wb") as w:

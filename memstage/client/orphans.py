@@ -98,10 +98,12 @@ class Orphans:
                    default=None)
 
     # -- events --------------------------------------------------------------------------------
-    def hide(self, name: str, hidden: str, writing: bool, now: float) -> list[Action]:
+    def hide(self, name: str, hidden: str, writing: bool, now: float, closed: bool = False) -> list[Action]:
         """libfuse renamed `name`, open here, to `hidden`. A file written here moves at once: its
-        writers must not commit a new version under a name that is gone."""
-        orphan = _Orphan(name, f"{self.prefix}{next(self._seq)}", State.PENDING, now + self.delay)
+        writers must not commit a new version under a name that is gone. `closed`: its last close
+        here came first (libfuse counted it open while the close was under way); libfuse may then
+        never unlink the hidden name, so that close counts as its last."""
+        orphan = _Orphan(name, f"{self.prefix}{next(self._seq)}", State.PENDING, now + self.delay, dropped=closed)
         self._orphans[hidden] = orphan
         self._hiding[name] = hidden
         return self._start(hidden) if writing else []
@@ -125,6 +127,8 @@ class Orphans:
         if orphan.state is State.PENDING and replaced:
             orphan.state, orphan.due = State.KEPT, None
             del self._hiding[name]
+            if orphan.dropped:  # closed already: nothing more comes of it
+                del self._orphans[hidden]
             return [], None
         return self._start(hidden), hidden
 
@@ -144,7 +148,7 @@ class Orphans:
     def drop(self, hidden: str) -> list[Action]:
         """libfuse unlinks the hidden name at the last close: the file's versions go (once moved)."""
         orphan = self._orphans.get(hidden)
-        if orphan is None:
+        if orphan is None or orphan.dropped:
             return []
         orphan.dropped = True
         if orphan.state is State.MOVING:
