@@ -87,6 +87,8 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
 
 if __name__ == "__main__":
     # libfuse 2 sends 4 KiB writes unless asked for big ones (up to 128 KiB); libfuse 3 always may.
-    extra = {"big_writes": True} if mfusepy.fuse_version_major == 2 else {}
+    # max_idle_threads as the memstage mount sets it (libfuse 3.14 warns about its own default
+    # otherwise, in the middle of the bench's table).
+    extra = {"big_writes": True} if mfusepy.fuse_version_major == 2 else {"max_idle_threads": 16}
     mfusepy.FUSE(Passthrough(sys.argv[1]), sys.argv[2], foreground=True, nothreads=False, fsname="passthrough",
                  **extra)
