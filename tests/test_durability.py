@@ -209,3 +209,26 @@ def test_status_is_fresh_right_after_a_write_and_wait_shows_drain_progress(local
     assert "left to drain" in waited.stderr and "draining at" in waited.stderr and "to go" in waited.stderr
     drained = sum(b["drained_bytes"] for b in cluster.status()["benefactors"])
     assert drained == 12 * MiB  # as of now, not as of the next heartbeat
+
+
+def test_wait_drained_with_a_namespace_token_waits_for_that_namespaces_drain(local_cluster):
+    """A job holds a token for its own namespace only: `wait --drained` must still wait for its
+    checkpoints to reach the PFS (it saw no benefactors and said 'nothing left' at once)."""
+    cluster = local_cluster(benefactors=0, secure=True)
+    cluster.add_benefactor(64 * MiB, "--drain-bandwidth", "1MiB")
+
+    def memstage_as(token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "memstage", *args, "--manager", cluster.manager_address,
+                               *cluster.client_tls_flags, "--token", token], capture_output=True, text=True,
+                              timeout=60)
+
+    made = memstage_as(cluster.admin_token, "token", "create", "--namespace", "job")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    c = cluster.client(namespace="job", token=token, chunk_size="64KiB")
+    # Two batches of 64 chunks: the second drains about 4 s after the first, at 1 MiB/s.
+    c.pipe("/ckpt/rank0.pt", random_bytes(8 * MiB))
+    waited = memstage_as(token, "wait", "--drained", "--timeout", "60s")
+    assert waited.returncode == 0, waited.stderr
+    assert c.versions("/ckpt/rank0.pt")[0]["persisted"]  # was: not yet, wait had returned at once
+    assert "left to drain" in waited.stderr, waited.stderr

@@ -163,6 +163,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
     rate = Rate()
     bar = Progress("drained", sys.stderr)  # on a terminal, in place of a line every REPORT_S
     first_drained: int | None = None  # bytes drained in all when the wait began
+    last_backlog: int | None = None
+    seen_drained = 0
     try:
         while True:
             try:
@@ -173,10 +175,16 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 time.sleep(0.5)  # the manager may still be starting
                 continue
             now = time.monotonic()
-            alive = sum(1 for b in reply.benefactors if b.alive)
-            backlog = sum(b.drain_backlog_bytes for b in reply.benefactors)
+            # Namespace totals: a namespace token sees its own namespaces' backlog (and no
+            # benefactors); the admin token sees every namespace.
+            alive = reply.benefactors_alive
+            backlog = sum(n.drain_backlog_bytes for n in reply.namespaces)
             oldest = max((b.oldest_undrained_age_seconds for b in reply.benefactors), default=0.0)
-            drained_total = sum(b.stats.drained_bytes for b in reply.benefactors)
+            if reply.benefactors:
+                drained_total = sum(b.stats.drained_bytes for b in reply.benefactors)
+            else:  # what left its namespaces' backlog, as far as this wait saw
+                seen_drained += max(0, last_backlog - backlog) if last_backlog is not None else 0
+                last_backlog, drained_total = backlog, seen_drained
             rate.add(now, drained_total)
             if first_drained is None or drained_total < first_drained:  # counted from 0 again: a manager restart
                 first_drained = drained_total
@@ -205,6 +213,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
     if reply.lost:
         lost = ", ".join(f"{v.namespace}:{v.path} v{v.version}" for v in reply.lost)
         print(f"memstage wait: LOST before draining: {lost}", file=sys.stderr)
+        return 3
+    if args.drained and reply.drain_failed:  # nothing left to drain, but these never will be
+        failed = "; ".join(f"{v.namespace}:{v.path} v{v.version} ({v.reason})" for v in reply.drain_failed)
+        print(f"memstage wait: NOT DRAINED, still in memory only: {failed}", file=sys.stderr)
         return 3
     return 0
 

@@ -222,6 +222,9 @@ class DrainQueue:
         return {bf: (n or 0, oldest) for bf, n, oldest in self._db.execute(
             "SELECT benefactor, SUM(bytes), MIN(queued_at) FROM drain_groups GROUP BY benefactor")}
 
+    def backlog_by_namespace(self) -> dict[str, int]:
+        return {ns: n or 0 for ns, n in self._db.execute("SELECT ns, SUM(bytes) FROM drain_groups GROUP BY ns")}
+
 
 def _group(row: tuple) -> Group:  # type: ignore[type-arg]
     gid, seq, ns, path, version, count, bf, at, blob = row

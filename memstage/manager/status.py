@@ -53,6 +53,7 @@ class Status:
                     oldest_undrained_age_seconds=wall - b.oldest_queued_at if b and b.oldest_queued_at else 0.0))
         alive_ids = {r.id for r in rows if r.alive}
         namespaces = []
+        draining = self.s.catalog.backlog_by_namespace()
         for n in self.s.catalog.namespaces():
             redundancy = self.s.catalog.policy(n.namespace).redundancy
             protected, degraded, lost_versions = self.s.catalog.protection(
@@ -63,7 +64,8 @@ class Status:
                 quota_memory=self.s.catalog.policy(n.namespace).quota_memory,
                 memory_used=self.s.catalog.memory_bytes(n.namespace),
                 versions_protected=protected,
-                versions_degraded=degraded, versions_lost=lost_versions))
+                versions_degraded=degraded, versions_lost=lost_versions,
+                drain_backlog_bytes=draining.get(n.namespace, 0)))
         lost = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)
                 for ns, p, v, r in self.s.catalog.lost_versions()]
         undrainable = [manager_pb2.VersionRef(namespace=ns, path=p, version=v, reason=r)

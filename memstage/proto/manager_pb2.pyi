@@ -769,7 +769,7 @@ class VersionRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
-    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost", "bytes_on_pfs", "quota_memory", "memory_used")
+    __slots__ = ("namespace", "files", "versions", "bytes_committed", "bytes_stored", "redundancy", "versions_protected", "versions_degraded", "versions_lost", "bytes_on_pfs", "quota_memory", "memory_used", "drain_backlog_bytes")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -782,6 +782,7 @@ class NamespaceStatus(_message.Message):
     BYTES_ON_PFS_FIELD_NUMBER: _ClassVar[int]
     QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     files: int
     versions: int
@@ -794,7 +795,8 @@ class NamespaceStatus(_message.Message):
     bytes_on_pfs: int
     quota_memory: int
     memory_used: int
-    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ..., quota_memory: _Optional[int] = ..., memory_used: _Optional[int] = ...) -> None: ...
+    drain_backlog_bytes: int
+    def __init__(self, namespace: _Optional[str] = ..., files: _Optional[int] = ..., versions: _Optional[int] = ..., bytes_committed: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., redundancy: _Optional[str] = ..., versions_protected: _Optional[int] = ..., versions_degraded: _Optional[int] = ..., versions_lost: _Optional[int] = ..., bytes_on_pfs: _Optional[int] = ..., quota_memory: _Optional[int] = ..., memory_used: _Optional[int] = ..., drain_backlog_bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("benefactors", "namespaces", "heartbeat_interval_seconds", "state_dir", "deployment", "drain_failed", "lost", "repair", "insecure", "benefactors_alive", "memory_capacity", "memory_used")

@@ -303,3 +303,8 @@ class DrainTable(ChunkTable, PfsCopies):
     def backlog(self) -> dict[str, Backlog]:
         with self._lock:
             return {bf: Backlog(n, oldest) for bf, (n, oldest) in self._drains.backlog().items()}
+
+    def backlog_by_namespace(self) -> dict[str, int]:
+        """Bytes still to drain, per namespace."""
+        with self._lock:
+            return self._drains.backlog_by_namespace()
