@@ -187,7 +187,9 @@ def test_a_normal_stop_of_memory_only_checkpoints_reports_no_losses(tmp_path):
         assert "manager on" in proc.stdout.readline()
         from memstage.client import Client
 
-        c = Client(config=str(tmp_path / "state" / "client.toml"), rpc_timeout="5s")
+        config = tmp_path / "state" / "client.toml"
+        wait_for(config.exists, what="the client settings file")
+        c = Client(config=str(config), rpc_timeout="5s")
         for i in range(3):
             c.pipe(f"/step{i}/model.pt", b"weights")
         c.connections.close()
