@@ -199,9 +199,13 @@ def test_a_normal_stop_of_memory_only_checkpoints_reports_no_losses(tmp_path):
         assert " ERROR " not in err, err  # was: "default:/step0/model.pt version 1 is lost: ..." per file
         assert "0 versions lost, 3 kept in memory only dropped" in err, err
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # its children run in sessions of their own: stopped by PID
+            spawned = child_pids(proc.pid)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            for pid in spawned:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def memstage_status_alive(address: str, config: str | None = None) -> list[dict[str, object]]:
