@@ -73,11 +73,7 @@ class _Replacement(OpenFile):
     def __init__(self, fs: Client, path: str, writer: VersionWriter, base_version: int, opened_at: float,
                  attrs: dict[str, Any]) -> None:
         super().__init__(fs, path, None, truncate=True)
-        keys = writer.laid_out()  # whole chunks, in order: what a sequential writer gave it
-        self._writer = writer
-        self._handed = dict(enumerate(keys))
-        self.size = len(keys) * self.chunk
-        self.changes.write(0, self.size)
+        self.continue_writer(writer, writer.laid_out())  # whole chunks, in order: what it was given
         self.changes.cut = 0
         self.base_version = base_version
         self.opened_at = opened_at

@@ -145,6 +145,15 @@ class OpenFile:
         self._error: MemstageError | None = None
         self._lock = threading.Lock()
 
+    def continue_writer(self, writer: VersionWriter, keys: list[ChunkKey]) -> None:
+        """Go on from a writer a sequential writer began (a library "wb" file that seeked): `keys`,
+        the whole chunks it was given in order, are this file's first chunks, already sent."""
+        with self._lock:
+            self._writer = writer
+            self._handed = dict(enumerate(keys))
+            self.size = len(keys) * self.chunk
+            self.changes.write(0, self.size)
+
     # -- the version this handle started from ------------------------------------------------
     def _set_base(self, base: VersionReader | _Committed | None) -> None:
         self._base_keys: list[ChunkKey] = base.keys if base is not None else []
