@@ -4,7 +4,10 @@ what does not fit is reported and still read from the PFS."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,8 +137,19 @@ def test_up_prefetches_the_latest_checkpoint_when_asked(local_cluster, tmp_path)
             lines.append(line)
         assert f"prefetched the latest checkpoint: 2 files, {format_size(sum(map(len, step.values())))} of" in lines[-1]
     finally:
+        # Its manager and benefactor run in sessions of their own: found now, stopped by PID if
+        # `up` does not stop them (a stop that hangs fails the test with what up said).
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        spawned = [int(p) for p in children.read_text().split()] if children.exists() else []
         proc.terminate()
-        proc.communicate(timeout=30)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            for pid in [proc.pid, *spawned]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"memstage up did not stop within 30 s of SIGTERM:\n{out}\n{err[-3000:]}") from None
 
 
 def test_a_new_deployment_shows_mode_owner_times_and_other_names_from_the_manifest(local_cluster, tmp_path):
