@@ -184,11 +184,13 @@ def test_a_normal_stop_of_memory_only_checkpoints_reports_no_losses(tmp_path):
                              str(tmp_path / "pfs"), "--persist-every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert "manager on" in proc.stdout.readline()
+        m = re.search(r"manager on (\S+),", proc.stdout.readline())
+        assert m
         from memstage.client import Client
 
         config = tmp_path / "state" / "client.toml"
         wait_for(config.exists, what="the client settings file")
+        wait_for(lambda: len(memstage_status_alive(m.group(1), str(config))) == 1, what="the benefactor registered")
         c = Client(config=str(config), rpc_timeout="5s")
         for i in range(3):
             c.pipe(f"/step{i}/model.pt", b"weights")
