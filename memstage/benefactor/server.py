@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 import uuid
 from concurrent import futures
@@ -32,6 +31,7 @@ from memstage.proto import benefactor_pb2, manager_pb2
 from memstage.receipts import new_key
 from memstage.rpc import CONTROL_TIMEOUT_S, SERVER_OPTIONS, bind
 from memstage.settings import BenefactorSettings
+from memstage.signalflag import SignalFlag
 from memstage.tls import load as load_tls
 from memstage.units import format_size
 
@@ -127,7 +127,7 @@ class BenefactorServer:
                                       require_client_cert=not self.settings.metrics_without_client_cert)
         log.info("benefactor %s serving on %s, donating %d bytes", self.id, self.address, self.store.capacity)
 
-    def drain_before_stop(self, now: threading.Event | None = None) -> None:
+    def drain_before_stop(self, now: SignalFlag | None = None) -> None:
         """Keep serving and draining, with no new chunks coming in, until what is selected for
         persistence is on the PFS (or stop_timeout, or `now` is set); then leave, so that what could
         not be drained is reported lost by the manager, never silently forgotten."""
@@ -149,7 +149,7 @@ class BenefactorServer:
                                 "again to stop now)", format_size(reply.backlog_bytes), reply.backlog_chunks,
                                 max(0.0, deadline - time.monotonic()))
                     last_log = time.monotonic()
-                (now or threading.Event()).wait(0.2)
+                (now or SignalFlag()).wait(0.2)
             request.done = True
             reply = stub.Leave(request, timeout=CONTROL_TIMEOUT_S)
         except grpc.RpcError as e:

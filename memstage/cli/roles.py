@@ -10,20 +10,21 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 
 from memstage.cli.common import LOG_FORMAT, log, settings_flags
 from memstage.errors import MemstageError, PermissionDenied, SettingError, Unauthenticated
 from memstage.settings import BenefactorSettings, ClientSettings, ManagerSettings, UpSettings, load
+from memstage.signalflag import SignalFlag
 
 
 class _Stopper:
-    """Ctrl-C and SIGTERM set an event the main thread waits on, so shutdown runs in one place; a
-    second one sets `now` (stop without finishing what a clean stop does first)."""
+    """Ctrl-C and SIGTERM set a flag the main thread waits on, so shutdown runs in one place; a
+    second one sets `now` (stop without finishing what a clean stop does first). Flags, not
+    threading.Events: see memstage.signalflag."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
-        self.now = threading.Event()
+        self.event = SignalFlag()
+        self.now = SignalFlag()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from memstage.errors import MemstageError, SettingError
 from memstage.procs import RoleProcess, spawn
 from memstage.settings import UpSettings, flag_name
+from memstage.signalflag import SignalFlag
 from memstage.units import format_size
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _mount(mountpoint: str, manager: str, extra: list[str], token: str = "") -> 
     return RoleProcess("mount", path, path, proc)
 
 
-def stop_deployment(procs: list[RoleProcess], drain_timeout: float = 0.0, again: threading.Event | None = None
+def stop_deployment(procs: list[RoleProcess], drain_timeout: float = 0.0, again: SignalFlag | None = None
                     ) -> None:
     """The mount first, then the benefactors (each drains what is selected for persistence first,
     for up to drain_timeout; `again` set passes a second Ctrl-C on: stop now), the manager last."""
@@ -209,7 +209,7 @@ def _prefetch_latest(manager: str, settings: UpSettings) -> None:
 
 
 def run_up(settings: UpSettings, config: str | None = None, log_level: str = "info") -> int:
-    stop, again = threading.Event(), threading.Event()
+    stop, again = SignalFlag(), SignalFlag()  # set by the signal handler: see memstage.signalflag
 
     def handle(*_: object) -> None:
         if stop.is_set():
