@@ -38,6 +38,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["MEMSTAGE_TRANSPORT"] = transport
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process `pid` (none once it is gone): `memstage up` starts its roles in
+    sessions of their own, so a test that kills `up` stops them by these PIDs."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     """Poll until condition() is truthy; fail the test with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, listed_mount, wait_for
+from conftest import MiB, child_pids, listed_mount, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -217,10 +217,6 @@ def memstage_status_alive(address: str, config: str | None = None) -> list[dict[
     if out.returncode:
         return []
     return [b for b in json.loads(out.stdout)["benefactors"] if b["alive"]]
-
-
-def child_pids(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def pid_alive(pid: int) -> bool:

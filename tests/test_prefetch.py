@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, child_pids, random_bytes, wait_for
 
 from memstage.drainer.restore import list_pfs
 from memstage.units import format_size
@@ -139,8 +139,7 @@ def test_up_prefetches_the_latest_checkpoint_when_asked(local_cluster, tmp_path)
     finally:
         # Its manager and benefactor run in sessions of their own: found now, stopped by PID if
         # `up` does not stop them (a stop that hangs fails the test with what up said).
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        spawned = [int(p) for p in children.read_text().split()] if children.exists() else []
+        spawned = child_pids(proc.pid)
         proc.terminate()
         try:
             proc.communicate(timeout=30)
