@@ -1,4 +1,5 @@
-"""Reed-Solomon stripes over chunks, with pyeclib (ISA-L's Cauchy Reed-Solomon, any K+M is MDS).
+"""Reed-Solomon stripes over chunks: ISA-L's Cauchy Reed-Solomon (any K+M is MDS), called directly
+(memstage.isal), or through pyeclib where that library cannot be loaded.
 
 A stripe is K data members and M parity members, each `size` bytes: a data chunk shorter than
 `size` counts as padded with zeros (an absent member, length 0, is all zeros). Members are stored
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from pyeclib.ec_iface import ECDriver
 
+from memstage import isal
 from memstage.chunks import ChunkKey
 
 BACKEND = "isa_l_rs_cauchy"
@@ -21,6 +23,7 @@ MAX_K = 16
 MAX_M = 8
 
 Buffer = bytes | bytearray | memoryview
+Member = bytes | memoryview  # a member the codec made
 ABSENT = ChunkKey.hole(0)  # a data member a short stripe does not have: zeros
 
 
@@ -35,6 +38,20 @@ def _headers(k: int, m: int, size: int) -> tuple[bytes, ...]:
     return tuple(bytes(f[:len(f) - size]) for f in fragments)
 
 
+_pyeclib_only = False  # tests set it to compare the two
+
+
+def _padded(index: int, member: Buffer, size: int) -> Buffer:
+    """A member at its full size: a short data member (the file's last) copied with zeros after it."""
+    if len(member) == size:
+        return member
+    if len(member) > size:
+        raise ValueError(f"member {index} is {len(member)} bytes, over the stripe's {size}")
+    out = bytearray(size)
+    out[:len(member)] = member
+    return out
+
+
 class Codec:
     def __init__(self, k: int, m: int) -> None:
         if not (1 <= k <= MAX_K and 1 <= m <= MAX_M):
@@ -42,10 +59,13 @@ class Codec:
         self.k, self.m = k, m
         self._driver = _driver(k, m)
 
-    def encode(self, data: Sequence[Buffer], size: int) -> list[bytes]:
+    def encode(self, data: Sequence[Buffer], size: int) -> list[Member]:
         """The M parity members of K data members (each at most `size` bytes)."""
         if len(data) != self.k:
             raise ValueError(f"a stripe has {self.k} data members, not {len(data)}")
+        if isal.LIB is not None and not _pyeclib_only:
+            padded = [_padded(i, d, size) for i, d in enumerate(data)]
+            return [memoryview(p) for p in isal.encode(self.k, self.m, padded, size)]
         buf = bytearray(self.k * size)  # one copy: the members side by side, zero-padded
         for i, d in enumerate(data):
             if len(d) > size:
@@ -54,10 +74,13 @@ class Codec:
         fragments = self._driver.encode(bytes(buf))
         return [bytes(memoryview(f)[len(f) - size:]) for f in fragments[self.k:]]
 
-    def rebuild(self, available: Mapping[int, Buffer], want: int, size: int) -> bytes:
+    def rebuild(self, available: Mapping[int, Buffer], want: int, size: int) -> Member:
         """Member `want` (0..K+M-1) from at least K others (index -> bytes, data members unpadded)."""
         if len(available) < self.k:
             raise ValueError(f"{len(available)} members available, {self.k} needed")
+        if isal.LIB is not None and not _pyeclib_only:
+            used = [(i, _padded(i, d, size)) for i, d in list(available.items())[:self.k]]
+            return memoryview(isal.rebuild(self.k, self.m, used, want, size))
         headers = _headers(self.k, self.m, size)
         fragments = []
         for i, d in list(available.items())[:self.k]:

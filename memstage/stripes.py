@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from memstage.chunks import ChunkKey
-from memstage.erasure import ABSENT, Codec
+from memstage.erasure import ABSENT, Codec, Member
 from memstage.proto import common_pb2, manager_pb2
 from memstage.transport import ChunkTransport, read_from_memory, read_from_pfs
 
@@ -68,7 +68,7 @@ def _gather(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeS
 
 def encode_parity(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeSpec,
                   readers: Sequence[common_pb2.Location] = (), known: Known | None = None
-                  ) -> tuple[list[bytes], float]:
+                  ) -> tuple[list[Member], float]:
     """All M parity members of a new stripe from its K data members, fetched once. Returns them
     and the CPU seconds the code took."""
     failures: list[str] = []
@@ -79,7 +79,7 @@ def encode_parity(transport: ChunkTransport, namespace: str, spec: manager_pb2.S
 
 
 def build_member(transport: ChunkTransport, namespace: str, spec: manager_pb2.StripeSpec,
-                 readers: Sequence[common_pb2.Location] = (), known: Known | None = None) -> tuple[bytes, float]:
+                 readers: Sequence[common_pb2.Location] = (), known: Known | None = None) -> tuple[Member, float]:
     """Member `spec.index` of the stripe: new parity when its key is empty (from the K data members),
     else rebuilt from any K others (a data member cut to its length). Returns it and the CPU seconds
     the code took."""
