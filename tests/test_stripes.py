@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import MiB, random_bytes, wait_for
+from conftest import MiB, free_port, random_bytes, rpc_calls, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -317,6 +318,25 @@ def test_fsync_on_a_mount_returns_once_the_version_is_protected(mounted):
         # Committed and protected by now, before close: parity encoded on benefactors of their own.
         assert c.stat("/ckpt").protected
     assert protected(cluster, 1)
+
+
+def test_waiting_for_protection_is_one_call_answered_when_it_is_protected(local_cluster):
+    """fsync (Client.wait_protected) asks the manager once: the manager answers when the stripe's
+    parity is recorded. Before, the client asked again and again, with pauses growing to 0.2 s,
+    each call a look at every chunk of the version."""
+    port = free_port()
+    cluster = local_cluster(benefactors=2, memory=48 * MiB, manager_args=("--metrics-port", str(port)))
+    c = cluster.client(chunk_size="1MiB")
+    c.policy(redundancy="rs:2+1", persist_every=0)
+    c.pipe("/ckpt", random_bytes(2 * MiB))  # two data members: parity needs a third benefactor
+    before = rpc_calls(port).get("Stat", 0)
+    waiter = ThreadPoolExecutor(1).submit(c.wait_protected, "/ckpt", 60)
+    wait_for(lambda: rpc_calls(port).get("Stat", 0) > before, 10, "the client asking the manager")
+    assert not waiter.done()
+    cluster.add_benefactor(48 * MiB)  # a process start: well over the old client's first pauses
+    waiter.result(timeout=60)
+    assert c.stat("/ckpt").protected
+    assert rpc_calls(port)["Stat"] - before <= 3  # the wait, and the stat just above
 
 
 def test_new_parity_costs_k_fetches_and_m_minus_1_hand_overs_per_stripe(local_cluster):

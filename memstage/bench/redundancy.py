@@ -4,8 +4,9 @@
 Each policy has a namespace of its own with nothing drained (memory is the only place the data
 is); rounds interleave the policies so each sees the deployment in the same state. Per policy,
 one client writes `--size` files: OAB and ASB and their ratio to `none`; how long after the
-commit the version is fully protected (copies made, or parity encoded by the benefactors) and the
-redundancy bytes made per second; the benefactors' CPU seconds spent encoding per GiB written.
+commit the version is fully protected (copies made, or parity encoded by the benefactors; waited
+for as fsync waits, with Client.wait_protected) and the redundancy bytes made per second; the
+benefactors' CPU seconds spent encoding per GiB written.
 Then, per policy, one benefactor is SIGKILLed: reading the last file back with what it held gone
 (a degraded read: another copy, or a rebuild from the stripe) against a normal read before, and
 how fast the survivors rebuild what it held (bytes it held / time from the manager declaring it
@@ -156,7 +157,10 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
                     t0 = time.perf_counter()
                     result = write_file(client, f"/r{rnd}.bin", data, write_size)
                     wrote = time.perf_counter() - t0
-                    protected = _wait_protected(client, names[name], rnd + 1)
+                    # As fsync waits: the manager answers once the version is protected.
+                    started = time.perf_counter()
+                    client.wait_protected(f"/r{rnd}.bin", timeout=300.0)
+                    protected = time.perf_counter() - started
                     if rnd:
                         got = samples[name]
                         got["oab"].append(wrote)

@@ -185,17 +185,22 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         deadline = time.monotonic() + limit
         pause = 0.01
         while True:
-            info = self.stat(norm)
+            # The manager answers once the version is protected or lost, or after `wait`.
+            wait = max(0.0, min(deadline - time.monotonic(), self.settings.rpc_timeout / 2, 5.0))
+            asked = time.monotonic()
+            info = FileStat.from_pb(self.connections.call_manager("Stat", manager_pb2.PathRequest(
+                namespace=self.namespace, path=norm, protection=True, wait_protected_ms=int(wait * 1000)), norm))
             if info.protected:
                 return
             latest = self.versions(norm)[-1] if info.version else None
             if latest is not None and latest["lost"]:
                 raise DataLost(f"{norm} version {latest['version']} is lost: {latest['lost_reason']}")
-            if time.monotonic() + pause > deadline:
+            if time.monotonic() >= deadline:
                 raise Unavailable(f"{norm} version {info.version} is not protected after {limit:.0f}s (see the "
                                   "redundancy line of `memstage status`: not enough benefactors or domains?)")
-            time.sleep(pause)
-            pause = min(0.2, pause * 2)
+            if time.monotonic() - asked < wait / 2:  # a manager that does not wait: ask again later
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(0.2, pause * 2)
 
     # -- metadata ----------------------------------------------------------------------------
     @staticmethod

@@ -130,6 +130,8 @@ class Liveness:
                 "lost%s", bf, reason, len(real), f", {len(dropped)} kept in memory only dropped" if dropped else "")
         for ns, path, version in real:
             log.error("%s:%s version %d is lost: %s", ns, path, version, reason)
+        if lost:
+            self.s.protection_changed()  # waiters for their protection are answered now
         return lost, len(dropped)
 
     def leave(self, bf: str, incarnation: int, done: bool) -> Left:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import random
+import threading
+import time
 from collections.abc import Sequence
 
 from memstage.chunks import ChunkKey
@@ -21,9 +23,15 @@ from memstage.redundancy import Redundancy
 PFS_READERS = 8
 
 
+# Stat calls waiting for protection at once; more are answered at once (their clients ask again
+# later), so that waiters never take all of the manager's threads.
+MAX_PROTECTION_WAITERS = 64
+
+
 class Reads:
     def __init__(self, state: State) -> None:
         self.s = state
+        self._waiters = threading.BoundedSemaphore(MAX_PROTECTION_WAITERS)
 
     def find(self, namespace: str, keys: Sequence[ChunkKey]) -> list[bool]:
         """Which of the chunks the namespace holds (deduplication)."""
@@ -67,6 +75,42 @@ class Reads:
         return manager_pb2.VersionMap(path=path, version=version, size=size, chunks=chunks,
                                       committed_at=committed_at, pfs_readers=readers,
                                       grant=self.s.access.grant(namespace, False, caller))
+
+    def protected_info(self, namespace: str, path: str, wait_s: float) -> manager_pb2.FileInfo:
+        """file_info with protection, answered once the latest version is protected or lost (or
+        after `wait_s`): waiting here, woken as stripes and copies are recorded, answers sooner and
+        costs the manager less than a client asking again and again."""
+        if not self._waiters.acquire(blocking=False):
+            return self.file_info(namespace, path, True)
+        try:
+            deadline = time.monotonic() + wait_s
+            moved = self.s.protection_moved
+            while True:
+                with moved:
+                    seen = self.s.protection_epoch
+                left = deadline - time.monotonic()
+                if left <= 0 or self._settled(namespace, path):
+                    return self.file_info(namespace, path, True)
+                with moved:  # woken by every change; looked at again now and then regardless
+                    moved.wait_for(lambda: self.s.protection_epoch != seen, timeout=min(left, 0.25))  # noqa: B023
+        finally:
+            self._waiters.release()
+
+    def _settled(self, namespace: str, path: str) -> bool:
+        """The latest version of the file at `path` is protected or lost (anything else: True)."""
+        target = self.s.catalog.canonical(namespace, path)
+        if self.s.catalog.kind(namespace, target) != FILE:
+            return True
+        latest = self.s.catalog.version(namespace, target)
+        if latest.lost:
+            return True
+        with self.s.lock:  # parity still being made for some chunk: not yet (and no look at every chunk)
+            pending = self.s.stripe_work.pending_data()
+        if pending and any((namespace, k) in pending for k in latest.keys):
+            return False
+        redundancy = Redundancy.parse(self.s.catalog.policy(namespace).redundancy)
+        return not redundancy.tolerates or self.s.catalog.version_protected(namespace, target, latest.version,
+                                                                             redundancy, self.s.alive_ids())
 
     def file_info(self, namespace: str, path: str, protection: bool = False) -> manager_pb2.FileInfo:
         """What stat shows for `path` (a hard link shows what it links: versions, metadata, link count)."""

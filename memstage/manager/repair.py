@@ -30,6 +30,7 @@ class Repair:
         """Copies a benefactor made (or could not make): a made copy becomes a location, unless no
         version needs the chunk in memory any more (then it is freed again)."""
         self._record_copies(bf, results)
+        self.s.protection_changed()
         with self.s.lock:
             room = (self.s.replicator.in_flight < self.s.replicator.max_in_flight // 2
                     and self.s.stripe_work.in_flight < self.s.stripe_work.max_in_flight // 2)

@@ -45,6 +45,9 @@ from memstage.rpc import MOUNT_HEADER
 from memstage.settings import ManagerSettings
 
 Context = grpc.ServicerContext
+# A Stat that waits for protection holds a server thread: at most this long per call (the client
+# asks again).
+MAX_PROTECTED_WAIT_S = 5.0
 
 
 def _caller() -> Caller:
@@ -153,6 +156,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         self.drains.done(request.benefactor_id, request.incarnation,
                          [(r.task_id, r.drained, r.missing, r.error, r.written) for r in request.results])
         self.state.durable()
+        self.state.protection_changed()  # a version on the PFS is protected
         return manager_pb2.DrainDoneReply()
 
     # -- writes --------------------------------------------------------------------------------
@@ -211,6 +215,9 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return self.reads.chunk_map(namespace, [codec.key(k) for k in request.keys], _caller())
 
     def Stat(self, request: manager_pb2.PathRequest, context: Context) -> manager_pb2.FileInfo:
+        if request.protection and request.wait_protected_ms:
+            wait = min(request.wait_protected_ms / 1000, MAX_PROTECTED_WAIT_S)
+            return self.reads.protected_info(check_namespace(request.namespace), normalize_path(request.path), wait)
         return self.reads.file_info(check_namespace(request.namespace), normalize_path(request.path),
                                     request.protection)
 

@@ -63,7 +63,16 @@ class State:
         self.stripe_work = StripeWork()  # under self.lock
         self.copied_bytes = 0  # by replica copies since the manager started
         self.wake = threading.Event()  # set: run housekeeping (the repair) now
+        # Notified when a version may have become protected (or lost): a stripe or copy recorded,
+        # a drain done, a benefactor declared dead. Stat callers waiting for protection wait on it.
+        self.protection_moved = threading.Condition()
+        self.protection_epoch = 0  # counts those notifications (under protection_moved)
         self.metrics = ManagerMetrics(registry, status, settings.metrics_benefactors)
+
+    def protection_changed(self) -> None:
+        with self.protection_moved:
+            self.protection_epoch += 1
+            self.protection_moved.notify_all()
 
     def durable(self) -> None:
         """The end of an RPC that changed the catalog: what its reply reports is durable before it

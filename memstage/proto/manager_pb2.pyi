@@ -509,7 +509,7 @@ class VersionMap(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkRef, _Mapping]]] = ..., committed_at: _Optional[float] = ..., pfs_readers: _Optional[_Iterable[_Union[_common_pb2.Location, _Mapping]]] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("namespace", "path", "attrs", "protection", "start", "latest", "after", "limit")
+    __slots__ = ("namespace", "path", "attrs", "protection", "start", "latest", "after", "limit", "wait_protected_ms")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
@@ -518,6 +518,7 @@ class PathRequest(_message.Message):
     LATEST_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_PROTECTED_MS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     path: str
     attrs: FileAttrs
@@ -526,7 +527,8 @@ class PathRequest(_message.Message):
     latest: bool
     after: str
     limit: int
-    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ..., latest: _Optional[bool] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    wait_protected_ms: int
+    def __init__(self, namespace: _Optional[str] = ..., path: _Optional[str] = ..., attrs: _Optional[_Union[FileAttrs, _Mapping]] = ..., protection: _Optional[bool] = ..., start: _Optional[bool] = ..., latest: _Optional[bool] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., wait_protected_ms: _Optional[int] = ...) -> None: ...
 
 class FileAttrs(_message.Message):
     __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ino", "access")
