@@ -141,6 +141,7 @@ class SocketPort:
                                 uid)
                     return
                 peer = f"unix:{self.unix_path} (pid {pid}, uid {uid})"
+                streamwire.widen(conn)  # chunks read back go out in one piece too
             else:
                 host, port = conn.getpeername()[:2]
                 peer = f"ipv6:[{host}]:{port}" if conn.family == socket.AF_INET6 else f"ipv4:{host}:{port}"

@@ -232,6 +232,17 @@ class Reader:
         return got
 
 
+# A Unix socket's sender holds at most its send buffer of unread bytes, 208 KiB by default: a 1 MiB
+# chunk then goes in five pieces, each waiting for the reader to wake and take the last. With 4 MiB
+# (Linux caps it at net.core.wmem_max) a chunk goes in one: 1.3 -> 1.7-2.0 GB/s of puts measured.
+UNIX_SEND_BUFFER = 4 << 20
+
+
+def widen(sock: socket.socket) -> None:
+    """A Unix socket's send buffer raised to UNIX_SEND_BUFFER (TCP tunes its own)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+
+
 def dial(host: str, port: int, unix_path: str, tls: ssl.SSLContext | None, server_name: str,
          timeout: float) -> socket.socket:
     """A connection to a port of this wire: its Unix socket when `unix_path` is given, else TCP
@@ -240,6 +251,7 @@ def dial(host: str, port: int, unix_path: str, tls: ssl.SSLContext | None, serve
     if unix_path:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            widen(sock)
             sock.settimeout(timeout)
             unix_address(sock, unix_path, sock.connect)
         except OSError:
