@@ -7,11 +7,11 @@ one client writes `--size` files: OAB and ASB and their ratio to `none`; how lon
 commit the version is fully protected (copies made, or parity encoded by the benefactors; waited
 for as fsync waits, with Client.wait_protected) and the redundancy bytes made per second; the
 benefactors' CPU seconds spent encoding per GiB written.
-Then, per policy, one benefactor is SIGKILLed: reading the last file back with what it held gone
-(a degraded read: another copy, or a rebuild from the stripe) against a normal read before, and
-how fast the survivors rebuild what it held (bytes it held / time from the manager declaring it
-dead, after its heartbeat timeout, until protected again). The policy's files are then deleted,
-so the next policy's kill rebuilds only its own.
+Then, per policy, one benefactor is SIGKILLed: reading the measured rounds' files back with what it
+held gone (a degraded read: another copy, or a rebuild from the stripe; the median) against normal
+reads of the same files before, and how fast the survivors rebuild what it held (bytes it held /
+time from the manager declaring it dead, after its heartbeat timeout, until protected again). The
+policy's files are then deleted, so the next policy's kill rebuilds only its own.
 """
 
 from __future__ import annotations
@@ -175,7 +175,9 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
                     "protected_after": protect,
                     "redundancy_rate": (_overhead(policy) - 1) * size / max(protect, 1e-9),
                     "encode_cpu_per_gib": statistics.median(got["cpu"]) / (size / GiB),
-                    "read": size / _read_seconds(clients[name], f"/r{rounds - 1}.bin")}
+                    # Every measured round's file once (none is in any cache), the median.
+                    "read": size / statistics.median(_read_seconds(clients[name], f"/r{rnd}.bin")
+                                                      for rnd in range(1, rounds))}
             for policy in policies[1:]:
                 name, client, r = str(policy), clients[str(policy)], results[str(policy)]
                 victim = victims.pop(0)
@@ -185,7 +187,8 @@ def run_redundancy(args: argparse.Namespace, size: int, chunk: int, write_size: 
                 victim.proc.kill()
                 victim.proc.wait()
                 t0 = time.perf_counter()
-                r["degraded_read"] = size / _read_seconds(client, f"/r{rounds - 1}.bin")
+                r["degraded_read"] = size / statistics.median(_read_seconds(client, f"/r{rnd}.bin")
+                                                              for rnd in range(1, rounds))
                 _wait_dead(client, victim.id)
                 r["detected_after"] = time.perf_counter() - t0
                 r["rebuilt_bytes"] = lost
