@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -225,10 +226,20 @@ class ServicerContext:
 
 
 def free_port() -> int:
-    """A loopback port free now (for a process told to listen on it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now (for a process told to listen on it), below the kernel's ephemeral
+    range: a port the kernel hands out there (bind to 0, or any outgoing connection of a test
+    running alongside) could be taken before the process binds it, as it once was ("Address
+    already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def rpc_calls(port: int, context: ssl.SSLContext | None = None) -> dict[str, float]:
