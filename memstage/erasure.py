@@ -17,10 +17,9 @@ from pyeclib.ec_iface import ECDriver
 
 from memstage import isal
 from memstage.chunks import ChunkKey
+from memstage.redundancy import MAX_K, MAX_M
 
 BACKEND = "isa_l_rs_cauchy"
-MAX_K = 16
-MAX_M = 8
 
 Buffer = bytes | bytearray | memoryview
 Member = bytes | memoryview  # a member the codec made
@@ -63,7 +62,7 @@ class Codec:
         """The M parity members of K data members (each at most `size` bytes)."""
         if len(data) != self.k:
             raise ValueError(f"a stripe has {self.k} data members, not {len(data)}")
-        if isal.LIB is not None and not _pyeclib_only:
+        if not _pyeclib_only and isal.lib() is not None:
             padded = [_padded(i, d, size) for i, d in enumerate(data)]
             return [memoryview(p) for p in isal.encode(self.k, self.m, padded, size)]
         buf = bytearray(self.k * size)  # one copy: the members side by side, zero-padded
@@ -78,7 +77,7 @@ class Codec:
         """Member `want` (0..K+M-1) from at least K others (index -> bytes, data members unpadded)."""
         if len(available) < self.k:
             raise ValueError(f"{len(available)} members available, {self.k} needed")
-        if isal.LIB is not None and not _pyeclib_only:
+        if not _pyeclib_only and isal.lib() is not None:
             used = [(i, _padded(i, d, size)) for i, d in list(available.items())[:self.k]]
             return memoryview(isal.rebuild(self.k, self.m, used, want, size))
         headers = _headers(self.k, self.m, size)

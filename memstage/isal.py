@@ -7,13 +7,13 @@ buffers made once. The matrix is ISA-L's Cauchy matrix, as pyeclib's `isa_l_rs_c
 so both give the same parity (tests compare them).
 
 The library is the copy of libisal that pyeclib's wheel carries, else the system's (Debian's
-libisal2); `LIB` is None when neither loads, and memstage.erasure then uses pyeclib.
+libisal2), loaded at first use; `lib()` is None when neither loads, and memstage.erasure then
+uses pyeclib.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import glob
 import os
@@ -32,13 +32,16 @@ def _candidates() -> Iterator[str]:
         yield from sorted(glob.glob(os.path.join(libs, "libisal*.so*")))
     except ImportError:
         pass
+    import ctypes.util  # costs a few ms: only when pyeclib's copy is not there
+
     found = ctypes.util.find_library("isal")
     if found:
         yield found
     yield "libisal.so.2"
 
 
-def _load() -> ctypes.CDLL | None:
+@functools.cache
+def lib() -> ctypes.CDLL | None:
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
@@ -59,9 +62,6 @@ def _load() -> ctypes.CDLL | None:
         lib.gf_mul.restype = ctypes.c_ubyte
         return lib
     return None
-
-
-LIB = _load()
 
 
 class _PyBuffer(ctypes.Structure):
@@ -100,17 +100,19 @@ def _addresses(buffers: Sequence[Buffer]) -> Iterator[ctypes.Array[ctypes.c_void
 @functools.lru_cache(maxsize=64)
 def _matrix(k: int, m: int) -> bytes:
     """The (K+M) x K Cauchy encoding matrix: identity over K rows, then the parity rows."""
-    assert LIB is not None
+    isal = lib()
+    assert isal is not None
     a = (ctypes.c_ubyte * ((k + m) * k))()
-    LIB.gf_gen_cauchy1_matrix(a, k + m, k)
+    isal.gf_gen_cauchy1_matrix(a, k + m, k)
     return bytes(a)
 
 
 def _tables(k: int, rows: bytes) -> ctypes.Array[ctypes.c_ubyte]:
-    assert LIB is not None
+    isal = lib()
+    assert isal is not None
     n = len(rows) // k
     out = (ctypes.c_ubyte * (32 * k * n))()
-    LIB.ec_init_tables(k, n, (ctypes.c_ubyte * len(rows)).from_buffer_copy(rows), out)
+    isal.ec_init_tables(k, n, (ctypes.c_ubyte * len(rows)).from_buffer_copy(rows), out)
     return out
 
 
@@ -122,11 +124,12 @@ def _encode_tables(k: int, m: int) -> ctypes.Array[ctypes.c_ubyte]:
 @functools.lru_cache(maxsize=512)
 def _decode_tables(k: int, m: int, used: tuple[int, ...], want: int) -> ctypes.Array[ctypes.c_ubyte]:
     """Tables giving member `want` from the members `used` (K of them, in that order)."""
-    assert LIB is not None
+    isal = lib()
+    assert isal is not None
     a = _matrix(k, m)
     sub = (ctypes.c_ubyte * (k * k))(*[a[i * k + j] for i in used for j in range(k)])
     inv = (ctypes.c_ubyte * (k * k))()
-    if LIB.gf_invert_matrix(sub, inv, k) != 0:
+    if isal.gf_invert_matrix(sub, inv, k) != 0:
         raise ValueError(f"members {used} of rs:{k}+{m} do not determine the others")
     # Member `want` is row `want` of the encoding matrix applied to the data members, which are
     # the inverse applied to the members used.
@@ -135,18 +138,20 @@ def _decode_tables(k: int, m: int, used: tuple[int, ...], want: int) -> ctypes.A
 
 
 def _dot(row: bytes, inv: ctypes.Array[ctypes.c_ubyte], k: int, j: int) -> int:
-    assert LIB is not None
+    isal = lib()
+    assert isal is not None
     acc = 0
     for i in range(k):
-        acc ^= LIB.gf_mul(row[i], inv[i * k + j])
+        acc ^= isal.gf_mul(row[i], inv[i * k + j])
     return acc
 
 
 def _run(k: int, rows: int, tables: ctypes.Array[ctypes.c_ubyte], members: Sequence[Buffer],
          outputs: Sequence[bytearray], size: int) -> None:
-    assert LIB is not None
+    isal = lib()
+    assert isal is not None
     with _addresses(members) as src, _addresses(outputs) as dst:
-        LIB.ec_encode_data(size, k, rows, tables, src, dst)
+        isal.ec_encode_data(size, k, rows, tables, src, dst)
 
 
 def encode(k: int, m: int, data: Sequence[Buffer], size: int) -> list[bytearray]:

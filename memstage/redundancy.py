@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memstage.erasure import MAX_K, MAX_M
 from memstage.errors import SettingError
 
 MAX_COPIES = 8
+# Bounds of rs:K+M (memstage.erasure's codec takes these). Here, not there: every process reads
+# settings, and only benefactors and readers of stripes need the codec's libraries loaded.
+MAX_K = 16
+MAX_M = 8
 
 
 @dataclass(frozen=True, slots=True)
