@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, listed_mount, random_bytes, wait_for
+from conftest import MiB, free_port, listed_mount, metric, random_bytes, rpc_calls, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -185,3 +185,33 @@ def test_mount_metrics_and_sigterm(local_cluster, tmp_path):
             proc.wait()
         if listed_mount(point):
             subprocess.run(["fusermount3", "-uz", str(point)], check=False)
+
+
+
+def test_a_chunk_changed_in_place_is_sent_without_asking_the_manager_first(local_cluster, mounted):
+    """dbm-style updates (open, seek, write a few bytes, close) asked the manager whether it held
+    each rewritten chunk: a round trip per update that never found one. A chunk written back as
+    it was is still not sent at all."""
+    port = free_port()
+    cluster = local_cluster(benefactors=2, manager_args=("--metrics-port", str(port)))
+    point, _, _ = mounted(cluster=cluster)
+    data = bytearray(random_bytes(4 * MiB))
+    (point / "db.dat").write_bytes(data)
+    asked = rpc_calls(port).get("FindChunks", 0)
+    for at in (100, MiB + 5, 3 * MiB + 7):
+        with open(point / "db.dat", "r+b") as f:
+            f.seek(at)
+            f.write(b"new!")
+        data[at : at + 4] = b"new!"
+    assert rpc_calls(port).get("FindChunks", 0) == asked
+    assert (point / "db.dat").read_bytes() == data
+    c = cluster.client()
+    before = c.stat("/db.dat").version
+    sent = metric(port, "memstage_client_bytes_sent_total", namespace="default")
+    assert sent >= 4 * MiB + 3 * MiB  # the file, then one chunk per update
+    with open(point / "db.dat", "r+b") as f:  # the same bytes back: a new version, nothing sent
+        f.seek(MiB + 5)
+        f.write(b"new!")
+    assert c.stat("/db.dat").version == before + 1
+    assert metric(port, "memstage_client_bytes_sent_total", namespace="default") == sent
+    assert (point / "db.dat").read_bytes() == data

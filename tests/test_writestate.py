@@ -80,8 +80,8 @@ class WriteStateModel(RuleBasedStateMachine):
                 self.at[seq] = "unplaced"
 
     # -- events ------------------------------------------------------------------------------
-    @rule(k=st.integers(0, 5))
-    def put(self, k: int) -> None:
+    @rule(k=st.integers(0, 5), ask=st.booleans())
+    def put(self, k: int, ask: bool) -> None:
         key = KEYS[k]
         try:
             seq = self.state.put(key)
@@ -96,7 +96,14 @@ class WriteStateModel(RuleBasedStateMachine):
         self.puts[key] = 1
         self.length[seq] = key.length
         self.at[seq] = "unasked"
-        self.run(self.state.submit(seq, key))
+        if ask:
+            self.run(self.state.submit(seq, key))
+            return
+        saved, self.unasked_ok = self.unasked_ok, ("unasked",)  # a chunk changed in place: sent unasked
+        try:
+            self.run(self.state.submit(seq, key, ask=False))
+        finally:
+            self.unasked_ok = saved
 
     @precondition(lambda self: self.asks)
     @rule(data=st.data())

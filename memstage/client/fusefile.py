@@ -74,11 +74,12 @@ class Slot:
     """A dirty chunk: content is buf[:length]; bytes past length (up to the file size) read as zeros.
     buf comes from a pool, so bytes past length are stale and are zeroed before they count."""
 
-    __slots__ = ("buf", "length")
+    __slots__ = ("buf", "length", "patched")
 
     def __init__(self, buf: bytearray, length: int) -> None:
         self.buf = buf
         self.length = length
+        self.patched = False  # it started from the chunk's content before (read, modify, write)
 
     def write(self, within: int, data: memoryview) -> None:
         if within > self.length:
@@ -222,6 +223,7 @@ class OpenFile:
                 content = self._content(index)
                 slot.buf[: len(content)] = content
                 slot.length = len(content)
+                slot.patched = True
             self._drop_handed(index)
         self._slots[index] = slot  # most recently written last
         return slot
@@ -239,7 +241,10 @@ class OpenFile:
         slot = self._slots.pop(index)
         try:
             with self._writing() as writer:
-                key = writer.put(slot.content(self._expected(index)))
+                # A chunk changed in place is new content, or its own old one (then not sent at
+                # all: its base key is known): asking the manager whether it holds it costs a
+                # round trip per small update (dbm, an index rewritten at close) and finds nothing.
+                key = writer.put(slot.content(self._expected(index)), ask=not slot.patched)
                 self._drop_handed(index)
                 self._handed[index] = key
         finally:
@@ -473,7 +478,7 @@ class OpenFile:
                 writer.place(key)
                 return
             slot = self._slot(index)  # a hole, or a chunk whose length changed: its bytes, cut or padded
-        key = writer.put(slot.content(length))
+        key = writer.put(slot.content(length), ask=not slot.patched)  # see _hand_over
         writer.place(key)
         # put() copied it; the commit loop holds one slot at a time. Kept as handed over, should a
         # merge lay the version out again.

@@ -302,7 +302,7 @@ class VersionWriter:
         with self._lock:
             self._state.place_in_layout(key)
 
-    def put(self, data: memoryview) -> ChunkKey:
+    def put(self, data: memoryview, ask: bool = True) -> ChunkKey:
         """Hand a chunk over without placing it in the layout yet (a FUSE file sends chunks as they
         fill and lays the version out at commit). Copied before this returns, like add(). Each put
         of a chunk is matched by a release() once the caller no longer needs it."""
@@ -316,7 +316,7 @@ class VersionWriter:
         frames = self._transport.encode(self.namespace, self.session, seq, key, data)
         with self._lock:
             self._frames[seq] = frames
-            give = self._apply(self._state.submit(seq, key))
+            give = self._apply(self._state.submit(seq, key, ask))
         if give:
             self._budget.release(give)
         self._service()

@@ -161,11 +161,14 @@ class WriteState:
         self._next_seq += 1
         return seq
 
-    def submit(self, seq: int, key: ChunkKey) -> list[Instruction]:
-        """The chunk put() numbered has its buffer share and its frames: queue it for a query."""
+    def submit(self, seq: int, key: ChunkKey, ask: bool = True) -> list[Instruction]:
+        """The chunk put() numbered has its buffer share and its frames: queue it for a query
+        (`ask`), or send it without one."""
         if self.error is not None:
             return [Resolved((seq,), key.length)]
         self._chunks[seq] = _Chunk(key)
+        if not ask:
+            return self._place([seq])
         self._unasked.append(seq)
         self._unasked_bytes += key.length
         if len(self._unasked) >= self.query_batch or self._unasked_bytes >= self.query_bytes:
