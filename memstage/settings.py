@@ -253,6 +253,9 @@ class ClientSettings:
     close_mode: str = setting("commit", _choice("commit", "buffered"), "commit: close() waits for the commit")
     read_ahead: int = setting(8 * MiB, _size, "bytes fetched ahead of a sequential reader (a mount run as "
                               "root also lets the kernel read that far ahead)")
+    chunk_cache: int = setting(64 * MiB, _size, "chunks this client changed in place lately, kept to be read back "
+                               "without a benefactor (a file patched again reads the chunk its last update sent; "
+                               "0 = off)")
     rpc_timeout: float = setting(30.0, _duration, "deadline of control calls to the manager")
     full_wait: float = setting(60.0, _duration, "how long a writer waits for space when the deployment is full")
     protect_wait: float = setting(60.0, _duration, "how long fsync (and Client.wait_protected) waits for a version "

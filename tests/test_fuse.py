@@ -215,3 +215,28 @@ def test_a_chunk_changed_in_place_is_sent_without_asking_the_manager_first(local
     assert c.stat("/db.dat").version == before + 1
     assert metric(port, "memstage_client_bytes_sent_total", namespace="default") == sent
     assert (point / "db.dat").read_bytes() == data
+
+
+def test_a_file_patched_in_place_reads_its_base_chunk_from_what_the_mount_sent(local_cluster, mounted):
+    """Each in-place update read its base chunk back from a benefactor; the chunk is the one this
+    mount sent at the previous update, kept by content key."""
+    cluster = local_cluster(benefactors=0)
+    ports = [free_port() for _ in range(2)]
+    for port in ports:
+        cluster.add_benefactor(64 * MiB, "--metrics-port", str(port))
+    point, _, _ = mounted(cluster=cluster)
+    data = bytearray(random_bytes(2 * MiB))
+    (point / "db.dat").write_bytes(data)
+    with open(point / "db.dat", "r+b") as f:  # the first update reads its chunk from a benefactor
+        f.write(b"upd")
+    data[:3] = b"upd"
+    served = sum(metric(port, "memstage_benefactor_served_bytes_total") for port in ports)
+    assert served >= MiB
+    for at in (10, 20, 30):  # the next ones in the same chunk: from what the mount sent
+        with open(point / "db.dat", "r+b") as f:
+            f.seek(at)
+            f.write(b"upd")
+        data[at : at + 3] = b"upd"
+    assert sum(metric(port, "memstage_benefactor_served_bytes_total") for port in ports) == served
+    c = cluster.client(chunk_cache=0)  # from the benefactors, as every other client reads it
+    assert c.cat("/db.dat") == data

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from memstage import tls
 from memstage.chunks import ChunkKey
+from memstage.client.chunkcache import ChunkCache
 from memstage.client.connections import Connections
 from memstage.client.files import ReadFile, UpdateFile, WriteFile, check_mode
 from memstage.client.filestat import FileStat
@@ -77,6 +78,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         self.background = BackgroundCommits()
         # One write buffer for every open and closing file of this client.
         self.budget = ByteBudget(self.settings.buffer_size, self._flush_writers)
+        self.chunk_cache = ChunkCache(self.settings.chunk_cache) if self.settings.chunk_cache else None
         # Set when the client is shutting down (a mount told to stop): writers stop waiting for space.
         self.closing = threading.Event()
         self.spares: SpareSession | None = None  # see open_sessions_ahead()
@@ -140,7 +142,7 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         """A reader of the chunks a map lists (a version, or chunks located with LocateChunks)."""
         return VersionReader(self.connections, self.transport, self.namespace, vmap, self._pool,
                              self.settings.read_ahead if read_ahead else 0,
-                             on_degraded=self.metrics.degraded.labels(self.namespace).inc)
+                             on_degraded=self.metrics.degraded.labels(self.namespace).inc, cache=self.chunk_cache)
 
     def record(self, result: CommitResult) -> None:
         self.metrics.record(self.namespace, result.stats)
@@ -445,7 +447,8 @@ class Client(AbstractFileSystem):  # type: ignore[misc]
         client while it is open, sharing this client's write buffer."""
         writer = VersionWriter(self.connections, self.settings, path, opened_at, known=known, budget=self.budget,
                                transport=self.transport, closing=self.closing,
-                               session=self.spares.take() if self.spares is not None else None)
+                               session=self.spares.take() if self.spares is not None else None,
+                               cache=self.chunk_cache)
         writer.checkpoint = lambda: self._checkpoint
         with self._keeper_lock:
             self._writes.add(writer)

@@ -108,10 +108,10 @@ class _Committed:
         self.version, self.keys, self.size = version, keys, size
         self._reader: VersionReader | None = None
 
-    def read_range(self, start: int, end: int) -> bytes:
+    def read_range(self, start: int, end: int, ahead: bool = True) -> bytes:
         if self._reader is None:  # under the file's name now: its versions move with it (rename, unlink)
             self._reader = self._client.reader(self._path(), self.version)
-        return self._reader.read_range(start, end)
+        return self._reader.read_range(start, end, ahead)
 
 
 MERGE_ATTEMPTS = 64  # commits refused because another writer was faster, before giving up
@@ -186,11 +186,11 @@ class OpenFile:
             if not key.is_hole:
                 yield from range(start // self.chunk, (min(start + key.length, self._base_end) - 1) // self.chunk + 1)
 
-    def _read_base(self, start: int, end: int) -> bytes:
+    def _read_base(self, start: int, end: int, ahead: bool = True) -> bytes:
         end = min(end, self._base_end)
         if self.base is None or start >= end:
             return b""
-        return self.base.read_range(start, end)
+        return self.base.read_range(start, end, ahead)
 
     # -- chunks ------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -213,7 +213,9 @@ class OpenFile:
                 writer.settle()
                 return self.client.map_reader(writer.locate(key), read_ahead=False).fetch(0)
         start = index * self.chunk
-        return self._read_base(start, start + self.chunk)
+        # A chunk about to be patched: no read-ahead of the next ones (an update in place would
+        # fetch them each time, for nothing).
+        return self._read_base(start, start + self.chunk, ahead=False)
 
     def _slot(self, index: int) -> Slot:
         slot = self._slots.pop(index, None)

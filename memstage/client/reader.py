@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from memstage.chunks import ChunkKey
+from memstage.client.chunkcache import ChunkCache
 from memstage.client.connections import Connections
 from memstage.client.stream import ReadAhead
 from memstage.errors import DataLost, MemstageError
@@ -32,8 +33,10 @@ _RECENT = 16  # chunks a reader keeps for the stripes it may rebuild
 
 class VersionReader:
     def __init__(self, conn: Connections, transport: ChunkTransport, namespace: str, vmap: manager_pb2.VersionMap,
-                 pool: ThreadPoolExecutor, read_ahead: int = 0, on_degraded: Callable[[], object] | None = None):
+                 pool: ThreadPoolExecutor, read_ahead: int = 0, on_degraded: Callable[[], object] | None = None,
+                 cache: ChunkCache | None = None):
         self.conn = conn
+        self._sent = cache  # chunks this client sent lately: read from there first
         self._on_degraded = on_degraded  # counts reads that needed another copy or the PFS
         self.transport = transport
         self.namespace = namespace
@@ -63,19 +66,20 @@ class VersionReader:
         self._fresh_at = 0.0
         self._fresh_lock = threading.Lock()
 
-    def read_range(self, start: int, end: int) -> bytes:
-        return b"".join(self.read_parts(start, end))
+    def read_range(self, start: int, end: int, ahead: bool = True) -> bytes:
+        return b"".join(self.read_parts(start, end, ahead))
 
-    def read_parts(self, start: int, end: int) -> list[bytes | memoryview]:
+    def read_parts(self, start: int, end: int, ahead: bool = True) -> list[bytes | memoryview]:
         """The bytes of [start, end) as pieces of the chunks fetched, for a caller that copies them
-        on anyway (the mount, into the kernel's buffer): joining them would copy every byte once more."""
+        on anyway (the mount, into the kernel's buffer): joining them would copy every byte once more.
+        `ahead` False: a read that is no stream (a chunk patched in place) starts no read-ahead."""
         end = min(end, self.size)
         if start >= end:
             return []
         first = bisect.bisect_right(self._starts, start) - 1
         last = bisect.bisect_right(self._starts, end - 1) - 1
         indices = [i for i in range(first, last + 1) if not self.keys[i].is_hole]  # holes are zeros, not fetched
-        if self._ahead:
+        if self._ahead and ahead:
             # What this read needs is asked for first, then what the stream will need next.
             with self._cache_lock:
                 futures = [self._cached(i) for i in indices]
@@ -126,6 +130,8 @@ class VersionReader:
 
     def fetch(self, index: int) -> bytes | memoryview:
         key = self.keys[index]
+        if self._sent is not None and (kept := self._sent.get(key)) is not None:
+            return kept
         failures: list[str] = []
         data = self._fetch_from(key, self._chunks[index], self._pfs_readers, failures)
         if data is None and self.version:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from memstage import commitpack
 from memstage.chunks import ChunkKey
+from memstage.client.chunkcache import ChunkCache
 from memstage.client.connections import Connections
 from memstage.client.filestat import FileStat
 from memstage.client.writestate import (
@@ -128,8 +129,9 @@ class VersionWriter:
     def __init__(self, conn: Connections, settings: ClientSettings, path: str, opened_at: float,
                  known: set[ChunkKey] | None = None, budget: ByteBudget | None = None,
                  transport: ChunkTransport | None = None, closing: threading.Event | None = None,
-                 session: manager_pb2.SessionReply | None = None) -> None:
-        """session: one opened ahead for this namespace (see memstage.client.spares), else one is opened."""
+                 session: manager_pb2.SessionReply | None = None, cache: ChunkCache | None = None) -> None:
+        """session: one opened ahead for this namespace (see memstage.client.spares), else one is opened;
+        cache: where the chunks sent are kept to be read back."""
         self.conn = conn
         self._closing = closing if closing is not None else threading.Event()  # set: the client is shutting down
         self.settings = settings
@@ -137,6 +139,7 @@ class VersionWriter:
         self.path = path
         self.opened_at = opened_at
         self._transport: ChunkTransport = transport if transport is not None else GrpcTransport(conn)
+        self._cache = cache
         self._budget = budget if budget is not None else ByteBudget(settings.buffer_size)
         # The first striping map comes with the session (an older manager gives none: it is then
         # asked for when the first chunk needs one).
@@ -314,6 +317,11 @@ class VersionWriter:
             return key
         self._budget.acquire(len(data), self._service)
         frames = self._transport.encode(self.namespace, self.session, seq, key, data)
+        if self._cache is not None and not ask:
+            # A chunk changed in place is the next update's base: kept (only where the last frame
+            # is the chunk's bytes). Chunks of files written in order are not: nothing reads them
+            # back soon, and keeping them costs the data path a little.
+            self._cache.put(key, frames[-1])
         with self._lock:
             self._frames[seq] = frames
             give = self._apply(self._state.submit(seq, key, ask))
