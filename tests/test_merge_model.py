@@ -40,7 +40,7 @@ class Reader:
         self.keys = list(store.versions[version - 1])
         self.size = sum(k.length for k in self.keys)
 
-    def read_range(self, start: int, end: int) -> bytes:
+    def read_range(self, start: int, end: int, ahead: bool = True) -> bytes:
         return self.store.content(self.version)[start : min(end, self.size)]
 
 
@@ -56,7 +56,7 @@ class Writer:
     def check_space(self) -> None:
         pass
 
-    def put(self, data: memoryview) -> ChunkKey:
+    def put(self, data: memoryview, ask: bool = True) -> ChunkKey:
         key = ChunkKey.of(data)
         self.store.chunks[key] = bytes(data)
         return key
