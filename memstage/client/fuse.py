@@ -43,7 +43,7 @@ from memstage.client.fuseattrs import (
 )
 from memstage.client.fuseerrors import fail as _fail
 from memstage.client.fuseerrors import translated
-from memstage.client.fusefile import BufferPool, OpenFile
+from memstage.client.fusefile import BufferPool, CommittedBase, CommittedLayouts, OpenFile
 from memstage.client.libfuse import mfusepy
 from memstage.client.orphans import Action, Move, Orphans, Retarget
 from memstage.client.reader import VersionReader
@@ -76,6 +76,7 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self._buffers = BufferPool(client.settings.chunk_size)
+        self._layouts = CommittedLayouts(client)
         self._started_ns = time.time_ns()
         self._settled = threading.Condition(self._lock)  # told when a move of an unlinked open file ends
         tag = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns() % 10**9}"
@@ -224,6 +225,8 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         result = obj.commit()
         if result is not None:
             self.changed_here([obj.path], result.info, own=True, since=since)
+            if result.info is not None and isinstance(obj.base, CommittedBase):
+                self._layouts.keep(obj.path, result.info.ino, obj.base)
 
     @translated
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
@@ -607,11 +610,19 @@ class MemstageFS(mfusepy.Operations):  # type: ignore[misc]
         if writing:
             if shared is not None:  # another handle writes this file: the same write state
                 return self._join(shared, info, path, flags)
-            try:
-                base = self.client.reader(path)
-            except NotFound:
-                base = None
+            # The layout this mount committed last, when the file is still that version (a version
+            # never changes): the next update of it opens without asking the manager for its map.
+            known = self._layouts.get(path, info)
+            if known is not None:
+                base: VersionReader | CommittedBase | None = known
+            else:
+                try:
+                    base = self.client.reader(path)
+                except NotFound:
+                    base = None
             handle = OpenFile(self.client, path, base, truncate=bool(flags & os.O_TRUNC), buffers=self._buffers)
+            if known is not None:
+                known.follow(lambda: handle.path)
             return self._register(handle, info, path, append=bool(flags & os.O_APPEND))
         if shared is not None:  # written here: a read sees what the writers wrote (one inode)
             return self._register(shared, None, path, reads_only=True)

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,7 @@ from memstage.proto import manager_pb2
 
 if TYPE_CHECKING:
     from memstage.client.client import Client
+    from memstage.client.filestat import FileStat
 
 
 class BufferPool:
@@ -98,7 +101,7 @@ class Slot:
         return memoryview(self.buf)[:length]
 
 
-class _Committed:
+class CommittedBase:
     """A version this handle committed, as its base: its layout, and its bytes from a reader made
     when first needed (a file closed after writing never asks)."""
 
@@ -107,18 +110,81 @@ class _Committed:
         self._client, self._path = client, path
         self.version, self.keys, self.size = version, keys, size
         self._reader: VersionReader | None = None
+        self._starts: list[int] | None = None  # each key's offset, once read from kept chunks
+
+    def follow(self, path: Callable[[], str]) -> None:
+        """Read under this name from now on (the handle's: it moves with renames)."""
+        self._path = path
 
     def read_range(self, start: int, end: int, ahead: bool = True) -> bytes:
+        kept = self._kept(start, min(end, self.size))
+        if kept is not None:
+            return kept
         if self._reader is None:  # under the file's name now: its versions move with it (rename, unlink)
             self._reader = self._client.reader(self._path(), self.version)
         return self._reader.read_range(start, end, ahead)
+
+    def _kept(self, start: int, end: int) -> bytes | None:
+        """[start, end) from the chunks this client changed in place and keeps (holes are zeros);
+        None unless every chunk it needs is kept (then the version's map is not even asked for)."""
+        cache = self._client.chunk_cache
+        if cache is None or start >= end:
+            return None if start < end else b""
+        if self._starts is None:
+            self._starts = [0, *itertools.accumulate(k.length for k in self.keys)][:-1]
+        parts: list[bytes | memoryview] = []
+        first = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        for i in range(first, len(self.keys)):
+            pos, key = self._starts[i], self.keys[i]
+            if pos >= end:
+                break
+            if pos + key.length > start:
+                lo, hi = max(start - pos, 0), min(end - pos, key.length)
+                if key.is_hole:  # zeros, only as many as asked for (a hole may be a petabyte)
+                    parts.append(bytes(hi - lo))
+                else:
+                    data = cache.get(key)
+                    if data is None:
+                        return None
+                    parts.append(memoryview(data)[lo:hi])
+        return b"".join(parts)
+
+
+class CommittedLayouts:
+    """The layout of the version this mount committed last, per path (the most recent `limit`),
+    for the next open of the file to build on without asking for its map. A file is identified by
+    its inode and a version never changes: when stat still shows that inode at that version, the
+    layout is the file's."""
+
+    def __init__(self, client: Client, limit: int = 4096) -> None:
+        self._client = client
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._by_path: OrderedDict[str, tuple[int, int, list[ChunkKey], int]] = OrderedDict()
+
+    def keep(self, path: str, ino: int, base: CommittedBase) -> None:
+        with self._lock:
+            self._by_path[path] = (ino, base.version, list(base.keys), base.size)
+            self._by_path.move_to_end(path)
+            while len(self._by_path) > self._limit:
+                self._by_path.popitem(last=False)
+
+    def get(self, path: str, info: FileStat | None) -> CommittedBase | None:
+        with self._lock:
+            entry = self._by_path.get(path)
+        if entry is None or info is None or not info.ino:
+            return None
+        ino, version, keys, size = entry
+        if (info.ino, info.version, info.size) != (ino, version, size):
+            return None
+        return CommittedBase(self._client, lambda: path, version, list(keys), size)
 
 
 MERGE_ATTEMPTS = 64  # commits refused because another writer was faster, before giving up
 
 
 class OpenFile:
-    def __init__(self, client: Client, path: str, base: VersionReader | _Committed | None, truncate: bool,
+    def __init__(self, client: Client, path: str, base: VersionReader | CommittedBase | None, truncate: bool,
                  buffers: BufferPool | None = None) -> None:
         self.client = client
         self.path = path
@@ -156,7 +222,7 @@ class OpenFile:
             self.changes.write(0, self.size)
 
     # -- the version this handle started from ------------------------------------------------
-    def _set_base(self, base: VersionReader | _Committed | None) -> None:
+    def _set_base(self, base: VersionReader | CommittedBase | None) -> None:
         self._base_keys: list[ChunkKey] = base.keys if base is not None else []
         self._base_starts: list[int] = []
         pos = 0
@@ -397,7 +463,7 @@ class OpenFile:
             self.client.record(result)
             # What was committed becomes the base of any further writes through this handle.
             # Its layout is known here: the version's map is only asked for if it is read back.
-            self.base = _Committed(self.client, lambda: self.path, version, writer.laid_out(), self.size)
+            self.base = CommittedBase(self.client, lambda: self.path, version, writer.laid_out(), self.size)
             self.base_version = version
             self._set_base(self.base)
             self._base_end = self.size
