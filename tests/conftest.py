@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +46,19 @@ def child_pids(pid: int) -> list[int]:
     sessions of their own, so a test that kills `up` stops them by these PIDs."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def kill_up(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a `memstage up` still running, with the roles it started: they run in sessions of
+    their own, so they are found by PID before `up` goes (then they would be orphans no one can name)."""
+    if proc.poll() is not None:
+        return
+    spawned = child_pids(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pid in spawned:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:

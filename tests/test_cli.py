@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import signal
@@ -12,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MiB, child_pids, listed_mount, wait_for
+from conftest import MiB, child_pids, kill_up, listed_mount, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,15 +162,7 @@ def test_up_runs_in_foreground_and_stops_everything(tmp_path, sig):
             assert not pid_alive(pid), f"child {pid} still running"
         assert not os.path.ismount(mount)
     finally:
-        if proc.poll() is None:
-            # Its manager, benefactors and mount run in sessions of their own: stopped by PID, found
-            # before `up` goes (then they would be orphans no one can name).
-            spawned = child_pids(proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            for pid in spawned:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_up(proc)
         if listed_mount(mount):  # os.path.ismount says no for a mount whose process was killed
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
 
@@ -201,13 +192,7 @@ def test_a_normal_stop_of_memory_only_checkpoints_reports_no_losses(tmp_path):
         assert " ERROR " not in err, err  # was: "default:/step0/model.pt version 1 is lost: ..." per file
         assert "0 versions lost, 3 kept in memory only dropped" in err, err
     finally:
-        if proc.poll() is None:  # its children run in sessions of their own: stopped by PID
-            spawned = child_pids(proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            for pid in spawned:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_up(proc)
 
 
 def memstage_status_alive(address: str, config: str | None = None) -> list[dict[str, object]]:

@@ -131,7 +131,7 @@ class VersionWriter:
                  transport: ChunkTransport | None = None, closing: threading.Event | None = None,
                  session: manager_pb2.SessionReply | None = None, cache: ChunkCache | None = None) -> None:
         """session: one opened ahead for this namespace (see memstage.client.spares), else one is opened;
-        cache: where the chunks sent are kept to be read back."""
+        cache: where chunks changed in place (put with ask=False) are kept to be read back."""
         self.conn = conn
         self._closing = closing if closing is not None else threading.Event()  # set: the client is shutting down
         self.settings = settings
